@@ -1,0 +1,118 @@
+//! The HTTP API: the only module that knows HTTP and the JSON wire types.
+//!
+//! [`router`] builds the whole surface with its middleware: request ids,
+//! tracing without personal values, a body size limit, a request timeout,
+//! panic catching, and problem documents for every error status that a layer
+//! produces without a body of its own.
+
+mod health;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::vault::Vault;
+use problem::{PROBLEM_JSON, Problem};
+
+/// The header that carries the request id, in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Limits the HTTP layer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Longest time a request may take.
+    pub request_timeout: Duration,
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The open vault.
+    pub vault: Arc<Vault>,
+}
+
+/// Request ids: 128 random bits as hex, from the system generator.
+#[derive(Debug, Clone)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let bytes: [u8; 16] = crate::crypto::random_bytes(&ring::rand::SystemRandom::new()).ok()?;
+        HeaderValue::from_str(&crate::ids::hex(&bytes)).ok().map(RequestId::new)
+    }
+}
+
+/// Builds the HTTP surface of `vault`.
+pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
+    let state = AppState { vault };
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        // The route template, never the raw path or query: they can carry
+        // identifiers a log reader should not correlate, and bodies are never
+        // logged at all.
+        let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
+        let request_id = request.headers().get(REQUEST_ID_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("-");
+        tracing::info_span!("request", method = %request.method(), route, request_id)
+    })
+    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
+        .with_state(state)
+        // Innermost first: each `layer` call wraps everything before it.
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_| {
+                    Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR).into_response()
+                }))
+                .layer(RequestBodyLimitLayer::new(limits.body_bytes_max))
+                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout)),
+        )
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+                .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        )
+}
+
+/// Gives every error response that has no problem document one, so clients
+/// see one error format whichever layer refused the request.
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        let mut replaced = Problem::for_status(status).into_response();
+        for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+            if let Some(value) = response.headers().get(&name) {
+                replaced.headers_mut().insert(name, value.clone());
+            }
+        }
+        return replaced;
+    }
+    response
+}

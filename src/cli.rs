@@ -1,0 +1,119 @@
+//! The command line: `init`, `serve` and `policy check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{PolicySource, ServeArgs, ServeConfig, VaultArgs, VaultConfig};
+use crate::server::{Application, shutdown_signal};
+use crate::telemetry;
+use crate::vault::{KEY_FILE, Opened, Vault, policies_load};
+
+/// consentvault: a privacy-first, permission-based customer data vault.
+#[derive(Debug, Parser)]
+#[command(name = "consentvault", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory with a fresh key-encryption key.
+    Init(VaultArgs),
+    /// Run the vault's HTTP API.
+    Serve(ServeArgs),
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory without starting the vault.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => init(&args),
+        Command::Serve(args) => serve(&args),
+        Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("consentvault: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(args: &VaultArgs) -> Result<(), String> {
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    let options = &config.options;
+    Vault::init(&options.data_dir, options.key_source.as_ref()).map_err(|e| e.to_string())?;
+    eprintln!("consentvault: created a vault in {}", options.data_dir.display());
+    if options.key_source.is_none() {
+        eprintln!(
+            "consentvault: key-encryption key written to {} (mode 0600); keep it secret and back it up apart from the data",
+            options.data_dir.join(KEY_FILE).display()
+        );
+    }
+    Ok(())
+}
+
+fn policy_check(dir: &std::path::Path) -> Result<(), String> {
+    let policies = policies_load(dir).map_err(|e| e.to_string())?;
+    eprintln!("consentvault: {} is valid ({} fields)", dir.display(), policies.catalogue.fields().count());
+    Ok(())
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let config = ServeConfig::from_args(args).map_err(|e| e.to_string())?;
+    telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let application = Application::build(&config).await.map_err(|e| e.to_string())?;
+        let data_dir = &config.vault.options.data_dir;
+        if application.opened() == Opened::Initialised {
+            announce_new_vault(&config);
+        }
+        if config.vault.policy_source == PolicySource::BuiltIn {
+            tracing::warn!("no policy directory found; using the built-in default policies");
+        }
+        tracing::info!(address = %application.address(), data_dir = %data_dir.display(), "consentvault serving");
+        // Scripts and tests read this line to learn the bound port.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("listening on http://{}", application.address());
+        }
+        application.run(shutdown_signal()).await.map_err(|e| e.to_string())
+    })
+}
+
+fn announce_new_vault(config: &ServeConfig) {
+    let data_dir = config.vault.options.data_dir.display();
+    let key = match &config.vault.options.key_source {
+        None => format!("A development key-encryption key was written to {data_dir}/{KEY_FILE} (mode 0600)."),
+        Some(_) => "The configured key-encryption key was bound to it.".to_owned(),
+    };
+    tracing::warn!(data_dir = %data_dir, "initialised a new vault (development default)");
+    eprintln!(
+        "\n==================================================================\n\
+         consentvault: INITIALISED A NEW VAULT in {data_dir}\n\
+         {key}\n\
+         Anyone holding that key and this directory can read the data.\n\
+         For production: `consentvault init` on protected storage (or\n\
+         CONSENTVAULT_KEK from a secret store) and `serve --production`.\n\
+         ==================================================================\n"
+    );
+}

@@ -1,0 +1,280 @@
+//! Configuration: defaults, then an optional TOML file, then `CONSENTVAULT_*`
+//! environment variables, then command-line flags; each layer overrides the
+//! one before. Everything is validated before the vault opens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::KeySource;
+use crate::policy::PolicyError;
+use crate::vault::{VaultOptions, policies_default, policies_load};
+
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./vault-data";
+/// Default listen address: loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8200";
+/// Default policy directory, relative to the working directory.
+pub const POLICIES_DEFAULT: &str = "./policies";
+const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+const REQUEST_TIMEOUT_SECS_DEFAULT: u64 = 30;
+const STORE_CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Flags (and their environment variables) shared by the commands that open
+/// a vault.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VaultArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "CONSENTVAULT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./vault-data].
+    #[arg(long, env = "CONSENTVAULT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Key file holding the key-encryption keys [default: <data-dir>/kek.key].
+    #[arg(long, env = "CONSENTVAULT_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// Policy directory [default: ./policies, else the built-in defaults].
+    #[arg(long, env = "CONSENTVAULT_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Production mode: never create keys or a vault on start, refuse weak keys.
+    #[arg(long, env = "CONSENTVAULT_PRODUCTION")]
+    pub production: bool,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Vault location, keys and policies.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Address to listen on [default: 127.0.0.1:8200].
+    #[arg(long, env = "CONSENTVAULT_LISTEN")]
+    pub listen: Option<String>,
+    /// Largest request body, in bytes [default: 1048576].
+    #[arg(long, env = "CONSENTVAULT_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    /// Longest time a request may take, in seconds [default: 30].
+    #[arg(long, env = "CONSENTVAULT_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "CONSENTVAULT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    kek_file: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    production: Option<bool>,
+    listen: Option<String>,
+    body_bytes_max: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    log_format: Option<LogFormat>,
+    store_cache_bytes: Option<u64>,
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A setting has a value outside its range.
+    #[error("setting `{setting}`: {problem}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// Where the policies were taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A directory on disk.
+    Dir(PathBuf),
+    /// The defaults built into the binary.
+    BuiltIn,
+}
+
+/// A validated configuration for opening a vault.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// What to open.
+    pub options: VaultOptions,
+    /// Where the policies came from.
+    pub policy_source: PolicySource,
+}
+
+/// A validated configuration for `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The vault to open.
+    pub vault: VaultConfig,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Longest time a request may take, in seconds.
+    pub request_timeout_secs: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })
+}
+
+impl VaultConfig {
+    fn resolve(args: &VaultArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| DATA_DIR_DEFAULT.into());
+        let key_source = match (std::env::var("CONSENTVAULT_KEK").ok(), args.kek_file.clone().or(file.kek_file.clone()))
+        {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "kek_file",
+                    problem: "both CONSENTVAULT_KEK and a key file are set; choose one".to_owned(),
+                });
+            }
+            (Some(text), None) => Some(KeySource::Env(Zeroizing::new(text))),
+            (None, Some(path)) => Some(KeySource::File(path)),
+            (None, None) => None,
+        };
+        let production = args.production || file.production.unwrap_or(false);
+        let (policies, policy_source) = match args.policies.clone().or(file.policies.clone()) {
+            Some(dir) => (policies_load(&dir)?, PolicySource::Dir(dir)),
+            None if Path::new(POLICIES_DEFAULT).is_dir() => {
+                (policies_load(Path::new(POLICIES_DEFAULT))?, PolicySource::Dir(POLICIES_DEFAULT.into()))
+            }
+            None if production => {
+                return Err(ConfigError::Invalid {
+                    setting: "policies",
+                    problem: "production start-up needs a policy directory".to_owned(),
+                });
+            }
+            None => (policies_default(), PolicySource::BuiltIn),
+        };
+        let store_cache_bytes = file.store_cache_bytes.unwrap_or(STORE_CACHE_BYTES_DEFAULT);
+        let options = VaultOptions { data_dir, key_source, policies, production, store_cache_bytes };
+        Ok(Self { options, policy_source })
+    }
+
+    /// Resolves the flags of a command that opens a vault.
+    pub fn from_args(args: &VaultArgs) -> Result<Self, ConfigError> {
+        Self::resolve(args, &read_file_config(args.config.as_deref())?)
+    }
+}
+
+impl ServeConfig {
+    /// Resolves `serve`'s flags, environment and configuration file.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = read_file_config(args.vault.config.as_deref())?;
+        let vault = VaultConfig::resolve(&args.vault, &file)?;
+        let listen_text = args.listen.clone().or(file.listen.clone()).unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "listen",
+            problem: format!("`{listen_text}` is not an address like 127.0.0.1:8200"),
+        })?;
+        let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(BODY_BYTES_MAX_DEFAULT);
+        if !(1024..=64 * 1024 * 1024).contains(&body_bytes_max) {
+            return Err(ConfigError::Invalid {
+                setting: "body_bytes_max",
+                problem: "must be between 1 KiB and 64 MiB".to_owned(),
+            });
+        }
+        let request_timeout_secs =
+            args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(REQUEST_TIMEOUT_SECS_DEFAULT);
+        if !(1..=600).contains(&request_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                setting: "request_timeout_secs",
+                problem: "must be between 1 and 600".to_owned(),
+            });
+        }
+        let log_format = args.log_format.or(file.log_format).unwrap_or_default();
+        Ok(Self { vault, listen, body_bytes_max, request_timeout_secs, log_format })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn policies_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vault.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nrequest_timeout_secs = 5\nbody_bytes_max = 4096\n")
+            .unwrap();
+        let args = ServeArgs {
+            vault: VaultArgs { config: Some(file), policies: Some(policies_dir()), ..VaultArgs::default() },
+            listen: Some("127.0.0.1:9100".to_owned()),
+            ..ServeArgs::default()
+        };
+        let config = ServeConfig::from_args(&args).unwrap();
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.request_timeout_secs, 5);
+        assert_eq!(config.body_bytes_max, 4096);
+        assert_eq!(config.vault.options.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("listen = \"nowhere\"\n", "listen"),
+            ("body_bytes_max = 1\n", "body_bytes_max"),
+            ("request_timeout_secs = 0\n", "request_timeout_secs"),
+            ("colour = \"blue\"\n", "colour"),
+        ];
+        for (text, needle) in cases {
+            let file = dir.path().join("bad.toml");
+            std::fs::write(&file, text).unwrap();
+            let args = ServeArgs {
+                vault: VaultArgs { config: Some(file), policies: Some(policies_dir()), ..VaultArgs::default() },
+                ..ServeArgs::default()
+            };
+            let error = ServeConfig::from_args(&args).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+}

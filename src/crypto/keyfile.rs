@@ -1,0 +1,226 @@
+//! Where key-encryption keys come from: a key file (mode 0600) or the
+//! `CONSENTVAULT_KEK` environment variable.
+//!
+//! Both hold the same text, one KEK per line or `;`-separated entry:
+//! `<version>:<base64url, no padding, of 32 bytes>`. Lines starting with `#`
+//! are comments. A bare base64 value means version 1.
+//!
+//! Guarantees: a key file readable by group or others is refused; keys of the
+//! wrong length are refused; in production mode weak keys (one repeated byte,
+//! or fewer than 16 distinct byte values) are refused. Errors never quote key
+//! text.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SecureRandom;
+use zeroize::Zeroizing;
+
+use super::{CryptoError, KEY_BYTES, KeyRing, random_bytes};
+
+/// Where the KEKs are read from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// A key file on disk.
+    File(PathBuf),
+    /// The text of the `CONSENTVAULT_KEK` environment variable.
+    Env(Zeroizing<String>),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Env(_) => f.write_str("Env(<redacted>)"),
+        }
+    }
+}
+
+/// Errors while reading or creating key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file can be read by group or others.
+    #[error("key file {path} has mode {mode:o}; it must not be readable by group or others (chmod 600)")]
+    Permissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A line of the key text is not `<version>:<base64url>` of 32 bytes.
+    #[error("{origin}, entry {entry}: {problem}")]
+    Syntax {
+        /// The file path or `CONSENTVAULT_KEK`.
+        origin: String,
+        /// The 1-based entry number.
+        entry: usize,
+        /// What is wrong, without quoting the key.
+        problem: &'static str,
+    },
+    /// The key text holds no key.
+    #[error("{origin} holds no key-encryption key")]
+    Empty {
+        /// The file path or `CONSENTVAULT_KEK`.
+        origin: String,
+    },
+    /// Production mode refuses a key with too little variety to be random.
+    #[error("{origin}, KEK version {version}: the key is weak (not random); production start-up refuses it")]
+    Weak {
+        /// The file path or `CONSENTVAULT_KEK`.
+        origin: String,
+        /// The KEK version.
+        version: u32,
+    },
+    /// The keys could not be turned into a key ring.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// Creates `path` with a fresh random version-1 KEK, mode 0600. Fails if the
+/// file exists.
+pub fn write_new_key_file(path: &Path, rng: &dyn SecureRandom) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let key = Zeroizing::new(random_bytes::<KEY_BYTES>(rng)?);
+    let text = Zeroizing::new(format!(
+        "# consentvault key-encryption keys: <version>:<base64url>. Keep secret, mode 0600, and back up apart from the data.\n1:{}\n",
+        URL_SAFE_NO_PAD.encode(key.as_ref())
+    ));
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Reads the KEKs from `source` into a key ring.
+pub fn load_key_ring(source: &KeySource, production: bool) -> Result<KeyRing, KeyFileError> {
+    let (origin, text) = match source {
+        KeySource::File(path) => {
+            let io = |source| KeyFileError::Io { path: path.clone(), source };
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::Permissions { path: path.clone(), mode });
+            }
+            (path.display().to_string(), Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
+        }
+        KeySource::Env(text) => ("CONSENTVAULT_KEK".to_owned(), text.clone()),
+    };
+    let keys = parse_keys(&origin, &text)?;
+    if production {
+        for (version, key) in &keys {
+            if is_weak(key) {
+                return Err(KeyFileError::Weak { origin, version: *version });
+            }
+        }
+    }
+    Ok(KeyRing::new(keys)?)
+}
+
+/// KEKs by version, as read from key text.
+type VersionedKeys = Vec<(u32, Zeroizing<[u8; KEY_BYTES]>)>;
+
+fn parse_keys(origin: &str, text: &str) -> Result<VersionedKeys, KeyFileError> {
+    let entries = text.split(['\n', ';']).map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
+    let mut keys: VersionedKeys = Vec::new();
+    for (index, entry) in entries.enumerate() {
+        let syntax = |problem| KeyFileError::Syntax { origin: origin.to_owned(), entry: index + 1, problem };
+        let (version, encoded) = match entry.split_once(':') {
+            Some((version, encoded)) => {
+                (version.trim().parse::<u32>().map_err(|_| syntax("version is not a number"))?, encoded.trim())
+            }
+            None => (1, entry),
+        };
+        if version == 0 {
+            return Err(syntax("versions start at 1"));
+        }
+        if keys.iter().any(|(seen, _)| *seen == version) {
+            return Err(syntax("version appears twice"));
+        }
+        let decoded = Zeroizing::new(
+            URL_SAFE_NO_PAD.decode(encoded).map_err(|_| syntax("key is not base64url without padding"))?,
+        );
+        let key: [u8; KEY_BYTES] = decoded.as_slice().try_into().map_err(|_| syntax("key is not 32 bytes"))?;
+        keys.push((version, Zeroizing::new(key)));
+    }
+    if keys.is_empty() {
+        return Err(KeyFileError::Empty { origin: origin.to_owned() });
+    }
+    Ok(keys)
+}
+
+/// A random 32-byte key has, with overwhelming probability, more than 16
+/// distinct byte values; a key with fewer was typed or derived, not drawn.
+fn is_weak(key: &[u8; KEY_BYTES]) -> bool {
+    let mut seen = [false; 256];
+    for &byte in key {
+        seen[usize::from(byte)] = true;
+    }
+    seen.iter().filter(|&&s| s).count() < 16
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ring::rand::SystemRandom;
+
+    #[test]
+    fn new_key_file_is_private_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        write_new_key_file(&path, &SystemRandom::new()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let ring = load_key_ring(&KeySource::File(path.clone()), true).unwrap();
+        assert_eq!(ring.current_version(), 1);
+        assert!(write_new_key_file(&path, &SystemRandom::new()).is_err(), "must not overwrite a key file");
+    }
+
+    #[test]
+    fn key_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        write_new_key_file(&path, &SystemRandom::new()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_key_ring(&KeySource::File(path), false), Err(KeyFileError::Permissions { .. })));
+    }
+
+    #[test]
+    fn env_keys_parse_with_versions_and_highest_is_current() {
+        let a = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&SystemRandom::new()).unwrap());
+        let b = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&SystemRandom::new()).unwrap());
+        let ring = load_key_ring(&KeySource::Env(Zeroizing::new(format!("1:{a};3:{b}"))), true).unwrap();
+        assert_eq!(ring.versions(), vec![1, 3]);
+        assert_eq!(ring.current_version(), 3);
+        let bare = load_key_ring(&KeySource::Env(Zeroizing::new(a)), true).unwrap();
+        assert_eq!(bare.versions(), vec![1]);
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_without_quoting_them() {
+        let short = URL_SAFE_NO_PAD.encode([7u8; 16]);
+        for text in ["", "# only a comment", "x:abc", "0:abc", "1:not base64!", &format!("1:{short}")] {
+            let error = load_key_ring(&KeySource::Env(Zeroizing::new(text.to_owned())), false).unwrap_err();
+            let message = error.to_string();
+            assert!(short.is_empty() || !message.contains(&short), "{message}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_weak_keys() {
+        let weak = URL_SAFE_NO_PAD.encode([0u8; 32]);
+        let source = KeySource::Env(Zeroizing::new(weak));
+        assert!(matches!(load_key_ring(&source, true), Err(KeyFileError::Weak { version: 1, .. })));
+        assert!(load_key_ring(&source, false).is_ok(), "development mode accepts any 32-byte key");
+    }
+}

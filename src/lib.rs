@@ -1,0 +1,18 @@
+//! consentvault: a privacy-first, permission-based customer data vault.
+//!
+//! Customers keep their personal data here; every value is sealed with
+//! AES-256-GCM under a per-subject key, and every change goes through one
+//! durable, group-committed path. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod ids;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod subjects;
+pub mod telemetry;
+pub mod vault;

@@ -1,0 +1,101 @@
+//! The running server: binds, serves the router, and shuts down gracefully.
+//!
+//! [`Application::build`] can bind port 0, so tests start the real server on
+//! a free port with a temporary data directory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, Limits};
+use crate::config::ServeConfig;
+use crate::vault::{Opened, Vault, VaultError};
+
+/// Errors while starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The vault could not be opened.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A vault bound to a listening socket, ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
+    vault: Arc<Vault>,
+    router: axum::Router,
+    opened: Opened,
+}
+
+impl Application {
+    /// Opens the vault and binds the listen address.
+    pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
+        let (vault, opened) = Vault::open(config.vault.options.clone())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { address: config.listen, source })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind { address: config.listen, source })?;
+        let limits = Limits {
+            body_bytes_max: config.body_bytes_max,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        };
+        let router = api::router(Arc::clone(&vault), limits);
+        Ok(Self { listener, address, vault, router, opened })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Whether opening created a new vault.
+    pub fn opened(&self) -> Opened {
+        self.opened
+    }
+
+    /// The open vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Serves until `shutdown` resolves, lets requests in flight finish, then
+    /// closes the store after its last flush.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        self.vault.close().map_err(std::io::Error::other)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing requests in flight");
+}

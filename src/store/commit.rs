@@ -1,0 +1,446 @@
+//! The single commit path: group commit on one dedicated thread.
+//!
+//! Every mutation is a transaction function submitted with [`Store::commit`].
+//! The commit thread takes whatever transactions are waiting, runs them one
+//! after another against the current state (each sees the writes of those
+//! before it in the same batch), applies their writes as one atomic batch,
+//! flushes once, and only then answers each caller.
+//!
+//! There is no fixed wait: while one flush runs, the next batch gathers in the
+//! channel, so a lone write is flushed at once and batches grow with load.
+//!
+//! Because transactions run one at a time in commit order, a transaction that
+//! reads state and decides (the consent check of a read, the next audit index)
+//! decides against exactly the state its batch commits on top of.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{Backend, Entries, Key, StoreError, ValueKey, WriteBatch, counter_decode, sealed_bytes};
+use crate::crypto::Sealed;
+
+/// Most transactions gathered into one batch; bounds the latency one flush
+/// adds for the transactions behind it.
+const BATCH_TRANSACTIONS_MAX: usize = 4096;
+
+/// Errors of [`Store::commit`].
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError<E> {
+    /// The transaction function returned an error; none of its writes were
+    /// applied.
+    #[error(transparent)]
+    Rejected(E),
+    /// The store could not apply or flush the batch; the change is not
+    /// acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The view a transaction function gets: reads see committed state plus the
+/// writes of earlier transactions in the same batch plus its own.
+pub struct Txn<'a> {
+    backend: &'a dyn Backend,
+    batch: &'a WriteBatch,
+    writes: WriteBatch,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("writes", &self.writes.len()).finish_non_exhaustive()
+    }
+}
+
+impl Txn<'_> {
+    /// The value at `key` as this transaction sees it.
+    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let bytes = key.as_bytes();
+        if let Some(write) = self.writes.get(bytes).or_else(|| self.batch.get(bytes)) {
+            return Ok(write.clone());
+        }
+        self.backend.get(bytes)
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains(&self, key: &Key) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Every entry under `prefix`, merged with pending writes, in key order.
+    pub fn scan_prefix(&self, prefix: &Key) -> Result<Entries, StoreError> {
+        let end = prefix.prefix_end();
+        let mut merged: WriteBatch = self
+            .backend
+            .scan(prefix.as_bytes(), &end, usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| (key, Some(value)))
+            .collect();
+        for pending in [self.batch, &self.writes] {
+            for (key, value) in pending.range(prefix.as_bytes().to_vec()..) {
+                if !key.starts_with(prefix.as_bytes()) {
+                    break;
+                }
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect())
+    }
+
+    /// Writes a record that holds no personal value (ids, names, timestamps).
+    pub fn put(&mut self, key: Key, value: Vec<u8>) {
+        self.writes.insert(key.0, Some(value));
+    }
+
+    /// Writes a sealed personal value.
+    pub fn put_sealed(&mut self, key: ValueKey, value: Sealed) {
+        self.writes.insert(key.0.0, Some(sealed_bytes(value)));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: &Key) {
+        self.writes.insert(key.0.clone(), None);
+    }
+
+    /// Deletes a sealed value.
+    pub fn delete_value(&mut self, key: &ValueKey) {
+        self.delete(&key.0);
+    }
+
+    /// Adds `amount` to the counter at `key` and returns the new total.
+    pub fn counter_add(&mut self, key: Key, amount: u64) -> Result<u64, StoreError> {
+        let total = counter_decode(self.get(&key)?.as_deref())?.saturating_add(amount);
+        self.put(key, total.to_be_bytes().to_vec());
+        Ok(total)
+    }
+}
+
+/// Called with the outcome of the batch flush, after the batch is applied.
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A transaction as the commit thread runs it.
+type Job = Box<dyn for<'a> FnOnce(&mut Txn<'a>) -> Completion + Send>;
+
+/// Counters of the commit path, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions acknowledged or rejected.
+    pub transactions: AtomicU64,
+    /// Batches applied and flushed.
+    pub batches: AtomicU64,
+    /// Time spent in flushes, in nanoseconds.
+    pub flush_nanos: AtomicU64,
+    /// Flushes that failed.
+    pub flush_failures: AtomicU64,
+}
+
+/// The store: committed reads, and the single commit path.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<StoreStats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("healthy", &self.is_healthy()).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Starts the commit thread over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Result<Self, StoreError> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(StoreStats::default());
+        let thread_backend = Arc::clone(&backend);
+        let thread_healthy = Arc::clone(&healthy);
+        let thread_stats = Arc::clone(&stats);
+        // Logs from the commit thread go where the caller's logs go.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new()
+            .name("consentvault-commit".to_owned())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    commit_loop(&*thread_backend, &receiver, &thread_healthy, &thread_stats);
+                });
+            })
+            .map_err(|error| StoreError::Engine(format!("cannot start the commit thread: {error}")))?;
+        Ok(Self { backend, sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)), healthy, stats })
+    }
+
+    /// The committed value at `key` (outside any transaction).
+    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(key.as_bytes())
+    }
+
+    /// The committed sealed value at `key`.
+    pub fn get_sealed(&self, key: &ValueKey) -> Result<Option<Sealed>, StoreError> {
+        Ok(self.get(key.key())?.map(Sealed::from_bytes))
+    }
+
+    /// Up to `limit` committed entries under `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &Key, limit: usize) -> Result<Entries, StoreError> {
+        self.backend.scan(prefix.as_bytes(), &prefix.prefix_end(), limit)
+    }
+
+    /// Up to `limit` committed entries with `start <= key < end`.
+    pub fn scan_range(&self, start: &Key, end: &Key, limit: usize) -> Result<Entries, StoreError> {
+        self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
+    }
+
+    /// Whether the last flush succeeded and the commit thread is running.
+    pub fn is_healthy(&self) -> bool {
+        let running =
+            self.thread.lock().map(|thread| thread.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false);
+        running && self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Counters of the commit path.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Runs `transaction` on the commit path and resolves once its batch is
+    /// durable. If `transaction` returns `Err`, its writes are discarded and
+    /// the error comes back as [`CommitError::Rejected`].
+    ///
+    /// The function runs on the commit thread while other callers wait: keep
+    /// it to reads, decisions and writes; do sealing and opening outside.
+    pub async fn commit<T, E, F>(&self, transaction: F) -> Result<T, CommitError<E>>
+    where
+        F: for<'a> FnOnce(&mut Txn<'a>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, CommitError<E>>>();
+        let job: Job = Box::new(move |txn: &mut Txn<'_>| {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| transaction(txn)));
+            let outcome = match outcome {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(CommitError::Rejected(error)),
+                Err(_) => Err(CommitError::Store(StoreError::Panicked)),
+            };
+            if outcome.is_err() {
+                txn.writes.clear();
+            }
+            Box::new(move |flushed: Result<(), StoreError>| {
+                let result = match (outcome, flushed) {
+                    (Err(error), _) => Err(error),
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(error)) => Err(CommitError::Store(error)),
+                };
+                // The caller may have gone away (request cancelled); the
+                // change is durable either way.
+                let _ = reply.send(result);
+            })
+        });
+        let sent = match self.sender.lock() {
+            Ok(sender) => sender.as_ref().map(|sender| sender.send(job).is_ok()).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !sent {
+            return Err(CommitError::Store(StoreError::Closed));
+        }
+        answer.await.unwrap_or(Err(CommitError::Store(StoreError::Closed)))
+    }
+
+    /// Stops the commit thread after it has finished every submitted
+    /// transaction, then flushes. Called by `Drop` too.
+    pub fn close(&self) -> Result<(), StoreError> {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
+        if let Some(thread) = thread {
+            thread.join().map_err(|_| StoreError::Panicked)?;
+            self.backend.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::error!(%error, "store did not close cleanly");
+        }
+    }
+}
+
+fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &AtomicBool, stats: &StoreStats) {
+    // Blocks until the first transaction of a batch arrives; then takes
+    // whatever else is already waiting.
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_TRANSACTIONS_MAX {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut batch = WriteBatch::new();
+        let mut completions = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new() };
+            let completion = job(&mut txn);
+            let writes = std::mem::take(&mut txn.writes);
+            batch.extend(writes);
+            completions.push(completion);
+        }
+        // A batch of pure reads still waits for a flush if the previous one
+        // failed: what it read may not be durable yet.
+        let outcome = if batch.is_empty() && healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            apply_and_flush(backend, &batch, stats)
+        };
+        healthy.store(outcome.is_ok(), Ordering::Release);
+        if let Err(error) = &outcome {
+            stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, transactions = completions.len(), "batch not durable; its changes are not acknowledged");
+        }
+        stats.transactions.fetch_add(completions.len() as u64, Ordering::Relaxed);
+        for completion in completions {
+            completion(outcome.clone());
+        }
+    }
+}
+
+fn apply_and_flush(backend: &dyn Backend, batch: &WriteBatch, stats: &StoreStats) -> Result<(), StoreError> {
+    backend.apply(batch)?;
+    let started = Instant::now();
+    let flushed = backend.flush();
+    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    stats.flush_nanos.fetch_add(nanos, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    flushed
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::memory::MemoryBackend;
+
+    fn store() -> Store {
+        Store::new(Arc::new(MemoryBackend::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn committed_write_is_visible_and_rejected_one_changes_nothing() {
+        let store = store();
+        store
+            .commit(|txn| {
+                txn.put(Key::meta("a"), b"1".to_vec());
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        let rejected = store
+            .commit(|txn| {
+                txn.put(Key::meta("b"), b"2".to_vec());
+                Err::<(), _>("no")
+            })
+            .await;
+        assert!(matches!(rejected, Err(CommitError::Rejected("no"))));
+        assert_eq!(store.get(&Key::meta("a")).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(&Key::meta("b")).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_transaction_is_discarded_and_the_path_stays_open() {
+        let store = store();
+        let panicked = store
+            .commit(|txn| -> Result<(), ()> {
+                txn.put(Key::meta("p"), b"x".to_vec());
+                panic!("boom")
+            })
+            .await;
+        assert!(matches!(panicked, Err(CommitError::Store(StoreError::Panicked))));
+        assert_eq!(store.get(&Key::meta("p")).unwrap(), None);
+        store
+            .commit(|txn| {
+                txn.put(Key::meta("q"), vec![1]);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        assert!(store.is_healthy());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_counter_increments_are_serialised() {
+        let store = Arc::new(store());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store.commit(|txn| txn.counter_add(Key::counter("c"), 1)).await.unwrap()
+            }));
+        }
+        let mut totals = Vec::new();
+        for task in tasks {
+            totals.push(task.await.unwrap());
+        }
+        totals.sort_unstable();
+        assert_eq!(totals, (1..=200).collect::<Vec<u64>>());
+        let stats = store.stats();
+        assert_eq!(stats.transactions.load(Ordering::Relaxed), 200);
+        assert!(stats.batches.load(Ordering::Relaxed) <= 200);
+    }
+
+    #[tokio::test]
+    async fn scan_prefix_merges_pending_writes_and_deletes() {
+        let store = store();
+        let subject = [9u8; 16];
+        store
+            .commit(move |txn| {
+                txn.put(Key::values_of(&subject), vec![]);
+                txn.put(Key::counter("x"), vec![0; 8]);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        let seen = store
+            .commit(move |txn| {
+                txn.delete(&Key::values_of(&subject));
+                txn.put_sealed(Key::value(&subject, "email"), Sealed::from_bytes(vec![1]));
+                txn.scan_prefix(&Key::values_of(&subject))
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(Key::values_of(&subject).suffix_of(&seen[0].0), Some(&b"email"[..]));
+    }
+
+    #[tokio::test]
+    async fn failed_flush_is_not_acknowledged_and_the_store_recovers() {
+        let backend = Arc::new(MemoryBackend::default());
+        let store = Store::new(backend.clone()).unwrap();
+        backend.fail_flushes(true);
+        let result = store
+            .commit(|txn| {
+                txn.put(Key::meta("k"), vec![1]);
+                Ok::<_, ()>(())
+            })
+            .await;
+        assert!(matches!(result, Err(CommitError::Store(StoreError::Engine(_)))));
+        assert!(!store.is_healthy());
+        backend.fail_flushes(false);
+        store
+            .commit(|txn| {
+                txn.put(Key::meta("k"), vec![2]);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        assert!(store.is_healthy());
+        assert_eq!(backend.durable(&Key::meta("k")), Some(vec![2]));
+    }
+}

@@ -1,0 +1,90 @@
+//! An in-memory [`Backend`] that can be told to fail, for fault-injection
+//! tests of the commit path and everything built on it.
+//!
+//! It keeps two maps: what has been applied, and what the last successful
+//! flush made "durable", so a test can check that nothing was acknowledged
+//! without reaching the durable map.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Backend, Entries, Key, StoreError, WriteBatch};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// An in-memory backend with switchable faults.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    applied: Mutex<Map>,
+    durable: Mutex<Map>,
+    fail_applies: AtomicBool,
+    fail_flushes: AtomicBool,
+}
+
+impl MemoryBackend {
+    /// Makes every later `apply` fail (or succeed again).
+    pub fn fail_applies(&self, fail: bool) {
+        self.fail_applies.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `flush` fail (or succeed again).
+    pub fn fail_flushes(&self, fail: bool) {
+        self.fail_flushes.store(fail, Ordering::SeqCst);
+    }
+
+    /// The value at `key` as of the last successful flush.
+    pub fn durable(&self, key: &Key) -> Option<Vec<u8>> {
+        lock(&self.durable).get(key.as_bytes()).cloned()
+    }
+
+    /// Every durable entry (for scans in tests).
+    pub fn durable_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        lock(&self.durable).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A poisoned lock here only means a test thread panicked while holding it;
+/// the map itself is still consistent, so keep using it.
+fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(lock(&self.applied).get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let applied = lock(&self.applied);
+        let range = applied.range(start.to_vec()..);
+        Ok(range
+            .take_while(|(key, _)| end.is_empty() || key.as_slice() < end)
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if self.fail_applies.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("injected apply failure".to_owned()));
+        }
+        let mut applied = lock(&self.applied);
+        for (key, value) in batch {
+            match value {
+                Some(value) => applied.insert(key.clone(), value.clone()),
+                None => applied.remove(key),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.fail_flushes.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("injected flush failure".to_owned()));
+        }
+        let snapshot = lock(&self.applied).clone();
+        *lock(&self.durable) = snapshot;
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! Durable storage behind a narrow, typed interface.
+//!
+//! The rest of the vault sees three things: [`Key`]s built by typed
+//! constructors, the read side of [`Store`], and [`Store::commit`], the single
+//! path every mutation takes. Personal values only enter through
+//! [`Txn::put_sealed`], which takes a [`Sealed`] value: the store never sees
+//! plaintext personal data.
+//!
+//! The engine is a [`Backend`] (today sled, in [`sled_backend`]); nothing
+//! outside this module names sled, so a second backend only has to implement
+//! the trait.
+//!
+//! **Architecture Invariant:** a change is acknowledged (its `commit` future
+//! resolves `Ok`) only after the flush of the atomic batch that carries it.
+
+mod commit;
+pub mod memory;
+pub mod sled_backend;
+
+use std::collections::BTreeMap;
+
+pub use commit::{CommitError, Store, StoreStats, Txn};
+
+use crate::crypto::Sealed;
+
+/// One atomic set of writes: key → new value, or `None` to delete.
+pub type WriteBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Stored entries as a scan returns them: (key, value) in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Errors of the storage layer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The storage engine failed to read, write or flush; the text is the
+    /// engine's message and never holds stored values.
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+    /// The commit thread has stopped (the store is shutting down or a previous
+    /// fault stopped it); nothing more can be committed.
+    #[error("the commit path is closed")]
+    Closed,
+    /// A transaction function panicked; its changes were discarded.
+    #[error("a transaction panicked and was discarded")]
+    Panicked,
+    /// A stored record could not be decoded (corruption or a format change).
+    #[error("stored record {what} is corrupt")]
+    Corrupt {
+        /// Which kind of record.
+        what: &'static str,
+    },
+}
+
+/// A storage engine: ordered bytes to bytes, with atomic batches and an
+/// explicit flush. Implementations must make `apply` atomic (all or nothing)
+/// and `flush` return only when everything applied before it is on disk.
+pub trait Backend: Send + Sync + 'static {
+    /// The committed (applied) value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` entries with `start <= key < end`, in key order.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// Applies every write of `batch` atomically.
+    fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The key spaces. The first byte of every key names its space, so a scan of
+/// one space never sees another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Space {
+    /// Vault-wide settings and key checks.
+    Meta = 0x01,
+    /// One record per subject (ids and timestamps only).
+    Subjects = 0x02,
+    /// One wrapped DEK per subject.
+    Keys = 0x03,
+    /// Sealed field values, keyed by subject then field name.
+    Values = 0x04,
+    /// Encryption counters per key.
+    Counters = 0x05,
+}
+
+/// A key in one [`Space`]. Built only by the constructors below, so every
+/// module agrees on the layout.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key(Vec<u8>);
+
+/// The key of one sealed field value; only [`Txn::put_sealed`] writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueKey(Key);
+
+impl Key {
+    fn new(space: Space, parts: &[&[u8]]) -> Self {
+        let mut bytes = vec![space as u8];
+        for part in parts {
+            bytes.extend_from_slice(part);
+        }
+        Self(bytes)
+    }
+
+    /// A vault-wide setting.
+    pub fn meta(name: &str) -> Self {
+        Self::new(Space::Meta, &[name.as_bytes()])
+    }
+
+    /// The record of one subject.
+    pub fn subject(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Subjects, &[subject])
+    }
+
+    /// The prefix of every subject record.
+    pub fn subjects_all() -> Self {
+        Self::new(Space::Subjects, &[])
+    }
+
+    /// The wrapped DEK of one subject.
+    pub fn dek(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Keys, &[subject])
+    }
+
+    /// The prefix of every wrapped DEK.
+    pub fn deks_all() -> Self {
+        Self::new(Space::Keys, &[])
+    }
+
+    /// One sealed field value.
+    pub fn value(subject: &[u8; 16], field: &str) -> ValueKey {
+        ValueKey(Self::new(Space::Values, &[subject, field.as_bytes()]))
+    }
+
+    /// The prefix of every sealed value of one subject.
+    pub fn values_of(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Values, &[subject])
+    }
+
+    /// The encryption counter of a key, by name.
+    pub fn counter(name: &str) -> Self {
+        Self::new(Space::Counters, &[name.as_bytes()])
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes after this key when it is used as a prefix of `full`.
+    pub fn suffix_of<'a>(&self, full: &'a [u8]) -> Option<&'a [u8]> {
+        full.strip_prefix(self.0.as_slice())
+    }
+
+    /// The smallest key greater than every key starting with this prefix, or
+    /// `None` if the prefix is all `0xFF`.
+    fn prefix_end(&self) -> Vec<u8> {
+        let mut end = self.0.clone();
+        while let Some(last) = end.pop() {
+            if last < u8::MAX {
+                end.push(last + 1);
+                return end;
+            }
+        }
+        // Every key starts with a space byte below 0xFF, so this is unreachable
+        // for keys built here; an empty end means "no upper bound".
+        Vec::new()
+    }
+}
+
+impl ValueKey {
+    /// The underlying key.
+    pub fn key(&self) -> &Key {
+        &self.0
+    }
+}
+
+/// Decodes a counter stored under [`Key::counter`].
+pub fn counter_decode(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
+    match bytes {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt { what: "counter" })?;
+            Ok(u64::from_be_bytes(array))
+        }
+    }
+}
+
+/// A sealed value as it is stored.
+pub(crate) fn sealed_bytes(value: Sealed) -> Vec<u8> {
+    value.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_do_not_overlap_and_prefix_end_bounds_a_prefix() {
+        let subject = [0xFFu8; 16];
+        let prefix = Key::values_of(&subject);
+        let end = prefix.prefix_end();
+        let inside = Key::value(&subject, "zzzz");
+        assert!(inside.key().as_bytes() >= prefix.as_bytes() && inside.key().as_bytes() < end.as_slice());
+        assert!(Key::counter("a").as_bytes() >= end.as_slice());
+        assert_eq!(prefix.suffix_of(inside.key().as_bytes()), Some(&b"zzzz"[..]));
+    }
+}

@@ -1,0 +1,290 @@
+//! The vault: one data directory opened with its keys, store and policies.
+//!
+//! A data directory holds `kek.key` (unless the KEK comes from the
+//! environment) and `store/` (the sled database). Opening checks that the
+//! loaded KEKs are the ones the store was sealed with, so a wrong key file is
+//! refused at start-up instead of failing on the first read.
+//!
+//! No global state: two vaults on two directories can live in one process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
+use crate::policy::{self, Policies, PolicyError};
+use crate::store::sled_backend::SledBackend;
+use crate::store::{Backend, Key, Store, StoreError};
+use crate::{clock, crypto};
+
+/// The name of the key file inside a data directory.
+pub const KEY_FILE: &str = "kek.key";
+/// The name of the store directory inside a data directory.
+pub const STORE_DIR: &str = "store";
+/// The layout version written at init; a later layout refuses older data
+/// until migrated.
+const FORMAT_VERSION: &str = "1";
+
+/// Errors while creating or opening a vault.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The data directory cannot be created or read.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The data directory is not empty but holds no vault.
+    #[error("data directory {0} is not empty and holds no vault; choose an empty or a vault directory")]
+    NotAVault(PathBuf),
+    /// `init` was asked to create a vault where one exists.
+    #[error("data directory {0} already holds a vault")]
+    AlreadyInitialised(PathBuf),
+    /// Production mode never creates keys on its own.
+    #[error("data directory {0} holds no vault; production start-up does not create one (run `consentvault init`)")]
+    NotInitialised(PathBuf),
+    /// The store was written by a different layout version.
+    #[error("the store has format {found}, this build reads format {FORMAT_VERSION}")]
+    Format {
+        /// The version found.
+        found: String,
+    },
+    /// The key file or environment key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// None of the loaded KEKs is the one this store was sealed with, or one
+    /// of them differs from the stored check.
+    #[error("key-encryption key version {0} does not match this data directory")]
+    KeyMismatch(u32),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Key material could not be created.
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+}
+
+/// How to open a vault.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where the KEKs come from; `None` means `<data_dir>/kek.key`.
+    pub key_source: Option<KeySource>,
+    /// The parsed policies.
+    pub policies: Policies,
+    /// Production mode: never create keys, refuse weak ones.
+    pub production: bool,
+    /// sled's page cache, in bytes.
+    pub store_cache_bytes: u64,
+}
+
+/// What [`Vault::open`] did to the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// An existing vault was opened.
+    Existing,
+    /// The directory was empty: a new vault and key file were created.
+    Initialised,
+}
+
+/// An open vault.
+pub struct Vault {
+    data_dir: PathBuf,
+    keys: KeyRing,
+    store: Store,
+    policies: Policies,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("data_dir", &self.data_dir).field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+/// Reads the policy directory `dir` from disk and parses it.
+pub fn policies_load(dir: &Path) -> Result<Policies, PolicyError> {
+    let file = dir.join(policy::CATALOGUE_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|error| PolicyError {
+        file: file.display().to_string(),
+        line: 0,
+        problem: format!("cannot read: {error}"),
+    })?;
+    Policies::parse(dir, &text)
+}
+
+/// The policies shipped inside the binary.
+pub fn policies_default() -> Policies {
+    // The shipped catalogue is checked by the unit tests of `policy`; if it
+    // ever failed to parse, the build itself would be broken.
+    #[allow(clippy::expect_used)]
+    Policies::parse(Path::new("<built-in>"), policy::DEFAULT_CATALOGUE).expect("the built-in policies parse")
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(VaultError::DataDir { path: path.to_owned(), source }),
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| VaultError::DataDir { path: path.to_owned(), source })
+}
+
+impl Vault {
+    /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
+    /// (unless `key_source` names another) and an empty store bound to it.
+    pub fn init(data_dir: &Path, key_source: Option<&KeySource>) -> Result<(), VaultError> {
+        if !is_empty_dir(data_dir)? {
+            return Err(if data_dir.join(STORE_DIR).exists() {
+                VaultError::AlreadyInitialised(data_dir.to_owned())
+            } else {
+                VaultError::NotAVault(data_dir.to_owned())
+            });
+        }
+        create_private_dir(data_dir)?;
+        let source = match key_source {
+            Some(source) => source.clone(),
+            None => {
+                let path = data_dir.join(KEY_FILE);
+                write_new_key_file(&path, &ring::rand::SystemRandom::new())?;
+                KeySource::File(path)
+            }
+        };
+        let keys = load_key_ring(&source, false)?;
+        let backend = SledBackend::open(&data_dir.join(STORE_DIR), 64 * 1024 * 1024)?;
+        let mut batch = crate::store::WriteBatch::new();
+        batch.insert(Key::meta("format").as_bytes().to_vec(), Some(FORMAT_VERSION.as_bytes().to_vec()));
+        batch.insert(Key::meta("created_at").as_bytes().to_vec(), Some(clock::rfc3339(clock::now()).into_bytes()));
+        let version = keys.current_version();
+        batch.insert(key_check_key(version).as_bytes().to_vec(), Some(keys.key_check_create(version)?));
+        backend.apply(&batch)?;
+        backend.flush()?;
+        Ok(())
+    }
+
+    /// Opens the vault in `options.data_dir`. An empty directory is
+    /// initialised first unless in production mode.
+    pub fn open(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
+        let data_dir = options.data_dir;
+        let opened = if is_empty_dir(&data_dir)? {
+            if options.production {
+                return Err(VaultError::NotInitialised(data_dir));
+            }
+            Self::init(&data_dir, options.key_source.as_ref())?;
+            Opened::Initialised
+        } else if !data_dir.join(STORE_DIR).is_dir() {
+            return Err(VaultError::NotAVault(data_dir));
+        } else {
+            Opened::Existing
+        };
+        let source = options.key_source.unwrap_or_else(|| KeySource::File(data_dir.join(KEY_FILE)));
+        let keys = load_key_ring(&source, options.production)?;
+        let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
+        check_format(&*backend)?;
+        bind_keys(&*backend, &keys)?;
+        let store = Store::new(backend)?;
+        let vault = Self { data_dir, keys, store, policies: options.policies };
+        Ok((Arc::new(vault), opened))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The loaded KEKs.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Whether the vault can serve: the store answers and its last flush
+    /// succeeded, and keys are loaded.
+    pub fn readiness(&self) -> Readiness {
+        let store = self.store.is_healthy() && self.store.get(&Key::meta("format")).is_ok();
+        Readiness { store, keys: !self.keys.versions().is_empty() }
+    }
+
+    /// Finishes every pending commit and flushes the store.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.store.close()
+    }
+}
+
+/// The result of a readiness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    /// The store answers reads and the last flush succeeded.
+    pub store: bool,
+    /// Key-encryption keys are loaded.
+    pub keys: bool,
+}
+
+impl Readiness {
+    /// Whether every check passed.
+    pub fn is_ready(&self) -> bool {
+        self.store && self.keys
+    }
+}
+
+fn key_check_key(version: u32) -> Key {
+    Key::meta(&format!("kek-check/{version}"))
+}
+
+fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {
+    let found = backend.get(Key::meta("format").as_bytes())?;
+    match found.as_deref() {
+        Some(version) if version == FORMAT_VERSION.as_bytes() => Ok(()),
+        Some(version) => Err(VaultError::Format { found: String::from_utf8_lossy(version).into_owned() }),
+        None => Err(VaultError::Format { found: "none".to_owned() }),
+    }
+}
+
+/// Every loaded KEK that has a stored check must match it, and at least one
+/// must have one; a version without a check (a key just added for rotation)
+/// gets one.
+fn bind_keys(backend: &dyn Backend, keys: &KeyRing) -> Result<(), VaultError> {
+    let mut bound = false;
+    let mut new_checks = crate::store::WriteBatch::new();
+    for version in keys.versions() {
+        let key = key_check_key(version);
+        match backend.get(key.as_bytes())? {
+            Some(check) => {
+                keys.key_check_verify(version, &check).map_err(|_| VaultError::KeyMismatch(version))?;
+                bound = true;
+            }
+            None => {
+                new_checks.insert(key.as_bytes().to_vec(), Some(keys.key_check_create(version)?));
+            }
+        }
+    }
+    if !bound {
+        return Err(VaultError::KeyMismatch(keys.current_version()));
+    }
+    if !new_checks.is_empty() {
+        backend.apply(&new_checks)?;
+        backend.flush()?;
+    }
+    Ok(())
+}
