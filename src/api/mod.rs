@@ -62,15 +62,17 @@ impl MakeRequestId for RandomRequestId {
 pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     let state = AppState { vault };
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
-        // The route template, never the raw path or query: they can carry
-        // identifiers a log reader should not correlate, and bodies are never
-        // logged at all.
-        let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
-        let request_id = request.headers().get(REQUEST_ID_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("-");
-        tracing::info_span!("request", method = %request.method(), route, request_id)
-    })
-    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request| {
+            // The route template, never the raw path or query: they can carry
+            // identifiers a log reader should not correlate, and bodies are never
+            // logged at all.
+            let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
+            let request_id =
+                request.headers().get(REQUEST_ID_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), route, request_id)
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -1,0 +1,161 @@
+//! Helpers shared by the integration tests: a vault on a temporary
+//! directory, the real server binary on port 0, and a small seeded random
+//! generator so failures can be replayed.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use consentvault::vault::{Opened, Vault, VaultOptions, policies_load};
+
+/// The policy directory shipped with the crate.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// Opens (creating if empty) a vault in `data_dir` with the shipped policies.
+pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
+    let options = VaultOptions {
+        data_dir: data_dir.to_owned(),
+        key_source: None,
+        policies: policies_load(&policies_dir()).unwrap(),
+        production: false,
+        store_cache_bytes: 16 * 1024 * 1024,
+    };
+    Vault::open(options).unwrap()
+}
+
+/// Every regular file under `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// xorshift64*: small, seeded, good enough to pick test timings and values.
+#[derive(Debug, Clone)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded from `CONSENTVAULT_TEST_SEED` if set, else from the clock; the
+    /// seed is printed so a failing run can be replayed.
+    pub fn from_env() -> Self {
+        let seed = std::env::var("CONSENTVAULT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("test seed: CONSENTVAULT_TEST_SEED={seed}");
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `range`.
+    pub fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
+    }
+}
+
+/// The real `consentvault serve` process on 127.0.0.1 port 0.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base_url: String,
+    pub stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ServerProcess {
+    /// Starts `consentvault serve --data-dir DIR --listen 127.0.0.1:0` with
+    /// the shipped policies, plus `extra` arguments and environment.
+    pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_consentvault"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--policies")
+            .arg(policies_dir())
+            .args(extra)
+            .env("CONSENTVAULT_LOG", "debug")
+            .env_remove("CONSENTVAULT_KEK")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        match line.trim().strip_prefix("listening on ") {
+            Some(url) => {
+                let base_url = url.to_owned();
+                // Keep draining stdout so the server never blocks on it.
+                std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+                Ok(Self { child, base_url, stderr })
+            }
+            None => {
+                let status = child.wait().unwrap();
+                // Give the stderr reader a moment to collect the last bytes.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let text = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+                Err(format!("server did not start ({status}): {text}"))
+            }
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,119 @@
+//! The real binary: `init`, `serve` (start-up, health, limits, shutdown) and
+//! `policy check`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::ServerProcess;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consentvault"));
+    command.env_remove("CONSENTVAULT_KEK");
+    command
+}
+
+#[tokio::test]
+async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let mode = std::fs::metadata(data_dir.join("kek.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{}/healthz", server.base_url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["x-request-id"].len(), 32);
+    let ready: serde_json::Value =
+        client.get(format!("{}/readyz", server.base_url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+
+    let missing = client.get(format!("{}/v1/nothing-here", server.base_url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+    assert_eq!(problem["status"], 404);
+
+    let stderr = server.stderr_text();
+    assert!(stderr.contains("INITIALISED A NEW VAULT"), "{stderr}");
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown must exit 0, got {status}");
+
+    // A second start opens the same vault without the banner.
+    let again = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let ready = client.get(format!("{}/readyz", again.base_url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(!again.stderr_text().contains("INITIALISED"));
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_a_413_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--body-bytes-max", "4096"], &[]).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/healthz", server.base_url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 8192])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "body_too_large");
+}
+
+#[test]
+fn production_refuses_to_create_a_vault_or_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = ServerProcess::start(&dir.path().join("data"), &["--production"], &[]).err().unwrap();
+    assert!(error.contains("production start-up does not create one"), "{error}");
+    assert!(!dir.path().join("data").join("kek.key").exists());
+}
+
+#[test]
+fn a_key_that_does_not_match_the_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let init = binary().args(["init", "--data-dir"]).arg(&data_dir).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let other_key = "1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    let error = ServerProcess::start(&data_dir, &[], &[("CONSENTVAULT_KEK", other_key)]).err().unwrap();
+    assert!(error.contains("does not match this data directory"), "{error}");
+    assert!(!error.contains(other_key), "errors must not quote key material");
+}
+
+#[test]
+fn init_refuses_an_existing_vault_and_a_foreign_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    assert!(binary().args(["init", "--data-dir"]).arg(&data_dir).status().unwrap().success());
+    let again = binary().args(["init", "--data-dir"]).arg(&data_dir).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a vault"));
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "hello").unwrap();
+    let error = ServerProcess::start(&foreign, &[], &[]).err().unwrap();
+    assert!(error.contains("holds no vault"), "{error}");
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
+    let ok = binary().args(["policy", "check"]).arg(common::policies_dir()).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fields.toml"),
+        "[fields.email]\ncategory = \"contact\"\nsensitivity = \"standard\"\ntype = \"emial\"\nmax_bytes = 10\ndescription = \"x\"\n",
+    )
+    .unwrap();
+    let bad = binary().args(["policy", "check"]).arg(dir.path()).output().unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("fields.toml:4:") && stderr.contains("emial"), "{stderr}");
+}

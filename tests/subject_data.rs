@@ -1,0 +1,111 @@
+//! The subject-data library API: create, put, merge, delete, read own; what
+//! is refused and that a refusal changes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use consentvault::ids::SubjectId;
+use consentvault::policy::FieldError;
+use consentvault::subjects::DataError;
+use serde_json::{Map, Value, json};
+
+fn map(value: Value) -> Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn merged_fields_are_read_back_and_replaced_on_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, _) = common::open_vault(dir.path());
+    let subject = vault.subject_create().await.unwrap();
+    let stored = vault
+        .data_merge(subject, &map(json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"})))
+        .await
+        .unwrap();
+    assert_eq!(stored, vec!["email", "phone"]);
+    vault.data_put(subject, "email", &json!("ada@lovelace.example")).await.unwrap();
+    let data = vault.data_read_own(subject).unwrap();
+    assert_eq!(data.get("email"), Some(&json!("ada@lovelace.example")));
+    assert_eq!(data.get("phone"), Some(&json!("+44 20 7946 0000")));
+    assert_eq!(data.len(), 2);
+}
+
+#[tokio::test]
+async fn one_invalid_value_rejects_the_whole_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, _) = common::open_vault(dir.path());
+    let subject = vault.subject_create().await.unwrap();
+    vault.data_put(subject, "email", &json!("ada@example.org")).await.unwrap();
+    let error = vault
+        .data_merge(subject, &map(json!({"email": "new@example.org", "phone": "not a number"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DataError::Field(FieldError::Invalid { ref field, .. }) if field == "phone"), "{error}");
+    let error = vault.data_merge(subject, &map(json!({"email": "new@example.org", "shoe": "red"}))).await.unwrap_err();
+    assert!(matches!(error, DataError::Field(FieldError::Unknown { ref field }) if field == "shoe"), "{error}");
+    let data = vault.data_read_own(subject).unwrap();
+    assert_eq!(data.get("email"), Some(&json!("ada@example.org")), "a refused merge must change nothing");
+    assert_eq!(data.len(), 1);
+}
+
+#[tokio::test]
+async fn delete_removes_one_field_and_reports_whether_it_existed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, _) = common::open_vault(dir.path());
+    let subject = vault.subject_create().await.unwrap();
+    vault.data_merge(subject, &map(json!({"email": "ada@example.org", "country": "GB"}))).await.unwrap();
+    assert!(vault.data_delete(subject, "email").await.unwrap());
+    assert!(!vault.data_delete(subject, "email").await.unwrap());
+    assert!(matches!(vault.data_delete(subject, "nonsense").await, Err(DataError::Field(FieldError::Unknown { .. }))));
+    assert_eq!(vault.data_read_own(subject).unwrap().keys().collect::<Vec<_>>(), vec!["country"]);
+}
+
+#[tokio::test]
+async fn unknown_subjects_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, _) = common::open_vault(dir.path());
+    let stranger = SubjectId::from_bytes([7; 16]);
+    assert!(matches!(vault.data_put(stranger, "email", &json!("a@b.org")).await, Err(DataError::SubjectNotFound)));
+    assert!(matches!(vault.data_read_own(stranger), Err(DataError::SubjectNotFound)));
+    assert!(matches!(vault.data_delete(stranger, "email").await, Err(DataError::SubjectNotFound)));
+    assert!(!vault.subject_exists(stranger).unwrap());
+}
+
+#[tokio::test]
+async fn subjects_cannot_read_each_other_and_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ada, bob) = {
+        let (vault, _) = common::open_vault(dir.path());
+        let ada = vault.subject_create().await.unwrap();
+        let bob = vault.subject_create().await.unwrap();
+        vault.data_put(ada, "email", &json!("ada@example.org")).await.unwrap();
+        vault.data_put(bob, "email", &json!("bob@example.org")).await.unwrap();
+        vault.close().unwrap();
+        (ada, bob)
+    };
+    let (vault, opened) = common::open_vault(dir.path());
+    assert_eq!(opened, consentvault::vault::Opened::Existing);
+    assert_eq!(vault.data_read_own(ada).unwrap().get("email"), Some(&json!("ada@example.org")));
+    assert_eq!(vault.data_read_own(bob).unwrap().get("email"), Some(&json!("bob@example.org")));
+}
+
+#[tokio::test]
+async fn concurrent_writers_to_one_subject_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, _) = common::open_vault(dir.path());
+    let subject = vault.subject_create().await.unwrap();
+    let fields = ["given_name", "family_name", "email", "phone", "country", "preferred_language"];
+    let values =
+        [json!("Ada"), json!("Lovelace"), json!("ada@example.org"), json!("+44 1234 5678"), json!("GB"), json!("en")];
+    let mut tasks = Vec::new();
+    for (field, value) in fields.iter().zip(values.iter()) {
+        let vault = vault.clone();
+        let (field, value) = (field.to_string(), value.clone());
+        tasks.push(tokio::spawn(async move { vault.data_put(subject, &field, &value).await }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(vault.data_read_own(subject).unwrap().len(), fields.len());
+}
