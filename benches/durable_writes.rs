@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use consentvault::audit::Actor;
 use consentvault::vault::{Vault, VaultOptions, policies_load};
 use serde_json::json;
 
@@ -26,11 +27,12 @@ async fn run(writers: usize, duration: Duration) {
         policies: policies_load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap(),
         production: false,
         store_cache_bytes: 256 * 1024 * 1024,
+        audit_origin: None,
     };
     let (vault, _) = Vault::open(options).unwrap();
     let mut subjects = Vec::new();
     for _ in 0..writers {
-        subjects.push(vault.subject_create().await.unwrap());
+        subjects.push(vault.subject_create(&Actor::system()).await.unwrap());
     }
     let stats = vault.store().stats();
     let (batches_before, transactions_before, flush_before) = (
@@ -50,7 +52,7 @@ async fn run(writers: usize, duration: Duration) {
                 seq += 1;
                 let value = json!(format!("writer{writer}-{seq:0>100}"));
                 let begun = Instant::now();
-                vault.data_put(subject, "given_name", &value).await.unwrap();
+                vault.data_put(&Actor::customer(subject), subject, "given_name", &value).await.unwrap();
                 latencies_micros.push(begun.elapsed().as_micros() as u32);
             }
             latencies_micros

@@ -60,7 +60,8 @@ pub fn run() -> ExitCode {
 fn init(args: &VaultArgs) -> Result<(), String> {
     let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
     let options = &config.options;
-    Vault::init(&options.data_dir, options.key_source.as_ref()).map_err(|e| e.to_string())?;
+    Vault::init(&options.data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())
+        .map_err(|e| e.to_string())?;
     eprintln!("consentvault: created a vault in {}", options.data_dir.display());
     if options.key_source.is_none() {
         eprintln!(

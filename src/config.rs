@@ -41,6 +41,10 @@ pub struct VaultArgs {
     /// Production mode: never create keys or a vault on start, refuse weak keys.
     #[arg(long, env = "CONSENTVAULT_PRODUCTION")]
     pub production: bool,
+    /// Origin of the audit log, fixed when the vault is created
+    /// [default: consentvault.local/<random id>].
+    #[arg(long, env = "CONSENTVAULT_AUDIT_ORIGIN")]
+    pub audit_origin: Option<String>,
 }
 
 /// Flags of `serve`.
@@ -87,6 +91,7 @@ struct FileConfig {
     request_timeout_secs: Option<u64>,
     log_format: Option<LogFormat>,
     store_cache_bytes: Option<u64>,
+    audit_origin: Option<String>,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -190,7 +195,8 @@ impl VaultConfig {
             None => (policies_default(), PolicySource::BuiltIn),
         };
         let store_cache_bytes = file.store_cache_bytes.unwrap_or(STORE_CACHE_BYTES_DEFAULT);
-        let options = VaultOptions { data_dir, key_source, policies, production, store_cache_bytes };
+        let audit_origin = args.audit_origin.clone().or(file.audit_origin.clone());
+        let options = VaultOptions { data_dir, key_source, policies, production, store_cache_bytes, audit_origin };
         Ok(Self { options, policy_source })
     }
 

@@ -5,6 +5,7 @@
 //! durable, group-committed path. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -9,13 +9,19 @@
 //!
 //! Every seal is counted per DEK and per KEK in the same batch as the value,
 //! so the stored counts never miss an encryption whose result was stored.
+//!
+//! Every change appends its audit event in the same transaction. A read
+//! appends a `data.read` event and takes the sealed values in the same
+//! transaction, and opens them only with the [`Logged`] proof that the event
+//! is on disk (guarantee 2).
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
 use crate::clock;
-use crate::crypto::{CryptoError, Dek, WrappedDek};
+use crate::audit::{self, Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
+use crate::crypto::{CryptoError, Dek, Sealed, WrappedDek};
 use crate::ids::SubjectId;
 use crate::policy::FieldError;
 use crate::store::{CommitError, Key, StoreError, Txn};
@@ -45,6 +51,9 @@ pub enum DataError {
     /// The store failed; the change was not acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The audit append failed; the change was not made and nothing was read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl From<CommitError<DataError>> for DataError {
@@ -74,21 +83,25 @@ fn kek_counter(kek_version: u32) -> Key {
 
 impl Vault {
     /// Creates a subject with a fresh DEK.
-    pub async fn subject_create(&self) -> Result<SubjectId, DataError> {
+    pub async fn subject_create(&self, actor: &Actor) -> Result<SubjectId, DataError> {
         let keys = self.keys();
         let subject = SubjectId::random(keys.rng())?;
         let (_, wrapped) = keys.dek_create(subject.as_bytes(), 1)?;
-        let record = serde_json::to_vec(&SubjectRecord { created_at: clock::rfc3339(clock::now()) })
+        let now = clock::rfc3339(clock::now());
+        let record = serde_json::to_vec(&SubjectRecord { created_at: now.clone() })
             .map_err(|_| StoreError::Corrupt { what: "subject" })?;
         let kek_version = keys.current_version();
-        self.store()
-            .commit(move |txn| {
+        let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &now).subject(subject);
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
                 txn.put(Key::subject(subject.as_bytes()), record);
                 txn.put(Key::dek(subject.as_bytes()), wrapped.as_bytes().to_vec());
                 txn.counter_add(kek_counter(kek_version), 1)?;
-                Ok::<_, DataError>(())
+                Ok::<_, DataError>(audit::append(txn, &event)?)
             })
             .await?;
+        self.audit().confirm(appended, &durable)?;
         tracing::debug!(%subject, "subject created");
         Ok(subject)
     }
@@ -99,29 +112,33 @@ impl Vault {
     }
 
     /// The subject's DEK, unwrapped.
-    fn dek(&self, subject: SubjectId) -> Result<(Dek, WrappedDek), DataError> {
+    fn dek(&self, subject: SubjectId) -> Result<Dek, DataError> {
         let wrapped = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-        let wrapped = WrappedDek::from_bytes(wrapped);
-        let dek = self.keys().dek_unwrap(subject.as_bytes(), &wrapped)?;
-        Ok((dek, wrapped))
+        Ok(self.keys().dek_unwrap(subject.as_bytes(), &WrappedDek::from_bytes(wrapped))?)
     }
 
     /// Stores one field (replacing any earlier value).
-    pub async fn data_put(&self, subject: SubjectId, field: &str, value: &Value) -> Result<(), DataError> {
+    pub async fn data_put(&self, actor: &Actor, subject: SubjectId, field: &str, value: &Value) -> Result<u64, DataError> {
         let mut values = Map::new();
         values.insert(field.to_owned(), value.clone());
-        self.data_merge(subject, &values).await.map(drop)
+        self.data_merge(actor, subject, &values).await.map(|(_, index)| index)
     }
 
     /// Stores several fields at once, atomically: either every value is valid
-    /// and all are stored, or none is. Returns the field names stored.
-    pub async fn data_merge(&self, subject: SubjectId, values: &Map<String, Value>) -> Result<Vec<String>, DataError> {
+    /// and all are stored, or none is. Returns the field names stored and the
+    /// audit index of the `data.written` event.
+    pub async fn data_merge(
+        &self,
+        actor: &Actor,
+        subject: SubjectId,
+        values: &Map<String, Value>,
+    ) -> Result<(Vec<String>, u64), DataError> {
         let catalogue = &self.policies().catalogue;
         let mut canonical = Vec::with_capacity(values.len());
         for (field, value) in values {
             canonical.push((field.clone(), catalogue.validate(field, value)?));
         }
-        let (dek, _) = self.dek(subject)?;
+        let dek = self.dek(subject)?;
         let dek_version = dek.version();
         let mut sealed = Vec::with_capacity(canonical.len());
         for (field, bytes) in canonical {
@@ -129,9 +146,13 @@ impl Vault {
             sealed.push((field, value));
         }
         let fields: Vec<String> = sealed.iter().map(|(field, _)| field.clone()).collect();
+        let event = AuditEvent::new(EventKind::DataWritten, actor.clone(), &clock::rfc3339(clock::now()))
+            .subject(subject)
+            .fields(fields.clone());
         let seal_count = sealed.len() as u64;
-        self.store()
-            .commit(move |txn| {
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
                 require_dek_version(txn, subject, dek_version)?;
                 let total = txn.counter_add(dek_counter(&subject, dek_version), seal_count)?;
                 if total > SEALS_PER_KEY_MAX {
@@ -140,49 +161,91 @@ impl Vault {
                 for (field, value) in sealed {
                     txn.put_sealed(Key::value(subject.as_bytes(), &field), value);
                 }
-                Ok(())
+                Ok(audit::append(txn, &event)?)
             })
             .await?;
-        tracing::debug!(%subject, fields = ?fields, "data written");
-        Ok(fields)
+        let logged = self.audit().confirm(appended, &durable)?;
+        tracing::debug!(%subject, fields = ?fields, audit_index = logged.index(), "data written");
+        Ok((fields, logged.index()))
     }
 
     /// Deletes one field. Returns whether it held a value.
-    pub async fn data_delete(&self, subject: SubjectId, field: &str) -> Result<bool, DataError> {
+    pub async fn data_delete(&self, actor: &Actor, subject: SubjectId, field: &str) -> Result<bool, DataError> {
         if self.policies().catalogue.field(field).is_none() {
             return Err(FieldError::Unknown { field: field.chars().take(64).collect() }.into());
         }
         let key = Key::value(subject.as_bytes(), field);
-        let existed = self
+        let event = AuditEvent::new(EventKind::DataDeleted, actor.clone(), &clock::rfc3339(clock::now()))
+            .subject(subject)
+            .fields(vec![field.to_owned()]);
+        let ((existed, appended), durable) = self
             .store()
-            .commit(move |txn| {
+            .commit_durable(move |txn| {
                 if !txn.contains(&Key::subject(subject.as_bytes()))? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let existed = txn.contains(key.key())?;
                 txn.delete_value(&key);
-                Ok(existed)
+                Ok((existed, audit::append(txn, &event)?))
             })
             .await?;
+        self.audit().confirm(appended, &durable)?;
         tracing::debug!(%subject, field, existed, "data deleted");
         Ok(existed)
     }
 
-    /// Every field the subject holds, opened. For the subject's own use: a
-    /// business never reads through this path.
-    pub fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
-        let (dek, _) = self.dek(subject)?;
-        let prefix = Key::values_of(subject.as_bytes());
+    /// Every field the subject holds, opened, for the subject's own use.
+    /// The read is logged (`data.read`, actor the customer) before any value
+    /// is opened; if the append fails nothing is returned.
+    pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
+        let dek = self.dek(subject)?;
+        let now = clock::rfc3339(clock::now());
+        let ((appended, sealed), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                if !txn.contains(&Key::subject(subject.as_bytes()))? {
+                    return Err(DataError::SubjectNotFound);
+                }
+                let prefix = Key::values_of(subject.as_bytes());
+                let mut sealed = Vec::new();
+                for (key, bytes) in txn.scan_prefix(&prefix)? {
+                    let field = prefix
+                        .suffix_of(&key)
+                        .and_then(|name| std::str::from_utf8(name).ok())
+                        .ok_or(StoreError::Corrupt { what: "value key" })?;
+                    sealed.push((field.to_owned(), Sealed::from_bytes(bytes)));
+                }
+                let mut event = AuditEvent::new(EventKind::DataRead, Actor::customer(subject), &now)
+                    .subject(subject)
+                    .fields(sealed.iter().map(|(field, _)| field.clone()).collect());
+                event.decision = Some(Decision::Allow);
+                Ok((audit::append(txn, &event)?, sealed))
+            })
+            .await?;
+        let logged = self.audit().confirm(appended, &durable)?;
+        self.open_released(&logged, subject, &dek, sealed)
+    }
+
+    /// Opens sealed values for a reader. Needs the proof that the read's audit
+    /// event is on disk, and opens only the fields that event names.
+    fn open_released(
+        &self,
+        logged: &Logged,
+        subject: SubjectId,
+        dek: &Dek,
+        sealed: Vec<(String, Sealed)>,
+    ) -> Result<BTreeMap<String, Value>, DataError> {
         let mut data = BTreeMap::new();
-        for (key, sealed) in self.store().scan_prefix(&prefix, usize::MAX)? {
-            let field = prefix
-                .suffix_of(&key)
-                .and_then(|name| std::str::from_utf8(name).ok())
-                .ok_or(StoreError::Corrupt { what: "value key" })?;
-            let plaintext = dek.open(subject.as_bytes(), field, &crate::crypto::Sealed::from_bytes(sealed))?;
+        for (field, value) in sealed {
+            if !logged.covers(subject, &field) {
+                // The event names exactly the fields taken in its transaction;
+                // anything else is a bug, and is refused rather than released.
+                return Err(AuditError::NotCovered.into());
+            }
+            let plaintext = dek.open(subject.as_bytes(), &field, &value)?;
             let value: Value =
                 serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what: "value encoding" })?;
-            data.insert(field.to_owned(), value);
+            data.insert(field, value);
         }
         Ok(data)
     }

@@ -10,6 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::audit::verify::{VerifyFailure, verify_log};
+use crate::audit::{AuditError, AuditLog};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
 use crate::policy::{self, Policies, PolicyError};
 use crate::store::sled_backend::SledBackend;
@@ -66,6 +73,23 @@ pub enum VaultError {
     /// Key material could not be created.
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
+    /// The audit log's records could not be created or loaded.
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// The stored audit log does not verify: entries were edited, removed,
+    /// reordered or truncated, or a checkpoint does not match. The vault
+    /// refuses to serve.
+    #[error("the audit log does not verify: {0}")]
+    AuditInvalid(VerifyFailure),
+    /// The configured audit origin differs from the one the log was created
+    /// with; the origin is fixed when the vault is created.
+    #[error("the audit origin is `{stored}`; it is fixed at creation and cannot become `{configured}`")]
+    OriginChanged {
+        /// The origin in the store.
+        stored: String,
+        /// The origin in the configuration.
+        configured: String,
+    },
 }
 
 /// How to open a vault.
@@ -81,7 +105,12 @@ pub struct VaultOptions {
     pub production: bool,
     /// sled's page cache, in bytes.
     pub store_cache_bytes: u64,
+    /// The audit log's origin for a new vault (`None`: a unique default).
+    pub audit_origin: Option<String>,
 }
+
+/// How often a checkpoint is signed while the log grows.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What [`Vault::open`] did to the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +127,9 @@ pub struct Vault {
     keys: KeyRing,
     store: Store,
     policies: Policies,
+    audit: AuditLog,
+    /// Dropping the sender stops the checkpoint thread.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -145,7 +177,7 @@ fn create_private_dir(path: &Path) -> Result<(), VaultError> {
 impl Vault {
     /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
     /// (unless `key_source` names another) and an empty store bound to it.
-    pub fn init(data_dir: &Path, key_source: Option<&KeySource>) -> Result<(), VaultError> {
+    pub fn init(data_dir: &Path, key_source: Option<&KeySource>, audit_origin: Option<&str>) -> Result<(), VaultError> {
         if !is_empty_dir(data_dir)? {
             return Err(if data_dir.join(STORE_DIR).exists() {
                 VaultError::AlreadyInitialised(data_dir.to_owned())
@@ -169,6 +201,11 @@ impl Vault {
         batch.insert(Key::meta("created_at").as_bytes().to_vec(), Some(clock::rfc3339(clock::now()).into_bytes()));
         let version = keys.current_version();
         batch.insert(key_check_key(version).as_bytes().to_vec(), Some(keys.key_check_create(version)?));
+        let origin = match audit_origin {
+            Some(origin) => origin.to_owned(),
+            None => crate::audit::origin_default(keys.rng())?,
+        };
+        batch.extend(AuditLog::init_records(&keys, &origin)?);
         backend.apply(&batch)?;
         backend.flush()?;
         Ok(())
@@ -182,7 +219,7 @@ impl Vault {
             if options.production {
                 return Err(VaultError::NotInitialised(data_dir));
             }
-            Self::init(&data_dir, options.key_source.as_ref())?;
+            Self::init(&data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())?;
             Opened::Initialised
         } else if !data_dir.join(STORE_DIR).is_dir() {
             return Err(VaultError::NotAVault(data_dir));
@@ -195,8 +232,63 @@ impl Vault {
         check_format(&*backend)?;
         bind_keys(&*backend, &keys)?;
         let store = Store::new(backend)?;
-        let vault = Self { data_dir, keys, store, policies: options.policies };
-        Ok((Arc::new(vault), opened))
+        let audit = AuditLog::load(&store, &keys)?;
+        if let Some(configured) = options.audit_origin
+            && configured != audit.origin()
+        {
+            return Err(VaultError::OriginChanged { stored: audit.origin().to_owned(), configured });
+        }
+        verify_log(&store, &audit.verifier(), audit.origin()).map_err(VaultError::AuditInvalid)?;
+        let vault = Arc::new(Self {
+            data_dir,
+            keys,
+            store,
+            policies: options.policies,
+            audit,
+            checkpointer: Mutex::new(None),
+        });
+        // A checkpoint covering everything recovered, before serving.
+        vault.checkpoint_blocking()?;
+        vault.checkpointer_start();
+        Ok((vault, opened))
+    }
+
+    /// Signs a checkpoint now if the log has grown since the latest one.
+    fn checkpoint_blocking(self: &Arc<Self>) -> Result<Option<u64>, AuditError> {
+        let vault = Arc::clone(self);
+        self.store.commit_blocking(move |txn| vault.audit.checkpoint_in(txn)).map_err(|error| match error {
+            crate::store::CommitError::Rejected(error) => error,
+            crate::store::CommitError::Store(error) => AuditError::Store(error),
+        })
+    }
+
+    /// Starts the thread that signs a checkpoint every second while the log
+    /// grows. It holds only a weak reference, so it never keeps the vault
+    /// alive.
+    fn checkpointer_start(self: &Arc<Self>) {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let vault = Arc::downgrade(self);
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new().name("consentvault-checkpoint".to_owned()).spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                    let Some(vault) = vault.upgrade() else { break };
+                    match vault.checkpoint_blocking() {
+                        Ok(Some(size)) => tracing::debug!(size, "checkpoint signed"),
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, "checkpoint failed"),
+                    }
+                }
+            });
+        });
+        match thread {
+            Ok(thread) => {
+                if let Ok(mut slot) = self.checkpointer.lock() {
+                    *slot = Some((stop, thread));
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot start the checkpoint thread"),
+        }
     }
 
     /// The data directory.
@@ -219,6 +311,11 @@ impl Vault {
         &self.policies
     }
 
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// Whether the vault can serve: the store answers and its last flush
     /// succeeded, and keys are loaded.
     pub fn readiness(&self) -> Readiness {
@@ -226,9 +323,19 @@ impl Vault {
         Readiness { store, keys: !self.keys.versions().is_empty() }
     }
 
-    /// Finishes every pending commit and flushes the store.
-    pub fn close(&self) -> Result<(), StoreError> {
-        self.store.close()
+    /// Stops the checkpoint thread (after a last checkpoint), finishes every
+    /// pending commit and flushes the store.
+    pub fn close(self: &Arc<Self>) -> Result<(), VaultError> {
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut slot| slot.take());
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            // The thread only ever fails by panicking, which it has logged.
+            let _ = thread.join();
+            if self.store.is_healthy() {
+                self.checkpoint_blocking()?;
+            }
+        }
+        Ok(self.store.close()?)
     }
 }
 

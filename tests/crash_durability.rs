@@ -11,6 +11,8 @@
 
 mod common;
 
+use consentvault::audit::Actor;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -107,11 +109,12 @@ fn acknowledged_writes_survive_sigkill() {
 /// Reopens the vault and checks every acknowledged write.
 fn verify(dir: &std::path::Path, created: &[SubjectId], acked: &BTreeMap<SubjectId, u64>, cycle: usize) {
     let (vault, _) = common::open_vault(dir);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for &subject in created {
         assert!(vault.subject_exists(subject).unwrap(), "cycle {cycle}: acknowledged subject {subject} is gone");
     }
     for (&subject, &seq) in acked {
-        let data = vault.data_read_own(subject).unwrap_or_else(|e| panic!("cycle {cycle}: subject {subject}: {e}"));
+        let data = runtime.block_on(vault.data_read_own(subject)).unwrap_or_else(|e| panic!("cycle {cycle}: subject {subject}: {e}"));
         let points = data.get("loyalty_points").and_then(|v| v.as_u64());
         let name = data.get("given_name").and_then(|v| v.as_str()).map(str::to_owned);
         let stored = points.unwrap_or_else(|| panic!("cycle {cycle}: subject {subject} lost its acknowledged write"));
@@ -137,7 +140,7 @@ fn child_writes_until_killed(dir: &str) {
             writers.push(tokio::spawn(async move {
                 let mut subjects = Vec::new();
                 for _ in 0..SUBJECTS_PER_WRITER {
-                    let subject = vault.subject_create().await.unwrap();
+                    let subject = vault.subject_create(&Actor::system()).await.unwrap();
                     let mut out = stdout.lock().unwrap();
                     writeln!(out, "subject {subject}").unwrap();
                     out.flush().unwrap();
@@ -151,7 +154,7 @@ fn child_writes_until_killed(dir: &str) {
                     for &subject in &subjects {
                         seq += 1;
                         let values = json!({"loyalty_points": seq, "given_name": format!("writer-{seq}")});
-                        vault.data_merge(subject, values.as_object().unwrap()).await.unwrap();
+                        vault.data_merge(&Actor::customer(subject), subject, values.as_object().unwrap()).await.unwrap();
                         let mut out = stdout.lock().unwrap();
                         writeln!(out, "ack {subject} {seq}").unwrap();
                         out.flush().unwrap();

@@ -39,6 +39,8 @@ const VALUE_FORMAT: u8 = 0x56;
 const WRAPPED_DEK_FORMAT: u8 = 0x4B;
 /// Format byte of the key-check value stored per KEK version (`C`).
 const KEY_CHECK_FORMAT: u8 = 0x43;
+/// Format byte of a vault secret sealed under the KEK (`S`).
+const SECRET_FORMAT: u8 = 0x53;
 
 /// Header of a sealed value: format byte and DEK version (u32, big-endian).
 const VALUE_HEADER_BYTES: usize = 1 + 4;
@@ -50,6 +52,7 @@ pub const WRAPPED_DEK_BYTES: usize = WRAPPED_HEADER_BYTES + NONCE_LEN + KEY_BYTE
 const VALUE_DOMAIN: &[u8] = b"consentvault.value.v1";
 const DEK_DOMAIN: &[u8] = b"consentvault.dek.v1";
 const KEY_CHECK_DOMAIN: &[u8] = b"consentvault.key-check.v1";
+const SECRET_DOMAIN: &[u8] = b"consentvault.secret.v1";
 
 /// Errors of the key and sealing layer. None of them carries key material or
 /// plaintext.
@@ -253,6 +256,25 @@ impl KeyRing {
         Ok((dek_version, Zeroizing::new(key)))
     }
 
+    /// Seals a vault secret (a signing key, ...) under the current KEK. The
+    /// `label` names the secret and is bound into the AAD.
+    pub fn secret_seal(&self, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let kek = self.kek(self.current)?;
+        let mut header = vec![SECRET_FORMAT];
+        header.extend_from_slice(&kek.version.to_be_bytes());
+        kek.seal(&self.rng, &header, &secret_aad(&header, label), plaintext)
+    }
+
+    /// Opens a secret made by [`KeyRing::secret_seal`] with the same label.
+    pub fn secret_open(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let header = sealed.get(..VALUE_HEADER_BYTES).ok_or(CryptoError::Malformed("too short"))?;
+        if header[0] != SECRET_FORMAT {
+            return Err(CryptoError::Malformed("unknown secret format"));
+        }
+        let kek = self.kek(read_u32(header, 1)?)?;
+        kek.open(&secret_aad(header, label), &sealed[VALUE_HEADER_BYTES..])
+    }
+
     /// A value that proves, at start-up, that `version` is the key this data
     /// directory was sealed with.
     pub fn key_check_create(&self, version: u32) -> Result<Vec<u8>, CryptoError> {
@@ -290,6 +312,13 @@ fn dek_aad(header: &[u8], subject: &[u8]) -> Vec<u8> {
     aad.extend_from_slice(DEK_DOMAIN);
     aad.extend_from_slice(header);
     push_length_prefixed(&mut aad, subject);
+    aad
+}
+
+fn secret_aad(header: &[u8], label: &str) -> Vec<u8> {
+    let mut aad = SECRET_DOMAIN.to_vec();
+    aad.extend_from_slice(header);
+    push_length_prefixed(&mut aad, label.as_bytes());
     aad
 }
 
@@ -546,6 +575,18 @@ mod tests {
         let dek = only_new.dek_unwrap(ALICE, &rewrapped).unwrap();
         assert_eq!(dek.open(ALICE, "email", &sealed).unwrap().as_slice(), b"ada");
         assert_eq!(only_new.dek_unwrap(ALICE, &wrapped).unwrap_err(), CryptoError::UnknownKekVersion(1));
+    }
+
+    #[test]
+    fn secrets_open_only_under_their_label_and_key() {
+        let ring = ring_with(&[1]);
+        let sealed = ring.secret_seal("audit-signing-key", b"pkcs8").unwrap();
+        assert_eq!(ring.secret_open("audit-signing-key", &sealed).unwrap().as_slice(), b"pkcs8");
+        assert_eq!(ring.secret_open("other", &sealed), Err(CryptoError::Open));
+        assert!(ring_with(&[1]).secret_open("audit-signing-key", &sealed).is_err());
+        let mut flipped = sealed.clone();
+        flipped[20] ^= 1;
+        assert!(ring.secret_open("audit-signing-key", &flipped).is_err());
     }
 
     #[test]

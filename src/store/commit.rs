@@ -48,6 +48,22 @@ pub struct Txn<'a> {
     backend: &'a dyn Backend,
     batch: &'a WriteBatch,
     writes: WriteBatch,
+    batch_seq: u64,
+}
+
+/// Proof that a batch is durable: made only by the commit path, after the
+/// flush of batch `batch_seq` succeeded. Values created inside a transaction
+/// (an audit append) can be checked against it to show they are on disk.
+#[derive(Debug)]
+pub struct Durable {
+    batch_seq: u64,
+}
+
+impl Durable {
+    /// The sequence number of the batch that was flushed.
+    pub fn batch_seq(&self) -> u64 {
+        self.batch_seq
+    }
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -57,6 +73,11 @@ impl std::fmt::Debug for Txn<'_> {
 }
 
 impl Txn<'_> {
+    /// The sequence number of the batch this transaction is part of.
+    pub fn batch_seq(&self) -> u64 {
+        self.batch_seq
+    }
+
     /// The value at `key` as this transaction sees it.
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         let bytes = key.as_bytes();
@@ -120,7 +141,7 @@ impl Txn<'_> {
 }
 
 /// Called with the outcome of the batch flush, after the batch is applied.
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Completion = Box<dyn FnOnce(Result<Durable, StoreError>) + Send>;
 /// A transaction as the commit thread runs it.
 type Job = Box<dyn for<'a> FnOnce(&mut Txn<'a>) -> Completion + Send>;
 
@@ -218,7 +239,48 @@ impl Store {
         T: Send + 'static,
         E: Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<Result<T, CommitError<E>>>();
+        self.commit_durable(transaction).await.map(|(value, _)| value)
+    }
+
+    /// Like [`Store::commit`], and also returns the proof that the batch is
+    /// durable.
+    pub async fn commit_durable<T, E, F>(&self, transaction: F) -> Result<(T, Durable), CommitError<E>>
+    where
+        F: for<'a> FnOnce(&mut Txn<'a>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.submit(transaction, move |result| {
+            // The caller may have gone away (request cancelled); the change
+            // is durable either way.
+            let _ = reply.send(result);
+        })?;
+        answer.await.unwrap_or(Err(CommitError::Store(StoreError::Closed)))
+    }
+
+    /// [`Store::commit`] for synchronous callers (start-up, background
+    /// threads): blocks the calling thread until the batch is durable.
+    pub fn commit_blocking<T, E, F>(&self, transaction: F) -> Result<T, CommitError<E>>
+    where
+        F: for<'a> FnOnce(&mut Txn<'a>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(transaction, move |result| {
+            let _ = reply.send(result);
+        })?;
+        answer.recv().unwrap_or(Err(CommitError::Store(StoreError::Closed))).map(|(value, _)| value)
+    }
+
+    fn submit<T, E, F, R>(&self, transaction: F, reply: R) -> Result<(), CommitError<E>>
+    where
+        F: for<'a> FnOnce(&mut Txn<'a>) -> Result<T, E> + Send + 'static,
+        R: FnOnce(Result<(T, Durable), CommitError<E>>) + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let job: Job = Box::new(move |txn: &mut Txn<'_>| {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| transaction(txn)));
             let outcome = match outcome {
@@ -229,25 +291,19 @@ impl Store {
             if outcome.is_err() {
                 txn.writes.clear();
             }
-            Box::new(move |flushed: Result<(), StoreError>| {
-                let result = match (outcome, flushed) {
+            Box::new(move |flushed: Result<Durable, StoreError>| {
+                reply(match (outcome, flushed) {
                     (Err(error), _) => Err(error),
-                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(value), Ok(durable)) => Ok((value, durable)),
                     (Ok(_), Err(error)) => Err(CommitError::Store(error)),
-                };
-                // The caller may have gone away (request cancelled); the
-                // change is durable either way.
-                let _ = reply.send(result);
+                });
             })
         });
         let sent = match self.sender.lock() {
             Ok(sender) => sender.as_ref().map(|sender| sender.send(job).is_ok()).unwrap_or(false),
             Err(_) => false,
         };
-        if !sent {
-            return Err(CommitError::Store(StoreError::Closed));
-        }
-        answer.await.unwrap_or(Err(CommitError::Store(StoreError::Closed)))
+        if sent { Ok(()) } else { Err(CommitError::Store(StoreError::Closed)) }
     }
 
     /// Stops the commit thread after it has finished every submitted
@@ -274,9 +330,11 @@ impl Drop for Store {
 }
 
 fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &AtomicBool, stats: &StoreStats) {
+    let mut batch_seq = 0u64;
     // Blocks until the first transaction of a batch arrives; then takes
     // whatever else is already waiting.
     while let Ok(first) = receiver.recv() {
+        batch_seq += 1;
         let mut jobs = vec![first];
         while jobs.len() < BATCH_TRANSACTIONS_MAX {
             match receiver.try_recv() {
@@ -287,7 +345,7 @@ fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &
         let mut batch = WriteBatch::new();
         let mut completions = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new() };
+            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq };
             let completion = job(&mut txn);
             let writes = std::mem::take(&mut txn.writes);
             batch.extend(writes);
@@ -307,7 +365,7 @@ fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &
         }
         stats.transactions.fetch_add(completions.len() as u64, Ordering::Relaxed);
         for completion in completions {
-            completion(outcome.clone());
+            completion(outcome.clone().map(|()| Durable { batch_seq }));
         }
     }
 }

@@ -20,12 +20,18 @@ pub struct MemoryBackend {
     durable: Mutex<Map>,
     fail_applies: AtomicBool,
     fail_flushes: AtomicBool,
+    fail_reads: AtomicBool,
 }
 
 impl MemoryBackend {
     /// Makes every later `apply` fail (or succeed again).
     pub fn fail_applies(&self, fail: bool) {
         self.fail_applies.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `get` and `scan` fail (or succeed again).
+    pub fn fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
     }
 
     /// Makes every later `flush` fail (or succeed again).
@@ -44,6 +50,15 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    fn read_fault(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("injected read failure".to_owned()));
+        }
+        Ok(())
+    }
+}
+
 /// A poisoned lock here only means a test thread panicked while holding it;
 /// the map itself is still consistent, so keep using it.
 fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
@@ -52,10 +67,12 @@ fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
 
 impl Backend for MemoryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_fault()?;
         Ok(lock(&self.applied).get(key).cloned())
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.read_fault()?;
         let applied = lock(&self.applied);
         let range = applied.range(start.to_vec()..);
         Ok(range

@@ -19,7 +19,7 @@ pub mod sled_backend;
 
 use std::collections::BTreeMap;
 
-pub use commit::{CommitError, Store, StoreStats, Txn};
+pub use commit::{CommitError, Durable, Store, StoreStats, Txn};
 
 use crate::crypto::Sealed;
 
@@ -80,6 +80,16 @@ pub enum Space {
     Values = 0x04,
     /// Encryption counters per key.
     Counters = 0x05,
+    /// Audit entries: the exact leaf bytes, by index.
+    AuditEntries = 0x10,
+    /// Hashes of complete Merkle subtrees, by level and index.
+    AuditNodes = 0x11,
+    /// Signed checkpoints, by tree size.
+    AuditCheckpoints = 0x12,
+    /// Index of audit entries by subject.
+    AuditBySubject = 0x13,
+    /// Index of audit entries by business.
+    AuditByBusiness = 0x14,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -140,6 +150,64 @@ impl Key {
         Self::new(Space::Counters, &[name.as_bytes()])
     }
 
+    /// The audit entry at `index`.
+    pub fn audit_entry(index: u64) -> Self {
+        Self::new(Space::AuditEntries, &[&index.to_be_bytes()])
+    }
+
+    /// The prefix of every audit entry.
+    pub fn audit_entries_all() -> Self {
+        Self::new(Space::AuditEntries, &[])
+    }
+
+    /// The hash of the complete subtree at `level`, `index`.
+    pub fn audit_node(level: u32, index: u64) -> Self {
+        // Levels are at most 64, so one byte holds them.
+        let level = u8::try_from(level).unwrap_or(u8::MAX);
+        Self::new(Space::AuditNodes, &[&[level], &index.to_be_bytes()])
+    }
+
+    /// The signed checkpoint of tree size `size`.
+    pub fn audit_checkpoint(size: u64) -> Self {
+        Self::new(Space::AuditCheckpoints, &[&size.to_be_bytes()])
+    }
+
+    /// The prefix of every checkpoint.
+    pub fn audit_checkpoints_all() -> Self {
+        Self::new(Space::AuditCheckpoints, &[])
+    }
+
+    /// The marker that audit entry `index` concerns `subject`.
+    pub fn audit_by_subject(subject: &[u8; 16], index: u64) -> Self {
+        Self::new(Space::AuditBySubject, &[subject, &index.to_be_bytes()])
+    }
+
+    /// The prefix of every audit entry marker of `subject`.
+    pub fn audit_by_subject_all(subject: &[u8; 16]) -> Self {
+        Self::new(Space::AuditBySubject, &[subject])
+    }
+
+    /// The marker that audit entry `index` concerns `business`.
+    pub fn audit_by_business(business: &str, index: u64) -> Self {
+        let name = business.as_bytes();
+        let length = u8::try_from(name.len()).unwrap_or(u8::MAX);
+        Self::new(Space::AuditByBusiness, &[&[length], name, &index.to_be_bytes()])
+    }
+
+    /// The prefix of every audit entry marker of `business`.
+    pub fn audit_by_business_all(business: &str) -> Self {
+        let name = business.as_bytes();
+        let length = u8::try_from(name.len()).unwrap_or(u8::MAX);
+        Self::new(Space::AuditByBusiness, &[&[length], name])
+    }
+
+    /// The key `self ‖ suffix` (for paging within a prefix).
+    pub fn with_suffix(&self, suffix: &[u8]) -> Self {
+        let mut bytes = self.0.clone();
+        bytes.extend_from_slice(suffix);
+        Self(bytes)
+    }
+
     /// The raw key bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -150,9 +218,9 @@ impl Key {
         full.strip_prefix(self.0.as_slice())
     }
 
-    /// The smallest key greater than every key starting with this prefix, or
-    /// `None` if the prefix is all `0xFF`.
-    fn prefix_end(&self) -> Vec<u8> {
+    /// The smallest key greater than every key starting with this prefix
+    /// (empty, meaning "no bound", if the prefix is all `0xFF`).
+    pub fn prefix_end(&self) -> Vec<u8> {
         let mut end = self.0.clone();
         while let Some(last) = end.pop() {
             if last < u8::MAX {

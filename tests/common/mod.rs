@@ -24,6 +24,7 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
         policies: policies_load(&policies_dir()).unwrap(),
         production: false,
         store_cache_bytes: 16 * 1024 * 1024,
+        audit_origin: None,
     };
     Vault::open(options).unwrap()
 }

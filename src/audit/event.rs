@@ -1,0 +1,369 @@
+//! Audit events: the catalogue of kinds and the canonical byte form.
+//!
+//! An event is serialised once, to compact JSON with its keys in
+//! lexicographic order and absent values omitted, and those exact bytes are
+//! stored and hashed as the Merkle leaf. Events hold ids, field names,
+//! purposes, decisions and reason codes, never a personal value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SubjectId;
+
+/// Version of the event format, stored in every event as `v`.
+pub const EVENT_FORMAT_VERSION: u8 = 1;
+/// Largest stored event, in bytes; an event is ids and names only, so
+/// anything larger is a bug, and is refused rather than stored.
+pub const EVENT_BYTES_MAX: usize = 16 * 1024;
+
+/// Every kind of event the log records. The wire name is the dotted string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A subject (customer record) was created, with its data key.
+    #[serde(rename = "subject.created")]
+    SubjectCreated,
+    /// A subject was erased: its data key destroyed, its values removed.
+    #[serde(rename = "subject.erased")]
+    SubjectErased,
+    /// Field values were written (`fields` names them).
+    #[serde(rename = "data.written")]
+    DataWritten,
+    /// Field values were deleted.
+    #[serde(rename = "data.deleted")]
+    DataDeleted,
+    /// Data was read: `decision` is `allow`, `partial` or `deny`; `fields`
+    /// are the released fields, `reasons` say why each other requested field
+    /// was withheld.
+    #[serde(rename = "data.read")]
+    DataRead,
+    /// Everything held about a subject was exported to the subject.
+    #[serde(rename = "data.exported")]
+    DataExported,
+    /// A customer connected to a business.
+    #[serde(rename = "relationship.created")]
+    RelationshipCreated,
+    /// A relationship ended (disconnect or erasure).
+    #[serde(rename = "relationship.ended")]
+    RelationshipEnded,
+    /// A business asked a customer for access.
+    #[serde(rename = "access_request.created")]
+    AccessRequestCreated,
+    /// The customer approved a request (possibly narrowed).
+    #[serde(rename = "access_request.approved")]
+    AccessRequestApproved,
+    /// The customer denied a request.
+    #[serde(rename = "access_request.denied")]
+    AccessRequestDenied,
+    /// A pending request expired or was closed by erasure.
+    #[serde(rename = "access_request.closed")]
+    AccessRequestClosed,
+    /// A grant was created.
+    #[serde(rename = "grant.created")]
+    GrantCreated,
+    /// A grant was revoked (by the customer, a disconnect or erasure).
+    #[serde(rename = "grant.revoked")]
+    GrantRevoked,
+    /// A grant reached its end.
+    #[serde(rename = "grant.expired")]
+    GrantExpired,
+    /// The customer's objections changed.
+    #[serde(rename = "objection.changed")]
+    ObjectionChanged,
+    /// A key-encryption key rotation started, progressed or finished.
+    #[serde(rename = "key.rotated")]
+    KeyRotated,
+    /// Policies were loaded (`related.policy_sha256` names their hash).
+    #[serde(rename = "policy.loaded")]
+    PolicyLoaded,
+    /// A principal (business, auditor, admin, customer login) was created.
+    #[serde(rename = "principal.created")]
+    PrincipalCreated,
+    /// A principal was disabled; its tokens stop working.
+    #[serde(rename = "principal.disabled")]
+    PrincipalDisabled,
+}
+
+impl EventKind {
+    /// The wire name (`data.read`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SubjectCreated => "subject.created",
+            Self::SubjectErased => "subject.erased",
+            Self::DataWritten => "data.written",
+            Self::DataDeleted => "data.deleted",
+            Self::DataRead => "data.read",
+            Self::DataExported => "data.exported",
+            Self::RelationshipCreated => "relationship.created",
+            Self::RelationshipEnded => "relationship.ended",
+            Self::AccessRequestCreated => "access_request.created",
+            Self::AccessRequestApproved => "access_request.approved",
+            Self::AccessRequestDenied => "access_request.denied",
+            Self::AccessRequestClosed => "access_request.closed",
+            Self::GrantCreated => "grant.created",
+            Self::GrantRevoked => "grant.revoked",
+            Self::GrantExpired => "grant.expired",
+            Self::ObjectionChanged => "objection.changed",
+            Self::KeyRotated => "key.rotated",
+            Self::PolicyLoaded => "policy.loaded",
+            Self::PrincipalCreated => "principal.created",
+            Self::PrincipalDisabled => "principal.disabled",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A customer acting on their own record.
+    Customer,
+    /// A business.
+    Business,
+    /// An auditor.
+    Auditor,
+    /// The operator.
+    Admin,
+    /// The vault itself (expiry sweeps, key rotation, start-up).
+    System,
+}
+
+/// The actor of an event: a role and an id (the vault itself has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actor {
+    /// The actor's id within its role.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<String>,
+    /// The actor's role.
+    pub role: Role,
+}
+
+impl Actor {
+    /// A customer acting on their own subject.
+    pub fn customer(subject: SubjectId) -> Self {
+        Self { id: Some(subject.to_string()), role: Role::Customer }
+    }
+
+    /// The vault itself.
+    pub fn system() -> Self {
+        Self { id: None, role: Role::System }
+    }
+
+    /// An actor of `role` with `id`.
+    pub fn new(role: Role, id: impl Into<String>) -> Self {
+        Self { id: Some(id.into()), role }
+    }
+}
+
+/// The outcome of a read decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Every requested field was released.
+    Allow,
+    /// Some requested fields were released, some withheld.
+    Partial,
+    /// Nothing was released.
+    Deny,
+}
+
+impl Decision {
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "allow" => Some(Self::Allow),
+            "partial" => Some(Self::Partial),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// A requested field that was not released, with a stable reason code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withheld {
+    /// The field name (always a catalogue name).
+    pub field: String,
+    /// The reason code (`field_not_granted`, `objection`, ...).
+    pub reason: String,
+}
+
+/// One audit event. Field order here is the lexicographic key order of the
+/// canonical JSON, so serialising this struct is the canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    /// Who acted.
+    pub actor: Actor,
+    /// The business concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub business: Option<String>,
+    /// The read decision, for `data.read`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decision: Option<Decision>,
+    /// Field names concerned (written, deleted, released, granted).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub fields: Vec<String>,
+    /// What happened.
+    pub kind: EventKind,
+    /// The purpose concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub purpose: Option<String>,
+    /// Per withheld field, the reason code.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub reasons: Vec<Withheld>,
+    /// Related ids by name (`grant_id`, `request_id`, `relationship_id`,
+    /// `policy_sha256`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub related: BTreeMap<String, String>,
+    /// The subject concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subject: Option<SubjectId>,
+    /// When it happened (RFC 3339, UTC, whole seconds).
+    pub time: String,
+    /// The event format version.
+    pub v: u8,
+}
+
+/// An event that cannot be stored or a stored entry that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The event's canonical form is larger than [`EVENT_BYTES_MAX`].
+    #[error("audit event is larger than {EVENT_BYTES_MAX} bytes")]
+    TooLarge,
+    /// Stored bytes are not a valid event.
+    #[error("stored audit entry is not a valid event")]
+    Malformed,
+    /// Stored bytes are not in canonical form (re-encoding differs).
+    #[error("stored audit entry is not in canonical form")]
+    NotCanonical,
+}
+
+impl AuditEvent {
+    /// A new event of `kind` by `actor` at `time`, with nothing else set.
+    pub fn new(kind: EventKind, actor: Actor, time: &str) -> Self {
+        Self {
+            actor,
+            business: None,
+            decision: None,
+            fields: Vec::new(),
+            kind,
+            purpose: None,
+            reasons: Vec::new(),
+            related: BTreeMap::new(),
+            subject: None,
+            time: time.to_owned(),
+            v: EVENT_FORMAT_VERSION,
+        }
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, subject: SubjectId) -> Self {
+        self.subject = Some(subject);
+        self
+    }
+
+    /// Sets the field names.
+    pub fn fields(mut self, fields: Vec<String>) -> Self {
+        self.fields = fields;
+        self
+    }
+
+    /// Adds a related id.
+    pub fn related(mut self, name: &str, id: impl Into<String>) -> Self {
+        self.related.insert(name.to_owned(), id.into());
+        self
+    }
+
+    /// The canonical bytes: the exact leaf input.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EventError> {
+        // Serialising plain strings, numbers and maps into a Vec cannot fail.
+        let bytes = serde_json::to_vec(self).map_err(|_| EventError::Malformed)?;
+        if bytes.len() > EVENT_BYTES_MAX {
+            return Err(EventError::TooLarge);
+        }
+        Ok(bytes)
+    }
+
+    /// Parses stored bytes and checks they are canonical.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EventError> {
+        let event: Self = serde_json::from_slice(bytes).map_err(|_| EventError::Malformed)?;
+        if event.to_bytes()? != bytes {
+            return Err(EventError::NotCanonical);
+        }
+        Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn canonical_form_has_sorted_keys_and_round_trips() {
+        let event = AuditEvent::new(EventKind::DataRead, Actor::new(Role::Business, "b1"), "2026-11-23T19:00:00Z")
+            .subject(SubjectId::from_bytes([1; 16]))
+            .fields(vec!["email".to_owned()])
+            .related("grant_id", "g1");
+        let bytes = event.to_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"actor":{"id":"b1","role":"business"},"fields":["email"],"kind":"data.read","related":{"grant_id":"g1"},"subject":"01010101010101010101010101010101","time":"2026-11-23T19:00:00Z","v":1}"#
+        );
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(AuditEvent::from_bytes(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn non_canonical_or_unknown_entries_are_refused() {
+        let event = AuditEvent::new(EventKind::SubjectCreated, Actor::system(), "2026-11-23T19:00:00Z");
+        let bytes = event.to_bytes().unwrap();
+        let spaced = String::from_utf8(bytes).unwrap().replace(':', ": ");
+        assert_eq!(AuditEvent::from_bytes(spaced.as_bytes()), Err(EventError::NotCanonical));
+        let extra = r#"{"actor":{"role":"system"},"kind":"subject.created","time":"t","v":1,"value":"x"}"#;
+        assert_eq!(AuditEvent::from_bytes(extra.as_bytes()), Err(EventError::Malformed));
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_wire_name() {
+        let kinds = [
+            EventKind::SubjectCreated,
+            EventKind::SubjectErased,
+            EventKind::DataWritten,
+            EventKind::DataDeleted,
+            EventKind::DataRead,
+            EventKind::DataExported,
+            EventKind::RelationshipCreated,
+            EventKind::RelationshipEnded,
+            EventKind::AccessRequestCreated,
+            EventKind::AccessRequestApproved,
+            EventKind::AccessRequestDenied,
+            EventKind::AccessRequestClosed,
+            EventKind::GrantCreated,
+            EventKind::GrantRevoked,
+            EventKind::GrantExpired,
+            EventKind::ObjectionChanged,
+            EventKind::KeyRotated,
+            EventKind::PolicyLoaded,
+            EventKind::PrincipalCreated,
+            EventKind::PrincipalDisabled,
+        ];
+        for kind in kinds {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(kind.as_str()));
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The tamper-evident audit log: an append-only list of events, an RFC 9162
+//! Merkle tree over their exact bytes, and signed C2SP checkpoints.
+//!
+//! Appends happen inside a store transaction ([`append`]), so an event lands
+//! in the same atomic batch and flush as the change it records, and in commit
+//! order. The store keeps, per append, the entry bytes, the hashes of the
+//! complete subtrees the append finishes (about two), the new size, and
+//! per-subject and per-business markers; proofs need O(log n) reads.
+//!
+//! **Architecture Invariant:** plaintext for a reader is released only with a
+//! [`Logged`] value, and a `Logged` exists only for an event whose batch the
+//! store has flushed: [`Appended`] (made by [`append`] inside a transaction)
+//! is turned into `Logged` by [`AuditLog::confirm`] with the store's
+//! [`Durable`] proof of that very batch.
+
+pub mod checkpoint;
+mod event;
+pub mod merkle;
+pub mod verify;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Role, Withheld};
+
+use crate::crypto::{CryptoError, KeyRing};
+use crate::ids::SubjectId;
+use crate::store::{Durable, Key, Store, StoreError, Txn, WriteBatch, counter_decode};
+use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
+use merkle::{Hash, ProofError, SubtreeHashes};
+
+/// The label of the checkpoint signing key sealed under the KEK.
+const SIGNING_KEY_LABEL: &str = "audit-signing-key";
+const SIZE_KEY: &str = "audit/size";
+const SIGNING_KEY_KEY: &str = "audit/signing-key";
+const ORIGIN_KEY: &str = "audit/origin";
+const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The event cannot be encoded or a stored entry cannot be decoded.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The signing key could not be created, unsealed or used.
+    #[error("audit signing key: {0}")]
+    Key(#[from] KeyError),
+    /// The sealed signing key failed to open.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A checkpoint could not be signed or opened.
+    #[error(transparent)]
+    Note(#[from] NoteError),
+    /// A stored audit record is missing or malformed.
+    #[error("audit record {0} is missing or corrupt")]
+    Corrupt(&'static str),
+    /// A proof was asked for sizes or an index the log does not have.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// An append was confirmed with the proof of another batch.
+    #[error("the audit event's batch is not the one that was flushed")]
+    NotDurable,
+    /// A value was about to be released that its read event does not name.
+    #[error("a value is not covered by the logged read")]
+    NotCovered,
+}
+
+/// An event appended inside a transaction, not yet known to be durable.
+#[must_use = "an appended event must be confirmed once its batch is durable"]
+#[derive(Debug)]
+pub struct Appended {
+    index: u64,
+    batch_seq: u64,
+    subject: Option<SubjectId>,
+    fields: Vec<String>,
+}
+
+impl Appended {
+    /// The event's index in the log.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+/// Proof that audit event `index` is on disk; the only key to releasing
+/// plaintext to a reader, and only for the subject and fields it names.
+#[derive(Debug)]
+pub struct Logged {
+    index: u64,
+    subject: Option<SubjectId>,
+    fields: Vec<String>,
+}
+
+impl Logged {
+    /// The event's index in the log.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Whether the logged event released `field` of `subject`.
+    pub fn covers(&self, subject: SubjectId, field: &str) -> bool {
+        self.subject == Some(subject) && self.fields.iter().any(|f| f == field)
+    }
+}
+
+/// Appends `event` in `txn`: stores its canonical bytes at the next index,
+/// the subtree hashes the append completes, the new size, and the subject and
+/// business markers.
+pub fn append(txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditError> {
+    let bytes = event.to_bytes()?;
+    let index = size_in(txn)?;
+    let leaf = merkle::leaf_hash(&bytes);
+    let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
+    for (level, at, hash) in completed {
+        txn.put(Key::audit_node(level, at), hash.to_vec());
+    }
+    txn.put(Key::audit_entry(index), bytes);
+    txn.put(Key::meta(SIZE_KEY), (index + 1).to_be_bytes().to_vec());
+    if let Some(subject) = event.subject {
+        txn.put(Key::audit_by_subject(subject.as_bytes(), index), Vec::new());
+    }
+    if let Some(business) = &event.business {
+        txn.put(Key::audit_by_business(business, index), Vec::new());
+    }
+    Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone() })
+}
+
+fn size_in(txn: &Txn<'_>) -> Result<u64, AuditError> {
+    Ok(counter_decode(txn.get(&Key::meta(SIZE_KEY))?.as_deref())?)
+}
+
+fn decode_hash(bytes: Option<Vec<u8>>) -> Result<Hash, AuditError> {
+    bytes.and_then(|bytes| bytes.try_into().ok()).ok_or(AuditError::Corrupt("subtree hash"))
+}
+
+fn node_in(txn: &Txn<'_>, level: u32, index: u64) -> Result<Hash, AuditError> {
+    decode_hash(txn.get(&Key::audit_node(level, index))?)
+}
+
+/// Subtree hashes as a transaction sees them.
+struct TxnTree<'t, 'a>(&'t Txn<'a>);
+
+impl SubtreeHashes for TxnTree<'_, '_> {
+    type Error = AuditError;
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
+        node_in(self.0, level, index)
+    }
+}
+
+/// Subtree hashes as committed in the store.
+struct StoreTree<'s>(&'s Store);
+
+impl SubtreeHashes for StoreTree<'_> {
+    type Error = AuditError;
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
+        decode_hash(self.0.get(&Key::audit_node(level, index))?)
+    }
+}
+
+fn proof_error(error: ProofError<AuditError>) -> AuditError {
+    match error {
+        ProofError::Store(error) => error,
+        other => AuditError::OutOfRange(other.to_string()),
+    }
+}
+
+/// The audit log of one vault: its origin, its checkpoint signer, and the
+/// size known to be durable.
+pub struct AuditLog {
+    origin: String,
+    signer: NoteSigner,
+    durable_size: AtomicU64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("origin", &self.origin).field("signer", &self.signer).finish_non_exhaustive()
+    }
+}
+
+/// The default origin of a new vault's log: a name unique to the vault.
+pub fn origin_default(rng: &dyn ring::rand::SecureRandom) -> Result<String, CryptoError> {
+    let id: [u8; 8] = crate::crypto::random_bytes(rng)?;
+    Ok(format!("consentvault.local/{}", crate::ids::hex(&id)))
+}
+
+impl AuditLog {
+    /// The records a new vault starts with: the origin and a fresh signing
+    /// key sealed under the current KEK.
+    pub fn init_records(keys: &KeyRing, origin: &str) -> Result<WriteBatch, AuditError> {
+        let pkcs8 = zeroize::Zeroizing::new(NoteSigner::generate_pkcs8(keys.rng())?);
+        // Refuse an origin that cannot be a signed-note key name now, not at
+        // the first checkpoint.
+        NoteSigner::from_pkcs8(origin, &pkcs8)?;
+        let sealed = keys.secret_seal(SIGNING_KEY_LABEL, &pkcs8)?;
+        let mut batch = WriteBatch::new();
+        batch.insert(Key::meta(ORIGIN_KEY).as_bytes().to_vec(), Some(origin.as_bytes().to_vec()));
+        batch.insert(Key::meta(SIGNING_KEY_KEY).as_bytes().to_vec(), Some(sealed));
+        Ok(batch)
+    }
+
+    /// Loads the origin and unseals the signing key.
+    pub fn load(store: &Store, keys: &KeyRing) -> Result<Self, AuditError> {
+        let origin = store.get(&Key::meta(ORIGIN_KEY))?.ok_or(AuditError::Corrupt("origin"))?;
+        let origin = String::from_utf8(origin).map_err(|_| AuditError::Corrupt("origin"))?;
+        let sealed = store.get(&Key::meta(SIGNING_KEY_KEY))?.ok_or(AuditError::Corrupt("signing key"))?;
+        let pkcs8 = keys.secret_open(SIGNING_KEY_LABEL, &sealed)?;
+        let signer = NoteSigner::from_pkcs8(&origin, &pkcs8)?;
+        let durable_size = AtomicU64::new(size(store)?);
+        Ok(Self { origin, signer, durable_size })
+    }
+
+    /// The log's origin (the first line of every checkpoint, and the key name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The signed-note verifier key: `<name>+<hex key id>+<base64(0x01 ‖ key)>`.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    /// A verifier for this log's checkpoints.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+
+    /// The signer (for receipts signed with the vault's key).
+    pub fn signer(&self) -> &NoteSigner {
+        &self.signer
+    }
+
+    /// Turns an append into proof that it is on disk, given the store's
+    /// proof for the batch that carried it.
+    pub fn confirm(&self, appended: Appended, durable: &Durable) -> Result<Logged, AuditError> {
+        if appended.batch_seq != durable.batch_seq() {
+            return Err(AuditError::NotDurable);
+        }
+        self.durable_size.fetch_max(appended.index + 1, Ordering::AcqRel);
+        Ok(Logged { index: appended.index, subject: appended.subject, fields: appended.fields })
+    }
+
+    /// The number of entries known to be on disk; proofs are served up to it.
+    pub fn durable_size(&self) -> u64 {
+        self.durable_size.load(Ordering::Acquire)
+    }
+
+    /// Signs and stores a checkpoint of the log as `txn` sees it, if the log
+    /// has grown since the latest one (or none exists). Returns the size.
+    pub fn checkpoint_in(&self, txn: &mut Txn<'_>) -> Result<Option<u64>, AuditError> {
+        let size = size_in(txn)?;
+        let latest = txn.get(&Key::meta(LATEST_CHECKPOINT_KEY))?;
+        if latest.is_some() && counter_decode(latest.as_deref())? >= size {
+            return Ok(None);
+        }
+        let root = merkle::root(&TxnTree(txn), size)?;
+        let note = self.signer.sign_checkpoint(&Checkpoint::new(self.origin.clone(), size, root))?;
+        txn.put(Key::audit_checkpoint(size), note.into_bytes());
+        txn.put(Key::meta(LATEST_CHECKPOINT_KEY), size.to_be_bytes().to_vec());
+        Ok(Some(size))
+    }
+
+    /// The newest signed checkpoint.
+    pub fn checkpoint_latest(&self, store: &Store) -> Result<String, AuditError> {
+        let latest = store.get(&Key::meta(LATEST_CHECKPOINT_KEY))?.ok_or(AuditError::Corrupt("latest checkpoint"))?;
+        let size = counter_decode(Some(&latest))?;
+        let note = store.get(&Key::audit_checkpoint(size))?.ok_or(AuditError::Corrupt("checkpoint"))?;
+        String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint"))
+    }
+
+    fn check_durable(&self, tree_size: u64) -> Result<(), AuditError> {
+        let durable = self.durable_size();
+        if tree_size > durable {
+            return Err(AuditError::OutOfRange(format!("tree size {tree_size} is larger than the log ({durable})")));
+        }
+        Ok(())
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `tree_size`.
+    pub fn inclusion_proof(&self, store: &Store, index: u64, tree_size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.check_durable(tree_size)?;
+        merkle::inclusion_proof(&StoreTree(store), index, tree_size).map_err(proof_error)
+    }
+
+    /// The consistency proof between the trees of `old_size` and `new_size`.
+    pub fn consistency_proof(&self, store: &Store, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.check_durable(new_size)?;
+        merkle::consistency_proof(&StoreTree(store), old_size, new_size).map_err(proof_error)
+    }
+
+    /// The root of the tree of `tree_size`.
+    pub fn root(&self, store: &Store, tree_size: u64) -> Result<Hash, AuditError> {
+        self.check_durable(tree_size)?;
+        merkle::root(&StoreTree(store), tree_size)
+    }
+
+    /// The exact stored bytes of entry `index`, if it is durable.
+    pub fn entry(&self, store: &Store, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        if index >= self.durable_size() {
+            return Ok(None);
+        }
+        Ok(store.get(&Key::audit_entry(index))?)
+    }
+
+    /// Up to `limit` durable entries from `start` on, in index order.
+    pub fn entries(&self, store: &Store, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let end = self.durable_size();
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let rows = store.scan_range(&Key::audit_entry(start), &Key::audit_entry(end), limit)?;
+        rows.into_iter()
+            .map(|(key, bytes)| entry_index(&key).map(|index| (index, bytes)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(AuditError::Corrupt("entry key"))
+    }
+
+    /// Up to `limit` durable entry indices of `subject` from `start` on.
+    pub fn indices_of_subject(&self, store: &Store, subject: SubjectId, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
+        let prefix = Key::audit_by_subject_all(subject.as_bytes());
+        self.indices_under(store, &prefix, start, limit)
+    }
+
+    /// Up to `limit` durable entry indices of `business` from `start` on.
+    pub fn indices_of_business(&self, store: &Store, business: &str, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
+        let prefix = Key::audit_by_business_all(business);
+        self.indices_under(store, &prefix, start, limit)
+    }
+
+    fn indices_under(&self, store: &Store, prefix: &Key, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
+        let end = self.durable_size();
+        let from = prefix.with_suffix(&start.to_be_bytes());
+        let to = prefix.with_suffix(&end.to_be_bytes());
+        let rows = store.scan_range(&from, &to, limit)?;
+        rows.iter()
+            .map(|(key, _)| prefix.suffix_of(key).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(AuditError::Corrupt("index marker"))
+    }
+}
+
+/// The index in an audit entry key.
+fn entry_index(key: &[u8]) -> Option<u64> {
+    Key::audit_entries_all().suffix_of(key).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
+}
+
+/// The stored log size (entries applied).
+pub fn size(store: &Store) -> Result<u64, AuditError> {
+    Ok(counter_decode(store.get(&Key::meta(SIZE_KEY))?.as_deref())?)
+}
