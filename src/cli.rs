@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{PolicySource, ServeArgs, ServeConfig, VaultArgs, VaultConfig};
 use crate::server::{Application, shutdown_signal};
 use crate::telemetry;
-use crate::vault::{KEY_FILE, Opened, Vault, policies_load};
+use crate::vault::{KEY_FILE, Opened, Vault, VaultError, policies_load};
 
 /// consentvault: a privacy-first, permission-based customer data vault.
 #[derive(Debug, Parser)]
@@ -29,6 +29,18 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the Merkle tree from the stored entries and check every
+    /// checkpoint; the vault must not be running.
+    Verify(VaultArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +59,7 @@ pub fn run() -> ExitCode {
         Command::Init(args) => init(&args),
         Command::Serve(args) => serve(&args),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
+        Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +89,35 @@ fn policy_check(dir: &std::path::Path) -> Result<(), String> {
     let policies = policies_load(dir).map_err(|e| e.to_string())?;
     eprintln!("consentvault: {} is valid ({} fields)", dir.display(), policies.catalogue.fields().count());
     Ok(())
+}
+
+fn audit_verify(args: &VaultArgs) -> Result<(), String> {
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    match Vault::verify_offline(&config.options) {
+        Ok(verified) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "ok: size {} root {} ({} checkpoints verified)",
+                    verified.size,
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, verified.root),
+                    verified.checkpoints
+                );
+            }
+            Ok(())
+        }
+        Err(VaultError::AuditInvalid(failure)) => {
+            #[allow(clippy::print_stdout)]
+            {
+                match failure.first_bad_index {
+                    Some(index) => println!("first bad index: {index}"),
+                    None => println!("first bad index: unknown"),
+                }
+            }
+            Err(format!("the audit log does not verify: {}", failure.problem))
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {

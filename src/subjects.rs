@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::clock;
 use crate::audit::{self, Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
+use crate::clock;
 use crate::crypto::{CryptoError, Dek, Sealed, WrappedDek};
 use crate::ids::SubjectId;
 use crate::policy::FieldError;
@@ -118,7 +118,13 @@ impl Vault {
     }
 
     /// Stores one field (replacing any earlier value).
-    pub async fn data_put(&self, actor: &Actor, subject: SubjectId, field: &str, value: &Value) -> Result<u64, DataError> {
+    pub async fn data_put(
+        &self,
+        actor: &Actor,
+        subject: SubjectId,
+        field: &str,
+        value: &Value,
+    ) -> Result<u64, DataError> {
         let mut values = Map::new();
         values.insert(field.to_owned(), value.clone());
         self.data_merge(actor, subject, &values).await.map(|(_, index)| index)

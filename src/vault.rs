@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::audit::verify::{VerifyFailure, verify_log};
+use crate::audit::verify::{Verified, VerifyFailure, verify_log};
 use crate::audit::{AuditError, AuditLog};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
 use crate::policy::{self, Policies, PolicyError};
@@ -27,6 +27,10 @@ use crate::{clock, crypto};
 pub const KEY_FILE: &str = "kek.key";
 /// The name of the store directory inside a data directory.
 pub const STORE_DIR: &str = "store";
+/// The file, inside a data directory, holding the bearer token that opens the
+/// auditor routes until principals and roles replace it.
+pub const AUDITOR_TOKEN_FILE: &str = "auditor-token";
+const AUDITOR_TOKEN_KEY: &str = "auditor-token-sha256";
 /// The layout version written at init; a later layout refuses older data
 /// until migrated.
 const FORMAT_VERSION: &str = "1";
@@ -196,25 +200,23 @@ impl Vault {
         };
         let keys = load_key_ring(&source, false)?;
         let backend = SledBackend::open(&data_dir.join(STORE_DIR), 64 * 1024 * 1024)?;
-        let mut batch = crate::store::WriteBatch::new();
-        batch.insert(Key::meta("format").as_bytes().to_vec(), Some(FORMAT_VERSION.as_bytes().to_vec()));
-        batch.insert(Key::meta("created_at").as_bytes().to_vec(), Some(clock::rfc3339(clock::now()).into_bytes()));
-        let version = keys.current_version();
-        batch.insert(key_check_key(version).as_bytes().to_vec(), Some(keys.key_check_create(version)?));
-        let origin = match audit_origin {
-            Some(origin) => origin.to_owned(),
-            None => crate::audit::origin_default(keys.rng())?,
-        };
-        batch.extend(AuditLog::init_records(&keys, &origin)?);
-        backend.apply(&batch)?;
-        backend.flush()?;
-        Ok(())
+        write_init_records(&backend, &keys, audit_origin)?;
+        auditor_token_create(data_dir, &backend, &keys)
+    }
+
+    /// Whether `token` is the auditor bearer token of this vault. Compares
+    /// SHA-256 digests, so the comparison time says nothing about the token.
+    pub fn auditor_token_matches(&self, token: &str) -> bool {
+        let Ok(Some(stored)) = self.store.get(&Key::meta(AUDITOR_TOKEN_KEY)) else { return false };
+        let given = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        stored.len() == given.as_ref().len()
+            && stored.iter().zip(given.as_ref()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// Opens the vault in `options.data_dir`. An empty directory is
     /// initialised first unless in production mode.
     pub fn open(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
-        let data_dir = options.data_dir;
+        let data_dir = options.data_dir.clone();
         let opened = if is_empty_dir(&data_dir)? {
             if options.production {
                 return Err(VaultError::NotInitialised(data_dir));
@@ -226,31 +228,46 @@ impl Vault {
         } else {
             Opened::Existing
         };
-        let source = options.key_source.unwrap_or_else(|| KeySource::File(data_dir.join(KEY_FILE)));
-        let keys = load_key_ring(&source, options.production)?;
+        let keys = load_key_ring(&key_source_of(&options), options.production)?;
         let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
-        check_format(&*backend)?;
-        bind_keys(&*backend, &keys)?;
-        let store = Store::new(backend)?;
-        let audit = AuditLog::load(&store, &keys)?;
-        if let Some(configured) = options.audit_origin
-            && configured != audit.origin()
-        {
-            return Err(VaultError::OriginChanged { stored: audit.origin().to_owned(), configured });
+        let vault = Self::open_backend(data_dir, keys, backend, options.policies, options.audit_origin)?;
+        Ok((vault, opened))
+    }
+
+    /// Opens a vault over any storage backend, initialising it if it is
+    /// empty (tests use this with a fault-injecting in-memory backend).
+    /// Verifies the audit log and refuses to open if it does not verify.
+    pub fn open_backend(
+        data_dir: PathBuf,
+        keys: KeyRing,
+        backend: Arc<dyn Backend>,
+        policies: Policies,
+        audit_origin: Option<String>,
+    ) -> Result<Arc<Self>, VaultError> {
+        if backend.get(Key::meta("format").as_bytes())?.is_none() {
+            write_init_records(&*backend, &keys, audit_origin.as_deref())?;
         }
+        let (store, audit) = load_store(backend, &keys, audit_origin)?;
         verify_log(&store, &audit.verifier(), audit.origin()).map_err(VaultError::AuditInvalid)?;
-        let vault = Arc::new(Self {
-            data_dir,
-            keys,
-            store,
-            policies: options.policies,
-            audit,
-            checkpointer: Mutex::new(None),
-        });
+        let vault = Arc::new(Self { data_dir, keys, store, policies, audit, checkpointer: Mutex::new(None) });
         // A checkpoint covering everything recovered, before serving.
         vault.checkpoint_blocking()?;
         vault.checkpointer_start();
-        Ok((vault, opened))
+        Ok(vault)
+    }
+
+    /// Verifies the audit log of a vault that is not running, changing
+    /// nothing: `consentvault audit verify`.
+    pub fn verify_offline(options: &VaultOptions) -> Result<Verified, VaultError> {
+        if !options.data_dir.join(STORE_DIR).is_dir() {
+            return Err(VaultError::NotAVault(options.data_dir.clone()));
+        }
+        let keys = load_key_ring(&key_source_of(options), options.production)?;
+        let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
+        let (store, audit) = load_store(backend, &keys, None)?;
+        let verified = verify_log(&store, &audit.verifier(), audit.origin()).map_err(VaultError::AuditInvalid);
+        store.close()?;
+        verified
     }
 
     /// Signs a checkpoint now if the log has grown since the latest one.
@@ -353,6 +370,68 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.store && self.keys
     }
+}
+
+/// Writes a fresh auditor token to `<data_dir>/auditor-token` (mode 0600)
+/// and its SHA-256 to the store.
+fn auditor_token_create(data_dir: &Path, backend: &dyn Backend, keys: &KeyRing) -> Result<(), VaultError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token: [u8; 32] = crypto::random_bytes(keys.rng())?;
+    let token =
+        zeroize::Zeroizing::new(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token));
+    let path = data_dir.join(AUDITOR_TOKEN_FILE);
+    let io = |source| VaultError::DataDir { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+    file.write_all(format!("{}\n", token.as_str()).as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut batch = crate::store::WriteBatch::new();
+    batch.insert(Key::meta(AUDITOR_TOKEN_KEY).as_bytes().to_vec(), Some(digest.as_ref().to_vec()));
+    backend.apply(&batch)?;
+    backend.flush()?;
+    Ok(())
+}
+
+fn key_source_of(options: &VaultOptions) -> KeySource {
+    options.key_source.clone().unwrap_or_else(|| KeySource::File(options.data_dir.join(KEY_FILE)))
+}
+
+/// The records of a new vault: layout version, creation time, the KEK check
+/// and the audit log's origin and sealed signing key.
+fn write_init_records(backend: &dyn Backend, keys: &KeyRing, audit_origin: Option<&str>) -> Result<(), VaultError> {
+    let mut batch = crate::store::WriteBatch::new();
+    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(FORMAT_VERSION.as_bytes().to_vec()));
+    batch.insert(Key::meta("created_at").as_bytes().to_vec(), Some(clock::rfc3339(clock::now()).into_bytes()));
+    let version = keys.current_version();
+    batch.insert(key_check_key(version).as_bytes().to_vec(), Some(keys.key_check_create(version)?));
+    let origin = match audit_origin {
+        Some(origin) => origin.to_owned(),
+        None => crate::audit::origin_default(keys.rng())?,
+    };
+    batch.extend(AuditLog::init_records(keys, &origin)?);
+    backend.apply(&batch)?;
+    backend.flush()?;
+    Ok(())
+}
+
+/// Checks the layout and keys, starts the commit path and loads the audit
+/// log of an initialised backend.
+fn load_store(
+    backend: Arc<dyn Backend>,
+    keys: &KeyRing,
+    audit_origin: Option<String>,
+) -> Result<(Store, AuditLog), VaultError> {
+    check_format(&*backend)?;
+    bind_keys(&*backend, keys)?;
+    let store = Store::new(backend)?;
+    let audit = AuditLog::load(&store, keys)?;
+    if let Some(configured) = audit_origin
+        && configured != audit.origin()
+    {
+        return Err(VaultError::OriginChanged { stored: audit.origin().to_owned(), configured });
+    }
+    Ok((store, audit))
 }
 
 fn key_check_key(version: u32) -> Key {

@@ -114,7 +114,9 @@ fn verify(dir: &std::path::Path, created: &[SubjectId], acked: &BTreeMap<Subject
         assert!(vault.subject_exists(subject).unwrap(), "cycle {cycle}: acknowledged subject {subject} is gone");
     }
     for (&subject, &seq) in acked {
-        let data = runtime.block_on(vault.data_read_own(subject)).unwrap_or_else(|e| panic!("cycle {cycle}: subject {subject}: {e}"));
+        let data = runtime
+            .block_on(vault.data_read_own(subject))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: subject {subject}: {e}"));
         let points = data.get("loyalty_points").and_then(|v| v.as_u64());
         let name = data.get("given_name").and_then(|v| v.as_str()).map(str::to_owned);
         let stored = points.unwrap_or_else(|| panic!("cycle {cycle}: subject {subject} lost its acknowledged write"));
@@ -154,7 +156,10 @@ fn child_writes_until_killed(dir: &str) {
                     for &subject in &subjects {
                         seq += 1;
                         let values = json!({"loyalty_points": seq, "given_name": format!("writer-{seq}")});
-                        vault.data_merge(&Actor::customer(subject), subject, values.as_object().unwrap()).await.unwrap();
+                        vault
+                            .data_merge(&Actor::customer(subject), subject, values.as_object().unwrap())
+                            .await
+                            .unwrap();
                         let mut out = stdout.lock().unwrap();
                         writeln!(out, "ack {subject} {seq}").unwrap();
                         out.flush().unwrap();

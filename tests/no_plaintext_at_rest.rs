@@ -54,12 +54,17 @@ async fn canary_values_never_appear_on_disk_or_in_logs() {
             vault.data_put(&Actor::customer(subject), subject, field, value).await.unwrap();
         }
         // Overwrite and delete too, so old versions must not linger in clear.
-        vault.data_put(&Actor::customer(subject), subject, "email", &json!(format!("second{tag}@example.org"))).await.unwrap();
+        vault
+            .data_put(&Actor::customer(subject), subject, "email", &json!(format!("second{tag}@example.org")))
+            .await
+            .unwrap();
         vault.data_delete(&Actor::customer(subject), subject, "given_name").await.unwrap();
         let read = vault.data_read_own(subject).await.unwrap();
         assert_eq!(read.get("loyalty_points"), Some(&json!(numeric)));
         // A refused value must not be echoed either.
-        let refused = vault.data_put(&Actor::customer(subject), subject, "email", &json!(format!("refused{tag} not an address"))).await;
+        let refused = vault
+            .data_put(&Actor::customer(subject), subject, "email", &json!(format!("refused{tag} not an address")))
+            .await;
         assert!(refused.unwrap_err().to_string().find(&tag).is_none());
         vault.close().unwrap();
     }

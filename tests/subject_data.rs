@@ -22,7 +22,11 @@ async fn merged_fields_are_read_back_and_replaced_on_write() {
     let (vault, _) = common::open_vault(dir.path());
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
     let stored = vault
-        .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"})))
+        .data_merge(
+            &Actor::customer(subject),
+            subject,
+            &map(json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"})),
+        )
         .await
         .unwrap();
     assert_eq!(stored.0, vec!["email", "phone"]);
@@ -40,11 +44,18 @@ async fn one_invalid_value_rejects_the_whole_merge() {
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
     vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
     let error = vault
-        .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "new@example.org", "phone": "not a number"})))
+        .data_merge(
+            &Actor::customer(subject),
+            subject,
+            &map(json!({"email": "new@example.org", "phone": "not a number"})),
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, DataError::Field(FieldError::Invalid { ref field, .. }) if field == "phone"), "{error}");
-    let error = vault.data_merge(&Actor::customer(subject), subject, &map(json!({"email": "new@example.org", "shoe": "red"}))).await.unwrap_err();
+    let error = vault
+        .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "new@example.org", "shoe": "red"})))
+        .await
+        .unwrap_err();
     assert!(matches!(error, DataError::Field(FieldError::Unknown { ref field }) if field == "shoe"), "{error}");
     let data = vault.data_read_own(subject).await.unwrap();
     assert_eq!(data.get("email"), Some(&json!("ada@example.org")), "a refused merge must change nothing");
@@ -56,10 +67,16 @@ async fn delete_removes_one_field_and_reports_whether_it_existed() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
-    vault.data_merge(&Actor::customer(subject), subject, &map(json!({"email": "ada@example.org", "country": "GB"}))).await.unwrap();
+    vault
+        .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "ada@example.org", "country": "GB"})))
+        .await
+        .unwrap();
     assert!(vault.data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
     assert!(!vault.data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
-    assert!(matches!(vault.data_delete(&Actor::customer(subject), subject, "nonsense").await, Err(DataError::Field(FieldError::Unknown { .. }))));
+    assert!(matches!(
+        vault.data_delete(&Actor::customer(subject), subject, "nonsense").await,
+        Err(DataError::Field(FieldError::Unknown { .. }))
+    ));
     assert_eq!(vault.data_read_own(subject).await.unwrap().keys().collect::<Vec<_>>(), vec!["country"]);
 }
 
@@ -68,9 +85,15 @@ async fn unknown_subjects_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
     let stranger = SubjectId::from_bytes([7; 16]);
-    assert!(matches!(vault.data_put(&Actor::customer(stranger), stranger, "email", &json!("a@b.org")).await, Err(DataError::SubjectNotFound)));
+    assert!(matches!(
+        vault.data_put(&Actor::customer(stranger), stranger, "email", &json!("a@b.org")).await,
+        Err(DataError::SubjectNotFound)
+    ));
     assert!(matches!(vault.data_read_own(stranger).await, Err(DataError::SubjectNotFound)));
-    assert!(matches!(vault.data_delete(&Actor::customer(stranger), stranger, "email").await, Err(DataError::SubjectNotFound)));
+    assert!(matches!(
+        vault.data_delete(&Actor::customer(stranger), stranger, "email").await,
+        Err(DataError::SubjectNotFound)
+    ));
     assert!(!vault.subject_exists(stranger).unwrap());
 }
 
@@ -104,7 +127,9 @@ async fn concurrent_writers_to_one_subject_all_land() {
     for (field, value) in fields.iter().zip(values.iter()) {
         let vault = vault.clone();
         let (field, value) = (field.to_string(), value.clone());
-        tasks.push(tokio::spawn(async move { vault.data_put(&Actor::customer(subject), subject, &field, &value).await }));
+        tasks.push(tokio::spawn(
+            async move { vault.data_put(&Actor::customer(subject), subject, &field, &value).await },
+        ));
     }
     for task in tasks {
         task.await.unwrap().unwrap();

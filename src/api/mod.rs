@@ -5,6 +5,10 @@
 //! panic catching, and problem documents for every error status that a layer
 //! produces without a body of its own.
 
+mod audit;
+pub mod error;
+pub mod extract;
+pub mod guard;
 mod health;
 pub mod problem;
 
@@ -22,6 +26,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
@@ -76,6 +81,12 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/public-key", get(audit::public_key))
+        .route("/v1/audit/entries", get(audit::entries_list))
+        .route("/v1/audit/entries/{index}", get(audit::entries_get))
+        .route("/v1/audit/proof/inclusion", get(audit::proof_inclusion))
+        .route("/v1/audit/proof/consistency", get(audit::proof_consistency))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
         .with_state(state)
@@ -92,6 +103,11 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+                // Nothing this API answers may be kept by a cache.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ))
                 .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(request_id)),

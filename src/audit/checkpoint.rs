@@ -157,12 +157,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// A checkpoint without extension lines.
     pub fn new(origin: impl Into<String>, tree_size: u64, root: Hash) -> Self {
-        Self {
-            origin: origin.into(),
-            tree_size,
-            root,
-            extensions: Vec::new(),
-        }
+        Self { origin: origin.into(), tree_size, root, extensions: Vec::new() }
     }
 
     /// The note text: origin, size, base64 root and extensions, each line
@@ -176,12 +171,7 @@ impl Checkpoint {
         for (i, extension) in self.extensions.iter().enumerate() {
             check_line(extension, i + 4)?;
         }
-        let mut body = format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.tree_size,
-            BASE64.encode(self.root)
-        );
+        let mut body = format!("{}\n{}\n{}\n", self.origin, self.tree_size, BASE64.encode(self.root));
         for extension in &self.extensions {
             body.push_str(extension);
             body.push('\n');
@@ -191,12 +181,9 @@ impl Checkpoint {
 
     /// Parses a checkpoint body (the verified text of a signed note).
     pub fn parse_body(text: &str) -> Result<Self, CheckpointError> {
-        let text = text
-            .strip_suffix('\n')
-            .ok_or(CheckpointError::MissingFinalNewline)?;
+        let text = text.strip_suffix('\n').ok_or(CheckpointError::MissingFinalNewline)?;
         let mut lines = text.split('\n');
-        let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next())
-        else {
+        let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
             return Err(CheckpointError::TooFewLines);
         };
         check_line(origin, 1)?;
@@ -206,12 +193,7 @@ impl Checkpoint {
             .enumerate()
             .map(|(i, line)| check_line(line, i + 4).map(|()| line.to_owned()))
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            origin: origin.to_owned(),
-            tree_size,
-            root,
-            extensions,
-        })
+        Ok(Self { origin: origin.to_owned(), tree_size, root, extensions })
     }
 }
 
@@ -230,9 +212,8 @@ fn check_line(line: &str, number: usize) -> Result<(), CheckpointError> {
 /// Canonical decimal only: `u64::from_str` would also take `+5` and `007`,
 /// which would give one checkpoint several encodings.
 fn parse_tree_size(line: &str) -> Result<u64, CheckpointError> {
-    let canonical = !line.is_empty()
-        && line.bytes().all(|b| b.is_ascii_digit())
-        && (line == "0" || !line.starts_with('0'));
+    let canonical =
+        !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) && (line == "0" || !line.starts_with('0'));
     if !canonical {
         return Err(CheckpointError::InvalidTreeSize);
     }
@@ -242,20 +223,13 @@ fn parse_tree_size(line: &str) -> Result<u64, CheckpointError> {
 /// The `STANDARD` engine requires canonical padding and zero trailing bits,
 /// so each root has exactly one accepted encoding.
 fn parse_root(line: &str) -> Result<Hash, CheckpointError> {
-    BASE64
-        .decode(line)
-        .ok()
-        .and_then(|bytes| Hash::try_from(bytes).ok())
-        .ok_or(CheckpointError::InvalidRootHash)
+    BASE64.decode(line).ok().and_then(|bytes| Hash::try_from(bytes).ok()).ok_or(CheckpointError::InvalidRootHash)
 }
 
 /// Key name rules of c2sp.org/signed-note (non-empty, no `+`, no Unicode
 /// whitespace), plus no control characters, which a note may not contain.
 fn is_valid_key_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name
-            .chars()
-            .any(|c| c == '+' || c.is_whitespace() || c.is_control())
+    !name.is_empty() && !name.chars().any(|c| c == '+' || c.is_whitespace() || c.is_control())
 }
 
 /// Whether `text` may appear in a signed note: no ASCII control characters
@@ -284,11 +258,7 @@ fn format_verifier_key(name: &str, key_id: &KeyId, public_key: &[u8; PUBLIC_KEY_
     let mut key = Vec::with_capacity(1 + PUBLIC_KEY_LEN);
     key.push(ALG_ED25519);
     key.extend_from_slice(public_key);
-    format!(
-        "{name}+{:08x}+{}",
-        u32::from_be_bytes(*key_id),
-        BASE64.encode(key)
-    )
+    format!("{name}+{:08x}+{}", u32::from_be_bytes(*key_id), BASE64.encode(key))
 }
 
 /// Signs notes with an Ed25519 key held by ring.
@@ -304,10 +274,7 @@ impl fmt::Debug for NoteSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NoteSigner")
             .field("name", &self.name)
-            .field(
-                "key_id",
-                &format_args!("{:08x}", u32::from_be_bytes(self.key_id)),
-            )
+            .field("key_id", &format_args!("{:08x}", u32::from_be_bytes(self.key_id)))
             .finish_non_exhaustive()
     }
 }
@@ -329,12 +296,7 @@ impl NoteSigner {
             .try_into()
             .map_err(|_| KeyError::InvalidPrivateKey("public key is not 32 bytes".into()))?;
         let key_id = ed25519_key_id(name, &public_key);
-        Ok(Self {
-            name: name.to_owned(),
-            key_pair,
-            public_key,
-            key_id,
-        })
+        Ok(Self { name: name.to_owned(), key_pair, public_key, key_id })
     }
 
     /// Generates a new Ed25519 key and returns it as a PKCS#8 v2 document.
@@ -367,11 +329,7 @@ impl NoteSigner {
 
     /// The matching verifier.
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier {
-            name: self.name.clone(),
-            key_id: self.key_id,
-            public_key: self.public_key,
-        }
+        NoteVerifier { name: self.name.clone(), key_id: self.key_id, public_key: self.public_key }
     }
 
     /// Signs `text` and returns the complete signed note: the text, a blank
@@ -387,11 +345,7 @@ impl NoteSigner {
         let mut blob = Vec::with_capacity(4 + signature.as_ref().len());
         blob.extend_from_slice(&self.key_id);
         blob.extend_from_slice(signature.as_ref());
-        Ok(format!(
-            "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.name,
-            BASE64.encode(blob)
-        ))
+        Ok(format!("{text}\n{SIGNATURE_PREFIX}{} {}\n", self.name, BASE64.encode(blob)))
     }
 
     /// Encodes and signs a checkpoint.
@@ -415,11 +369,7 @@ impl NoteVerifier {
             return Err(KeyError::InvalidName);
         }
         let key_id = ed25519_key_id(name, &public_key);
-        Ok(Self {
-            name: name.to_owned(),
-            key_id,
-            public_key,
-        })
+        Ok(Self { name: name.to_owned(), key_id, public_key })
     }
 
     /// Parses a verifier key string `<name>+<hex key ID>+<base64(0x01 ‖ key)>`
@@ -428,8 +378,7 @@ impl NoteVerifier {
         // The name cannot contain '+', the hex ID cannot either, and the
         // base64 key may: so split at the first two only.
         let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(KeyError::MalformedVerifierKey);
         };
         if !is_valid_key_name(name) {
@@ -439,19 +388,13 @@ impl NoteVerifier {
         if id_hex.len() != 8 || !id_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(KeyError::MalformedVerifierKey);
         }
-        let key_id = u32::from_str_radix(id_hex, 16)
-            .map_err(|_| KeyError::MalformedVerifierKey)?
-            .to_be_bytes();
-        let key = BASE64
-            .decode(key_b64)
-            .map_err(|_| KeyError::MalformedVerifierKey)?;
+        let key_id = u32::from_str_radix(id_hex, 16).map_err(|_| KeyError::MalformedVerifierKey)?.to_be_bytes();
+        let key = BASE64.decode(key_b64).map_err(|_| KeyError::MalformedVerifierKey)?;
         let (&algorithm, public_key) = key.split_first().ok_or(KeyError::MalformedVerifierKey)?;
         if algorithm != ALG_ED25519 {
             return Err(KeyError::UnsupportedAlgorithm(algorithm));
         }
-        let public_key: [u8; PUBLIC_KEY_LEN] = public_key
-            .try_into()
-            .map_err(|_| KeyError::MalformedVerifierKey)?;
+        let public_key: [u8; PUBLIC_KEY_LEN] = public_key.try_into().map_err(|_| KeyError::MalformedVerifierKey)?;
         let verifier = Self::new(name, public_key)?;
         if verifier.key_id != key_id {
             return Err(KeyError::KeyIdMismatch);
@@ -492,14 +435,11 @@ impl NoteVerifier {
         if !has_only_allowed_characters(signed_note) {
             return Err(NoteError::Malformed("contains a control character"));
         }
-        let split = signed_note
-            .rfind("\n\n")
-            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+        let split = signed_note.rfind("\n\n").ok_or(NoteError::Malformed("no blank line before the signatures"))?;
         // The text keeps its final newline; the blank line belongs to neither.
         let (text, signatures) = (&signed_note[..=split], &signed_note[split + 2..]);
-        let signatures = signatures.strip_suffix('\n').ok_or(NoteError::Malformed(
-            "signature block does not end in a newline",
-        ))?;
+        let signatures =
+            signatures.strip_suffix('\n').ok_or(NoteError::Malformed("signature block does not end in a newline"))?;
 
         let public_key = signature::UnparsedPublicKey::new(&signature::ED25519, &self.public_key);
         let mut verified = false;
@@ -511,31 +451,18 @@ impl NoteVerifier {
             if name != self.name || key_id != self.key_id {
                 continue;
             }
-            public_key
-                .verify(text.as_bytes(), &sig)
-                .map_err(|_| NoteError::BadSignature)?;
+            public_key.verify(text.as_bytes(), &sig).map_err(|_| NoteError::BadSignature)?;
             verified = true;
         }
-        if verified {
-            Ok(text.to_owned())
-        } else {
-            Err(NoteError::UnknownKey)
-        }
+        if verified { Ok(text.to_owned()) } else { Err(NoteError::UnknownKey) }
     }
 
     /// Verifies a signed checkpoint and parses it, requiring its origin to
     /// be `origin` (the log the caller means to check).
-    pub fn open_checkpoint(
-        &self,
-        signed_note: &str,
-        origin: &str,
-    ) -> Result<Checkpoint, NoteError> {
+    pub fn open_checkpoint(&self, signed_note: &str, origin: &str) -> Result<Checkpoint, NoteError> {
         let checkpoint = Checkpoint::parse_body(&self.open(signed_note)?)?;
         if checkpoint.origin != origin {
-            return Err(NoteError::OriginMismatch {
-                expected: origin.to_owned(),
-                found: checkpoint.origin,
-            });
+            return Err(NoteError::OriginMismatch { expected: origin.to_owned(), found: checkpoint.origin });
         }
         Ok(checkpoint)
     }
@@ -546,18 +473,12 @@ impl NoteVerifier {
 fn parse_signature_line(line: &str) -> Result<(&str, KeyId, Vec<u8>), NoteError> {
     let rest = line
         .strip_prefix(SIGNATURE_PREFIX)
-        .ok_or(NoteError::Malformed(
-            "signature line does not start with an em dash",
-        ))?;
-    let (name, b64) = rest
-        .split_once(' ')
-        .ok_or(NoteError::Malformed("signature line has no signature"))?;
+        .ok_or(NoteError::Malformed("signature line does not start with an em dash"))?;
+    let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("signature line has no signature"))?;
     if !is_valid_key_name(name) {
         return Err(NoteError::Malformed("invalid key name in signature line"));
     }
-    let mut blob = BASE64
-        .decode(b64)
-        .map_err(|_| NoteError::Malformed("signature is not base64"))?;
+    let mut blob = BASE64.decode(b64).map_err(|_| NoteError::Malformed("signature is not base64"))?;
     // A key ID plus at least one byte of signature.
     if blob.len() < 5 {
         return Err(NoteError::Malformed("signature too short"));
@@ -594,19 +515,19 @@ mod tests {
     const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\n\
                            then you don't know what your problem is.\n";
-    const GO_PETER_SIG: &str = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+    const GO_PETER_SIG: &str =
+        "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
     const GO_ENOCH_VKEY: &str = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop";
-    const GO_ENOCH_SIG: &str = "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
+    const GO_ENOCH_SIG: &str =
+        "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
 
     /// The Go test key as a PKCS#8 v1 document (RFC 8410 §7 layout: a fixed
     /// 16-byte prefix, then the 32-byte seed).
     fn go_signer() -> NoteSigner {
         let skey = BASE64.decode(GO_SKEY_B64).unwrap();
         assert_eq!(skey[0], ALG_ED25519);
-        let mut pkcs8 = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
+        let mut pkcs8 =
+            vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
         pkcs8.extend_from_slice(&skey[1..]);
         NoteSigner::from_pkcs8("PeterNeumann", &pkcs8).unwrap()
     }
@@ -614,8 +535,7 @@ mod tests {
     #[test]
     fn body_matches_spec_example() {
         // The body of the example in c2sp.org/tlog-checkpoint.
-        let text =
-            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let text = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
         let checkpoint = Checkpoint::parse_body(text).unwrap();
         assert_eq!(checkpoint.origin, "example.com/behind-the-sofa");
         assert_eq!(checkpoint.tree_size, 20_852_163);
@@ -633,14 +553,8 @@ mod tests {
         assert_eq!(Checkpoint::parse_body(&body).unwrap(), checkpoint);
 
         let empty = Checkpoint::new("o", 0, crate::audit::merkle::empty_root());
-        assert_eq!(
-            empty.body().unwrap(),
-            "o\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"
-        );
-        assert_eq!(
-            Checkpoint::parse_body(&empty.body().unwrap()).unwrap(),
-            empty
-        );
+        assert_eq!(empty.body().unwrap(), "o\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n");
+        assert_eq!(Checkpoint::parse_body(&empty.body().unwrap()).unwrap(), empty);
         let max = Checkpoint::new("o", u64::MAX, [0xff; 32]);
         assert_eq!(Checkpoint::parse_body(&max.body().unwrap()).unwrap(), max);
     }
@@ -651,74 +565,32 @@ mod tests {
         let ok = format!("o\n5\n{root}\n");
         assert!(Checkpoint::parse_body(&ok).is_ok());
         let cases: Vec<(String, CheckpointError)> = vec![
-            (
-                format!("o\n5\n{root}"),
-                CheckpointError::MissingFinalNewline,
-            ),
+            (format!("o\n5\n{root}"), CheckpointError::MissingFinalNewline),
             ("o\n5\n".into(), CheckpointError::TooFewLines),
             (String::new(), CheckpointError::MissingFinalNewline),
-            (
-                format!("\n5\n{root}\n"),
-                CheckpointError::EmptyLine { line: 1 },
-            ),
-            (
-                format!("o\n5\n{root}\n\n"),
-                CheckpointError::EmptyLine { line: 4 },
-            ),
-            (
-                format!("o\n5\n{root}\next\n\n"),
-                CheckpointError::EmptyLine { line: 5 },
-            ),
-            (
-                format!("o\tx\n5\n{root}\n"),
-                CheckpointError::ControlCharacter { line: 1 },
-            ),
-            (
-                format!("o\n5\n{root}\ne\rx\n"),
-                CheckpointError::ControlCharacter { line: 4 },
-            ),
+            (format!("\n5\n{root}\n"), CheckpointError::EmptyLine { line: 1 }),
+            (format!("o\n5\n{root}\n\n"), CheckpointError::EmptyLine { line: 4 }),
+            (format!("o\n5\n{root}\next\n\n"), CheckpointError::EmptyLine { line: 5 }),
+            (format!("o\tx\n5\n{root}\n"), CheckpointError::ControlCharacter { line: 1 }),
+            (format!("o\n5\n{root}\ne\rx\n"), CheckpointError::ControlCharacter { line: 4 }),
             (format!("o\n05\n{root}\n"), CheckpointError::InvalidTreeSize),
             (format!("o\n+5\n{root}\n"), CheckpointError::InvalidTreeSize),
             (format!("o\n-5\n{root}\n"), CheckpointError::InvalidTreeSize),
             (format!("o\n\n{root}\n"), CheckpointError::InvalidTreeSize),
             (format!("o\n 5\n{root}\n"), CheckpointError::InvalidTreeSize),
-            (
-                format!("o\n18446744073709551616\n{root}\n"),
-                CheckpointError::InvalidTreeSize,
-            ),
-            (
-                format!("o\n5\n{}\n", BASE64.encode([7u8; 31])),
-                CheckpointError::InvalidRootHash,
-            ),
-            (
-                format!("o\n5\n{}\n", BASE64.encode([7u8; 33])),
-                CheckpointError::InvalidRootHash,
-            ),
-            (
-                format!("o\n5\n{}\n", &root[..43]),
-                CheckpointError::InvalidRootHash,
-            ),
+            (format!("o\n18446744073709551616\n{root}\n"), CheckpointError::InvalidTreeSize),
+            (format!("o\n5\n{}\n", BASE64.encode([7u8; 31])), CheckpointError::InvalidRootHash),
+            (format!("o\n5\n{}\n", BASE64.encode([7u8; 33])), CheckpointError::InvalidRootHash),
+            (format!("o\n5\n{}\n", &root[..43]), CheckpointError::InvalidRootHash),
             // Non-canonical: the last symbol has non-zero trailing bits.
-            (
-                format!("o\n5\n{}x=\n", &root[..42]),
-                CheckpointError::InvalidRootHash,
-            ),
+            (format!("o\n5\n{}x=\n", &root[..42]), CheckpointError::InvalidRootHash),
             // URL-safe alphabet.
             (
-                format!(
-                    "o\n5\n{}\n",
-                    BASE64
-                        .encode([0xfb; 32])
-                        .replace('+', "-")
-                        .replace('/', "_")
-                ),
+                format!("o\n5\n{}\n", BASE64.encode([0xfb; 32]).replace('+', "-").replace('/', "_")),
                 CheckpointError::InvalidRootHash,
             ),
             // Padding missing.
-            (
-                format!("o\n5\n{}\n", root.trim_end_matches('=')),
-                CheckpointError::InvalidRootHash,
-            ),
+            (format!("o\n5\n{}\n", root.trim_end_matches('=')), CheckpointError::InvalidRootHash),
         ];
         for (text, expected) in cases {
             assert_eq!(Checkpoint::parse_body(&text), Err(expected), "{text:?}");
@@ -740,9 +612,7 @@ mod tests {
         let signer = new_signer("consentvault.example/audit");
         assert_eq!(
             signer.sign_checkpoint(&c),
-            Err(NoteError::Checkpoint(CheckpointError::ControlCharacter {
-                line: 4
-            }))
+            Err(NoteError::Checkpoint(CheckpointError::ControlCharacter { line: 4 }))
         );
     }
 
@@ -758,16 +628,10 @@ mod tests {
 
         let verifier = signer.verifier();
         assert_eq!(verifier.open(&note).unwrap(), body);
-        assert_eq!(
-            verifier.open_checkpoint(&note, &checkpoint.origin).unwrap(),
-            checkpoint
-        );
+        assert_eq!(verifier.open_checkpoint(&note, &checkpoint.origin).unwrap(), checkpoint);
         assert_eq!(
             verifier.open_checkpoint(&note, "other.example/log"),
-            Err(NoteError::OriginMismatch {
-                expected: "other.example/log".into(),
-                found: checkpoint.origin.clone(),
-            })
+            Err(NoteError::OriginMismatch { expected: "other.example/log".into(), found: checkpoint.origin.clone() })
         );
         // Notes that are not checkpoints open but do not parse.
         let note = signer.sign_note("just text\n").unwrap();
@@ -787,11 +651,7 @@ mod tests {
     fn sign_note_rejects_invalid_text() {
         let signer = new_signer("k");
         for text in ["", "no newline", "tab\there\n", "cr\r\n", "nul\0\n"] {
-            assert_eq!(
-                signer.sign_note(text),
-                Err(NoteError::InvalidText),
-                "{text:?}"
-            );
+            assert_eq!(signer.sign_note(text), Err(NoteError::InvalidText), "{text:?}");
         }
     }
 
@@ -832,44 +692,26 @@ mod tests {
             let split = note.rfind("\n\n").unwrap();
             format!("{}— {name} {}\n", &note[..split + 2], BASE64.encode(blob))
         };
-        assert_eq!(
-            verifier.open(&relabel(&blob, signer.name())).unwrap(),
-            checkpoint.body().unwrap()
-        );
+        assert_eq!(verifier.open(&relabel(&blob, signer.name())).unwrap(), checkpoint.body().unwrap());
         for i in 4..68 {
             let mut bad = blob.clone();
             bad[i] ^= 0x01;
-            assert_eq!(
-                verifier.open(&relabel(&bad, signer.name())),
-                Err(NoteError::BadSignature)
-            );
+            assert_eq!(verifier.open(&relabel(&bad, signer.name())), Err(NoteError::BadSignature));
         }
         // Truncated or extended signature under the right key: bad signature.
-        assert_eq!(
-            verifier.open(&relabel(&blob[..67], signer.name())),
-            Err(NoteError::BadSignature)
-        );
+        assert_eq!(verifier.open(&relabel(&blob[..67], signer.name())), Err(NoteError::BadSignature));
         let mut long = blob.clone();
         long.push(0);
-        assert_eq!(
-            verifier.open(&relabel(&long, signer.name())),
-            Err(NoteError::BadSignature)
-        );
+        assert_eq!(verifier.open(&relabel(&long, signer.name())), Err(NoteError::BadSignature));
 
         // Key ID or name changed: the line is from some other key, so it is
         // ignored and no signature from our key remains.
         for i in 0..4 {
             let mut bad = blob.clone();
             bad[i] ^= 0x80;
-            assert_eq!(
-                verifier.open(&relabel(&bad, signer.name())),
-                Err(NoteError::UnknownKey)
-            );
+            assert_eq!(verifier.open(&relabel(&bad, signer.name())), Err(NoteError::UnknownKey));
         }
-        assert_eq!(
-            verifier.open(&relabel(&blob, "consentvault.example/audit2")),
-            Err(NoteError::UnknownKey)
-        );
+        assert_eq!(verifier.open(&relabel(&blob, "consentvault.example/audit2")), Err(NoteError::UnknownKey));
 
         // A different key with the same name is a different key ID.
         let impostor = new_signer("consentvault.example/audit");
@@ -893,23 +735,14 @@ mod tests {
         assert_eq!(ours.verifier().open(&cosigned).unwrap(), body);
         assert_eq!(theirs.verifier().open(&cosigned).unwrap(), body);
         // Duplicate valid lines are fine.
-        assert!(
-            ours.verifier()
-                .open(&format!("{body}\n{our_line}{our_line}"))
-                .is_ok()
-        );
+        assert!(ours.verifier().open(&format!("{body}\n{our_line}{our_line}")).is_ok());
         // A bad line from our key rejects the note even next to a good one,
         // in either order.
         let prefix = format!("— {} ", ours.name());
-        let mut blob = BASE64
-            .decode(our_line.trim_end().strip_prefix(&prefix).unwrap())
-            .unwrap();
+        let mut blob = BASE64.decode(our_line.trim_end().strip_prefix(&prefix).unwrap()).unwrap();
         blob[40] ^= 0x04;
         let bad_line = format!("{prefix}{}\n", BASE64.encode(&blob));
-        for mixed in [
-            format!("{body}\n{our_line}{bad_line}"),
-            format!("{body}\n{bad_line}{our_line}"),
-        ] {
+        for mixed in [format!("{body}\n{our_line}{bad_line}"), format!("{body}\n{bad_line}{our_line}")] {
             assert_eq!(ours.verifier().open(&mixed), Err(NoteError::BadSignature));
             // The other key's verifier does not care about our bad line.
             let with_theirs = mixed.replacen(our_line, their_line, 1);
@@ -943,11 +776,7 @@ mod tests {
             format!("hello\n\n{}", line.repeat(MAX_SIGNATURES + 1)),
         ];
         for bad in &malformed {
-            assert!(
-                matches!(verifier.open(bad), Err(NoteError::Malformed(_))),
-                "{bad:?} -> {:?}",
-                verifier.open(bad)
-            );
+            assert!(matches!(verifier.open(bad), Err(NoteError::Malformed(_))), "{bad:?} -> {:?}", verifier.open(bad));
         }
         // The limit itself is fine.
         let many = format!("hello\n\n{}", line.repeat(MAX_SIGNATURES));
@@ -968,10 +797,7 @@ mod tests {
             signer.verifier_key(),
             format!(
                 "consentvault.example/audit+{}+{}",
-                hash.as_ref()[..4]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
+                hash.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect::<String>(),
                 BASE64.encode([&[0x01u8][..], &signer.public_key()].concat())
             )
         );
@@ -991,10 +817,7 @@ mod tests {
         let key = VerifyingKey::from_bytes(&signer.public_key()).unwrap();
         key.verify_strict(text.as_bytes(), &signature).unwrap();
         // And not over anything else, e.g. the text without its final newline.
-        assert!(
-            key.verify_strict(text.trim_end().as_bytes(), &signature)
-                .is_err()
-        );
+        assert!(key.verify_strict(text.trim_end().as_bytes(), &signature).is_err());
     }
 
     #[test]
@@ -1006,10 +829,7 @@ mod tests {
         assert_eq!(parsed.verifier_key(), vkey);
         assert_eq!(parsed.name(), signer.name());
         assert_eq!(parsed.public_key(), signer.public_key());
-        assert_eq!(
-            NoteVerifier::new(signer.name(), signer.public_key()).unwrap(),
-            parsed
-        );
+        assert_eq!(NoteVerifier::new(signer.name(), signer.public_key()).unwrap(), parsed);
     }
 
     #[test]
@@ -1033,37 +853,22 @@ mod tests {
             assert!(NoteVerifier::parse(&s).is_err(), "{s}");
         }
         assert_eq!(
-            NoteVerifier::parse(
-                "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-            ),
+            NoteVerifier::parse("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"),
             Err(KeyError::KeyIdMismatch)
         );
         // Go's "unknown algorithm, with adjusted key hash".
         assert_eq!(
-            NoteVerifier::parse(
-                "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-            ),
+            NoteVerifier::parse("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"),
             Err(KeyError::UnsupportedAlgorithm(0x65))
         );
         // Go's "wrong length key, with adjusted key hash".
         assert_eq!(
-            NoteVerifier::parse(
-                "PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="
-            ),
+            NoteVerifier::parse("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="),
             Err(KeyError::MalformedVerifierKey)
         );
-        assert_eq!(
-            NoteVerifier::parse("a b+00000000+AA=="),
-            Err(KeyError::InvalidName)
-        );
-        assert_eq!(
-            NoteVerifier::parse("ab+-0000000+AA=="),
-            Err(KeyError::MalformedVerifierKey)
-        );
-        assert_eq!(
-            NoteVerifier::parse("ab"),
-            Err(KeyError::MalformedVerifierKey)
-        );
+        assert_eq!(NoteVerifier::parse("a b+00000000+AA=="), Err(KeyError::InvalidName));
+        assert_eq!(NoteVerifier::parse("ab+-0000000+AA=="), Err(KeyError::MalformedVerifierKey));
+        assert_eq!(NoteVerifier::parse("ab"), Err(KeyError::MalformedVerifierKey));
     }
 
     #[test]
@@ -1083,11 +888,7 @@ mod tests {
         let enoch_only = format!("{GO_TEXT}\n{GO_ENOCH_SIG}");
         assert_eq!(peter.open(&enoch_only), Err(NoteError::UnknownKey));
         // Go's "Invalid signature" case: four extra base64 characters.
-        let spliced = format!(
-            "{GO_TEXT}\n{}ABCD{}",
-            &GO_PETER_SIG[..60],
-            &GO_PETER_SIG[60..]
-        );
+        let spliced = format!("{GO_TEXT}\n{}ABCD{}", &GO_PETER_SIG[..60], &GO_PETER_SIG[60..]);
         assert_eq!(peter.open(&spliced), Err(NoteError::BadSignature));
         // Go's malformed messages.
         let bad_msgs = [
@@ -1101,43 +902,19 @@ mod tests {
             format!("{GO_TEXT}\n{GO_PETER_SIG}Unexpected line.\n"),
         ];
         for msg in &bad_msgs {
-            assert!(
-                matches!(peter.open(msg), Err(NoteError::Malformed(_))),
-                "{msg:?}"
-            );
+            assert!(matches!(peter.open(msg), Err(NoteError::Malformed(_))), "{msg:?}");
         }
     }
 
     #[test]
     fn key_errors() {
         let pkcs8 = NoteSigner::generate_pkcs8(&SystemRandom::new()).unwrap();
-        for name in [
-            "",
-            "a+b",
-            "a b",
-            "a\tb",
-            "a\nb",
-            "a\u{a0}b",
-            "a\u{2003}b",
-            "a\x01b",
-        ] {
-            assert_eq!(
-                NoteSigner::from_pkcs8(name, &pkcs8).err(),
-                Some(KeyError::InvalidName)
-            );
-            assert_eq!(
-                NoteVerifier::new(name, [1; 32]).err(),
-                Some(KeyError::InvalidName)
-            );
+        for name in ["", "a+b", "a b", "a\tb", "a\nb", "a\u{a0}b", "a\u{2003}b", "a\x01b"] {
+            assert_eq!(NoteSigner::from_pkcs8(name, &pkcs8).err(), Some(KeyError::InvalidName));
+            assert_eq!(NoteVerifier::new(name, [1; 32]).err(), Some(KeyError::InvalidName));
         }
-        assert!(matches!(
-            NoteSigner::from_pkcs8("k", &pkcs8[..pkcs8.len() - 1]),
-            Err(KeyError::InvalidPrivateKey(_))
-        ));
-        assert!(matches!(
-            NoteSigner::from_pkcs8("k", b"not a key"),
-            Err(KeyError::InvalidPrivateKey(_))
-        ));
+        assert!(matches!(NoteSigner::from_pkcs8("k", &pkcs8[..pkcs8.len() - 1]), Err(KeyError::InvalidPrivateKey(_))));
+        assert!(matches!(NoteSigner::from_pkcs8("k", b"not a key"), Err(KeyError::InvalidPrivateKey(_))));
         // Unicode names other than spaces are allowed.
         assert!(NoteSigner::from_pkcs8("ключ/журнал", &pkcs8).is_ok());
     }
@@ -1146,10 +923,7 @@ mod tests {
     fn debug_does_not_leak_key_material() {
         let signer = go_signer();
         let debug = format!("{signer:?}");
-        assert_eq!(
-            debug,
-            r#"NoteSigner { name: "PeterNeumann", key_id: c74f20a3, .. }"#
-        );
+        assert_eq!(debug, r#"NoteSigner { name: "PeterNeumann", key_id: c74f20a3, .. }"#);
         let pretty = format!("{signer:#?}");
         assert!(!pretty.contains("key_pair"));
     }
@@ -1158,41 +932,24 @@ mod tests {
     fn proofs_and_checkpoints_together() {
         // A verifier that trusts two signed checkpoints checks consistency
         // between them and inclusion of an entry.
-        use crate::audit::merkle::{
-            consistency_proof, inclusion_proof, verify_consistency, verify_inclusion,
-        };
+        use crate::audit::merkle::{consistency_proof, inclusion_proof, verify_consistency, verify_inclusion};
         let signer = new_signer("consentvault.example/audit");
         let mut tree = MemoryTree::new();
         for i in 0..10u32 {
             tree.push(format!("event {i}").as_bytes());
         }
-        let old = signer
-            .sign_checkpoint(&Checkpoint::new(signer.name(), 10, tree.root()))
-            .unwrap();
+        let old = signer.sign_checkpoint(&Checkpoint::new(signer.name(), 10, tree.root())).unwrap();
         for i in 10..23u32 {
             tree.push(format!("event {i}").as_bytes());
         }
-        let new = signer
-            .sign_checkpoint(&Checkpoint::new(signer.name(), 23, tree.root()))
-            .unwrap();
+        let new = signer.sign_checkpoint(&Checkpoint::new(signer.name(), 23, tree.root())).unwrap();
 
         let verifier = NoteVerifier::parse(&signer.verifier_key()).unwrap();
-        let old = verifier
-            .open_checkpoint(&old, "consentvault.example/audit")
-            .unwrap();
-        let new = verifier
-            .open_checkpoint(&new, "consentvault.example/audit")
-            .unwrap();
+        let old = verifier.open_checkpoint(&old, "consentvault.example/audit").unwrap();
+        let new = verifier.open_checkpoint(&new, "consentvault.example/audit").unwrap();
         let proof = consistency_proof(&tree, old.tree_size, new.tree_size).unwrap();
         verify_consistency(old.tree_size, new.tree_size, &old.root, &new.root, &proof).unwrap();
         let proof = inclusion_proof(&tree, 17, new.tree_size).unwrap();
-        verify_inclusion(
-            &leaf_hash(b"event 17"),
-            17,
-            new.tree_size,
-            &proof,
-            &new.root,
-        )
-        .unwrap();
+        verify_inclusion(&leaf_hash(b"event 17"), 17, new.tree_size, &proof, &new.root).unwrap();
     }
 }

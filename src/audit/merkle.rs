@@ -146,16 +146,11 @@ fn split_point(n: u64) -> u64 {
 /// recursive split reproduces exactly that decomposition, so the hash is the
 /// right fold `node(s1, node(s2, … node(s_{m-1}, s_m)))`. Costs one lookup per
 /// set bit of `end - start`.
-fn range_hash<S: SubtreeHashes + ?Sized>(
-    store: &S,
-    start: u64,
-    end: u64,
-) -> Result<Hash, S::Error> {
+fn range_hash<S: SubtreeHashes + ?Sized>(store: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
     debug_assert!(start < end);
     let len = end - start;
     debug_assert!(
-        len.checked_next_power_of_two()
-            .map_or(start == 0, |p| start.is_multiple_of(p)),
+        len.checked_next_power_of_two().map_or(start == 0, |p| start.is_multiple_of(p)),
         "range [{start}, {end}) is not a node of an RFC tree"
     );
     // Fold from the right: begin with the smallest subtree (lowest set bit);
@@ -496,10 +491,7 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         assert!(s.len().is_multiple_of(2), "odd hex length");
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn hash_hex(s: &str) -> Hash {
@@ -507,16 +499,8 @@ mod tests {
     }
 
     /// The certificate-transparency / RFC 6962 test leaves.
-    const LEAVES: [&str; 8] = [
-        "",
-        "00",
-        "10",
-        "2021",
-        "3031",
-        "40414243",
-        "5051525354555657",
-        "606162636465666768696a6b6c6d6e6f",
-    ];
+    const LEAVES: [&str; 8] =
+        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
 
     /// Their roots for tree sizes 0..=8.
     const ROOTS: [&str; 9] = [
@@ -575,11 +559,7 @@ mod tests {
     fn naive_subproof(m: usize, leaves: &[Hash], b: bool) -> Vec<Hash> {
         let n = leaves.len();
         if m == n {
-            return if b {
-                Vec::new()
-            } else {
-                vec![naive_mth(leaves)]
-            };
+            return if b { Vec::new() } else { vec![naive_mth(leaves)] };
         }
         let k = naive_k(n);
         if m <= k {
@@ -599,9 +579,7 @@ mod tests {
 
     /// Distinct leaves for the exhaustive tests.
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n)
-            .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
-            .collect()
+        (0..n).map(|i| leaf_hash(format!("entry {i}").as_bytes())).collect()
     }
 
     fn memory_tree(leaves: &[Hash]) -> MemoryTree {
@@ -616,10 +594,7 @@ mod tests {
     fn primitive_hashes() {
         assert_eq!(empty_root(), hash_hex(ROOTS[0]));
         // Leaf 0 is the empty entry: SHA-256(0x00).
-        assert_eq!(
-            leaf_hash(&[]),
-            hash_hex("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d")
-        );
+        assert_eq!(leaf_hash(&[]), hash_hex("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"));
         // Size-2 root is node_hash of the first two leaves.
         let l = test_leaf_hashes();
         assert_eq!(node_hash(&l[0], &l[1]), hash_hex(ROOTS[2]));
@@ -656,11 +631,7 @@ mod tests {
         let l = leaves(64);
         let tree = memory_tree(&l);
         for n in 0..=64 {
-            assert_eq!(
-                root(&tree, n as u64).unwrap(),
-                naive_mth(&l[..n]),
-                "size {n}"
-            );
+            assert_eq!(root(&tree, n as u64).unwrap(), naive_mth(&l[..n]), "size {n}");
         }
     }
 
@@ -671,8 +642,7 @@ mod tests {
         let mut total = 0;
         for (i, leaf) in l.iter().enumerate() {
             let i = i as u64;
-            let added =
-                appended_subtrees(i, *leaf, |level, index| tree.subtree(level, index)).unwrap();
+            let added = appended_subtrees(i, *leaf, |level, index| tree.subtree(level, index)).unwrap();
             // One entry for the leaf plus one per trailing one bit of i.
             assert_eq!(added.len() as u32, 1 + i.trailing_ones());
             for (level, index, hash) in &added {
@@ -684,9 +654,7 @@ mod tests {
         }
         assert!(total < 2 * l.len());
         // Lookup errors propagate.
-        let err = appended_subtrees(1, l[1], |level, index| {
-            Err::<Hash, _>(MissingSubtree { level, index })
-        });
+        let err = appended_subtrees(1, l[1], |level, index| Err::<Hash, _>(MissingSubtree { level, index }));
         assert_eq!(err, Err(MissingSubtree { level: 0, index: 0 }));
     }
 
@@ -695,14 +663,8 @@ mod tests {
         let tree = memory_tree(&leaves(5));
         assert_eq!(tree.len(), 5);
         assert!(tree.subtree(2, 0).is_ok());
-        assert_eq!(
-            tree.subtree(2, 1),
-            Err(MissingSubtree { level: 2, index: 1 })
-        );
-        assert_eq!(
-            tree.subtree(9, 0),
-            Err(MissingSubtree { level: 9, index: 0 })
-        );
+        assert_eq!(tree.subtree(2, 1), Err(MissingSubtree { level: 2, index: 1 }));
+        assert_eq!(tree.subtree(9, 0), Err(MissingSubtree { level: 9, index: 0 }));
         assert!(root(&tree, 6).is_err());
         assert!(MemoryTree::new().is_empty());
     }
@@ -780,16 +742,10 @@ mod tests {
                 assert!(verify_inclusion(leaf, index, size - 1, &proof, &roots[n - 1]).is_err());
                 let mut wrong_leaf = *leaf;
                 wrong_leaf[0] ^= 1;
-                assert_eq!(
-                    verify_inclusion(&wrong_leaf, index, size, &proof, &root),
-                    Err(VerifyError::RootMismatch)
-                );
+                assert_eq!(verify_inclusion(&wrong_leaf, index, size, &proof, &root), Err(VerifyError::RootMismatch));
                 let mut wrong_root = root;
                 wrong_root[31] ^= 0x80;
-                assert_eq!(
-                    verify_inclusion(leaf, index, size, &proof, &wrong_root),
-                    Err(VerifyError::RootMismatch)
-                );
+                assert_eq!(verify_inclusion(leaf, index, size, &proof, &wrong_root), Err(VerifyError::RootMismatch));
             }
         }
     }
@@ -804,11 +760,7 @@ mod tests {
                 let (old, new) = (m as u64, n as u64);
                 let (old_root, new_root) = (&roots[m], &roots[n]);
                 let proof = consistency_proof(&tree, old, new).unwrap();
-                assert_eq!(
-                    verify_consistency(old, new, old_root, new_root, &proof),
-                    Ok(()),
-                    "({m}, {n})"
-                );
+                assert_eq!(verify_consistency(old, new, old_root, new_root, &proof), Ok(()), "({m}, {n})");
 
                 for bad in proof_tampers(&proof) {
                     assert!(
@@ -822,12 +774,8 @@ mod tests {
                 // (from the empty tree, or between equal trees) are the only
                 // ones allowed to pass, and only when the proof is empty.
                 let mut claims: Vec<(u64, u64, Hash, Hash)> = Vec::new();
-                for (o, nn) in [
-                    (old.wrapping_sub(1), new),
-                    (old + 1, new),
-                    (old, new + 1),
-                    (old, new.wrapping_sub(1)),
-                ] {
+                for (o, nn) in [(old.wrapping_sub(1), new), (old + 1, new), (old, new + 1), (old, new.wrapping_sub(1))]
+                {
                     if o > 65 || nn > 65 {
                         continue;
                     }
@@ -876,93 +824,38 @@ mod tests {
         fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
         assert_error::<ProofError<MissingSubtree>>();
         assert_error::<VerifyError>();
-        let store_err: ProofError<MissingSubtree> =
-            ProofError::Store(MissingSubtree { level: 1, index: 2 });
+        let store_err: ProofError<MissingSubtree> = ProofError::Store(MissingSubtree { level: 1, index: 2 });
         assert_eq!(
             std::error::Error::source(&store_err).map(ToString::to_string),
             Some("no complete subtree at level 1, index 2".to_owned())
         );
 
         let tree = memory_tree(&leaves(8));
-        assert_eq!(
-            inclusion_proof(&tree, 8, 8),
-            Err(ProofError::IndexOutOfRange {
-                index: 8,
-                tree_size: 8
-            })
-        );
-        assert_eq!(
-            inclusion_proof(&tree, 0, 0),
-            Err(ProofError::IndexOutOfRange {
-                index: 0,
-                tree_size: 0
-            })
-        );
-        assert_eq!(
-            consistency_proof(&tree, 5, 4),
-            Err(ProofError::SizeOrder {
-                old_size: 5,
-                new_size: 4
-            })
-        );
+        assert_eq!(inclusion_proof(&tree, 8, 8), Err(ProofError::IndexOutOfRange { index: 8, tree_size: 8 }));
+        assert_eq!(inclusion_proof(&tree, 0, 0), Err(ProofError::IndexOutOfRange { index: 0, tree_size: 0 }));
+        assert_eq!(consistency_proof(&tree, 5, 4), Err(ProofError::SizeOrder { old_size: 5, new_size: 4 }));
         assert_eq!(consistency_proof(&tree, 0, 8), Ok(Vec::new()));
         assert_eq!(consistency_proof(&tree, 8, 8), Ok(Vec::new()));
         assert_eq!(consistency_proof(&tree, 0, 0), Ok(Vec::new()));
         // Sizes beyond the store surface as store errors.
-        assert!(matches!(
-            inclusion_proof(&tree, 3, 9),
-            Err(ProofError::Store(MissingSubtree { .. }))
-        ));
-        assert!(matches!(
-            consistency_proof(&tree, 3, 9),
-            Err(ProofError::Store(MissingSubtree { .. }))
-        ));
+        assert!(matches!(inclusion_proof(&tree, 3, 9), Err(ProofError::Store(MissingSubtree { .. }))));
+        assert!(matches!(consistency_proof(&tree, 3, 9), Err(ProofError::Store(MissingSubtree { .. }))));
 
         let r = empty_root();
-        assert_eq!(
-            verify_inclusion(&r, 3, 3, &[], &r),
-            Err(VerifyError::IndexOutOfRange {
-                index: 3,
-                tree_size: 3
-            })
-        );
-        assert_eq!(
-            verify_consistency(4, 3, &r, &r, &[]),
-            Err(VerifyError::SizeOrder {
-                old_size: 4,
-                new_size: 3
-            })
-        );
+        assert_eq!(verify_inclusion(&r, 3, 3, &[], &r), Err(VerifyError::IndexOutOfRange { index: 3, tree_size: 3 }));
+        assert_eq!(verify_consistency(4, 3, &r, &r, &[]), Err(VerifyError::SizeOrder { old_size: 4, new_size: 3 }));
         // Empty proofs: accepted only where nothing needs proving.
         assert_eq!(verify_consistency(0, 0, &r, &r, &[]), Ok(()));
         assert_eq!(verify_consistency(0, 5, &r, &tree.root(), &[]), Ok(()));
-        assert_eq!(
-            verify_consistency(0, 5, &tree.root(), &tree.root(), &[]),
-            Err(VerifyError::RootMismatch)
-        );
-        assert_eq!(
-            verify_consistency(0, 5, &r, &tree.root(), &[r]),
-            Err(VerifyError::WrongProofLength)
-        );
-        assert_eq!(
-            verify_consistency(3, 3, &r, &tree.root(), &[]),
-            Err(VerifyError::RootMismatch)
-        );
-        assert_eq!(
-            verify_consistency(3, 5, &r, &tree.root(), &[]),
-            Err(VerifyError::WrongProofLength)
-        );
-        assert_eq!(
-            verify_consistency(4, 5, &r, &tree.root(), &[]),
-            Err(VerifyError::WrongProofLength)
-        );
+        assert_eq!(verify_consistency(0, 5, &tree.root(), &tree.root(), &[]), Err(VerifyError::RootMismatch));
+        assert_eq!(verify_consistency(0, 5, &r, &tree.root(), &[r]), Err(VerifyError::WrongProofLength));
+        assert_eq!(verify_consistency(3, 3, &r, &tree.root(), &[]), Err(VerifyError::RootMismatch));
+        assert_eq!(verify_consistency(3, 5, &r, &tree.root(), &[]), Err(VerifyError::WrongProofLength));
+        assert_eq!(verify_consistency(4, 5, &r, &tree.root(), &[]), Err(VerifyError::WrongProofLength));
         // A single-leaf tree needs an empty inclusion proof, nothing more.
         let leaf = leaf_hash(b"x");
         assert_eq!(verify_inclusion(&leaf, 0, 1, &[], &leaf), Ok(()));
-        assert_eq!(
-            verify_inclusion(&leaf, 0, 1, &[leaf], &leaf),
-            Err(VerifyError::WrongProofLength)
-        );
+        assert_eq!(verify_inclusion(&leaf, 0, 1, &[leaf], &leaf), Err(VerifyError::WrongProofLength));
     }
 
     /// Wraps a store and counts lookups.
@@ -973,10 +866,7 @@ mod tests {
 
     impl<'a, S> Counting<'a, S> {
         fn new(inner: &'a S) -> Self {
-            Self {
-                inner,
-                lookups: Cell::new(0),
-            }
+            Self { inner, lookups: Cell::new(0) }
         }
 
         /// Lookups since the last call.
@@ -1050,14 +940,7 @@ mod tests {
 
     #[test]
     fn lookups_are_logarithmic_on_huge_trees() {
-        let sizes = [
-            1u64 << 20,
-            (1 << 20) - 1,
-            (1 << 40) + 12345,
-            (1 << 62) + (1 << 61) + 7,
-            u64::MAX,
-            u64::MAX - 1,
-        ];
+        let sizes = [1u64 << 20, (1 << 20) - 1, (1 << 40) + 12345, (1 << 62) + (1 << 61) + 7, u64::MAX, u64::MAX - 1];
         for &n in &sizes {
             let store = Synthetic { size: n };
             let counting = Counting::new(&store);

@@ -318,13 +318,25 @@ impl AuditLog {
     }
 
     /// Up to `limit` durable entry indices of `subject` from `start` on.
-    pub fn indices_of_subject(&self, store: &Store, subject: SubjectId, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
+    pub fn indices_of_subject(
+        &self,
+        store: &Store,
+        subject: SubjectId,
+        start: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, AuditError> {
         let prefix = Key::audit_by_subject_all(subject.as_bytes());
         self.indices_under(store, &prefix, start, limit)
     }
 
     /// Up to `limit` durable entry indices of `business` from `start` on.
-    pub fn indices_of_business(&self, store: &Store, business: &str, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
+    pub fn indices_of_business(
+        &self,
+        store: &Store,
+        business: &str,
+        start: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, AuditError> {
         let prefix = Key::audit_by_business_all(business);
         self.indices_under(store, &prefix, start, limit)
     }

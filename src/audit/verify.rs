@@ -92,21 +92,26 @@ pub fn verify_log(store: &Store, verifier: &NoteVerifier, origin: &str) -> Resul
             .map_err(|error| failure(None, format!("a stored checkpoint does not verify: {error}")))?;
         let key_size = Key::audit_checkpoints_all().suffix_of(&key).and_then(|s| <[u8; 8]>::try_from(s).ok());
         if key_size.map(u64::from_be_bytes) != Some(checkpoint.tree_size) {
-            return Err(failure(None, format!("checkpoint of size {} is stored under another size", checkpoint.tree_size)));
+            return Err(failure(
+                None,
+                format!("checkpoint of size {} is stored under another size", checkpoint.tree_size),
+            ));
         }
         if checkpoint.tree_size > size {
             return Err(failure(
                 Some(size),
-                format!("the log has {size} entries but a checkpoint covers {}: entries were removed", checkpoint.tree_size),
+                format!(
+                    "the log has {size} entries but a checkpoint covers {}: entries were removed",
+                    checkpoint.tree_size
+                ),
             ));
         }
         checkpoints.insert(checkpoint.tree_size, checkpoint.root);
     }
     let check_checkpoint = |frontier: &Frontier, processed: u64| match checkpoints.get(&processed) {
-        Some(root) if *root != frontier.root() => Err(failure(
-            None,
-            format!("the checkpoint of size {processed} does not match the stored entries"),
-        )),
+        Some(root) if *root != frontier.root() => {
+            Err(failure(None, format!("the checkpoint of size {processed} does not match the stored entries")))
+        }
         _ => Ok(()),
     };
 

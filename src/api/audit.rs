@@ -1,0 +1,285 @@
+//! The audit routes: the signed checkpoint and verifier key for anyone;
+//! entries and proofs for auditors.
+//!
+//! Everything served here is bytes the vault has flushed: entries and proofs
+//! stop at the durable log size, so an auditor never sees an entry that a
+//! crash could still take back.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Path, Query};
+use super::guard::AuditorAccess;
+use crate::audit::{AuditEvent, Decision, EventKind};
+use crate::ids::SubjectId;
+
+/// Default page size of `GET /v1/audit/entries`.
+const PAGE_ITEMS_DEFAULT: usize = 100;
+/// Largest page size of `GET /v1/audit/entries`.
+pub const PAGE_ITEMS_MAX: usize = 1000;
+/// Most entries examined for one page when filters skip many: the page ends
+/// early with a cursor rather than scanning the whole log.
+const PAGE_SCAN_MAX: usize = 10_000;
+
+fn text(body: String) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// `GET /v1/audit/checkpoint`: the latest signed checkpoint (C2SP
+/// tlog-checkpoint in a C2SP signed note).
+pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(text(state.vault.audit().checkpoint_latest(state.vault.store())?))
+}
+
+/// `GET /v1/audit/public-key`: the signed-note verifier key.
+pub async fn public_key(State(state): State<AppState>) -> Response {
+    text(format!("{}\n", state.vault.audit().verifier_key()))
+}
+
+/// Filters of `GET /v1/audit/entries`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    /// First index (inclusive).
+    start: Option<u64>,
+    /// Last index (exclusive).
+    end: Option<u64>,
+    /// Only events about this subject.
+    subject: Option<String>,
+    /// Only events about this business.
+    business: Option<String>,
+    /// Only events of this kind (`data.read`, ...).
+    kind: Option<String>,
+    /// Only reads with this decision (`allow`, `partial`, `deny`).
+    decision: Option<String>,
+    /// Only events at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    until: Option<String>,
+    /// Page size (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The `cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One entry in a listing.
+#[derive(Debug, Serialize)]
+pub struct EntryItem {
+    index: u64,
+    entry: serde_json::Value,
+}
+
+/// A page of entries.
+#[derive(Debug, Serialize)]
+pub struct EntriesPage {
+    items: Vec<EntryItem>,
+    cursor: Option<String>,
+}
+
+fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::client(StatusCode::BAD_REQUEST, code, "Invalid query", detail)
+}
+
+fn cursor_encode(next: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("audit:{next}"))
+}
+
+fn cursor_decode(cursor: &str) -> Option<u64> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes).ok()?.strip_prefix("audit:")?.parse().ok()
+}
+
+/// A time filter as the events write times: UTC, whole seconds, RFC 3339,
+/// so string order is time order.
+fn time_filter(name: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
+    value
+        .map(|text| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map(|time| crate::clock::rfc3339(time.to_offset(time::UtcOffset::UTC)))
+                .map_err(|_| bad_request("invalid_time", format!("`{name}` must be an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+struct Filter {
+    kind: Option<EventKind>,
+    decision: Option<Decision>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, event: &AuditEvent) -> bool {
+        self.kind.is_none_or(|kind| event.kind == kind)
+            && self.decision.is_none_or(|decision| event.decision == Some(decision))
+            && self.since.as_ref().is_none_or(|since| event.time.as_str() >= since.as_str())
+            && self.until.as_ref().is_none_or(|until| event.time.as_str() < until.as_str())
+    }
+}
+
+/// `GET /v1/audit/entries`: durable entries in index order, filtered.
+pub async fn entries_list(
+    _auditor: AuditorAccess,
+    State(state): State<AppState>,
+    Query(query): Query<EntriesQuery>,
+) -> Result<Json<EntriesPage>, ApiError> {
+    let vault = &state.vault;
+    let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);
+    if limit == 0 || limit > PAGE_ITEMS_MAX {
+        return Err(bad_request("invalid_limit", format!("`limit` must be between 1 and {PAGE_ITEMS_MAX}")));
+    }
+    let from = match &query.cursor {
+        Some(cursor) => cursor_decode(cursor)
+            .ok_or_else(|| bad_request("invalid_cursor", "`cursor` is not one this vault issued"))?,
+        None => query.start.unwrap_or(0),
+    };
+    let end = query.end.unwrap_or(u64::MAX).min(vault.audit().durable_size());
+    let filter = Filter {
+        kind: query
+            .kind
+            .as_deref()
+            .map(|kind| {
+                EventKind::parse(kind).ok_or_else(|| bad_request("invalid_kind", "`kind` is not an event kind"))
+            })
+            .transpose()?,
+        decision: query
+            .decision
+            .as_deref()
+            .map(|d| {
+                Decision::parse(d)
+                    .ok_or_else(|| bad_request("invalid_decision", "`decision` must be allow, partial or deny"))
+            })
+            .transpose()?,
+        since: time_filter("since", query.since.as_deref())?,
+        until: time_filter("until", query.until.as_deref())?,
+    };
+    let subject = query
+        .subject
+        .as_deref()
+        .map(|s| s.parse::<SubjectId>().map_err(|_| bad_request("invalid_subject", "`subject` must be a subject id")))
+        .transpose()?;
+
+    // Candidate indices in order: from the subject or business markers when
+    // one is named, else every index.
+    let store = vault.store();
+    let candidates: Vec<u64> = match (subject, &query.business) {
+        (Some(subject), _) => vault.audit().indices_of_subject(store, subject, from, PAGE_SCAN_MAX)?,
+        (None, Some(business)) => vault.audit().indices_of_business(store, business, from, PAGE_SCAN_MAX)?,
+        (None, None) => (from..end).take(PAGE_SCAN_MAX).collect(),
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    for (position, &index) in candidates.iter().enumerate() {
+        if index >= end {
+            break;
+        }
+        if items.len() == limit {
+            next = Some(index);
+            break;
+        }
+        let Some(bytes) = vault.audit().entry(store, index)? else { break };
+        let event = AuditEvent::from_bytes(&bytes).map_err(|error| ApiError::internal(&error))?;
+        if subject.is_none_or(|s| event.subject == Some(s))
+            && query.business.as_ref().is_none_or(|b| event.business.as_ref() == Some(b))
+            && filter.matches(&event)
+        {
+            let entry = serde_json::from_slice(&bytes).map_err(|error| ApiError::internal(&error))?;
+            items.push(EntryItem { index, entry });
+        }
+        // The scan budget ran out with candidates left beyond it.
+        if position + 1 == candidates.len() && candidates.len() == PAGE_SCAN_MAX && index + 1 < end {
+            next = Some(index + 1);
+        }
+    }
+    Ok(Json(EntriesPage { items, cursor: next.map(cursor_encode) }))
+}
+
+/// `GET /v1/audit/entries/{index}`: the exact stored bytes of one entry.
+pub async fn entries_get(
+    _auditor: AuditorAccess,
+    State(state): State<AppState>,
+    Path(index): Path<u64>,
+) -> Result<Response, ApiError> {
+    match state.vault.audit().entry(state.vault.store(), index)? {
+        Some(bytes) => {
+            let mut response = bytes.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
+        None => Err(ApiError::client(
+            StatusCode::NOT_FOUND,
+            "no_such_entry",
+            "No such entry",
+            format!("the log has no entry {index}"),
+        )),
+    }
+}
+
+/// Parameters of `GET /v1/audit/proof/inclusion`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    index: u64,
+    tree_size: u64,
+}
+
+/// An inclusion proof.
+#[derive(Debug, Serialize)]
+pub struct InclusionProof {
+    index: u64,
+    tree_size: u64,
+    hashes: Vec<String>,
+}
+
+/// `GET /v1/audit/proof/inclusion?index=&tree_size=`.
+pub async fn proof_inclusion(
+    _auditor: AuditorAccess,
+    State(state): State<AppState>,
+    Query(query): Query<InclusionQuery>,
+) -> Result<Json<InclusionProof>, ApiError> {
+    let hashes = state.vault.audit().inclusion_proof(state.vault.store(), query.index, query.tree_size)?;
+    Ok(Json(InclusionProof {
+        index: query.index,
+        tree_size: query.tree_size,
+        hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
+    }))
+}
+
+/// Parameters of `GET /v1/audit/proof/consistency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    old_size: u64,
+    new_size: u64,
+}
+
+/// A consistency proof.
+#[derive(Debug, Serialize)]
+pub struct ConsistencyProof {
+    old_size: u64,
+    new_size: u64,
+    hashes: Vec<String>,
+}
+
+/// `GET /v1/audit/proof/consistency?old_size=&new_size=`.
+pub async fn proof_consistency(
+    _auditor: AuditorAccess,
+    State(state): State<AppState>,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    let hashes = state.vault.audit().consistency_proof(state.vault.store(), query.old_size, query.new_size)?;
+    Ok(Json(ConsistencyProof {
+        old_size: query.old_size,
+        new_size: query.new_size,
+        hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
+    }))
+}

@@ -1,0 +1,70 @@
+//! The one place domain errors become HTTP responses.
+//!
+//! Client mistakes get a 4xx problem document naming what is wrong. Anything
+//! else is a 500 whose body says nothing about the cause; the cause is
+//! logged in the request's span, which carries the request id that the
+//! response returns in `x-request-id`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::problem::Problem;
+use crate::audit::AuditError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError(Problem);
+
+impl ApiError {
+    /// A client error with a stable code.
+    pub fn client(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self(Problem::new(status, code, title, detail))
+    }
+
+    /// A server-side failure: logs `cause`, answers an opaque 500.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self(Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR))
+    }
+
+    /// The uniform 401: the same whatever check failed.
+    pub fn unauthorized() -> Self {
+        Self(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid bearer token for this resource is required",
+        ))
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        Self(problem)
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(error: AuditError) -> Self {
+        match error {
+            AuditError::OutOfRange(detail) => {
+                Self::client(StatusCode::BAD_REQUEST, "out_of_range", "Out of range", detail)
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.0.status == StatusCode::UNAUTHORIZED.as_u16();
+        let mut response = self.0.into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"consentvault\""),
+            );
+        }
+        response
+    }
+}
