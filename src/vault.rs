@@ -270,6 +270,18 @@ impl Vault {
         verified
     }
 
+    /// Signs a checkpoint now if the log has grown since the latest one, and
+    /// returns the latest checkpoint (which then covers every event
+    /// acknowledged before the call).
+    pub async fn checkpoint_now(self: &Arc<Self>) -> Result<String, AuditError> {
+        let vault = Arc::clone(self);
+        self.store.commit(move |txn| vault.audit.checkpoint_in(txn)).await.map_err(|error| match error {
+            crate::store::CommitError::Rejected(error) => error,
+            crate::store::CommitError::Store(error) => AuditError::Store(error),
+        })?;
+        self.audit.checkpoint_latest(&self.store)
+    }
+
     /// Signs a checkpoint now if the log has grown since the latest one.
     fn checkpoint_blocking(self: &Arc<Self>) -> Result<Option<u64>, AuditError> {
         let vault = Arc::clone(self);

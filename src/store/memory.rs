@@ -21,6 +21,7 @@ pub struct MemoryBackend {
     fail_applies: AtomicBool,
     fail_flushes: AtomicBool,
     fail_reads: AtomicBool,
+    fail_reads_under: Mutex<Option<Vec<u8>>>,
 }
 
 impl MemoryBackend {
@@ -32,6 +33,13 @@ impl MemoryBackend {
     /// Makes every later `get` and `scan` fail (or succeed again).
     pub fn fail_reads(&self, fail: bool) {
         self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later read of a key starting with `prefix` fail; `None`
+    /// ends the fault. Lets a test break one part of a transaction (the
+    /// audit append) while the rest works.
+    pub fn fail_reads_under(&self, prefix: Option<&[u8]>) {
+        *self.fail_reads_under.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = prefix.map(<[u8]>::to_vec);
     }
 
     /// Makes every later `flush` fail (or succeed again).
@@ -68,6 +76,10 @@ fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
 impl Backend for MemoryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_fault()?;
+        let failing = self.fail_reads_under.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if failing.is_some_and(|prefix| key.starts_with(&prefix)) {
+            return Err(StoreError::Engine("injected read failure".to_owned()));
+        }
         Ok(lock(&self.applied).get(key).cloned())
     }
 

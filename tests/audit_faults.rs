@@ -1,0 +1,93 @@
+//! Guarantee 2, fail closed: when the audit append or the flush that carries
+//! it fails, a read returns an error and no data, and a write is not
+//! acknowledged. The vault runs over an in-memory backend with injected
+//! faults, and recovers when the fault clears.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use consentvault::audit::Actor;
+use consentvault::crypto::{KeyRing, random_bytes};
+use consentvault::store::Key;
+use consentvault::store::memory::MemoryBackend;
+use consentvault::subjects::DataError;
+use consentvault::vault::{Vault, policies_load};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+fn vault_over(backend: Arc<MemoryBackend>) -> Arc<Vault> {
+    let rng = ring::rand::SystemRandom::new();
+    let keys = KeyRing::new(vec![(1, Zeroizing::new(random_bytes(&rng).unwrap()))]).unwrap();
+    let policies = policies_load(&common::policies_dir()).unwrap();
+    Vault::open_backend("memory".into(), keys, backend, policies, None).unwrap()
+}
+
+fn durable_audit_size(backend: &MemoryBackend) -> u64 {
+    backend.durable(&Key::meta("audit/size")).map(|b| u64::from_be_bytes(b.try_into().unwrap())).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
+    let backend = Arc::new(MemoryBackend::default());
+    let vault = vault_over(backend.clone());
+    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let actor = Actor::customer(subject);
+    vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
+    let size_before = durable_audit_size(&backend);
+
+    backend.fail_flushes(true);
+    let read = vault.data_read_own(subject).await;
+    assert!(matches!(read, Err(DataError::Store(_))), "a read whose audit event is not durable must fail: {read:?}");
+    let write = vault.data_put(&actor, subject, "phone", &json!("+44 20 7946 0000")).await;
+    assert!(matches!(write, Err(DataError::Store(_))), "a write that is not durable must not be acknowledged");
+    assert_eq!(backend.durable(Key::value(subject.as_bytes(), "phone").key()), None);
+    assert_eq!(durable_audit_size(&backend), size_before, "no event reached the durable state");
+    assert!(!vault.readiness().is_ready(), "a vault that cannot flush is not ready");
+
+    backend.fail_flushes(false);
+    let data = vault.data_read_own(subject).await.unwrap();
+    assert_eq!(data.get("email"), Some(&json!("ada@example.org")));
+    assert!(vault.readiness().is_ready(), "the vault recovers once flushes succeed");
+}
+
+#[tokio::test]
+async fn a_failed_audit_append_releases_no_data_and_changes_nothing() {
+    let backend = Arc::new(MemoryBackend::default());
+    let vault = vault_over(backend.clone());
+    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let actor = Actor::customer(subject);
+    vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
+    let size_before = durable_audit_size(&backend);
+
+    // The append reads the log size first; make exactly that read fail.
+    backend.fail_reads_under(Some(Key::meta("audit/size").as_bytes()));
+    let read = vault.data_read_own(subject).await;
+    assert!(matches!(read, Err(DataError::Audit(_))), "{read:?}");
+    let write = vault.data_put(&actor, subject, "email", &json!("changed@example.org")).await;
+    assert!(matches!(write, Err(DataError::Audit(_))), "{write:?}");
+    let delete = vault.data_delete(&actor, subject, "email").await;
+    assert!(matches!(delete, Err(DataError::Audit(_))), "{delete:?}");
+    backend.fail_reads_under(None);
+
+    assert_eq!(durable_audit_size(&backend), size_before);
+    let data = vault.data_read_own(subject).await.unwrap();
+    assert_eq!(data.get("email"), Some(&json!("ada@example.org")), "the refused write and delete changed nothing");
+}
+
+#[tokio::test]
+async fn a_failed_apply_acknowledges_nothing_and_the_vault_recovers() {
+    let backend = Arc::new(MemoryBackend::default());
+    let vault = vault_over(backend.clone());
+    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    backend.fail_applies(true);
+    let write = vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await;
+    assert!(matches!(write, Err(DataError::Store(_))));
+    assert!(matches!(vault.data_read_own(subject).await, Err(DataError::Store(_))));
+    backend.fail_applies(false);
+    assert!(vault.data_read_own(subject).await.unwrap().is_empty());
+    vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
+    assert_eq!(vault.data_read_own(subject).await.unwrap().len(), 1);
+}
