@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::audit::verify::{Verified, VerifyFailure, verify_log};
+use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
 use crate::audit::{AuditError, AuditLog};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
 use crate::policy::{self, Policies, PolicyError};
@@ -134,6 +135,21 @@ pub struct Vault {
     audit: AuditLog,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// The full recomputation of the log that runs after start-up.
+    audit_status: Mutex<AuditStatus>,
+    verify_stop: AtomicBool,
+    verifier: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where the full verification of the stored log stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditStatus {
+    /// Still recomputing the tree from the stored entries.
+    Verifying,
+    /// Every entry and checkpoint present at start-up verified.
+    Verified,
+    /// The stored log does not verify; the vault refuses to serve.
+    Failed(VerifyFailure),
 }
 
 impl std::fmt::Debug for Vault {
@@ -248,12 +264,89 @@ impl Vault {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
         }
         let (store, audit) = load_store(backend, &keys, audit_origin)?;
-        verify_log(&store, &audit.verifier(), audit.origin()).map_err(VaultError::AuditInvalid)?;
-        let vault = Arc::new(Self { data_dir, keys, store, policies, audit, checkpointer: Mutex::new(None) });
+        // Quick and complete for truncation, rollback and rewritten subtree
+        // hashes; edits of entry bytes are found by the full pass below.
+        verify_latest(&store, &audit.verifier(), audit.origin(), &|size| audit.root(&store, size))
+            .map_err(VaultError::AuditInvalid)?;
+        let vault = Arc::new(Self {
+            data_dir,
+            keys,
+            store,
+            policies,
+            audit,
+            checkpointer: Mutex::new(None),
+            audit_status: Mutex::new(AuditStatus::Verifying),
+            verify_stop: AtomicBool::new(false),
+            verifier: Mutex::new(None),
+        });
+        vault.verifier_start();
         // A checkpoint covering everything recovered, before serving.
         vault.checkpoint_blocking()?;
         vault.checkpointer_start();
         Ok(vault)
+    }
+
+    /// Recomputes the whole stored log in the background: serving starts at
+    /// once, and if the log does not verify the vault stops serving
+    /// ([`Vault::audit_status`]). Fills the audit node cache on the way.
+    fn verifier_start(self: &Arc<Self>) {
+        let vault = Arc::clone(self);
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new().name("consentvault-audit-verify".to_owned()).spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                let started = std::time::Instant::now();
+                let audit = &vault.audit;
+                let visit = |level, index, hash: &_| audit.node_cache(level, index, hash);
+                let outcome = verify_log(
+                    &vault.store,
+                    &audit.verifier(),
+                    audit.origin(),
+                    Depth::Roots,
+                    &visit,
+                    &vault.verify_stop,
+                );
+                let status = match outcome {
+                    Ok(verified) => {
+                        tracing::info!(
+                            size = verified.size,
+                            checkpoints = verified.checkpoints,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "audit log verified"
+                        );
+                        AuditStatus::Verified
+                    }
+                    Err(failure) if failure.problem == STOPPED => return,
+                    Err(failure) => {
+                        tracing::error!(%failure, "the audit log does not verify; refusing to serve");
+                        AuditStatus::Failed(failure)
+                    }
+                };
+                if let Ok(mut slot) = vault.audit_status.lock() {
+                    *slot = status;
+                }
+            });
+        });
+        match thread {
+            Ok(thread) => {
+                if let Ok(mut slot) = self.verifier.lock() {
+                    *slot = Some(thread);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the audit verification thread");
+                if let Ok(mut slot) = self.audit_status.lock() {
+                    *slot = AuditStatus::Failed(VerifyFailure {
+                        first_bad_index: None,
+                        problem: "verification could not run".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Where the full verification of the stored log stands.
+    pub fn audit_status(&self) -> AuditStatus {
+        self.audit_status.lock().map(|status| status.clone()).unwrap_or(AuditStatus::Verifying)
     }
 
     /// Verifies the audit log of a vault that is not running, changing
@@ -265,7 +358,9 @@ impl Vault {
         let keys = load_key_ring(&key_source_of(options), options.production)?;
         let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
         let (store, audit) = load_store(backend, &keys, None)?;
-        let verified = verify_log(&store, &audit.verifier(), audit.origin()).map_err(VaultError::AuditInvalid);
+        let never = AtomicBool::new(false);
+        let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, &|_, _, _| {}, &never)
+            .map_err(VaultError::AuditInvalid);
         store.close()?;
         verified
     }
@@ -349,12 +444,19 @@ impl Vault {
     /// succeeded, and keys are loaded.
     pub fn readiness(&self) -> Readiness {
         let store = self.store.is_healthy() && self.store.get(&Key::meta("format")).is_ok();
-        Readiness { store, keys: !self.keys.versions().is_empty() }
+        let audit = !matches!(self.audit_status(), AuditStatus::Failed(_));
+        Readiness { store, keys: !self.keys.versions().is_empty(), audit }
     }
 
     /// Stops the checkpoint thread (after a last checkpoint), finishes every
     /// pending commit and flushes the store.
     pub fn close(self: &Arc<Self>) -> Result<(), VaultError> {
+        self.verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let verifier = self.verifier.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(thread) = verifier {
+            // The thread only ever fails by panicking, which it has logged.
+            let _ = thread.join();
+        }
         let checkpointer = self.checkpointer.lock().ok().and_then(|mut slot| slot.take());
         if let Some((stop, thread)) = checkpointer {
             drop(stop);
@@ -375,12 +477,14 @@ pub struct Readiness {
     pub store: bool,
     /// Key-encryption keys are loaded.
     pub keys: bool,
+    /// The stored audit log verifies (or is still being verified).
+    pub audit: bool,
 }
 
 impl Readiness {
     /// Whether every check passed.
     pub fn is_ready(&self) -> bool {
-        self.store && self.keys
+        self.store && self.keys && self.audit
     }
 }
 

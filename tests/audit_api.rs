@@ -9,8 +9,6 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use consentvault::audit::Actor;
-use consentvault::config::{ServeArgs, ServeConfig, VaultArgs};
-use consentvault::server::Application;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -146,22 +144,8 @@ fn hashes(value: &Value) -> Vec<Hash> {
 async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let args = ServeArgs {
-        vault: VaultArgs {
-            data_dir: Some(data_dir.clone()),
-            policies: Some(common::policies_dir()),
-            ..VaultArgs::default()
-        },
-        listen: Some("127.0.0.1:0".to_owned()),
-        ..ServeArgs::default()
-    };
-    let application = Application::build(&ServeConfig::from_args(&args).unwrap()).await.unwrap();
-    let vault = application.vault().clone();
-    let base = format!("http://{}", application.address());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(application.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = common::InProcessServer::start(&data_dir).await;
+    let (vault, base) = (server.vault.clone(), server.base_url.clone());
 
     // Activity: two customers write and read their data.
     let mut subjects = Vec::new();
@@ -257,6 +241,5 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     }
     assert_eq!(get(format!("/v1/audit/entries/{}", size + 5)).await.status(), 404);
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

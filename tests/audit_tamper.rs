@@ -62,9 +62,7 @@ fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnO
         stdout.contains(&format!("first bad index: {first_bad}")),
         "{name}: expected first bad index {first_bad}\nstdout: {stdout}\nstderr: {stderr}"
     );
-    let refused =
-        common::ServerProcess::start(&dir, &[], &[]).err().unwrap_or_else(|| panic!("{name}: server started"));
-    assert!(refused.contains("does not verify"), "{name}: {refused}");
+    assert_server_refuses(&dir, name);
 }
 
 fn entry(backend: &SledBackend, index: u64) -> Vec<u8> {
@@ -116,5 +114,43 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
     });
     assert_detected(&pristine_dir, "truncate of the last entry", size - 1, |backend| {
         write(backend, vec![(Key::audit_entry(size - 1), None)]);
+    });
+}
+
+/// The server either refuses to start (the quick start-up check) or starts
+/// and, once its background recomputation of the log finishes, refuses every
+/// request but its health probes.
+fn assert_server_refuses(dir: &Path, name: &str) {
+    let server = match common::ServerProcess::start(dir, &[], &[]) {
+        Err(refused) => {
+            assert!(refused.contains("does not verify"), "{name}: {refused}");
+            return;
+        }
+        Ok(server) => server,
+    };
+    // The test itself runs on a runtime; the HTTP checks get a thread of their own.
+    std::thread::scope(|scope| {
+        scope.spawn(|| refused_over_http(&server, name)).join().unwrap();
+    });
+    assert!(server.stderr_text().contains("does not verify"), "{name}: the refusal is logged");
+}
+
+fn refused_over_http(server: &common::ServerProcess, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let ready = client.get(format!("{}/readyz", server.base_url)).send().await.unwrap();
+            if ready.status() == 503 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: the server kept serving a tampered log");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let response = client.get(format!("{}/v1/audit/checkpoint", server.base_url)).send().await.unwrap();
+        assert_eq!(response.status(), 503, "{name}");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "audit_log_invalid", "{name}");
     });
 }

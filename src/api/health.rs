@@ -20,7 +20,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if readiness.is_ready() {
         Json(json!({"status": "ready", "checks": readiness})).into_response()
     } else {
-        let failed: Vec<&str> = [("store", readiness.store), ("keys", readiness.keys)]
+        let failed: Vec<&str> = [("store", readiness.store), ("keys", readiness.keys), ("audit", readiness.audit)]
             .into_iter()
             .filter_map(|(name, ok)| (!ok).then_some(name))
             .collect();

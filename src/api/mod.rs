@@ -66,6 +66,7 @@ impl MakeRequestId for RandomRequestId {
 /// Builds the HTTP surface of `vault`.
 pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     let state = AppState { vault };
+    let guard_state = state.clone();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request| {
@@ -90,6 +91,7 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
         .with_state(state)
+        .layer(middleware::from_fn_with_state(guard_state, refuse_when_audit_invalid))
         // Innermost first: each `layer` call wraps everything before it.
         .layer(
             ServiceBuilder::new()
@@ -112,6 +114,26 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
+}
+
+/// A vault whose stored audit log does not verify answers nothing but its
+/// health probes: every other request gets 503 `audit_log_invalid`.
+async fn refuse_when_audit_invalid(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if !probe && let crate::vault::AuditStatus::Failed(failure) = state.vault.audit_status() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_log_invalid",
+            "Audit log invalid",
+            format!("the stored audit log does not verify ({failure}); the vault refuses to serve"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Gives every error response that has no problem document one, so clients

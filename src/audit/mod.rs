@@ -18,6 +18,8 @@ mod event;
 pub mod merkle;
 pub mod verify;
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Role, Withheld};
@@ -34,6 +36,10 @@ const SIZE_KEY: &str = "audit/size";
 const SIGNING_KEY_KEY: &str = "audit/signing-key";
 const ORIGIN_KEY: &str = "audit/origin";
 const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
+/// Subtree hashes at this level and above are kept in memory (1/16 of the
+/// leaves: 62,500 hashes for a log of 10^6), so a proof reads at most a few
+/// low-level hashes from the store.
+const NODE_CACHE_LEVEL_MIN: u32 = 4;
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +81,8 @@ pub struct Appended {
     batch_seq: u64,
     subject: Option<SubjectId>,
     fields: Vec<String>,
+    /// Subtrees this append completed at cacheable levels.
+    nodes: Vec<(u32, u64, Hash)>,
 }
 
 impl Appended {
@@ -113,9 +121,10 @@ pub fn append(txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditEr
     let index = size_in(txn)?;
     let leaf = merkle::leaf_hash(&bytes);
     let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
-    for (level, at, hash) in completed {
-        txn.put(Key::audit_node(level, at), hash.to_vec());
+    for (level, at, hash) in &completed {
+        txn.put(Key::audit_node(*level, *at), hash.to_vec());
     }
+    let nodes = completed.into_iter().filter(|(level, _, _)| *level >= NODE_CACHE_LEVEL_MIN).collect();
     txn.put(Key::audit_entry(index), bytes);
     txn.put(Key::meta(SIZE_KEY), (index + 1).to_be_bytes().to_vec());
     if let Some(subject) = event.subject {
@@ -124,7 +133,7 @@ pub fn append(txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditEr
     if let Some(business) = &event.business {
         txn.put(Key::audit_by_business(business, index), Vec::new());
     }
-    Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone() })
+    Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone(), nodes })
 }
 
 fn size_in(txn: &Txn<'_>) -> Result<u64, AuditError> {
@@ -149,13 +158,21 @@ impl SubtreeHashes for TxnTree<'_, '_> {
     }
 }
 
-/// Subtree hashes as committed in the store.
-struct StoreTree<'s>(&'s Store);
+/// Subtree hashes as committed in the store, upper levels from memory.
+struct StoreTree<'s> {
+    store: &'s Store,
+    log: &'s AuditLog,
+}
 
 impl SubtreeHashes for StoreTree<'_> {
     type Error = AuditError;
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
-        decode_hash(self.0.get(&Key::audit_node(level, index))?)
+        if level >= NODE_CACHE_LEVEL_MIN
+            && let Some(hash) = self.log.nodes.read().ok().and_then(|nodes| nodes.get(&(level, index)).copied())
+        {
+            return Ok(hash);
+        }
+        decode_hash(self.store.get(&Key::audit_node(level, index))?)
     }
 }
 
@@ -172,6 +189,9 @@ pub struct AuditLog {
     origin: String,
     signer: NoteSigner,
     durable_size: AtomicU64,
+    /// Complete subtree hashes at [`NODE_CACHE_LEVEL_MIN`] and above. They
+    /// never change once complete, so the cache never needs invalidating.
+    nodes: RwLock<HashMap<(u32, u64), Hash>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -209,7 +229,7 @@ impl AuditLog {
         let pkcs8 = keys.secret_open(SIGNING_KEY_LABEL, &sealed)?;
         let signer = NoteSigner::from_pkcs8(&origin, &pkcs8)?;
         let durable_size = AtomicU64::new(size(store)?);
-        Ok(Self { origin, signer, durable_size })
+        Ok(Self { origin, signer, durable_size, nodes: RwLock::new(HashMap::new()) })
     }
 
     /// The log's origin (the first line of every checkpoint, and the key name).
@@ -239,7 +259,19 @@ impl AuditLog {
             return Err(AuditError::NotDurable);
         }
         self.durable_size.fetch_max(appended.index + 1, Ordering::AcqRel);
+        for (level, index, hash) in &appended.nodes {
+            self.node_cache(*level, *index, hash);
+        }
         Ok(Logged { index: appended.index, subject: appended.subject, fields: appended.fields })
+    }
+
+    /// Remembers a complete subtree hash if its level is cached.
+    pub fn node_cache(&self, level: u32, index: u64, hash: &Hash) {
+        if level >= NODE_CACHE_LEVEL_MIN
+            && let Ok(mut nodes) = self.nodes.write()
+        {
+            nodes.insert((level, index), *hash);
+        }
     }
 
     /// The number of entries known to be on disk; proofs are served up to it.
@@ -281,19 +313,19 @@ impl AuditLog {
     /// The inclusion proof of entry `index` in the tree of `tree_size`.
     pub fn inclusion_proof(&self, store: &Store, index: u64, tree_size: u64) -> Result<Vec<Hash>, AuditError> {
         self.check_durable(tree_size)?;
-        merkle::inclusion_proof(&StoreTree(store), index, tree_size).map_err(proof_error)
+        merkle::inclusion_proof(&StoreTree { store, log: self }, index, tree_size).map_err(proof_error)
     }
 
     /// The consistency proof between the trees of `old_size` and `new_size`.
     pub fn consistency_proof(&self, store: &Store, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
         self.check_durable(new_size)?;
-        merkle::consistency_proof(&StoreTree(store), old_size, new_size).map_err(proof_error)
+        merkle::consistency_proof(&StoreTree { store, log: self }, old_size, new_size).map_err(proof_error)
     }
 
     /// The root of the tree of `tree_size`.
     pub fn root(&self, store: &Store, tree_size: u64) -> Result<Hash, AuditError> {
         self.check_durable(tree_size)?;
-        merkle::root(&StoreTree(store), tree_size)
+        merkle::root(&StoreTree { store, log: self }, tree_size)
     }
 
     /// The exact stored bytes of entry `index`, if it is durable.

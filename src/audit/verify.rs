@@ -1,22 +1,21 @@
 //! Full verification of a stored log, offline or at start-up.
 //!
 //! Recomputes the Merkle tree from the stored entry bytes in one pass
-//! (keeping only the right edge, at most 64 hashes), and checks:
-//! every index from 0 to the stored size is present and nothing lies beyond
-//! it; every entry is a canonical event; every stored subtree hash equals the
-//! recomputed one; every stored checkpoint is signed by the log's key, names
-//! the log's origin, and its root equals the recomputed root at its size.
-//! The first failure is reported with the first index it implicates.
+//! (keeping only the right edge, at most 64 hashes), and checks: every index
+//! from 0 to the stored size is present and nothing lies beyond it; every
+//! stored checkpoint is signed by the log's key, names the log's origin, and
+//! its root equals the recomputed root at its size. At [`Depth::Full`] it
+//! also checks that every entry is a canonical event and every stored
+//! subtree hash equals the recomputed one. The first failure is reported
+//! with the first index it implicates.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::AuditEvent;
 use super::checkpoint::NoteVerifier;
 use super::merkle::{self, Hash};
-use super::{AuditEvent, entry_index};
 use crate::store::{Key, Store, counter_decode};
-
-/// Entries read per store scan.
-const SCAN_CHUNK: usize = 4096;
 
 /// A log that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,14 +76,52 @@ impl Frontier {
     }
 }
 
-/// Verifies the whole log in `store` against `verifier` and `origin`.
-pub fn verify_log(store: &Store, verifier: &NoteVerifier, origin: &str) -> Result<Verified, VerifyFailure> {
-    let io = |error: crate::store::StoreError| failure(None, format!("cannot read the store: {error}"));
-    let size = counter_decode(store.get(&Key::meta(super::SIZE_KEY)).map_err(io)?.as_deref())
-        .map_err(|_| failure(None, "stored log size is corrupt"))?;
+/// The problem reported when verification was asked to stop early.
+pub const STOPPED: &str = "verification stopped before the end of the log";
 
-    // Every checkpoint, by size: signature and origin first.
-    let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
+/// How much [`verify_log`] checks for every entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Recompute the tree and check every checkpoint root: enough to detect
+    /// any change to the entries, fast enough for every start-up. On a
+    /// mismatch a [`Depth::Full`] pass runs to name the first bad index.
+    Roots,
+    /// Also parse every entry as a canonical event and compare every stored
+    /// subtree hash (`consentvault audit verify`).
+    Full,
+}
+
+/// Verifies the whole log in `store` against `verifier` and `origin`.
+/// `visit` sees every complete subtree hash recomputed from the entries (the
+/// vault fills its node cache from it).
+pub fn verify_log(
+    store: &Store,
+    verifier: &NoteVerifier,
+    origin: &str,
+    depth: Depth,
+    visit: &dyn Fn(u32, u64, &Hash),
+    stop: &AtomicBool,
+) -> Result<Verified, VerifyFailure> {
+    match verify_pass(store, verifier, origin, depth, visit, stop) {
+        Err(failure) if failure.first_bad_index.is_none() && depth == Depth::Roots => {
+            // Pinpoint the damage; if the full pass finds nothing more
+            // precise, report what the fast pass found.
+            let full = verify_pass(store, verifier, origin, Depth::Full, &|_, _, _| {}, stop);
+            Err(full.err().filter(|f| f.first_bad_index.is_some()).unwrap_or(failure))
+        }
+        other => other,
+    }
+}
+
+/// Every stored checkpoint, by size, after checking its signature, origin
+/// and that the log is at least that long.
+fn checkpoints_load(
+    store: &Store,
+    verifier: &NoteVerifier,
+    origin: &str,
+    size: u64,
+) -> Result<BTreeMap<u64, Hash>, VerifyFailure> {
+    let mut checkpoints = BTreeMap::new();
     for (key, note) in store.scan_prefix(&Key::audit_checkpoints_all(), usize::MAX).map_err(io)? {
         let text = String::from_utf8(note).map_err(|_| failure(None, "a stored checkpoint is not text"))?;
         let checkpoint = verifier
@@ -108,6 +145,77 @@ pub fn verify_log(store: &Store, verifier: &NoteVerifier, origin: &str) -> Resul
         }
         checkpoints.insert(checkpoint.tree_size, checkpoint.root);
     }
+    Ok(checkpoints)
+}
+
+/// The quick start-up check, O(log n) reads: the latest checkpoint is
+/// signed by the log's key, the log is at least as long as it, and the root
+/// computed from the stored subtree hashes equals its root. It catches a
+/// truncated or rolled-back log and rewritten subtree hashes; edits of entry
+/// bytes need the full recomputation of [`verify_log`].
+pub fn verify_latest(
+    store: &Store,
+    verifier: &NoteVerifier,
+    origin: &str,
+    root_at: &dyn Fn(u64) -> Result<Hash, super::AuditError>,
+) -> Result<(), VerifyFailure> {
+    let size = counter_decode(store.get(&Key::meta(super::SIZE_KEY)).map_err(io)?.as_deref())
+        .map_err(|_| failure(None, "stored log size is corrupt"))?;
+    let Some(latest) = store.get(&Key::meta(super::LATEST_CHECKPOINT_KEY)).map_err(io)? else {
+        return Ok(());
+    };
+    let latest = counter_decode(Some(&latest)).map_err(|_| failure(None, "latest checkpoint record is corrupt"))?;
+    let note = store
+        .get(&Key::audit_checkpoint(latest))
+        .map_err(io)?
+        .ok_or_else(|| failure(None, format!("the checkpoint of size {latest} is missing")))?;
+    let text = String::from_utf8(note).map_err(|_| failure(None, "a stored checkpoint is not text"))?;
+    let checkpoint = verifier
+        .open_checkpoint(&text, origin)
+        .map_err(|error| failure(None, format!("the latest checkpoint does not verify: {error}")))?;
+    if checkpoint.tree_size > size {
+        return Err(failure(
+            Some(size),
+            format!(
+                "the log has {size} entries but a checkpoint covers {}: entries were removed",
+                checkpoint.tree_size
+            ),
+        ));
+    }
+    for index in [size.checked_sub(1), checkpoint.tree_size.checked_sub(1)].into_iter().flatten() {
+        if store.get(&Key::audit_entry(index)).map_err(io)?.is_none() {
+            return Err(failure(Some(index), format!("entry {index} is missing")));
+        }
+    }
+    if store.get(&Key::audit_entry(size)).map_err(io)?.is_some() {
+        return Err(failure(Some(size), format!("entry {size} lies beyond the log size {size}")));
+    }
+    let root = root_at(checkpoint.tree_size)
+        .map_err(|error| failure(None, format!("the stored tree cannot be read: {error}")))?;
+    if root != checkpoint.root {
+        return Err(failure(
+            None,
+            format!("the checkpoint of size {} does not match the stored tree", checkpoint.tree_size),
+        ));
+    }
+    Ok(())
+}
+
+fn io(error: crate::store::StoreError) -> VerifyFailure {
+    failure(None, format!("cannot read the store: {error}"))
+}
+
+fn verify_pass(
+    store: &Store,
+    verifier: &NoteVerifier,
+    origin: &str,
+    depth: Depth,
+    visit: &dyn Fn(u32, u64, &Hash),
+    stop: &AtomicBool,
+) -> Result<Verified, VerifyFailure> {
+    let size = counter_decode(store.get(&Key::meta(super::SIZE_KEY)).map_err(io)?.as_deref())
+        .map_err(|_| failure(None, "stored log size is corrupt"))?;
+    let checkpoints = checkpoints_load(store, verifier, origin, size)?;
     let check_checkpoint = |frontier: &Frontier, processed: u64| match checkpoints.get(&processed) {
         Some(root) if *root != frontier.root() => {
             Err(failure(None, format!("the checkpoint of size {processed} does not match the stored entries")))
@@ -115,42 +223,39 @@ pub fn verify_log(store: &Store, verifier: &NoteVerifier, origin: &str) -> Resul
         _ => Ok(()),
     };
 
+    // Point reads by index: on sled they cost a fraction of a range scan's
+    // per-entry cost, and a missing index shows up as a missing read.
     let mut frontier = Frontier::default();
     check_checkpoint(&frontier, 0)?;
-    let mut expected = 0u64;
-    loop {
-        let rows = store
-            .scan_range(&Key::audit_entry(expected), &Key::audit_entries_all().with_suffix(&[0xFF; 9]), SCAN_CHUNK)
-            .map_err(io)?;
-        if rows.is_empty() {
-            break;
+    for index in 0..size {
+        if index % 4096 == 0 && stop.load(Ordering::Relaxed) {
+            return Err(failure(None, STOPPED));
         }
-        for (key, bytes) in rows {
-            let index = entry_index(&key).ok_or_else(|| failure(Some(expected), "an entry key is malformed"))?;
-            if index != expected {
-                return Err(failure(Some(expected), format!("entry {expected} is missing")));
-            }
-            if index >= size {
-                return Err(failure(Some(index), format!("entry {index} lies beyond the log size {size}")));
-            }
+        let bytes = store
+            .get(&Key::audit_entry(index))
+            .map_err(io)?
+            .ok_or_else(|| failure(Some(index), format!("entry {index} is missing")))?;
+        let completed = frontier.push(index, merkle::leaf_hash(&bytes));
+        for (level, at, hash) in &completed {
+            visit(*level, *at, hash);
+        }
+        if depth == Depth::Full {
             AuditEvent::from_bytes(&bytes)
                 .map_err(|error| failure(Some(index), format!("entry {index} is not a valid event: {error}")))?;
-            for (level, at, hash) in frontier.push(index, merkle::leaf_hash(&bytes)) {
+            for (level, at, hash) in completed {
                 let stored = store.get(&Key::audit_node(level, at)).map_err(io)?;
                 if stored.as_deref() != Some(hash.as_slice()) {
-                    let first = at << level;
                     return Err(failure(
-                        Some(first),
+                        Some(at << level),
                         format!("entry bytes do not match the stored tree at level {level}, index {at}"),
                     ));
                 }
             }
-            expected += 1;
-            check_checkpoint(&frontier, expected)?;
         }
+        check_checkpoint(&frontier, index + 1)?;
     }
-    if expected != size {
-        return Err(failure(Some(expected), format!("the log size is {size} but entries end at {expected}")));
+    if store.get(&Key::audit_entry(size)).map_err(io)?.is_some() {
+        return Err(failure(Some(size), format!("entry {size} lies beyond the log size {size}")));
     }
     Ok(Verified { size, root: frontier.root(), checkpoints: checkpoints.len() })
 }

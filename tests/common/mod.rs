@@ -160,3 +160,48 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The real server, built in this process so a test can also act on its
+/// vault through the library (for roles the HTTP API does not serve yet).
+pub struct InProcessServer {
+    pub vault: Arc<Vault>,
+    pub base_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl InProcessServer {
+    /// Builds the application on 127.0.0.1 port 0 over `data_dir` and serves
+    /// it on the current runtime.
+    pub async fn start(data_dir: &Path) -> Self {
+        use consentvault::config::{ServeArgs, ServeConfig, VaultArgs};
+        let args = ServeArgs {
+            vault: VaultArgs {
+                data_dir: Some(data_dir.to_owned()),
+                policies: Some(policies_dir()),
+                ..VaultArgs::default()
+            },
+            listen: Some("127.0.0.1:0".to_owned()),
+            ..ServeArgs::default()
+        };
+        let application =
+            consentvault::server::Application::build(&ServeConfig::from_args(&args).unwrap()).await.unwrap();
+        let vault = application.vault().clone();
+        let base_url = format!("http://{}", application.address());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(application.run(async move {
+            let _ = stopped.await;
+        }));
+        Self { vault, base_url, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops serving and closes the vault.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
