@@ -35,10 +35,12 @@ async fn run(writers: usize, duration: Duration) {
         subjects.push(vault.subject_create(&Actor::system()).await.unwrap());
     }
     let stats = vault.store().stats();
-    let (batches_before, transactions_before, flush_before) = (
+    let (batches_before, transactions_before, flush_before, apply_before, execute_before) = (
         stats.batches.load(Ordering::Relaxed),
         stats.transactions.load(Ordering::Relaxed),
         stats.flush_nanos.load(Ordering::Relaxed),
+        stats.apply_nanos.load(Ordering::Relaxed),
+        stats.execute_nanos.load(Ordering::Relaxed),
     );
     let started = Instant::now();
     let deadline = started + duration;
@@ -67,14 +69,18 @@ async fn run(writers: usize, duration: Duration) {
     let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
     let transactions = stats.transactions.load(Ordering::Relaxed) - transactions_before;
     let flush_nanos = stats.flush_nanos.load(Ordering::Relaxed) - flush_before;
+    let apply_nanos = stats.apply_nanos.load(Ordering::Relaxed) - apply_before;
+    let execute_nanos = stats.execute_nanos.load(Ordering::Relaxed) - execute_before;
     println!(
-        "writers={writers:>3}  writes={:>8}  writes/s={:>9.0}  p50={:>6}µs  p99={:>6}µs  p99.9={:>6}µs  batch_avg={:>6.1}  flush_avg={:>6.0}µs",
+        "writers={writers:>3}  writes={:>8}  writes/s={:>9.0}  p50={:>6}µs  p99={:>6}µs  p99.9={:>6}µs  batch_avg={:>6.1}  per batch: execute={:>5.0}µs apply={:>5.0}µs flush={:>5.0}µs",
         latencies.len(),
         latencies.len() as f64 / elapsed,
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         percentile(&latencies, 0.999),
         transactions as f64 / batches.max(1) as f64,
+        execute_nanos as f64 / batches.max(1) as f64 / 1000.0,
+        apply_nanos as f64 / batches.max(1) as f64 / 1000.0,
         flush_nanos as f64 / batches.max(1) as f64 / 1000.0,
     );
     vault.close().unwrap();

@@ -7,8 +7,9 @@
 //! (an erasure or DEK change in between makes the write fail rather than
 //! store a value nobody can open).
 //!
-//! Every seal is counted per DEK and per KEK in the same batch as the value,
-//! so the stored counts never miss an encryption whose result was stored.
+//! Every seal is counted per DEK (in the subject's key record) and every
+//! wrap per KEK, in the same batch as the result, so the stored counts never
+//! miss an encryption whose result was stored.
 //!
 //! Every change appends its audit event in the same transaction. A read
 //! appends a `data.read` event and takes the sealed values in the same
@@ -21,7 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::{self, Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
 use crate::clock;
-use crate::crypto::{CryptoError, Dek, Sealed, WrappedDek};
+use crate::crypto::{CryptoError, Dek, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::ids::SubjectId;
 use crate::policy::FieldError;
 use crate::store::{CommitError, Key, StoreError, Txn};
@@ -73,8 +74,32 @@ pub struct SubjectRecord {
     pub created_at: String,
 }
 
-fn dek_counter(subject: &SubjectId, dek_version: u32) -> Key {
-    Key::counter(&format!("dek/{subject}/{dek_version}"))
+/// The stored key record of a subject: its wrapped DEK, then the number of
+/// values sealed under that DEK (u64, big-endian). Keeping the count beside
+/// the key makes the commit-time check and the count one read and one write.
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    wrapped: WrappedDek,
+    seals: u64,
+}
+
+impl KeyRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.wrapped.as_bytes().to_vec();
+        bytes.extend_from_slice(&self.seals.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
+        let corrupt = StoreError::Corrupt { what: "key record" };
+        if bytes.len() != WRAPPED_DEK_BYTES + 8 {
+            return Err(corrupt);
+        }
+        let seals = u64::from_be_bytes(bytes[WRAPPED_DEK_BYTES..].try_into().map_err(|_| corrupt)?);
+        let mut wrapped = bytes;
+        wrapped.truncate(WRAPPED_DEK_BYTES);
+        Ok(Self { wrapped: WrappedDek::from_bytes(wrapped), seals })
+    }
 }
 
 fn kek_counter(kek_version: u32) -> Key {
@@ -96,7 +121,7 @@ impl Vault {
             .store()
             .commit_durable(move |txn| {
                 txn.put(Key::subject(subject.as_bytes()), record);
-                txn.put(Key::dek(subject.as_bytes()), wrapped.as_bytes().to_vec());
+                txn.put(Key::dek(subject.as_bytes()), KeyRecord { wrapped, seals: 0 }.encode());
                 txn.counter_add(kek_counter(kek_version), 1)?;
                 Ok::<_, DataError>(audit::append(txn, &event)?)
             })
@@ -113,8 +138,8 @@ impl Vault {
 
     /// The subject's DEK, unwrapped.
     fn dek(&self, subject: SubjectId) -> Result<Dek, DataError> {
-        let wrapped = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-        Ok(self.keys().dek_unwrap(subject.as_bytes(), &WrappedDek::from_bytes(wrapped))?)
+        let record = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
+        Ok(self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
     }
 
     /// Stores one field (replacing any earlier value).
@@ -159,11 +184,12 @@ impl Vault {
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
-                require_dek_version(txn, subject, dek_version)?;
-                let total = txn.counter_add(dek_counter(&subject, dek_version), seal_count)?;
-                if total > SEALS_PER_KEY_MAX {
+                let mut record = key_record_with_version(txn, subject, dek_version)?;
+                record.seals = record.seals.saturating_add(seal_count);
+                if record.seals > SEALS_PER_KEY_MAX {
                     return Err(DataError::KeyExhausted);
                 }
+                txn.put(Key::dek(subject.as_bytes()), record.encode());
                 for (field, value) in sealed {
                     txn.put_sealed(Key::value(subject.as_bytes(), &field), value);
                 }
@@ -257,11 +283,11 @@ impl Vault {
     }
 }
 
-/// Fails unless the subject exists with DEK `version`.
-fn require_dek_version(txn: &Txn<'_>, subject: SubjectId, version: u32) -> Result<(), DataError> {
-    let wrapped = txn.get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-    if WrappedDek::from_bytes(wrapped).dek_version() == Some(version) {
-        Ok(())
+/// The subject's key record, if the subject exists with DEK `version`.
+fn key_record_with_version(txn: &Txn<'_>, subject: SubjectId, version: u32) -> Result<KeyRecord, DataError> {
+    let record = KeyRecord::decode(txn.get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?)?;
+    if record.wrapped.dek_version() == Some(version) {
+        Ok(record)
     } else {
         // The DEK changed between sealing and commit; the caller retries.
         Err(DataError::Crypto(CryptoError::Open))

@@ -95,10 +95,11 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
     assert_detected(&pristine_dir, "edit", 4, |backend| {
         write(backend, vec![(Key::audit_entry(4), Some(forged(&entry(backend, 4))))]);
     });
-    assert_detected(&pristine_dir, "edit of a checkpointed subtree hash as well", 4, |backend| {
+    assert_detected(&pristine_dir, "edit with its parent subtree hash rewritten to match", 4, |backend| {
+        use consentvault::audit::merkle::{leaf_hash, node_hash};
         let edited = forged(&entry(backend, 4));
-        let leaf = consentvault::audit::merkle::leaf_hash(&edited);
-        write(backend, vec![(Key::audit_entry(4), Some(edited)), (Key::audit_node(0, 4), Some(leaf.to_vec()))]);
+        let parent = node_hash(&leaf_hash(&edited), &leaf_hash(&entry(backend, 5)));
+        write(backend, vec![(Key::audit_entry(4), Some(edited)), (Key::audit_node(1, 2), Some(parent.to_vec()))]);
     });
     assert_detected(&pristine_dir, "delete", 6, |backend| {
         write(backend, vec![(Key::audit_entry(6), None)]);

@@ -4,7 +4,8 @@
 //! Appends happen inside a store transaction ([`append`]), so an event lands
 //! in the same atomic batch and flush as the change it records, and in commit
 //! order. The store keeps, per append, the entry bytes, the hashes of the
-//! complete subtrees the append finishes (about two), the new size, and
+//! complete subtrees above the leaf that the append finishes (one on
+//! average; a leaf hash is recomputed from its entry), the new size, and
 //! per-subject and per-business markers; proofs need O(log n) reads.
 //!
 //! **Architecture Invariant:** plaintext for a reader is released only with a
@@ -121,7 +122,8 @@ pub fn append(txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditEr
     let index = size_in(txn)?;
     let leaf = merkle::leaf_hash(&bytes);
     let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
-    for (level, at, hash) in &completed {
+    // Level 0 is the leaf hash of the entry itself: not stored twice.
+    for (level, at, hash) in completed.iter().filter(|(level, _, _)| *level > 0) {
         txn.put(Key::audit_node(*level, *at), hash.to_vec());
     }
     let nodes = completed.into_iter().filter(|(level, _, _)| *level >= NODE_CACHE_LEVEL_MIN).collect();
@@ -145,6 +147,10 @@ fn decode_hash(bytes: Option<Vec<u8>>) -> Result<Hash, AuditError> {
 }
 
 fn node_in(txn: &Txn<'_>, level: u32, index: u64) -> Result<Hash, AuditError> {
+    if level == 0 {
+        let entry = txn.get(&Key::audit_entry(index))?.ok_or(AuditError::Corrupt("entry"))?;
+        return Ok(merkle::leaf_hash(&entry));
+    }
     decode_hash(txn.get(&Key::audit_node(level, index))?)
 }
 
@@ -171,6 +177,10 @@ impl SubtreeHashes for StoreTree<'_> {
             && let Some(hash) = self.log.nodes.read().ok().and_then(|nodes| nodes.get(&(level, index)).copied())
         {
             return Ok(hash);
+        }
+        if level == 0 {
+            let entry = self.store.get(&Key::audit_entry(index))?.ok_or(AuditError::Corrupt("entry"))?;
+            return Ok(merkle::leaf_hash(&entry));
         }
         decode_hash(self.store.get(&Key::audit_node(level, index))?)
     }

@@ -113,13 +113,11 @@ pub fn verify_log(
     }
 }
 
-/// Every stored checkpoint, by size, after checking its signature, origin
-/// and that the log is at least that long.
+/// Every stored checkpoint, by size, after checking its signature and origin.
 fn checkpoints_load(
     store: &Store,
     verifier: &NoteVerifier,
     origin: &str,
-    size: u64,
 ) -> Result<BTreeMap<u64, Hash>, VerifyFailure> {
     let mut checkpoints = BTreeMap::new();
     for (key, note) in store.scan_prefix(&Key::audit_checkpoints_all(), usize::MAX).map_err(io)? {
@@ -132,15 +130,6 @@ fn checkpoints_load(
             return Err(failure(
                 None,
                 format!("checkpoint of size {} is stored under another size", checkpoint.tree_size),
-            ));
-        }
-        if checkpoint.tree_size > size {
-            return Err(failure(
-                Some(size),
-                format!(
-                    "the log has {size} entries but a checkpoint covers {}: entries were removed",
-                    checkpoint.tree_size
-                ),
             ));
         }
         checkpoints.insert(checkpoint.tree_size, checkpoint.root);
@@ -213,9 +202,19 @@ fn verify_pass(
     visit: &dyn Fn(u32, u64, &Hash),
     stop: &AtomicBool,
 ) -> Result<Verified, VerifyFailure> {
+    // Checkpoints first, then the size: on a live vault the log only grows,
+    // so every checkpoint read is within the size read after it.
+    let checkpoints = checkpoints_load(store, verifier, origin)?;
     let size = counter_decode(store.get(&Key::meta(super::SIZE_KEY)).map_err(io)?.as_deref())
         .map_err(|_| failure(None, "stored log size is corrupt"))?;
-    let checkpoints = checkpoints_load(store, verifier, origin, size)?;
+    if let Some((&covered, _)) = checkpoints.last_key_value()
+        && covered > size
+    {
+        return Err(failure(
+            Some(size),
+            format!("the log has {size} entries but a checkpoint covers {covered}: entries were removed"),
+        ));
+    }
     let check_checkpoint = |frontier: &Frontier, processed: u64| match checkpoints.get(&processed) {
         Some(root) if *root != frontier.root() => {
             Err(failure(None, format!("the checkpoint of size {processed} does not match the stored entries")))
@@ -242,7 +241,7 @@ fn verify_pass(
         if depth == Depth::Full {
             AuditEvent::from_bytes(&bytes)
                 .map_err(|error| failure(Some(index), format!("entry {index} is not a valid event: {error}")))?;
-            for (level, at, hash) in completed {
+            for (level, at, hash) in completed.into_iter().filter(|(level, _, _)| *level > 0) {
                 let stored = store.get(&Key::audit_node(level, at)).map_err(io)?;
                 if stored.as_deref() != Some(hash.as_slice()) {
                     return Err(failure(
