@@ -2,8 +2,9 @@
 //! writers, each acknowledged only after the flush that carries it.
 //!
 //! `cargo bench --bench durable_writes` runs 1 and 64 writers for
-//! `CONSENTVAULT_BENCH_SECS` seconds each (default 5) and prints throughput,
-//! latency percentiles and the average group-commit batch size.
+//! `CONSENTVAULT_BENCH_SECS` seconds each (default 5), first writing fields,
+//! then appending bare audit events, and prints throughput, latency
+//! percentiles and where the commit path spends its time.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use consentvault::audit::Actor;
+use consentvault::audit::{self, Actor, AuditEvent, EventKind};
 use consentvault::vault::{Vault, VaultOptions, policies_load};
 use serde_json::json;
 
@@ -19,7 +20,16 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(writers: usize, duration: Duration) {
+/// What each writer does per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// `Vault::data_put` of one field (seal, value, audit event).
+    FieldWrite,
+    /// One audit event appended on the commit path, nothing else.
+    AuditAppend,
+}
+
+async fn run(work: Work, writers: usize, duration: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let options = VaultOptions {
         data_dir: dir.path().join("data"),
@@ -52,9 +62,22 @@ async fn run(writers: usize, duration: Duration) {
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
-                let value = json!(format!("writer{writer}-{seq:0>100}"));
                 let begun = Instant::now();
-                vault.data_put(&Actor::customer(subject), subject, "given_name", &value).await.unwrap();
+                match work {
+                    Work::FieldWrite => {
+                        let value = json!(format!("writer{writer}-{seq:0>100}"));
+                        vault.data_put(&Actor::customer(subject), subject, "given_name", &value).await.unwrap();
+                    }
+                    Work::AuditAppend => {
+                        let event =
+                            AuditEvent::new(EventKind::DataRead, Actor::customer(subject), "2026-11-23T19:00:00Z")
+                                .subject(subject)
+                                .fields(vec!["given_name".to_owned()]);
+                        let (appended, durable) =
+                            vault.store().commit_durable(move |txn| audit::append(txn, &event)).await.unwrap();
+                        vault.audit().confirm(appended, &durable).unwrap();
+                    }
+                }
                 latencies_micros.push(begun.elapsed().as_micros() as u32);
             }
             latencies_micros
@@ -72,7 +95,7 @@ async fn run(writers: usize, duration: Duration) {
     let apply_nanos = stats.apply_nanos.load(Ordering::Relaxed) - apply_before;
     let execute_nanos = stats.execute_nanos.load(Ordering::Relaxed) - execute_before;
     println!(
-        "writers={writers:>3}  writes={:>8}  writes/s={:>9.0}  p50={:>6}µs  p99={:>6}µs  p99.9={:>6}µs  batch_avg={:>6.1}  per batch: execute={:>5.0}µs apply={:>5.0}µs flush={:>5.0}µs",
+        "{work:?} writers={writers:>3}  writes={:>8}  writes/s={:>9.0}  p50={:>6}µs  p99={:>6}µs  p99.9={:>6}µs  batch_avg={:>6.1}  per batch: execute={:>5.0}µs apply={:>5.0}µs flush={:>5.0}µs",
         latencies.len(),
         latencies.len() as f64 / elapsed,
         percentile(&latencies, 0.50),
@@ -93,7 +116,9 @@ fn main() {
     let secs: u64 = std::env::var("CONSENTVAULT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let duration = if quick { Duration::from_millis(200) } else { Duration::from_secs(secs) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    for writers in [1, 64] {
-        runtime.block_on(run(writers, duration));
+    for work in [Work::FieldWrite, Work::AuditAppend] {
+        for writers in [1, 64] {
+            runtime.block_on(run(work, writers, duration));
+        }
     }
 }
