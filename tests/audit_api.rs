@@ -243,3 +243,29 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
 
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_log_gets_a_new_signed_checkpoint_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::InProcessServer::start(&dir.path().join("data")).await;
+    let client = reqwest::Client::new();
+    let verifier_key =
+        client.get(format!("{}/v1/audit/public-key", server.base_url)).send().await.unwrap().text().await.unwrap();
+    let subject = server.vault.subject_create(&Actor::system()).await.unwrap();
+    server.vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
+    let size = consentvault::audit::size(server.vault.store()).unwrap();
+    // The checkpoint thread signs at least once a second while the log grows;
+    // allow a generous bound for a loaded machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let note =
+            client.get(format!("{}/v1/audit/checkpoint", server.base_url)).send().await.unwrap().text().await.unwrap();
+        let (_, covered, _) = open_checkpoint(&note, &verifier_key);
+        if covered >= size {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint covered size {size}; latest covers {covered}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
