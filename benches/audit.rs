@@ -48,11 +48,12 @@ fn build(dir: &std::path::Path, entries: u64) -> Arc<Vault> {
     let mut next = 0;
     while next < entries {
         let end = (next + CHUNK).min(entries);
+        let log = vault.audit().clone();
         vault
             .store()
             .commit_blocking(move |txn| {
                 for index in next..end {
-                    let _ = audit::append(txn, &event(index))?;
+                    let _ = log.append(txn, &event(index))?;
                 }
                 Ok::<_, audit::AuditError>(())
             })

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use consentvault::audit::{self, Actor, AuditEvent, EventKind};
+use consentvault::audit::{Actor, AuditEvent, EventKind};
 use consentvault::vault::{Vault, VaultOptions, policies_load};
 use serde_json::json;
 
@@ -73,8 +73,12 @@ async fn run(work: Work, writers: usize, duration: Duration) {
                             AuditEvent::new(EventKind::DataRead, Actor::customer(subject), "2026-11-23T19:00:00Z")
                                 .subject(subject)
                                 .fields(vec!["given_name".to_owned()]);
-                        let (appended, durable) =
-                            vault.store().commit_durable(move |txn| audit::append(txn, &event)).await.unwrap();
+                        let (appended, durable) = {
+                            let log = vault.audit().clone();
+                            vault.store().commit_durable(move |txn| log.append(txn, &event))
+                        }
+                        .await
+                        .unwrap();
                         vault.audit().confirm(appended, &durable).unwrap();
                     }
                 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::audit::{self, Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
+use crate::audit::{Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
 use crate::clock;
 use crate::crypto::{CryptoError, Dek, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::ids::SubjectId;
@@ -117,13 +117,14 @@ impl Vault {
             .map_err(|_| StoreError::Corrupt { what: "subject" })?;
         let kek_version = keys.current_version();
         let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &now).subject(subject);
+        let log = self.audit().clone();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
                 txn.put(Key::subject(subject.as_bytes()), record);
                 txn.put(Key::dek(subject.as_bytes()), KeyRecord { wrapped, seals: 0 }.encode());
                 txn.counter_add(kek_counter(kek_version), 1)?;
-                Ok::<_, DataError>(audit::append(txn, &event)?)
+                Ok::<_, DataError>(log.append(txn, &event)?)
             })
             .await?;
         self.audit().confirm(appended, &durable)?;
@@ -181,6 +182,7 @@ impl Vault {
             .subject(subject)
             .fields(fields.clone());
         let seal_count = sealed.len() as u64;
+        let log = self.audit().clone();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
@@ -193,7 +195,7 @@ impl Vault {
                 for (field, value) in sealed {
                     txn.put_sealed(Key::value(subject.as_bytes(), &field), value);
                 }
-                Ok(audit::append(txn, &event)?)
+                Ok(log.append(txn, &event)?)
             })
             .await?;
         let logged = self.audit().confirm(appended, &durable)?;
@@ -210,6 +212,7 @@ impl Vault {
         let event = AuditEvent::new(EventKind::DataDeleted, actor.clone(), &clock::rfc3339(clock::now()))
             .subject(subject)
             .fields(vec![field.to_owned()]);
+        let log = self.audit().clone();
         let ((existed, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
@@ -218,7 +221,7 @@ impl Vault {
                 }
                 let existed = txn.contains(key.key())?;
                 txn.delete_value(&key);
-                Ok((existed, audit::append(txn, &event)?))
+                Ok((existed, log.append(txn, &event)?))
             })
             .await?;
         self.audit().confirm(appended, &durable)?;
@@ -232,6 +235,7 @@ impl Vault {
     pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
         let dek = self.dek(subject)?;
         let now = clock::rfc3339(clock::now());
+        let log = self.audit().clone();
         let ((appended, sealed), durable) = self
             .store()
             .commit_durable(move |txn| {
@@ -251,7 +255,7 @@ impl Vault {
                     .subject(subject)
                     .fields(sealed.iter().map(|(field, _)| field.clone()).collect());
                 event.decision = Some(Decision::Allow);
-                Ok((audit::append(txn, &event)?, sealed))
+                Ok((log.append(txn, &event)?, sealed))
             })
             .await?;
         let logged = self.audit().confirm(appended, &durable)?;

@@ -12,9 +12,7 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
 use crate::audit::{AuditError, AuditLog};
@@ -114,9 +112,6 @@ pub struct VaultOptions {
     pub audit_origin: Option<String>,
 }
 
-/// How often a checkpoint is signed while the log grows.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// What [`Vault::open`] did to the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opened {
@@ -133,8 +128,6 @@ pub struct Vault {
     store: Store,
     policies: Policies,
     audit: AuditLog,
-    /// Dropping the sender stops the checkpoint thread.
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// The full recomputation of the log that runs after start-up.
     audit_status: Mutex<AuditStatus>,
     verify_stop: AtomicBool,
@@ -263,7 +256,9 @@ impl Vault {
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
         }
-        let (store, audit) = load_store(backend, &keys, audit_origin)?;
+        let (store, audit) = load_store(backend, &keys, audit_origin, true)?;
+        // Every writing batch from now on ends with a signed checkpoint.
+        store.set_finalizer(audit.finalizer());
         // Quick and complete for truncation, rollback and rewritten subtree
         // hashes; edits of entry bytes are found by the full pass below.
         verify_latest(&store, &audit.verifier(), audit.origin(), &|size| audit.root(&store, size))
@@ -274,15 +269,14 @@ impl Vault {
             store,
             policies,
             audit,
-            checkpointer: Mutex::new(None),
             audit_status: Mutex::new(AuditStatus::Verifying),
             verify_stop: AtomicBool::new(false),
             verifier: Mutex::new(None),
         });
         vault.verifier_start();
-        // A checkpoint covering everything recovered, before serving.
-        vault.checkpoint_blocking()?;
-        vault.checkpointer_start();
+        // The first checkpoint of a new log; a no-op for a log whose last
+        // batch was checkpointed, as every batch is.
+        vault.checkpoint_blocking(false)?;
         Ok(vault)
     }
 
@@ -357,7 +351,7 @@ impl Vault {
         }
         let keys = load_key_ring(&key_source_of(options), options.production)?;
         let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
-        let (store, audit) = load_store(backend, &keys, None)?;
+        let (store, audit) = load_store(backend, &keys, None, false)?;
         let never = AtomicBool::new(false);
         let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, &|_, _, _| {}, &never)
             .map_err(VaultError::AuditInvalid);
@@ -370,49 +364,21 @@ impl Vault {
     /// acknowledged before the call).
     pub async fn checkpoint_now(self: &Arc<Self>) -> Result<String, AuditError> {
         let vault = Arc::clone(self);
-        self.store.commit(move |txn| vault.audit.checkpoint_in(txn)).await.map_err(|error| match error {
+        self.store.commit(move |txn| vault.audit.checkpoint_in(txn, true)).await.map_err(|error| match error {
             crate::store::CommitError::Rejected(error) => error,
             crate::store::CommitError::Store(error) => AuditError::Store(error),
         })?;
-        self.audit.checkpoint_latest(&self.store)
+        self.audit.checkpoint_latest()
     }
 
-    /// Signs a checkpoint now if the log has grown since the latest one.
-    fn checkpoint_blocking(self: &Arc<Self>) -> Result<Option<u64>, AuditError> {
+    /// Signs a checkpoint now if the log has grown since the latest one (or
+    /// `keep`s a copy of the latest in the history).
+    fn checkpoint_blocking(self: &Arc<Self>, keep: bool) -> Result<Option<u64>, AuditError> {
         let vault = Arc::clone(self);
-        self.store.commit_blocking(move |txn| vault.audit.checkpoint_in(txn)).map_err(|error| match error {
+        self.store.commit_blocking(move |txn| vault.audit.checkpoint_in(txn, keep)).map_err(|error| match error {
             crate::store::CommitError::Rejected(error) => error,
             crate::store::CommitError::Store(error) => AuditError::Store(error),
         })
-    }
-
-    /// Starts the thread that signs a checkpoint every second while the log
-    /// grows. It holds only a weak reference, so it never keeps the vault
-    /// alive.
-    fn checkpointer_start(self: &Arc<Self>) {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let vault = Arc::downgrade(self);
-        let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let thread = std::thread::Builder::new().name("consentvault-checkpoint".to_owned()).spawn(move || {
-            tracing::dispatcher::with_default(&dispatch, || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-                    let Some(vault) = vault.upgrade() else { break };
-                    match vault.checkpoint_blocking() {
-                        Ok(Some(size)) => tracing::debug!(size, "checkpoint signed"),
-                        Ok(None) => {}
-                        Err(error) => tracing::error!(%error, "checkpoint failed"),
-                    }
-                }
-            });
-        });
-        match thread {
-            Ok(thread) => {
-                if let Ok(mut slot) = self.checkpointer.lock() {
-                    *slot = Some((stop, thread));
-                }
-            }
-            Err(error) => tracing::error!(%error, "cannot start the checkpoint thread"),
-        }
     }
 
     /// The data directory.
@@ -448,8 +414,8 @@ impl Vault {
         Readiness { store, keys: !self.keys.versions().is_empty(), audit }
     }
 
-    /// Stops the checkpoint thread (after a last checkpoint), finishes every
-    /// pending commit and flushes the store.
+    /// Stops the background verification, keeps a last checkpoint, finishes
+    /// every pending commit and flushes the store.
     pub fn close(self: &Arc<Self>) -> Result<(), VaultError> {
         self.verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let verifier = self.verifier.lock().ok().and_then(|mut slot| slot.take());
@@ -457,14 +423,9 @@ impl Vault {
             // The thread only ever fails by panicking, which it has logged.
             let _ = thread.join();
         }
-        let checkpointer = self.checkpointer.lock().ok().and_then(|mut slot| slot.take());
-        if let Some((stop, thread)) = checkpointer {
-            drop(stop);
-            // The thread only ever fails by panicking, which it has logged.
-            let _ = thread.join();
-            if self.store.is_healthy() {
-                self.checkpoint_blocking()?;
-            }
+        if self.store.is_healthy() {
+            // Keep the final checkpoint in the history too.
+            self.checkpoint_blocking(true)?;
         }
         Ok(self.store.close()?)
     }
@@ -537,9 +498,10 @@ fn load_store(
     backend: Arc<dyn Backend>,
     keys: &KeyRing,
     audit_origin: Option<String>,
+    writable: bool,
 ) -> Result<(Store, AuditLog), VaultError> {
     check_format(&*backend)?;
-    bind_keys(&*backend, keys)?;
+    bind_keys(&*backend, keys, writable)?;
     let store = Store::new(backend)?;
     let audit = AuditLog::load(&store, keys)?;
     if let Some(configured) = audit_origin
@@ -565,8 +527,8 @@ fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {
 
 /// Every loaded KEK that has a stored check must match it, and at least one
 /// must have one; a version without a check (a key just added for rotation)
-/// gets one.
-fn bind_keys(backend: &dyn Backend, keys: &KeyRing) -> Result<(), VaultError> {
+/// gets one, unless the store is opened only to be read.
+fn bind_keys(backend: &dyn Backend, keys: &KeyRing, writable: bool) -> Result<(), VaultError> {
     let mut bound = false;
     let mut new_checks = crate::store::WriteBatch::new();
     for version in keys.versions() {
@@ -584,7 +546,7 @@ fn bind_keys(backend: &dyn Backend, keys: &KeyRing) -> Result<(), VaultError> {
     if !bound {
         return Err(VaultError::KeyMismatch(keys.current_version()));
     }
-    if !new_checks.is_empty() {
+    if writable && !new_checks.is_empty() {
         backend.apply(&new_checks)?;
         backend.flush()?;
     }

@@ -233,6 +233,8 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
         ("/v1/audit/entries?limit=100000".to_owned(), "invalid_limit"),
         ("/v1/audit/entries?cursor=bogus".to_owned(), "invalid_cursor"),
         ("/v1/audit/entries?colour=red".to_owned(), "invalid_query"),
+        ("/v1/audit/entries?since=9999-12-31T23:59:59-23:59".to_owned(), "invalid_time"),
+        ("/v1/audit/entries?until=yesterday".to_owned(), "invalid_time"),
     ] {
         let response = get(path.clone()).await;
         assert_eq!(response.status(), 400, "{path}");

@@ -43,9 +43,16 @@ async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
     assert!(matches!(read, Err(DataError::Store(_))), "a read whose audit event is not durable must fail: {read:?}");
     let write = vault.data_put(&actor, subject, "phone", &json!("+44 20 7946 0000")).await;
     assert!(matches!(write, Err(DataError::Store(_))), "a write that is not durable must not be acknowledged");
-    assert_eq!(backend.durable(Key::value(subject.as_bytes(), "phone").key()), None);
+    assert_eq!(backend.durable_value(&Key::value(subject.as_bytes(), "phone")), None);
     assert_eq!(durable_audit_size(&backend), size_before, "no event reached the durable state");
     assert!(!vault.readiness().is_ready(), "a vault that cannot flush is not ready");
+
+    // The checkpoint served is still the last one on disk.
+    let served = vault.audit().checkpoint_latest().unwrap();
+    assert!(
+        served.lines().nth(1).unwrap().parse::<u64>().unwrap() <= size_before,
+        "a checkpoint that is not durable was served:\n{served}"
+    );
 
     backend.fail_flushes(false);
     let data = vault.data_read_own(subject).await.unwrap();

@@ -113,6 +113,16 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
         changes.push((Key::meta("audit/size"), Some(7u64.to_be_bytes().to_vec())));
         write(backend, changes);
     });
+    assert_detected(&pristine_dir, "an entry appended behind the vault's back", size, |backend| {
+        let forged_entry = forged(&entry(backend, 0));
+        write(
+            backend,
+            vec![
+                (Key::audit_entry(size), Some(forged_entry)),
+                (Key::meta("audit/size"), Some((size + 1).to_be_bytes().to_vec())),
+            ],
+        );
+    });
     assert_detected(&pristine_dir, "truncate of the last entry", size - 1, |backend| {
         write(backend, vec![(Key::audit_entry(size - 1), None)]);
     });

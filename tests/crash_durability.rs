@@ -19,6 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use consentvault::ids::SubjectId;
 use serde_json::json;
 
@@ -44,6 +46,8 @@ fn acknowledged_writes_survive_sigkill() {
     let mut total_acks = 0usize;
     // Every subject whose creation was acknowledged.
     let mut created: Vec<SubjectId> = Vec::new();
+    // Every checkpoint the vault handed out before a crash.
+    let mut checkpoints: Vec<String> = Vec::new();
     for cycle in 0..cycles {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
@@ -84,6 +88,14 @@ fn acknowledged_writes_survive_sigkill() {
             let mut parts = line.split_whitespace();
             match parts.next() {
                 Some("ack") => {}
+                Some("checkpoint") => {
+                    if let (Some(note), None) = (parts.next(), parts.next())
+                        && let Ok(bytes) = STANDARD.decode(note)
+                    {
+                        checkpoints.push(String::from_utf8(bytes).unwrap());
+                    }
+                    continue;
+                }
                 Some("subject") => {
                     if let (Some(subject), None) = (parts.next(), parts.next()) {
                         created.push(subject.parse().unwrap());
@@ -100,15 +112,43 @@ fn acknowledged_writes_survive_sigkill() {
             cycle_acks += 1;
         }
         total_acks += cycle_acks;
-        verify(dir.path(), &created, &acked, cycle);
+        verify(dir.path(), &created, &acked, &checkpoints, cycle);
     }
-    eprintln!("{cycles} kill cycles, {total_acks} acknowledged writes, {} subjects, all intact", created.len());
+    eprintln!(
+        "{cycles} kill cycles, {total_acks} acknowledged writes, {} subjects, {} checkpoints, all intact",
+        created.len(),
+        checkpoints.len()
+    );
+    assert!(!checkpoints.is_empty(), "the children must have handed out checkpoints");
     assert!(total_acks >= cycles, "the children must have acknowledged writes");
 }
 
 /// Reopens the vault and checks every acknowledged write.
-fn verify(dir: &std::path::Path, created: &[SubjectId], acked: &BTreeMap<SubjectId, u64>, cycle: usize) {
+fn verify(
+    dir: &std::path::Path,
+    created: &[SubjectId],
+    acked: &BTreeMap<SubjectId, u64>,
+    checkpoints: &[String],
+    cycle: usize,
+) {
     let (vault, _) = common::open_vault(dir);
+    // The log after the crash verifies against every checkpoint handed out
+    // before it: same root at that size.
+    let verifier = vault.audit().verifier();
+    for note in checkpoints {
+        let checkpoint = verifier.open_checkpoint(note, vault.audit().origin()).unwrap();
+        let root = vault.audit().root(vault.store(), checkpoint.tree_size).unwrap_or_else(|e| {
+            panic!(
+                "cycle {cycle}: a checkpoint of size {} was handed out, the log now has less: {e}",
+                checkpoint.tree_size
+            )
+        });
+        assert_eq!(
+            root, checkpoint.root,
+            "cycle {cycle}: the log forked from a checkpoint of size {}",
+            checkpoint.tree_size
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for &subject in created {
         assert!(vault.subject_exists(subject).unwrap(), "cycle {cycle}: acknowledged subject {subject} is gone");
@@ -162,6 +202,11 @@ fn child_writes_until_killed(dir: &str) {
                             .unwrap();
                         let mut out = stdout.lock().unwrap();
                         writeln!(out, "ack {subject} {seq}").unwrap();
+                        if seq.is_multiple_of(16) {
+                            // A checkpoint as the vault would hand it to an auditor now.
+                            let note = vault.audit().checkpoint_latest().unwrap();
+                            writeln!(out, "checkpoint {}", STANDARD.encode(note)).unwrap();
+                        }
                         out.flush().unwrap();
                     }
                 }

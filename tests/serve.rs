@@ -25,9 +25,16 @@ async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cl
     assert_eq!(mode, 0o600);
 
     let client = reqwest::Client::new();
-    let health = client.get(format!("{}/healthz", server.base_url)).send().await.unwrap();
+    let health = client
+        .get(format!("{}/healthz", server.base_url))
+        .header("x-request-id", "ada@example.org")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(health.headers()["x-request-id"].len(), 32);
+    let request_id = health.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(request_id.len(), 32, "the vault makes its own request ids");
+    assert!(request_id.bytes().all(|b| b.is_ascii_hexdigit()));
     let ready: serde_json::Value =
         client.get(format!("{}/readyz", server.base_url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready");
@@ -41,6 +48,7 @@ async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cl
 
     let stderr = server.stderr_text();
     assert!(stderr.contains("INITIALISED A NEW VAULT"), "{stderr}");
+    assert!(!stderr.contains("ada@example.org"), "a client's request id must not reach the log");
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown must exit 0, got {status}");
 

@@ -37,7 +37,7 @@ fn text(body: String) -> Response {
 /// `GET /v1/audit/checkpoint`: the latest signed checkpoint (C2SP
 /// tlog-checkpoint in a C2SP signed note).
 pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(text(state.vault.audit().checkpoint_latest(state.vault.store())?))
+    Ok(text(state.vault.audit().checkpoint_latest()?))
 }
 
 /// `GET /v1/audit/public-key`: the signed-note verifier key.
@@ -98,14 +98,16 @@ fn cursor_decode(cursor: &str) -> Option<u64> {
     std::str::from_utf8(&bytes).ok()?.strip_prefix("audit:")?.parse().ok()
 }
 
-/// A time filter as the events write times: UTC, whole seconds, RFC 3339,
-/// so string order is time order.
+/// A time filter as the events write times: UTC, whole seconds (rounded
+/// down), RFC 3339, so string order is time order.
 fn time_filter(name: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
+    let invalid = || bad_request("invalid_time", format!("`{name}` must be an RFC 3339 time"));
     value
         .map(|text| {
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                .map(|time| crate::clock::rfc3339(time.to_offset(time::UtcOffset::UTC)))
-                .map_err(|_| bad_request("invalid_time", format!("`{name}` must be an RFC 3339 time")))
+            let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| invalid())?;
+            let utc = time.checked_to_offset(time::UtcOffset::UTC).ok_or_else(invalid)?;
+            Ok(crate::clock::rfc3339(utc.replace_nanosecond(0).unwrap_or(utc)))
         })
         .transpose()
 }

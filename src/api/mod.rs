@@ -110,6 +110,9 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 ))
+                // A client's own x-request-id is dropped: ids in the log are
+                // the vault's, never text a client chose.
+                .layer(middleware::map_request(drop_client_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(request_id)),
@@ -134,6 +137,11 @@ async fn refuse_when_audit_invalid(
         .into_response();
     }
     next.run(request).await
+}
+
+async fn drop_client_request_id(mut request: Request) -> Request {
+    request.headers_mut().remove(REQUEST_ID_HEADER);
+    request
 }
 
 /// Gives every error response that has no problem document one, so clients

@@ -20,8 +20,8 @@ pub mod merkle;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Role, Withheld};
 
@@ -37,6 +37,7 @@ const SIZE_KEY: &str = "audit/size";
 const SIGNING_KEY_KEY: &str = "audit/signing-key";
 const ORIGIN_KEY: &str = "audit/origin";
 const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
+const LATEST_NOTE_KEY: &str = "audit/checkpoint-note";
 /// Subtree hashes at this level and above are kept in memory (1/16 of the
 /// leaves: 62,500 hashes for a log of 10^6), so a proof reads at most a few
 /// low-level hashes from the store.
@@ -82,8 +83,6 @@ pub struct Appended {
     batch_seq: u64,
     subject: Option<SubjectId>,
     fields: Vec<String>,
-    /// Subtrees this append completed at cacheable levels.
-    nodes: Vec<(u32, u64, Hash)>,
 }
 
 impl Appended {
@@ -112,30 +111,6 @@ impl Logged {
     pub fn covers(&self, subject: SubjectId, field: &str) -> bool {
         self.subject == Some(subject) && self.fields.iter().any(|f| f == field)
     }
-}
-
-/// Appends `event` in `txn`: stores its canonical bytes at the next index,
-/// the subtree hashes the append completes, the new size, and the subject and
-/// business markers.
-pub fn append(txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditError> {
-    let bytes = event.to_bytes()?;
-    let index = size_in(txn)?;
-    let leaf = merkle::leaf_hash(&bytes);
-    let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
-    // Level 0 is the leaf hash of the entry itself: not stored twice.
-    for (level, at, hash) in completed.iter().filter(|(level, _, _)| *level > 0) {
-        txn.put(Key::audit_node(*level, *at), hash.to_vec());
-    }
-    let nodes = completed.into_iter().filter(|(level, _, _)| *level >= NODE_CACHE_LEVEL_MIN).collect();
-    txn.put(Key::audit_entry(index), bytes);
-    txn.put(Key::meta(SIZE_KEY), (index + 1).to_be_bytes().to_vec());
-    if let Some(subject) = event.subject {
-        txn.put(Key::audit_by_subject(subject.as_bytes(), index), Vec::new());
-    }
-    if let Some(business) = &event.business {
-        txn.put(Key::audit_by_business(business, index), Vec::new());
-    }
-    Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone(), nodes })
 }
 
 fn size_in(txn: &Txn<'_>) -> Result<u64, AuditError> {
@@ -174,7 +149,7 @@ impl SubtreeHashes for StoreTree<'_> {
     type Error = AuditError;
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
         if level >= NODE_CACHE_LEVEL_MIN
-            && let Some(hash) = self.log.nodes.read().ok().and_then(|nodes| nodes.get(&(level, index)).copied())
+            && let Some(hash) = self.log.0.nodes.read().ok().and_then(|nodes| nodes.get(&(level, index)).copied())
         {
             return Ok(hash);
         }
@@ -193,12 +168,21 @@ fn proof_error(error: ProofError<AuditError>) -> AuditError {
     }
 }
 
-/// The audit log of one vault: its origin, its checkpoint signer, and the
-/// size known to be durable.
-pub struct AuditLog {
+/// The audit log of one vault: its origin, its checkpoint signer, and what
+/// is known to be durable. Cheap to clone: transactions take a clone.
+#[derive(Clone)]
+pub struct AuditLog(Arc<Shared>);
+
+struct Shared {
     origin: String,
     signer: NoteSigner,
+    /// Entries known to be flushed; set by the commit thread after each
+    /// flush, before any caller hears back.
     durable_size: AtomicU64,
+    /// The newest checkpoint known to be flushed.
+    latest_note: RwLock<String>,
+    /// When (Unix seconds) a checkpoint was last kept in the history.
+    history_secs: AtomicU64,
     /// Complete subtree hashes at [`NODE_CACHE_LEVEL_MIN`] and above. They
     /// never change once complete, so the cache never needs invalidating.
     nodes: RwLock<HashMap<(u32, u64), Hash>>,
@@ -206,7 +190,10 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("origin", &self.origin).field("signer", &self.signer).finish_non_exhaustive()
+        f.debug_struct("AuditLog")
+            .field("origin", &self.0.origin)
+            .field("signer", &self.0.signer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -238,28 +225,84 @@ impl AuditLog {
         let sealed = store.get(&Key::meta(SIGNING_KEY_KEY))?.ok_or(AuditError::Corrupt("signing key"))?;
         let pkcs8 = keys.secret_open(SIGNING_KEY_LABEL, &sealed)?;
         let signer = NoteSigner::from_pkcs8(&origin, &pkcs8)?;
+        // Everything a store holds when it opens is on disk.
         let durable_size = AtomicU64::new(size(store)?);
-        Ok(Self { origin, signer, durable_size, nodes: RwLock::new(HashMap::new()) })
+        let latest_note = match store.get(&Key::meta(LATEST_NOTE_KEY))? {
+            Some(note) => String::from_utf8(note).map_err(|_| AuditError::Corrupt("latest checkpoint"))?,
+            None => String::new(),
+        };
+        Ok(Self(Arc::new(Shared {
+            origin,
+            signer,
+            durable_size,
+            latest_note: RwLock::new(latest_note),
+            history_secs: AtomicU64::new(0),
+            nodes: RwLock::new(HashMap::new()),
+        })))
+    }
+
+    /// Appends `event` in `txn`: stores its canonical bytes at the next
+    /// index, the subtree hashes the append completes, the new size, and the
+    /// subject and business markers. Once the batch is flushed, the durable
+    /// size and the node cache follow.
+    pub fn append(&self, txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditError> {
+        let bytes = event.to_bytes()?;
+        let index = size_in(txn)?;
+        let leaf = merkle::leaf_hash(&bytes);
+        let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
+        // Level 0 is the leaf hash of the entry itself: not stored twice.
+        for (level, at, hash) in completed.iter().filter(|(level, _, _)| *level > 0) {
+            txn.put(Key::audit_node(*level, *at), hash.to_vec());
+        }
+        let nodes: Vec<(u32, u64, Hash)> =
+            completed.into_iter().filter(|(level, _, _)| *level >= NODE_CACHE_LEVEL_MIN).collect();
+        txn.put(Key::audit_entry(index), bytes);
+        txn.put(Key::meta(SIZE_KEY), (index + 1).to_be_bytes().to_vec());
+        if let Some(subject) = event.subject {
+            txn.put(Key::audit_by_subject(subject.as_bytes(), index), Vec::new());
+        }
+        if let Some(business) = &event.business {
+            txn.put(Key::audit_by_business(business, index), Vec::new());
+        }
+        let log = self.clone();
+        txn.on_durable(move || {
+            log.0.durable_size.fetch_max(index + 1, Ordering::AcqRel);
+            for (level, at, hash) in &nodes {
+                log.node_cache(*level, *at, hash);
+            }
+        });
+        Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone() })
+    }
+
+    /// The function that ends every writing batch: if the batch appended,
+    /// it signs a checkpoint of the log as the batch leaves it, in the same
+    /// batch. So no entry is ever on disk without a checkpoint covering it,
+    /// and entries added behind the vault's back are visible at start-up.
+    pub fn finalizer(&self) -> crate::store::Finalizer {
+        let log = self.clone();
+        Box::new(move |txn: &mut Txn<'_>| {
+            log.checkpoint_in(txn, false).map(drop).map_err(|error| StoreError::Engine(format!("checkpoint: {error}")))
+        })
     }
 
     /// The log's origin (the first line of every checkpoint, and the key name).
     pub fn origin(&self) -> &str {
-        &self.origin
+        &self.0.origin
     }
 
     /// The signed-note verifier key: `<name>+<hex key id>+<base64(0x01 ‖ key)>`.
     pub fn verifier_key(&self) -> String {
-        self.signer.verifier_key()
+        self.0.signer.verifier_key()
     }
 
     /// A verifier for this log's checkpoints.
     pub fn verifier(&self) -> NoteVerifier {
-        self.signer.verifier()
+        self.0.signer.verifier()
     }
 
     /// The signer (for receipts signed with the vault's key).
     pub fn signer(&self) -> &NoteSigner {
-        &self.signer
+        &self.0.signer
     }
 
     /// Turns an append into proof that it is on disk, given the store's
@@ -268,17 +311,13 @@ impl AuditLog {
         if appended.batch_seq != durable.batch_seq() {
             return Err(AuditError::NotDurable);
         }
-        self.durable_size.fetch_max(appended.index + 1, Ordering::AcqRel);
-        for (level, index, hash) in &appended.nodes {
-            self.node_cache(*level, *index, hash);
-        }
         Ok(Logged { index: appended.index, subject: appended.subject, fields: appended.fields })
     }
 
     /// Remembers a complete subtree hash if its level is cached.
     pub fn node_cache(&self, level: u32, index: u64, hash: &Hash) {
         if level >= NODE_CACHE_LEVEL_MIN
-            && let Ok(mut nodes) = self.nodes.write()
+            && let Ok(mut nodes) = self.0.nodes.write()
         {
             nodes.insert((level, index), *hash);
         }
@@ -286,30 +325,52 @@ impl AuditLog {
 
     /// The number of entries known to be on disk; proofs are served up to it.
     pub fn durable_size(&self) -> u64 {
-        self.durable_size.load(Ordering::Acquire)
+        self.0.durable_size.load(Ordering::Acquire)
     }
 
     /// Signs and stores a checkpoint of the log as `txn` sees it, if the log
-    /// has grown since the latest one (or none exists). Returns the size.
-    pub fn checkpoint_in(&self, txn: &mut Txn<'_>) -> Result<Option<u64>, AuditError> {
+    /// has grown since the latest one (or none exists, or `keep` asks for a
+    /// copy in the history). The latest checkpoint is always stored; a copy
+    /// is kept in the history at most once a second while the log grows (and
+    /// when `keep`). Returns the size.
+    pub fn checkpoint_in(&self, txn: &mut Txn<'_>, keep: bool) -> Result<Option<u64>, AuditError> {
         let size = size_in(txn)?;
         let latest = txn.get(&Key::meta(LATEST_CHECKPOINT_KEY))?;
-        if latest.is_some() && counter_decode(latest.as_deref())? >= size {
+        let grown = latest.is_none() || counter_decode(latest.as_deref())? < size;
+        let now_secs = u64::try_from(crate::clock::now().unix_timestamp()).unwrap_or(0);
+        let history_due = now_secs > self.0.history_secs.load(Ordering::Acquire);
+        let in_history = txn.contains(&Key::audit_checkpoint(size))?;
+        let copy_wanted = keep && !in_history;
+        if !grown && !copy_wanted {
             return Ok(None);
         }
         let root = merkle::root(&TxnTree(txn), size)?;
-        let note = self.signer.sign_checkpoint(&Checkpoint::new(self.origin.clone(), size, root))?;
-        txn.put(Key::audit_checkpoint(size), note.into_bytes());
+        let note = self.0.signer.sign_checkpoint(&Checkpoint::new(self.0.origin.clone(), size, root))?;
         txn.put(Key::meta(LATEST_CHECKPOINT_KEY), size.to_be_bytes().to_vec());
+        txn.put(Key::meta(LATEST_NOTE_KEY), note.clone().into_bytes());
+        let keep_copy = keep || history_due;
+        if keep_copy {
+            txn.put(Key::audit_checkpoint(size), note.clone().into_bytes());
+        }
+        let log = self.clone();
+        txn.on_durable(move || {
+            if keep_copy {
+                log.0.history_secs.fetch_max(now_secs, Ordering::AcqRel);
+            }
+            if let Ok(mut latest) = log.0.latest_note.write() {
+                *latest = note;
+            }
+        });
         Ok(Some(size))
     }
 
-    /// The newest signed checkpoint.
-    pub fn checkpoint_latest(&self, store: &Store) -> Result<String, AuditError> {
-        let latest = store.get(&Key::meta(LATEST_CHECKPOINT_KEY))?.ok_or(AuditError::Corrupt("latest checkpoint"))?;
-        let size = counter_decode(Some(&latest))?;
-        let note = store.get(&Key::audit_checkpoint(size))?.ok_or(AuditError::Corrupt("checkpoint"))?;
-        String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint"))
+    /// The newest signed checkpoint that is on disk.
+    pub fn checkpoint_latest(&self) -> Result<String, AuditError> {
+        let note = self.0.latest_note.read().map(|note| note.clone()).map_err(|_| AuditError::Corrupt("checkpoint"))?;
+        if note.is_empty() {
+            return Err(AuditError::Corrupt("latest checkpoint"));
+        }
+        Ok(note)
     }
 
     fn check_durable(&self, tree_size: u64) -> Result<(), AuditError> {

@@ -225,7 +225,12 @@ impl KeyRing {
 
     /// Unwraps the DEK of `subject`. Fails if the wrapped bytes belong to
     /// another subject, were altered, or name a KEK that is not loaded.
-    pub fn dek_unwrap(&self, subject: &[u8], wrapped: &WrappedDek) -> Result<Dek, CryptoError> {
+    ///
+    /// Crate-private: the only way to stored plaintext goes through the
+    /// audited read path in `subjects`, which opens values only with a
+    /// `Logged` proof. (A DEK from [`KeyRing::dek_create`] opens only what it
+    /// sealed itself.)
+    pub(crate) fn dek_unwrap(&self, subject: &[u8], wrapped: &WrappedDek) -> Result<Dek, CryptoError> {
         let (dek_version, key) = self.dek_unwrap_bytes(subject, wrapped)?;
         Ok(Dek { key: AeadKey::new(dek_version, key)? })
     }
@@ -412,7 +417,7 @@ pub struct Sealed(Vec<u8>);
 
 impl Sealed {
     /// Takes stored bytes; they are authenticated when opened.
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
         Self(bytes)
     }
 

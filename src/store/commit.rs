@@ -49,7 +49,18 @@ pub struct Txn<'a> {
     batch: &'a WriteBatch,
     writes: WriteBatch,
     batch_seq: u64,
+    hooks: Vec<DurableHook>,
 }
+
+/// Work to do once the batch is durable (publish a new durable log size, a
+/// new checkpoint), run by the commit thread right after the flush, before
+/// any caller hears back.
+pub type DurableHook = Box<dyn FnOnce() + Send>;
+
+/// A function run once at the end of every batch that writes anything, in
+/// the same batch (the audit log signs a checkpoint of the batch there).
+/// If it fails, the whole batch is not acknowledged.
+pub type Finalizer = Box<dyn for<'a> Fn(&mut Txn<'a>) -> Result<(), StoreError> + Send + Sync>;
 
 /// Proof that a batch is durable: made only by the commit path, after the
 /// flush of batch `batch_seq` succeeded. Values created inside a transaction
@@ -132,6 +143,17 @@ impl Txn<'_> {
         self.delete(&key.0);
     }
 
+    /// Runs `hook` on the commit thread once this batch is durable (not at
+    /// all if it never becomes durable, or if this transaction fails).
+    pub fn on_durable(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.hooks.push(Box::new(hook));
+    }
+
+    /// Whether this transaction has written anything so far.
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
     /// Adds `amount` to the counter at `key` and returns the new total.
     pub fn counter_add(&mut self, key: Key, amount: u64) -> Result<u64, StoreError> {
         let total = counter_decode(self.get(&key)?.as_deref())?.saturating_add(amount);
@@ -169,6 +191,7 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
     stats: Arc<StoreStats>,
+    finalizer: Arc<std::sync::OnceLock<Finalizer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -186,27 +209,37 @@ impl Store {
         let thread_backend = Arc::clone(&backend);
         let thread_healthy = Arc::clone(&healthy);
         let thread_stats = Arc::clone(&stats);
+        let finalizer: Arc<std::sync::OnceLock<Finalizer>> = Arc::new(std::sync::OnceLock::new());
+        let thread_finalizer = Arc::clone(&finalizer);
         // Logs from the commit thread go where the caller's logs go.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
             .name("consentvault-commit".to_owned())
             .spawn(move || {
                 tracing::dispatcher::with_default(&dispatch, || {
-                    commit_loop(&*thread_backend, &receiver, &thread_healthy, &thread_stats);
+                    commit_loop(&*thread_backend, &receiver, &thread_healthy, &thread_stats, &thread_finalizer);
                 });
             })
             .map_err(|error| StoreError::Engine(format!("cannot start the commit thread: {error}")))?;
-        Ok(Self { backend, sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)), healthy, stats })
+        Ok(Self {
+            backend,
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+            healthy,
+            stats,
+            finalizer,
+        })
+    }
+
+    /// Sets the function that ends every writing batch (once; later calls
+    /// are refused and return `false`).
+    pub fn set_finalizer(&self, finalizer: Finalizer) -> bool {
+        self.finalizer.set(finalizer).is_ok()
     }
 
     /// The committed value at `key` (outside any transaction).
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.backend.get(key.as_bytes())
-    }
-
-    /// The committed sealed value at `key`.
-    pub fn get_sealed(&self, key: &ValueKey) -> Result<Option<Sealed>, StoreError> {
-        Ok(self.get(key.key())?.map(Sealed::from_bytes))
     }
 
     /// Up to `limit` committed entries under `prefix`, in key order.
@@ -294,6 +327,7 @@ impl Store {
             };
             if outcome.is_err() {
                 txn.writes.clear();
+                txn.hooks.clear();
             }
             Box::new(move |flushed: Result<Durable, StoreError>| {
                 reply(match (outcome, flushed) {
@@ -333,7 +367,13 @@ impl Drop for Store {
     }
 }
 
-fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &AtomicBool, stats: &StoreStats) {
+fn commit_loop(
+    backend: &dyn Backend,
+    receiver: &mpsc::Receiver<Job>,
+    healthy: &AtomicBool,
+    stats: &StoreStats,
+    finalizer: &std::sync::OnceLock<Finalizer>,
+) {
     let mut batch_seq = 0u64;
     // Blocks until the first transaction of a batch arrives; then takes
     // whatever else is already waiting.
@@ -347,27 +387,45 @@ fn commit_loop(backend: &dyn Backend, receiver: &mpsc::Receiver<Job>, healthy: &
             }
         }
         let mut batch = WriteBatch::new();
+        let mut hooks: Vec<DurableHook> = Vec::new();
         let mut completions = Vec::with_capacity(jobs.len());
         let executing = Instant::now();
         for job in jobs {
-            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq };
+            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new() };
             let completion = job(&mut txn);
-            let writes = std::mem::take(&mut txn.writes);
+            let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
             batch.extend(writes);
+            hooks.extend(txn_hooks);
             completions.push(completion);
         }
+        let finalized = match finalizer.get() {
+            Some(finalize) if !batch.is_empty() => {
+                let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new() };
+                let finalized = std::panic::catch_unwind(AssertUnwindSafe(|| finalize(&mut txn)))
+                    .unwrap_or(Err(StoreError::Panicked));
+                let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
+                batch.extend(writes);
+                hooks.extend(txn_hooks);
+                finalized
+            }
+            _ => Ok(()),
+        };
         stats.execute_nanos.fetch_add(nanos_since(executing), Ordering::Relaxed);
         // A batch of pure reads still waits for a flush if the previous one
         // failed: what it read may not be durable yet.
-        let outcome = if batch.is_empty() && healthy.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            apply_and_flush(backend, &batch, stats)
+        let outcome = match finalized {
+            Err(error) => Err(error),
+            Ok(()) if batch.is_empty() && healthy.load(Ordering::Acquire) => Ok(()),
+            Ok(()) => apply_and_flush(backend, &batch, stats),
         };
         healthy.store(outcome.is_ok(), Ordering::Release);
         if let Err(error) = &outcome {
             stats.flush_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, transactions = completions.len(), "batch not durable; its changes are not acknowledged");
+        } else {
+            for hook in hooks {
+                hook();
+            }
         }
         stats.transactions.fetch_add(completions.len() as u64, Ordering::Relaxed);
         for completion in completions {

@@ -52,6 +52,11 @@ impl MemoryBackend {
         lock(&self.durable).get(key.as_bytes()).cloned()
     }
 
+    /// The sealed value at `key` as of the last successful flush.
+    pub fn durable_value(&self, key: &super::ValueKey) -> Option<Vec<u8>> {
+        self.durable(key.key())
+    }
+
     /// Every durable entry (for scans in tests).
     pub fn durable_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         lock(&self.durable).iter().map(|(k, v)| (k.clone(), v.clone())).collect()

@@ -19,7 +19,7 @@ pub mod sled_backend;
 
 use std::collections::BTreeMap;
 
-pub use commit::{CommitError, Durable, Store, StoreStats, Txn};
+pub use commit::{CommitError, Durable, DurableHook, Finalizer, Store, StoreStats, Txn};
 
 use crate::crypto::Sealed;
 
@@ -235,8 +235,9 @@ impl Key {
 }
 
 impl ValueKey {
-    /// The underlying key.
-    pub fn key(&self) -> &Key {
+    /// The underlying key. Crate-private, so no code outside the vault can
+    /// write a plaintext under a value key with [`Txn::put`].
+    pub(crate) fn key(&self) -> &Key {
         &self.0
     }
 }
