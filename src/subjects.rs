@@ -7,9 +7,10 @@
 //! (an erasure or DEK change in between makes the write fail rather than
 //! store a value nobody can open).
 //!
-//! Every seal is counted per DEK (in the subject's key record) and every
+//! Every seal is counted per DEK (in the subject's key record) and every DEK
 //! wrap per KEK, in the same batch as the result, so the stored counts never
-//! miss an encryption whose result was stored.
+//! miss such an encryption whose result was stored. (The KEK's few other
+//! seals, the key check and the vault's signing keys, are not counted.)
 //!
 //! Every change appends its audit event in the same transaction. A read
 //! appends a `data.read` event and takes the sealed values in the same
