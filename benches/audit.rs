@@ -23,6 +23,7 @@ fn options(dir: &std::path::Path) -> VaultOptions {
         production: false,
         store_cache_bytes: 512 * 1024 * 1024,
         audit_origin: None,
+        identity: Default::default(),
     }
 }
 

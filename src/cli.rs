@@ -130,6 +130,14 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         if application.opened() == Opened::Initialised {
             announce_new_vault(&config);
         }
+        if let Some(path) = application.admin_credentials() {
+            tracing::warn!(path = %path.display(), "admin credentials written");
+            eprintln!(
+                "consentvault: the admin client's credentials are in {} (mode 0600);\n\
+                 exchange them at POST /v1/token (grant_type=client_credentials) for an admin token",
+                path.display()
+            );
+        }
         if config.vault.policy_source == PolicySource::BuiltIn {
             tracing::warn!("no policy directory found; using the built-in default policies");
         }

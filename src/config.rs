@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::auth::external::ExternalIssuerConfig;
 use crate::crypto::KeySource;
 use crate::policy::PolicyError;
-use crate::vault::{VaultOptions, policies_default, policies_load};
+use crate::vault::{IdentityOptions, VaultOptions, policies_default, policies_load};
 
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./vault-data";
@@ -92,6 +93,19 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     store_cache_bytes: Option<u64>,
     audit_origin: Option<String>,
+    #[serde(default)]
+    identity: IdentityFile,
+}
+
+/// The `[identity]` table: the vault's own issuer name and audience, and
+/// trusted external issuers (`[[identity.external]]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    issuer: Option<String>,
+    audience: Option<String>,
+    #[serde(default)]
+    external: Vec<ExternalIssuerConfig>,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -196,7 +210,23 @@ impl VaultConfig {
         };
         let store_cache_bytes = file.store_cache_bytes.unwrap_or(STORE_CACHE_BYTES_DEFAULT);
         let audit_origin = args.audit_origin.clone().or(file.audit_origin.clone());
-        let options = VaultOptions { data_dir, key_source, policies, production, store_cache_bytes, audit_origin };
+        let defaults = IdentityOptions::default();
+        let mut external = Vec::new();
+        for issuer in &file.identity.external {
+            external.push(
+                issuer.load().map_err(|error| ConfigError::Invalid {
+                    setting: "identity.external",
+                    problem: error.to_string(),
+                })?,
+            );
+        }
+        let identity = IdentityOptions {
+            issuer: file.identity.issuer.clone().unwrap_or(defaults.issuer),
+            audience: file.identity.audience.clone().unwrap_or(defaults.audience),
+            external,
+        };
+        let options =
+            VaultOptions { data_dir, key_source, policies, production, store_cache_bytes, audit_origin, identity };
         Ok(Self { options, policy_source })
     }
 

@@ -6,12 +6,14 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod ids;
 pub mod policy;
+pub mod principals;
 pub mod server;
 pub mod store;
 pub mod subjects;

@@ -18,6 +18,9 @@ pub enum StartError {
     /// The vault could not be opened.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The admin client could not be created on first start.
+    #[error("cannot create the admin client: {0}")]
+    Admin(#[from] crate::principals::PrincipalError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -36,12 +39,14 @@ pub struct Application {
     vault: Arc<Vault>,
     router: axum::Router,
     opened: Opened,
+    admin_credentials: Option<std::path::PathBuf>,
 }
 
 impl Application {
     /// Opens the vault and binds the listen address.
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
+        let admin_credentials = vault.admin_bootstrap().await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -51,7 +56,7 @@ impl Application {
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
         let router = api::router(Arc::clone(&vault), limits);
-        Ok(Self { listener, address, vault, router, opened })
+        Ok(Self { listener, address, vault, router, opened, admin_credentials })
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -62,6 +67,11 @@ impl Application {
     /// Whether opening created a new vault.
     pub fn opened(&self) -> Opened {
         self.opened
+    }
+
+    /// Where the admin credentials were written, if this start created them.
+    pub fn admin_credentials(&self) -> Option<&std::path::Path> {
+        self.admin_credentials.as_deref()
     }
 
     /// The open vault.

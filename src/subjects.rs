@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::audit::{Actor, AuditError, AuditEvent, Decision, EventKind, Logged};
+use crate::audit::{Actor, Appended, AuditError, AuditEvent, AuditLog, Decision, EventKind, Logged};
 use crate::clock;
 use crate::crypto::{CryptoError, Dek, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::ids::SubjectId;
@@ -64,6 +64,34 @@ impl From<CommitError<DataError>> for DataError {
             CommitError::Rejected(error) => error,
             CommitError::Store(error) => Self::Store(error),
         }
+    }
+}
+
+/// A subject about to be created: see [`Vault::subject_prepare`].
+#[derive(Debug)]
+pub struct NewSubject {
+    id: SubjectId,
+    wrapped: WrappedDek,
+    kek_version: u32,
+    created_at: String,
+}
+
+impl NewSubject {
+    /// The new subject's id.
+    pub fn id(&self) -> SubjectId {
+        self.id
+    }
+
+    /// Writes the subject record and key record, counts the wrap, and
+    /// appends `subject.created` by `actor`.
+    pub fn write(self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
+        let record = serde_json::to_vec(&SubjectRecord { created_at: self.created_at.clone() })
+            .map_err(|_| StoreError::Corrupt { what: "subject" })?;
+        txn.put(Key::subject(self.id.as_bytes()), record);
+        txn.put(Key::dek(self.id.as_bytes()), KeyRecord { wrapped: self.wrapped, seals: 0 }.encode());
+        txn.counter_add(kek_counter(self.kek_version), 1)?;
+        let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &self.created_at).subject(self.id);
+        Ok(log.append(txn, &event)?)
     }
 }
 
@@ -110,27 +138,23 @@ fn kek_counter(kek_version: u32) -> Key {
 impl Vault {
     /// Creates a subject with a fresh DEK.
     pub async fn subject_create(&self, actor: &Actor) -> Result<SubjectId, DataError> {
-        let keys = self.keys();
-        let subject = SubjectId::random(keys.rng())?;
-        let (_, wrapped) = keys.dek_create(subject.as_bytes(), 1)?;
-        let now = clock::rfc3339(clock::now());
-        let record = serde_json::to_vec(&SubjectRecord { created_at: now.clone() })
-            .map_err(|_| StoreError::Corrupt { what: "subject" })?;
-        let kek_version = keys.current_version();
-        let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &now).subject(subject);
+        let new_subject = self.subject_prepare()?;
+        let subject = new_subject.id();
+        let actor = actor.clone();
         let log = self.audit().clone();
-        let (appended, durable) = self
-            .store()
-            .commit_durable(move |txn| {
-                txn.put(Key::subject(subject.as_bytes()), record);
-                txn.put(Key::dek(subject.as_bytes()), KeyRecord { wrapped, seals: 0 }.encode());
-                txn.counter_add(kek_counter(kek_version), 1)?;
-                Ok::<_, DataError>(log.append(txn, &event)?)
-            })
-            .await?;
+        let (appended, durable) = self.store().commit_durable(move |txn| new_subject.write(txn, &log, &actor)).await?;
         self.audit().confirm(appended, &durable)?;
         tracing::debug!(%subject, "subject created");
         Ok(subject)
+    }
+
+    /// A new subject id with its wrapped DEK, ready to be written in a
+    /// transaction (alone, or with a sign-up).
+    pub fn subject_prepare(&self) -> Result<NewSubject, DataError> {
+        let keys = self.keys();
+        let id = SubjectId::random(keys.rng())?;
+        let (_, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
+        Ok(NewSubject { id, wrapped, kek_version: keys.current_version(), created_at: clock::rfc3339(clock::now()) })
     }
 
     /// Whether `subject` exists.

@@ -16,8 +16,12 @@ use std::thread::JoinHandle;
 
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
 use crate::audit::{AuditError, AuditLog};
+use crate::auth::Role;
+use crate::auth::cache::TokenCache;
+use crate::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
 use crate::policy::{self, Policies, PolicyError};
+use crate::principals::Limits;
 use crate::store::sled_backend::SledBackend;
 use crate::store::{Backend, Key, Store, StoreError};
 use crate::{clock, crypto};
@@ -26,10 +30,7 @@ use crate::{clock, crypto};
 pub const KEY_FILE: &str = "kek.key";
 /// The name of the store directory inside a data directory.
 pub const STORE_DIR: &str = "store";
-/// The file, inside a data directory, holding the bearer token that opens the
-/// auditor routes until principals and roles replace it.
-pub const AUDITOR_TOKEN_FILE: &str = "auditor-token";
-const AUDITOR_TOKEN_KEY: &str = "auditor-token-sha256";
+
 /// The layout version written at init; a later layout refuses older data
 /// until migrated.
 const FORMAT_VERSION: &str = "1";
@@ -84,6 +85,9 @@ pub enum VaultError {
     /// refuses to serve.
     #[error("the audit log does not verify: {0}")]
     AuditInvalid(VerifyFailure),
+    /// The identity configuration is inconsistent.
+    #[error("identity: {0}")]
+    Identity(String),
     /// The configured audit origin differs from the one the log was created
     /// with; the origin is fixed when the vault is created.
     #[error("the audit origin is `{stored}`; it is fixed at creation and cannot become `{configured}`")]
@@ -110,6 +114,25 @@ pub struct VaultOptions {
     pub store_cache_bytes: u64,
     /// The audit log's origin for a new vault (`None`: a unique default).
     pub audit_origin: Option<String>,
+    /// Token issuing and trusted external issuers.
+    pub identity: IdentityOptions,
+}
+
+/// How the vault issues and trusts tokens.
+#[derive(Debug, Clone)]
+pub struct IdentityOptions {
+    /// The `iss` of the vault's own tokens.
+    pub issuer: String,
+    /// The `aud` of the vault's own tokens, and the one it expects.
+    pub audience: String,
+    /// External issuers whose tokens are trusted.
+    pub external: Vec<TrustedIssuer>,
+}
+
+impl Default for IdentityOptions {
+    fn default() -> Self {
+        Self { issuer: "consentvault".to_owned(), audience: "consentvault".to_owned(), external: Vec::new() }
+    }
 }
 
 /// What [`Vault::open`] did to the data directory.
@@ -132,6 +155,10 @@ pub struct Vault {
     audit_status: Mutex<AuditStatus>,
     verify_stop: AtomicBool,
     verifier: Mutex<Option<JoinHandle<()>>>,
+    token_issuer: TokenIssuer,
+    token_verifier: TokenVerifier,
+    token_cache: TokenCache,
+    limits: Limits,
 }
 
 /// Where the full verification of the stored log stands.
@@ -209,17 +236,7 @@ impl Vault {
         };
         let keys = load_key_ring(&source, false)?;
         let backend = SledBackend::open(&data_dir.join(STORE_DIR), 64 * 1024 * 1024)?;
-        write_init_records(&backend, &keys, audit_origin)?;
-        auditor_token_create(data_dir, &backend, &keys)
-    }
-
-    /// Whether `token` is the auditor bearer token of this vault. Compares
-    /// SHA-256 digests, so the comparison time says nothing about the token.
-    pub fn auditor_token_matches(&self, token: &str) -> bool {
-        let Ok(Some(stored)) = self.store.get(&Key::meta(AUDITOR_TOKEN_KEY)) else { return false };
-        let given = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        stored.len() == given.as_ref().len()
-            && stored.iter().zip(given.as_ref()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        write_init_records(&backend, &keys, audit_origin)
     }
 
     /// Opens the vault in `options.data_dir`. An empty directory is
@@ -239,7 +256,8 @@ impl Vault {
         };
         let keys = load_key_ring(&key_source_of(&options), options.production)?;
         let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
-        let vault = Self::open_backend(data_dir, keys, backend, options.policies, options.audit_origin)?;
+        let vault =
+            Self::open_backend(data_dir, keys, backend, options.policies, options.audit_origin, options.identity)?;
         Ok((vault, opened))
     }
 
@@ -252,7 +270,9 @@ impl Vault {
         backend: Arc<dyn Backend>,
         policies: Policies,
         audit_origin: Option<String>,
+        identity: IdentityOptions,
     ) -> Result<Arc<Self>, VaultError> {
+        crate::auth::jwt_ring::install();
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
         }
@@ -263,6 +283,27 @@ impl Vault {
         // hashes; edits of entry bytes are found by the full pass below.
         verify_latest(&store, &audit.verifier(), audit.origin(), &|size| audit.root(&store, size))
             .map_err(VaultError::AuditInvalid)?;
+        let token_issuer = token_issuer_load(&store, &keys, &identity)?;
+        let own = TrustedIssuer {
+            issuer: identity.issuer.clone(),
+            audience: identity.audience.clone(),
+            keys: std::collections::HashMap::from([(
+                Some(token_issuer.kid().to_owned()),
+                token_issuer.verification_key(),
+            )]),
+            role_claim: "role".to_owned(),
+            subject_claim: "sub".to_owned(),
+            roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
+            own: true,
+        };
+        if identity.external.iter().any(|external| external.issuer == identity.issuer) {
+            return Err(VaultError::Identity(format!(
+                "external issuer `{}` has the vault's own name",
+                identity.issuer
+            )));
+        }
+        let mut trusted = vec![own];
+        trusted.extend(identity.external);
         let vault = Arc::new(Self {
             data_dir,
             keys,
@@ -272,6 +313,10 @@ impl Vault {
             audit_status: Mutex::new(AuditStatus::Verifying),
             verify_stop: AtomicBool::new(false),
             verifier: Mutex::new(None),
+            token_issuer,
+            token_verifier: TokenVerifier::new(trusted),
+            token_cache: TokenCache::default(),
+            limits: Limits::default(),
         });
         vault.verifier_start();
         // The first checkpoint of a new log; a no-op for a log whose last
@@ -296,6 +341,7 @@ impl Vault {
                     &audit.verifier(),
                     audit.origin(),
                     Depth::Roots,
+                    true,
                     &visit,
                     &vault.verify_stop,
                 );
@@ -353,7 +399,7 @@ impl Vault {
         let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
         let (store, audit) = load_store(backend, &keys, None, false)?;
         let never = AtomicBool::new(false);
-        let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, &|_, _, _| {}, &never)
+        let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
             .map_err(VaultError::AuditInvalid);
         store.close()?;
         verified
@@ -406,6 +452,26 @@ impl Vault {
         &self.audit
     }
 
+    /// The vault's token issuer.
+    pub fn token_issuer(&self) -> &TokenIssuer {
+        &self.token_issuer
+    }
+
+    /// The verifier of every trusted issuer's tokens.
+    pub fn token_verifier(&self) -> &TokenVerifier {
+        &self.token_verifier
+    }
+
+    /// Verified tokens, until they expire.
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.token_cache
+    }
+
+    /// Sign-in and sign-up rate limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Whether the vault can serve: the store answers and its last flush
     /// succeeded, and keys are loaded.
     pub fn readiness(&self) -> Readiness {
@@ -449,25 +515,33 @@ impl Readiness {
     }
 }
 
-/// Writes a fresh auditor token to `<data_dir>/auditor-token` (mode 0600)
-/// and its SHA-256 to the store.
-fn auditor_token_create(data_dir: &Path, backend: &dyn Backend, keys: &KeyRing) -> Result<(), VaultError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token: [u8; 32] = crypto::random_bytes(keys.rng())?;
-    let token =
-        zeroize::Zeroizing::new(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token));
-    let path = data_dir.join(AUDITOR_TOKEN_FILE);
-    let io = |source| VaultError::DataDir { path: path.clone(), source };
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
-    file.write_all(format!("{}\n", token.as_str()).as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut batch = crate::store::WriteBatch::new();
-    batch.insert(Key::meta(AUDITOR_TOKEN_KEY).as_bytes().to_vec(), Some(digest.as_ref().to_vec()));
-    backend.apply(&batch)?;
-    backend.flush()?;
-    Ok(())
+const TOKEN_KEY: &str = "auth/token-signing-key";
+const TOKEN_KEY_LABEL: &str = "token-signing-key";
+
+/// The vault's token signing key, created (sealed under the KEK) the first
+/// time a vault opens without one.
+fn token_issuer_load(store: &Store, keys: &KeyRing, identity: &IdentityOptions) -> Result<TokenIssuer, VaultError> {
+    let sealed = match store.get(&Key::meta(TOKEN_KEY))? {
+        Some(sealed) => sealed,
+        None => {
+            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(keys.rng())
+                .map_err(|_| VaultError::Crypto(crypto::CryptoError::Random))?;
+            let sealed = keys.secret_seal(TOKEN_KEY_LABEL, pkcs8.as_ref())?;
+            let stored = sealed.clone();
+            store
+                .commit_blocking(move |txn| {
+                    txn.put(Key::meta(TOKEN_KEY), stored);
+                    Ok::<_, StoreError>(())
+                })
+                .map_err(|error| match error {
+                    crate::store::CommitError::Rejected(error) | crate::store::CommitError::Store(error) => error,
+                })?;
+            sealed
+        }
+    };
+    let pkcs8 = keys.secret_open(TOKEN_KEY_LABEL, &sealed)?;
+    TokenIssuer::new(&identity.issuer, &identity.audience, &pkcs8)
+        .map_err(|error| VaultError::Identity(error.to_string()))
 }
 
 fn key_source_of(options: &VaultOptions) -> KeySource {

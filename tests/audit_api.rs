@@ -161,7 +161,8 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     vault.checkpoint_now().await.unwrap();
 
     let client = reqwest::Client::new();
-    let token = std::fs::read_to_string(data_dir.join("auditor-token")).unwrap().trim().to_owned();
+    let admin = common::roles::admin_token(&client, &base, &data_dir).await;
+    let (_, token) = common::roles::client_principal(&client, &base, &admin, "auditors").await;
     let get = |path: String| {
         let request = client.get(format!("{base}{path}")).bearer_auth(&token);
         async move { request.send().await.unwrap() }
@@ -172,7 +173,11 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     let (origin, size, root) = open_checkpoint(&note, &verifier_key);
     assert!(origin.starts_with("consentvault.local/"));
     let (_, first_size, first_root) = open_checkpoint(&first_note, &verifier_key);
-    assert_eq!((first_size, size), (6, 8), "created, written, read per customer; then a write and a read");
+    assert_eq!(
+        (first_size, size),
+        (7, 10),
+        "admin created, then per customer created, written, read; later a write, a read, the auditor created"
+    );
 
     // Every entry, paged with a cursor.
     let mut items = Vec::new();

@@ -51,7 +51,9 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
         vault.data_put(&Actor::customer(subject), subject, "country", &json!("FR")).await.unwrap();
     }
     vault.checkpoint_now().await.unwrap();
-    let token = std::fs::read_to_string(data_dir.join("auditor-token")).unwrap();
+    let client = reqwest::Client::new();
+    let admin = common::roles::admin_token(&client, &server.base_url, &data_dir).await;
+    let (_, token) = common::roles::client_principal(&client, &server.base_url, &admin, "auditors").await;
     let verifier_key = vault.audit().verifier_key();
 
     let url = server.base_url.clone();
@@ -63,8 +65,8 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&accepted.stdout);
     assert!(accepted.status.success(), "Go rejected the log:\n{stdout}\n{}", String::from_utf8_lossy(&accepted.stderr));
-    assert!(stdout.contains("consistent: 15 -> 27"), "{stdout}");
-    assert!(stdout.contains("size 27, 27 inclusion proofs"), "{stdout}");
+    assert!(stdout.contains("consistent: 16 -> 29"), "{stdout}");
+    assert!(stdout.contains("size 29, 29 inclusion proofs"), "{stdout}");
 
     // The same tool refuses the checkpoint under another key of the same name.
     let pkcs8 = NoteSigner::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Path, Query};
-use super::guard::AuditorAccess;
+use super::guard::AuditorCaller;
 use crate::audit::{AuditEvent, Decision, EventKind};
 use crate::ids::SubjectId;
 
@@ -130,7 +130,7 @@ impl Filter {
 
 /// `GET /v1/audit/entries`: durable entries in index order, filtered.
 pub async fn entries_list(
-    _auditor: AuditorAccess,
+    _auditor: AuditorCaller,
     State(state): State<AppState>,
     Query(query): Query<EntriesQuery>,
 ) -> Result<Json<EntriesPage>, ApiError> {
@@ -207,7 +207,7 @@ pub async fn entries_list(
 
 /// `GET /v1/audit/entries/{index}`: the exact stored bytes of one entry.
 pub async fn entries_get(
-    _auditor: AuditorAccess,
+    _auditor: AuditorCaller,
     State(state): State<AppState>,
     Path(index): Path<u64>,
 ) -> Result<Response, ApiError> {
@@ -244,7 +244,7 @@ pub struct InclusionProof {
 
 /// `GET /v1/audit/proof/inclusion?index=&tree_size=`.
 pub async fn proof_inclusion(
-    _auditor: AuditorAccess,
+    _auditor: AuditorCaller,
     State(state): State<AppState>,
     Query(query): Query<InclusionQuery>,
 ) -> Result<Json<InclusionProof>, ApiError> {
@@ -274,7 +274,7 @@ pub struct ConsistencyProof {
 
 /// `GET /v1/audit/proof/consistency?old_size=&new_size=`.
 pub async fn proof_consistency(
-    _auditor: AuditorAccess,
+    _auditor: AuditorCaller,
     State(state): State<AppState>,
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {

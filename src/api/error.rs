@@ -68,3 +68,47 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::subjects::DataError> for ApiError {
+    fn from(error: crate::subjects::DataError) -> Self {
+        use crate::policy::FieldError;
+        use crate::subjects::DataError;
+        match error {
+            DataError::Field(FieldError::Unknown { field }) => Self::client(
+                StatusCode::BAD_REQUEST,
+                "unknown_field",
+                "Unknown field",
+                format!("`{field}` is not in the field catalogue"),
+            ),
+            DataError::Field(FieldError::Invalid { field, reason }) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_value", "Invalid value", format!("`{field}`: {reason}"))
+            }
+            DataError::Field(FieldError::TooLarge { field, max_bytes }) => Self::client(
+                StatusCode::BAD_REQUEST,
+                "value_too_large",
+                "Value too large",
+                format!("`{field}` takes at most {max_bytes} bytes"),
+            ),
+            DataError::SubjectNotFound => {
+                Self::client(StatusCode::NOT_FOUND, "no_such_subject", "No such subject", "the subject does not exist")
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<crate::principals::PrincipalError> for ApiError {
+    fn from(error: crate::principals::PrincipalError) -> Self {
+        use crate::principals::PrincipalError;
+        match error {
+            PrincipalError::Invalid(detail) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
+            }
+            PrincipalError::NotFound(what) => {
+                Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
+            }
+            PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
+            other => Self::internal(&other),
+        }
+    }
+}

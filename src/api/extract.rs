@@ -1,7 +1,7 @@
 //! Extractors that turn malformed input into problem documents that say what
 //! is wrong, instead of axum's plain-text rejections.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -40,5 +40,90 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .map_err(|rejection| {
                 Problem::new(StatusCode::BAD_REQUEST, "invalid_path", "Invalid path", rejection.body_text())
             })
+    }
+}
+
+/// Deepest JSON nesting accepted in a request body.
+pub const JSON_DEPTH_MAX: usize = 32;
+
+/// The nesting depth of a JSON text, counted without parsing it, so a
+/// hostile body cannot make the parser recurse.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in bytes {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn invalid_body(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
+}
+
+/// Parses a JSON body into `T` (`application/json`, nesting at most
+/// [`JSON_DEPTH_MAX`]); unknown members are refused where `T` denies them.
+pub fn json_body<T: DeserializeOwned>(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<T, Problem> {
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media_type != "application/json" {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send the body as application/json",
+        ));
+    }
+    if json_depth(bytes) > JSON_DEPTH_MAX {
+        return Err(invalid_body(format!("the body is nested deeper than {JSON_DEPTH_MAX} levels")));
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        // serde's messages name the member and the expected type; they quote
+        // unknown member names but never values.
+        invalid_body(format!("the body is not valid: {}", error.to_string().split(" at line").next().unwrap_or("")))
+    })
+}
+
+/// A JSON request body deserialised into `T` (see [`json_body`]).
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        let headers = request.headers().clone();
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
+            Problem::new(rejection.status(), "invalid_body", "Invalid body", rejection.body_text())
+        })?;
+        json_body(&headers, &bytes).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[["}]}"#), 3);
+        assert_eq!(json_depth(br#""\"{{""#), 0);
+        assert_eq!(json_depth(&[b'['; 100]), 100);
     }
 }

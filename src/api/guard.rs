@@ -1,22 +1,23 @@
-//! Who may call a route. Today one guard: the auditor routes need the vault's
-//! auditor bearer token (`<data-dir>/auditor-token`). The identity layer
-//! replaces this with the auditor role of a verified token; routes keep
-//! asking for [`AuditorAccess`].
+//! Who is calling: one extractor per role, so a handler for one role cannot
+//! be reached with another role's token. The check is the type of the
+//! handler's argument, not an `if` inside it.
+//!
+//! Every failure to authenticate is the same 401 with `WWW-Authenticate`;
+//! a valid token of another role is a 403 `wrong_role`.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::{Principal, Role};
+use crate::ids::SubjectId;
 
 /// The longest `Authorization` header looked at; longer ones are refused
 /// before any parsing.
 pub const AUTHORIZATION_BYTES_MAX: usize = 8 * 1024;
-
-/// Proof that the caller presented the auditor credential.
-#[derive(Debug, Clone, Copy)]
-pub struct AuditorAccess;
 
 /// The bearer token of a request, if the header is well-formed and small.
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -29,13 +30,74 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|token| !token.is_empty())
 }
 
-impl FromRequestParts<AppState> for AuditorAccess {
+/// The verified principal of a request, required to have `role`.
+async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Principal, ApiError> {
+    let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+    let now = u64::try_from(crate::clock::now().unix_timestamp()).unwrap_or(0);
+    let principal = state.vault.authenticate(token, now).await.map_err(|error| {
+        // The reason goes to the log (no token text in it), never to the client.
+        tracing::info!(reason = %error, "token refused");
+        ApiError::unauthorized()
+    })?;
+    if principal.role != role {
+        return Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "wrong_role",
+            "Wrong role",
+            format!("this resource is for the {} role", role.as_str()),
+        ));
+    }
+    Ok(principal)
+}
+
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Principal);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                principal(parts, state, $role).await.map(Self)
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// A caller holding a business token.
+    BusinessCaller,
+    Role::Business
+);
+role_extractor!(
+    /// A caller holding an auditor token.
+    AuditorCaller,
+    Role::Auditor
+);
+role_extractor!(
+    /// A caller holding the admin's token.
+    AdminCaller,
+    Role::Admin
+);
+
+/// A caller holding a customer token: the subject they may act on.
+#[derive(Debug, Clone)]
+pub struct CustomerCaller {
+    /// The principal.
+    pub principal: Principal,
+    /// The customer's own subject.
+    pub subject: SubjectId,
+}
+
+impl FromRequestParts<AppState> for CustomerCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
-            Some(token) if state.vault.auditor_token_matches(token) => Ok(Self),
-            _ => Err(ApiError::unauthorized()),
-        }
+        let principal = principal(parts, state, Role::Customer).await?;
+        // A customer principal's id is its subject id by construction.
+        let subject = principal.id.parse().map_err(|_| ApiError::unauthorized())?;
+        Ok(Self { principal, subject })
     }
 }

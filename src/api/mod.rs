@@ -5,11 +5,14 @@
 //! panic catching, and problem documents for every error status that a layer
 //! produces without a body of its own.
 
+mod admin;
 mod audit;
 pub mod error;
 pub mod extract;
 pub mod guard;
 mod health;
+mod identity;
+mod me;
 pub mod problem;
 
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -88,6 +91,14 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         .route("/v1/audit/entries/{index}", get(audit::entries_get))
         .route("/v1/audit/proof/inclusion", get(audit::proof_inclusion))
         .route("/v1/audit/proof/consistency", get(audit::proof_consistency))
+        .route("/v1/token", post(identity::token_create))
+        .route("/v1/customers", post(identity::customers_create))
+        .route("/v1/me/data", get(me::data_get).put(me::data_merge))
+        .route("/v1/me/data/{field}", put(me::data_put).delete(me::data_delete))
+        .route("/v1/admin/businesses", get(admin::businesses_list).post(admin::businesses_create))
+        .route("/v1/admin/businesses/{id}/disable", post(admin::businesses_disable))
+        .route("/v1/admin/auditors", get(admin::auditors_list).post(admin::auditors_create))
+        .route("/v1/admin/auditors/{id}/disable", post(admin::auditors_disable))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
         .with_state(state)

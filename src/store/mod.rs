@@ -90,6 +90,12 @@ pub enum Space {
     AuditBySubject = 0x13,
     /// Index of audit entries by business.
     AuditByBusiness = 0x14,
+    /// Principals (businesses, auditors, the admin, customers) by role and id.
+    Principals = 0x20,
+    /// API client credentials by client id.
+    Clients = 0x21,
+    /// Customers of external issuers: issuer and subject claim to subject id.
+    ExternalSubjects = 0x22,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -201,6 +207,31 @@ impl Key {
         Self::new(Space::AuditByBusiness, &[&[length], name])
     }
 
+    /// The record of principal `id` in `role`.
+    pub fn principal(role: &str, id: &str) -> Self {
+        Self::new(Space::Principals, &[&length_prefixed(role.as_bytes()), id.as_bytes()])
+    }
+
+    /// The prefix of every principal of `role`.
+    pub fn principals_of(role: &str) -> Self {
+        Self::new(Space::Principals, &[&length_prefixed(role.as_bytes())])
+    }
+
+    /// The credentials of client `client_id`.
+    pub fn client(client_id: &str) -> Self {
+        Self::new(Space::Clients, &[client_id.as_bytes()])
+    }
+
+    /// The subject of an external issuer's customer.
+    pub fn external_subject(issuer: &str, subject: &str) -> Self {
+        Self::new(Space::ExternalSubjects, &[&length_prefixed(issuer.as_bytes()), subject.as_bytes()])
+    }
+
+    /// The key just past every key starting with `prefix` (a scan's end).
+    pub fn from_prefix_end(prefix: &Key) -> Self {
+        Self(prefix.prefix_end())
+    }
+
     /// The key `self ‖ suffix` (for paging within a prefix).
     pub fn with_suffix(&self, suffix: &[u8]) -> Self {
         let mut bytes = self.0.clone();
@@ -240,6 +271,16 @@ impl ValueKey {
     pub(crate) fn key(&self) -> &Key {
         &self.0
     }
+}
+
+/// `bytes` behind its length as one byte (names here are short; longer
+/// ones are cut, which only matters for keys nobody could have stored).
+fn length_prefixed(bytes: &[u8]) -> Vec<u8> {
+    let cut = &bytes[..bytes.len().min(usize::from(u8::MAX))];
+    let mut out = Vec::with_capacity(cut.len() + 1);
+    out.push(u8::try_from(cut.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(cut);
+    out
 }
 
 /// Decodes a counter stored under [`Key::counter`].

@@ -25,6 +25,7 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
         production: false,
         store_cache_bytes: 16 * 1024 * 1024,
         audit_origin: None,
+        identity: Default::default(),
     };
     Vault::open(options).unwrap()
 }
@@ -203,5 +204,73 @@ impl InProcessServer {
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+    }
+}
+
+/// Acting as the real roles over HTTP.
+pub mod roles {
+    use serde_json::{Value, json};
+
+    /// POSTs JSON and returns (status, body).
+    pub async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = client.post(url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A token for client credentials.
+    pub async fn client_token(client: &reqwest::Client, base: &str, client_id: &str, secret: &str) -> String {
+        let body = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret});
+        let (status, answer) = post(client, format!("{base}/v1/token"), None, body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The admin's token, from the credentials file written on first start.
+    pub async fn admin_token(client: &reqwest::Client, base: &str, data_dir: &std::path::Path) -> String {
+        let text = std::fs::read_to_string(data_dir.join("admin-credentials.json")).unwrap();
+        let credentials: Value = serde_json::from_str(&text).unwrap();
+        client_token(
+            client,
+            base,
+            credentials["client_id"].as_str().unwrap(),
+            credentials["client_secret"].as_str().unwrap(),
+        )
+        .await
+    }
+
+    /// Registers a business (or auditor) and returns (id, token).
+    pub async fn client_principal(client: &reqwest::Client, base: &str, admin: &str, kind: &str) -> (String, String) {
+        let body = match kind {
+            "businesses" => json!({"name": "Acme Pizza", "purposes": ["order-fulfilment", "marketing"]}),
+            _ => json!({"name": "Internal audit"}),
+        };
+        let (status, created) = post(client, format!("{base}/v1/admin/{kind}"), Some(admin), body).await;
+        assert_eq!(status, 201, "{created}");
+        let id_name = if kind == "businesses" { "business_id" } else { "auditor_id" };
+        let token = client_token(
+            client,
+            base,
+            created["client_id"].as_str().unwrap(),
+            created["client_secret"].as_str().unwrap(),
+        )
+        .await;
+        (created[id_name].as_str().unwrap().to_owned(), token)
+    }
+
+    /// Signs a customer up and returns (customer id, token).
+    pub async fn customer(client: &reqwest::Client, base: &str) -> (String, String) {
+        let password = "correct horse battery staple";
+        let (status, created) = post(client, format!("{base}/v1/customers"), None, json!({"password": password})).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["customer_id"].as_str().unwrap().to_owned();
+        let body = json!({"grant_type": "password", "username": id, "password": password});
+        let (status, answer) = post(client, format!("{base}/v1/token"), None, body).await;
+        assert_eq!(status, 200, "{answer}");
+        (id, answer["access_token"].as_str().unwrap().to_owned())
     }
 }

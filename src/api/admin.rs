@@ -1,0 +1,189 @@
+//! Admin routes: register businesses and auditors (credentials shown once),
+//! list them, disable them. The admin never reaches personal data: no
+//! route here touches subject data.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::guard::AdminCaller;
+use crate::auth::Role;
+use crate::principals::PrincipalRecord;
+
+/// Largest page of a principal listing.
+const PAGE_ITEMS_MAX: usize = 100;
+
+/// The body of `POST /v1/admin/businesses`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessCreate {
+    name: String,
+    purposes: Vec<String>,
+}
+
+/// The body of `POST /v1/admin/auditors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditorCreate {
+    name: String,
+}
+
+/// Paging of a listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// One principal in a listing.
+#[derive(Debug, Serialize)]
+pub struct PrincipalItem {
+    id: String,
+    name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purposes: Vec<String>,
+    client_id: String,
+    disabled: bool,
+    created_at: String,
+}
+
+impl From<PrincipalRecord> for PrincipalItem {
+    fn from(record: PrincipalRecord) -> Self {
+        Self {
+            id: record.id,
+            name: record.name,
+            purposes: record.purposes,
+            client_id: record.client_id,
+            disabled: record.disabled,
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// A page of principals.
+#[derive(Debug, Serialize)]
+pub struct PrincipalPage {
+    items: Vec<PrincipalItem>,
+    cursor: Option<String>,
+}
+
+async fn create(
+    state: &AppState,
+    caller: &AdminCaller,
+    role: Role,
+    name: &str,
+    purposes: Vec<String>,
+) -> Result<Response, ApiError> {
+    let created = state.vault.client_create(&caller.0.actor(), role, name, purposes).await?;
+    let id_name = match role {
+        Role::Business => "business_id",
+        _ => "auditor_id",
+    };
+    let body = serde_json::json!({
+        id_name: created.id,
+        "client_id": created.client_id,
+        "client_secret": created.client_secret,
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+fn list(state: &AppState, role: Role, query: PageQuery) -> Result<axum::Json<PrincipalPage>, ApiError> {
+    let limit = query.limit.unwrap_or(PAGE_ITEMS_MAX);
+    if limit == 0 || limit > PAGE_ITEMS_MAX {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "Invalid query",
+            format!("`limit` must be between 1 and {PAGE_ITEMS_MAX}"),
+        ));
+    }
+    let after = match &query.cursor {
+        Some(cursor) => {
+            let valid = cursor.len() == 32 && cursor.bytes().all(|b| b.is_ascii_hexdigit());
+            if !valid {
+                return Err(ApiError::client(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "Invalid query",
+                    "`cursor` is not one this vault issued",
+                ));
+            }
+            Some(cursor.as_str())
+        }
+        None => None,
+    };
+    let records = state.vault.principals(role, after, limit + 1)?;
+    let more = records.len() > limit;
+    let items: Vec<PrincipalItem> = records.into_iter().take(limit).map(PrincipalItem::from).collect();
+    let cursor = if more { items.last().map(|item| item.id.clone()) } else { None };
+    Ok(axum::Json(PrincipalPage { items, cursor }))
+}
+
+async fn disable(
+    state: &AppState,
+    caller: &AdminCaller,
+    role: Role,
+    id: &str,
+) -> Result<axum::Json<PrincipalItem>, ApiError> {
+    let record = state.vault.principal_disable(&caller.0.actor(), role, id).await?;
+    Ok(axum::Json(record.into()))
+}
+
+/// `POST /v1/admin/businesses`.
+pub async fn businesses_create(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    Json(body): Json<BusinessCreate>,
+) -> Result<Response, ApiError> {
+    create(&state, &caller, Role::Business, &body.name, body.purposes).await
+}
+
+/// `GET /v1/admin/businesses`.
+pub async fn businesses_list(
+    _caller: AdminCaller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<PrincipalPage>, ApiError> {
+    list(&state, Role::Business, query)
+}
+
+/// `POST /v1/admin/businesses/{id}/disable`.
+pub async fn businesses_disable(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<PrincipalItem>, ApiError> {
+    disable(&state, &caller, Role::Business, &id).await
+}
+
+/// `POST /v1/admin/auditors`.
+pub async fn auditors_create(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    Json(body): Json<AuditorCreate>,
+) -> Result<Response, ApiError> {
+    create(&state, &caller, Role::Auditor, &body.name, Vec::new()).await
+}
+
+/// `GET /v1/admin/auditors`.
+pub async fn auditors_list(
+    _caller: AdminCaller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<PrincipalPage>, ApiError> {
+    list(&state, Role::Auditor, query)
+}
+
+/// `POST /v1/admin/auditors/{id}/disable`.
+pub async fn auditors_disable(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<PrincipalItem>, ApiError> {
+    disable(&state, &caller, Role::Auditor, &id).await
+}

@@ -1,0 +1,208 @@
+//! Public identity routes: `POST /v1/token` and `POST /v1/customers`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, json_body};
+use crate::principals::Limits;
+
+/// The body of `POST /v1/token`, as JSON or as a form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    grant_type: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// A token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+fn too_many(wait: std::time::Duration) -> Response {
+    let mut response = ApiError::client(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too many requests",
+        "too many attempts; wait before trying again",
+    )
+    .into_response();
+    let seconds = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::client(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "Invalid credentials",
+        "the credentials are not valid",
+    )
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", format!("`{name}` is required"))
+}
+
+/// `POST /v1/token`: `client_credentials` for businesses, auditors and the
+/// admin; `password` for customers of the built-in identity.
+pub async fn token_create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = axum::body::Bytes::from_request(request, &()).await.map_err(|rejection| {
+        ApiError::client(rejection.status(), "invalid_body", "Invalid body", rejection.body_text())
+    })?;
+    let token_request: TokenRequest = if form { serde_urlencoded_form(&body)? } else { json_body(&headers, &body)? };
+    let (principal_key, attempt) = match token_request.grant_type.as_str() {
+        "client_credentials" => {
+            let client_id = token_request.client_id.ok_or_else(|| missing("client_id"))?;
+            let secret = token_request.client_secret.ok_or_else(|| missing("client_secret"))?;
+            (format!("client:{client_id}"), Attempt::Client(client_id, secret))
+        }
+        "password" => {
+            let username = token_request.username.ok_or_else(|| missing("username"))?;
+            let password = token_request.password.ok_or_else(|| missing("password"))?;
+            (format!("customer:{username}"), Attempt::Password(username, password))
+        }
+        _ => {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Unsupported grant type",
+                "`grant_type` must be client_credentials or password",
+            ));
+        }
+    };
+    let limits = state.vault.limits();
+    let address_key = Limits::address_key(peer.ip());
+    if !limits.failures_per_client.allows(&principal_key) || !limits.failures_per_address.allows(&address_key) {
+        return Ok(too_many(std::time::Duration::from_secs(12)));
+    }
+    let issued = match attempt {
+        Attempt::Client(client_id, secret) => state.vault.token_for_client(&client_id, &secret),
+        Attempt::Password(username, password) => state.vault.token_for_password(&username, &password).await,
+    };
+    match issued {
+        Ok(token) => {
+            let body = TokenResponse { access_token: token.token, token_type: "Bearer", expires_in: token.expires_in };
+            Ok(axum::Json(body).into_response())
+        }
+        Err(crate::principals::PrincipalError::BadCredentials) => {
+            let _ = limits.failures_per_client.take(&principal_key);
+            let _ = limits.failures_per_address.take(&address_key);
+            tracing::info!(peer = %peer.ip(), "sign-in refused");
+            Err(bad_credentials())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+enum Attempt {
+    Client(String, String),
+    Password(String, String),
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Result<TokenRequest, ApiError> {
+    let pairs: Vec<(String, String)> = url_form_pairs(body).ok_or_else(|| {
+        ApiError::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", "the form is not valid")
+    })?;
+    let mut map = serde_json::Map::new();
+    for (name, value) in pairs {
+        if map.insert(name.clone(), serde_json::Value::String(value)).is_some() {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "Invalid body",
+                format!("`{name}` is given twice"),
+            ));
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|error| {
+        ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "Invalid body",
+            format!("the form is not valid: {error}"),
+        )
+    })
+}
+
+/// Splits an `application/x-www-form-urlencoded` body into decoded pairs.
+fn url_form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let decode = |part: &str| -> Option<String> {
+        let mut bytes = Vec::with_capacity(part.len());
+        let mut iter = part.bytes();
+        while let Some(byte) = iter.next() {
+            match byte {
+                b'+' => bytes.push(b' '),
+                b'%' => {
+                    let high = char::from(iter.next()?).to_digit(16)?;
+                    let low = char::from(iter.next()?).to_digit(16)?;
+                    bytes.push(u8::try_from(high * 16 + low).ok()?);
+                }
+                other => bytes.push(other),
+            }
+        }
+        String::from_utf8(bytes).ok()
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+/// The body of `POST /v1/customers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    password: String,
+}
+
+/// The answer to a sign-up.
+#[derive(Debug, Serialize)]
+pub struct SignupResponse {
+    customer_id: String,
+}
+
+/// `POST /v1/customers`: built-in customer sign-up, rate-limited per address.
+pub async fn customers_create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<SignupRequest>,
+) -> Result<Response, ApiError> {
+    if let Err(wait) = state.vault.limits().signups_per_address.take(&Limits::address_key(peer.ip())) {
+        return Ok(too_many(wait));
+    }
+    let customer = state.vault.customer_signup(&request.password).await?;
+    Ok((StatusCode::CREATED, axum::Json(SignupResponse { customer_id: customer.to_string() })).into_response())
+}

@@ -1,0 +1,76 @@
+//! The customer's own data: `GET|PUT /v1/me/data`, `PUT|DELETE
+//! /v1/me/data/{field}`. A customer only ever reaches their own subject:
+//! the subject comes from the token, never from the request.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path};
+use super::guard::CustomerCaller;
+
+/// `GET /v1/me/data` answer.
+#[derive(Debug, Serialize)]
+pub struct DataView {
+    data: std::collections::BTreeMap<String, Value>,
+}
+
+/// Fields stored by a write.
+#[derive(Debug, Serialize)]
+pub struct Stored {
+    fields: Vec<String>,
+    audit_index: u64,
+}
+
+/// The body of `PUT /v1/me/data/{field}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldPut {
+    value: Value,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    field: String,
+    deleted: bool,
+}
+
+/// `GET /v1/me/data`: everything I stored (the read is audited).
+pub async fn data_get(caller: CustomerCaller, State(state): State<AppState>) -> Result<axum::Json<DataView>, ApiError> {
+    let data = state.vault.data_read_own(caller.subject).await?;
+    Ok(axum::Json(DataView { data }))
+}
+
+/// `PUT /v1/me/data`: store several fields at once (all or none).
+pub async fn data_merge(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(values): Json<Map<String, Value>>,
+) -> Result<axum::Json<Stored>, ApiError> {
+    let (fields, audit_index) = state.vault.data_merge(&caller.principal.actor(), caller.subject, &values).await?;
+    Ok(axum::Json(Stored { fields, audit_index }))
+}
+
+/// `PUT /v1/me/data/{field}`: store one field.
+pub async fn data_put(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(field): Path<String>,
+    Json(body): Json<FieldPut>,
+) -> Result<axum::Json<Stored>, ApiError> {
+    let audit_index = state.vault.data_put(&caller.principal.actor(), caller.subject, &field, &body.value).await?;
+    Ok(axum::Json(Stored { fields: vec![field], audit_index }))
+}
+
+/// `DELETE /v1/me/data/{field}`: delete one field.
+pub async fn data_delete(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(field): Path<String>,
+) -> Result<axum::Json<Deleted>, ApiError> {
+    let deleted = state.vault.data_delete(&caller.principal.actor(), caller.subject, &field).await?;
+    Ok(axum::Json(Deleted { field, deleted }))
+}

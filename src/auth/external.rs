@@ -1,0 +1,122 @@
+//! Trusted external issuers (an organisation's OIDC provider), configured
+//! with their issuer, audience, one algorithm, and a public key (PEM) or a
+//! JWKS file. Keys are read from files at start-up only: nothing in a token
+//! can make the vault fetch a key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+
+use super::Role;
+use super::token::{IssuerKey, TokenError, TrustedIssuer};
+
+/// One `[[identity.external]]` entry of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerConfig {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this vault.
+    pub audience: String,
+    /// The one algorithm: `EdDSA`, `ES256` or `RS256`.
+    pub algorithm: String,
+    /// A PEM public key file (tokens then need no `kid`).
+    #[serde(default)]
+    pub public_key_pem: Option<PathBuf>,
+    /// A JWKS file; each key is looked up by its `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The claim holding the role (default `role`).
+    #[serde(default = "role_claim_default")]
+    pub role_claim: String,
+    /// The claim holding the principal (default `sub`).
+    #[serde(default = "subject_claim_default")]
+    pub subject_claim: String,
+    /// The roles this issuer may grant (default: customer only).
+    #[serde(default = "roles_default")]
+    pub roles: Vec<Role>,
+}
+
+fn role_claim_default() -> String {
+    "role".to_owned()
+}
+
+fn subject_claim_default() -> String {
+    "sub".to_owned()
+}
+
+fn roles_default() -> Vec<Role> {
+    vec![Role::Customer]
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, TokenError> {
+    match name {
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        "ES256" => Ok(Algorithm::ES256),
+        "RS256" => Ok(Algorithm::RS256),
+        other => Err(TokenError::Key(format!("algorithm `{other}` is not one of EdDSA, ES256, RS256"))),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TokenError> {
+    std::fs::read(path).map_err(|error| TokenError::Key(format!("{}: {error}", path.display())))
+}
+
+impl ExternalIssuerConfig {
+    /// Reads the key files and builds the trusted issuer.
+    pub fn load(&self) -> Result<TrustedIssuer, TokenError> {
+        let algorithm = algorithm(&self.algorithm)?;
+        let keys = match (&self.public_key_pem, &self.jwks_file) {
+            (Some(pem), None) => {
+                let bytes = read(pem)?;
+                let key = match algorithm {
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(&bytes),
+                    _ => DecodingKey::from_rsa_pem(&bytes),
+                }
+                .map_err(|error| TokenError::Key(format!("{}: {error}", pem.display())))?;
+                HashMap::from([(None, IssuerKey { algorithm, key })])
+            }
+            (None, Some(jwks)) => {
+                let set: JwkSet = serde_json::from_slice(&read(jwks)?)
+                    .map_err(|error| TokenError::Key(format!("{}: {error}", jwks.display())))?;
+                let mut keys = HashMap::new();
+                for jwk in &set.keys {
+                    let kid = jwk
+                        .common
+                        .key_id
+                        .clone()
+                        .ok_or_else(|| TokenError::Key(format!("{}: every key needs a kid", jwks.display())))?;
+                    let key = DecodingKey::from_jwk(jwk)
+                        .map_err(|error| TokenError::Key(format!("{} key {kid}: {error}", jwks.display())))?;
+                    keys.insert(Some(kid), IssuerKey { algorithm, key });
+                }
+                if keys.is_empty() {
+                    return Err(TokenError::Key(format!("{}: no keys", jwks.display())));
+                }
+                keys
+            }
+            _ => {
+                return Err(TokenError::Key(format!(
+                    "issuer {}: give exactly one of public_key_pem and jwks_file",
+                    self.issuer
+                )));
+            }
+        };
+        if self.roles.is_empty() {
+            return Err(TokenError::Key(format!("issuer {}: `roles` is empty", self.issuer)));
+        }
+        Ok(TrustedIssuer {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            keys,
+            role_claim: self.role_claim.clone(),
+            subject_claim: self.subject_claim.clone(),
+            roles: self.roles.clone(),
+            own: false,
+        })
+    }
+}

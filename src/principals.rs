@@ -1,0 +1,558 @@
+//! Principals: the admin, businesses, auditors and customers, their
+//! credentials, tokens and disabling.
+//!
+//! Client secrets are 256 random bits, shown once, stored as SHA-256 (a hash
+//! of that much entropy cannot be guessed back). Customer passwords are
+//! stored as Argon2id PHC strings. Every principal change is an audit event
+//! in the same transaction. Disabling a principal ends its tokens at once:
+//! the token cache forgets them and every request re-checks the record.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, AuditError, AuditEvent, EventKind};
+use crate::auth::token::{IssuedToken, TokenError, VerifiedToken};
+use crate::auth::{Principal, Role};
+use crate::clock;
+use crate::crypto::{CryptoError, random_bytes};
+use crate::ids::{SubjectId, hex};
+use crate::store::{CommitError, Key, StoreError};
+use crate::subjects::DataError;
+use crate::vault::Vault;
+
+/// Shortest customer password accepted.
+pub const PASSWORD_CHARS_MIN: usize = 10;
+/// Longest customer password accepted (Argon2 input is bounded anyway).
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// Longest business or auditor name.
+pub const NAME_BYTES_MAX: usize = 200;
+/// Most purposes a business may be registered for.
+pub const PURPOSES_MAX: usize = 32;
+
+/// Errors of principal management and sign-in. Messages never contain a
+/// secret or a password.
+#[derive(Debug, thiserror::Error)]
+pub enum PrincipalError {
+    /// The credentials do not match an enabled principal. Deliberately
+    /// vague: it does not say whether the client exists.
+    #[error("invalid credentials")]
+    BadCredentials,
+    /// The token is not acceptable (expired, forged, of a disabled or
+    /// unknown principal...).
+    #[error("invalid token: {0}")]
+    BadToken(&'static str),
+    /// A request field is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such principal.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit append failed; nothing changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Key material failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A token could not be signed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Password hashing failed.
+    #[error("password hashing failed")]
+    Hashing,
+    /// Creating the customer's subject failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+impl From<CommitError<PrincipalError>> for PrincipalError {
+    fn from(error: CommitError<PrincipalError>) -> Self {
+        match error {
+            CommitError::Rejected(error) => error,
+            CommitError::Store(error) => Self::Store(error),
+        }
+    }
+}
+
+/// A stored API client (admin, business or auditor credentials).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientRecord {
+    role: Role,
+    principal_id: String,
+    secret_sha256: String,
+    created_at: String,
+}
+
+/// A registered business or auditor (or the admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalRecord {
+    /// The principal id.
+    pub id: String,
+    /// The role.
+    pub role: Role,
+    /// A display name.
+    pub name: String,
+    /// For businesses, the purposes it is registered for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
+    /// The client id of its credentials.
+    pub client_id: String,
+    /// Whether it is disabled.
+    pub disabled: bool,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A customer of the built-in identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerRecord {
+    password_argon2: String,
+    disabled: bool,
+    created_at: String,
+}
+
+/// The admin credentials file written on first start.
+pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.json";
+
+/// A client checked and given ids, not yet stored.
+#[derive(Debug)]
+struct PreparedClient {
+    role: Role,
+    name: String,
+    purposes: Vec<String>,
+    credentials: NewClient,
+}
+
+/// Credentials shown once, when a client is created.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewClient {
+    /// The principal's id.
+    pub id: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, never shown again.
+    pub client_secret: String,
+}
+
+fn record_error(what: &'static str) -> StoreError {
+    StoreError::Corrupt { what }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// Compares two equal-length texts without an early exit.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_id(vault: &Vault) -> Result<String, CryptoError> {
+    Ok(hex(&random_bytes::<16>(vault.keys().rng())?))
+}
+
+fn secret(vault: &Vault) -> Result<String, CryptoError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>(vault.keys().rng())?))
+}
+
+fn principal_key(role: Role, id: &str) -> Key {
+    Key::principal(role.as_str(), id)
+}
+
+/// Checks a display name: non-empty, bounded, no control characters.
+fn name_check(name: &str) -> Result<String, PrincipalError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.len() > NAME_BYTES_MAX || trimmed.chars().any(char::is_control) {
+        return Err(PrincipalError::Invalid(format!(
+            "`name` must be 1 to {NAME_BYTES_MAX} bytes of text without control characters"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+impl Vault {
+    /// Creates a client principal (admin, business or auditor) and its
+    /// credentials, audited as `principal.created` by `actor`.
+    pub async fn client_create(
+        &self,
+        actor: &Actor,
+        role: Role,
+        name: &str,
+        purposes: Vec<String>,
+    ) -> Result<NewClient, PrincipalError> {
+        let prepared = self.client_prepare(role, name, purposes)?;
+        self.client_commit(actor, prepared).await
+    }
+
+    /// Checks the request and makes the ids and secret of a new client.
+    fn client_prepare(&self, role: Role, name: &str, purposes: Vec<String>) -> Result<PreparedClient, PrincipalError> {
+        if role == Role::Customer {
+            return Err(PrincipalError::Invalid("customers sign up; they are not clients".to_owned()));
+        }
+        let name = name_check(name)?;
+        if purposes.len() > PURPOSES_MAX || purposes.iter().any(|p| !crate::policy::catalogue::is_identifier(p)) {
+            return Err(PrincipalError::Invalid(format!(
+                "`purposes` must be at most {PURPOSES_MAX} purpose names like order-fulfilment"
+            )));
+        }
+        let credentials = NewClient { id: random_id(self)?, client_id: random_id(self)?, client_secret: secret(self)? };
+        Ok(PreparedClient { role, name, purposes, credentials })
+    }
+
+    /// Stores a prepared client with its `principal.created` event.
+    async fn client_commit(&self, actor: &Actor, prepared: PreparedClient) -> Result<NewClient, PrincipalError> {
+        let PreparedClient { role, name, purposes, credentials } = prepared;
+        let id = credentials.id.clone();
+        let now = clock::rfc3339(clock::now());
+        let client = ClientRecord {
+            role,
+            principal_id: id.clone(),
+            secret_sha256: sha256_hex(&credentials.client_secret),
+            created_at: now.clone(),
+        };
+        let record = PrincipalRecord {
+            id: id.clone(),
+            role,
+            name,
+            purposes,
+            client_id: credentials.client_id.clone(),
+            disabled: false,
+            created_at: now.clone(),
+        };
+        let mut event = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now).related(role.as_str(), &id);
+        if role == Role::Business {
+            event.business = Some(id.clone());
+        }
+        let client_bytes = serde_json::to_vec(&client).map_err(|_| record_error("client"))?;
+        let record_bytes = serde_json::to_vec(&record).map_err(|_| record_error("principal"))?;
+        let key = principal_key(role, &id);
+        let client_key = Key::client(&credentials.client_id);
+        let log = self.audit().clone();
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                txn.put(client_key, client_bytes);
+                txn.put(key, record_bytes);
+                Ok::<_, PrincipalError>(log.append(txn, &event)?)
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        tracing::info!(role = role.as_str(), id = %id, "principal created");
+        Ok(credentials)
+    }
+
+    /// On the first start of a vault: creates the admin client and writes
+    /// its credentials to `<data-dir>/admin-credentials.json` (mode 0600),
+    /// the file first, so a secret is never stored that nobody can read.
+    /// Returns the file's path, or `None` if an admin exists.
+    pub async fn admin_bootstrap(&self) -> Result<Option<std::path::PathBuf>, PrincipalError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.principals(Role::Admin, None, 1)?.is_empty() {
+            return Ok(None);
+        }
+        let prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
+        let path = self.data_dir().join(ADMIN_CREDENTIALS_FILE);
+        let text = zeroize::Zeroizing::new(
+            serde_json::to_string_pretty(&serde_json::json!({
+                "client_id": prepared.credentials.client_id,
+                "client_secret": prepared.credentials.client_secret,
+            }))
+            .map_err(|_| record_error("admin credentials"))?,
+        );
+        let io = |error: std::io::Error| PrincipalError::Invalid(format!("{}: {error}", path.display()));
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
+        if let Err(error) = self.client_commit(&Actor::system(), prepared).await {
+            // Not stored: the file must not promise credentials that do not work.
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        Ok(Some(path))
+    }
+
+    /// The record of a business, auditor or admin.
+    pub fn principal(&self, role: Role, id: &str) -> Result<Option<PrincipalRecord>, PrincipalError> {
+        self.store()
+            .get(&principal_key(role, id))?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("principal").into()))
+            .transpose()
+    }
+
+    /// Every principal of `role`, oldest id order, up to `limit` after `after`.
+    pub fn principals(
+        &self,
+        role: Role,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PrincipalRecord>, PrincipalError> {
+        let prefix = Key::principals_of(role.as_str());
+        let start = match after {
+            Some(after) => prefix.with_suffix(after.as_bytes()).with_suffix(&[0]),
+            None => prefix.clone(),
+        };
+        let end = Key::from_prefix_end(&prefix);
+        self.store()
+            .scan_range(&start, &end, limit)?
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(|_| record_error("principal").into()))
+            .collect()
+    }
+
+    /// Disables a business or auditor: its tokens stop working at once.
+    pub async fn principal_disable(
+        &self,
+        actor: &Actor,
+        role: Role,
+        id: &str,
+    ) -> Result<PrincipalRecord, PrincipalError> {
+        let key = principal_key(role, id);
+        let now = clock::rfc3339(clock::now());
+        let mut event = AuditEvent::new(EventKind::PrincipalDisabled, actor.clone(), &now).related(role.as_str(), id);
+        if role == Role::Business {
+            event.business = Some(id.to_owned());
+        }
+        let log = self.audit().clone();
+        let ((record, appended), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let bytes = txn.get(&key)?.ok_or(PrincipalError::NotFound(role.as_str()))?;
+                let mut record: PrincipalRecord =
+                    serde_json::from_slice(&bytes).map_err(|_| record_error("principal"))?;
+                record.disabled = true;
+                txn.put(key, serde_json::to_vec(&record).map_err(|_| record_error("principal"))?);
+                Ok::<_, PrincipalError>((record, log.append(txn, &event)?))
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        self.token_cache().forget_principal(id);
+        tracing::info!(role = role.as_str(), id, "principal disabled");
+        Ok(record)
+    }
+
+    /// Signs up a customer of the built-in identity: a new subject with its
+    /// key, and the password hash, in one transaction.
+    pub async fn customer_signup(&self, password: &str) -> Result<SubjectId, PrincipalError> {
+        if password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX {
+            return Err(PrincipalError::Invalid(format!(
+                "`password` must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters"
+            )));
+        }
+        let salt =
+            SaltString::encode_b64(&random_bytes::<16>(self.keys().rng())?).map_err(|_| PrincipalError::Hashing)?;
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        // Argon2id takes tens of milliseconds of CPU: keep it off the
+        // async workers.
+        let hash = tokio::task::spawn_blocking(move || {
+            argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string())
+        })
+        .await
+        .map_err(|_| PrincipalError::Hashing)?
+        .map_err(|_| PrincipalError::Hashing)?;
+        let new_subject = self.subject_prepare()?;
+        let subject = new_subject.id();
+        let now = clock::rfc3339(clock::now());
+        let record =
+            serde_json::to_vec(&CustomerRecord { password_argon2: hash, disabled: false, created_at: now.clone() })
+                .map_err(|_| record_error("customer"))?;
+        let actor = Actor::customer(subject);
+        let created = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
+            .subject(subject)
+            .related("customer", subject.to_string());
+        let key = principal_key(Role::Customer, &subject.to_string());
+        let log = self.audit().clone();
+        let ((first, second), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let first = new_subject.write(txn, &log, &actor)?;
+                txn.put(key, record);
+                Ok::<_, PrincipalError>((first, log.append(txn, &created)?))
+            })
+            .await?;
+        self.audit().confirm(first, &durable)?;
+        self.audit().confirm(second, &durable)?;
+        tracing::info!(%subject, "customer signed up");
+        Ok(subject)
+    }
+
+    /// Issues a token for a client's credentials.
+    pub fn token_for_client(&self, client_id: &str, client_secret: &str) -> Result<IssuedToken, PrincipalError> {
+        let client: ClientRecord = match self.store().get(&Key::client(client_id))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| record_error("client"))?,
+            // Hash anyway, so an unknown client costs what a known one does.
+            None => {
+                let _ = sha256_hex(client_secret);
+                return Err(PrincipalError::BadCredentials);
+            }
+        };
+        if !same(&sha256_hex(client_secret), &client.secret_sha256) {
+            return Err(PrincipalError::BadCredentials);
+        }
+        let record = self.principal(client.role, &client.principal_id)?.ok_or(PrincipalError::BadCredentials)?;
+        if record.disabled {
+            return Err(PrincipalError::BadCredentials);
+        }
+        self.token_issue(client.role, &client.principal_id)
+    }
+
+    /// Issues a token for a customer's password.
+    pub async fn token_for_password(&self, customer_id: &str, password: &str) -> Result<IssuedToken, PrincipalError> {
+        if password.len() > PASSWORD_BYTES_MAX || customer_id.parse::<SubjectId>().is_err() {
+            return Err(PrincipalError::BadCredentials);
+        }
+        let record: Option<CustomerRecord> = self
+            .store()
+            .get(&principal_key(Role::Customer, customer_id))?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
+            .transpose()?;
+        let Some(record) = record else { return Err(PrincipalError::BadCredentials) };
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let hash = record.password_argon2.clone();
+        let matches = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|_| PrincipalError::Hashing)?;
+        if !matches || record.disabled {
+            return Err(PrincipalError::BadCredentials);
+        }
+        self.token_issue(Role::Customer, customer_id)
+    }
+
+    fn token_issue(&self, role: Role, id: &str) -> Result<IssuedToken, PrincipalError> {
+        let jti = random_id(self)?;
+        let now = u64::try_from(clock::now().unix_timestamp()).unwrap_or(0);
+        Ok(self.token_issuer().issue(role, id, &jti, now)?)
+    }
+
+    /// The principal a bearer token names, if the token verifies and the
+    /// principal exists and is enabled. Cached until the token expires.
+    pub async fn authenticate(&self, token: &str, now: u64) -> Result<Principal, PrincipalError> {
+        if let Some(principal) = self.token_cache().get(token, now) {
+            return Ok(principal);
+        }
+        let verified = self.token_verifier().verify(token, now).map_err(|error| match error {
+            TokenError::Invalid(reason) => PrincipalError::BadToken(reason),
+            other => PrincipalError::Token(other),
+        })?;
+        let principal = self.principal_of(&verified).await?;
+        self.token_cache().insert(token, principal.clone(), verified.expires_at, now);
+        Ok(principal)
+    }
+
+    async fn principal_of(&self, token: &VerifiedToken) -> Result<Principal, PrincipalError> {
+        let id = match (token.role, token.own) {
+            (Role::Customer, false) => self.external_customer(&token.issuer, &token.subject).await?.to_string(),
+            (Role::Customer, true) => {
+                let record: CustomerRecord = self
+                    .store()
+                    .get(&principal_key(Role::Customer, &token.subject))?
+                    .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
+                    .transpose()?
+                    .ok_or(PrincipalError::BadToken("unknown customer"))?;
+                if record.disabled {
+                    return Err(PrincipalError::BadToken("disabled principal"));
+                }
+                token.subject.clone()
+            }
+            (role, _) => {
+                let record =
+                    self.principal(role, &token.subject)?.ok_or(PrincipalError::BadToken("unknown principal"))?;
+                if record.disabled {
+                    return Err(PrincipalError::BadToken("disabled principal"));
+                }
+                record.id
+            }
+        };
+        Ok(Principal { role: token.role, id })
+    }
+
+    /// The subject of a customer of an external issuer, created on first use.
+    async fn external_customer(&self, issuer: &str, external_subject: &str) -> Result<SubjectId, PrincipalError> {
+        let key = Key::external_subject(issuer, external_subject);
+        if let Some(bytes) = self.store().get(&key)? {
+            let text = String::from_utf8(bytes).map_err(|_| record_error("external subject"))?;
+            return text.parse().map_err(|_| record_error("external subject").into());
+        }
+        let new_subject = self.subject_prepare()?;
+        let subject = new_subject.id();
+        let actor = Actor::customer(subject);
+        let now = clock::rfc3339(clock::now());
+        let created = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
+            .subject(subject)
+            .related("customer", subject.to_string())
+            .related("issuer", issuer);
+        let log = self.audit().clone();
+        let (outcome, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                // Two first requests may race: the first one to commit wins.
+                if let Some(existing) = txn.get(&key)? {
+                    return Ok::<_, PrincipalError>(Err(existing));
+                }
+                let first = new_subject.write(txn, &log, &actor)?;
+                txn.put(key, subject.to_string().into_bytes());
+                Ok(Ok((first, log.append(txn, &created)?)))
+            })
+            .await?;
+        match outcome {
+            Ok((first, second)) => {
+                self.audit().confirm(first, &durable)?;
+                self.audit().confirm(second, &durable)?;
+                tracing::info!(%subject, "customer of an external issuer provisioned");
+                Ok(subject)
+            }
+            Err(existing) => {
+                let text = String::from_utf8(existing).map_err(|_| record_error("external subject"))?;
+                text.parse().map_err(|_| record_error("external subject").into())
+            }
+        }
+    }
+}
+
+/// The rate limiters of sign-in and sign-up.
+#[derive(Debug)]
+pub struct Limits {
+    /// Failed sign-ins per client id or customer id.
+    pub failures_per_client: crate::auth::ratelimit::RateLimiter,
+    /// Failed sign-ins per address.
+    pub failures_per_address: crate::auth::ratelimit::RateLimiter,
+    /// Sign-ups per address.
+    pub signups_per_address: crate::auth::ratelimit::RateLimiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        use crate::auth::ratelimit::RateLimiter;
+        Self {
+            failures_per_client: RateLimiter::new(5, 5),
+            failures_per_address: RateLimiter::new(20, 20),
+            signups_per_address: RateLimiter::new(10, 10),
+        }
+    }
+}
+
+impl Limits {
+    /// The key of an address in the limiters.
+    pub fn address_key(address: IpAddr) -> String {
+        format!("addr:{address}")
+    }
+}
+
+/// Shared handle to the limits.
+pub type SharedLimits = Arc<Limits>;
