@@ -311,3 +311,226 @@ async fn every_bad_token_in_the_corpus_gets_the_same_401() {
     }
     server.stop().await;
 }
+
+/// A hand-made EdDSA JWS: base64url(header).base64url(claims).base64url(sig),
+/// signed with ed25519-dalek, without the vault's JWT library.
+fn mint(key: &ed25519_dalek::SigningKey, header: &Value, claims: &Value) -> String {
+    use ed25519_dalek::Signer;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+fn ed25519_public_pem(key: &ed25519_dalek::SigningKey) -> String {
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix, then the key.
+    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    der.extend_from_slice(key.verifying_key().as_bytes());
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(der))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_issuers_tokens_are_accepted_and_the_same_claims_under_another_key_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed: [u8; 32] = consentvault::crypto::random_bytes(&ring::rand::SystemRandom::new()).unwrap();
+    let idp_key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let pem = dir.path().join("idp.pem");
+    std::fs::write(&pem, ed25519_public_pem(&idp_key)).unwrap();
+    let config = dir.path().join("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[identity.external]]\nissuer = \"https://idp.example.test\"\naudience = \"consentvault\"\nalgorithm = \"EdDSA\"\npublic_key_pem = {:?}\nroles = [\"customer\"]\n",
+            pem.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = common::InProcessServer::start_with_config(&dir.path().join("data"), Some(config)).await;
+    let client = reqwest::Client::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = json!({"alg": "EdDSA", "typ": "at+jwt"});
+    let claims = json!({"iss": "https://idp.example.test", "aud": "consentvault", "sub": "alice@idp",
+        "role": "customer", "exp": now + 300, "nbf": now, "iat": now, "jti": "x1"});
+    let token = mint(&idp_key, &header, &claims);
+
+    let me = format!("{}/v1/me/data", server.base_url);
+    let first = client.get(&me).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let put = client.put(&me).bearer_auth(&token).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    // A second token for the same person reaches the same, provisioned subject.
+    let mut second_claims = claims.clone();
+    second_claims["jti"] = json!("x2");
+    let again = mint(&idp_key, &header, &second_claims);
+    let data: Value = client.get(&me).bearer_auth(&again).send().await.unwrap().json().await.unwrap();
+    assert_eq!(data["data"]["email"], "alice@example.org");
+
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let forged = mint(&other_key, &header, &claims);
+    assert_eq!(client.get(&me).bearer_auth(&forged).send().await.unwrap().status(), 401);
+    let mut admin_claims = claims.clone();
+    admin_claims["role"] = json!("admin");
+    let escalated = mint(&idp_key, &header, &admin_claims);
+    let response =
+        client.get(format!("{}/v1/admin/businesses", server.base_url)).bearer_auth(&escalated).send().await.unwrap();
+    assert_eq!(response.status(), 401, "the issuer may only grant the customer role");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_forbidden_properties_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let actors = Actors::new(&server, &data_dir).await;
+    let base = actors.base.clone();
+    let customer = actors.tokens["customer"].clone();
+    let admin = actors.tokens["admin"].clone();
+    let me = format!("{base}/v1/me/data");
+    let before: Value = actors.client.get(&me).bearer_auth(&customer).send().await.unwrap().json().await.unwrap();
+    let businesses_before: Value = actors
+        .client
+        .get(format!("{base}/v1/admin/businesses"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let cases: Vec<(&str, String, Option<&str>, Value, &str)> = vec![
+        ("PUT", me.clone(), Some(&customer), json!({"email": "ada@example.org", "role": "admin"}), "unknown_field"),
+        (
+            "PUT",
+            me.clone(),
+            Some(&customer),
+            json!({"email": "ada@example.org", "subject": "00000000000000000000000000000000"}),
+            "unknown_field",
+        ),
+        (
+            "PUT",
+            format!("{me}/email"),
+            Some(&customer),
+            json!({"value": "ada@example.org", "subject_id": "x"}),
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            format!("{me}/email"),
+            Some(&customer),
+            json!({"value": "ada@example.org", "created_at": "2020-01-01T00:00:00Z"}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/admin/businesses"),
+            Some(&admin),
+            json!({"name": "X", "purposes": [], "business_id": "00"}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/admin/businesses"),
+            Some(&admin),
+            json!({"name": "X", "purposes": [], "disabled": false}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/admin/auditors"),
+            Some(&admin),
+            json!({"name": "X", "role": "admin"}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/customers"),
+            None,
+            json!({"password": "correct horse battery", "customer_id": "00"}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/customers"),
+            None,
+            json!({"password": "correct horse battery", "role": "admin"}),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/token"),
+            None,
+            json!({"grant_type": "client_credentials", "client_id": "a", "client_secret": "b", "role": "admin"}),
+            "invalid_body",
+        ),
+        ("PUT", me.clone(), Some(&customer), json!(["not", "an", "object"]), "invalid_body"),
+        (
+            "PUT",
+            me.clone(),
+            Some(&customer),
+            serde_json::from_str(&format!("{}1{}", "[".repeat(40), "]".repeat(40))).unwrap(),
+            "invalid_body",
+        ),
+    ];
+    for (method, url, token, body, code) in cases {
+        let mut request =
+            actors.client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "{method} {url} {body}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{method} {url} {body}: {problem}");
+    }
+    let after: Value = actors.client.get(&me).bearer_auth(&customer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before, after, "refused writes changed nothing");
+    let businesses_after: Value = actors
+        .client
+        .get(format!("{base}/v1/admin/businesses"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(businesses_before, businesses_after);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_sign_ins_and_sign_up_floods_get_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let token_url = format!("{}/v1/token", server.base_url);
+    let wrong = json!({"grant_type": "client_credentials", "client_id": "someone", "client_secret": "guess"});
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = client.post(&token_url).json(&wrong).send().await.unwrap();
+        statuses.push((response.status().as_u16(), response.headers().get("retry-after").is_some()));
+    }
+    assert!(statuses[..5].iter().all(|(status, _)| *status == 401), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|&(status, retry)| status == 429 && retry), "{statuses:?}");
+
+    let signup = format!("{}/v1/customers", server.base_url);
+    let mut last = 0;
+    for _ in 0..12 {
+        let response =
+            client.post(&signup).json(&json!({"password": "correct horse battery staple"})).send().await.unwrap();
+        last = response.status().as_u16();
+        if last == 429 {
+            assert!(response.headers().get("retry-after").is_some());
+            break;
+        }
+    }
+    assert_eq!(last, 429, "sign-ups from one address are limited");
+    server.stop().await;
+}

@@ -175,11 +175,17 @@ impl InProcessServer {
     /// Builds the application on 127.0.0.1 port 0 over `data_dir` and serves
     /// it on the current runtime.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with_config(data_dir, None).await
+    }
+
+    /// Like [`InProcessServer::start`], with a configuration file.
+    pub async fn start_with_config(data_dir: &Path, config: Option<PathBuf>) -> Self {
         use consentvault::config::{ServeArgs, ServeConfig, VaultArgs};
         let args = ServeArgs {
             vault: VaultArgs {
                 data_dir: Some(data_dir.to_owned()),
                 policies: Some(policies_dir()),
+                config,
                 ..VaultArgs::default()
             },
             listen: Some("127.0.0.1:0".to_owned()),
