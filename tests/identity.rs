@@ -534,3 +534,75 @@ async fn repeated_failed_sign_ins_and_sign_up_floods_get_429_with_retry_after() 
     assert_eq!(last, 429, "sign-ups from one address are limited");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::InProcessServer::start(&dir.path().join("data")).await;
+    let client = reqwest::Client::new();
+    let doc: Value =
+        client.get(format!("{}/v1/openapi.json", server.base_url)).send().await.unwrap().json().await.unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    // Every documented operation exists: never 404 or 405, whoever asks.
+    let concrete = |path: &str| {
+        path.replace("{index}", "0").replace("{field}", "email").replace("{id}", "00000000000000000000000000000000")
+    };
+    for (method, path) in &documented {
+        let url = format!("{}{}", server.base_url, concrete(path));
+        let status = client
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &url)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status != 404 && status != 405, "{method} {path} is documented but answered {status}");
+        // Every other method on that path is not served.
+        for other in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if documented.contains(&(other.to_owned(), path.clone())) {
+                continue;
+            }
+            let status = client
+                .request(reqwest::Method::from_bytes(other.as_bytes()).unwrap(), &url)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 405, "{other} {path} is not documented but answered {status}");
+        }
+    }
+    // And the router serves nothing else: every route the vault has today.
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/audit/checkpoint"),
+        ("GET", "/v1/audit/public-key"),
+        ("GET", "/v1/audit/entries"),
+        ("GET", "/v1/audit/entries/{index}"),
+        ("GET", "/v1/audit/proof/inclusion"),
+        ("GET", "/v1/audit/proof/consistency"),
+        ("POST", "/v1/token"),
+        ("POST", "/v1/customers"),
+        ("GET", "/v1/me/data"),
+        ("PUT", "/v1/me/data"),
+        ("PUT", "/v1/me/data/{field}"),
+        ("DELETE", "/v1/me/data/{field}"),
+        ("GET", "/v1/admin/businesses"),
+        ("POST", "/v1/admin/businesses"),
+        ("POST", "/v1/admin/businesses/{id}/disable"),
+        ("GET", "/v1/admin/auditors"),
+        ("POST", "/v1/admin/auditors"),
+        ("POST", "/v1/admin/auditors/{id}/disable"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    .collect();
+    assert_eq!(documented, expected);
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    server.stop().await;
+}

@@ -11,6 +11,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::guard::AdminCaller;
+#[allow(unused_imports)]
+use super::problem::Problem;
 use crate::auth::Role;
 use crate::principals::PrincipalRecord;
 
@@ -18,7 +20,7 @@ use crate::principals::PrincipalRecord;
 const PAGE_ITEMS_MAX: usize = 100;
 
 /// The body of `POST /v1/admin/businesses`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessCreate {
     name: String,
@@ -26,14 +28,14 @@ pub struct BusinessCreate {
 }
 
 /// The body of `POST /v1/admin/auditors`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditorCreate {
     name: String,
 }
 
 /// Paging of a listing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     limit: Option<usize>,
@@ -41,7 +43,7 @@ pub struct PageQuery {
 }
 
 /// One principal in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PrincipalItem {
     id: String,
     name: String,
@@ -66,7 +68,7 @@ impl From<PrincipalRecord> for PrincipalItem {
 }
 
 /// A page of principals.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PrincipalPage {
     items: Vec<PrincipalItem>,
     cursor: Option<String>,
@@ -134,6 +136,7 @@ async fn disable(
     Ok(axum::Json(record.into()))
 }
 
+#[utoipa::path(post, path = "/v1/admin/businesses", tag = "admin", request_body = BusinessCreate, security(("bearer" = [])), responses((status = 201, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/businesses`.
 pub async fn businesses_create(
     caller: AdminCaller,
@@ -143,6 +146,7 @@ pub async fn businesses_create(
     create(&state, &caller, Role::Business, &body.name, body.purposes).await
 }
 
+#[utoipa::path(get, path = "/v1/admin/businesses", tag = "admin", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = PrincipalPage), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/admin/businesses`.
 pub async fn businesses_list(
     _caller: AdminCaller,
@@ -152,6 +156,7 @@ pub async fn businesses_list(
     list(&state, Role::Business, query)
 }
 
+#[utoipa::path(post, path = "/v1/admin/businesses/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Business id")), security(("bearer" = [])), responses((status = 200, body = PrincipalItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/businesses/{id}/disable`.
 pub async fn businesses_disable(
     caller: AdminCaller,
@@ -161,6 +166,7 @@ pub async fn businesses_disable(
     disable(&state, &caller, Role::Business, &id).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/auditors", tag = "admin", request_body = AuditorCreate, security(("bearer" = [])), responses((status = 201, description = "auditor_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/auditors`.
 pub async fn auditors_create(
     caller: AdminCaller,
@@ -170,6 +176,7 @@ pub async fn auditors_create(
     create(&state, &caller, Role::Auditor, &body.name, Vec::new()).await
 }
 
+#[utoipa::path(get, path = "/v1/admin/auditors", tag = "admin", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = PrincipalPage), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/admin/auditors`.
 pub async fn auditors_list(
     _caller: AdminCaller,
@@ -179,6 +186,7 @@ pub async fn auditors_list(
     list(&state, Role::Auditor, query)
 }
 
+#[utoipa::path(post, path = "/v1/admin/auditors/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Auditor id")), security(("bearer" = [])), responses((status = 200, body = PrincipalItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/auditors/{id}/disable`.
 pub async fn auditors_disable(
     caller: AdminCaller,

@@ -17,6 +17,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::guard::AuditorCaller;
+#[allow(unused_imports)]
+use super::problem::Problem;
 use crate::audit::{AuditEvent, Decision, EventKind};
 use crate::ids::SubjectId;
 
@@ -34,19 +36,21 @@ fn text(body: String) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit", responses((status = 200, description = "The latest signed checkpoint (C2SP tlog-checkpoint in a signed note)", body = String, content_type = "text/plain")))]
 /// `GET /v1/audit/checkpoint`: the latest signed checkpoint (C2SP
 /// tlog-checkpoint in a C2SP signed note).
 pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(text(state.vault.audit().checkpoint_latest()?))
 }
 
+#[utoipa::path(get, path = "/v1/audit/public-key", tag = "audit", responses((status = 200, description = "The signed-note verifier key", body = String, content_type = "text/plain")))]
 /// `GET /v1/audit/public-key`: the signed-note verifier key.
 pub async fn public_key(State(state): State<AppState>) -> Response {
     text(format!("{}\n", state.vault.audit().verifier_key()))
 }
 
 /// Filters of `GET /v1/audit/entries`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EntriesQuery {
     /// First index (inclusive).
@@ -72,14 +76,14 @@ pub struct EntriesQuery {
 }
 
 /// One entry in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryItem {
     index: u64,
     entry: serde_json::Value,
 }
 
 /// A page of entries.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntriesPage {
     items: Vec<EntryItem>,
     cursor: Option<String>,
@@ -128,6 +132,7 @@ impl Filter {
     }
 }
 
+#[utoipa::path(get, path = "/v1/audit/entries", tag = "audit", params(EntriesQuery), security(("bearer" = [])), responses((status = 200, body = EntriesPage), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/audit/entries`: durable entries in index order, filtered.
 pub async fn entries_list(
     _auditor: AuditorCaller,
@@ -205,6 +210,7 @@ pub async fn entries_list(
     Ok(Json(EntriesPage { items, cursor: next.map(cursor_encode) }))
 }
 
+#[utoipa::path(get, path = "/v1/audit/entries/{index}", tag = "audit", params(("index" = u64, Path, description = "Entry index")), security(("bearer" = [])), responses((status = 200, description = "The exact stored bytes of the entry", body = Object, content_type = "application/json"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such entry", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/audit/entries/{index}`: the exact stored bytes of one entry.
 pub async fn entries_get(
     _auditor: AuditorCaller,
@@ -227,7 +233,7 @@ pub async fn entries_get(
 }
 
 /// Parameters of `GET /v1/audit/proof/inclusion`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     index: u64,
@@ -235,13 +241,14 @@ pub struct InclusionQuery {
 }
 
 /// An inclusion proof.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InclusionProof {
     index: u64,
     tree_size: u64,
     hashes: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery), security(("bearer" = [])), responses((status = 200, body = InclusionProof), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/audit/proof/inclusion?index=&tree_size=`.
 pub async fn proof_inclusion(
     _auditor: AuditorCaller,
@@ -257,7 +264,7 @@ pub async fn proof_inclusion(
 }
 
 /// Parameters of `GET /v1/audit/proof/consistency`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     old_size: u64,
@@ -265,13 +272,14 @@ pub struct ConsistencyQuery {
 }
 
 /// A consistency proof.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConsistencyProof {
     old_size: u64,
     new_size: u64,
     hashes: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery), security(("bearer" = [])), responses((status = 200, body = ConsistencyProof), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/audit/proof/consistency?old_size=&new_size=`.
 pub async fn proof_consistency(
     _auditor: AuditorCaller,

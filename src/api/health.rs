@@ -9,11 +9,13 @@ use serde_json::json;
 use super::AppState;
 use super::problem::Problem;
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers")))]
 /// `GET /healthz`: the process answers.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready to serve"), (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json")))]
 /// `GET /readyz`: the store is open and flushing, and keys are loaded.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.vault.readiness();

@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, json_body};
+#[allow(unused_imports)]
+use super::problem::Problem;
 use crate::principals::Limits;
 
 /// The body of `POST /v1/token`, as JSON or as a form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     grant_type: String,
@@ -28,7 +30,7 @@ pub struct TokenRequest {
 }
 
 /// A token response (RFC 6749 §5.1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     access_token: String,
     token_type: &'static str,
@@ -63,6 +65,7 @@ fn missing(name: &str) -> ApiError {
     ApiError::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", format!("`{name}` is required"))
 }
 
+#[utoipa::path(post, path = "/v1/token", tag = "identity", request_body(content = TokenRequest, description = "JSON or application/x-www-form-urlencoded"), responses((status = 200, body = TokenResponse), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Invalid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/token`: `client_credentials` for businesses, auditors and the
 /// admin; `password` for customers of the built-in identity.
 pub async fn token_create(
@@ -182,18 +185,19 @@ fn url_form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
 }
 
 /// The body of `POST /v1/customers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     password: String,
 }
 
 /// The answer to a sign-up.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SignupResponse {
     customer_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/customers", tag = "identity", request_body = SignupRequest, responses((status = 201, body = SignupResponse), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/customers`: built-in customer sign-up, rate-limited per address.
 pub async fn customers_create(
     State(state): State<AppState>,

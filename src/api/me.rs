@@ -10,40 +10,44 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path};
 use super::guard::CustomerCaller;
+#[allow(unused_imports)]
+use super::problem::Problem;
 
 /// `GET /v1/me/data` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DataView {
     data: std::collections::BTreeMap<String, Value>,
 }
 
 /// Fields stored by a write.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Stored {
     fields: Vec<String>,
     audit_index: u64,
 }
 
 /// The body of `PUT /v1/me/data/{field}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldPut {
     value: Value,
 }
 
 /// The answer to a delete.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     field: String,
     deleted: bool,
 }
 
+#[utoipa::path(get, path = "/v1/me/data", tag = "customer", security(("bearer" = [])), responses((status = 200, body = DataView), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/me/data`: everything I stored (the read is audited).
 pub async fn data_get(caller: CustomerCaller, State(state): State<AppState>) -> Result<axum::Json<DataView>, ApiError> {
     let data = state.vault.data_read_own(caller.subject).await?;
     Ok(axum::Json(DataView { data }))
 }
 
+#[utoipa::path(put, path = "/v1/me/data", tag = "customer", request_body(content = Object, description = "field name → value, every field in the catalogue"), security(("bearer" = [])), responses((status = 200, body = Stored), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `PUT /v1/me/data`: store several fields at once (all or none).
 pub async fn data_merge(
     caller: CustomerCaller,
@@ -54,6 +58,7 @@ pub async fn data_merge(
     Ok(axum::Json(Stored { fields, audit_index }))
 }
 
+#[utoipa::path(put, path = "/v1/me/data/{field}", tag = "customer", params(("field" = String, Path, description = "A catalogue field name")), request_body = FieldPut, security(("bearer" = [])), responses((status = 200, body = Stored), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `PUT /v1/me/data/{field}`: store one field.
 pub async fn data_put(
     caller: CustomerCaller,
@@ -65,6 +70,7 @@ pub async fn data_put(
     Ok(axum::Json(Stored { fields: vec![field], audit_index }))
 }
 
+#[utoipa::path(delete, path = "/v1/me/data/{field}", tag = "customer", params(("field" = String, Path, description = "A catalogue field name")), security(("bearer" = [])), responses((status = 200, body = Deleted), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `DELETE /v1/me/data/{field}`: delete one field.
 pub async fn data_delete(
     caller: CustomerCaller,

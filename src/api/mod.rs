@@ -23,7 +23,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -32,6 +31,8 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::vault::Vault;
 use problem::{PROBLEM_JSON, Problem};
@@ -82,23 +83,10 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
             tracing::info_span!("request", method = %request.method(), route, request_id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/audit/checkpoint", get(audit::checkpoint))
-        .route("/v1/audit/public-key", get(audit::public_key))
-        .route("/v1/audit/entries", get(audit::entries_list))
-        .route("/v1/audit/entries/{index}", get(audit::entries_get))
-        .route("/v1/audit/proof/inclusion", get(audit::proof_inclusion))
-        .route("/v1/audit/proof/consistency", get(audit::proof_consistency))
-        .route("/v1/token", post(identity::token_create))
-        .route("/v1/customers", post(identity::customers_create))
-        .route("/v1/me/data", get(me::data_get).put(me::data_merge))
-        .route("/v1/me/data/{field}", put(me::data_put).delete(me::data_delete))
-        .route("/v1/admin/businesses", get(admin::businesses_list).post(admin::businesses_create))
-        .route("/v1/admin/businesses/{id}/disable", post(admin::businesses_disable))
-        .route("/v1/admin/auditors", get(admin::auditors_list).post(admin::auditors_create))
-        .route("/v1/admin/auditors/{id}/disable", post(admin::auditors_disable))
+    let (routes, openapi) = api_routes().split_for_parts();
+    let openapi = Arc::new(openapi);
+    routes
+        .layer(axum::Extension(openapi))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
         .with_state(state)
@@ -153,6 +141,66 @@ async fn refuse_when_audit_invalid(
 async fn drop_client_request_id(mut request: Request) -> Request {
     request.headers_mut().remove(REQUEST_ID_HEADER);
     request
+}
+
+/// The OpenAPI description of the API: every route the router serves, and
+/// only those, because both come from [`api_routes`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "consentvault", description = "A privacy-first, permission-based customer data vault."),
+    modifiers(&BearerAuth),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token scheme the protected routes use.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// Every route, registered together with its OpenAPI description.
+fn api_routes() -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi_get))
+        .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::public_key))
+        .routes(routes!(audit::entries_list))
+        .routes(routes!(audit::entries_get))
+        .routes(routes!(audit::proof_inclusion))
+        .routes(routes!(audit::proof_consistency))
+        .routes(routes!(identity::token_create))
+        .routes(routes!(identity::customers_create))
+        .routes(routes!(me::data_get, me::data_merge))
+        .routes(routes!(me::data_put, me::data_delete))
+        .routes(routes!(admin::businesses_list, admin::businesses_create))
+        .routes(routes!(admin::businesses_disable))
+        .routes(routes!(admin::auditors_list, admin::auditors_create))
+        .routes(routes!(admin::auditors_disable))
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+/// `GET /v1/openapi.json`: this document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_get(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json((*doc).clone())
 }
 
 /// Gives every error response that has no problem document one, so clients
