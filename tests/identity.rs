@@ -273,6 +273,11 @@ async fn every_bad_token_in_the_corpus_gets_the_same_401() {
     // A token of a principal who is then disabled.
     let admin = actors.tokens["admin"].clone();
     let (business, business_token) = roles::client_principal(&actors.client, &actors.base, &admin, "businesses").await;
+    // Used once, so the verified token sits in the cache: disabling must
+    // empty it at once.
+    let before =
+        actors.client.get(format!("{}/v1/me/data", actors.base)).bearer_auth(&business_token).send().await.unwrap();
+    assert_eq!(before.status(), 403, "a live business token is recognised, and is not a customer's");
     let (status, _) = roles::post(
         &actors.client,
         format!("{}/v1/admin/businesses/{business}/disable", actors.base),
