@@ -85,6 +85,11 @@ pub enum VaultError {
     /// refuses to serve.
     #[error("the audit log does not verify: {0}")]
     AuditInvalid(VerifyFailure),
+    /// The audit origin cannot be a signed-note key name.
+    #[error(
+        "audit origin `{0}` is not valid: it must be 1 to 256 characters without spaces, control characters or '+'"
+    )]
+    InvalidOrigin(String),
     /// The identity configuration is inconsistent.
     #[error("identity: {0}")]
     Identity(String),
@@ -218,6 +223,13 @@ impl Vault {
     /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
     /// (unless `key_source` names another) and an empty store bound to it.
     pub fn init(data_dir: &Path, key_source: Option<&KeySource>, audit_origin: Option<&str>) -> Result<(), VaultError> {
+        // Check what can be checked before anything is written, so a refused
+        // init leaves the directory as it was.
+        if let Some(origin) = audit_origin
+            && !crate::audit::origin_is_valid(origin)
+        {
+            return Err(VaultError::InvalidOrigin(origin.to_owned()));
+        }
         if !is_empty_dir(data_dir)? {
             return Err(if data_dir.join(STORE_DIR).exists() {
                 VaultError::AlreadyInitialised(data_dir.to_owned())

@@ -344,12 +344,19 @@ async fn an_external_issuers_tokens_are_accepted_and_the_same_claims_under_anoth
     let idp_key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let pem = dir.path().join("idp.pem");
     std::fs::write(&pem, ed25519_public_pem(&idp_key)).unwrap();
+    // A second provider publishes its keys as a JWKS file, looked up by kid.
+    let jwks_key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let jwks = dir.path().join("jwks.json");
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "k1",
+        "x": URL_SAFE_NO_PAD.encode(jwks_key.verifying_key().as_bytes())});
+    std::fs::write(&jwks, serde_json::to_vec(&json!({"keys": [jwk]})).unwrap()).unwrap();
     let config = dir.path().join("vault.toml");
     std::fs::write(
         &config,
         format!(
-            "[[identity.external]]\nissuer = \"https://idp.example.test\"\naudience = \"consentvault\"\nalgorithm = \"EdDSA\"\npublic_key_pem = {:?}\nroles = [\"customer\"]\n",
-            pem.display().to_string()
+            "[[identity.external]]\nissuer = \"https://idp.example.test\"\naudience = \"consentvault\"\nalgorithm = \"EdDSA\"\npublic_key_pem = {:?}\nroles = [\"customer\"]\n\n[[identity.external]]\nissuer = \"https://jwks.example.test\"\naudience = \"consentvault\"\nalgorithm = \"EdDSA\"\njwks_file = {:?}\n",
+            pem.display().to_string(),
+            jwks.display().to_string()
         ),
     )
     .unwrap();

@@ -21,8 +21,10 @@ async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cl
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
-    let mode = std::fs::metadata(data_dir.join("kek.key")).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    for private in ["kek.key", "admin-credentials.json"] {
+        let mode = std::fs::metadata(data_dir.join(private)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{private}");
+    }
 
     let client = reqwest::Client::new();
     let health = client
@@ -48,6 +50,7 @@ async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cl
 
     let stderr = server.stderr_text();
     assert!(stderr.contains("INITIALISED A NEW VAULT"), "{stderr}");
+    assert!(stderr.contains("admin-credentials.json"), "the path of the admin credentials is printed: {stderr}");
     assert!(!stderr.contains("ada@example.org"), "a client's request id must not reach the log");
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown must exit 0, got {status}");
@@ -93,6 +96,16 @@ fn a_key_that_does_not_match_the_data_directory_is_refused() {
     let error = ServerProcess::start(&data_dir, &[], &[("CONSENTVAULT_KEK", other_key)]).err().unwrap();
     assert!(error.contains("does not match this data directory"), "{error}");
     assert!(!error.contains(other_key), "errors must not quote key material");
+}
+
+#[test]
+fn init_with_an_invalid_origin_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let output = binary().args(["init", "--audit-origin", "bad origin", "--data-dir"]).arg(&data_dir).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not valid"));
+    assert!(!data_dir.exists(), "a refused init leaves nothing behind");
 }
 
 #[test]

@@ -167,23 +167,55 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Every route, registered together with its OpenAPI description.
+/// Every route, registered together with its OpenAPI description: one
+/// router per role, merged. Which role a route is for is also fixed by the
+/// extractor its handler takes (`guard.rs`).
 fn api_routes() -> OpenApiRouter<AppState> {
     use utoipa::OpenApi;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public_routes())
+        .merge(customer_routes())
+        .merge(business_routes())
+        .merge(auditor_routes())
+        .merge(admin_routes())
+}
+
+/// Routes anyone may call: probes, the API description, the audit log's
+/// checkpoint and key, token exchange and customer sign-up.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(openapi_get))
         .routes(routes!(audit::checkpoint))
         .routes(routes!(audit::public_key))
+        .routes(routes!(identity::token_create))
+        .routes(routes!(identity::customers_create))
+}
+
+/// The customer's own data (`/v1/me/...`).
+fn customer_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(me::data_get, me::data_merge)).routes(routes!(me::data_put, me::data_delete))
+}
+
+/// Business routes; the consent engine adds relationships, access requests,
+/// grants and scoped reads here.
+fn business_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+}
+
+/// The auditor's view of the audit log.
+fn auditor_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(audit::entries_list))
         .routes(routes!(audit::entries_get))
         .routes(routes!(audit::proof_inclusion))
         .routes(routes!(audit::proof_consistency))
-        .routes(routes!(identity::token_create))
-        .routes(routes!(identity::customers_create))
-        .routes(routes!(me::data_get, me::data_merge))
-        .routes(routes!(me::data_put, me::data_delete))
+}
+
+/// The operator's routes; none touches personal data.
+fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(admin::businesses_list, admin::businesses_create))
         .routes(routes!(admin::businesses_disable))
         .routes(routes!(admin::auditors_list, admin::auditors_create))

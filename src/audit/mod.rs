@@ -197,6 +197,15 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Whether `origin` can name a log: it is also the signed-note key name, so
+/// it must be non-empty, at most 256 bytes, without whitespace, control
+/// characters or `+`.
+pub fn origin_is_valid(origin: &str) -> bool {
+    !origin.is_empty()
+        && origin.len() <= 256
+        && !origin.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+')
+}
+
 /// The default origin of a new vault's log: a name unique to the vault.
 pub fn origin_default(rng: &dyn ring::rand::SecureRandom) -> Result<String, CryptoError> {
     let id: [u8; 8] = crate::crypto::random_bytes(rng)?;

@@ -22,16 +22,30 @@ fn engine(error: sled::Error) -> StoreError {
 impl SledBackend {
     /// Opens (or creates) the database in directory `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             // The commit path flushes every batch itself; sled's own timer
             // only adds flushes nobody waits for.
-            .flush_every_ms(None)
-            .open()
-            .map_err(engine)?;
-        Ok(Self { db })
+            .flush_every_ms(None);
+        // sled releases its file lock from a background thread after the last
+        // handle of a closed database goes; a reopen right after a close (a
+        // quick restart) waits for that, briefly, instead of failing.
+        let mut attempts = 0;
+        loop {
+            match config.open() {
+                Ok(db) => return Ok(Self { db }),
+                // sled reports the lock as `Other` with this text.
+                Err(sled::Error::Io(error))
+                    if error.to_string().contains("could not acquire lock") && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => return Err(engine(error)),
+            }
+        }
     }
 
     /// Bytes sled reports on disk.
