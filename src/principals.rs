@@ -418,9 +418,13 @@ impl Vault {
             .get(&principal_key(Role::Customer, customer_id))?
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
             .transpose()?;
-        let Some(record) = record else { return Err(PrincipalError::BadCredentials) };
+        // An unknown customer costs the same Argon2 work as a known one, so
+        // the answer time does not tell which customer ids exist.
+        let (hash, known) = match &record {
+            Some(record) => (record.password_argon2.clone(), true),
+            None => (unknown_customer_hash()?, false),
+        };
         let password = zeroize::Zeroizing::new(password.to_owned());
-        let hash = record.password_argon2.clone();
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
@@ -428,7 +432,8 @@ impl Vault {
         })
         .await
         .map_err(|_| PrincipalError::Hashing)?;
-        if !matches || record.disabled {
+        let enabled = record.is_some_and(|record| !record.disabled);
+        if !(matches && known && enabled) {
             return Err(PrincipalError::BadCredentials);
         }
         self.token_issue(Role::Customer, customer_id)
@@ -523,6 +528,21 @@ impl Vault {
             }
         }
     }
+}
+
+/// An Argon2id hash of a random password, made once, checked against when a
+/// customer id is unknown.
+fn unknown_customer_hash() -> Result<String, PrincipalError> {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(hash) = HASH.get() {
+        return Ok(hash.clone());
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let salt = SaltString::encode_b64(&random_bytes::<16>(&rng)?).map_err(|_| PrincipalError::Hashing)?;
+    let password = random_bytes::<32>(&rng)?;
+    let hash =
+        argon2::Argon2::default().hash_password(&password, &salt).map_err(|_| PrincipalError::Hashing)?.to_string();
+    Ok(HASH.get_or_init(|| hash).clone())
 }
 
 /// The rate limiters of sign-in and sign-up.
