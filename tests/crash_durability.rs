@@ -38,8 +38,9 @@ fn acknowledged_writes_survive_sigkill() {
     let cycles: usize = std::env::var("CONSENTVAULT_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let mut rng = common::TestRng::from_env();
     let dir = tempfile::tempdir().unwrap();
-    // Create the vault (and its key) once; every child reopens it.
-    drop(common::open_vault(dir.path()));
+    // Create the vault (and its key) once; every child reopens it. Closing
+    // waits for the background verification, so the store's lock is free.
+    common::open_vault(dir.path()).0.close().unwrap();
 
     // The highest acknowledged sequence number per subject, over all cycles.
     let mut acked: BTreeMap<SubjectId, u64> = BTreeMap::new();

@@ -172,24 +172,7 @@ pub fn verify_latest(
     let checkpoint = verifier
         .open_checkpoint(&text, origin)
         .map_err(|error| failure(None, format!("the latest checkpoint does not verify: {error}")))?;
-    if checkpoint.tree_size > size {
-        return Err(failure(
-            Some(size),
-            format!(
-                "the log has {size} entries but a checkpoint covers {}: entries were removed",
-                checkpoint.tree_size
-            ),
-        ));
-    }
-    // Every batch that appends also signs a checkpoint, in the same atomic
-    // write: entries beyond the latest checkpoint were not written by the
-    // vault.
-    if checkpoint.tree_size < size {
-        return Err(failure(
-            Some(checkpoint.tree_size),
-            format!("the log has {size} entries but its latest checkpoint covers {}", checkpoint.tree_size),
-        ));
-    }
+    size_matches_checkpoint(size, Some(checkpoint.tree_size), false)?;
     for index in [size.checked_sub(1), checkpoint.tree_size.checked_sub(1)].into_iter().flatten() {
         if store.get(&Key::audit_entry(index)).map_err(io)?.is_none() {
             return Err(failure(Some(index), format!("entry {index} is missing")));
@@ -207,6 +190,25 @@ pub fn verify_latest(
         ));
     }
     Ok(())
+}
+
+/// The stored log `size` against the latest checkpoint's size (`None`: no
+/// checkpoint). Every batch that appends signs a checkpoint in the same
+/// write, so a log at rest ends exactly at its latest checkpoint; a `live`
+/// vault may have appended since the checkpoint was read.
+fn size_matches_checkpoint(size: u64, covered: Option<u64>, live: bool) -> Result<(), VerifyFailure> {
+    match covered {
+        Some(covered) if covered > size => Err(failure(
+            Some(size),
+            format!("the log has {size} entries but a checkpoint covers {covered}: entries were removed"),
+        )),
+        Some(covered) if covered < size && !live => Err(failure(
+            Some(covered),
+            format!("the log has {size} entries but its latest checkpoint covers {covered}"),
+        )),
+        None if size > 0 && !live => Err(failure(Some(0), "the log has entries but no checkpoint")),
+        _ => Ok(()),
+    }
 }
 
 fn io(error: crate::store::StoreError) -> VerifyFailure {
@@ -227,26 +229,7 @@ fn verify_pass(
     let checkpoints = checkpoints_load(store, verifier, origin)?;
     let size = counter_decode(store.get(&Key::meta(super::SIZE_KEY)).map_err(io)?.as_deref())
         .map_err(|_| failure(None, "stored log size is corrupt"))?;
-    if let Some((&covered, _)) = checkpoints.last_key_value() {
-        if covered > size {
-            return Err(failure(
-                Some(size),
-                format!("the log has {size} entries but a checkpoint covers {covered}: entries were removed"),
-            ));
-        }
-        // Every batch that appends signs a checkpoint in the same write, so
-        // a log at rest ends at its latest checkpoint. (A live vault may have
-        // appended since the checkpoints were read; the start-up check made
-        // sure the log ended there when it opened.)
-        if covered < size && !live {
-            return Err(failure(
-                Some(covered),
-                format!("the log has {size} entries but its latest checkpoint covers {covered}"),
-            ));
-        }
-    } else if size > 0 {
-        return Err(failure(Some(0), "the log has entries but no checkpoint"));
-    }
+    size_matches_checkpoint(size, checkpoints.last_key_value().map(|(&covered, _)| covered), live)?;
     let check_checkpoint = |frontier: &Frontier, processed: u64| match checkpoints.get(&processed) {
         Some(root) if *root != frontier.root() => {
             Err(failure(None, format!("the checkpoint of size {processed} does not match the stored entries")))
