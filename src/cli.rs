@@ -87,7 +87,15 @@ fn init(args: &VaultArgs) -> Result<(), String> {
 
 fn policy_check(dir: &std::path::Path) -> Result<(), String> {
     let policies = policies_load(dir).map_err(|e| e.to_string())?;
-    eprintln!("consentvault: {} is valid ({} fields)", dir.display(), policies.catalogue.fields().count());
+    eprintln!(
+        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps; sha256 {})",
+        dir.display(),
+        policies.catalogue.fields().count(),
+        policies.rules.purposes.len(),
+        policies.rules.deny.len(),
+        policies.rules.duration_caps.len(),
+        policies.sha256
+    );
     Ok(())
 }
 

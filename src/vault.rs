@@ -185,21 +185,30 @@ impl std::fmt::Debug for Vault {
 
 /// Reads the policy directory `dir` from disk and parses it.
 pub fn policies_load(dir: &Path) -> Result<Policies, PolicyError> {
-    let file = dir.join(policy::CATALOGUE_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|error| PolicyError {
-        file: file.display().to_string(),
-        line: 0,
-        problem: format!("cannot read: {error}"),
-    })?;
-    Policies::parse(dir, &text)
+    let read = |name: &str| {
+        let file = dir.join(name);
+        std::fs::read_to_string(&file).map_err(|error| PolicyError {
+            file: file.display().to_string(),
+            line: 0,
+            problem: format!("cannot read: {error}"),
+        })
+    };
+    let (catalogue, purposes, rules) =
+        (read(policy::CATALOGUE_FILE)?, read(policy::PURPOSES_FILE)?, read(policy::RULES_FILE)?);
+    Policies::parse(dir, policy::PolicyTexts { catalogue: &catalogue, purposes: &purposes, rules: &rules })
 }
 
 /// The policies shipped inside the binary.
 pub fn policies_default() -> Policies {
-    // The shipped catalogue is checked by the unit tests of `policy`; if it
+    let texts = policy::PolicyTexts {
+        catalogue: policy::DEFAULT_CATALOGUE,
+        purposes: policy::DEFAULT_PURPOSES,
+        rules: policy::DEFAULT_RULES,
+    };
+    // The shipped policies are checked by the unit tests of `policy`; if they
     // ever failed to parse, the build itself would be broken.
     #[allow(clippy::expect_used)]
-    Policies::parse(Path::new("<built-in>"), policy::DEFAULT_CATALOGUE).expect("the built-in policies parse")
+    Policies::parse(Path::new("<built-in>"), texts).expect("the built-in policies parse")
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {

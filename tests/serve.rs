@@ -128,6 +128,9 @@ fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
     let ok = binary().args(["policy", "check"]).arg(common::policies_dir()).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let dir = tempfile::tempdir().unwrap();
+    for shipped in ["purposes.toml", "rules.toml"] {
+        std::fs::copy(common::policies_dir().join(shipped), dir.path().join(shipped)).unwrap();
+    }
     std::fs::write(
         dir.path().join("fields.toml"),
         "[fields.email]\ncategory = \"contact\"\nsensitivity = \"standard\"\ntype = \"emial\"\nmax_bytes = 10\ndescription = \"x\"\n",

@@ -6,17 +6,29 @@
 //! the store. Reading `policies/` from disk happens in [`crate::vault`].
 
 pub mod catalogue;
+pub mod engine;
+pub mod purposes;
 
 use std::path::Path;
 
 pub use catalogue::{Catalogue, FieldError, FieldSpec, Sensitivity, ValueType};
 
+pub use purposes::{DenyRule, DurationCap, Purpose, Rules};
+
 /// The file that holds the field catalogue, inside the policy directory.
 pub const CATALOGUE_FILE: &str = "fields.toml";
+/// The file that holds the purposes.
+pub const PURPOSES_FILE: &str = "purposes.toml";
+/// The file that holds the organisation rules.
+pub const RULES_FILE: &str = "rules.toml";
 
 /// The shipped default policies, used when no policy directory is configured
 /// and `./policies` does not exist.
 pub const DEFAULT_CATALOGUE: &str = include_str!("../../policies/fields.toml");
+/// The shipped default purposes.
+pub const DEFAULT_PURPOSES: &str = include_str!("../../policies/purposes.toml");
+/// The shipped default rules.
+pub const DEFAULT_RULES: &str = include_str!("../../policies/rules.toml");
 
 /// A policy file that does not parse or does not make sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +60,36 @@ impl PolicyError {
 pub struct Policies {
     /// The field catalogue.
     pub catalogue: Catalogue,
+    /// Purposes and organisation rules.
+    pub rules: Rules,
+    /// SHA-256 (hex) over the three files, in a fixed order: what the audit
+    /// log records when policies are loaded.
+    pub sha256: String,
+}
+
+/// The texts of the three policy files.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyTexts<'a> {
+    /// `fields.toml`.
+    pub catalogue: &'a str,
+    /// `purposes.toml`.
+    pub purposes: &'a str,
+    /// `rules.toml`.
+    pub rules: &'a str,
 }
 
 impl Policies {
-    /// Parses the policy files given as `(file name, text)`; `dir` is only
-    /// used to name files in errors.
-    pub fn parse(dir: &Path, catalogue_text: &str) -> Result<Self, PolicyError> {
-        let file = dir.join(CATALOGUE_FILE).display().to_string();
-        Ok(Self { catalogue: Catalogue::parse(&file, catalogue_text)? })
+    /// Parses the policy files; `dir` is only used to name files in errors.
+    pub fn parse(dir: &Path, texts: PolicyTexts<'_>) -> Result<Self, PolicyError> {
+        let name = |file: &str| dir.join(file).display().to_string();
+        let catalogue = Catalogue::parse(&name(CATALOGUE_FILE), texts.catalogue)?;
+        let rules = Rules::parse(&catalogue, &name(PURPOSES_FILE), texts.purposes, &name(RULES_FILE), texts.rules)?;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for text in [texts.catalogue, texts.purposes, texts.rules] {
+            context.update(&(text.len() as u64).to_be_bytes());
+            context.update(text.as_bytes());
+        }
+        let sha256 = crate::ids::hex(context.finish().as_ref());
+        Ok(Self { catalogue, rules, sha256 })
     }
 }
