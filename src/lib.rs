@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod ids;
 pub mod policy;

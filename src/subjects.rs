@@ -287,6 +287,18 @@ impl Vault {
         self.open_released(&logged, subject, &dek, sealed)
     }
 
+    /// Opens values taken in a read's transaction, for the reader: needs the
+    /// proof that the read's audit event is on disk.
+    pub(crate) fn release(
+        &self,
+        logged: &Logged,
+        subject: SubjectId,
+        sealed: Vec<(String, Sealed)>,
+    ) -> Result<BTreeMap<String, Value>, DataError> {
+        let dek = self.dek(subject)?;
+        self.open_released(logged, subject, &dek, sealed)
+    }
+
     /// Opens sealed values for a reader. Needs the proof that the read's audit
     /// event is on disk, and opens only the fields that event names.
     fn open_released(
@@ -310,6 +322,21 @@ impl Vault {
         }
         Ok(data)
     }
+}
+
+/// The sealed values of `fields` that `subject` holds, as `txn` sees them.
+pub(crate) fn sealed_in(
+    txn: &Txn<'_>,
+    subject: SubjectId,
+    fields: &[String],
+) -> Result<Vec<(String, Sealed)>, StoreError> {
+    let mut sealed = Vec::new();
+    for field in fields {
+        if let Some(bytes) = txn.get(Key::value(subject.as_bytes(), field).key())? {
+            sealed.push((field.clone(), Sealed::from_bytes(bytes)));
+        }
+    }
+    Ok(sealed)
 }
 
 /// The subject's key record, if the subject exists with DEK `version`.

@@ -15,6 +15,7 @@ const ROLES: [&str; 5] = ["anonymous", "customer", "business", "auditor", "admin
 
 struct Actors {
     base: String,
+    business_id: String,
     client: reqwest::Client,
     tokens: std::collections::HashMap<&'static str, String>,
     admin_credentials: Value,
@@ -25,7 +26,7 @@ impl Actors {
         let client = reqwest::Client::new();
         let base = server.base_url.clone();
         let admin = roles::admin_token(&client, &base, data_dir).await;
-        let (_, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+        let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
         let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
         let (_, customer) = roles::customer(&client, &base).await;
         let tokens = [("customer", customer), ("business", business), ("auditor", auditor), ("admin", admin)]
@@ -33,7 +34,7 @@ impl Actors {
             .collect();
         let admin_credentials =
             serde_json::from_str(&std::fs::read_to_string(data_dir.join("admin-credentials.json")).unwrap()).unwrap();
-        Self { base, client, tokens, admin_credentials }
+        Self { base, business_id, client, tokens, admin_credentials }
     }
 
     async fn send(&self, role: &str, method: &str, path: &str, body: Option<&Value>) -> reqwest::Response {
@@ -49,12 +50,69 @@ impl Actors {
     }
 }
 
+/// Ids the matrix acts on, made beforehand so every allowed cell can succeed.
+struct Fixtures {
+    business_to_disable: String,
+    auditor_to_disable: String,
+    business_to_connect: String,
+    relationship_to_end: String,
+    grant_to_read: String,
+    grant_to_revoke: String,
+    pairwise: String,
+}
+
+impl Fixtures {
+    async fn new(actors: &Actors) -> Self {
+        let (client, base) = (&actors.client, actors.base.as_str());
+        let (admin, customer) = (actors.tokens["admin"].as_str(), actors.tokens["customer"].as_str());
+        let (business_to_disable, _) = roles::client_principal(client, base, admin, "businesses").await;
+        let (auditor_to_disable, _) = roles::client_principal(client, base, admin, "auditors").await;
+        let (business_to_connect, _) = roles::client_principal(client, base, admin, "businesses").await;
+        let (business_to_leave, _) = roles::client_principal(client, base, admin, "businesses").await;
+        let connect = |business: String| async move {
+            let (status, body) = roles::post(
+                client,
+                format!("{base}/v1/me/relationships"),
+                Some(customer),
+                json!({"business_id": business}),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            body
+        };
+        let pairwise = connect(actors.business_id.clone()).await["pairwise_id"].as_str().unwrap().to_owned();
+        let relationship_to_end = connect(business_to_leave).await["relationship_id"].as_str().unwrap().to_owned();
+        let grant = |fields: Value| async move {
+            let body = json!({"business_id": actors.business_id, "purposes": ["marketing"], "fields": fields, "duration_days": 30});
+            let (status, grant) = roles::post(client, format!("{base}/v1/me/grants"), Some(customer), body).await;
+            assert_eq!(status, 201, "{grant}");
+            grant["grant_id"].as_str().unwrap().to_owned()
+        };
+        let grant_to_read = grant(json!(["email"])).await;
+        let grant_to_revoke = grant(json!(["phone"])).await;
+        Self {
+            business_to_disable,
+            auditor_to_disable,
+            business_to_connect,
+            relationship_to_end,
+            grant_to_read,
+            grant_to_revoke,
+            pairwise,
+        }
+    }
+}
+
 /// Every route: method, path, the role allowed (None: anyone), a body.
-fn routes(
-    actors: &Actors,
-    business_to_disable: &str,
-    auditor_to_disable: &str,
-) -> Vec<(&'static str, String, Option<&'static str>, Option<Value>)> {
+fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Option<&'static str>, Option<Value>)> {
+    let Fixtures {
+        business_to_disable,
+        auditor_to_disable,
+        business_to_connect,
+        relationship_to_end,
+        grant_to_read,
+        grant_to_revoke,
+        pairwise,
+    } = fixtures;
     let credentials = json!({
         "grant_type": "client_credentials",
         "client_id": actors.admin_credentials["client_id"],
@@ -70,6 +128,29 @@ fn routes(
         ("PUT", "/v1/me/data".to_owned(), Some("customer"), Some(json!({"email": "ada@example.org"}))),
         ("PUT", "/v1/me/data/phone".to_owned(), Some("customer"), Some(json!({"value": "+44 20 7946 0000"}))),
         ("DELETE", "/v1/me/data/phone".to_owned(), Some("customer"), None),
+        ("GET", "/v1/me/relationships".to_owned(), Some("customer"), None),
+        (
+            "POST",
+            "/v1/me/relationships".to_owned(),
+            Some("customer"),
+            Some(json!({"business_id": business_to_connect})),
+        ),
+        ("DELETE", format!("/v1/me/relationships/{relationship_to_end}"), Some("customer"), None),
+        ("GET", "/v1/me/grants".to_owned(), Some("customer"), None),
+        (
+            "POST",
+            "/v1/me/grants".to_owned(),
+            Some("customer"),
+            Some(
+                json!({"business_id": actors.business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
+            ),
+        ),
+        ("GET", format!("/v1/me/grants/{grant_to_read}"), Some("customer"), None),
+        ("DELETE", format!("/v1/me/grants/{grant_to_revoke}"), Some("customer"), None),
+        ("GET", "/v1/me/objections".to_owned(), Some("customer"), None),
+        ("PUT", "/v1/me/objections".to_owned(), Some("customer"), Some(json!({"purposes": []}))),
+        ("GET", "/v1/relationships".to_owned(), Some("business"), None),
+        ("GET", format!("/v1/subjects/{pairwise}/data?purpose=marketing"), Some("business"), None),
         ("GET", "/v1/audit/entries".to_owned(), Some("auditor"), None),
         ("GET", "/v1/audit/entries/0".to_owned(), Some("auditor"), None),
         ("GET", "/v1/audit/proof/inclusion?index=0&tree_size=1".to_owned(), Some("auditor"), None),
@@ -94,11 +175,9 @@ async fn each_role_reaches_exactly_its_routes_and_other_methods_get_405() {
     let data_dir = dir.path().join("data");
     let server = common::InProcessServer::start(&data_dir).await;
     let actors = Actors::new(&server, &data_dir).await;
-    let admin = actors.tokens["admin"].clone();
-    let (business, _) = roles::client_principal(&actors.client, &actors.base, &admin, "businesses").await;
-    let (auditor, _) = roles::client_principal(&actors.client, &actors.base, &admin, "auditors").await;
+    let fixtures = Fixtures::new(&actors).await;
 
-    for (method, path, allowed, body) in routes(&actors, &business, &auditor) {
+    for (method, path, allowed, body) in routes(&actors, &fixtures) {
         for role in ROLES {
             let response = actors.send(role, method, &path, body.as_ref()).await;
             let status = response.status().as_u16();
@@ -610,6 +689,17 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/admin/auditors"),
         ("POST", "/v1/admin/auditors"),
         ("POST", "/v1/admin/auditors/{id}/disable"),
+        ("GET", "/v1/me/relationships"),
+        ("POST", "/v1/me/relationships"),
+        ("DELETE", "/v1/me/relationships/{id}"),
+        ("GET", "/v1/me/grants"),
+        ("POST", "/v1/me/grants"),
+        ("GET", "/v1/me/grants/{id}"),
+        ("DELETE", "/v1/me/grants/{id}"),
+        ("GET", "/v1/me/objections"),
+        ("PUT", "/v1/me/objections"),
+        ("GET", "/v1/relationships"),
+        ("GET", "/v1/subjects/{pairwise_id}/data"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

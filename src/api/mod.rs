@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit;
+mod consent;
 pub mod error;
 pub mod extract;
 pub mod guard;
@@ -195,13 +196,19 @@ fn public_routes() -> OpenApiRouter<AppState> {
 
 /// The customer's own data (`/v1/me/...`).
 fn customer_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(me::data_get, me::data_merge)).routes(routes!(me::data_put, me::data_delete))
+    OpenApiRouter::new()
+        .routes(routes!(me::data_get, me::data_merge))
+        .routes(routes!(me::data_put, me::data_delete))
+        .routes(routes!(consent::relationships_list, consent::relationships_create))
+        .routes(routes!(consent::relationships_delete))
+        .routes(routes!(consent::grants_list, consent::grants_create))
+        .routes(routes!(consent::grants_get, consent::grants_revoke))
+        .routes(routes!(consent::objections_get, consent::objections_put))
 }
 
-/// Business routes; the consent engine adds relationships, access requests,
-/// grants and scoped reads here.
+/// Business routes: connected customers and the scoped read.
 fn business_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(consent::business_relationships)).routes(routes!(consent::subjects_data))
 }
 
 /// The auditor's view of the audit log.

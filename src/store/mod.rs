@@ -96,6 +96,16 @@ pub enum Space {
     Clients = 0x21,
     /// Customers of external issuers: issuer and subject claim to subject id.
     ExternalSubjects = 0x22,
+    /// Relationships by subject and business.
+    Relationships = 0x30,
+    /// Pairwise ids by business, while the relationship lasts.
+    Pairwise = 0x31,
+    /// Grants by subject and grant id.
+    Grants = 0x33,
+    /// Grant ids by business, to the subject.
+    GrantsByBusiness = 0x34,
+    /// Objections by subject.
+    Objections = 0x35,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -225,6 +235,51 @@ impl Key {
     /// The subject of an external issuer's customer.
     pub fn external_subject(issuer: &str, subject: &str) -> Self {
         Self::new(Space::ExternalSubjects, &[&length_prefixed(issuer.as_bytes()), subject.as_bytes()])
+    }
+
+    /// The relationship of `subject` with `business`.
+    pub fn relationship(subject: &[u8; 16], business: &str) -> Self {
+        Self::new(Space::Relationships, &[subject, business.as_bytes()])
+    }
+
+    /// Every relationship of `subject`.
+    pub fn relationships_of(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Relationships, &[subject])
+    }
+
+    /// The subject behind `pairwise` for `business`.
+    pub fn pairwise(business: &str, pairwise: &str) -> Self {
+        Self::new(Space::Pairwise, &[&length_prefixed(business.as_bytes()), pairwise.as_bytes()])
+    }
+
+    /// Every pairwise id of `business`.
+    pub fn pairwise_of(business: &str) -> Self {
+        Self::new(Space::Pairwise, &[&length_prefixed(business.as_bytes())])
+    }
+
+    /// Grant `grant` of `subject`.
+    pub fn grant(subject: &[u8; 16], grant: &str) -> Self {
+        Self::new(Space::Grants, &[subject, grant.as_bytes()])
+    }
+
+    /// Every grant of `subject`.
+    pub fn grants_of(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Grants, &[subject])
+    }
+
+    /// Grant `grant` given to `business`.
+    pub fn grant_of_business(business: &str, grant: &str) -> Self {
+        Self::new(Space::GrantsByBusiness, &[&length_prefixed(business.as_bytes()), grant.as_bytes()])
+    }
+
+    /// Every grant given to `business`.
+    pub fn grants_of_business(business: &str) -> Self {
+        Self::new(Space::GrantsByBusiness, &[&length_prefixed(business.as_bytes())])
+    }
+
+    /// The objections of `subject`.
+    pub fn objections(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Objections, &[subject])
     }
 
     /// The key just past every key starting with `prefix` (a scan's end).

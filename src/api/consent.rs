@@ -1,0 +1,300 @@
+//! Consent routes: the customer's relationships, grants and objections, the
+//! business's view of its customers, and the scoped read.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::guard::{BusinessCaller, CustomerCaller};
+#[allow(unused_imports)]
+use super::problem::Problem;
+use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship};
+
+impl From<ConsentError> for ApiError {
+    fn from(error: ConsentError) -> Self {
+        match error {
+            ConsentError::NotFound(what) => {
+                Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
+            }
+            ConsentError::AlreadyConnected => {
+                Self::client(StatusCode::CONFLICT, "already_connected", "Already connected", error.to_string())
+            }
+            ConsentError::Invalid(detail) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
+            }
+            ConsentError::Policy(problem) => Self::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_violation",
+                "Refused by policy",
+                problem.to_string(),
+            ),
+            ConsentError::NoConsent => Self::client(
+                StatusCode::FORBIDDEN,
+                "no_consent",
+                "No consent",
+                "there is no live grant for this purpose",
+            ),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+/// A relationship on the wire.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RelationshipView {
+    relationship_id: String,
+    business_id: String,
+    pairwise_id: String,
+    connected_at: String,
+}
+
+impl From<Relationship> for RelationshipView {
+    fn from(r: Relationship) -> Self {
+        Self {
+            relationship_id: r.relationship_id,
+            business_id: r.business_id,
+            pairwise_id: r.pairwise_id,
+            connected_at: r.connected_at,
+        }
+    }
+}
+
+/// A list answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Items<T> {
+    items: Vec<T>,
+    cursor: Option<String>,
+}
+
+fn items<T>(items: Vec<T>) -> axum::Json<Items<T>> {
+    axum::Json(Items { items, cursor: None })
+}
+
+/// The body of `POST /v1/me/relationships`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelationshipCreate {
+    business_id: String,
+}
+
+/// `GET /v1/me/relationships`.
+#[utoipa::path(get, path = "/v1/me/relationships", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<RelationshipView>)))]
+pub async fn relationships_list(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<RelationshipView>>, ApiError> {
+    Ok(items(state.vault.relationships(caller.subject)?.into_iter().map(Into::into).collect()))
+}
+
+/// `POST /v1/me/relationships`: connect to a business.
+#[utoipa::path(post, path = "/v1/me/relationships", tag = "customer", request_body = RelationshipCreate, security(("bearer" = [])), responses((status = 201, body = RelationshipView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub async fn relationships_create(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<RelationshipCreate>,
+) -> Result<Response, ApiError> {
+    let relationship = state.vault.relationship_create(caller.subject, &body.business_id).await?;
+    Ok((StatusCode::CREATED, axum::Json(RelationshipView::from(relationship))).into_response())
+}
+
+/// `DELETE /v1/me/relationships/{id}`: disconnect, revoking its grants.
+#[utoipa::path(delete, path = "/v1/me/relationships/{id}", tag = "customer", params(("id" = String, Path, description = "Relationship id")), security(("bearer" = [])), responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn relationships_delete(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let relationship = state.vault.relationship_end(caller.subject, &id).await?;
+    Ok(axum::Json(serde_json::json!({"relationship_id": relationship.relationship_id, "status": "ended"})))
+}
+
+/// A grant on the wire.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GrantView {
+    grant_id: String,
+    business_id: String,
+    purposes: Vec<String>,
+    fields: Vec<String>,
+    starts_at: String,
+    expires_at: String,
+    #[schema(value_type = String)]
+    status: GrantStatus,
+    audit_index: u64,
+}
+
+fn time_text(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs).map(crate::clock::rfc3339).unwrap_or_else(|_| secs.to_string())
+}
+
+impl From<GrantRecord> for GrantView {
+    fn from(grant: GrantRecord) -> Self {
+        let status = grant.status(crate::clock::now().unix_timestamp());
+        Self {
+            grant_id: grant.grant_id,
+            business_id: grant.business_id,
+            purposes: grant.purposes,
+            fields: grant.fields,
+            starts_at: time_text(grant.starts_at),
+            expires_at: time_text(grant.expires_at),
+            status,
+            audit_index: grant.audit_index,
+        }
+    }
+}
+
+/// The body of `POST /v1/me/grants`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCreate {
+    business_id: String,
+    purposes: Vec<String>,
+    fields: Vec<String>,
+    duration_days: u32,
+}
+
+/// `GET /v1/me/grants`.
+#[utoipa::path(get, path = "/v1/me/grants", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<GrantView>)))]
+pub async fn grants_list(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<GrantView>>, ApiError> {
+    Ok(items(state.vault.grants(caller.subject)?.into_iter().map(Into::into).collect()))
+}
+
+/// `POST /v1/me/grants`: grant a business access directly.
+#[utoipa::path(post, path = "/v1/me/grants", tag = "customer", request_body = GrantCreate, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn grants_create(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<GrantCreate>,
+) -> Result<Response, ApiError> {
+    let grant = state
+        .vault
+        .grant_create(caller.subject, &body.business_id, body.purposes, body.fields, body.duration_days)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(GrantView::from(grant))).into_response())
+}
+
+/// `GET /v1/me/grants/{id}`.
+#[utoipa::path(get, path = "/v1/me/grants/{id}", tag = "customer", params(("id" = String, Path, description = "Grant id")), security(("bearer" = [])), responses((status = 200, body = GrantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn grants_get(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<GrantView>, ApiError> {
+    let grant = state
+        .vault
+        .grants(caller.subject)?
+        .into_iter()
+        .find(|g| g.grant_id == id)
+        .ok_or(ConsentError::NotFound("grant"))?;
+    Ok(axum::Json(grant.into()))
+}
+
+/// `DELETE /v1/me/grants/{id}`: revoke, effective immediately.
+#[utoipa::path(delete, path = "/v1/me/grants/{id}", tag = "customer", params(("id" = String, Path, description = "Grant id")), security(("bearer" = [])), responses((status = 200, body = GrantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn grants_revoke(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<GrantView>, ApiError> {
+    Ok(axum::Json(state.vault.grant_revoke(caller.subject, &id).await?.into()))
+}
+
+/// Objections on the wire.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Objections {
+    purposes: Vec<String>,
+}
+
+/// `GET /v1/me/objections`.
+#[utoipa::path(get, path = "/v1/me/objections", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Objections)))]
+pub async fn objections_get(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Objections>, ApiError> {
+    Ok(axum::Json(Objections { purposes: state.vault.objections(caller.subject)? }))
+}
+
+/// `PUT /v1/me/objections`: purposes never to be used, whatever a grant says.
+#[utoipa::path(put, path = "/v1/me/objections", tag = "customer", request_body = Objections, security(("bearer" = [])), responses((status = 200, body = Objections), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn objections_put(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<Objections>,
+) -> Result<axum::Json<Objections>, ApiError> {
+    Ok(axum::Json(Objections { purposes: state.vault.objections_set(caller.subject, body.purposes).await? }))
+}
+
+/// A connected customer, as a business sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Connected {
+    pairwise_id: String,
+    connected_at: String,
+}
+
+/// `GET /v1/relationships`: my connected customers, by pairwise id.
+#[utoipa::path(get, path = "/v1/relationships", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<Connected>)))]
+pub async fn business_relationships(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<Connected>>, ApiError> {
+    let list = state.vault.business_relationships(&caller.0.id)?;
+    Ok(items(list.into_iter().map(|(pairwise_id, connected_at)| Connected { pairwise_id, connected_at }).collect()))
+}
+
+/// The query of a scoped read.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    /// The purpose of the read.
+    purpose: String,
+    /// Comma-separated field names (default: every field granted for the purpose).
+    fields: Option<String>,
+}
+
+/// The answer to a scoped read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadAnswer {
+    #[schema(value_type = Object)]
+    data: std::collections::BTreeMap<String, serde_json::Value>,
+    #[schema(value_type = Vec<Object>)]
+    withheld: Vec<crate::audit::Withheld>,
+    grant_ids: Vec<String>,
+    audit_index: u64,
+}
+
+/// `GET /v1/subjects/{pairwise_id}/data?purpose=P&fields=a,b`.
+#[utoipa::path(get, path = "/v1/subjects/{pairwise_id}/data", tag = "business", params(("pairwise_id" = String, Path, description = "The customer as this business knows them"), ReadParams), security(("bearer" = [])), responses((status = 200, body = ReadAnswer), (status = 403, description = "No live grant for the purpose (`no_consent`)", body = Problem, content_type = "application/problem+json")))]
+pub async fn subjects_data(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+    Path(pairwise): Path<String>,
+    Query(params): Query<ReadParams>,
+) -> Result<axum::Json<ReadAnswer>, ApiError> {
+    // No list, or an empty one: every field granted for the purpose.
+    let fields = params
+        .fields
+        .map(|list| list.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|fields| !fields.is_empty());
+    if fields.as_ref().is_some_and(|fields| fields.len() > 64) {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "Invalid query",
+            "at most 64 fields per read",
+        ));
+    }
+    let read = state.vault.scoped_read(&caller.0.id, &pairwise, &params.purpose, fields).await?;
+    Ok(axum::Json(ReadAnswer {
+        data: read.data,
+        withheld: read.withheld,
+        grant_ids: read.grant_ids,
+        audit_index: read.audit_index,
+    }))
+}

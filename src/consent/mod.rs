@@ -1,0 +1,556 @@
+//! Consent: relationships (with pairwise ids), grants, objections, and the
+//! scoped read a business makes.
+//!
+//! **Architecture Invariant:** a read is decided inside its commit
+//! transaction, against the state that transaction commits on, by the pure
+//! engine in `policy::engine`. A revoke, disconnect or objection that
+//! committed before is seen; the log order is the commit order, so no allowed
+//! read appears after the event that ended the grant it relied on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::{Actor, AuditError, AuditEvent, Decision, EventKind, Withheld};
+use crate::clock;
+use crate::ids::{SubjectId, hex};
+use crate::policy::engine::{self, FieldDecision, GrantProblem, GrantView, ReadQuery, Reason};
+use crate::store::{CommitError, Key, StoreError, Txn};
+use crate::subjects::{DataError, sealed_in};
+use crate::vault::Vault;
+
+/// Seconds in a day.
+const DAY_SECS: i64 = 86_400;
+
+/// Errors of the consent operations. None carries a personal value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    /// No such business, relationship or grant (for this caller).
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The customer is already connected to that business.
+    #[error("already connected to this business")]
+    AlreadyConnected,
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The grant breaks a policy.
+    #[error(transparent)]
+    Policy(#[from] GrantProblem),
+    /// The business has no live grant for the purpose (or the subject does
+    /// not exist: the same answer, so it reveals nothing).
+    #[error("no live grant for this purpose")]
+    NoConsent,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit append failed; nothing changed and nothing was read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Opening released values failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+impl From<CommitError<ConsentError>> for ConsentError {
+    fn from(error: CommitError<ConsentError>) -> Self {
+        match error {
+            CommitError::Rejected(error) => error,
+            CommitError::Store(error) => Self::Store(error),
+        }
+    }
+}
+
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::Corrupt { what }
+}
+
+/// A customer's connection to a business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relationship {
+    /// The relationship id.
+    pub relationship_id: String,
+    /// The business.
+    pub business_id: String,
+    /// How the business sees the customer; different for every business.
+    pub pairwise_id: String,
+    /// When the customer connected (RFC 3339).
+    pub connected_at: String,
+}
+
+/// Grant status on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    /// Live (or not yet started).
+    Active,
+    /// Revoked by the customer or a disconnect.
+    Revoked,
+    /// Past its end.
+    Expired,
+}
+
+/// A stored grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRecord {
+    /// The grant id.
+    pub grant_id: String,
+    /// The business it is given to.
+    pub business_id: String,
+    /// The purposes it covers.
+    pub purposes: Vec<String>,
+    /// The fields it covers.
+    pub fields: Vec<String>,
+    /// First second it is live (Unix seconds).
+    pub starts_at: i64,
+    /// First second it is not (Unix seconds).
+    pub expires_at: i64,
+    /// When it was revoked (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// The audit index of its `grant.created` event.
+    pub audit_index: u64,
+}
+
+impl GrantRecord {
+    /// Its status at `now`.
+    pub fn status(&self, now: i64) -> GrantStatus {
+        if self.revoked_at.is_some_and(|at| at <= now) {
+            GrantStatus::Revoked
+        } else if now >= self.expires_at {
+            GrantStatus::Expired
+        } else {
+            GrantStatus::Active
+        }
+    }
+
+    fn view(&self) -> GrantView {
+        GrantView {
+            id: self.grant_id.clone(),
+            business: self.business_id.clone(),
+            purposes: self.purposes.clone(),
+            fields: self.fields.clone(),
+            starts_at: self.starts_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// What a business read returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopedRead {
+    /// Released values by field.
+    pub data: BTreeMap<String, Value>,
+    /// Requested fields not released, with the reason.
+    pub withheld: Vec<Withheld>,
+    /// The grants relied on.
+    pub grant_ids: Vec<String>,
+    /// The audit index of the decision.
+    pub audit_index: u64,
+}
+
+fn now_secs() -> i64 {
+    clock::now().unix_timestamp()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| corrupt(what))
+}
+
+fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|_| corrupt(what))
+}
+
+/// Every grant of `subject`, as `txn` sees them.
+fn grants_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<GrantRecord>, StoreError> {
+    txn.scan_prefix(&Key::grants_of(subject.as_bytes()))?.iter().map(|(_, bytes)| decode(bytes, "grant")).collect()
+}
+
+fn objections_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<String>, StoreError> {
+    Ok(match txn.get(&Key::objections(subject.as_bytes()))? {
+        Some(bytes) => decode(&bytes, "objections")?,
+        None => Vec::new(),
+    })
+}
+
+impl Vault {
+    fn random_hex_id(&self) -> Result<String, ConsentError> {
+        let bytes: [u8; 16] =
+            crate::crypto::random_bytes(self.keys().rng()).map_err(|error| ConsentError::Invalid(error.to_string()))?;
+        Ok(hex(&bytes))
+    }
+
+    fn business_purposes(&self, business: &str) -> Result<Vec<String>, ConsentError> {
+        let record = self
+            .principal(crate::auth::Role::Business, business)
+            .map_err(|error| ConsentError::Invalid(error.to_string()))?
+            .filter(|record| !record.disabled)
+            .ok_or(ConsentError::NotFound("business"))?;
+        Ok(record.purposes)
+    }
+
+    /// Connects `subject` to `business` with a fresh pairwise id.
+    pub async fn relationship_create(&self, subject: SubjectId, business: &str) -> Result<Relationship, ConsentError> {
+        self.business_purposes(business)?;
+        let relationship = Relationship {
+            relationship_id: self.random_hex_id()?,
+            business_id: business.to_owned(),
+            pairwise_id: self.random_hex_id()?,
+            connected_at: clock::rfc3339(clock::now()),
+        };
+        let event =
+            AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
+                .subject(subject)
+                .related("relationship_id", &relationship.relationship_id);
+        let mut event = event;
+        event.business = Some(business.to_owned());
+        let log = self.audit().clone();
+        let stored = relationship.clone();
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let key = Key::relationship(subject.as_bytes(), &stored.business_id);
+                if txn.contains(&key)? {
+                    return Err(ConsentError::AlreadyConnected);
+                }
+                txn.put(key, encode(&stored, "relationship")?);
+                txn.put(Key::pairwise(&stored.business_id, &stored.pairwise_id), subject.to_string().into_bytes());
+                Ok(log.append(txn, &event)?)
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        Ok(relationship)
+    }
+
+    /// The customer's relationships.
+    pub fn relationships(&self, subject: SubjectId) -> Result<Vec<Relationship>, ConsentError> {
+        self.store()
+            .scan_prefix(&Key::relationships_of(subject.as_bytes()), usize::MAX)?
+            .iter()
+            .map(|(_, bytes)| Ok(decode(bytes, "relationship")?))
+            .collect()
+    }
+
+    /// Disconnects: the pairwise id stops resolving and every grant to that
+    /// business is revoked, in one transaction.
+    pub async fn relationship_end(
+        &self,
+        subject: SubjectId,
+        relationship_id: &str,
+    ) -> Result<Relationship, ConsentError> {
+        let relationship = self
+            .relationships(subject)?
+            .into_iter()
+            .find(|r| r.relationship_id == relationship_id)
+            .ok_or(ConsentError::NotFound("relationship"))?;
+        let now = now_secs();
+        let time = clock::rfc3339(clock::now());
+        let log = self.audit().clone();
+        let ended = relationship.clone();
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let key = Key::relationship(subject.as_bytes(), &ended.business_id);
+                if !txn.contains(&key)? {
+                    return Err(ConsentError::NotFound("relationship"));
+                }
+                txn.delete(&key);
+                txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
+                let mut appended = Vec::new();
+                for mut grant in grants_in(txn, subject)? {
+                    if grant.business_id != ended.business_id || grant.status(now) != GrantStatus::Active {
+                        continue;
+                    }
+                    grant.revoked_at = Some(now);
+                    txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
+                    let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
+                        .subject(subject)
+                        .related("grant_id", &grant.grant_id)
+                        .related("cause", "disconnect");
+                    event.business = Some(grant.business_id.clone());
+                    appended.push(log.append(txn, &event)?);
+                }
+                let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
+                    .subject(subject)
+                    .related("relationship_id", &ended.relationship_id);
+                event.business = Some(ended.business_id.clone());
+                appended.push(log.append(txn, &event)?);
+                Ok(appended)
+            })
+            .await?;
+        for appended in appended {
+            self.audit().confirm(appended, &durable)?;
+        }
+        Ok(relationship)
+    }
+
+    /// A grant made directly by the customer, checked against the policies.
+    pub async fn grant_create(
+        &self,
+        subject: SubjectId,
+        business: &str,
+        purposes: Vec<String>,
+        fields: Vec<String>,
+        duration_days: u32,
+    ) -> Result<GrantRecord, ConsentError> {
+        let registered = self.business_purposes(business)?;
+        engine::check_grant(self.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        let now = now_secs();
+        let mut grant = GrantRecord {
+            grant_id: self.random_hex_id()?,
+            business_id: business.to_owned(),
+            purposes,
+            fields,
+            starts_at: now,
+            expires_at: now + i64::from(duration_days) * DAY_SECS,
+            revoked_at: None,
+            audit_index: 0,
+        };
+        let mut event =
+            AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &clock::rfc3339(clock::now()))
+                .subject(subject)
+                .fields(grant.fields.clone())
+                .related("grant_id", &grant.grant_id)
+                .related("purposes", grant.purposes.join(","));
+        event.business = Some(business.to_owned());
+        let log = self.audit().clone();
+        let stored = grant.clone();
+        let ((appended, index), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                if !txn.contains(&Key::relationship(subject.as_bytes(), &stored.business_id))? {
+                    return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
+                }
+                let appended = log.append(txn, &event)?;
+                let index = appended.index();
+                let mut stored = stored;
+                stored.audit_index = index;
+                txn.put(Key::grant(subject.as_bytes(), &stored.grant_id), encode(&stored, "grant")?);
+                txn.put(
+                    Key::grant_of_business(&stored.business_id, &stored.grant_id),
+                    subject.to_string().into_bytes(),
+                );
+                Ok((appended, index))
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        grant.audit_index = index;
+        Ok(grant)
+    }
+
+    /// The customer's grants.
+    pub fn grants(&self, subject: SubjectId) -> Result<Vec<GrantRecord>, ConsentError> {
+        self.store()
+            .scan_prefix(&Key::grants_of(subject.as_bytes()), usize::MAX)?
+            .iter()
+            .map(|(_, bytes)| Ok(decode(bytes, "grant")?))
+            .collect()
+    }
+
+    /// Revokes a grant, effective for every read that commits after it.
+    pub async fn grant_revoke(&self, subject: SubjectId, grant_id: &str) -> Result<GrantRecord, ConsentError> {
+        let key = Key::grant(subject.as_bytes(), grant_id);
+        let now = now_secs();
+        let time = clock::rfc3339(clock::now());
+        let log = self.audit().clone();
+        let grant_id = grant_id.to_owned();
+        let ((grant, appended), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let bytes = txn.get(&key)?.ok_or(ConsentError::NotFound("grant"))?;
+                let mut grant: GrantRecord = decode(&bytes, "grant")?;
+                if grant.status(now) != GrantStatus::Active {
+                    return Ok((grant, None));
+                }
+                grant.revoked_at = Some(now);
+                txn.put(key, encode(&grant, "grant")?);
+                let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
+                    .subject(subject)
+                    .related("grant_id", &grant_id);
+                event.business = Some(grant.business_id.clone());
+                Ok((grant, Some(log.append(txn, &event)?)))
+            })
+            .await?;
+        if let Some(appended) = appended {
+            self.audit().confirm(appended, &durable)?;
+        }
+        Ok(grant)
+    }
+
+    /// The customer's objections (purposes never to be used).
+    pub fn objections(&self, subject: SubjectId) -> Result<Vec<String>, ConsentError> {
+        Ok(match self.store().get(&Key::objections(subject.as_bytes()))? {
+            Some(bytes) => decode(&bytes, "objections")?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Replaces the customer's objections.
+    pub async fn objections_set(&self, subject: SubjectId, purposes: Vec<String>) -> Result<Vec<String>, ConsentError> {
+        if let Some(unknown) = purposes.iter().find(|p| !self.policies().rules.purposes.contains_key(*p)) {
+            return Err(ConsentError::Invalid(format!("unknown purpose `{unknown}`")));
+        }
+        let mut purposes = purposes;
+        purposes.sort();
+        purposes.dedup();
+        let event =
+            AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &clock::rfc3339(clock::now()))
+                .subject(subject)
+                .related("purposes", purposes.join(","));
+        let log = self.audit().clone();
+        let stored = encode(&purposes, "objections")?;
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                txn.put(Key::objections(subject.as_bytes()), stored);
+                Ok::<_, ConsentError>(log.append(txn, &event)?)
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        Ok(purposes)
+    }
+
+    /// The subject behind `pairwise` for `business`, while connected.
+    fn pairwise_subject(txn: &Txn<'_>, business: &str, pairwise: &str) -> Result<Option<SubjectId>, StoreError> {
+        txn.get(&Key::pairwise(business, pairwise))?
+            .map(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("pairwise")))
+            .transpose()
+    }
+
+    /// A business reads fields of the customer it knows as `pairwise`, for
+    /// `purpose`. Decided and logged in one transaction; values leave only
+    /// with the proof that the decision is on disk. With no live grant for
+    /// the purpose (or no such customer), the answer is
+    /// [`ConsentError::NoConsent`], logged all the same.
+    pub async fn scoped_read(
+        &self,
+        business: &str,
+        pairwise: &str,
+        purpose: &str,
+        fields: Option<Vec<String>>,
+    ) -> Result<ScopedRead, ConsentError> {
+        let policies = self.policies().clone();
+        let (business, pairwise, purpose) = (business.to_owned(), pairwise.to_owned(), purpose.to_owned());
+        let log = self.audit().clone();
+        let actor = Actor::new(crate::audit::Role::Business, business.clone());
+        let ((outcome, appended), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                // The time of the decision is the time of its commit.
+                let now = now_secs();
+                let time = clock::rfc3339(clock::now());
+                let subject = Self::pairwise_subject(txn, &business, &pairwise)?;
+                let (grants, objections, connected) = match subject {
+                    Some(subject) => (
+                        grants_in(txn, subject)?.iter().map(GrantRecord::view).collect::<Vec<_>>(),
+                        objections_in(txn, subject)?,
+                        txn.contains(&Key::relationship(subject.as_bytes(), &business))?,
+                    ),
+                    None => (Vec::new(), Vec::new(), false),
+                };
+                let requested = fields.unwrap_or_else(|| {
+                    // No list: every field live grants for this purpose name.
+                    let mut all: Vec<String> = grants
+                        .iter()
+                        .filter(|g| g.business == business && g.is_live(now) && g.purposes.contains(&purpose))
+                        .flat_map(|g| g.fields.iter().cloned())
+                        .collect();
+                    all.sort();
+                    all.dedup();
+                    all
+                });
+                let query = ReadQuery {
+                    business: &business,
+                    purpose: &purpose,
+                    fields: &requested,
+                    now,
+                    connected,
+                    objections: &objections,
+                };
+                let decisions = engine::decide(&policies, &query, &grants);
+                let mut released = Vec::new();
+                let mut withheld = Vec::new();
+                let mut grant_ids = Vec::new();
+                for (field, decision) in decisions {
+                    match decision {
+                        FieldDecision::Released { grant } => {
+                            released.push(field);
+                            if !grant_ids.contains(&grant) {
+                                grant_ids.push(grant);
+                            }
+                        }
+                        FieldDecision::Withheld(reason) => withheld.push((field, reason)),
+                    }
+                }
+                let live_for_purpose =
+                    grants.iter().any(|g| g.business == business && g.is_live(now) && g.purposes.contains(&purpose));
+                let decision = match (released.is_empty(), withheld.is_empty()) {
+                    (false, true) => Decision::Allow,
+                    (false, false) => Decision::Partial,
+                    (true, _) => Decision::Deny,
+                };
+                // Only names from the catalogue reach the log: a caller could
+                // put anything in a field list.
+                let logged_withheld: Vec<Withheld> = withheld
+                    .iter()
+                    .filter(|(field, _)| policies.catalogue.field(field).is_some())
+                    .map(|(field, reason)| Withheld { field: field.clone(), reason: reason.code() })
+                    .collect();
+                let unknown = withheld.iter().filter(|(_, reason)| *reason == Reason::UnknownField).count();
+                let mut event = AuditEvent::new(EventKind::DataRead, actor, &time).fields(released.clone());
+                event.subject = subject;
+                event.business = Some(business.clone());
+                event.purpose = policies.rules.purposes.contains_key(&purpose).then(|| purpose.clone());
+                event.decision = Some(decision);
+                event.reasons = logged_withheld;
+                if unknown > 0 {
+                    event.related.insert("unknown_fields".to_owned(), unknown.to_string());
+                }
+                if !grant_ids.is_empty() {
+                    event.related.insert("grant_ids".to_owned(), grant_ids.join(","));
+                }
+                let appended = log.append(txn, &event)?;
+                if !live_for_purpose {
+                    return Ok((Err(()), appended));
+                }
+                let sealed = match subject {
+                    Some(subject) => sealed_in(txn, subject, &released)?,
+                    None => Vec::new(),
+                };
+                let withheld: Vec<Withheld> =
+                    withheld.into_iter().map(|(field, reason)| Withheld { field, reason: reason.code() }).collect();
+                Ok::<_, ConsentError>((Ok((subject, sealed, withheld, grant_ids)), appended))
+            })
+            .await?;
+        let logged = self.audit().confirm(appended, &durable)?;
+        let Ok((subject, sealed, withheld, grant_ids)) = outcome else { return Err(ConsentError::NoConsent) };
+        let data = match subject {
+            Some(subject) => self.release(&logged, subject, sealed)?,
+            None => BTreeMap::new(),
+        };
+        Ok(ScopedRead { data, withheld, grant_ids, audit_index: logged.index() })
+    }
+}
+
+impl Vault {
+    /// The customers connected to `business`: (pairwise id, connected at).
+    pub fn business_relationships(&self, business: &str) -> Result<Vec<(String, String)>, ConsentError> {
+        let prefix = Key::pairwise_of(business);
+        let mut items = Vec::new();
+        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
+            let pairwise =
+                prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt("pairwise"))?;
+            let subject: SubjectId =
+                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("pairwise"))?;
+            if let Some(bytes) = self.store().get(&Key::relationship(subject.as_bytes(), business))? {
+                let relationship: Relationship = decode(&bytes, "relationship")?;
+                items.push((pairwise.to_owned(), relationship.connected_at));
+            }
+        }
+        Ok(items)
+    }
+}

@@ -1,0 +1,154 @@
+//! The consent path over HTTP: connect, grant, read exactly what is granted,
+//! object, revoke, disconnect, and the log order that proves it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::roles;
+use serde_json::{Value, json};
+
+async fn get(client: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
+    let response = client.get(url).bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let (customer_id, customer) = roles::customer(&client, &base).await;
+    let put = client
+        .put(format!("{base}/v1/me/data"))
+        .bearer_auth(&customer)
+        .json(&json!({"email": "ada@example.org", "phone": "+44 20 7946 0000", "allergies": ["peanuts"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+
+    let (status, relationship) = roles::post(
+        &client,
+        format!("{base}/v1/me/relationships"),
+        Some(&customer),
+        json!({"business_id": business_id}),
+    )
+    .await;
+    assert_eq!(status, 201, "{relationship}");
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let (_, listed) = get(&client, format!("{base}/v1/relationships"), &business).await;
+    assert_eq!(listed["items"][0]["pairwise_id"], pairwise);
+
+    let read = |purpose: &'static str, fields: &'static str| {
+        let url = format!("{base}/v1/subjects/{pairwise}/data?purpose={purpose}&fields={fields}");
+        let (client, business) = (client.clone(), business.clone());
+        async move { get(&client, url, &business).await }
+    };
+    let (status, before) = read("marketing", "email").await;
+    assert_eq!((status, before["code"].as_str()), (403, Some("no_consent")), "no grant yet");
+    let (status, stranger) =
+        get(&client, format!("{base}/v1/subjects/00000000000000000000000000000000/data?purpose=marketing"), &business)
+            .await;
+    assert_eq!(status, 403, "an unknown customer looks the same as one without a grant");
+    assert_eq!(stranger, before);
+
+    // Policies refuse what can never be granted.
+    let too_long =
+        json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 400});
+    let (status, problem) = roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), too_long).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("policy_violation")), "{problem}");
+    let special =
+        json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["allergies"], "duration_days": 30});
+    let (status, _) = roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), special).await;
+    assert_eq!(status, 422, "special-category data is never for marketing");
+
+    let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email", "phone"], "duration_days": 90});
+    let (status, grant) = roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), body).await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(grant["status"], "active");
+    let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+
+    let (status, allowed) = read("marketing", "email,given_name,allergies").await;
+    assert_eq!(status, 200, "{allowed}");
+    assert_eq!(allowed["data"], json!({"email": "ada@example.org"}));
+    assert_eq!(
+        allowed["withheld"],
+        json!([
+            {"field": "given_name", "reason": "field_not_granted"},
+            {"field": "allergies", "reason": "category_not_allowed"}
+        ])
+    );
+    assert_eq!(allowed["grant_ids"], json!([grant_id]));
+    let (status, all) = read("marketing", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        all["data"],
+        json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"}),
+        "no list: every granted field"
+    );
+
+    // An objection overrides the grant.
+    let objection = client
+        .put(format!("{base}/v1/me/objections"))
+        .bearer_auth(&customer)
+        .json(&json!({"purposes": ["marketing"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(objection.status(), 200);
+    let (status, objected) = read("marketing", "email").await;
+    assert_eq!(status, 200);
+    assert_eq!(objected["data"], json!({}));
+    assert_eq!(objected["withheld"][0]["reason"], "objection");
+    client
+        .put(format!("{base}/v1/me/objections"))
+        .bearer_auth(&customer)
+        .json(&json!({"purposes": []}))
+        .send()
+        .await
+        .unwrap();
+
+    let revoked = client.delete(format!("{base}/v1/me/grants/{grant_id}")).bearer_auth(&customer).send().await.unwrap();
+    let revoked: Value = revoked.json().await.unwrap();
+    assert_eq!(revoked["status"], "revoked");
+    let (status, after) = read("marketing", "email").await;
+    assert_eq!((status, after["code"].as_str()), (403, Some("no_consent")), "the next read after a revoke is denied");
+
+    // The log: the allowed reads come before the revoke, the denied one after.
+    let (_, entries) =
+        get(&client, format!("{base}/v1/audit/entries?subject={}&limit=1000", customer_id), &auditor).await;
+    let entries = entries["items"].as_array().unwrap();
+    let index_of = |kind: &str, decision: Option<&str>| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|e| e["entry"]["kind"] == kind && decision.is_none_or(|d| e["entry"]["decision"] == d))
+            .map(|e| e["index"].as_u64().unwrap())
+            .collect()
+    };
+    let revoke_at = index_of("grant.revoked", None)[0];
+    assert!(index_of("data.read", Some("allow")).iter().all(|&i| i < revoke_at));
+    assert!(index_of("grant.created", None)[0] < index_of("data.read", Some("allow"))[0]);
+    let last_deny = *index_of("data.read", Some("deny")).last().unwrap();
+    assert!(last_deny > revoke_at);
+    assert!(entries.iter().all(|e| !e["entry"].to_string().contains("ada@example.org")), "no value in the log");
+
+    // Disconnecting ends the pairwise id.
+    let relationship_id = relationship["relationship_id"].as_str().unwrap();
+    let ended = client
+        .delete(format!("{base}/v1/me/relationships/{relationship_id}"))
+        .bearer_auth(&customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    let (_, listed) = get(&client, format!("{base}/v1/relationships"), &business).await;
+    assert!(listed["items"].as_array().unwrap().is_empty());
+    server.stop().await;
+}
