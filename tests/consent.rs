@@ -139,6 +139,33 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
     assert!(last_deny > revoke_at);
     assert!(entries.iter().all(|e| !e["entry"].to_string().contains("ada@example.org")), "no value in the log");
 
+    // The customer sees every read of their data, and can prove each is in
+    // the log the vault signed.
+    let (status, log) = get(&client, format!("{base}/v1/me/access-log?proofs=true"), &customer).await;
+    assert_eq!(status, 200, "{log}");
+    let reads: Vec<&Value> = log["items"].as_array().unwrap().iter().filter(|i| i["role"] == "business").collect();
+    assert!(reads.len() >= 5, "{log}");
+    assert!(reads.iter().any(|i| i["decision"] == "allow" && i["business_id"] == business_id.as_str()));
+    assert!(reads.iter().any(|i| i["decision"] == "deny"));
+    let verifier = server.vault.audit().verifier();
+    let checkpoint =
+        verifier.open_checkpoint(log["checkpoint"].as_str().unwrap(), server.vault.audit().origin()).unwrap();
+    for item in &reads {
+        use base64::Engine;
+        let proof = &item["inclusion_proof"];
+        let entry = base64::engine::general_purpose::STANDARD.decode(proof["entry"].as_str().unwrap()).unwrap();
+        let hashes: Vec<[u8; 32]> = proof["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| base64::engine::general_purpose::STANDARD.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        let leaf = consentvault::audit::merkle::leaf_hash(&entry);
+        let index = item["audit_index"].as_u64().unwrap();
+        consentvault::audit::merkle::verify_inclusion(&leaf, index, checkpoint.tree_size, &hashes, &checkpoint.root)
+            .unwrap_or_else(|e| panic!("entry {index}: {e}"));
+    }
+
     // Disconnecting ends the pairwise id.
     let relationship_id = relationship["relationship_id"].as_str().unwrap();
     let ended = client

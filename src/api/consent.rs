@@ -298,3 +298,101 @@ pub async fn subjects_data(
         audit_index: read.audit_index,
     }))
 }
+
+/// The query of `GET /v1/me/access-log`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogParams {
+    /// Page size (default 100, at most 100).
+    limit: Option<usize>,
+    /// The cursor of the previous page.
+    cursor: Option<String>,
+    /// `true`: each item carries an inclusion proof against `checkpoint`.
+    proofs: Option<bool>,
+}
+
+/// One access-log item, with its proof when asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccessLogEntry {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    item: crate::consent::AccessLogItem,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    inclusion_proof: Option<serde_json::Value>,
+}
+
+/// The access log page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccessLogPage {
+    items: Vec<AccessLogEntry>,
+    cursor: Option<String>,
+    /// With `proofs=true`: the signed checkpoint the proofs lead to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<String>,
+}
+
+/// `GET /v1/me/access-log`: every read of my data, with inclusion proofs on
+/// request (`proofs=true`), verifiable against the signed checkpoint given.
+#[utoipa::path(get, path = "/v1/me/access-log", tag = "customer", params(AccessLogParams), security(("bearer" = [])), responses((status = 200, body = AccessLogPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn access_log(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Query(params): Query<AccessLogParams>,
+) -> Result<axum::Json<AccessLogPage>, ApiError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 100 {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "Invalid query",
+            "`limit` must be between 1 and 100",
+        ));
+    }
+    let from = match &params.cursor {
+        Some(cursor) => URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.strip_prefix("access:").and_then(|n| n.parse::<u64>().ok()))
+            .ok_or_else(|| {
+                ApiError::client(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "Invalid query",
+                    "`cursor` is not one this vault issued",
+                )
+            })?,
+        None => 0,
+    };
+    let vault = &state.vault;
+    let (log, next) = vault.access_log(caller.subject, from, limit)?;
+    let (checkpoint, tree_size) = if params.proofs.unwrap_or(false) {
+        let note = vault.audit().checkpoint_latest()?;
+        let size = note.lines().nth(1).and_then(|line| line.parse::<u64>().ok()).unwrap_or(0);
+        (Some(note), Some(size))
+    } else {
+        (None, None)
+    };
+    let mut items = Vec::with_capacity(log.len());
+    for item in log {
+        let inclusion_proof = match tree_size {
+            Some(size) if item.audit_index < size => {
+                let hashes = vault.audit().inclusion_proof(vault.store(), item.audit_index, size)?;
+                // The exact entry bytes, so the customer can hash the leaf.
+                let entry = vault.audit().entry(vault.store(), item.audit_index)?.unwrap_or_default();
+                Some(serde_json::json!({
+                    "tree_size": size,
+                    "entry": STANDARD.encode(entry),
+                    "hashes": hashes.iter().map(|hash| STANDARD.encode(hash)).collect::<Vec<_>>(),
+                }))
+            }
+            _ => None,
+        };
+        items.push(AccessLogEntry { item, inclusion_proof });
+    }
+    let cursor = next.map(|next| URL_SAFE_NO_PAD.encode(format!("access:{next}")));
+    Ok(axum::Json(AccessLogPage { items, cursor, checkpoint }))
+}

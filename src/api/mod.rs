@@ -204,6 +204,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::grants_list, consent::grants_create))
         .routes(routes!(consent::grants_get, consent::grants_revoke))
         .routes(routes!(consent::objections_get, consent::objections_put))
+        .routes(routes!(consent::access_log))
 }
 
 /// Business routes: connected customers and the scoped read.

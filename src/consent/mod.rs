@@ -554,3 +554,70 @@ impl Vault {
         Ok(items)
     }
 }
+
+/// One read of a customer's data, as the customer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogItem {
+    /// Where the event is in the audit log.
+    pub audit_index: u64,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Who read: `business`, or `customer` for the customer's own reads.
+    pub role: crate::audit::Role,
+    /// The business, for reads by a business.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_id: Option<String>,
+    /// The purpose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The fields released.
+    pub fields: Vec<String>,
+    /// `allow`, `partial` or `deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// Requested fields withheld, with reasons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<Withheld>,
+}
+
+impl Vault {
+    /// Reads of `subject`'s data from index `from` on: up to `limit` items,
+    /// and the index to continue from if there may be more.
+    pub fn access_log(
+        &self,
+        subject: SubjectId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<AccessLogItem>, Option<u64>), ConsentError> {
+        // Markers cover every event about the subject; reads are a share of
+        // them, so scan a bounded window and say where to go on.
+        const SCAN_MAX: usize = 2_000;
+        let indices = self.audit().indices_of_subject(self.store(), subject, from, SCAN_MAX)?;
+        let mut items = Vec::new();
+        let mut next = None;
+        for (position, &index) in indices.iter().enumerate() {
+            if items.len() == limit {
+                next = Some(index);
+                break;
+            }
+            let Some(bytes) = self.audit().entry(self.store(), index)? else { break };
+            let event = AuditEvent::from_bytes(&bytes).map_err(AuditError::from)?;
+            if event.kind == EventKind::DataRead {
+                items.push(AccessLogItem {
+                    audit_index: index,
+                    time: event.time,
+                    role: event.actor.role,
+                    business_id: event.business,
+                    purpose: event.purpose,
+                    fields: event.fields,
+                    decision: event.decision,
+                    withheld: event.reasons,
+                });
+            }
+            if position + 1 == SCAN_MAX {
+                next = Some(index + 1);
+            }
+        }
+        Ok((items, next))
+    }
+}
