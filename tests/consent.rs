@@ -74,6 +74,14 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
     assert_eq!(status, 201, "{grant}");
     assert_eq!(grant["status"], "active");
     let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+    let (_, given) = get(&client, format!("{base}/v1/grants"), &business).await;
+    assert_eq!(given["items"][0]["grant_id"], grant_id.as_str());
+    assert_eq!(
+        given["items"][0]["pairwise_id"],
+        pairwise.as_str(),
+        "the business sees the customer by pairwise id only"
+    );
+    assert!(!given.to_string().contains(&customer_id), "never by subject id");
 
     let (status, allowed) = read("marketing", "email,given_name,allergies").await;
     assert_eq!(status, 200, "{allowed}");

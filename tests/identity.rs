@@ -151,6 +151,7 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("PUT", "/v1/me/objections".to_owned(), Some("customer"), Some(json!({"purposes": []}))),
         ("GET", "/v1/me/access-log?proofs=true".to_owned(), Some("customer"), None),
         ("GET", "/v1/relationships".to_owned(), Some("business"), None),
+        ("GET", "/v1/grants".to_owned(), Some("business"), None),
         ("GET", format!("/v1/subjects/{pairwise}/data?purpose=marketing"), Some("business"), None),
         ("GET", "/v1/audit/entries".to_owned(), Some("auditor"), None),
         ("GET", "/v1/audit/entries/0".to_owned(), Some("auditor"), None),
@@ -702,6 +703,7 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/relationships"),
         ("GET", "/v1/subjects/{pairwise_id}/data"),
         ("GET", "/v1/me/access-log"),
+        ("GET", "/v1/grants"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -396,3 +396,26 @@ pub async fn access_log(
     let cursor = next.map(|next| URL_SAFE_NO_PAD.encode(format!("access:{next}")));
     Ok(axum::Json(AccessLogPage { items, cursor, checkpoint }))
 }
+
+/// A grant given to the calling business.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BusinessGrantView {
+    #[serde(flatten)]
+    grant: GrantView,
+    pairwise_id: Option<String>,
+}
+
+/// `GET /v1/grants`: the grants given to me, customers by pairwise id.
+#[utoipa::path(get, path = "/v1/grants", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<BusinessGrantView>)))]
+pub async fn business_grants(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<BusinessGrantView>>, ApiError> {
+    let grants = state.vault.business_grants(&caller.0.id)?;
+    Ok(items(
+        grants
+            .into_iter()
+            .map(|entry| BusinessGrantView { grant: entry.grant.into(), pairwise_id: entry.pairwise_id })
+            .collect(),
+    ))
+}

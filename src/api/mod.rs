@@ -209,7 +209,10 @@ fn customer_routes() -> OpenApiRouter<AppState> {
 
 /// Business routes: connected customers and the scoped read.
 fn business_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(consent::business_relationships)).routes(routes!(consent::subjects_data))
+    OpenApiRouter::new()
+        .routes(routes!(consent::business_relationships))
+        .routes(routes!(consent::business_grants))
+        .routes(routes!(consent::subjects_data))
 }
 
 /// The auditor's view of the audit log.

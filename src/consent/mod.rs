@@ -621,3 +621,36 @@ impl Vault {
         Ok((items, next))
     }
 }
+
+/// A grant as the business it was given to sees it: the customer by
+/// pairwise id only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusinessGrant {
+    /// The grant.
+    #[serde(flatten)]
+    pub grant: GrantRecord,
+    /// The customer, as this business knows them (absent once disconnected).
+    pub pairwise_id: Option<String>,
+}
+
+impl Vault {
+    /// Every grant given to `business`.
+    pub fn business_grants(&self, business: &str) -> Result<Vec<BusinessGrant>, ConsentError> {
+        let prefix = Key::grants_of_business(business);
+        let mut grants = Vec::new();
+        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
+            let grant_id =
+                prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt("grant index"))?;
+            let subject: SubjectId =
+                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("grant index"))?;
+            let Some(bytes) = self.store().get(&Key::grant(subject.as_bytes(), grant_id))? else { continue };
+            let grant: GrantRecord = decode(&bytes, "grant")?;
+            let pairwise_id = match self.store().get(&Key::relationship(subject.as_bytes(), business))? {
+                Some(bytes) => Some(decode::<Relationship>(&bytes, "relationship")?.pairwise_id),
+                None => None,
+            };
+            grants.push(BusinessGrant { grant, pairwise_id });
+        }
+        Ok(grants)
+    }
+}
