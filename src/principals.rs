@@ -554,6 +554,8 @@ pub struct Limits {
     pub failures_per_address: crate::auth::ratelimit::RateLimiter,
     /// Sign-ups per address.
     pub signups_per_address: crate::auth::ratelimit::RateLimiter,
+    /// Access requests per business.
+    pub requests_per_business: crate::auth::ratelimit::RateLimiter,
 }
 
 impl Default for Limits {
@@ -563,6 +565,7 @@ impl Default for Limits {
             failures_per_client: RateLimiter::new(5, 5),
             failures_per_address: RateLimiter::new(20, 20),
             signups_per_address: RateLimiter::new(10, 10),
+            requests_per_business: RateLimiter::new(30, 60),
         }
     }
 }

@@ -187,3 +187,106 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
     assert!(listed["items"].as_array().unwrap().is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    client
+        .put(format!("{base}/v1/me/data"))
+        .bearer_auth(&customer)
+        .json(&json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, relationship) = roles::post(
+        &client,
+        format!("{base}/v1/me/relationships"),
+        Some(&customer),
+        json!({"business_id": business_id}),
+    )
+    .await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let ask = |fields: Value, days: u32| {
+        json!({"pairwise_id": pairwise, "purposes": ["marketing"], "fields": fields, "duration_days": days,
+               "justification": "Send our monthly offers", "benefit": "10% off every order"})
+    };
+    let (status, created) =
+        roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), ask(json!(["email", "phone"]), 90))
+            .await;
+    assert_eq!((status, created["status"].as_str()), (201, Some("pending")), "{created}");
+    let request_id = created["request_id"].as_str().unwrap().to_owned();
+
+    // Refusals: unknown customer, no justification, a policy violation.
+    let mut stranger = ask(json!(["email"]), 30);
+    stranger["pairwise_id"] = json!("00000000000000000000000000000000");
+    assert_eq!(roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), stranger).await.0, 404);
+    let mut silent = ask(json!(["email"]), 30);
+    silent["justification"] = json!("  ");
+    assert_eq!(roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), silent).await.0, 400);
+    assert_eq!(
+        roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), ask(json!(["allergies"]), 30))
+            .await
+            .0,
+        422
+    );
+
+    let (_, mine) = get(&client, format!("{base}/v1/me/access-requests"), &customer).await;
+    let pending = &mine["items"][0];
+    assert_eq!(pending["business_name"], "Acme Pizza");
+    assert_eq!(pending["justification"], "Send our monthly offers");
+    assert_eq!(pending["benefit"], "10% off every order");
+    assert_eq!(pending["status"], "pending");
+    assert!(pending.get("pairwise_id").is_none(), "the customer is not shown the business's id for them");
+
+    let widen = roles::post(
+        &client,
+        format!("{base}/v1/me/access-requests/{request_id}/approve"),
+        Some(&customer),
+        json!({"fields": ["email", "phone", "given_name"]}),
+    )
+    .await;
+    assert_eq!(widen.0, 400, "an approval never widens: {}", widen.1);
+    let (status, grant) = roles::post(
+        &client,
+        format!("{base}/v1/me/access-requests/{request_id}/approve"),
+        Some(&customer),
+        json!({"fields": ["email"], "duration_days": 30}),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(grant["fields"], json!(["email"]));
+    assert_eq!(grant["purposes"], json!(["marketing"]));
+    let (status, read) =
+        get(&client, format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing&fields=email,phone"), &business)
+            .await;
+    assert_eq!(status, 200);
+    assert_eq!(read["data"], json!({"email": "ada@example.org"}));
+    assert_eq!(read["withheld"], json!([{"field": "phone", "reason": "field_not_granted"}]));
+    let again =
+        roles::post(&client, format!("{base}/v1/me/access-requests/{request_id}/approve"), Some(&customer), json!({}))
+            .await;
+    assert_eq!(again.0, 400, "a request is answered once");
+
+    let (_, second) =
+        roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), ask(json!(["phone"]), 30)).await;
+    let second_id = second["request_id"].as_str().unwrap();
+    let (status, denied) = roles::post(
+        &client,
+        format!("{base}/v1/me/access-requests/{second_id}/deny"),
+        Some(&customer),
+        json!({"reason": "not now"}),
+    )
+    .await;
+    assert_eq!((status, denied["status"].as_str()), (200, Some("denied")));
+    let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{second_id}"), &business).await;
+    assert_eq!(theirs["status"], "denied");
+    assert_eq!(theirs["reason"], "not now");
+    server.stop().await;
+}

@@ -59,6 +59,8 @@ struct Fixtures {
     grant_to_read: String,
     grant_to_revoke: String,
     pairwise: String,
+    request_to_approve: String,
+    request_to_deny: String,
 }
 
 impl Fixtures {
@@ -90,6 +92,17 @@ impl Fixtures {
         };
         let grant_to_read = grant(json!(["email"])).await;
         let grant_to_revoke = grant(json!(["phone"])).await;
+        let business = actors.tokens["business"].as_str();
+        let ask = |pairwise: String| async move {
+            let body = json!({"pairwise_id": pairwise, "purposes": ["marketing"], "fields": ["email"],
+                              "duration_days": 30, "justification": "offers"});
+            let (status, created) =
+                roles::post(client, format!("{base}/v1/access-requests"), Some(business), body).await;
+            assert_eq!(status, 201, "{created}");
+            created["request_id"].as_str().unwrap().to_owned()
+        };
+        let request_to_approve = ask(pairwise.clone()).await;
+        let request_to_deny = ask(pairwise.clone()).await;
         Self {
             business_to_disable,
             auditor_to_disable,
@@ -98,6 +111,8 @@ impl Fixtures {
             grant_to_read,
             grant_to_revoke,
             pairwise,
+            request_to_approve,
+            request_to_deny,
         }
     }
 }
@@ -112,6 +127,8 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         grant_to_read,
         grant_to_revoke,
         pairwise,
+        request_to_approve,
+        request_to_deny,
     } = fixtures;
     let credentials = json!({
         "grant_type": "client_credentials",
@@ -152,6 +169,19 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("GET", "/v1/me/access-log?proofs=true".to_owned(), Some("customer"), None),
         ("GET", "/v1/relationships".to_owned(), Some("business"), None),
         ("GET", "/v1/grants".to_owned(), Some("business"), None),
+        ("GET", "/v1/access-requests".to_owned(), Some("business"), None),
+        (
+            "POST",
+            "/v1/access-requests".to_owned(),
+            Some("business"),
+            Some(
+                json!({"pairwise_id": pairwise, "purposes": ["marketing"], "fields": ["phone"], "duration_days": 30, "justification": "offers"}),
+            ),
+        ),
+        ("GET", format!("/v1/access-requests/{request_to_approve}"), Some("business"), None),
+        ("GET", "/v1/me/access-requests".to_owned(), Some("customer"), None),
+        ("POST", format!("/v1/me/access-requests/{request_to_approve}/approve"), Some("customer"), Some(json!({}))),
+        ("POST", format!("/v1/me/access-requests/{request_to_deny}/deny"), Some("customer"), Some(json!({}))),
         ("GET", format!("/v1/subjects/{pairwise}/data?purpose=marketing"), Some("business"), None),
         ("GET", "/v1/audit/entries".to_owned(), Some("auditor"), None),
         ("GET", "/v1/audit/entries/0".to_owned(), Some("auditor"), None),
@@ -704,6 +734,12 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/subjects/{pairwise_id}/data"),
         ("GET", "/v1/me/access-log"),
         ("GET", "/v1/grants"),
+        ("GET", "/v1/access-requests"),
+        ("POST", "/v1/access-requests"),
+        ("GET", "/v1/access-requests/{id}"),
+        ("GET", "/v1/me/access-requests"),
+        ("POST", "/v1/me/access-requests/{id}/approve"),
+        ("POST", "/v1/me/access-requests/{id}/deny"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -419,3 +419,188 @@ pub async fn business_grants(
             .collect(),
     ))
 }
+
+/// An access request on the wire.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RequestView {
+    request_id: String,
+    business_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    business_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pairwise_id: Option<String>,
+    purposes: Vec<String>,
+    fields: Vec<String>,
+    duration_days: u32,
+    justification: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    benefit: Option<String>,
+    #[schema(value_type = String)]
+    status: crate::consent::requests::RequestStatus,
+    created_at: String,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_id: Option<String>,
+}
+
+impl RequestView {
+    fn new(
+        request: crate::consent::requests::AccessRequest,
+        for_business: bool,
+        business_name: Option<String>,
+    ) -> Self {
+        let status = request.status_at(crate::clock::now().unix_timestamp());
+        Self {
+            request_id: request.request_id,
+            business_id: request.business_id,
+            business_name,
+            pairwise_id: for_business.then_some(request.pairwise_id),
+            purposes: request.purposes,
+            fields: request.fields,
+            duration_days: request.duration_days,
+            justification: request.justification,
+            benefit: request.benefit,
+            status,
+            created_at: time_text(request.created_at),
+            expires_at: time_text(request.expires_at),
+            reason: request.reason,
+            grant_id: request.grant_id,
+        }
+    }
+}
+
+/// The body of `POST /v1/access-requests`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCreate {
+    pairwise_id: String,
+    purposes: Vec<String>,
+    fields: Vec<String>,
+    duration_days: u32,
+    justification: String,
+    benefit: Option<String>,
+}
+
+/// `POST /v1/access-requests`: ask a connected customer for access.
+#[utoipa::path(post, path = "/v1/access-requests", tag = "business", request_body = RequestCreate, security(("bearer" = [])), responses((status = 201, body = Object), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 429, body = Problem, content_type = "application/problem+json")))]
+pub async fn requests_create(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+    Json(body): Json<RequestCreate>,
+) -> Result<Response, ApiError> {
+    if let Err(wait) = state.vault.limits().requests_per_business.take(&caller.0.id) {
+        let mut response = ApiError::client(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+            "too many access requests; wait before asking again",
+        )
+        .into_response();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+    let request = state
+        .vault
+        .request_create(
+            &caller.0.id,
+            &body.pairwise_id,
+            body.purposes,
+            body.fields,
+            body.duration_days,
+            body.justification,
+            body.benefit,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(serde_json::json!({"request_id": request.request_id, "status": "pending"})))
+        .into_response())
+}
+
+/// `GET /v1/access-requests`: the requests I made.
+#[utoipa::path(get, path = "/v1/access-requests", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<RequestView>)))]
+pub async fn requests_list(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<RequestView>>, ApiError> {
+    let requests = state.vault.requests_of_business(&caller.0.id)?;
+    Ok(items(requests.into_iter().map(|r| RequestView::new(r, true, None)).collect()))
+}
+
+/// `GET /v1/access-requests/{id}`.
+#[utoipa::path(get, path = "/v1/access-requests/{id}", tag = "business", params(("id" = String, Path, description = "Request id")), security(("bearer" = [])), responses((status = 200, body = RequestView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn requests_get(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RequestView>, ApiError> {
+    let request = state
+        .vault
+        .requests_of_business(&caller.0.id)?
+        .into_iter()
+        .find(|r| r.request_id == id)
+        .ok_or(ConsentError::NotFound("request"))?;
+    Ok(axum::Json(RequestView::new(request, true, None)))
+}
+
+/// `GET /v1/me/access-requests`: requests made to me, with who asks and why.
+#[utoipa::path(get, path = "/v1/me/access-requests", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<RequestView>)))]
+pub async fn my_requests_list(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<Items<RequestView>>, ApiError> {
+    let requests = state.vault.requests_of_customer(caller.subject)?;
+    let mut views = Vec::with_capacity(requests.len());
+    for request in requests {
+        let name = state.vault.principal(crate::auth::Role::Business, &request.business_id)?.map(|record| record.name);
+        views.push(RequestView::new(request, false, name));
+    }
+    Ok(items(views))
+}
+
+/// The body of an approval: every member optional, each a narrowing.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    purposes: Option<Vec<String>>,
+    fields: Option<Vec<String>>,
+    duration_days: Option<u32>,
+}
+
+/// `POST /v1/me/access-requests/{id}/approve`.
+#[utoipa::path(post, path = "/v1/me/access-requests/{id}/approve", tag = "customer", params(("id" = String, Path, description = "Request id")), request_body = Approval, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn my_requests_approve(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<Approval>,
+) -> Result<Response, ApiError> {
+    let narrowing = crate::consent::requests::Narrowing {
+        purposes: body.purposes,
+        fields: body.fields,
+        duration_days: body.duration_days,
+    };
+    let grant = state.vault.request_approve(caller.subject, &id, narrowing).await?;
+    Ok((StatusCode::CREATED, axum::Json(GrantView::from(grant))).into_response())
+}
+
+/// The body of a denial.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Denial {
+    reason: Option<String>,
+}
+
+/// `POST /v1/me/access-requests/{id}/deny`.
+#[utoipa::path(post, path = "/v1/me/access-requests/{id}/deny", tag = "customer", params(("id" = String, Path, description = "Request id")), request_body = Denial, security(("bearer" = [])), responses((status = 200, body = RequestView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn my_requests_deny(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<Denial>,
+) -> Result<axum::Json<RequestView>, ApiError> {
+    let request = state.vault.request_deny(caller.subject, &id, body.reason).await?;
+    Ok(axum::Json(RequestView::new(request, false, None)))
+}

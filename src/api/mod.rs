@@ -205,6 +205,9 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::grants_get, consent::grants_revoke))
         .routes(routes!(consent::objections_get, consent::objections_put))
         .routes(routes!(consent::access_log))
+        .routes(routes!(consent::my_requests_list))
+        .routes(routes!(consent::my_requests_approve))
+        .routes(routes!(consent::my_requests_deny))
 }
 
 /// Business routes: connected customers and the scoped read.
@@ -212,6 +215,8 @@ fn business_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(consent::business_relationships))
         .routes(routes!(consent::business_grants))
+        .routes(routes!(consent::requests_list, consent::requests_create))
+        .routes(routes!(consent::requests_get))
         .routes(routes!(consent::subjects_data))
 }
 

@@ -20,6 +20,8 @@ use crate::store::{CommitError, Key, StoreError, Txn};
 use crate::subjects::{DataError, sealed_in};
 use crate::vault::Vault;
 
+pub mod requests;
+
 /// Seconds in a day.
 const DAY_SECS: i64 = 86_400;
 
@@ -62,7 +64,7 @@ impl From<CommitError<ConsentError>> for ConsentError {
     }
 }
 
-fn corrupt(what: &'static str) -> StoreError {
+pub(crate) fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt { what }
 }
 
@@ -153,16 +155,36 @@ pub struct ScopedRead {
     pub audit_index: u64,
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     clock::now().unix_timestamp()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| corrupt(what))
 }
 
-fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|_| corrupt(what))
+}
+
+/// Stores a prepared grant with its event, if the customer is connected to
+/// the business. Returns the append and the grant's audit index.
+pub(crate) fn grant_write(
+    txn: &mut Txn<'_>,
+    log: &crate::audit::AuditLog,
+    subject: SubjectId,
+    mut grant: GrantRecord,
+    event: &AuditEvent,
+) -> Result<(crate::audit::Appended, u64), ConsentError> {
+    if !txn.contains(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+        return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
+    }
+    let appended = log.append(txn, event)?;
+    let index = appended.index();
+    grant.audit_index = index;
+    txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
+    txn.put(Key::grant_of_business(&grant.business_id, &grant.grant_id), subject.to_string().into_bytes());
+    Ok((appended, index))
 }
 
 /// Every grant of `subject`, as `txn` sees them.
@@ -178,13 +200,13 @@ fn objections_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<String>, Store
 }
 
 impl Vault {
-    fn random_hex_id(&self) -> Result<String, ConsentError> {
+    pub(crate) fn random_hex_id(&self) -> Result<String, ConsentError> {
         let bytes: [u8; 16] =
             crate::crypto::random_bytes(self.keys().rng()).map_err(|error| ConsentError::Invalid(error.to_string()))?;
         Ok(hex(&bytes))
     }
 
-    fn business_purposes(&self, business: &str) -> Result<Vec<String>, ConsentError> {
+    pub(crate) fn business_purposes(&self, business: &str) -> Result<Vec<String>, ConsentError> {
         let record = self
             .principal(crate::auth::Role::Business, business)
             .map_err(|error| ConsentError::Invalid(error.to_string()))?
@@ -297,10 +319,30 @@ impl Vault {
         fields: Vec<String>,
         duration_days: u32,
     ) -> Result<GrantRecord, ConsentError> {
+        let (grant, event) = self.grant_prepare(subject, business, purposes, fields, duration_days, None)?;
+        let log = self.audit().clone();
+        let stored = grant.clone();
+        let ((appended, index), durable) =
+            self.store().commit_durable(move |txn| grant_write(txn, &log, subject, stored, &event)).await?;
+        self.audit().confirm(appended, &durable)?;
+        Ok(GrantRecord { audit_index: index, ..grant })
+    }
+
+    /// Checks a grant against the policies and makes its record and
+    /// `grant.created` event (not yet stored).
+    pub(crate) fn grant_prepare(
+        &self,
+        subject: SubjectId,
+        business: &str,
+        purposes: Vec<String>,
+        fields: Vec<String>,
+        duration_days: u32,
+        request_id: Option<&str>,
+    ) -> Result<(GrantRecord, AuditEvent), ConsentError> {
         let registered = self.business_purposes(business)?;
         engine::check_grant(self.policies(), business, &registered, &purposes, &fields, duration_days)?;
         let now = now_secs();
-        let mut grant = GrantRecord {
+        let grant = GrantRecord {
             grant_id: self.random_hex_id()?,
             business_id: business.to_owned(),
             purposes,
@@ -316,30 +358,11 @@ impl Vault {
                 .fields(grant.fields.clone())
                 .related("grant_id", &grant.grant_id)
                 .related("purposes", grant.purposes.join(","));
+        if let Some(request_id) = request_id {
+            event = event.related("request_id", request_id);
+        }
         event.business = Some(business.to_owned());
-        let log = self.audit().clone();
-        let stored = grant.clone();
-        let ((appended, index), durable) = self
-            .store()
-            .commit_durable(move |txn| {
-                if !txn.contains(&Key::relationship(subject.as_bytes(), &stored.business_id))? {
-                    return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
-                }
-                let appended = log.append(txn, &event)?;
-                let index = appended.index();
-                let mut stored = stored;
-                stored.audit_index = index;
-                txn.put(Key::grant(subject.as_bytes(), &stored.grant_id), encode(&stored, "grant")?);
-                txn.put(
-                    Key::grant_of_business(&stored.business_id, &stored.grant_id),
-                    subject.to_string().into_bytes(),
-                );
-                Ok((appended, index))
-            })
-            .await?;
-        self.audit().confirm(appended, &durable)?;
-        grant.audit_index = index;
-        Ok(grant)
+        Ok((grant, event))
     }
 
     /// The customer's grants.
@@ -415,7 +438,11 @@ impl Vault {
     }
 
     /// The subject behind `pairwise` for `business`, while connected.
-    fn pairwise_subject(txn: &Txn<'_>, business: &str, pairwise: &str) -> Result<Option<SubjectId>, StoreError> {
+    pub(crate) fn pairwise_subject(
+        txn: &Txn<'_>,
+        business: &str,
+        pairwise: &str,
+    ) -> Result<Option<SubjectId>, StoreError> {
         txn.get(&Key::pairwise(business, pairwise))?
             .map(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("pairwise")))
             .transpose()

@@ -106,6 +106,10 @@ pub enum Space {
     GrantsByBusiness = 0x34,
     /// Objections by subject.
     Objections = 0x35,
+    /// Access requests by subject and request id.
+    Requests = 0x36,
+    /// Access request ids by business, to the subject.
+    RequestsByBusiness = 0x37,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -275,6 +279,26 @@ impl Key {
     /// Every grant given to `business`.
     pub fn grants_of_business(business: &str) -> Self {
         Self::new(Space::GrantsByBusiness, &[&length_prefixed(business.as_bytes())])
+    }
+
+    /// Access request `request` of `subject`.
+    pub fn request(subject: &[u8; 16], request: &str) -> Self {
+        Self::new(Space::Requests, &[subject, request.as_bytes()])
+    }
+
+    /// Every access request of `subject`.
+    pub fn requests_of(subject: &[u8; 16]) -> Self {
+        Self::new(Space::Requests, &[subject])
+    }
+
+    /// Access request `request` made by `business`.
+    pub fn request_of_business(business: &str, request: &str) -> Self {
+        Self::new(Space::RequestsByBusiness, &[&length_prefixed(business.as_bytes()), request.as_bytes()])
+    }
+
+    /// Every access request made by `business`.
+    pub fn requests_of_business(business: &str) -> Self {
+        Self::new(Space::RequestsByBusiness, &[&length_prefixed(business.as_bytes())])
     }
 
     /// The objections of `subject`.

@@ -1,0 +1,307 @@
+//! Access requests: a business asks a connected customer for purposes ×
+//! fields × duration, saying why and what the customer gets; the customer
+//! approves (possibly narrowing, never widening) or denies. Pending requests
+//! expire.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConsentError, DAY_SECS, GrantRecord, decode, encode, grant_write, now_secs};
+use crate::audit::{Actor, AuditEvent, EventKind, Role};
+use crate::clock;
+use crate::ids::SubjectId;
+use crate::policy::engine;
+use crate::store::Key;
+use crate::vault::Vault;
+
+/// How long a request waits for an answer.
+pub const REQUEST_TTL_DAYS: i64 = 30;
+/// Longest justification or benefit text.
+pub const TEXT_BYTES_MAX: usize = 1000;
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    /// Waiting for the customer.
+    Pending,
+    /// Approved; a grant was created.
+    Approved,
+    /// Denied by the customer.
+    Denied,
+    /// Not answered in time.
+    Expired,
+}
+
+/// A stored access request. The texts are the business's words to the
+/// customer; they are not personal data of the customer and are never
+/// written to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    /// The request id.
+    pub request_id: String,
+    /// The business asking.
+    pub business_id: String,
+    /// How the business knows the customer.
+    pub pairwise_id: String,
+    /// Purposes asked for.
+    pub purposes: Vec<String>,
+    /// Fields asked for.
+    pub fields: Vec<String>,
+    /// Duration asked for, in days.
+    pub duration_days: u32,
+    /// Why the business asks.
+    pub justification: String,
+    /// What the customer gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benefit: Option<String>,
+    /// Stored status (a pending request past `expires_at` reads as expired).
+    pub status: RequestStatus,
+    /// When it was made (Unix seconds).
+    pub created_at: i64,
+    /// When it expires if unanswered (Unix seconds).
+    pub expires_at: i64,
+    /// The customer's reason for a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The grant an approval created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+}
+
+impl AccessRequest {
+    /// The status at `now`.
+    pub fn status_at(&self, now: i64) -> RequestStatus {
+        if self.status == RequestStatus::Pending && now >= self.expires_at {
+            RequestStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
+/// What a customer may narrow when approving.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrowing {
+    /// A subset of the purposes asked for.
+    pub purposes: Option<Vec<String>>,
+    /// A subset of the fields asked for.
+    pub fields: Option<Vec<String>>,
+    /// At most the duration asked for.
+    pub duration_days: Option<u32>,
+}
+
+fn text_check(name: &str, text: &str, required: bool) -> Result<(), ConsentError> {
+    let trimmed = text.trim();
+    if (required && trimmed.is_empty())
+        || text.len() > TEXT_BYTES_MAX
+        || text.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ConsentError::Invalid(format!(
+            "`{name}` must be {} to {TEXT_BYTES_MAX} bytes of text",
+            if required { 1 } else { 0 }
+        )));
+    }
+    Ok(())
+}
+
+impl Vault {
+    /// A business asks the customer it knows as `pairwise`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_create(
+        &self,
+        business: &str,
+        pairwise: &str,
+        purposes: Vec<String>,
+        fields: Vec<String>,
+        duration_days: u32,
+        justification: String,
+        benefit: Option<String>,
+    ) -> Result<AccessRequest, ConsentError> {
+        text_check("justification", &justification, true)?;
+        if let Some(benefit) = &benefit {
+            text_check("benefit", benefit, false)?;
+        }
+        let registered = self.business_purposes(business)?;
+        engine::check_grant(self.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        let now = now_secs();
+        let request = AccessRequest {
+            request_id: self.random_hex_id()?,
+            business_id: business.to_owned(),
+            pairwise_id: pairwise.to_owned(),
+            purposes,
+            fields,
+            duration_days,
+            justification,
+            benefit,
+            status: RequestStatus::Pending,
+            created_at: now,
+            expires_at: now + REQUEST_TTL_DAYS * DAY_SECS,
+            reason: None,
+            grant_id: None,
+        };
+        let log = self.audit().clone();
+        let stored = request.clone();
+        let time = clock::rfc3339(clock::now());
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                // Only a connected customer can be asked.
+                let subject = Vault::pairwise_subject(txn, &stored.business_id, &stored.pairwise_id)?
+                    .ok_or(ConsentError::NotFound("customer"))?;
+                let mut event = AuditEvent::new(
+                    EventKind::AccessRequestCreated,
+                    Actor::new(Role::Business, &stored.business_id),
+                    &time,
+                )
+                .subject(subject)
+                .fields(stored.fields.clone())
+                .related("request_id", &stored.request_id)
+                .related("purposes", stored.purposes.join(","));
+                event.business = Some(stored.business_id.clone());
+                txn.put(Key::request(subject.as_bytes(), &stored.request_id), encode(&stored, "request")?);
+                txn.put(
+                    Key::request_of_business(&stored.business_id, &stored.request_id),
+                    subject.to_string().into_bytes(),
+                );
+                Ok::<_, ConsentError>(log.append(txn, &event)?)
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        Ok(request)
+    }
+
+    /// The customer's requests, newest last.
+    pub fn requests_of_customer(&self, subject: SubjectId) -> Result<Vec<AccessRequest>, ConsentError> {
+        let mut requests: Vec<AccessRequest> = self
+            .store()
+            .scan_prefix(&Key::requests_of(subject.as_bytes()), usize::MAX)?
+            .iter()
+            .map(|(_, bytes)| decode(bytes, "request"))
+            .collect::<Result<_, _>>()?;
+        requests.sort_by_key(|request| request.created_at);
+        Ok(requests)
+    }
+
+    /// The requests a business made, newest last.
+    pub fn requests_of_business(&self, business: &str) -> Result<Vec<AccessRequest>, ConsentError> {
+        let prefix = Key::requests_of_business(business);
+        let mut requests = Vec::new();
+        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
+            let request_id = prefix
+                .suffix_of(&key)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .ok_or(super::corrupt("request index"))?;
+            let subject: SubjectId = String::from_utf8(subject)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or(super::corrupt("request index"))?;
+            if let Some(bytes) = self.store().get(&Key::request(subject.as_bytes(), request_id))? {
+                requests.push(decode::<AccessRequest>(&bytes, "request")?);
+            }
+        }
+        requests.sort_by_key(|request| request.created_at);
+        Ok(requests)
+    }
+
+    fn request_of_customer(&self, subject: SubjectId, request_id: &str) -> Result<AccessRequest, ConsentError> {
+        let bytes = self
+            .store()
+            .get(&Key::request(subject.as_bytes(), request_id))?
+            .ok_or(ConsentError::NotFound("request"))?;
+        Ok(decode(&bytes, "request")?)
+    }
+
+    /// The customer approves a pending request, optionally narrowed: the
+    /// grant never covers more than was asked.
+    pub async fn request_approve(
+        &self,
+        subject: SubjectId,
+        request_id: &str,
+        narrowing: Narrowing,
+    ) -> Result<GrantRecord, ConsentError> {
+        let request = self.request_of_customer(subject, request_id)?;
+        if request.status_at(now_secs()) != RequestStatus::Pending {
+            return Err(ConsentError::Invalid(
+                format!("the request is {:?}, not pending", request.status_at(now_secs())).to_lowercase(),
+            ));
+        }
+        let purposes = narrowing.purposes.unwrap_or_else(|| request.purposes.clone());
+        let fields = narrowing.fields.unwrap_or_else(|| request.fields.clone());
+        let duration_days = narrowing.duration_days.unwrap_or(request.duration_days);
+        if purposes.iter().any(|p| !request.purposes.contains(p))
+            || fields.iter().any(|f| !request.fields.contains(f))
+            || duration_days > request.duration_days
+        {
+            return Err(ConsentError::Invalid("an approval may narrow the request, never widen it".to_owned()));
+        }
+        let (grant, grant_event) =
+            self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(request_id))?;
+        let log = self.audit().clone();
+        let time = clock::rfc3339(clock::now());
+        let stored_grant = grant.clone();
+        let request_id = request_id.to_owned();
+        let (((first, index), second), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let key = Key::request(subject.as_bytes(), &request_id);
+                let mut request: AccessRequest =
+                    decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
+                if request.status_at(now_secs()) != RequestStatus::Pending {
+                    return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
+                }
+                let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
+                request.status = RequestStatus::Approved;
+                request.grant_id = Some(stored_grant.grant_id.clone());
+                txn.put(key, encode(&request, "request")?);
+                let mut event = AuditEvent::new(EventKind::AccessRequestApproved, Actor::customer(subject), &time)
+                    .subject(subject)
+                    .fields(stored_grant.fields.clone())
+                    .related("request_id", &request_id)
+                    .related("grant_id", &stored_grant.grant_id);
+                event.business = Some(request.business_id.clone());
+                Ok(((first, index), log.append(txn, &event)?))
+            })
+            .await?;
+        self.audit().confirm(first, &durable)?;
+        self.audit().confirm(second, &durable)?;
+        Ok(GrantRecord { audit_index: index, ..grant })
+    }
+
+    /// The customer denies a pending request, with an optional reason.
+    pub async fn request_deny(
+        &self,
+        subject: SubjectId,
+        request_id: &str,
+        reason: Option<String>,
+    ) -> Result<AccessRequest, ConsentError> {
+        if let Some(reason) = &reason {
+            text_check("reason", reason, false)?;
+        }
+        let log = self.audit().clone();
+        let time = clock::rfc3339(clock::now());
+        let request_id = request_id.to_owned();
+        let ((request, appended), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let key = Key::request(subject.as_bytes(), &request_id);
+                let mut request: AccessRequest =
+                    decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
+                if request.status_at(now_secs()) != RequestStatus::Pending {
+                    return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
+                }
+                request.status = RequestStatus::Denied;
+                request.reason = reason;
+                txn.put(key, encode(&request, "request")?);
+                let mut event = AuditEvent::new(EventKind::AccessRequestDenied, Actor::customer(subject), &time)
+                    .subject(subject)
+                    .related("request_id", &request_id);
+                event.business = Some(request.business_id.clone());
+                let appended = log.append(txn, &event)?;
+                Ok::<_, ConsentError>((request, appended))
+            })
+            .await?;
+        self.audit().confirm(appended, &durable)?;
+        Ok(request)
+    }
+}
