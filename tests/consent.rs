@@ -185,6 +185,23 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
     assert_eq!(ended.status(), 200);
     let (_, listed) = get(&client, format!("{base}/v1/relationships"), &business).await;
     assert!(listed["items"].as_array().unwrap().is_empty());
+
+    // The business's feed tells it what to delete, by pairwise id only.
+    let (_, feed) = get(&client, format!("{base}/v1/grants/changes"), &business).await;
+    let changes: Vec<(&str, &str)> = feed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["change"].as_str().unwrap(), c["pairwise_id"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![("created", pairwise.as_str()), ("revoked", pairwise.as_str()), ("disconnected", pairwise.as_str())]
+    );
+    assert!(!feed.to_string().contains(&customer_id));
+    let cursor = feed["cursor"].as_str().unwrap();
+    let (_, later) = get(&client, format!("{base}/v1/grants/changes?cursor={cursor}"), &business).await;
+    assert!(later["items"].as_array().unwrap().is_empty(), "the cursor moves past what was seen");
     server.stop().await;
 }
 

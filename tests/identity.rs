@@ -170,6 +170,7 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("GET", "/v1/relationships".to_owned(), Some("business"), None),
         ("GET", "/v1/grants".to_owned(), Some("business"), None),
         ("GET", "/v1/access-requests".to_owned(), Some("business"), None),
+        ("GET", "/v1/grants/changes".to_owned(), Some("business"), None),
         (
             "POST",
             "/v1/access-requests".to_owned(),
@@ -735,6 +736,7 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/me/access-log"),
         ("GET", "/v1/grants"),
         ("GET", "/v1/access-requests"),
+        ("GET", "/v1/grants/changes"),
         ("POST", "/v1/access-requests"),
         ("GET", "/v1/access-requests/{id}"),
         ("GET", "/v1/me/access-requests"),

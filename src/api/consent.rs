@@ -604,3 +604,61 @@ pub async fn my_requests_deny(
     let request = state.vault.request_deny(caller.subject, &id, body.reason).await?;
     Ok(axum::Json(RequestView::new(request, false, None)))
 }
+
+/// The query of the change feed.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesParams {
+    /// Where the previous page ended (from its `cursor`); absent: the start.
+    cursor: Option<String>,
+    /// Page size (default 100, at most 500).
+    limit: Option<usize>,
+}
+
+/// A page of the change feed; `cursor` is always given, to poll from.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangesPage {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<crate::consent::GrantChange>,
+    cursor: String,
+}
+
+/// `GET /v1/grants/changes?cursor=`: created, revoked, expired and
+/// disconnected grants, so the business can delete its copies.
+#[utoipa::path(get, path = "/v1/grants/changes", tag = "business", params(ChangesParams), security(("bearer" = [])), responses((status = 200, body = ChangesPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn grant_changes(
+    caller: BusinessCaller,
+    State(state): State<AppState>,
+    Query(params): Query<ChangesParams>,
+) -> Result<axum::Json<ChangesPage>, ApiError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "Invalid query",
+            "`limit` must be between 1 and 500",
+        ));
+    }
+    let from = match &params.cursor {
+        Some(cursor) => URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.strip_prefix("changes:").and_then(|n| n.parse::<u64>().ok()))
+            .ok_or_else(|| {
+                ApiError::client(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "Invalid query",
+                    "`cursor` is not one this vault issued",
+                )
+            })?,
+        None => 0,
+    };
+    let (items, next) = state.vault.grant_changes(&caller.0.id, from, limit)?;
+    let cursor = URL_SAFE_NO_PAD.encode(format!("changes:{}", next.unwrap_or(from)));
+    Ok(axum::Json(ChangesPage { items, cursor }))
+}

@@ -215,6 +215,7 @@ fn business_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(consent::business_relationships))
         .routes(routes!(consent::business_grants))
+        .routes(routes!(consent::grant_changes))
         .routes(routes!(consent::requests_list, consent::requests_create))
         .routes(routes!(consent::requests_get))
         .routes(routes!(consent::subjects_data))

@@ -176,10 +176,13 @@ pub(crate) fn grant_write(
     mut grant: GrantRecord,
     event: &AuditEvent,
 ) -> Result<(crate::audit::Appended, u64), ConsentError> {
-    if !txn.contains(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+    let Some(relationship) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? else {
         return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
-    }
-    let appended = log.append(txn, event)?;
+    };
+    let relationship: Relationship = decode(&relationship, "relationship")?;
+    // The business's change feed names the customer by pairwise id only.
+    let event = event.clone().related("pairwise_id", &relationship.pairwise_id);
+    let appended = log.append(txn, &event)?;
     let index = appended.index();
     grant.audit_index = index;
     txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
@@ -292,13 +295,15 @@ impl Vault {
                     let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
                         .subject(subject)
                         .related("grant_id", &grant.grant_id)
+                        .related("pairwise_id", &ended.pairwise_id)
                         .related("cause", "disconnect");
                     event.business = Some(grant.business_id.clone());
                     appended.push(log.append(txn, &event)?);
                 }
                 let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
                     .subject(subject)
-                    .related("relationship_id", &ended.relationship_id);
+                    .related("relationship_id", &ended.relationship_id)
+                    .related("pairwise_id", &ended.pairwise_id);
                 event.business = Some(ended.business_id.clone());
                 appended.push(log.append(txn, &event)?);
                 Ok(appended)
@@ -394,6 +399,10 @@ impl Vault {
                 let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
                     .subject(subject)
                     .related("grant_id", &grant_id);
+                if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+                    let relationship: Relationship = decode(&bytes, "relationship")?;
+                    event = event.related("pairwise_id", &relationship.pairwise_id);
+                }
                 event.business = Some(grant.business_id.clone());
                 Ok((grant, Some(log.append(txn, &event)?)))
             })
@@ -679,5 +688,71 @@ impl Vault {
             grants.push(BusinessGrant { grant, pairwise_id });
         }
         Ok(grants)
+    }
+}
+
+/// One change a business learns of, so it can delete its copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantChange {
+    /// `created`, `revoked`, `expired` or `disconnected`.
+    pub change: &'static str,
+    /// The grant concerned (none for a disconnection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// The customer, by this business's pairwise id.
+    pub pairwise_id: Option<String>,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Where the event is in the audit log.
+    pub audit_index: u64,
+}
+
+impl Vault {
+    /// The changes to `business`'s grants and relationships from audit
+    /// index `from` on; and where to continue.
+    pub fn grant_changes(
+        &self,
+        business: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<GrantChange>, Option<u64>), ConsentError> {
+        const SCAN_MAX: usize = 2_000;
+        let indices = self.audit().indices_of_business(self.store(), business, from, SCAN_MAX)?;
+        let mut changes = Vec::new();
+        let mut next = None;
+        for (position, &index) in indices.iter().enumerate() {
+            if changes.len() == limit {
+                next = Some(index);
+                break;
+            }
+            let Some(bytes) = self.audit().entry(self.store(), index)? else { break };
+            let event = AuditEvent::from_bytes(&bytes).map_err(AuditError::from)?;
+            let change = match event.kind {
+                EventKind::GrantCreated => Some("created"),
+                EventKind::GrantRevoked if event.related.get("cause").is_some_and(|c| c == "disconnect") => {
+                    Some("disconnected")
+                }
+                EventKind::GrantRevoked => Some("revoked"),
+                EventKind::GrantExpired => Some("expired"),
+                EventKind::RelationshipEnded => Some("disconnected"),
+                _ => None,
+            };
+            if let Some(change) = change {
+                changes.push(GrantChange {
+                    change,
+                    grant_id: event.related.get("grant_id").cloned(),
+                    pairwise_id: event.related.get("pairwise_id").cloned(),
+                    time: event.time,
+                    audit_index: index,
+                });
+            }
+            // The window ran out with more markers beyond it.
+            if position + 1 == SCAN_MAX {
+                next = Some(index + 1);
+            }
+        }
+        // With nothing more now, the feed goes on from the end next time.
+        let next = next.or_else(|| Some(indices.last().map_or(from, |last| last + 1)));
+        Ok((changes, next))
     }
 }
