@@ -28,6 +28,7 @@ fn readme_quick_start_runs_against_a_real_server() {
         .current_dir(dir.path())
         .env("VAULT", &server.base_url)
         .env("DATA_DIR", &data_dir)
+        .env("TOOLS", concat!(env!("CARGO_MANIFEST_DIR"), "/tools"))
         .output()
         .unwrap();
     assert!(
