@@ -74,6 +74,20 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
     assert_eq!(status, 201, "{grant}");
     assert_eq!(grant["status"], "active");
     let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+    // A signed receipt the customer can keep, naming the grant's audit event.
+    let (status, receipt) = get(&client, format!("{base}/v1/me/grants/{grant_id}/receipt"), &customer).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["receipt"]["version"], "KI-CR-v1.1.0");
+    assert_eq!(receipt["receipt"]["auditIndex"], grant["audit_index"]);
+    assert_eq!(receipt["receipt"]["piiControllers"][0]["piiController"], "Acme Pizza");
+    assert_eq!(receipt["receipt"]["services"][0]["purposes"][0]["purposeCategory"][1], "dpv:Marketing");
+    let verifier =
+        consentvault::audit::checkpoint::NoteVerifier::parse(receipt["verifier_key"].as_str().unwrap()).unwrap();
+    let text = verifier.open(receipt["signed_note"].as_str().unwrap()).expect("the receipt's signature verifies");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), receipt["receipt"]);
+    let forged = receipt["signed_note"].as_str().unwrap().replacen("EXPLICIT", "IMPLICIT", 1);
+    assert!(verifier.open(&forged).is_err(), "an edited receipt does not verify");
+
     let (_, given) = get(&client, format!("{base}/v1/grants"), &business).await;
     assert_eq!(given["items"][0]["grant_id"], grant_id.as_str());
     assert_eq!(

@@ -662,3 +662,25 @@ pub async fn grant_changes(
     let cursor = URL_SAFE_NO_PAD.encode(format!("changes:{}", next.unwrap_or(from)));
     Ok(axum::Json(ChangesPage { items, cursor }))
 }
+
+/// A consent receipt and its signature.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReceiptAnswer {
+    #[schema(value_type = Object)]
+    receipt: serde_json::Value,
+    /// The receipt's JSON text as a C2SP signed note, signed with the key at
+    /// `/v1/audit/public-key`.
+    signed_note: String,
+    verifier_key: String,
+}
+
+/// `GET /v1/me/grants/{id}/receipt`: a signed consent receipt (Kantara CR v1.1 fields).
+#[utoipa::path(get, path = "/v1/me/grants/{id}/receipt", tag = "customer", params(("id" = String, Path, description = "Grant id")), security(("bearer" = [])), responses((status = 200, body = ReceiptAnswer), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn grants_receipt(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ReceiptAnswer>, ApiError> {
+    let (receipt, signed_note) = state.vault.grant_receipt(caller.subject, &id)?;
+    Ok(axum::Json(ReceiptAnswer { receipt, signed_note, verifier_key: state.vault.audit().verifier_key() }))
+}

@@ -205,6 +205,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::grants_get, consent::grants_revoke))
         .routes(routes!(consent::objections_get, consent::objections_put))
         .routes(routes!(consent::access_log))
+        .routes(routes!(consent::grants_receipt))
         .routes(routes!(consent::my_requests_list))
         .routes(routes!(consent::my_requests_approve))
         .routes(routes!(consent::my_requests_deny))
