@@ -20,6 +20,7 @@ fn options(dir: &std::path::Path) -> VaultOptions {
         data_dir: dir.join("data"),
         key_source: None,
         policies: policies_load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap(),
+        policy_dir: None,
         production: false,
         store_cache_bytes: 512 * 1024 * 1024,
         audit_origin: None,

@@ -35,6 +35,7 @@ async fn run(work: Work, writers: usize, duration: Duration) {
         data_dir: dir.path().join("data"),
         key_source: None,
         policies: policies_load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap(),
+        policy_dir: None,
         production: false,
         store_cache_bytes: 256 * 1024 * 1024,
         audit_origin: None,

@@ -225,8 +225,20 @@ impl VaultConfig {
             audience: file.identity.audience.clone().unwrap_or(defaults.audience),
             external,
         };
-        let options =
-            VaultOptions { data_dir, key_source, policies, production, store_cache_bytes, audit_origin, identity };
+        let policy_dir = match &policy_source {
+            PolicySource::Dir(dir) => Some(dir.clone()),
+            PolicySource::BuiltIn => None,
+        };
+        let options = VaultOptions {
+            data_dir,
+            key_source,
+            policies,
+            policy_dir,
+            production,
+            store_cache_bytes,
+            audit_origin,
+            identity,
+        };
         Ok(Self { options, policy_source })
     }
 

@@ -47,6 +47,7 @@ impl Application {
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
         let admin_credentials = vault.admin_bootstrap().await?;
+        vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -82,8 +83,23 @@ impl Application {
     /// Serves until `shutdown` resolves, lets requests in flight finish, then
     /// closes the store after its last flush.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        // SIGHUP re-reads the policy directory, as the admin endpoint does.
+        let reload_vault = Arc::downgrade(&self.vault);
+        let reloader = tokio::spawn(async move {
+            let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                let Some(vault) = reload_vault.upgrade() else { break };
+                match vault.policies_reload(&crate::audit::Actor::system()).await {
+                    Ok(policies) => tracing::info!(sha256 = %policies.sha256, "policies reloaded on SIGHUP"),
+                    Err(error) => tracing::error!(%error, "policy reload on SIGHUP failed; the policies in force stay"),
+                }
+            }
+        });
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        reloader.abort();
         self.vault.close().map_err(std::io::Error::other)
     }
 }

@@ -190,7 +190,8 @@ impl Vault {
         subject: SubjectId,
         values: &Map<String, Value>,
     ) -> Result<(Vec<String>, u64), DataError> {
-        let catalogue = &self.policies().catalogue;
+        let policies = self.policies();
+        let catalogue = &policies.catalogue;
         let mut canonical = Vec::with_capacity(values.len());
         for (field, value) in values {
             canonical.push((field.clone(), catalogue.validate(field, value)?));

@@ -113,6 +113,8 @@ pub struct VaultOptions {
     pub key_source: Option<KeySource>,
     /// The parsed policies.
     pub policies: Policies,
+    /// The directory they were read from, for reloads (`None`: built in).
+    pub policy_dir: Option<PathBuf>,
     /// Production mode: never create keys, refuse weak ones.
     pub production: bool,
     /// sled's page cache, in bytes.
@@ -154,7 +156,10 @@ pub struct Vault {
     data_dir: PathBuf,
     keys: KeyRing,
     store: Store,
-    policies: Policies,
+    /// The policies in force; swapped whole on reload.
+    policies: std::sync::RwLock<Arc<Policies>>,
+    /// Where the policies were read from (`None`: built into the binary).
+    policy_dir: Option<PathBuf>,
     audit: AuditLog,
     /// The full recomputation of the log that runs after start-up.
     audit_status: Mutex<AuditStatus>,
@@ -277,8 +282,15 @@ impl Vault {
         };
         let keys = load_key_ring(&key_source_of(&options), options.production)?;
         let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
-        let vault =
-            Self::open_backend(data_dir, keys, backend, options.policies, options.audit_origin, options.identity)?;
+        let vault = Self::open_backend(
+            data_dir,
+            keys,
+            backend,
+            options.policies,
+            options.policy_dir,
+            options.audit_origin,
+            options.identity,
+        )?;
         Ok((vault, opened))
     }
 
@@ -290,6 +302,7 @@ impl Vault {
         keys: KeyRing,
         backend: Arc<dyn Backend>,
         policies: Policies,
+        policy_dir: Option<PathBuf>,
         audit_origin: Option<String>,
         identity: IdentityOptions,
     ) -> Result<Arc<Self>, VaultError> {
@@ -329,7 +342,8 @@ impl Vault {
             data_dir,
             keys,
             store,
-            policies,
+            policies: std::sync::RwLock::new(Arc::new(policies)),
+            policy_dir,
             audit,
             audit_status: Mutex::new(AuditStatus::Verifying),
             verify_stop: AtomicBool::new(false),
@@ -463,9 +477,56 @@ impl Vault {
         &self.store
     }
 
-    /// The policies in force.
-    pub fn policies(&self) -> &Policies {
-        &self.policies
+    /// The policies in force (a snapshot: a reload does not change it).
+    pub fn policies(&self) -> Arc<Policies> {
+        match self.policies.read() {
+            Ok(policies) => Arc::clone(&policies),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the policy directory. On any error nothing changes; on
+    /// success the new policies apply to every later decision and a
+    /// `policy.loaded` event records their SHA-256.
+    pub async fn policies_reload(&self, actor: &crate::audit::Actor) -> Result<Arc<Policies>, PolicyReloadError> {
+        let dir = self.policy_dir.clone().ok_or(PolicyReloadError::BuiltIn)?;
+        let policies = Arc::new(policies_load(&dir).map_err(PolicyReloadError::Invalid)?);
+        self.policy_event(actor, &policies, "reload").await.map_err(PolicyReloadError::Audit)?;
+        if let Ok(mut slot) = self.policies.write() {
+            *slot = Arc::clone(&policies);
+        }
+        tracing::info!(sha256 = %policies.sha256, "policies reloaded");
+        Ok(policies)
+    }
+
+    /// Records that `policies` were loaded.
+    async fn policy_event(
+        &self,
+        actor: &crate::audit::Actor,
+        policies: &Policies,
+        cause: &str,
+    ) -> Result<(), AuditError> {
+        let event = crate::audit::AuditEvent::new(
+            crate::audit::EventKind::PolicyLoaded,
+            actor.clone(),
+            &clock::rfc3339(clock::now()),
+        )
+        .related("policy_sha256", &policies.sha256)
+        .related("cause", cause);
+        let log = self.audit.clone();
+        let (appended, durable) =
+            self.store.commit_durable(move |txn| log.append(txn, &event)).await.map_err(|error| match error {
+                crate::store::CommitError::Rejected(error) => error,
+                crate::store::CommitError::Store(error) => AuditError::Store(error),
+            })?;
+        self.audit.confirm(appended, &durable)?;
+        Ok(())
+    }
+
+    /// Records the policies a start-up loaded (called once the vault serves).
+    pub async fn policies_loaded_at_start(&self) -> Result<(), AuditError> {
+        let policies = self.policies();
+        self.policy_event(&crate::audit::Actor::system(), &policies, "start").await
     }
 
     /// The audit log.
@@ -516,6 +577,20 @@ impl Vault {
         }
         Ok(self.store.close()?)
     }
+}
+
+/// Why a policy reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyReloadError {
+    /// The vault runs on the built-in policies; there is no directory to read.
+    #[error("the vault runs on the built-in policies; start it with a policy directory to reload")]
+    BuiltIn,
+    /// A policy file is invalid; the policies in force stay.
+    #[error(transparent)]
+    Invalid(PolicyError),
+    /// The `policy.loaded` event could not be recorded; the policies in force stay.
+    #[error(transparent)]
+    Audit(AuditError),
 }
 
 /// The result of a readiness check.

@@ -175,8 +175,8 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     let (_, first_size, first_root) = open_checkpoint(&first_note, &verifier_key);
     assert_eq!(
         (first_size, size),
-        (7, 10),
-        "admin created, then per customer created, written, read; later a write, a read, the auditor created"
+        (8, 11),
+        "admin created, policies loaded, then per customer created, written, read; later a write, a read, the auditor created"
     );
 
     // Every entry, paged with a cursor.

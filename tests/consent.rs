@@ -321,3 +321,75 @@ async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
     assert_eq!(theirs["reason"], "not now");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
+        std::fs::copy(common::policies_dir().join(file), policies.join(file)).unwrap();
+    }
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start_with(&data_dir, None, policies.clone()).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    client
+        .put(format!("{base}/v1/me/data"))
+        .bearer_auth(&customer)
+        .json(&json!({"email": "ada@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, relationship) = roles::post(
+        &client,
+        format!("{base}/v1/me/relationships"),
+        Some(&customer),
+        json!({"business_id": business_id}),
+    )
+    .await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
+    assert_eq!(roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), body).await.0, 201);
+    let read_url = format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing&fields=email");
+    let (_, before) = get(&client, read_url.clone(), &business).await;
+    assert_eq!(before["data"]["email"], "ada@example.org");
+
+    // A broken file: refused with its line, and the policies in force stay.
+    let rules = policies.join("rules.toml");
+    let good_rules = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(&rules, format!("{good_rules}\n[[deny]]\nid = \"broken\"\n")).unwrap();
+    let (status, problem) =
+        roles::post(&client, format!("{base}/v1/admin/policies/reload"), Some(&admin), json!({})).await;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_policy")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("rules.toml:"), "{problem}");
+    assert_eq!(get(&client, read_url.clone(), &business).await.1["data"]["email"], "ada@example.org");
+
+    // A new rule: the next read is withheld with its id, and the log records the new policies.
+    std::fs::write(
+        &rules,
+        format!("{good_rules}\n[[deny]]\nid = \"no-contact-marketing\"\ndescription = \"x\"\npurpose = \"marketing\"\ncategory = \"contact\"\n"),
+    )
+    .unwrap();
+    let (status, reloaded) =
+        roles::post(&client, format!("{base}/v1/admin/policies/reload"), Some(&admin), json!({})).await;
+    assert_eq!(status, 200, "{reloaded}");
+    let (status, after) = get(&client, read_url, &business).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["withheld"], json!([{"field": "email", "reason": "rule:no-contact-marketing"}]));
+    let (_, loaded) = get(&client, format!("{base}/v1/audit/entries?kind=policy.loaded"), &auditor).await;
+    let hashes: Vec<&str> = loaded["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["entry"]["related"]["policy_sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(hashes.len(), 2, "at start and at the reload: {loaded}");
+    assert_eq!(hashes[1], reloaded["sha256"].as_str().unwrap());
+    assert_ne!(hashes[0], hashes[1]);
+    server.stop().await;
+}

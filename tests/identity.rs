@@ -200,6 +200,7 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("GET", "/v1/admin/auditors".to_owned(), Some("admin"), None),
         ("POST", "/v1/admin/auditors".to_owned(), Some("admin"), Some(json!({"name": "External audit"}))),
         ("POST", format!("/v1/admin/auditors/{auditor_to_disable}/disable"), Some("admin"), None),
+        ("POST", "/v1/admin/policies/reload".to_owned(), Some("admin"), None),
     ]
 }
 
@@ -737,6 +738,7 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/me/access-log"),
         ("GET", "/v1/grants"),
         ("GET", "/v1/me/grants/{id}/receipt"),
+        ("POST", "/v1/admin/policies/reload"),
         ("GET", "/v1/access-requests"),
         ("GET", "/v1/grants/changes"),
         ("POST", "/v1/access-requests"),

@@ -65,8 +65,8 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&accepted.stdout);
     assert!(accepted.status.success(), "Go rejected the log:\n{stdout}\n{}", String::from_utf8_lossy(&accepted.stderr));
-    assert!(stdout.contains("consistent: 16 -> 29"), "{stdout}");
-    assert!(stdout.contains("size 29, 29 inclusion proofs"), "{stdout}");
+    assert!(stdout.contains("consistent: 17 -> 30"), "{stdout}");
+    assert!(stdout.contains("size 30, 30 inclusion proofs"), "{stdout}");
 
     // The same tool refuses the checkpoint under another key of the same name.
     let pkcs8 = NoteSigner::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();

@@ -195,3 +195,32 @@ pub async fn auditors_disable(
 ) -> Result<axum::Json<PrincipalItem>, ApiError> {
     disable(&state, &caller, Role::Auditor, &id).await
 }
+
+/// `POST /v1/admin/policies/reload`: re-read the policy directory. An
+/// invalid file changes nothing and is named, with its line, in the answer.
+#[utoipa::path(post, path = "/v1/admin/policies/reload", tag = "admin", security(("bearer" = [])), responses((status = 200, description = "The policies now in force", body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub async fn policies_reload(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    use crate::vault::PolicyReloadError;
+    match state.vault.policies_reload(&caller.0.actor()).await {
+        Ok(policies) => Ok(axum::Json(serde_json::json!({
+            "sha256": policies.sha256,
+            "fields": policies.catalogue.fields().count(),
+            "purposes": policies.rules.purposes.len(),
+            "deny_rules": policies.rules.deny.len(),
+            "duration_caps": policies.rules.duration_caps.len(),
+        }))),
+        Err(PolicyReloadError::Invalid(error)) => {
+            Err(ApiError::client(StatusCode::BAD_REQUEST, "invalid_policy", "Invalid policy", error.to_string()))
+        }
+        Err(PolicyReloadError::BuiltIn) => Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "built_in_policies",
+            "Built-in policies",
+            PolicyReloadError::BuiltIn.to_string(),
+        )),
+        Err(PolicyReloadError::Audit(error)) => Err(error.into()),
+    }
+}

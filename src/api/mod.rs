@@ -238,6 +238,7 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::businesses_disable))
         .routes(routes!(admin::auditors_list, admin::auditors_create))
         .routes(routes!(admin::auditors_disable))
+        .routes(routes!(admin::policies_reload))
 }
 
 /// The OpenAPI document of this API.

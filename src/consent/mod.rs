@@ -345,7 +345,7 @@ impl Vault {
         request_id: Option<&str>,
     ) -> Result<(GrantRecord, AuditEvent), ConsentError> {
         let registered = self.business_purposes(business)?;
-        engine::check_grant(self.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
         let now = now_secs();
         let grant = GrantRecord {
             grant_id: self.random_hex_id()?,
@@ -469,7 +469,7 @@ impl Vault {
         purpose: &str,
         fields: Option<Vec<String>>,
     ) -> Result<ScopedRead, ConsentError> {
-        let policies = self.policies().clone();
+        let policies = self.policies();
         let (business, pairwise, purpose) = (business.to_owned(), pairwise.to_owned(), purpose.to_owned());
         let log = self.audit().clone();
         let actor = Actor::new(crate::audit::Role::Business, business.clone());
@@ -779,7 +779,8 @@ impl Vault {
         let rfc3339 = |secs: i64| {
             time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
         };
-        let catalogue = &self.policies().catalogue;
+        let policies = self.policies();
+        let catalogue = &policies.catalogue;
         let categories: std::collections::BTreeSet<String> =
             grant.fields.iter().filter_map(|f| catalogue.field(f)).map(|f| f.category.clone()).collect();
         let sensitive: Vec<&str> = grant
@@ -792,7 +793,7 @@ impl Vault {
             .purposes
             .iter()
             .map(|purpose| {
-                let spec = self.policies().rules.purposes.get(purpose);
+                let spec = policies.rules.purposes.get(purpose);
                 serde_json::json!({
                     "purpose": spec.map_or(purpose.as_str(), |p| p.description.as_str()),
                     "purposeCategory": [purpose, spec.map_or("", |p| p.dpv.as_str())],
@@ -814,7 +815,7 @@ impl Vault {
             "language": "en",
             "piiPrincipalId": subject.to_string(),
             "piiControllers": [{"piiController": controller, "businessId": grant.business_id}],
-            "policyUrl": format!("urn:consentvault:policies:{}", self.policies().sha256),
+            "policyUrl": format!("urn:consentvault:policies:{}", policies.sha256),
             "services": [{"service": controller, "purposes": purposes}],
             "sensitive": !sensitive.is_empty(),
             "spiCat": sensitive,

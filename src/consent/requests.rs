@@ -123,7 +123,7 @@ impl Vault {
             text_check("benefit", benefit, false)?;
         }
         let registered = self.business_purposes(business)?;
-        engine::check_grant(self.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
         let now = now_secs();
         let request = AccessRequest {
             request_id: self.random_hex_id()?,

@@ -22,6 +22,7 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
         data_dir: data_dir.to_owned(),
         key_source: None,
         policies: policies_load(&policies_dir()).unwrap(),
+        policy_dir: Some(policies_dir()),
         production: false,
         store_cache_bytes: 16 * 1024 * 1024,
         audit_origin: None,
@@ -180,11 +181,17 @@ impl InProcessServer {
 
     /// Like [`InProcessServer::start`], with a configuration file.
     pub async fn start_with_config(data_dir: &Path, config: Option<PathBuf>) -> Self {
+        Self::start_with(data_dir, config, policies_dir()).await
+    }
+
+    /// Like [`InProcessServer::start`], with a configuration file and a
+    /// policy directory.
+    pub async fn start_with(data_dir: &Path, config: Option<PathBuf>, policies: PathBuf) -> Self {
         use consentvault::config::{ServeArgs, ServeConfig, VaultArgs};
         let args = ServeArgs {
             vault: VaultArgs {
                 data_dir: Some(data_dir.to_owned()),
-                policies: Some(policies_dir()),
+                policies: Some(policies),
                 config,
                 ..VaultArgs::default()
             },
