@@ -42,10 +42,17 @@ fn decision(c: &mut Criterion) {
             revoked_at: (index % 7 == 0).then_some(500),
         })
         .collect();
-    let fields: Vec<String> = ["email", "phone", "extra_4", "extra_9", "allergies"].iter().map(|f| (*f).to_owned()).collect();
+    let fields: Vec<String> =
+        ["email", "phone", "extra_4", "extra_9", "allergies"].iter().map(|f| (*f).to_owned()).collect();
     let objections: Vec<String> = Vec::new();
-    let query =
-        ReadQuery { business: "acme", purpose: "marketing", fields: &fields, now: 600, connected: true, objections: &objections };
+    let query = ReadQuery {
+        business: "acme",
+        purpose: "marketing",
+        fields: &fields,
+        now: 600,
+        connected: true,
+        objections: &objections,
+    };
     c.bench_function("policy/decide/20-grants/50-fields/5-asked", |b| b.iter(|| decide(&policies, &query, &grants)));
 }
 

@@ -160,6 +160,8 @@ pub struct Vault {
     policies: std::sync::RwLock<Arc<Policies>>,
     /// Where the policies were read from (`None`: built into the binary).
     policy_dir: Option<PathBuf>,
+    /// The clock consent decisions are made by.
+    clock: VaultClock,
     audit: AuditLog,
     /// The full recomputation of the log that runs after start-up.
     audit_status: Mutex<AuditStatus>,
@@ -344,6 +346,7 @@ impl Vault {
             store,
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir,
+            clock: VaultClock::default(),
             audit,
             audit_status: Mutex::new(AuditStatus::Verifying),
             verify_stop: AtomicBool::new(false),
@@ -529,6 +532,19 @@ impl Vault {
         self.policy_event(&crate::audit::Actor::system(), &policies, "start").await
     }
 
+    /// The clock consent decisions are made by.
+    pub fn clock(&self) -> &VaultClock {
+        &self.clock
+    }
+
+    /// Moves the consent clock by `secs` (cumulative). For tests that must
+    /// decide reads at exact moments, and for drills; a warning is logged,
+    /// since a shifted clock changes which grants are live.
+    pub fn insecure_shift_clock_secs(&self, secs: i64) {
+        tracing::warn!(secs, "the consent clock was shifted");
+        self.clock.0.fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -576,6 +592,24 @@ impl Vault {
             self.checkpoint_blocking(true)?;
         }
         Ok(self.store.close()?)
+    }
+}
+
+/// The vault's clock for consent decisions: the system clock, plus an offset
+/// that only tests and drills set (`Vault::insecure_shift_clock_secs`).
+#[derive(Debug, Clone, Default)]
+pub struct VaultClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl VaultClock {
+    /// Now, in Unix seconds.
+    pub fn now_secs(&self) -> i64 {
+        clock::now().unix_timestamp() + self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Now, as RFC 3339.
+    pub fn rfc3339(&self) -> String {
+        let secs = self.now_secs();
+        time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
     }
 }
 

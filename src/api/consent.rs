@@ -130,9 +130,10 @@ fn time_text(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs).map(crate::clock::rfc3339).unwrap_or_else(|_| secs.to_string())
 }
 
-impl From<GrantRecord> for GrantView {
-    fn from(grant: GrantRecord) -> Self {
-        let status = grant.status(crate::clock::now().unix_timestamp());
+impl GrantView {
+    /// The view of `grant` at `now` (Unix seconds, the vault's clock).
+    fn new(grant: GrantRecord, now: i64) -> Self {
+        let status = grant.status(now);
         Self {
             grant_id: grant.grant_id,
             business_id: grant.business_id,
@@ -162,7 +163,8 @@ pub async fn grants_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<GrantView>>, ApiError> {
-    Ok(items(state.vault.grants(caller.subject)?.into_iter().map(Into::into).collect()))
+    let now = state.vault.clock().now_secs();
+    Ok(items(state.vault.grants(caller.subject)?.into_iter().map(|g| GrantView::new(g, now)).collect()))
 }
 
 /// `POST /v1/me/grants`: grant a business access directly.
@@ -176,7 +178,7 @@ pub async fn grants_create(
         .vault
         .grant_create(caller.subject, &body.business_id, body.purposes, body.fields, body.duration_days)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::from(grant))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.clock().now_secs()))).into_response())
 }
 
 /// `GET /v1/me/grants/{id}`.
@@ -192,7 +194,7 @@ pub async fn grants_get(
         .into_iter()
         .find(|g| g.grant_id == id)
         .ok_or(ConsentError::NotFound("grant"))?;
-    Ok(axum::Json(grant.into()))
+    Ok(axum::Json(GrantView::new(grant, state.vault.clock().now_secs())))
 }
 
 /// `DELETE /v1/me/grants/{id}`: revoke, effective immediately.
@@ -202,7 +204,8 @@ pub async fn grants_revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
-    Ok(axum::Json(state.vault.grant_revoke(caller.subject, &id).await?.into()))
+    let grant = state.vault.grant_revoke(caller.subject, &id).await?;
+    Ok(axum::Json(GrantView::new(grant, state.vault.clock().now_secs())))
 }
 
 /// Objections on the wire.
@@ -415,7 +418,10 @@ pub async fn business_grants(
     Ok(items(
         grants
             .into_iter()
-            .map(|entry| BusinessGrantView { grant: entry.grant.into(), pairwise_id: entry.pairwise_id })
+            .map(|entry| BusinessGrantView {
+                grant: GrantView::new(entry.grant, state.vault.clock().now_secs()),
+                pairwise_id: entry.pairwise_id,
+            })
             .collect(),
     ))
 }
@@ -448,10 +454,11 @@ pub struct RequestView {
 impl RequestView {
     fn new(
         request: crate::consent::requests::AccessRequest,
+        now: i64,
         for_business: bool,
         business_name: Option<String>,
     ) -> Self {
-        let status = request.status_at(crate::clock::now().unix_timestamp());
+        let status = request.status_at(now);
         Self {
             request_id: request.request_id,
             business_id: request.business_id,
@@ -526,7 +533,7 @@ pub async fn requests_list(
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
     let requests = state.vault.requests_of_business(&caller.0.id)?;
-    Ok(items(requests.into_iter().map(|r| RequestView::new(r, true, None)).collect()))
+    Ok(items(requests.into_iter().map(|r| RequestView::new(r, state.vault.clock().now_secs(), true, None)).collect()))
 }
 
 /// `GET /v1/access-requests/{id}`.
@@ -542,7 +549,7 @@ pub async fn requests_get(
         .into_iter()
         .find(|r| r.request_id == id)
         .ok_or(ConsentError::NotFound("request"))?;
-    Ok(axum::Json(RequestView::new(request, true, None)))
+    Ok(axum::Json(RequestView::new(request, state.vault.clock().now_secs(), true, None)))
 }
 
 /// `GET /v1/me/access-requests`: requests made to me, with who asks and why.
@@ -555,7 +562,7 @@ pub async fn my_requests_list(
     let mut views = Vec::with_capacity(requests.len());
     for request in requests {
         let name = state.vault.principal(crate::auth::Role::Business, &request.business_id)?.map(|record| record.name);
-        views.push(RequestView::new(request, false, name));
+        views.push(RequestView::new(request, state.vault.clock().now_secs(), false, name));
     }
     Ok(items(views))
 }
@@ -583,7 +590,7 @@ pub async fn my_requests_approve(
         duration_days: body.duration_days,
     };
     let grant = state.vault.request_approve(caller.subject, &id, narrowing).await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::from(grant))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.clock().now_secs()))).into_response())
 }
 
 /// The body of a denial.
@@ -602,7 +609,7 @@ pub async fn my_requests_deny(
     Json(body): Json<Denial>,
 ) -> Result<axum::Json<RequestView>, ApiError> {
     let request = state.vault.request_deny(caller.subject, &id, body.reason).await?;
-    Ok(axum::Json(RequestView::new(request, false, None)))
+    Ok(axum::Json(RequestView::new(request, state.vault.clock().now_secs(), false, None)))
 }
 
 /// The query of the change feed.

@@ -155,10 +155,6 @@ pub struct ScopedRead {
     pub audit_index: u64,
 }
 
-pub(crate) fn now_secs() -> i64 {
-    clock::now().unix_timestamp()
-}
-
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| corrupt(what))
 }
@@ -225,7 +221,7 @@ impl Vault {
             relationship_id: self.random_hex_id()?,
             business_id: business.to_owned(),
             pairwise_id: self.random_hex_id()?,
-            connected_at: clock::rfc3339(clock::now()),
+            connected_at: self.clock().rfc3339(),
         };
         let event =
             AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
@@ -272,8 +268,8 @@ impl Vault {
             .into_iter()
             .find(|r| r.relationship_id == relationship_id)
             .ok_or(ConsentError::NotFound("relationship"))?;
-        let now = now_secs();
-        let time = clock::rfc3339(clock::now());
+        let now = self.clock().now_secs();
+        let time = self.clock().rfc3339();
         let log = self.audit().clone();
         let ended = relationship.clone();
         let (appended, durable) = self
@@ -346,7 +342,7 @@ impl Vault {
     ) -> Result<(GrantRecord, AuditEvent), ConsentError> {
         let registered = self.business_purposes(business)?;
         engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
-        let now = now_secs();
+        let now = self.clock().now_secs();
         let grant = GrantRecord {
             grant_id: self.random_hex_id()?,
             business_id: business.to_owned(),
@@ -357,12 +353,11 @@ impl Vault {
             revoked_at: None,
             audit_index: 0,
         };
-        let mut event =
-            AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &clock::rfc3339(clock::now()))
-                .subject(subject)
-                .fields(grant.fields.clone())
-                .related("grant_id", &grant.grant_id)
-                .related("purposes", grant.purposes.join(","));
+        let mut event = AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.clock().rfc3339())
+            .subject(subject)
+            .fields(grant.fields.clone())
+            .related("grant_id", &grant.grant_id)
+            .related("purposes", grant.purposes.join(","));
         if let Some(request_id) = request_id {
             event = event.related("request_id", request_id);
         }
@@ -382,8 +377,8 @@ impl Vault {
     /// Revokes a grant, effective for every read that commits after it.
     pub async fn grant_revoke(&self, subject: SubjectId, grant_id: &str) -> Result<GrantRecord, ConsentError> {
         let key = Key::grant(subject.as_bytes(), grant_id);
-        let now = now_secs();
-        let time = clock::rfc3339(clock::now());
+        let now = self.clock().now_secs();
+        let time = self.clock().rfc3339();
         let log = self.audit().clone();
         let grant_id = grant_id.to_owned();
         let ((grant, appended), durable) = self
@@ -429,10 +424,9 @@ impl Vault {
         let mut purposes = purposes;
         purposes.sort();
         purposes.dedup();
-        let event =
-            AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &clock::rfc3339(clock::now()))
-                .subject(subject)
-                .related("purposes", purposes.join(","));
+        let event = AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &self.clock().rfc3339())
+            .subject(subject)
+            .related("purposes", purposes.join(","));
         let log = self.audit().clone();
         let stored = encode(&purposes, "objections")?;
         let (appended, durable) = self
@@ -473,12 +467,13 @@ impl Vault {
         let (business, pairwise, purpose) = (business.to_owned(), pairwise.to_owned(), purpose.to_owned());
         let log = self.audit().clone();
         let actor = Actor::new(crate::audit::Role::Business, business.clone());
+        let vclock = self.clock().clone();
         let ((outcome, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
                 // The time of the decision is the time of its commit.
-                let now = now_secs();
-                let time = clock::rfc3339(clock::now());
+                let now = vclock.now_secs();
+                let time = vclock.rfc3339();
                 let subject = Self::pairwise_subject(txn, &business, &pairwise)?;
                 let (grants, objections, connected) = match subject {
                     Some(subject) => (
@@ -821,7 +816,7 @@ impl Vault {
             "spiCat": sensitive,
             "fields": grant.fields,
             "grantId": grant.grant_id,
-            "status": grant.status(now_secs()),
+            "status": grant.status(self.clock().now_secs()),
             "expiresAt": rfc3339(grant.expires_at),
             "auditIndex": grant.audit_index,
         });

@@ -5,9 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConsentError, DAY_SECS, GrantRecord, decode, encode, grant_write, now_secs};
+use super::{ConsentError, DAY_SECS, GrantRecord, decode, encode, grant_write};
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
-use crate::clock;
 use crate::ids::SubjectId;
 use crate::policy::engine;
 use crate::store::Key;
@@ -124,7 +123,7 @@ impl Vault {
         }
         let registered = self.business_purposes(business)?;
         engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
-        let now = now_secs();
+        let now = self.clock().now_secs();
         let request = AccessRequest {
             request_id: self.random_hex_id()?,
             business_id: business.to_owned(),
@@ -142,7 +141,7 @@ impl Vault {
         };
         let log = self.audit().clone();
         let stored = request.clone();
-        let time = clock::rfc3339(clock::now());
+        let time = self.clock().rfc3339();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
@@ -221,9 +220,9 @@ impl Vault {
         narrowing: Narrowing,
     ) -> Result<GrantRecord, ConsentError> {
         let request = self.request_of_customer(subject, request_id)?;
-        if request.status_at(now_secs()) != RequestStatus::Pending {
+        if request.status_at(self.clock().now_secs()) != RequestStatus::Pending {
             return Err(ConsentError::Invalid(
-                format!("the request is {:?}, not pending", request.status_at(now_secs())).to_lowercase(),
+                format!("the request is {:?}, not pending", request.status_at(self.clock().now_secs())).to_lowercase(),
             ));
         }
         let purposes = narrowing.purposes.unwrap_or_else(|| request.purposes.clone());
@@ -238,16 +237,17 @@ impl Vault {
         let (grant, grant_event) =
             self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(request_id))?;
         let log = self.audit().clone();
-        let time = clock::rfc3339(clock::now());
+        let time = self.clock().rfc3339();
         let stored_grant = grant.clone();
         let request_id = request_id.to_owned();
+        let vclock = self.clock().clone();
         let (((first, index), second), durable) = self
             .store()
             .commit_durable(move |txn| {
                 let key = Key::request(subject.as_bytes(), &request_id);
                 let mut request: AccessRequest =
                     decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
-                if request.status_at(now_secs()) != RequestStatus::Pending {
+                if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
                     return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
                 }
                 let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
@@ -279,15 +279,16 @@ impl Vault {
             text_check("reason", reason, false)?;
         }
         let log = self.audit().clone();
-        let time = clock::rfc3339(clock::now());
+        let time = self.clock().rfc3339();
         let request_id = request_id.to_owned();
+        let vclock = self.clock().clone();
         let ((request, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
                 let key = Key::request(subject.as_bytes(), &request_id);
                 let mut request: AccessRequest =
                     decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
-                if request.status_at(now_secs()) != RequestStatus::Pending {
+                if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
                     return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
                 }
                 request.status = RequestStatus::Denied;
