@@ -537,12 +537,13 @@ impl Vault {
         &self.clock
     }
 
-    /// Moves the consent clock by `secs` (cumulative). For tests that must
-    /// decide reads at exact moments, and for drills; a warning is logged,
-    /// since a shifted clock changes which grants are live.
-    pub fn insecure_shift_clock_secs(&self, secs: i64) {
-        tracing::warn!(secs, "the consent clock was shifted");
-        self.clock.0.fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+    /// Pins the consent clock at `secs` (Unix seconds), or lets it follow
+    /// the system clock again (`None`). For tests that must decide reads at
+    /// exact moments, and for drills; a warning is logged, since a pinned
+    /// clock changes which grants are live.
+    pub fn insecure_pin_clock_secs(&self, secs: Option<i64>) {
+        tracing::warn!(?secs, "the consent clock was pinned");
+        self.clock.0.store(secs.unwrap_or(0), std::sync::atomic::Ordering::Release);
     }
 
     /// The audit log.
@@ -595,15 +596,19 @@ impl Vault {
     }
 }
 
-/// The vault's clock for consent decisions: the system clock, plus an offset
-/// that only tests and drills set (`Vault::insecure_shift_clock_secs`).
+/// The vault's clock for consent decisions: the system clock, unless a test
+/// or drill pinned it (`Vault::insecure_pin_clock_secs`).
 #[derive(Debug, Clone, Default)]
 pub struct VaultClock(Arc<std::sync::atomic::AtomicI64>);
 
 impl VaultClock {
     /// Now, in Unix seconds.
     pub fn now_secs(&self) -> i64 {
-        clock::now().unix_timestamp() + self.0.load(std::sync::atomic::Ordering::Relaxed)
+        // 0 means "not pinned": no real decision happens at the epoch.
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => clock::now().unix_timestamp(),
+            pinned => pinned,
+        }
     }
 
     /// Now, as RFC 3339.
