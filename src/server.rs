@@ -12,6 +12,9 @@ use crate::api::{self, Limits};
 use crate::config::ServeConfig;
 use crate::vault::{Opened, Vault, VaultError};
 
+/// How often expired grants are swept.
+pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Errors while starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -97,9 +100,23 @@ impl Application {
                 }
             }
         });
+        // Grants whose window closed get their `grant.expired` event (reads
+        // already deny at the edge; this makes the end visible in the feed).
+        let sweep_vault = Arc::downgrade(&self.vault);
+        let sweeper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let Some(vault) = sweep_vault.upgrade() else { break };
+                if let Err(error) = vault.grants_expire().await {
+                    tracing::error!(%error, "expiry sweep failed");
+                }
+            }
+        });
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
         reloader.abort();
+        sweeper.abort();
         self.vault.close().map_err(std::io::Error::other)
     }
 }

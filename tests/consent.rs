@@ -393,3 +393,82 @@ async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_noth
     assert_ne!(hashes[0], hashes[1]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    client
+        .put(format!("{base}/v1/me/data"))
+        .bearer_auth(&customer)
+        .json(&json!({"email": "ada@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, relationship) = roles::post(
+        &client,
+        format!("{base}/v1/me/relationships"),
+        Some(&customer),
+        json!({"business_id": business_id}),
+    )
+    .await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let start = 1_900_000_000;
+    server.vault.insecure_pin_clock_secs(Some(start));
+    let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 1});
+    let (_, grant) = roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), body).await;
+    let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+    let read_url = format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing&fields=email");
+
+    server.vault.insecure_pin_clock_secs(Some(start + 86_400 - 1));
+    assert_eq!(get(&client, read_url.clone(), &business).await.0, 200, "the last second of the window");
+    assert_eq!(server.vault.grants_expire().await.unwrap(), 0, "nothing has ended yet");
+    server.vault.insecure_pin_clock_secs(Some(start + 86_400));
+    assert_eq!(get(&client, read_url, &business).await.0, 403, "the window is half-open");
+    let (_, view) = get(&client, format!("{base}/v1/me/grants/{grant_id}"), &customer).await;
+    assert_eq!(view["status"], "expired");
+
+    assert_eq!(server.vault.grants_expire().await.unwrap(), 1);
+    assert_eq!(server.vault.grants_expire().await.unwrap(), 0, "each end is recorded once");
+    let (_, feed) = get(&client, format!("{base}/v1/grants/changes"), &business).await;
+    let changes: Vec<&str> = feed["items"].as_array().unwrap().iter().map(|c| c["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, vec!["created", "expired"]);
+    assert_eq!(feed["items"][1]["pairwise_id"], pairwise.as_str());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_asking_too_often_gets_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    let (_, relationship) = roles::post(
+        &client,
+        format!("{base}/v1/me/relationships"),
+        Some(&customer),
+        json!({"business_id": business_id}),
+    )
+    .await;
+    let ask = json!({"pairwise_id": relationship["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],
+                     "duration_days": 30, "justification": "offers"});
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let response =
+            client.post(format!("{base}/v1/access-requests")).bearer_auth(&business).json(&ask).send().await.unwrap();
+        statuses.push((response.status().as_u16(), response.headers().contains_key("retry-after")));
+    }
+    assert!(statuses[..30].iter().all(|(status, _)| *status == 201), "{statuses:?}");
+    assert!(statuses[30..].iter().any(|&(status, retry)| status == 429 && retry), "{statuses:?}");
+    server.stop().await;
+}

@@ -183,6 +183,7 @@ pub(crate) fn grant_write(
     grant.audit_index = index;
     txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
     txn.put(Key::grant_of_business(&grant.business_id, &grant.grant_id), subject.to_string().into_bytes());
+    txn.put(Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id), Vec::new());
     Ok((appended, index))
 }
 
@@ -824,5 +825,65 @@ impl Vault {
         let signed =
             self.audit().signer().sign_note(&text).map_err(|error| ConsentError::Invalid(error.to_string()))?;
         Ok((receipt, signed))
+    }
+}
+
+impl Vault {
+    /// Records the end of every grant whose window closed by now: a
+    /// `grant.expired` event (so the business's feed shows it) and the
+    /// marker removed. Reads already deny at the window's edge; this makes
+    /// the end visible. Returns how many grants it recorded.
+    pub async fn grants_expire(&self) -> Result<usize, ConsentError> {
+        const SWEEP_MAX: usize = 500;
+        let now = self.clock().now_secs();
+        let time = self.clock().rfc3339();
+        let start = Key::grant_expiries_all();
+        let end = Key::grant_expiry(now.saturating_add(1), &[0u8; 16], "");
+        let due = self.store().scan_range(&start, &end, SWEEP_MAX)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let log = self.audit().clone();
+        let keys: Vec<Vec<u8>> = due.into_iter().map(|(key, _)| key).collect();
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let mut appended = Vec::new();
+                for key in keys {
+                    let suffix = start.suffix_of(&key).ok_or(corrupt("expiry marker"))?;
+                    if suffix.len() < 24 {
+                        return Err(ConsentError::Store(corrupt("expiry marker")));
+                    }
+                    let subject =
+                        SubjectId::from_bytes(suffix[8..24].try_into().map_err(|_| corrupt("expiry marker"))?);
+                    let grant_id = std::str::from_utf8(&suffix[24..]).map_err(|_| corrupt("expiry marker"))?.to_owned();
+                    txn.delete(&start.with_suffix(suffix));
+                    let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
+                    let grant: GrantRecord = decode(&bytes, "grant")?;
+                    // A revoked grant already told its business.
+                    if grant.revoked_at.is_some_and(|at| at <= grant.expires_at) {
+                        continue;
+                    }
+                    let mut event = AuditEvent::new(EventKind::GrantExpired, Actor::system(), &time)
+                        .subject(subject)
+                        .related("grant_id", &grant_id);
+                    if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+                        let relationship: Relationship = decode(&bytes, "relationship")?;
+                        event = event.related("pairwise_id", &relationship.pairwise_id);
+                    }
+                    event.business = Some(grant.business_id.clone());
+                    appended.push(log.append(txn, &event)?);
+                }
+                Ok(appended)
+            })
+            .await?;
+        let count = appended.len();
+        for appended in appended {
+            self.audit().confirm(appended, &durable)?;
+        }
+        if count > 0 {
+            tracing::info!(count, "grants expired");
+        }
+        Ok(count)
     }
 }

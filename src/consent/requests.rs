@@ -90,6 +90,24 @@ pub struct Narrowing {
     pub duration_days: Option<u32>,
 }
 
+/// What an approval grants: the request, narrowed. Refuses anything the
+/// request did not ask for, so an approval can never widen it.
+pub fn narrowed(
+    request: &AccessRequest,
+    narrowing: Narrowing,
+) -> Result<(Vec<String>, Vec<String>, u32), ConsentError> {
+    let purposes = narrowing.purposes.unwrap_or_else(|| request.purposes.clone());
+    let fields = narrowing.fields.unwrap_or_else(|| request.fields.clone());
+    let duration_days = narrowing.duration_days.unwrap_or(request.duration_days);
+    if purposes.iter().any(|p| !request.purposes.contains(p))
+        || fields.iter().any(|f| !request.fields.contains(f))
+        || duration_days > request.duration_days
+    {
+        return Err(ConsentError::Invalid("an approval may narrow the request, never widen it".to_owned()));
+    }
+    Ok((purposes, fields, duration_days))
+}
+
 fn text_check(name: &str, text: &str, required: bool) -> Result<(), ConsentError> {
     let trimmed = text.trim();
     if (required && trimmed.is_empty())
@@ -225,15 +243,7 @@ impl Vault {
                 format!("the request is {:?}, not pending", request.status_at(self.clock().now_secs())).to_lowercase(),
             ));
         }
-        let purposes = narrowing.purposes.unwrap_or_else(|| request.purposes.clone());
-        let fields = narrowing.fields.unwrap_or_else(|| request.fields.clone());
-        let duration_days = narrowing.duration_days.unwrap_or(request.duration_days);
-        if purposes.iter().any(|p| !request.purposes.contains(p))
-            || fields.iter().any(|f| !request.fields.contains(f))
-            || duration_days > request.duration_days
-        {
-            return Err(ConsentError::Invalid("an approval may narrow the request, never widen it".to_owned()));
-        }
+        let (purposes, fields, duration_days) = narrowed(&request, narrowing)?;
         let (grant, grant_event) =
             self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(request_id))?;
         let log = self.audit().clone();
@@ -304,5 +314,48 @@ impl Vault {
             .await?;
         self.audit().confirm(appended, &durable)?;
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 5] = ["email", "phone", "marketing", "order-fulfilment", "country"];
+
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        prop::sample::subsequence(NAMES.to_vec(), 0..=5).prop_map(|v| v.into_iter().map(str::to_owned).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn an_approval_never_widens_the_request(
+            asked_purposes in names(), asked_fields in names(), asked_days in 1u32..400,
+            purposes in prop::option::of(names()), fields in prop::option::of(names()), days in prop::option::of(0u32..500),
+        ) {
+            let request = AccessRequest {
+                request_id: "r".to_owned(),
+                business_id: "b".to_owned(),
+                pairwise_id: "p".to_owned(),
+                purposes: asked_purposes.clone(),
+                fields: asked_fields.clone(),
+                duration_days: asked_days,
+                justification: "j".to_owned(),
+                benefit: None,
+                status: RequestStatus::Pending,
+                created_at: 0,
+                expires_at: 1,
+                reason: None,
+                grant_id: None,
+            };
+            if let Ok((granted_purposes, granted_fields, granted_days)) =
+                narrowed(&request, Narrowing { purposes, fields, duration_days: days })
+            {
+                prop_assert!(granted_purposes.iter().all(|p| asked_purposes.contains(p)));
+                prop_assert!(granted_fields.iter().all(|f| asked_fields.contains(f)));
+                prop_assert!(granted_days <= asked_days);
+            }
+        }
     }
 }

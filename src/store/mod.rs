@@ -110,6 +110,8 @@ pub enum Space {
     Requests = 0x36,
     /// Access request ids by business, to the subject.
     RequestsByBusiness = 0x37,
+    /// Grants by expiry time, for the expiry sweep.
+    GrantExpiry = 0x38,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -279,6 +281,18 @@ impl Key {
     /// Every grant given to `business`.
     pub fn grants_of_business(business: &str) -> Self {
         Self::new(Space::GrantsByBusiness, &[&length_prefixed(business.as_bytes())])
+    }
+
+    /// The expiry marker of a grant: expiry time (big-endian, so key order is
+    /// time order), subject, grant.
+    pub fn grant_expiry(expires_at: i64, subject: &[u8; 16], grant: &str) -> Self {
+        let time = u64::try_from(expires_at.max(0)).unwrap_or(0).to_be_bytes();
+        Self::new(Space::GrantExpiry, &[&time, subject, grant.as_bytes()])
+    }
+
+    /// Every expiry marker.
+    pub fn grant_expiries_all() -> Self {
+        Self::new(Space::GrantExpiry, &[])
     }
 
     /// Access request `request` of `subject`.
