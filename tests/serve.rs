@@ -141,3 +141,50 @@ fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("fields.toml:4:") && stderr.contains("emial"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_policies_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
+        std::fs::copy(common::policies_dir().join(file), policies.join(file)).unwrap();
+    }
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &["--policies", policies.to_str().unwrap()], &[]).unwrap();
+    let client = reqwest::Client::new();
+    let admin = common::roles::admin_token(&client, &server.base_url, &data_dir).await;
+    let (_, auditor) = common::roles::client_principal(&client, &server.base_url, &admin, "auditors").await;
+    let loaded = || {
+        let (client, url, auditor) =
+            (client.clone(), format!("{}/v1/audit/entries?kind=policy.loaded", server.base_url), auditor.clone());
+        async move {
+            let page: serde_json::Value =
+                client.get(url).bearer_auth(auditor).send().await.unwrap().json().await.unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["entry"]["related"]["policy_sha256"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(loaded().await.len(), 1, "loaded at start");
+    let rules = policies.join("rules.toml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(&rules, format!("{text}\n[[duration_cap]]\nid = \"marketing-60-days\"\ndescription = \"x\"\npurpose = \"marketing\"\nmax_days = 60\n")).unwrap();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    // Wait (bounded) for the reload to be recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hashes = loop {
+        let hashes = loaded().await;
+        if hashes.len() == 2 || std::time::Instant::now() > deadline {
+            break hashes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(hashes.len(), 2, "SIGHUP must reload and record the policies");
+    assert_ne!(hashes[0], hashes[1]);
+    assert!(server.stderr_text().contains("policies reloaded on SIGHUP"));
+}

@@ -99,14 +99,15 @@ impl ServerProcess {
             .arg(data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .arg("--policies")
-            .arg(policies_dir())
             .args(extra)
             .env("CONSENTVAULT_LOG", "debug")
             .env_remove("CONSENTVAULT_KEK")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if !extra.contains(&"--policies") {
+            command.arg("--policies").arg(policies_dir());
+        }
         for (name, value) in env {
             command.env(name, value);
         }
