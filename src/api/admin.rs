@@ -95,15 +95,7 @@ async fn create(
 }
 
 fn list(state: &AppState, role: Role, query: PageQuery) -> Result<axum::Json<PrincipalPage>, ApiError> {
-    let limit = query.limit.unwrap_or(PAGE_ITEMS_MAX);
-    if limit == 0 || limit > PAGE_ITEMS_MAX {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            "Invalid query",
-            format!("`limit` must be between 1 and {PAGE_ITEMS_MAX}"),
-        ));
-    }
+    let limit = super::extract::page_limit(query.limit, PAGE_ITEMS_MAX, PAGE_ITEMS_MAX)?;
     let after = match &query.cursor {
         Some(cursor) => {
             let valid = cursor.len() == 32 && cursor.bytes().all(|b| b.is_ascii_hexdigit());

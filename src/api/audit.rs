@@ -10,12 +10,12 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Path, Query};
+use super::extract::{Path, Query, cursor_decode, cursor_encode, page_limit};
 use super::guard::AuditorCaller;
 #[allow(unused_imports)]
 use super::problem::Problem;
@@ -93,15 +93,6 @@ fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
     ApiError::client(StatusCode::BAD_REQUEST, code, "Invalid query", detail)
 }
 
-fn cursor_encode(next: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("audit:{next}"))
-}
-
-fn cursor_decode(cursor: &str) -> Option<u64> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes).ok()?.strip_prefix("audit:")?.parse().ok()
-}
-
 /// A time filter as the events write times: UTC, whole seconds (rounded
 /// down), RFC 3339, so string order is time order.
 fn time_filter(name: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
@@ -140,13 +131,9 @@ pub async fn entries_list(
     Query(query): Query<EntriesQuery>,
 ) -> Result<Json<EntriesPage>, ApiError> {
     let vault = &state.vault;
-    let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);
-    if limit == 0 || limit > PAGE_ITEMS_MAX {
-        return Err(bad_request("invalid_limit", format!("`limit` must be between 1 and {PAGE_ITEMS_MAX}")));
-    }
+    let limit = page_limit(query.limit, PAGE_ITEMS_DEFAULT, PAGE_ITEMS_MAX)?;
     let from = match &query.cursor {
-        Some(cursor) => cursor_decode(cursor)
-            .ok_or_else(|| bad_request("invalid_cursor", "`cursor` is not one this vault issued"))?,
+        Some(cursor) => cursor_decode("audit", cursor)?,
         None => query.start.unwrap_or(0),
     };
     let end = query.end.unwrap_or(u64::MAX).min(vault.audit().durable_size());
@@ -207,7 +194,7 @@ pub async fn entries_list(
             next = Some(index + 1);
         }
     }
-    Ok(Json(EntriesPage { items, cursor: next.map(cursor_encode) }))
+    Ok(Json(EntriesPage { items, cursor: next.map(|next| cursor_encode("audit", next)) }))
 }
 
 #[utoipa::path(get, path = "/v1/audit/entries/{index}", tag = "audit", params(("index" = u64, Path, description = "Entry index")), security(("bearer" = [])), responses((status = 200, description = "The exact stored bytes of the entry", body = Object, content_type = "application/json"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such entry", body = Problem, content_type = "application/problem+json")))]

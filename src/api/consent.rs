@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Path, Query, cursor_decode, cursor_encode, page_limit};
 use super::guard::{BusinessCaller, CustomerCaller};
 #[allow(unused_imports)]
 use super::problem::Problem;
@@ -344,32 +344,9 @@ pub async fn access_log(
     Query(params): Query<AccessLogParams>,
 ) -> Result<axum::Json<AccessLogPage>, ApiError> {
     use base64::Engine;
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > 100 {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            "Invalid query",
-            "`limit` must be between 1 and 100",
-        ));
-    }
-    let from = match &params.cursor {
-        Some(cursor) => URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| text.strip_prefix("access:").and_then(|n| n.parse::<u64>().ok()))
-            .ok_or_else(|| {
-                ApiError::client(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "Invalid query",
-                    "`cursor` is not one this vault issued",
-                )
-            })?,
-        None => 0,
-    };
+    use base64::engine::general_purpose::STANDARD;
+    let limit = page_limit(params.limit, 100, 100)?;
+    let from = params.cursor.as_deref().map(|cursor| cursor_decode("access", cursor)).transpose()?.unwrap_or(0);
     let vault = &state.vault;
     let (log, next) = vault.access_log(caller.subject, from, limit)?;
     let (checkpoint, tree_size) = if params.proofs.unwrap_or(false) {
@@ -396,7 +373,7 @@ pub async fn access_log(
         };
         items.push(AccessLogEntry { item, inclusion_proof });
     }
-    let cursor = next.map(|next| URL_SAFE_NO_PAD.encode(format!("access:{next}")));
+    let cursor = next.map(|next| cursor_encode("access", next));
     Ok(axum::Json(AccessLogPage { items, cursor, checkpoint }))
 }
 
@@ -638,35 +615,10 @@ pub async fn grant_changes(
     State(state): State<AppState>,
     Query(params): Query<ChangesParams>,
 ) -> Result<axum::Json<ChangesPage>, ApiError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > 500 {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            "Invalid query",
-            "`limit` must be between 1 and 500",
-        ));
-    }
-    let from = match &params.cursor {
-        Some(cursor) => URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| text.strip_prefix("changes:").and_then(|n| n.parse::<u64>().ok()))
-            .ok_or_else(|| {
-                ApiError::client(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "Invalid query",
-                    "`cursor` is not one this vault issued",
-                )
-            })?,
-        None => 0,
-    };
+    let limit = page_limit(params.limit, 100, 500)?;
+    let from = params.cursor.as_deref().map(|cursor| cursor_decode("changes", cursor)).transpose()?.unwrap_or(0);
     let (items, next) = state.vault.grant_changes(&caller.0.id, from, limit)?;
-    let cursor = URL_SAFE_NO_PAD.encode(format!("changes:{}", next.unwrap_or(from)));
+    let cursor = cursor_encode("changes", next.unwrap_or(from));
     Ok(axum::Json(ChangesPage { items, cursor }))
 }
 

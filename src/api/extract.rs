@@ -116,6 +116,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// A page size from the query: `default` when absent, refused outside
+/// 1..=`max`.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Problem> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "Invalid query",
+            format!("`limit` must be between 1 and {max}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// An opaque cursor for position `next` in a listing of `kind`.
+pub fn cursor_encode(kind: &str, next: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{next}"))
+}
+
+/// The position in a cursor made by [`cursor_encode`] for `kind`.
+pub fn cursor_decode(kind: &str, cursor: &str) -> Result<u64, Problem> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')).and_then(|n| n.parse().ok()))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "Invalid query",
+                "`cursor` is not one this vault issued",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
