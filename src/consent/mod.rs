@@ -24,6 +24,9 @@ pub mod requests;
 
 /// Seconds in a day.
 const DAY_SECS: i64 = 86_400;
+/// Audit markers read for one page of a listing built from the log (the
+/// access log, the change feed); a page can end early with a cursor.
+const EVENT_SCAN_MAX: usize = 2_000;
 
 /// Errors of the consent operations. None carries a personal value.
 #[derive(Debug, thiserror::Error)]
@@ -621,10 +624,30 @@ impl Vault {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<AccessLogItem>, Option<u64>), ConsentError> {
-        // Markers cover every event about the subject; reads are a share of
-        // them, so scan a bounded window and say where to go on.
-        const SCAN_MAX: usize = 2_000;
-        let indices = self.audit().indices_of_subject(self.store(), subject, from, SCAN_MAX)?;
+        let indices = self.audit().indices_of_subject(self.store(), subject, from, EVENT_SCAN_MAX)?;
+        self.events_at(&indices, limit, |index, event| {
+            (event.kind == EventKind::DataRead).then_some(AccessLogItem {
+                audit_index: index,
+                time: event.time,
+                role: event.actor.role,
+                business_id: event.business,
+                purpose: event.purpose,
+                fields: event.fields,
+                decision: event.decision,
+                withheld: event.reasons,
+            })
+        })
+    }
+
+    /// Reads the events at `indices` (one bounded window of markers) and
+    /// keeps up to `limit` of those `pick` maps; returns them and where to
+    /// continue, if there may be more.
+    fn events_at<T>(
+        &self,
+        indices: &[u64],
+        limit: usize,
+        mut pick: impl FnMut(u64, AuditEvent) -> Option<T>,
+    ) -> Result<(Vec<T>, Option<u64>), ConsentError> {
         let mut items = Vec::new();
         let mut next = None;
         for (position, &index) in indices.iter().enumerate() {
@@ -634,19 +657,9 @@ impl Vault {
             }
             let Some(bytes) = self.audit().entry(self.store(), index)? else { break };
             let event = AuditEvent::from_bytes(&bytes).map_err(AuditError::from)?;
-            if event.kind == EventKind::DataRead {
-                items.push(AccessLogItem {
-                    audit_index: index,
-                    time: event.time,
-                    role: event.actor.role,
-                    business_id: event.business,
-                    purpose: event.purpose,
-                    fields: event.fields,
-                    decision: event.decision,
-                    withheld: event.reasons,
-                });
-            }
-            if position + 1 == SCAN_MAX {
+            items.extend(pick(index, event));
+            // The window ran out with markers possibly beyond it.
+            if position + 1 == EVENT_SCAN_MAX {
                 next = Some(index + 1);
             }
         }
@@ -712,41 +725,26 @@ impl Vault {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<GrantChange>, Option<u64>), ConsentError> {
-        const SCAN_MAX: usize = 2_000;
-        let indices = self.audit().indices_of_business(self.store(), business, from, SCAN_MAX)?;
-        let mut changes = Vec::new();
-        let mut next = None;
-        for (position, &index) in indices.iter().enumerate() {
-            if changes.len() == limit {
-                next = Some(index);
-                break;
-            }
-            let Some(bytes) = self.audit().entry(self.store(), index)? else { break };
-            let event = AuditEvent::from_bytes(&bytes).map_err(AuditError::from)?;
+        let indices = self.audit().indices_of_business(self.store(), business, from, EVENT_SCAN_MAX)?;
+        let (changes, next) = self.events_at(&indices, limit, |index, event| {
             let change = match event.kind {
-                EventKind::GrantCreated => Some("created"),
+                EventKind::GrantCreated => "created",
                 EventKind::GrantRevoked if event.related.get("cause").is_some_and(|c| c == "disconnect") => {
-                    Some("disconnected")
+                    "disconnected"
                 }
-                EventKind::GrantRevoked => Some("revoked"),
-                EventKind::GrantExpired => Some("expired"),
-                EventKind::RelationshipEnded => Some("disconnected"),
-                _ => None,
+                EventKind::GrantRevoked => "revoked",
+                EventKind::GrantExpired => "expired",
+                EventKind::RelationshipEnded => "disconnected",
+                _ => return None,
             };
-            if let Some(change) = change {
-                changes.push(GrantChange {
-                    change,
-                    grant_id: event.related.get("grant_id").cloned(),
-                    pairwise_id: event.related.get("pairwise_id").cloned(),
-                    time: event.time,
-                    audit_index: index,
-                });
-            }
-            // The window ran out with more markers beyond it.
-            if position + 1 == SCAN_MAX {
-                next = Some(index + 1);
-            }
-        }
+            Some(GrantChange {
+                change,
+                grant_id: event.related.get("grant_id").cloned(),
+                pairwise_id: event.related.get("pairwise_id").cloned(),
+                time: event.time,
+                audit_index: index,
+            })
+        })?;
         // With nothing more now, the feed goes on from the end next time.
         let next = next.or_else(|| Some(indices.last().map_or(from, |last| last + 1)));
         Ok((changes, next))
