@@ -138,6 +138,7 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
     vec![
         ("GET", "/healthz".to_owned(), None, None),
         ("GET", "/readyz".to_owned(), None, None),
+        ("GET", "/metrics".to_owned(), None, None),
         ("GET", "/v1/audit/checkpoint".to_owned(), None, None),
         ("GET", "/v1/audit/public-key".to_owned(), None, None),
         ("POST", "/v1/token".to_owned(), None, Some(credentials)),
@@ -736,6 +737,7 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/relationships"),
         ("GET", "/v1/subjects/{pairwise_id}/data"),
         ("GET", "/v1/me/access-log"),
+        ("GET", "/metrics"),
         ("GET", "/v1/grants"),
         ("GET", "/v1/me/grants/{id}/receipt"),
         ("POST", "/v1/admin/policies/reload"),

@@ -41,6 +41,10 @@ async fn serve_on_an_empty_directory_initialises_loudly_then_serves_and_stops_cl
         client.get(format!("{}/readyz", server.base_url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready");
 
+    let metrics = client.get(format!("{}/metrics", server.base_url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("consentvault_commit_transactions_total "), "{metrics}");
+    assert!(metrics.contains("consentvault_ready 1"), "{metrics}");
+
     let missing = client.get(format!("{}/v1/nothing-here", server.base_url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.headers()["content-type"], "application/problem+json");

@@ -35,3 +35,55 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
     }
 }
+
+/// `GET /metrics`: Prometheus text. Counters of the commit path and the
+/// audit log; ids and counts only, never a personal value.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering;
+    let vault = &state.vault;
+    let stats = vault.store().stats();
+    let readiness = vault.readiness();
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    };
+    metric(
+        "consentvault_commit_transactions_total",
+        "counter",
+        "Transactions run on the commit path.",
+        stats.transactions.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_commit_batches_total",
+        "counter",
+        "Batches applied and flushed.",
+        stats.batches.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_commit_flush_failures_total",
+        "counter",
+        "Flushes that failed.",
+        stats.flush_failures.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_commit_flush_seconds_total",
+        "counter",
+        "Time spent in flushes.",
+        format!("{:.6}", stats.flush_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+    );
+    metric(
+        "consentvault_audit_log_size",
+        "gauge",
+        "Audit log entries known to be on disk.",
+        vault.audit().durable_size().to_string(),
+    );
+    metric("consentvault_ready", "gauge", "1 when the vault can serve.", u8::from(readiness.is_ready()).to_string());
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

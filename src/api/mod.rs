@@ -126,7 +126,7 @@ async fn refuse_when_audit_invalid(
     request: Request,
     next: Next,
 ) -> Response {
-    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if !probe && let crate::vault::AuditStatus::Failed(failure) = state.vault.audit_status() {
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +187,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
         .routes(routes!(openapi_get))
         .routes(routes!(audit::checkpoint))
         .routes(routes!(audit::public_key))
