@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod ids;
 pub mod policy;
 pub mod principals;
+pub mod rights;
 pub mod server;
 pub mod store;
 pub mod subjects;

@@ -456,6 +456,13 @@ impl Vault {
             other => PrincipalError::Token(other),
         })?;
         let principal = self.principal_of(&verified).await?;
+        // An erased customer's tokens end with the erasure, whoever issued them.
+        if principal.role == Role::Customer {
+            let subject: SubjectId = principal.id.parse().map_err(|_| PrincipalError::BadToken("customer id"))?;
+            if !self.subject_exists(subject)? {
+                return Err(PrincipalError::BadToken("erased customer"));
+            }
+        }
         self.token_cache().insert(token, principal.clone(), verified.expires_at, now);
         Ok(principal)
     }

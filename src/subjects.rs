@@ -85,8 +85,12 @@ impl NewSubject {
     /// Writes the subject record and key record, counts the wrap, and
     /// appends `subject.created` by `actor`.
     pub fn write(self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
-        let record = serde_json::to_vec(&SubjectRecord { created_at: self.created_at.clone() })
-            .map_err(|_| StoreError::Corrupt { what: "subject" })?;
+        let record = serde_json::to_vec(&SubjectRecord {
+            created_at: self.created_at.clone(),
+            erased_at: None,
+            erasure_index: None,
+        })
+        .map_err(|_| StoreError::Corrupt { what: "subject" })?;
         txn.put(Key::subject(self.id.as_bytes()), record);
         txn.put(Key::dek(self.id.as_bytes()), KeyRecord { wrapped: self.wrapped, seals: 0 }.encode());
         txn.counter_add(kek_counter(self.kek_version), 1)?;
@@ -101,6 +105,13 @@ impl NewSubject {
 pub struct SubjectRecord {
     /// When the subject was created (RFC 3339).
     pub created_at: String,
+    /// When the subject was erased (RFC 3339); the record stays as a
+    /// tombstone so a repeated erasure finds the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<String>,
+    /// The audit index of the erasure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure_index: Option<u64>,
 }
 
 /// The stored key record of a subject: its wrapped DEK, then the number of
@@ -159,7 +170,15 @@ impl Vault {
 
     /// Whether `subject` exists.
     pub fn subject_exists(&self, subject: SubjectId) -> Result<bool, DataError> {
-        Ok(self.store().get(&Key::subject(subject.as_bytes()))?.is_some())
+        Ok(self.subject_record(subject)?.is_some_and(|record| record.erased_at.is_none()))
+    }
+
+    /// The subject's record (a tombstone once erased).
+    pub fn subject_record(&self, subject: SubjectId) -> Result<Option<SubjectRecord>, DataError> {
+        self.store()
+            .get(&Key::subject(subject.as_bytes()))?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" }.into()))
+            .transpose()
     }
 
     /// The subject's DEK, unwrapped.
@@ -242,7 +261,7 @@ impl Vault {
         let ((existed, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !txn.contains(&Key::subject(subject.as_bytes()))? {
+                if !subject_live_in(txn, subject)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let existed = txn.contains(key.key())?;
@@ -265,7 +284,7 @@ impl Vault {
         let ((appended, sealed), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !txn.contains(&Key::subject(subject.as_bytes()))? {
+                if !subject_live_in(txn, subject)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let prefix = Key::values_of(subject.as_bytes());
@@ -323,6 +342,18 @@ impl Vault {
         }
         Ok(data)
     }
+}
+
+/// Whether `subject` exists and is not erased, as `txn` sees it.
+pub(crate) fn subject_live_in(txn: &Txn<'_>, subject: SubjectId) -> Result<bool, StoreError> {
+    Ok(match txn.get(&Key::subject(subject.as_bytes()))? {
+        Some(bytes) => {
+            let record: SubjectRecord =
+                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" })?;
+            record.erased_at.is_none()
+        }
+        None => false,
+    })
 }
 
 /// The sealed values of `fields` that `subject` holds, as `txn` sees them.

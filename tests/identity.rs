@@ -202,6 +202,9 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("POST", "/v1/admin/auditors".to_owned(), Some("admin"), Some(json!({"name": "External audit"}))),
         ("POST", format!("/v1/admin/auditors/{auditor_to_disable}/disable"), Some("admin"), None),
         ("POST", "/v1/admin/policies/reload".to_owned(), Some("admin"), None),
+        ("GET", "/v1/me/export".to_owned(), Some("customer"), None),
+        // Last: erasing the customer ends its login.
+        ("DELETE", "/v1/me".to_owned(), Some("customer"), Some(json!({"confirm": "erase"}))),
     ]
 }
 
@@ -733,6 +736,8 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/me/grants/{id}"),
         ("DELETE", "/v1/me/grants/{id}"),
         ("GET", "/v1/me/objections"),
+        ("DELETE", "/v1/me"),
+        ("GET", "/v1/me/export"),
         ("PUT", "/v1/me/objections"),
         ("GET", "/v1/relationships"),
         ("GET", "/v1/subjects/{pairwise_id}/data"),

@@ -80,3 +80,36 @@ pub async fn data_delete(
     let deleted = state.vault.data_delete(&caller.principal.actor(), caller.subject, &field).await?;
     Ok(axum::Json(Deleted { field, deleted }))
 }
+
+/// The body of `DELETE /v1/me`: an explicit confirmation.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseConfirm {
+    /// Must be `"erase"`.
+    confirm: String,
+}
+
+/// `DELETE /v1/me`: erase me (crypto-shredding). Answers with an erasure
+/// receipt naming the audit index and a checkpoint that covers it.
+#[utoipa::path(delete, path = "/v1/me", tag = "customer", request_body = EraseConfirm, security(("bearer" = [])), responses((status = 200, description = "erased, audit_index, checkpoint", body = Object), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn me_erase(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<EraseConfirm>,
+) -> Result<axum::Json<crate::rights::ErasureReceipt>, ApiError> {
+    if body.confirm != "erase" {
+        return Err(ApiError::client(
+            axum::http::StatusCode::BAD_REQUEST,
+            "confirmation_required",
+            "Confirmation required",
+            "send {\"confirm\": \"erase\"} to erase everything held about you",
+        ));
+    }
+    Ok(axum::Json(state.vault.subject_erase(caller.subject).await?))
+}
+
+/// `GET /v1/me/export`: everything held about me, in one document.
+#[utoipa::path(get, path = "/v1/me/export", tag = "customer", security(("bearer" = [])), responses((status = 200, description = "data, relationships, access_requests, grants, objections, access_log", body = Object)))]
+pub async fn me_export(caller: CustomerCaller, State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(state.vault.subject_export(caller.subject).await?))
+}

@@ -207,6 +207,8 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::objections_get, consent::objections_put))
         .routes(routes!(consent::access_log))
         .routes(routes!(consent::grants_receipt))
+        .routes(routes!(me::me_erase))
+        .routes(routes!(me::me_export))
         .routes(routes!(consent::my_requests_list))
         .routes(routes!(consent::my_requests_approve))
         .routes(routes!(consent::my_requests_deny))

@@ -325,6 +325,11 @@ impl Key {
         Self(prefix.prefix_end())
     }
 
+    /// A key read back from a scan, to delete or rewrite it.
+    pub(crate) fn raw(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
     /// The key `self ‖ suffix` (for paging within a prefix).
     pub fn with_suffix(&self, suffix: &[u8]) -> Self {
         let mut bytes = self.0.clone();
