@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::audit::{Actor, AuditEvent, EventKind};
 use crate::consent::requests::{AccessRequest, RequestStatus};
-use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship, decode, encode};
+use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship, decode, encode, grant_event};
 use crate::ids::SubjectId;
 use crate::store::Key;
 use crate::subjects::SubjectRecord;
@@ -74,15 +74,8 @@ impl Vault {
                     if grant.status(now) == GrantStatus::Active {
                         grant.revoked_at = Some(now);
                         txn.put(Key::raw(grant_key), encode(&grant, "grant")?);
-                        let mut event = AuditEvent::new(EventKind::GrantRevoked, actor.clone(), &time)
-                            .subject(subject)
-                            .related("grant_id", &grant.grant_id)
+                        let event = grant_event(txn, EventKind::GrantRevoked, actor.clone(), &time, subject, &grant)?
                             .related("cause", "erasure");
-                        if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
-                            let relationship: Relationship = decode(&bytes, "relationship")?;
-                            event = event.related("pairwise_id", &relationship.pairwise_id);
-                        }
-                        event.business = Some(grant.business_id.clone());
                         appended.push(log.append(txn, &event)?);
                     }
                 }

@@ -5,14 +5,8 @@
 
 mod common;
 
-use common::roles;
+use common::roles::{self, get};
 use serde_json::{Value, json};
-
-async fn get(client: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
-    let response = client.get(url).bearer_auth(token).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_immediate() {

@@ -8,26 +8,10 @@ mod common;
 
 use std::process::Command;
 
-use common::roles;
-use serde_json::{Value, json};
+use common::roles::{self, send};
+use serde_json::json;
 
 const CANARY: &str = "erasure-canary-7f3a@example.org";
-
-async fn send(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
@@ -45,7 +29,7 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
         &client,
         Method::PUT,
         format!("{base}/v1/me/data"),
-        &customer,
+        Some(&customer),
         Some(json!({"email": CANARY, "phone": "+44 20 7946 0001"})),
     )
     .await;
@@ -64,12 +48,12 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     assert_eq!(status, 201, "{grant}");
     let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
     let read_url = format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing");
-    let (status, read) = send(&client, Method::GET, read_url.clone(), &business, None).await;
+    let (status, read) = send(&client, Method::GET, read_url.clone(), Some(&business), None).await;
     assert_eq!((status, &read["data"]), (200, &json!({"email": CANARY})));
 
     // Export: the data, the relationship, the grant with its signed receipt,
     // and the read the business just made.
-    let (status, export) = send(&client, Method::GET, format!("{base}/v1/me/export"), &customer, None).await;
+    let (status, export) = send(&client, Method::GET, format!("{base}/v1/me/export"), Some(&customer), None).await;
     assert_eq!(status, 200, "{export}");
     let text = export.to_string();
     assert!(text.contains(CANARY) && text.contains("+44 20 7946 0001"), "{export}");
@@ -79,13 +63,14 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
 
     // Erasure needs an explicit confirmation; without it nothing changes.
     let (status, problem) =
-        send(&client, Method::DELETE, format!("{base}/v1/me"), &customer, Some(json!({"confirm": "yes"}))).await;
+        send(&client, Method::DELETE, format!("{base}/v1/me"), Some(&customer), Some(json!({"confirm": "yes"}))).await;
     assert_eq!((status, problem["code"].as_str()), (400, Some("confirmation_required")), "{problem}");
-    let (status, _) = send(&client, Method::GET, read_url.clone(), &business, None).await;
+    let (status, _) = send(&client, Method::GET, read_url.clone(), Some(&business), None).await;
     assert_eq!(status, 200, "a refused erasure changes nothing");
 
     let (status, receipt) =
-        send(&client, Method::DELETE, format!("{base}/v1/me"), &customer, Some(json!({"confirm": "erase"}))).await;
+        send(&client, Method::DELETE, format!("{base}/v1/me"), Some(&customer), Some(json!({"confirm": "erase"})))
+            .await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["erased"], true);
     let erased_at = receipt["audit_index"].as_u64().unwrap();
@@ -97,16 +82,16 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     // No path reaches the customer any more.
     for (method, path) in [(Method::GET, "/v1/me/data"), (Method::GET, "/v1/me/export"), (Method::GET, "/v1/me/grants")]
     {
-        let (status, _) = send(&client, method.clone(), format!("{base}{path}"), &customer, None).await;
+        let (status, _) = send(&client, method.clone(), format!("{base}{path}"), Some(&customer), None).await;
         assert_eq!(status, 401, "{method} {path} with the erased customer's token");
     }
     let login = json!({"grant_type": "password", "username": customer_id, "password": "correct horse battery staple"});
     let (status, _) = roles::post(&client, format!("{base}/v1/token"), None, login).await;
     assert!((400..500).contains(&status), "the erased customer cannot log in: {status}");
-    let (status, denied) = send(&client, Method::GET, read_url, &business, None).await;
+    let (status, denied) = send(&client, Method::GET, read_url, Some(&business), None).await;
     assert_eq!(status, 403, "{denied}");
     assert!(!denied.to_string().contains(CANARY));
-    let (_, grants) = send(&client, Method::GET, format!("{base}/v1/grants"), &business, None).await;
+    let (_, grants) = send(&client, Method::GET, format!("{base}/v1/grants"), Some(&business), None).await;
     assert!(
         grants["items"]
             .as_array()
@@ -115,13 +100,18 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
             .all(|g| g["grant_id"] != grant_id.as_str() || g["status"] != "active"),
         "{grants}"
     );
-    let (_, changes) = send(&client, Method::GET, format!("{base}/v1/grants/changes"), &business, None).await;
+    let (_, changes) = send(&client, Method::GET, format!("{base}/v1/grants/changes"), Some(&business), None).await;
     assert!(changes.to_string().contains("revoked"), "the feed tells the business the grant ended: {changes}");
 
     // The log keeps the erasure, with ids only.
-    let (_, entries) =
-        send(&client, Method::GET, format!("{base}/v1/audit/entries?subject={customer_id}&limit=1000"), &auditor, None)
-            .await;
+    let (_, entries) = send(
+        &client,
+        Method::GET,
+        format!("{base}/v1/audit/entries?subject={customer_id}&limit=1000"),
+        Some(&auditor),
+        None,
+    )
+    .await;
     let entries = entries["items"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["entry"]["kind"] == "subject.erased" && e["index"] == erased_at));
     assert!(entries.iter().all(|e| !e["entry"].to_string().contains(CANARY)));

@@ -384,7 +384,6 @@ impl Vault {
         let now = self.clock().now_secs();
         let time = self.clock().rfc3339();
         let log = self.audit().clone();
-        let grant_id = grant_id.to_owned();
         let ((grant, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
@@ -395,14 +394,8 @@ impl Vault {
                 }
                 grant.revoked_at = Some(now);
                 txn.put(key, encode(&grant, "grant")?);
-                let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
-                    .subject(subject)
-                    .related("grant_id", &grant_id);
-                if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
-                    let relationship: Relationship = decode(&bytes, "relationship")?;
-                    event = event.related("pairwise_id", &relationship.pairwise_id);
-                }
-                event.business = Some(grant.business_id.clone());
+                let event =
+                    grant_event(txn, EventKind::GrantRevoked, Actor::customer(subject), &time, subject, &grant)?;
                 Ok((grant, Some(log.append(txn, &event)?)))
             })
             .await?;
@@ -862,14 +855,7 @@ impl Vault {
                     if grant.revoked_at.is_some_and(|at| at <= grant.expires_at) {
                         continue;
                     }
-                    let mut event = AuditEvent::new(EventKind::GrantExpired, Actor::system(), &time)
-                        .subject(subject)
-                        .related("grant_id", &grant_id);
-                    if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
-                        let relationship: Relationship = decode(&bytes, "relationship")?;
-                        event = event.related("pairwise_id", &relationship.pairwise_id);
-                    }
-                    event.business = Some(grant.business_id.clone());
+                    let event = grant_event(txn, EventKind::GrantExpired, Actor::system(), &time, subject, &grant)?;
                     appended.push(log.append(txn, &event)?);
                 }
                 Ok(appended)
@@ -884,4 +870,23 @@ impl Vault {
         }
         Ok(count)
     }
+}
+
+/// The audit event for a change to `grant`: its id, its business and, while
+/// the relationship lasts, the pairwise id the business knows the subject by.
+pub(crate) fn grant_event(
+    txn: &Txn<'_>,
+    kind: EventKind,
+    actor: Actor,
+    time: &str,
+    subject: SubjectId,
+    grant: &GrantRecord,
+) -> Result<AuditEvent, ConsentError> {
+    let mut event = AuditEvent::new(kind, actor, time).subject(subject).related("grant_id", &grant.grant_id);
+    if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+        let relationship: Relationship = decode(&bytes, "relationship")?;
+        event = event.related("pairwise_id", &relationship.pairwise_id);
+    }
+    event.business = Some(grant.business_id.clone());
+    Ok(event)
 }

@@ -225,15 +225,35 @@ impl InProcessServer {
 pub mod roles {
     use serde_json::{Value, json};
 
-    /// POSTs JSON and returns (status, body).
-    pub async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut request = client.post(url).json(&body);
+    /// Sends a request, with a bearer token and a JSON body when given, and
+    /// returns (status, body).
+    pub async fn send(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = client.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs JSON and returns (status, body).
+    pub async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> (u16, Value) {
+        send(client, reqwest::Method::POST, url, token, Some(body)).await
+    }
+
+    /// GETs with a token and returns (status, body).
+    pub async fn get(client: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
+        send(client, reqwest::Method::GET, url, Some(token), None).await
     }
 
     /// A token for client credentials.
