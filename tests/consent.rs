@@ -28,14 +28,7 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
         .unwrap();
     assert_eq!(put.status(), 200);
 
-    let (status, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
-    assert_eq!(status, 201, "{relationship}");
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let (_, listed) = get(&client, format!("{base}/v1/relationships"), &business).await;
     assert_eq!(listed["items"][0]["pairwise_id"], pairwise);
@@ -230,13 +223,7 @@ async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
         .send()
         .await
         .unwrap();
-    let (_, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let ask = |fields: Value, days: u32| {
         json!({"pairwise_id": pairwise, "purposes": ["marketing"], "fields": fields, "duration_days": days,
@@ -339,13 +326,7 @@ async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_noth
         .send()
         .await
         .unwrap();
-    let (_, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
     assert_eq!(roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), body).await.0, 201);
@@ -405,13 +386,7 @@ async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_s
         .send()
         .await
         .unwrap();
-    let (_, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let start = 1_900_000_000;
     server.vault.insecure_pin_clock_secs(Some(start));
@@ -447,13 +422,7 @@ async fn a_business_asking_too_often_gets_429() {
     let admin = roles::admin_token(&client, &base, &data_dir).await;
     let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
     let (_, customer) = roles::customer(&client, &base).await;
-    let (_, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let ask = json!({"pairwise_id": relationship["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],
                      "duration_days": 30, "justification": "offers"});
     let mut statuses = Vec::new();

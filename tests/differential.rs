@@ -114,13 +114,7 @@ async fn the_service_agrees_with_a_reference_model_on_every_generated_read() {
     let values = json!({"email": "ada@example.org", "phone": "+44 20 7946 0000", "given_name": "Ada",
                         "country": "GB", "allergies": ["peanuts"]});
     client.put(format!("{base}/v1/me/data")).bearer_auth(&customer).json(&values).send().await.unwrap();
-    let (_, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
 
     let base_time = 1_900_000_000i64;

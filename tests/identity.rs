@@ -71,17 +71,7 @@ impl Fixtures {
         let (auditor_to_disable, _) = roles::client_principal(client, base, admin, "auditors").await;
         let (business_to_connect, _) = roles::client_principal(client, base, admin, "businesses").await;
         let (business_to_leave, _) = roles::client_principal(client, base, admin, "businesses").await;
-        let connect = |business: String| async move {
-            let (status, body) = roles::post(
-                client,
-                format!("{base}/v1/me/relationships"),
-                Some(customer),
-                json!({"business_id": business}),
-            )
-            .await;
-            assert_eq!(status, 201, "{body}");
-            body
-        };
+        let connect = |business: String| async move { roles::connect(client, base, customer, &business).await };
         let pairwise = connect(actors.business_id.clone()).await["pairwise_id"].as_str().unwrap().to_owned();
         let relationship_to_end = connect(business_to_leave).await["relationship_id"].as_str().unwrap().to_owned();
         let grant = |fields: Value| async move {

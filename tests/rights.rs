@@ -34,14 +34,7 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, relationship) = roles::post(
-        &client,
-        format!("{base}/v1/me/relationships"),
-        Some(&customer),
-        json!({"business_id": business_id}),
-    )
-    .await;
-    assert_eq!(status, 201, "{relationship}");
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
     let (status, grant) = roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), body).await;

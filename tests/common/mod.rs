@@ -256,6 +256,14 @@ pub mod roles {
         send(client, reqwest::Method::GET, url, Some(token), None).await
     }
 
+    /// Connects the customer to a business and returns the relationship.
+    pub async fn connect(client: &reqwest::Client, base: &str, customer: &str, business_id: &str) -> Value {
+        let body = json!({"business_id": business_id});
+        let (status, relationship) = post(client, format!("{base}/v1/me/relationships"), Some(customer), body).await;
+        assert_eq!(status, 201, "{relationship}");
+        relationship
+    }
+
     /// A token for client credentials.
     pub async fn client_token(client: &reqwest::Client, base: &str, client_id: &str, secret: &str) -> String {
         let body = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret});
