@@ -323,7 +323,7 @@ impl Vault {
             wraps,
             limits: self.key_config().limits,
             rotation: self.key_rotation()?,
-            rotation_running: self.rotation_running().load(Ordering::Acquire),
+            rotation_running: self.rotation_is_running(),
         })
     }
 
@@ -332,6 +332,9 @@ impl Vault {
     /// thread. Returns the rotation record as started. Blocks on file and
     /// store I/O: call it from a blocking context.
     pub fn kek_rotate(self: &Arc<Self>, actor: &Actor, cause: &str) -> Result<Rotation, KeyError> {
+        if self.closing() {
+            return Err(StoreError::Closed.into());
+        }
         if self.rotation_running().compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(KeyError::InProgress);
         }
@@ -362,7 +365,7 @@ impl Vault {
         let current = self.keys().current_version();
         let wraps = self.store().get(&kek_counter(current)).ok().flatten();
         let Ok(wraps) = crate::store::counter_decode(wraps.as_deref()) else { return };
-        if wraps < self.key_config().limits.kek_wraps_max || self.rotation_running().load(Ordering::Acquire) {
+        if wraps < self.key_config().limits.kek_wraps_max || self.rotation_is_running() {
             return;
         }
         let vault = Arc::clone(self);

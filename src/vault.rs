@@ -516,6 +516,11 @@ impl Vault {
         &self.rotation_running
     }
 
+    /// Whether a KEK rotation is at work.
+    pub fn rotation_is_running(&self) -> bool {
+        self.rotation_running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Keeps the rotation thread's handle so closing can wait for it.
     pub(crate) fn rotation_thread_set(&self, thread: JoinHandle<()>) {
         if let Ok(mut slot) = self.rotation_thread.lock()

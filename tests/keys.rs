@@ -190,6 +190,9 @@ async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_ke
         assert_eq!(status, 200);
         assert_eq!(mine["data"]["email"], format!("c{index}-{last}@example.org"));
     }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("consentvault_kek_current_version 2\n"), "{metrics}");
+    assert!(metrics.contains("consentvault_kek_rotation_running 0\n"), "{metrics}");
     // Every step is in the audit log, ids and versions only.
     let steps: Vec<String> = audit_kinds(&client, &base, &auditor, "key.rotated")
         .await
