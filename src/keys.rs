@@ -360,12 +360,32 @@ impl Vault {
     }
 
     /// Starts a rotation by itself when the current KEK has wrapped as many
-    /// DEKs as it may. Cheap: one counter read.
+    /// DEKs as it may. Cheap: a counter read (and the rotation record once
+    /// the limit is reached).
     pub(crate) fn kek_limit_check(self: &Arc<Self>) {
         let current = self.keys().current_version();
         let wraps = self.store().get(&kek_counter(current)).ok().flatten();
         let Ok(wraps) = crate::store::counter_decode(wraps.as_deref()) else { return };
-        if wraps < self.key_config().limits.kek_wraps_max || self.rotation_is_running() {
+        let limit = self.key_config().limits.kek_wraps_max;
+        if wraps < limit || self.rotation_is_running() {
+            return;
+        }
+        // The rewraps that moved every DEK to this version count as wraps,
+        // but a new rotation would make as many again: only wraps since
+        // (new subjects, replaced DEKs) call for one.
+        let rewrapped = match self.key_rotation() {
+            Ok(Some(rotation)) if rotation.target_version == current => rotation.deks_rewrapped,
+            _ => 0,
+        };
+        if wraps.saturating_sub(rewrapped) < limit {
+            if rewrapped >= limit {
+                tracing::warn!(
+                    kek_version = current,
+                    wraps,
+                    limit,
+                    "a rotation rewraps more DEKs than kek_wraps_max allows one key; raise the limit"
+                );
+            }
             return;
         }
         let vault = Arc::clone(self);
@@ -452,11 +472,9 @@ impl Vault {
         let thread = std::thread::Builder::new()
             .name("consentvault-kek-rotate".to_owned())
             .spawn(move || {
-                let _guard = guard;
-                tracing::dispatcher::with_default(&dispatch, || match vault.rotation_run(&actor) {
-                    Ok(true) => vault.kek_limit_check(),
-                    Ok(false) => {}
-                    Err(error) => {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let outcome = vault.rotation_run(&actor);
+                    if let Err(error) = &outcome {
                         tracing::error!(%error, "key rotation stopped");
                         let problem = error.to_string();
                         let recorded = vault.store().commit_blocking(move |txn| -> Result<(), KeyError> {
@@ -468,6 +486,12 @@ impl Vault {
                         if let Err(error) = recorded {
                             tracing::error!(%error, "the failed key rotation could not be recorded");
                         }
+                    }
+                    drop(guard);
+                    // Subjects created while it ran may have used up the new
+                    // version already.
+                    if matches!(outcome, Ok(true)) {
+                        vault.kek_limit_check();
                     }
                 });
             })

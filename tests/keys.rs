@@ -22,14 +22,16 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-/// Polls the admin's key status until the latest rotation finished.
-async fn rotation_finished(client: &reqwest::Client, base: &str, admin: &str) -> Value {
+/// Polls the admin's key status until the rotation to `target` finished.
+async fn rotation_finished(client: &reqwest::Client, base: &str, admin: &str, target: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (status, keys) = roles::get(client, format!("{base}/v1/admin/keys"), admin).await;
         assert_eq!(status, 200, "{keys}");
         match keys["rotation"]["state"].as_str() {
-            Some("finished") if keys["rotation_running"] == false => return keys,
+            Some("finished") if keys["rotation_running"] == false && keys["rotation"]["target_version"] == target => {
+                return keys;
+            }
             Some("failed") => panic!("rotation failed: {keys}"),
             _ => {}
         }
@@ -164,7 +166,7 @@ async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_ke
         status == 409 && again["code"] == "rotation_in_progress" || status == 202,
         "a second rotation request either finds the first running or starts after it: {status} {again}"
     );
-    let keys = rotation_finished(&client, &base, &admin).await;
+    let keys = rotation_finished(&client, &base, &admin, 2).await;
     let during = done.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Release);
     let mut last_written = Vec::new();
@@ -235,13 +237,23 @@ async fn a_kek_at_its_wrap_limit_is_rotated_by_itself() {
     for _ in 0..15 {
         server.vault.subject_create(&Actor::system()).await.unwrap();
     }
-    let keys = rotation_finished(&client, &base, &admin).await;
+    let keys = rotation_finished(&client, &base, &admin, 2).await;
     assert_eq!(keys["rotation"]["cause"], "encryption_limit");
     assert_eq!(keys["rotation"]["target_version"], 2);
     assert_eq!(keys["destroyed_versions"], json!([1]));
     assert_eq!(server.vault.deks_by_kek_version().unwrap().keys().copied().collect::<Vec<_>>(), vec![2]);
     let (status, mine) = roles::get(&client, format!("{base}/v1/me/data"), &token).await;
     assert_eq!((status, &mine["data"]["email"]), (200, &json!("limit@example.org")));
+    // The 16 rewraps that moved every DEK to version 2 do not call for
+    // another rotation; 16 new wraps do.
+    server.vault.subject_create(&Actor::system()).await.unwrap();
+    let (_, keys) = roles::get(&client, format!("{base}/v1/admin/keys"), &admin).await;
+    assert_eq!((keys["current_version"].as_u64(), keys["rotation_running"].as_bool()), (Some(2), Some(false)));
+    for _ in 0..15 {
+        server.vault.subject_create(&Actor::system()).await.unwrap();
+    }
+    let keys = rotation_finished(&client, &base, &admin, 3).await;
+    assert_eq!(keys["destroyed_versions"], json!([1, 2]), "{keys}");
     server.stop().await;
 }
 
