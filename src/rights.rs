@@ -7,7 +7,8 @@
 //! and every sealed value are deleted, every relationship ends (pairwise ids
 //! stop resolving), every live grant is revoked (businesses see it in their
 //! change feed) and every pending request closed (its stored status becomes
-//! `expired`), objections go, the customer login is deleted and the subject
+//! `expired`; a denial's reason, the customer's words, is removed),
+//! objections go, the customer login is deleted and the subject
 //! record becomes a tombstone; the audit log records it all, with ids only
 //! and a `cause` (`erasure` when the customer asked, `retention` when the
 //! retention rule did). Then the customer's cached tokens are forgotten and a
@@ -177,7 +178,13 @@ impl Vault {
                 }
                 for (request_key, bytes) in txn.scan_prefix(&Key::requests_of(subject.as_bytes()))? {
                     let mut request: AccessRequest = decode(&bytes, "request")?;
-                    if request.status_at(now) == RequestStatus::Pending {
+                    // A denial's reason is the customer's own words: it goes.
+                    if request.reason.take().is_some() {
+                        txn.put(Key::raw(request_key.clone()), encode(&request, "request")?);
+                    }
+                    // Stored as pending, even if its time ran out unswept:
+                    // after an erasure no request waits and no marker is left.
+                    if request.status == RequestStatus::Pending {
                         request.status = RequestStatus::Expired;
                         txn.put(Key::raw(request_key), encode(&request, "request")?);
                         txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request.request_id));

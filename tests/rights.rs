@@ -43,6 +43,20 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     let read_url = format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing");
     let (status, read) = send(&client, Method::GET, read_url.clone(), Some(&business), None).await;
     assert_eq!((status, &read["data"]), (200, &json!({"email": CANARY})));
+    // Two requests: one the customer denies with a reason of her own, one left waiting.
+    let ask = json!({"pairwise_id": pairwise, "purposes": ["marketing"], "fields": ["phone"], "duration_days": 30,
+                     "justification": "Send our monthly offers"});
+    let mut request_ids = Vec::new();
+    for _ in 0..2 {
+        let (status, created) =
+            roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), ask.clone()).await;
+        assert_eq!(status, 201, "{created}");
+        request_ids.push(created["request_id"].as_str().unwrap().to_owned());
+    }
+    let (denied_id, waiting_id) = (&request_ids[0], &request_ids[1]);
+    let reason = json!({"reason": "my own words about why not"});
+    let deny_url = format!("{base}/v1/me/access-requests/{denied_id}/deny");
+    assert_eq!(roles::post(&client, deny_url, Some(&customer), reason).await.0, 200);
 
     // Export: the data, the relationship, the grant with its signed receipt,
     // and the read the business just made.
@@ -95,6 +109,13 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     );
     let (_, changes) = send(&client, Method::GET, format!("{base}/v1/grants/changes"), Some(&business), None).await;
     assert!(changes.to_string().contains("revoked"), "the feed tells the business the grant ended: {changes}");
+    let (_, waiting) =
+        send(&client, Method::GET, format!("{base}/v1/access-requests/{waiting_id}"), Some(&business), None).await;
+    assert_eq!(waiting["status"], "expired", "a waiting request is closed: {waiting}");
+    let (_, denied) =
+        send(&client, Method::GET, format!("{base}/v1/access-requests/{denied_id}"), Some(&business), None).await;
+    assert_eq!(denied["status"], "denied");
+    assert!(denied.get("reason").is_none_or(serde_json::Value::is_null), "the customer's words go: {denied}");
 
     // The log keeps the erasure, with ids only.
     let (_, entries) = send(
