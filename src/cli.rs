@@ -1,4 +1,5 @@
-//! The command line: `init`, `serve` and `policy check`.
+//! The command line: `init`, `serve`, `policy check`, `audit verify` and
+//! `keys rotate|status`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the key-encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Rotate the key-encryption key of a stopped vault: a new version in the
+    /// key file, every DEK rewrapped, the old version destroyed. Shows
+    /// progress, and resumes an interrupted rotation. (A running vault
+    /// rotates with `POST /v1/admin/keys/rotate`.)
+    Rotate(VaultArgs),
+    /// Print the state of the keys and the latest rotation as JSON.
+    Status(VaultArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +77,8 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
+        Command::Keys { command: KeysCommand::Rotate(args) } => keys_rotate(&args),
+        Command::Keys { command: KeysCommand::Status(args) } => keys_status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +149,71 @@ fn audit_verify(args: &VaultArgs) -> Result<(), String> {
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Opens the existing vault `args` name (never creates one).
+fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, String> {
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    let data_dir = &config.options.data_dir;
+    if !data_dir.join(crate::vault::STORE_DIR).is_dir() {
+        return Err(VaultError::NotAVault(data_dir.clone()).to_string());
+    }
+    Vault::open(config.options)
+        .map(|(vault, _)| vault)
+        .map_err(|e| format!("{e} (a running vault rotates with POST /v1/admin/keys/rotate)"))
+}
+
+fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
+    use crate::keys::RotationState;
+    let vault = vault_open_existing(args)?;
+    let outcome = (|| {
+        let started = vault.kek_rotate(&crate::audit::Actor::system(), "cli").map_err(|e| e.to_string())?;
+        eprintln!(
+            "consentvault: rotating to key-encryption key version {} (retiring {:?})",
+            started.target_version, started.retiring_versions
+        );
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} DEKs rewrapped ({elapsed})")
+                .map_err(|e| e.to_string())?,
+        );
+        loop {
+            let rotation = vault.key_rotation().map_err(|e| e.to_string())?.ok_or("the rotation record vanished")?;
+            bar.set_length(rotation.deks_total.max(rotation.deks_rewrapped));
+            bar.set_position(rotation.deks_rewrapped);
+            let running = vault.key_status().map_err(|e| e.to_string())?.rotation_running;
+            match rotation.state {
+                RotationState::Finished if !running => {
+                    bar.finish();
+                    eprintln!(
+                        "consentvault: rotation finished: version {} current, version(s) {:?} destroyed and removed from the key file",
+                        rotation.target_version, rotation.retiring_versions
+                    );
+                    return Ok(());
+                }
+                RotationState::Failed => {
+                    bar.abandon();
+                    return Err(format!("rotation failed: {}", rotation.problem.unwrap_or_default()));
+                }
+                RotationState::Rewrapping | RotationState::Finished => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+            }
+        }
+    })();
+    vault.close().map_err(|e| e.to_string())?;
+    outcome
+}
+
+fn keys_status(args: &VaultArgs) -> Result<(), String> {
+    let vault = vault_open_existing(args)?;
+    let status = vault.key_status().map_err(|e| e.to_string());
+    vault.close().map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&status?).map_err(|e| e.to_string())?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{text}");
+    }
+    Ok(())
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {

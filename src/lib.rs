@@ -13,6 +13,7 @@ pub mod config;
 pub mod consent;
 pub mod crypto;
 pub mod ids;
+pub mod keys;
 pub mod policy;
 pub mod principals;
 pub mod rights;

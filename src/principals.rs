@@ -385,6 +385,7 @@ impl Vault {
         self.audit().confirm(first, &durable)?;
         self.audit().confirm(second, &durable)?;
         tracing::info!(%subject, "customer signed up");
+        self.subject_created();
         Ok(subject)
     }
 
@@ -542,6 +543,7 @@ impl Vault {
                 self.audit().confirm(first, &durable)?;
                 self.audit().confirm(second, &durable)?;
                 tracing::info!(%subject, "customer of an external issuer provisioned");
+                self.subject_created();
                 Ok(subject)
             }
             Err(existing) => {

@@ -18,21 +18,26 @@
 //! is on disk (guarantee 2).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::audit::{Actor, Appended, AuditError, AuditEvent, AuditLog, Decision, EventKind, Logged};
 use crate::clock;
-use crate::crypto::{CryptoError, Dek, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
+use crate::crypto::{CryptoError, Dek, KeyRing, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::ids::SubjectId;
 use crate::policy::FieldError;
 use crate::store::{CommitError, Key, StoreError, Txn};
 use crate::vault::Vault;
 
-/// Encryptions allowed under one key before it must be replaced. AES-GCM
+/// Encryptions allowed under one key whatever the configuration says. AES-GCM
 /// with random 96-bit nonces stays within NIST SP 800-38D's bound of 2^32
-/// invocations per key with a wide margin.
-pub const SEALS_PER_KEY_MAX: u64 = 1 << 31;
+/// invocations per key with a wide margin; the configured limit
+/// (`crate::keys::KeyLimits`) replaces a DEK well before.
+pub const SEALS_PER_KEY_MAX: u64 = crate::keys::ENCRYPTIONS_PER_KEY_CEILING;
+
+/// Tries of one write when its DEK is replaced under it.
+const DEK_ATTEMPTS_MAX: u32 = 4;
 
 /// Errors of the subject-data API. None carries a personal value.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +76,9 @@ impl From<CommitError<DataError>> for DataError {
 #[derive(Debug)]
 pub struct NewSubject {
     id: SubjectId,
+    dek: Dek,
     wrapped: WrappedDek,
-    kek_version: u32,
+    keys: Arc<KeyRing>,
     created_at: String,
     /// The vault clock's time at preparation: the first activity.
     active_at_secs: i64,
@@ -86,7 +92,17 @@ impl NewSubject {
 
     /// Writes the subject record (active since its creation) and key
     /// record, counts the wrap, and appends `subject.created` by `actor`.
-    pub fn write(self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
+    ///
+    /// If a KEK rotation started after the DEK was wrapped, the DEK is
+    /// rewrapped here under the rotation's version, inside the transaction,
+    /// so no DEK under a retiring KEK appears after a rotation pass.
+    pub fn write(mut self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
+        if let Some(required) = crate::keys::wrap_version_in(txn)?
+            && self.wrapped.kek_version() != Some(required)
+        {
+            self.wrapped = self.keys.dek_wrap_again(required, self.id.as_bytes(), &self.dek)?;
+        }
+        let kek_version = self.wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
         let record = serde_json::to_vec(&SubjectRecord {
             created_at: self.created_at.clone(),
             last_active_at: Some(self.active_at_secs),
@@ -97,7 +113,7 @@ impl NewSubject {
         txn.put(Key::subject(self.id.as_bytes()), record);
         txn.put(Key::subject_activity(self.active_at_secs, self.id.as_bytes()), Vec::new());
         txn.put(Key::dek(self.id.as_bytes()), KeyRecord { wrapped: self.wrapped, seals: 0 }.encode());
-        txn.counter_add(kek_counter(self.kek_version), 1)?;
+        txn.counter_add(kek_counter(kek_version), 1)?;
         let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &self.created_at).subject(self.id);
         Ok(log.append(txn, &event)?)
     }
@@ -127,19 +143,19 @@ pub struct SubjectRecord {
 /// values sealed under that DEK (u64, big-endian). Keeping the count beside
 /// the key makes the commit-time check and the count one read and one write.
 #[derive(Debug, Clone)]
-struct KeyRecord {
-    wrapped: WrappedDek,
-    seals: u64,
+pub(crate) struct KeyRecord {
+    pub(crate) wrapped: WrappedDek,
+    pub(crate) seals: u64,
 }
 
 impl KeyRecord {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut bytes = self.wrapped.as_bytes().to_vec();
         bytes.extend_from_slice(&self.seals.to_be_bytes());
         bytes
     }
 
-    fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
+    pub(crate) fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
         let corrupt = StoreError::Corrupt { what: "key record" };
         if bytes.len() != WRAPPED_DEK_BYTES + 8 {
             return Err(corrupt);
@@ -151,7 +167,8 @@ impl KeyRecord {
     }
 }
 
-fn kek_counter(kek_version: u32) -> Key {
+/// The counter of DEK wraps under KEK `kek_version`.
+pub(crate) fn kek_counter(kek_version: u32) -> Key {
     Key::counter(&format!("kek/{kek_version}"))
 }
 
@@ -165,19 +182,29 @@ impl Vault {
         let (appended, durable) = self.store().commit_durable(move |txn| new_subject.write(txn, &log, &actor)).await?;
         self.audit().confirm(appended, &durable)?;
         tracing::debug!(%subject, "subject created");
+        self.subject_created();
         Ok(subject)
+    }
+
+    /// Work after a subject was created: a rotation starts if its wrap
+    /// pushed the current KEK to its limit.
+    pub(crate) fn subject_created(&self) {
+        if let Some(vault) = self.shared() {
+            vault.kek_limit_check();
+        }
     }
 
     /// A new subject id with its wrapped DEK, ready to be written in a
     /// transaction (alone, or with a sign-up).
     pub fn subject_prepare(&self) -> Result<NewSubject, DataError> {
-        let keys = self.keys();
+        let keys = self.keys_shared();
         let id = SubjectId::random(keys.rng())?;
-        let (_, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
+        let (dek, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
         Ok(NewSubject {
             id,
+            dek,
             wrapped,
-            kek_version: keys.current_version(),
+            keys,
             created_at: clock::rfc3339(clock::now()),
             active_at_secs: self.clock().now_secs(),
         })
@@ -198,8 +225,16 @@ impl Vault {
 
     /// The subject's DEK, unwrapped.
     fn dek(&self, subject: SubjectId) -> Result<Dek, DataError> {
-        let record = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-        Ok(self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+        let unwrap = || -> Result<Dek, DataError> {
+            let record = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
+            Ok(self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+        };
+        match unwrap() {
+            // A rotation rewrapped the record and destroyed the old KEK
+            // between the read and the unwrap: the record read now is new.
+            Err(DataError::Crypto(CryptoError::UnknownKekVersion(_))) => unwrap(),
+            outcome => outcome,
+        }
     }
 
     /// Stores one field (replacing any earlier value).
@@ -224,6 +259,29 @@ impl Vault {
         subject: SubjectId,
         values: &Map<String, Value>,
     ) -> Result<(Vec<String>, u64), DataError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.data_merge_once(actor, subject, values).await {
+                // The DEK reached its limit: replace it, then write again.
+                Err(DataError::KeyExhausted) if attempts < DEK_ATTEMPTS_MAX => match self.dek_replace(subject).await {
+                    Ok(()) | Err(DataError::Crypto(CryptoError::Open)) => {}
+                    Err(error) => return Err(error),
+                },
+                // The DEK changed between sealing and commit (replaced by a
+                // concurrent write): seal again under the new one.
+                Err(DataError::Crypto(CryptoError::Open)) if attempts < DEK_ATTEMPTS_MAX => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn data_merge_once(
+        &self,
+        actor: &Actor,
+        subject: SubjectId,
+        values: &Map<String, Value>,
+    ) -> Result<(Vec<String>, u64), DataError> {
         let policies = self.policies();
         let catalogue = &policies.catalogue;
         let mut canonical = Vec::with_capacity(values.len());
@@ -242,6 +300,7 @@ impl Vault {
             .subject(subject)
             .fields(fields.clone());
         let seal_count = sealed.len() as u64;
+        let seals_max = self.key_config().limits.dek_seals_max.min(SEALS_PER_KEY_MAX);
         let log = self.audit().clone();
         let now_secs = self.clock().now_secs();
         let (appended, durable) = self
@@ -252,7 +311,7 @@ impl Vault {
                 }
                 let mut record = key_record_with_version(txn, subject, dek_version)?;
                 record.seals = record.seals.saturating_add(seal_count);
-                if record.seals > SEALS_PER_KEY_MAX {
+                if record.seals > seals_max {
                     return Err(DataError::KeyExhausted);
                 }
                 txn.put(Key::dek(subject.as_bytes()), record.encode());

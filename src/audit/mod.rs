@@ -32,9 +32,9 @@ use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
 use merkle::{Hash, ProofError, SubtreeHashes};
 
 /// The label of the checkpoint signing key sealed under the KEK.
-const SIGNING_KEY_LABEL: &str = "audit-signing-key";
+pub(crate) const SIGNING_KEY_LABEL: &str = "audit-signing-key";
 const SIZE_KEY: &str = "audit/size";
-const SIGNING_KEY_KEY: &str = "audit/signing-key";
+pub(crate) const SIGNING_KEY_KEY: &str = "audit/signing-key";
 const ORIGIN_KEY: &str = "audit/origin";
 const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
 const LATEST_NOTE_KEY: &str = "audit/checkpoint-note";
