@@ -106,8 +106,12 @@ fn init(args: &VaultArgs) -> Result<(), String> {
 
 fn policy_check(dir: &std::path::Path) -> Result<(), String> {
     let policies = policies_load(dir).map_err(|e| e.to_string())?;
+    let retention = match policies.rules.retention {
+        Some(rule) => format!("retention: erase customers inactive for {} days", rule.erase_inactive_after_days),
+        None => "retention: off".to_owned(),
+    };
     eprintln!(
-        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps; sha256 {})",
+        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps, {retention}; sha256 {})",
         dir.display(),
         policies.catalogue.fields().count(),
         policies.rules.purposes.len(),

@@ -20,5 +20,6 @@ pub mod rights;
 pub mod server;
 pub mod store;
 pub mod subjects;
+pub mod sweep;
 pub mod telemetry;
 pub mod vault;

@@ -80,6 +80,8 @@ pub struct NewSubject {
     wrapped: WrappedDek,
     keys: Arc<KeyRing>,
     created_at: String,
+    /// The vault clock's time at preparation: the first activity.
+    active_at_secs: i64,
 }
 
 impl NewSubject {
@@ -88,8 +90,8 @@ impl NewSubject {
         self.id
     }
 
-    /// Writes the subject record and key record, counts the wrap, and
-    /// appends `subject.created` by `actor`.
+    /// Writes the subject record (active since its creation) and key
+    /// record, counts the wrap, and appends `subject.created` by `actor`.
     ///
     /// If a KEK rotation started after the DEK was wrapped, the DEK is
     /// rewrapped here under the rotation's version, inside the transaction,
@@ -103,11 +105,13 @@ impl NewSubject {
         let kek_version = self.wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
         let record = serde_json::to_vec(&SubjectRecord {
             created_at: self.created_at.clone(),
+            last_active_at: Some(self.active_at_secs),
             erased_at: None,
             erasure_index: None,
         })
         .map_err(|_| StoreError::Corrupt { what: "subject" })?;
         txn.put(Key::subject(self.id.as_bytes()), record);
+        txn.put(Key::subject_activity(self.active_at_secs, self.id.as_bytes()), Vec::new());
         txn.put(Key::dek(self.id.as_bytes()), KeyRecord { wrapped: self.wrapped, seals: 0 }.encode());
         txn.counter_add(kek_counter(kek_version), 1)?;
         let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &self.created_at).subject(self.id);
@@ -121,6 +125,11 @@ impl NewSubject {
 pub struct SubjectRecord {
     /// When the subject was created (RFC 3339).
     pub created_at: String,
+    /// The customer's last activity (Unix seconds, the vault clock): sign-up,
+    /// sign-in, a data write or read, a consent change or an export. What the
+    /// retention rule measures inactivity from; cleared at erasure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_at: Option<i64>,
     /// When the subject was erased (RFC 3339); the record stays as a
     /// tombstone so a repeated erasure finds the first one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,7 +200,14 @@ impl Vault {
         let keys = self.keys_shared();
         let id = SubjectId::random(keys.rng())?;
         let (dek, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
-        Ok(NewSubject { id, dek, wrapped, keys, created_at: clock::rfc3339(clock::now()) })
+        Ok(NewSubject {
+            id,
+            dek,
+            wrapped,
+            keys,
+            created_at: clock::rfc3339(clock::now()),
+            active_at_secs: self.clock().now_secs(),
+        })
     }
 
     /// Whether `subject` exists.
@@ -286,9 +302,13 @@ impl Vault {
         let seal_count = sealed.len() as u64;
         let seals_max = self.key_config().limits.dek_seals_max.min(SEALS_PER_KEY_MAX);
         let log = self.audit().clone();
+        let now_secs = self.clock().now_secs();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
+                if !subject_activity_in(txn, subject, now_secs)? {
+                    return Err(DataError::SubjectNotFound);
+                }
                 let mut record = key_record_with_version(txn, subject, dek_version)?;
                 record.seals = record.seals.saturating_add(seal_count);
                 if record.seals > seals_max {
@@ -316,10 +336,11 @@ impl Vault {
             .subject(subject)
             .fields(vec![field.to_owned()]);
         let log = self.audit().clone();
+        let now_secs = self.clock().now_secs();
         let ((existed, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !subject_live_in(txn, subject)? {
+                if !subject_activity_in(txn, subject, now_secs)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let existed = txn.contains(key.key())?;
@@ -338,11 +359,12 @@ impl Vault {
     pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
         let dek = self.dek(subject)?;
         let now = clock::rfc3339(clock::now());
+        let now_secs = self.clock().now_secs();
         let log = self.audit().clone();
         let ((appended, sealed), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !subject_live_in(txn, subject)? {
+                if !subject_activity_in(txn, subject, now_secs)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let prefix = Key::values_of(subject.as_bytes());
@@ -402,16 +424,29 @@ impl Vault {
     }
 }
 
-/// Whether `subject` exists and is not erased, as `txn` sees it.
-pub(crate) fn subject_live_in(txn: &Txn<'_>, subject: SubjectId) -> Result<bool, StoreError> {
-    Ok(match txn.get(&Key::subject(subject.as_bytes()))? {
-        Some(bytes) => {
-            let record: SubjectRecord =
-                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" })?;
-            record.erased_at.is_none()
-        }
-        None => false,
-    })
+/// Whether `subject` exists and is not erased, as `txn` sees it; if so,
+/// records the customer's activity at `now_secs` for the retention rule (the
+/// record's `last_active_at` and the activity marker move forward). Every
+/// transaction that acts for the customer calls it, so the liveness check
+/// and the activity are one read and, at most, three writes.
+pub(crate) fn subject_activity_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<bool, StoreError> {
+    let key = Key::subject(subject.as_bytes());
+    let Some(bytes) = txn.get(&key)? else { return Ok(false) };
+    let mut record: SubjectRecord =
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" })?;
+    if record.erased_at.is_some() {
+        return Ok(false);
+    }
+    if record.last_active_at.is_some_and(|at| at >= now_secs) {
+        return Ok(true);
+    }
+    if let Some(before) = record.last_active_at {
+        txn.delete(&Key::subject_activity(before, subject.as_bytes()));
+    }
+    txn.put(Key::subject_activity(now_secs, subject.as_bytes()), Vec::new());
+    record.last_active_at = Some(now_secs);
+    txn.put(key, serde_json::to_vec(&record).map_err(|_| StoreError::Corrupt { what: "subject" })?);
+    Ok(true)
 }
 
 /// The sealed values of `fields` that `subject` holds, as `txn` sees them.

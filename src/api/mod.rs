@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod consent;
 pub mod error;
+pub mod export_html;
 pub mod extract;
 pub mod guard;
 mod health;

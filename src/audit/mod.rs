@@ -453,6 +453,24 @@ impl AuditLog {
         self.indices_under(store, &prefix, start, limit)
     }
 
+    /// The earliest checkpoint kept in the history whose tree contains entry
+    /// `index` and is durable; reads only. `None` if there is none yet.
+    pub fn checkpoint_covering(&self, store: &Store, index: u64) -> Result<Option<String>, AuditError> {
+        let end = self.durable_size();
+        if index >= end {
+            return Ok(None);
+        }
+        let rows = store.scan_range(
+            &Key::audit_checkpoint(index.saturating_add(1)),
+            &Key::audit_checkpoint(end.saturating_add(1)),
+            1,
+        )?;
+        rows.into_iter()
+            .next()
+            .map(|(_, note)| String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint")))
+            .transpose()
+    }
+
     fn indices_under(&self, store: &Store, prefix: &Key, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
         let end = self.durable_size();
         let from = prefix.with_suffix(&start.to_be_bytes());
