@@ -239,8 +239,8 @@ pub struct KeyStatus {
     pub destroyed_versions: Vec<u32>,
     /// `file` or `environment`.
     pub source: String,
-    /// DEK wraps counted per KEK version.
-    pub wraps: std::collections::BTreeMap<u32, u64>,
+    /// DEK wraps counted per KEK version (keyed by the version, as text).
+    pub wraps: std::collections::BTreeMap<String, u64>,
     /// The limits in force.
     #[schema(value_type = Object)]
     pub limits: KeyLimits,
@@ -309,7 +309,7 @@ impl Vault {
         let mut wraps = std::collections::BTreeMap::new();
         for version in keys.versions().into_iter().chain(destroyed.iter().copied()) {
             let count = crate::store::counter_decode(self.store().get(&kek_counter(version))?.as_deref())?;
-            wraps.insert(version, count);
+            wraps.insert(version.to_string(), count);
         }
         Ok(KeyStatus {
             current_version: keys.current_version(),
