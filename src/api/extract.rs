@@ -21,7 +21,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection| {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", rejection.body_text())
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "Invalid query",
+                    without_values(&rejection.body_text()),
+                )
             })
     }
 }
@@ -38,7 +43,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .await
             .map(|axum::extract::Path(value)| Self(value))
             .map_err(|rejection| {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_path", "Invalid path", rejection.body_text())
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    "Invalid path",
+                    without_values(&rejection.body_text()),
+                )
             })
     }
 }
@@ -94,10 +104,60 @@ pub fn json_body<T: DeserializeOwned>(headers: &axum::http::HeaderMap, bytes: &[
         return Err(invalid_body(format!("the body is nested deeper than {JSON_DEPTH_MAX} levels")));
     }
     serde_json::from_slice(bytes).map_err(|error| {
-        // serde's messages name the member and the expected type; they quote
-        // unknown member names but never values.
-        invalid_body(format!("the body is not valid: {}", error.to_string().split(" at line").next().unwrap_or("")))
+        let message = error.to_string();
+        invalid_body(format!(
+            "the body is not valid: {}",
+            without_values(message.split(" at line").next().unwrap_or(""))
+        ))
     })
+}
+
+/// Where serde and axum quote the value that failed, and what stands
+/// before it: `invalid type: string "ada@example.org", expected u32`,
+/// `unknown variant `x``, `Cannot parse `x` to a `u64``.
+const VALUE_MARKERS: [&str; 4] = ["invalid type: ", "invalid value: ", "unknown variant ", "Cannot parse "];
+
+/// A deserialisation message without the values it quotes: what kind of
+/// value failed and what was expected stay, the value itself (which may be
+/// personal data sent to the wrong field) does not. Member names stay, as
+/// they name the schema.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((at, marker)) =
+        VALUE_MARKERS.iter().filter_map(|marker| rest.find(marker).map(|at| (at, *marker))).min_by_key(|(at, _)| *at)
+    {
+        out.push_str(&rest[..at + marker.len()]);
+        rest = &rest[at + marker.len()..];
+        // The kind words before the quoted value ("string ", "floating point ").
+        let quote_at = rest.find(['"', '`']).unwrap_or(rest.len());
+        let kind = &rest[..quote_at];
+        if kind.contains(',') {
+            // Nothing quoted right here (`invalid type: map, expected ...`).
+            continue;
+        }
+        out.push_str(kind.trim_end());
+        rest = &rest[quote_at..];
+        let mut chars = rest.char_indices();
+        let Some((_, quote)) = chars.next() else { break };
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (index, c) in chars {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') if quote == '"' => escaped = true,
+                (false, c) if c == quote => {
+                    end = index + c.len_utf8();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(if kind.trim().is_empty() { "a value" } else { "" });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A JSON request body deserialised into `T` (see [`json_body`]).
@@ -157,7 +217,34 @@ pub fn cursor_decode(kind: &str, cursor: &str) -> Result<u64, Problem> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn deserialisation_messages_lose_the_values_they_quote() {
+        let cases = [
+            (r#"invalid type: string "ada@example.org", expected u32"#, "invalid type: string, expected u32"),
+            (r#"invalid type: string "a \" b", expected u32"#, "invalid type: string, expected u32"),
+            (
+                "invalid value: integer `42`, expected a positive number",
+                "invalid value: integer, expected a positive number",
+            ),
+            ("invalid type: floating point `1.5`, expected u8", "invalid type: floating point, expected u8"),
+            ("unknown variant `ada@example.org`, expected `erase`", "unknown variant a value, expected `erase`"),
+            ("Cannot parse `secret` to a `u64`", "Cannot parse a value to a `u64`"),
+            ("invalid type: map, expected a string", "invalid type: map, expected a string"),
+            ("unknown field `role`, expected one of `email`", "unknown field `role`, expected one of `email`"),
+            ("missing field `password`", "missing field `password`"),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(without_values(message), expected, "{message}");
+        }
+        // Real serde errors.
+        let error = serde_json::from_str::<u32>(r#""canary@example.org""#).unwrap_err().to_string();
+        assert!(!without_values(&error).contains("canary"), "{error}");
+        let error = serde_json::from_str::<bool>("7123456789").unwrap_err().to_string();
+        assert!(!without_values(&error).contains("7123456789"), "{error}");
+    }
 
     #[test]
     fn depth_counts_nesting_outside_strings() {
