@@ -7,7 +7,7 @@
 //!
 //! **Consistency while serving.** Every change goes through the commit
 //! thread, so the backup reads the store there: in chunks of
-//! [`CHUNK_KEYS`] keys, each a read-only transaction (a consistent read at
+//! [`CHUNK_KEYS_DEFAULT`] keys, each a read-only transaction (a consistent read at
 //! one place in commit order), and meanwhile a [`BatchTap`] hands it every
 //! batch the commit thread makes durable, as a redo record. Both are queued
 //! from the commit thread, so the file's order is commit order: a chunk read
@@ -70,9 +70,12 @@ use crate::vault::{self, STORE_DIR, VaultError, VaultOptions};
 const MAGIC: &[u8; 8] = b"CVBACKUP";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
-/// Keys read per chunk: one read-only transaction on the commit thread, so
-/// it bounds how long a chunk holds writers back (about a millisecond).
-pub const CHUNK_KEYS: usize = 1000;
+/// Keys read per chunk by default: one read-only transaction on the commit
+/// thread, so it bounds how long a chunk holds writers back (about a
+/// millisecond).
+pub const CHUNK_KEYS_DEFAULT: usize = 1000;
+/// The most keys a chunk may read.
+pub const CHUNK_KEYS_MAX: usize = 100_000;
 /// A record body is closed once it passes this size.
 const RECORD_BYTES_TARGET: usize = 1 << 20;
 /// The largest record body a reader accepts (and a writer writes).
@@ -249,10 +252,17 @@ fn tap_new(sender: mpsc::Sender<Feed>, stop: Arc<AtomicBool>) -> BatchTap {
 }
 
 /// Writes a consistent backup of `store` to `out`, while the store keeps
-/// taking writes; the file appears under its name only once it is complete
-/// and on disk. `progress` is called after every chunk.
-pub fn write(store: &Store, out: &Path, progress: &mut dyn FnMut(Progress)) -> Result<BackupSummary, BackupError> {
+/// taking writes, reading `chunk_keys` keys per transaction (at most
+/// [`CHUNK_KEYS_MAX`]); the file appears under its name only once it is
+/// complete and on disk. `progress` is called after every chunk.
+pub fn write(
+    store: &Store,
+    out: &Path,
+    chunk_keys: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BackupSummary, BackupError> {
     let started = std::time::Instant::now();
+    let chunk_keys = chunk_keys.clamp(1, CHUNK_KEYS_MAX);
     let mut writer = BackupWriter::create(out)?;
     let (sender, feed) = mpsc::channel::<Feed>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -266,7 +276,7 @@ pub fn write(store: &Store, out: &Path, progress: &mut dyn FnMut(Progress)) -> R
                 if let Some(tap) = tap {
                     txn.tap(tap);
                 }
-                let page = txn.scan_from(&from, CHUNK_KEYS)?;
+                let page = txn.scan_from(&from, chunk_keys)?;
                 // Sent from the commit thread, before this batch's redo. The
                 // receiver lives until `write` returns, which is after this
                 // transaction is answered, so the send cannot fail.
@@ -857,7 +867,7 @@ mod tests {
                 std::thread::yield_now();
             }
             let before = store.stats().transactions.load(Ordering::Relaxed) - 1;
-            let summary = write(&store, &out, &mut |_| {}).unwrap();
+            let summary = write(&store, &out, CHUNK_KEYS_DEFAULT, &mut |_| {}).unwrap();
             stop.store(true, Ordering::Relaxed);
             writer.join().unwrap();
             (summary, before)
@@ -892,7 +902,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("taken");
         std::fs::write(&out, b"keep me").unwrap();
-        assert!(matches!(write(&store, &out, &mut |_| {}), Err(BackupError::Exists(_))));
+        assert!(matches!(write(&store, &out, CHUNK_KEYS_DEFAULT, &mut |_| {}), Err(BackupError::Exists(_))));
         assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
     }
 
@@ -901,7 +911,7 @@ mod tests {
         let store = store();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("vault.backup");
-        write(&store, &out, &mut |_| {}).unwrap();
+        write(&store, &out, CHUNK_KEYS_DEFAULT, &mut |_| {}).unwrap();
         let good = std::fs::read(&out).unwrap();
         let check = |bytes: &[u8]| {
             let path = dir.path().join("candidate");

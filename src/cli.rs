@@ -55,6 +55,10 @@ struct BackupArgs {
     /// The backup file to create; an existing file is never replaced.
     #[arg(long)]
     out: PathBuf,
+    /// Keys read per chunk: each chunk holds writers back while it is read,
+    /// so smaller chunks mean shorter pauses and more of them.
+    #[arg(long, default_value_t = crate::backup::CHUNK_KEYS_DEFAULT)]
+    chunk_keys: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +169,11 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
     let config = VaultConfig::from_args(&args.vault).map_err(|e| e.to_string())?;
     let options = &config.options;
     let out = std::path::absolute(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let request = control::Request::Backup { out: out.clone() };
+    let chunk_keys = args.chunk_keys;
+    if !(1..=crate::backup::CHUNK_KEYS_MAX).contains(&chunk_keys) {
+        return Err(format!("--chunk-keys must be between 1 and {}", crate::backup::CHUNK_KEYS_MAX));
+    }
+    let request = control::Request::Backup { out: out.clone(), chunk_keys: Some(chunk_keys) };
     let online = control::request(&options.data_dir, &request, &mut |progress| {
         eprintln!("consentvault: backup progress {progress}");
     })
@@ -178,7 +186,7 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
             let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes).map_err(|e| {
                 format!("{e} (no server answers on {}/{})", options.data_dir.display(), control::SOCKET_FILE)
             })?;
-            let summary = crate::backup::write(&store, &out, &mut |_| {}).map_err(|e| e.to_string())?;
+            let summary = crate::backup::write(&store, &out, chunk_keys, &mut |_| {}).map_err(|e| e.to_string())?;
             store.close().map_err(|e| e.to_string())?;
             summary
         }

@@ -42,6 +42,9 @@ pub enum Request {
     Backup {
         /// The backup file to create.
         out: PathBuf,
+        /// Keys read per chunk (default 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chunk_keys: Option<usize>,
     },
 }
 
@@ -211,12 +214,13 @@ fn dispatch(
     progress: &mut dyn FnMut(serde_json::Value),
 ) -> Result<serde_json::Value, String> {
     match request {
-        Request::Backup { out } => {
+        Request::Backup { out, chunk_keys } => {
             if !out.is_absolute() {
                 return Err("`out` must be an absolute path".to_owned());
             }
             tracing::info!("backup requested on the control socket");
-            let summary = backup::write(vault.store(), &out, &mut |counts| {
+            let chunk_keys = chunk_keys.unwrap_or(backup::CHUNK_KEYS_DEFAULT);
+            let summary = backup::write(vault.store(), &out, chunk_keys, &mut |counts| {
                 progress(serde_json::to_value(counts).unwrap_or_default());
             })
             .map_err(|error| error.to_string())?;
@@ -263,7 +267,7 @@ mod tests {
 
     #[test]
     fn requests_and_replies_have_their_documented_wire_form() {
-        let request = Request::Backup { out: PathBuf::from("/backups/vault.cvb") };
+        let request = Request::Backup { out: PathBuf::from("/backups/vault.cvb"), chunk_keys: None };
         assert_eq!(serde_json::to_string(&request).unwrap(), r#"{"command":"backup","out":"/backups/vault.cvb"}"#);
         let unknown = serde_json::from_str::<Request>(r#"{"command":"format_disk"}"#);
         assert!(unknown.is_err());

@@ -40,7 +40,8 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
-            } else {
+            } else if path.is_file() {
+                // Not sockets (a running server's control socket).
                 out.push((path.clone(), std::fs::read(&path).unwrap()));
             }
         }
