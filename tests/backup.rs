@@ -358,7 +358,10 @@ async fn a_backup_under_write_load_restores_to_a_vault_that_verifies_and_serves(
     assert!(server.stderr_text().contains("backup requested on the control socket"), "the running server wrote it");
 
     // What the original vault says later, as an auditor would keep it.
-    let later = checkpoint(&client, &base, &verifier).await;
+    let later_note = client.get(format!("{base}/v1/audit/checkpoint")).send().await.unwrap().text().await.unwrap();
+    let later = verifier.open_checkpoint(&later_note, verifier.name()).unwrap();
+    let kept = dir.path().join("kept-checkpoint");
+    std::fs::write(&kept, &later_note).unwrap();
 
     let restored_dir = dir.path().join("restored");
     let kek = data_dir.join("kek.key");
@@ -402,6 +405,15 @@ async fn a_backup_under_write_load_restores_to_a_vault_that_verifies_and_serves(
     let url = format!("{copy_base}/v1/audit/proof/consistency?old_size={}&new_size={}", later.tree_size, now.tree_size);
     let (status, _) = get(&client, url, &auditor).await;
     assert!((400..500).contains(&status), "a consistency proof to a smaller log cannot exist");
+    // The outside auditor's tool says so, with the documented command.
+    let args = [copy_base.clone(), auditor.clone(), key.trim().to_owned(), kept.to_str().unwrap().to_owned()];
+    let refused = tokio::task::spawn_blocking(move || {
+        common::auditor_go(&["-vault", &args[0], "-token", &args[1], "-key", &args[2], "-old", &args[3]])
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("restored to an older state"), "{}", text(&refused.stderr));
     // Every write acknowledged before the backup started is there: each
     // customer signs in and finds an e-mail address at least as new as the
     // last one acknowledged, and every grant; the business reads what the
