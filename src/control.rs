@@ -13,7 +13,7 @@
 //! number of `{"status":"progress","progress":{...}}` lines, then one
 //! `{"status":"ok","result":{...}}` or `{"status":"error","error":"..."}`,
 //! and closes. To add a command, add a [`Request`] variant and its arm in
-//! [`dispatch`].
+//! `dispatch`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -102,6 +102,17 @@ async fn stopped_vault(dir: &Path) -> PathBuf {
     data_dir
 }
 
+/// A stopped vault (`stopped_vault`) and its offline backup: (temporary
+/// directory, data directory, backup file).
+async fn backed_up_vault() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = stopped_vault(dir.path()).await;
+    let file = dir.path().join("vault.backup");
+    let made = backup(&data_dir, &file);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    (dir, data_dir, file)
+}
+
 /// Every key and value of the store in `data_dir`.
 fn store_entries(data_dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let backend = SledBackend::open(&data_dir.join("store"), 16 * 1024 * 1024).unwrap();
@@ -152,10 +163,7 @@ async fn offline_backup_of_a_stopped_vault_restores_every_key_and_value() {
 
 #[tokio::test]
 async fn a_backup_file_holds_no_personal_value_in_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = stopped_vault(dir.path()).await;
-    let file = dir.path().join("vault.backup");
-    assert!(backup(&data_dir, &file).status.success());
+    let (_dir, _, file) = backed_up_vault().await;
     let bytes = std::fs::read(&file).unwrap();
     assert!(bytes.len() > 1000, "the backup holds the sealed store");
     for needle in [CANARY, "second@example.org", "canary-7f3a9c"] {
@@ -167,11 +175,8 @@ async fn a_backup_file_holds_no_personal_value_in_clear() {
 
 #[tokio::test]
 async fn a_tampered_or_truncated_backup_is_refused_and_leaves_no_vault() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = stopped_vault(dir.path()).await;
+    let (dir, data_dir, file) = backed_up_vault().await;
     let kek = data_dir.join("kek.key");
-    let file = dir.path().join("vault.backup");
-    assert!(backup(&data_dir, &file).status.success());
     let good = std::fs::read(&file).unwrap();
 
     let mut in_trailer = good.clone();
@@ -205,11 +210,8 @@ async fn a_tampered_or_truncated_backup_is_refused_and_leaves_no_vault() {
 
 #[tokio::test]
 async fn restore_refuses_an_occupied_target_a_wrong_key_and_a_missing_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = stopped_vault(dir.path()).await;
+    let (dir, data_dir, file) = backed_up_vault().await;
     let kek = data_dir.join("kek.key");
-    let file = dir.path().join("vault.backup");
-    assert!(backup(&data_dir, &file).status.success());
 
     let occupied = dir.path().join("occupied");
     std::fs::create_dir(&occupied).unwrap();
