@@ -675,8 +675,6 @@ fn trailer_decode(body: &[u8], split: usize, records: u64, latest_note: Option<&
 /// A finished restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreSummary {
-    /// The data directory the vault was restored into.
-    pub data_dir: PathBuf,
     /// Records applied.
     pub records: u64,
     /// The backed-up audit log's size (the trailer's checkpoint).
@@ -709,7 +707,7 @@ pub fn restore(input: &Path, options: &VaultOptions) -> Result<RestoreSummary, B
         Ok(summary)
     });
     match restored {
-        Ok(summary) => Ok(RestoreSummary { data_dir: target.clone(), ..summary }),
+        Ok(summary) => Ok(summary),
         Err(error) => {
             let _ = std::fs::remove_dir_all(&staging);
             if created {
@@ -772,13 +770,7 @@ fn restore_into(
         })?;
     store.close()?;
     tracing::info!(records = trailer.records, audit_size = verified.size, "backup restored");
-    Ok(RestoreSummary {
-        data_dir: PathBuf::new(),
-        records: trailer.records,
-        audit_size: checkpoint.tree_size,
-        audit_root: root,
-        restored_index,
-    })
+    Ok(RestoreSummary { records: trailer.records, audit_size: checkpoint.tree_size, audit_root: root, restored_index })
 }
 
 #[cfg(test)]

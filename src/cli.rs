@@ -219,7 +219,7 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
         println!(
             "ok: restored {} into {}: audit log size {} root {} verified against the backup's checkpoint; vault.restored recorded at index {}",
             args.input.display(),
-            summary.data_dir.display(),
+            config.options.data_dir.display(),
             summary.audit_size,
             summary.audit_root,
             summary.restored_index
