@@ -236,6 +236,47 @@ async fn restore_refuses_an_occupied_target_a_wrong_key_and_a_missing_key() {
     assert!(!target.exists());
 }
 
+#[tokio::test]
+async fn the_control_socket_is_private_speaks_json_lines_and_goes_away_at_shutdown() {
+    use std::io::{BufRead, BufReader, Write as _};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let socket = data_dir.join("control.sock");
+    let ask = |line: &str| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.write_all(line.as_bytes()).unwrap();
+        let answer: Value = serde_json::from_str(&BufReader::new(stream).lines().next().unwrap().unwrap()).unwrap();
+        answer
+    };
+
+    // A server killed with SIGKILL leaves its socket behind; the next one
+    // replaces it.
+    drop(ServerProcess::start(&data_dir, &[], &[]).unwrap());
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let metadata = std::fs::metadata(&socket).unwrap();
+    assert!(metadata.file_type().is_socket());
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+
+    let unknown = ask("{\"command\":\"format_disk\"}\n");
+    assert_eq!(unknown["status"], "error");
+    assert!(unknown["error"].as_str().unwrap().contains("not a control request"), "{unknown}");
+    let relative = ask("{\"command\":\"backup\",\"out\":\"relative.backup\"}\n");
+    assert_eq!(relative["status"], "error");
+    assert!(relative["error"].as_str().unwrap().contains("absolute"), "{relative}");
+    // The server's refusal reaches the command line.
+    let taken = dir.path().join("taken.backup");
+    std::fs::write(&taken, "an earlier backup").unwrap();
+    let refused = backup(&data_dir, &taken);
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("exists already"), "{}", text(&refused.stderr));
+    assert_eq!(std::fs::read(&taken).unwrap(), b"an earlier backup");
+
+    assert!(server.terminate().success());
+    assert!(!socket.exists(), "a clean shutdown removes the socket");
+}
+
 /// One write a writer had acknowledged, and when.
 #[derive(Debug, Clone)]
 enum Write {
