@@ -25,6 +25,7 @@ fn options(dir: &std::path::Path) -> VaultOptions {
         store_cache_bytes: 512 * 1024 * 1024,
         audit_origin: None,
         identity: Default::default(),
+        key_limits: Default::default(),
     }
 }
 

@@ -40,6 +40,7 @@ async fn run(work: Work, writers: usize, duration: Duration) {
         store_cache_bytes: 256 * 1024 * 1024,
         audit_origin: None,
         identity: Default::default(),
+        key_limits: Default::default(),
     };
     let (vault, _) = Vault::open(options).unwrap();
     let mut subjects = Vec::new();

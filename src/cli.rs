@@ -1,5 +1,5 @@
-//! The command line: `init`, `serve`, `backup`, `restore`, `policy check`
-//! and `audit verify`.
+//! The command line: `init`, `serve`, `policy check`, `audit verify`,
+//! `keys rotate|status`, `backup` and `restore`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,11 @@ enum Command {
     /// it was sealed under (--kek-file or CONSENTVAULT_KEK); verifies the
     /// whole audit log before the vault appears.
     Restore(RestoreArgs),
+    /// Work with the key-encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +74,17 @@ struct RestoreArgs {
     /// The backup file to restore.
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Rotate the key-encryption key of a stopped vault: a new version in the
+    /// key file, every DEK rewrapped, the old version destroyed. Shows
+    /// progress, and resumes an interrupted rotation. (A running vault
+    /// rotates with `POST /v1/admin/keys/rotate`.)
+    Rotate(VaultArgs),
+    /// Print the state of the keys and the latest rotation as JSON.
+    Status(VaultArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +113,8 @@ pub fn run() -> ExitCode {
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
+        Command::Keys { command: KeysCommand::Rotate(args) } => keys_rotate(&args),
+        Command::Keys { command: KeysCommand::Status(args) } => keys_status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,8 +142,12 @@ fn init(args: &VaultArgs) -> Result<(), String> {
 
 fn policy_check(dir: &std::path::Path) -> Result<(), String> {
     let policies = policies_load(dir).map_err(|e| e.to_string())?;
+    let retention = match policies.rules.retention {
+        Some(rule) => format!("retention: erase customers inactive for {} days", rule.erase_inactive_after_days),
+        None => "retention: off".to_owned(),
+    };
     eprintln!(
-        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps; sha256 {})",
+        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps, {retention}; sha256 {})",
         dir.display(),
         policies.catalogue.fields().count(),
         policies.rules.purposes.len(),
@@ -224,6 +246,71 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
             summary.audit_root,
             summary.restored_index
         );
+    }
+    Ok(())
+}
+
+/// Opens the existing vault `args` name (never creates one).
+fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, String> {
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    let data_dir = &config.options.data_dir;
+    if !data_dir.join(crate::vault::STORE_DIR).is_dir() {
+        return Err(VaultError::NotAVault(data_dir.clone()).to_string());
+    }
+    Vault::open(config.options)
+        .map(|(vault, _)| vault)
+        .map_err(|e| format!("{e} (a running vault rotates with POST /v1/admin/keys/rotate)"))
+}
+
+fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
+    use crate::keys::RotationState;
+    let vault = vault_open_existing(args)?;
+    let outcome = (|| {
+        let started = vault.kek_rotate(&crate::audit::Actor::system(), "cli").map_err(|e| e.to_string())?;
+        eprintln!(
+            "consentvault: rotating to key-encryption key version {} (retiring {:?})",
+            started.target_version, started.retiring_versions
+        );
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} DEKs rewrapped ({elapsed})")
+                .map_err(|e| e.to_string())?,
+        );
+        loop {
+            let rotation = vault.key_rotation().map_err(|e| e.to_string())?.ok_or("the rotation record vanished")?;
+            bar.set_length(rotation.deks_total.max(rotation.deks_rewrapped));
+            bar.set_position(rotation.deks_rewrapped);
+            let running = vault.key_status().map_err(|e| e.to_string())?.rotation_running;
+            match rotation.state {
+                RotationState::Finished if !running => {
+                    bar.finish();
+                    eprintln!(
+                        "consentvault: rotation finished: version {} current, version(s) {:?} destroyed and removed from the key file",
+                        rotation.target_version, rotation.retiring_versions
+                    );
+                    return Ok(());
+                }
+                RotationState::Failed => {
+                    bar.abandon();
+                    return Err(format!("rotation failed: {}", rotation.problem.unwrap_or_default()));
+                }
+                RotationState::Rewrapping | RotationState::Finished => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+            }
+        }
+    })();
+    vault.close().map_err(|e| e.to_string())?;
+    outcome
+}
+
+fn keys_status(args: &VaultArgs) -> Result<(), String> {
+    let vault = vault_open_existing(args)?;
+    let status = vault.key_status().map_err(|e| e.to_string());
+    vault.close().map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&status?).map_err(|e| e.to_string())?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{text}");
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::external::ExternalIssuerConfig;
 use crate::crypto::KeySource;
+use crate::keys::{ENCRYPTIONS_PER_KEY_CEILING, ENCRYPTIONS_PER_KEY_DEFAULT, KeyLimits};
 use crate::policy::PolicyError;
 use crate::vault::{IdentityOptions, VaultOptions, policies_default, policies_load};
 
@@ -95,6 +96,32 @@ struct FileConfig {
     audit_origin: Option<String>,
     #[serde(default)]
     identity: IdentityFile,
+    #[serde(default)]
+    keys: KeysFile,
+}
+
+/// The `[keys]` table: when keys are replaced because they encrypted enough.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    kek_wraps_max: Option<u64>,
+    dek_seals_max: Option<u64>,
+}
+
+/// The smallest encryption limit a configuration may set: a replaced DEK
+/// must have room for the values it reseals, and a rotation for the DEKs it
+/// rewraps, before it is due again.
+const ENCRYPTIONS_PER_KEY_MIN: u64 = 16;
+
+fn encryption_limit(setting: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(ENCRYPTIONS_PER_KEY_DEFAULT);
+    if !(ENCRYPTIONS_PER_KEY_MIN..=ENCRYPTIONS_PER_KEY_CEILING).contains(&value) {
+        return Err(ConfigError::Invalid {
+            setting,
+            problem: format!("must be between {ENCRYPTIONS_PER_KEY_MIN} and {ENCRYPTIONS_PER_KEY_CEILING} (2^31)"),
+        });
+    }
+    Ok(value)
 }
 
 /// The `[identity]` table: the vault's own issuer name and audience, and
@@ -238,6 +265,10 @@ impl VaultConfig {
             store_cache_bytes,
             audit_origin,
             identity,
+            key_limits: KeyLimits {
+                kek_wraps_max: encryption_limit("keys.kek_wraps_max", file.keys.kek_wraps_max)?,
+                dek_seals_max: encryption_limit("keys.dek_seals_max", file.keys.dek_seals_max)?,
+            },
         };
         Ok(Self { options, policy_source })
     }

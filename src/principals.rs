@@ -385,6 +385,7 @@ impl Vault {
         self.audit().confirm(first, &durable)?;
         self.audit().confirm(second, &durable)?;
         tracing::info!(%subject, "customer signed up");
+        self.subject_created();
         Ok(subject)
     }
 
@@ -436,7 +437,22 @@ impl Vault {
         if !(matches && known && enabled) {
             return Err(PrincipalError::BadCredentials);
         }
+        self.sign_in_record(customer_id).await?;
         self.token_issue(Role::Customer, customer_id)
+    }
+
+    /// Records a customer's sign-in as activity (for the retention rule);
+    /// refuses the sign-in of a customer erased meanwhile.
+    async fn sign_in_record(&self, customer_id: &str) -> Result<(), PrincipalError> {
+        let subject: SubjectId = customer_id.parse().map_err(|_| PrincipalError::BadCredentials)?;
+        let now_secs = self.clock().now_secs();
+        let (live, _) = self
+            .store()
+            .commit_durable(move |txn| {
+                Ok::<_, PrincipalError>(crate::subjects::subject_activity_in(txn, subject, now_secs)?)
+            })
+            .await?;
+        if live { Ok(()) } else { Err(PrincipalError::BadCredentials) }
     }
 
     fn token_issue(&self, role: Role, id: &str) -> Result<IssuedToken, PrincipalError> {
@@ -527,6 +543,7 @@ impl Vault {
                 self.audit().confirm(first, &durable)?;
                 self.audit().confirm(second, &durable)?;
                 tracing::info!(%subject, "customer of an external issuer provisioned");
+                self.subject_created();
                 Ok(subject)
             }
             Err(existing) => {

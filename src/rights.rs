@@ -1,17 +1,24 @@
 //! Data-subject rights: export everything held about me, and erasure by
-//! crypto-shredding.
+//! crypto-shredding, asked for by the customer or applied by the retention
+//! rule. What customers, DPOs and auditors are told about both is in
+//! `docs/RIGHTS.md`.
 //!
 //! Erasure, in one transaction: the subject's key record (the wrapped DEK)
 //! and every sealed value are deleted, every relationship ends (pairwise ids
-//! stop resolving), every live grant is revoked and every pending request
-//! closed (businesses see both in their feed), objections go, the customer
-//! login is disabled and the subject record becomes a tombstone; the audit
-//! log records it all, with ids only. Then the customer's cached tokens are
-//! forgotten and a checkpoint covering the erasure is signed.
+//! stop resolving), every live grant is revoked (businesses see it in their
+//! change feed) and every pending request closed (its stored status becomes
+//! `expired`; a denial's reason, the customer's words, is removed),
+//! objections go, the customer login is deleted and the subject
+//! record becomes a tombstone; the audit log records it all, with ids only
+//! and a `cause` (`erasure` when the customer asked, `retention` when the
+//! retention rule did). Then the customer's cached tokens are forgotten and a
+//! checkpoint covering the erasure is signed.
 //!
-//! What remains: audit events (ids, field names, purposes, times; never a
-//! value) so the log still verifies, and the tombstone (creation and
-//! erasure times).
+//! What remains: audit events (ids, field names, purposes, reason codes,
+//! times; never a value) so the log still verifies, and the tombstone
+//! (creation and erasure times, the erasure's audit index). Erasing again
+//! writes nothing and answers with the first erasure's index and the
+//! earliest kept checkpoint covering it.
 
 use serde::Serialize;
 
@@ -34,9 +41,60 @@ pub struct ErasureReceipt {
     pub checkpoint: String,
 }
 
+/// Why a subject is erased: the `cause` its audit events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErasureCause {
+    /// The customer asked (`DELETE /v1/me`); the actor is the customer.
+    Request,
+    /// The retention rule found the customer inactive; the actor is the
+    /// vault itself.
+    Retention,
+}
+
+impl ErasureCause {
+    /// The `cause` in the audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "erasure",
+            Self::Retention => "retention",
+        }
+    }
+
+    fn actor(self, subject: SubjectId) -> Actor {
+        match self {
+            Self::Request => Actor::customer(subject),
+            Self::Retention => Actor::system(),
+        }
+    }
+}
+
+/// A condition the retention sweep puts on an erasure, checked in its
+/// transaction: the subject's activity marker it found is still the
+/// current one, and older than `inactive_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InactiveCheck {
+    /// The time of the activity marker the sweep found (Unix seconds).
+    pub marker_secs: i64,
+    /// Erase only if the last activity is before this (Unix seconds).
+    pub inactive_before: i64,
+}
+
+/// What an erasure transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Erasure {
+    /// Erased now; the index of `subject.erased`.
+    Done(u64),
+    /// Erased before; the index of that `subject.erased`.
+    Before(u64),
+    /// The inactivity check failed (the customer acted since, or the marker
+    /// was stale and is gone); nothing else changed.
+    Skipped,
+}
+
 impl Vault {
-    /// Erases `subject`. Idempotent: erasing an erased subject answers with
-    /// the first erasure's audit index.
+    /// Erases `subject` at the customer's request. Idempotent: erasing an
+    /// erased subject writes nothing and answers with the first erasure's
+    /// audit index and the earliest kept checkpoint covering it.
     pub async fn subject_erase(
         self: &std::sync::Arc<Self>,
         subject: SubjectId,
@@ -45,22 +103,61 @@ impl Vault {
             .subject_record(subject)
             .map_err(|error| ConsentError::Invalid(error.to_string()))?
             .ok_or(ConsentError::NotFound("subject"))?;
-        if let Some(index) = record.erasure_index {
-            let checkpoint = self.checkpoint_now().await?;
-            return Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint });
+        if let Some(index) = record.erasure_index
+            && let Some(receipt) = self.erasure_receipt_stored(index)?
+        {
+            return Ok(receipt);
         }
+        let index = match self.erasure_commit(subject, ErasureCause::Request, None).await? {
+            Erasure::Done(index) => index,
+            Erasure::Before(index) => match self.erasure_receipt_stored(index)? {
+                Some(receipt) => return Ok(receipt),
+                None => index,
+            },
+            // Only a retention check skips.
+            Erasure::Skipped => return Err(ConsentError::NotFound("subject")),
+        };
+        let checkpoint = self.checkpoint_now().await?;
+        Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint })
+    }
+
+    /// The one erasure transaction, shared by `DELETE /v1/me` and the
+    /// retention rule; with `check`, it erases only a subject still inactive.
+    /// Forgets the customer's cached tokens after a fresh erasure.
+    pub(crate) async fn erasure_commit(
+        &self,
+        subject: SubjectId,
+        cause: ErasureCause,
+        check: Option<InactiveCheck>,
+    ) -> Result<Erasure, ConsentError> {
         let now = self.clock().now_secs();
         let time = self.clock().rfc3339();
         let log = self.audit().clone();
-        let actor = Actor::customer(subject);
-        let (appended, durable) = self
+        let actor = cause.actor(subject);
+        let cause = cause.as_str();
+        let ((appended, outcome), durable) = self
             .store()
             .commit_durable(move |txn| {
                 let key = Key::subject(subject.as_bytes());
-                let mut record: SubjectRecord =
-                    decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("subject"))?, "subject")?;
-                if record.erased_at.is_some() {
-                    return Err(ConsentError::Invalid("already erased".to_owned()));
+                let found = txn.get(&key)?;
+                if let Some(check) = check {
+                    let current = match &found {
+                        Some(bytes) => decode::<SubjectRecord>(bytes, "subject")?.last_active_at,
+                        None => None,
+                    };
+                    if current != Some(check.marker_secs) {
+                        // A stale marker (the subject acted, or is gone): drop it.
+                        txn.delete(&Key::subject_activity(check.marker_secs, subject.as_bytes()));
+                        return Ok((Vec::new(), Erasure::Skipped));
+                    }
+                    if check.marker_secs >= check.inactive_before {
+                        return Ok((Vec::new(), Erasure::Skipped));
+                    }
+                }
+                let mut record: SubjectRecord = decode(&found.ok_or(ConsentError::NotFound("subject"))?, "subject")?;
+                if let Some(index) = record.erasure_index {
+                    // Erased while this call waited: nothing more to do.
+                    return Ok((Vec::new(), Erasure::Before(index)));
                 }
                 let mut appended = Vec::new();
                 // Crypto-shredding: the wrapped DEK goes, and with it every value.
@@ -75,19 +172,26 @@ impl Vault {
                         grant.revoked_at = Some(now);
                         txn.put(Key::raw(grant_key), encode(&grant, "grant")?);
                         let event = grant_event(txn, EventKind::GrantRevoked, actor.clone(), &time, subject, &grant)?
-                            .related("cause", "erasure");
+                            .related("cause", cause);
                         appended.push(log.append(txn, &event)?);
                     }
                 }
                 for (request_key, bytes) in txn.scan_prefix(&Key::requests_of(subject.as_bytes()))? {
                     let mut request: AccessRequest = decode(&bytes, "request")?;
-                    if request.status_at(now) == RequestStatus::Pending {
+                    // A denial's reason is the customer's own words: it goes.
+                    if request.reason.take().is_some() {
+                        txn.put(Key::raw(request_key.clone()), encode(&request, "request")?);
+                    }
+                    // Stored as pending, even if its time ran out unswept:
+                    // after an erasure no request waits and no marker is left.
+                    if request.status == RequestStatus::Pending {
                         request.status = RequestStatus::Expired;
                         txn.put(Key::raw(request_key), encode(&request, "request")?);
+                        txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request.request_id));
                         let mut event = AuditEvent::new(EventKind::AccessRequestClosed, actor.clone(), &time)
                             .subject(subject)
                             .related("request_id", &request.request_id)
-                            .related("cause", "erasure");
+                            .related("cause", cause);
                         event.business = Some(request.business_id.clone());
                         appended.push(log.append(txn, &event)?);
                     }
@@ -100,31 +204,47 @@ impl Vault {
                         .subject(subject)
                         .related("relationship_id", &relationship.relationship_id)
                         .related("pairwise_id", &relationship.pairwise_id)
-                        .related("cause", "erasure");
+                        .related("cause", cause);
                     event.business = Some(relationship.business_id.clone());
                     appended.push(log.append(txn, &event)?);
                 }
                 txn.delete(&Key::objections(subject.as_bytes()));
                 // The login goes too: the record of a built-in customer.
                 txn.delete(&Key::principal("customer", &subject.to_string()));
-                let event = AuditEvent::new(EventKind::SubjectErased, actor.clone(), &time).subject(subject);
+                if let Some(active_at) = record.last_active_at.take() {
+                    txn.delete(&Key::subject_activity(active_at, subject.as_bytes()));
+                }
+                let event = AuditEvent::new(EventKind::SubjectErased, actor.clone(), &time)
+                    .subject(subject)
+                    .related("cause", cause);
                 let erased = log.append(txn, &event)?;
                 record.erased_at = Some(time.clone());
                 record.erasure_index = Some(erased.index());
                 txn.put(key, encode(&record, "subject")?);
                 let index = erased.index();
                 appended.push(erased);
-                Ok((appended, index))
+                Ok((appended, Erasure::Done(index)))
             })
             .await?;
-        let (appended, index) = appended;
         for appended in appended {
             self.audit().confirm(appended, &durable)?;
         }
-        self.token_cache().forget_principal(&subject.to_string());
-        tracing::info!(%subject, audit_index = index, "subject erased");
-        let checkpoint = self.checkpoint_now().await?;
-        Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint })
+        if let Erasure::Done(index) = outcome {
+            self.token_cache().forget_principal(&subject.to_string());
+            tracing::info!(%subject, audit_index = index, cause, "subject erased");
+        }
+        Ok(outcome)
+    }
+
+    /// The receipt of an erasure already on disk, read without writing: its
+    /// audit index and the earliest kept checkpoint covering it (`None` while
+    /// the erasure is not yet durable or no kept checkpoint covers it).
+    fn erasure_receipt_stored(&self, index: u64) -> Result<Option<ErasureReceipt>, ConsentError> {
+        Ok(self.audit().checkpoint_covering(self.store(), index)?.map(|checkpoint| ErasureReceipt {
+            erased: true,
+            audit_index: index,
+            checkpoint,
+        }))
     }
 }
 

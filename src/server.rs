@@ -14,7 +14,8 @@ use crate::config::ServeConfig;
 use crate::control::ControlSocket;
 use crate::vault::{Opened, Vault, VaultError};
 
-/// How often expired grants are swept.
+/// How often the background sweep runs (grant and request expiry, the
+/// retention rule).
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Errors while starting the server.
@@ -23,6 +24,10 @@ pub enum StartError {
     /// The vault could not be opened.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// Subjects stored by an earlier version could not be given an activity
+    /// record.
+    #[error("cannot record the activity of stored subjects: {0}")]
+    Activity(crate::consent::ConsentError),
     /// The admin client could not be created on first start.
     #[error("cannot create the admin client: {0}")]
     Admin(#[from] crate::principals::PrincipalError),
@@ -54,6 +59,9 @@ impl Application {
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
         let admin_credentials = vault.admin_bootstrap().await?;
         vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
+        // Subjects stored before activity was recorded get a record now, so
+        // the retention rule counts their inactivity from this start.
+        vault.activity_backfill().await.map_err(StartError::Activity)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -114,16 +122,16 @@ impl Application {
             }
         });
         // Grants whose window closed get their `grant.expired` event (reads
-        // already deny at the edge; this makes the end visible in the feed).
+        // already deny at the edge; this makes the end visible in the feed),
+        // pending requests past their time are closed, and the retention
+        // rule, if the policies set one, erases inactive customers.
         let sweep_vault = Arc::downgrade(&self.vault);
         let sweeper = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
             loop {
                 ticks.tick().await;
                 let Some(vault) = sweep_vault.upgrade() else { break };
-                if let Err(error) = vault.grants_expire().await {
-                    tracing::error!(%error, "expiry sweep failed");
-                }
+                vault.sweep().await;
             }
         });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));

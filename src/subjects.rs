@@ -18,21 +18,26 @@
 //! is on disk (guarantee 2).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::audit::{Actor, Appended, AuditError, AuditEvent, AuditLog, Decision, EventKind, Logged};
 use crate::clock;
-use crate::crypto::{CryptoError, Dek, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
+use crate::crypto::{CryptoError, Dek, KeyRing, Sealed, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::ids::SubjectId;
 use crate::policy::FieldError;
 use crate::store::{CommitError, Key, StoreError, Txn};
 use crate::vault::Vault;
 
-/// Encryptions allowed under one key before it must be replaced. AES-GCM
+/// Encryptions allowed under one key whatever the configuration says. AES-GCM
 /// with random 96-bit nonces stays within NIST SP 800-38D's bound of 2^32
-/// invocations per key with a wide margin.
-pub const SEALS_PER_KEY_MAX: u64 = 1 << 31;
+/// invocations per key with a wide margin; the configured limit
+/// (`crate::keys::KeyLimits`) replaces a DEK well before.
+pub const SEALS_PER_KEY_MAX: u64 = crate::keys::ENCRYPTIONS_PER_KEY_CEILING;
+
+/// Tries of one write when its DEK is replaced under it.
+const DEK_ATTEMPTS_MAX: u32 = 4;
 
 /// Errors of the subject-data API. None carries a personal value.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +76,12 @@ impl From<CommitError<DataError>> for DataError {
 #[derive(Debug)]
 pub struct NewSubject {
     id: SubjectId,
+    dek: Dek,
     wrapped: WrappedDek,
-    kek_version: u32,
+    keys: Arc<KeyRing>,
     created_at: String,
+    /// The vault clock's time at preparation: the first activity.
+    active_at_secs: i64,
 }
 
 impl NewSubject {
@@ -82,18 +90,30 @@ impl NewSubject {
         self.id
     }
 
-    /// Writes the subject record and key record, counts the wrap, and
-    /// appends `subject.created` by `actor`.
-    pub fn write(self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
+    /// Writes the subject record (active since its creation) and key
+    /// record, counts the wrap, and appends `subject.created` by `actor`.
+    ///
+    /// If a KEK rotation started after the DEK was wrapped, the DEK is
+    /// rewrapped here under the rotation's version, inside the transaction,
+    /// so no DEK under a retiring KEK appears after a rotation pass.
+    pub fn write(mut self, txn: &mut Txn<'_>, log: &AuditLog, actor: &Actor) -> Result<Appended, DataError> {
+        if let Some(required) = crate::keys::wrap_version_in(txn)?
+            && self.wrapped.kek_version() != Some(required)
+        {
+            self.wrapped = self.keys.dek_wrap_again(required, self.id.as_bytes(), &self.dek)?;
+        }
+        let kek_version = self.wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
         let record = serde_json::to_vec(&SubjectRecord {
             created_at: self.created_at.clone(),
+            last_active_at: Some(self.active_at_secs),
             erased_at: None,
             erasure_index: None,
         })
         .map_err(|_| StoreError::Corrupt { what: "subject" })?;
         txn.put(Key::subject(self.id.as_bytes()), record);
+        txn.put(Key::subject_activity(self.active_at_secs, self.id.as_bytes()), Vec::new());
         txn.put(Key::dek(self.id.as_bytes()), KeyRecord { wrapped: self.wrapped, seals: 0 }.encode());
-        txn.counter_add(kek_counter(self.kek_version), 1)?;
+        txn.counter_add(kek_counter(kek_version), 1)?;
         let event = AuditEvent::new(EventKind::SubjectCreated, actor.clone(), &self.created_at).subject(self.id);
         Ok(log.append(txn, &event)?)
     }
@@ -105,6 +125,11 @@ impl NewSubject {
 pub struct SubjectRecord {
     /// When the subject was created (RFC 3339).
     pub created_at: String,
+    /// The customer's last activity (Unix seconds, the vault clock): sign-up,
+    /// sign-in, a data write or read, a consent change or an export. What the
+    /// retention rule measures inactivity from; cleared at erasure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_at: Option<i64>,
     /// When the subject was erased (RFC 3339); the record stays as a
     /// tombstone so a repeated erasure finds the first one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,19 +143,19 @@ pub struct SubjectRecord {
 /// values sealed under that DEK (u64, big-endian). Keeping the count beside
 /// the key makes the commit-time check and the count one read and one write.
 #[derive(Debug, Clone)]
-struct KeyRecord {
-    wrapped: WrappedDek,
-    seals: u64,
+pub(crate) struct KeyRecord {
+    pub(crate) wrapped: WrappedDek,
+    pub(crate) seals: u64,
 }
 
 impl KeyRecord {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut bytes = self.wrapped.as_bytes().to_vec();
         bytes.extend_from_slice(&self.seals.to_be_bytes());
         bytes
     }
 
-    fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
+    pub(crate) fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
         let corrupt = StoreError::Corrupt { what: "key record" };
         if bytes.len() != WRAPPED_DEK_BYTES + 8 {
             return Err(corrupt);
@@ -142,7 +167,8 @@ impl KeyRecord {
     }
 }
 
-fn kek_counter(kek_version: u32) -> Key {
+/// The counter of DEK wraps under KEK `kek_version`.
+pub(crate) fn kek_counter(kek_version: u32) -> Key {
     Key::counter(&format!("kek/{kek_version}"))
 }
 
@@ -156,16 +182,32 @@ impl Vault {
         let (appended, durable) = self.store().commit_durable(move |txn| new_subject.write(txn, &log, &actor)).await?;
         self.audit().confirm(appended, &durable)?;
         tracing::debug!(%subject, "subject created");
+        self.subject_created();
         Ok(subject)
+    }
+
+    /// Work after a subject was created: a rotation starts if its wrap
+    /// pushed the current KEK to its limit.
+    pub(crate) fn subject_created(&self) {
+        if let Some(vault) = self.shared() {
+            vault.kek_limit_check();
+        }
     }
 
     /// A new subject id with its wrapped DEK, ready to be written in a
     /// transaction (alone, or with a sign-up).
     pub fn subject_prepare(&self) -> Result<NewSubject, DataError> {
-        let keys = self.keys();
+        let keys = self.keys_shared();
         let id = SubjectId::random(keys.rng())?;
-        let (_, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
-        Ok(NewSubject { id, wrapped, kek_version: keys.current_version(), created_at: clock::rfc3339(clock::now()) })
+        let (dek, wrapped) = keys.dek_create(id.as_bytes(), 1)?;
+        Ok(NewSubject {
+            id,
+            dek,
+            wrapped,
+            keys,
+            created_at: clock::rfc3339(clock::now()),
+            active_at_secs: self.clock().now_secs(),
+        })
     }
 
     /// Whether `subject` exists.
@@ -183,8 +225,16 @@ impl Vault {
 
     /// The subject's DEK, unwrapped.
     fn dek(&self, subject: SubjectId) -> Result<Dek, DataError> {
-        let record = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-        Ok(self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+        let unwrap = || -> Result<Dek, DataError> {
+            let record = self.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
+            Ok(self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+        };
+        match unwrap() {
+            // A rotation rewrapped the record and destroyed the old KEK
+            // between the read and the unwrap: the record read now is new.
+            Err(DataError::Crypto(CryptoError::UnknownKekVersion(_))) => unwrap(),
+            outcome => outcome,
+        }
     }
 
     /// Stores one field (replacing any earlier value).
@@ -209,6 +259,29 @@ impl Vault {
         subject: SubjectId,
         values: &Map<String, Value>,
     ) -> Result<(Vec<String>, u64), DataError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.data_merge_once(actor, subject, values).await {
+                // The DEK reached its limit: replace it, then write again.
+                Err(DataError::KeyExhausted) if attempts < DEK_ATTEMPTS_MAX => match self.dek_replace(subject).await {
+                    Ok(()) | Err(DataError::Crypto(CryptoError::Open)) => {}
+                    Err(error) => return Err(error),
+                },
+                // The DEK changed between sealing and commit (replaced by a
+                // concurrent write): seal again under the new one.
+                Err(DataError::Crypto(CryptoError::Open)) if attempts < DEK_ATTEMPTS_MAX => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn data_merge_once(
+        &self,
+        actor: &Actor,
+        subject: SubjectId,
+        values: &Map<String, Value>,
+    ) -> Result<(Vec<String>, u64), DataError> {
         let policies = self.policies();
         let catalogue = &policies.catalogue;
         let mut canonical = Vec::with_capacity(values.len());
@@ -227,13 +300,18 @@ impl Vault {
             .subject(subject)
             .fields(fields.clone());
         let seal_count = sealed.len() as u64;
+        let seals_max = self.key_config().limits.dek_seals_max.min(SEALS_PER_KEY_MAX);
         let log = self.audit().clone();
+        let now_secs = self.clock().now_secs();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
+                if !subject_activity_in(txn, subject, now_secs)? {
+                    return Err(DataError::SubjectNotFound);
+                }
                 let mut record = key_record_with_version(txn, subject, dek_version)?;
                 record.seals = record.seals.saturating_add(seal_count);
-                if record.seals > SEALS_PER_KEY_MAX {
+                if record.seals > seals_max {
                     return Err(DataError::KeyExhausted);
                 }
                 txn.put(Key::dek(subject.as_bytes()), record.encode());
@@ -258,10 +336,11 @@ impl Vault {
             .subject(subject)
             .fields(vec![field.to_owned()]);
         let log = self.audit().clone();
+        let now_secs = self.clock().now_secs();
         let ((existed, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !subject_live_in(txn, subject)? {
+                if !subject_activity_in(txn, subject, now_secs)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let existed = txn.contains(key.key())?;
@@ -280,11 +359,12 @@ impl Vault {
     pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
         let dek = self.dek(subject)?;
         let now = clock::rfc3339(clock::now());
+        let now_secs = self.clock().now_secs();
         let log = self.audit().clone();
         let ((appended, sealed), durable) = self
             .store()
             .commit_durable(move |txn| {
-                if !subject_live_in(txn, subject)? {
+                if !subject_activity_in(txn, subject, now_secs)? {
                     return Err(DataError::SubjectNotFound);
                 }
                 let prefix = Key::values_of(subject.as_bytes());
@@ -344,16 +424,29 @@ impl Vault {
     }
 }
 
-/// Whether `subject` exists and is not erased, as `txn` sees it.
-pub(crate) fn subject_live_in(txn: &Txn<'_>, subject: SubjectId) -> Result<bool, StoreError> {
-    Ok(match txn.get(&Key::subject(subject.as_bytes()))? {
-        Some(bytes) => {
-            let record: SubjectRecord =
-                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" })?;
-            record.erased_at.is_none()
-        }
-        None => false,
-    })
+/// Whether `subject` exists and is not erased, as `txn` sees it; if so,
+/// records the customer's activity at `now_secs` for the retention rule (the
+/// record's `last_active_at` and the activity marker move forward). Every
+/// transaction that acts for the customer calls it, so the liveness check
+/// and the activity are one read and, at most, three writes.
+pub(crate) fn subject_activity_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<bool, StoreError> {
+    let key = Key::subject(subject.as_bytes());
+    let Some(bytes) = txn.get(&key)? else { return Ok(false) };
+    let mut record: SubjectRecord =
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { what: "subject" })?;
+    if record.erased_at.is_some() {
+        return Ok(false);
+    }
+    if record.last_active_at.is_some_and(|at| at >= now_secs) {
+        return Ok(true);
+    }
+    if let Some(before) = record.last_active_at {
+        txn.delete(&Key::subject_activity(before, subject.as_bytes()));
+    }
+    txn.put(Key::subject_activity(now_secs, subject.as_bytes()), Vec::new());
+    record.last_active_at = Some(now_secs);
+    txn.put(key, serde_json::to_vec(&record).map_err(|_| StoreError::Corrupt { what: "subject" })?);
+    Ok(true)
 }
 
 /// The sealed values of `fields` that `subject` holds, as `txn` sees them.

@@ -8,7 +8,7 @@
 //! No global state: two vaults on two directories can live in one process.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -20,6 +20,7 @@ use crate::auth::Role;
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
+use crate::keys::{KeyConfig, KeyLimits, destroyed_in, key_check_key};
 use crate::policy::{self, Policies, PolicyError};
 use crate::principals::Limits;
 use crate::store::sled_backend::SledBackend;
@@ -93,6 +94,10 @@ pub enum VaultError {
     /// The identity configuration is inconsistent.
     #[error("identity: {0}")]
     Identity(String),
+    /// A destroyed KEK is still offered, or an interrupted rotation could
+    /// not resume.
+    #[error("keys: {0}")]
+    Keys(crate::keys::KeyError),
     /// The configured audit origin differs from the one the log was created
     /// with; the origin is fixed when the vault is created.
     #[error("the audit origin is `{stored}`; it is fixed at creation and cannot become `{configured}`")]
@@ -123,6 +128,8 @@ pub struct VaultOptions {
     pub audit_origin: Option<String>,
     /// Token issuing and trusted external issuers.
     pub identity: IdentityOptions,
+    /// When keys are replaced because they encrypted enough.
+    pub key_limits: KeyLimits,
 }
 
 /// How the vault issues and trusts tokens.
@@ -153,8 +160,14 @@ pub enum Opened {
 
 /// An open vault.
 pub struct Vault {
+    /// This vault, for work it hands to background threads.
+    me: Weak<Vault>,
     data_dir: PathBuf,
-    keys: KeyRing,
+    keys: Arc<KeyRing>,
+    key_config: KeyConfig,
+    /// Whether a KEK rotation runs (at most one does).
+    rotation_running: AtomicBool,
+    rotation_thread: Mutex<Option<JoinHandle<()>>>,
     store: Store,
     /// The policies in force; swapped whole on reload.
     policies: std::sync::RwLock<Arc<Policies>>,
@@ -284,7 +297,8 @@ impl Vault {
         } else {
             Opened::Existing
         };
-        let keys = load_key_ring(&key_source_of(&options), options.production)?;
+        let source = key_source_of(&options);
+        let keys = load_key_ring(&source, options.production)?;
         let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
         let vault = Self::open_backend(
             data_dir,
@@ -294,6 +308,7 @@ impl Vault {
             options.policy_dir,
             options.audit_origin,
             options.identity,
+            KeyConfig { source: Some(source), limits: options.key_limits },
         )?;
         Ok((vault, opened))
     }
@@ -301,6 +316,8 @@ impl Vault {
     /// Opens a vault over any storage backend, initialising it if it is
     /// empty (tests use this with a fault-injecting in-memory backend).
     /// Verifies the audit log and refuses to open if it does not verify.
+    /// Resumes a KEK rotation a restart interrupted.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_backend(
         data_dir: PathBuf,
         keys: KeyRing,
@@ -309,6 +326,7 @@ impl Vault {
         policy_dir: Option<PathBuf>,
         audit_origin: Option<String>,
         identity: IdentityOptions,
+        key_config: KeyConfig,
     ) -> Result<Arc<Self>, VaultError> {
         crate::auth::jwt_ring::install();
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
@@ -342,9 +360,13 @@ impl Vault {
         }
         let mut trusted = vec![own];
         trusted.extend(identity.external);
-        let vault = Arc::new(Self {
+        let vault = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             data_dir,
-            keys,
+            keys: Arc::new(keys),
+            key_config,
+            rotation_running: AtomicBool::new(false),
+            rotation_thread: Mutex::new(None),
             store,
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir,
@@ -362,6 +384,10 @@ impl Vault {
         // The first checkpoint of a new log; a no-op for a log whose last
         // batch was checkpointed, as every batch is.
         vault.checkpoint_blocking(false)?;
+        // Versions a crash left in the key file after a rotation recorded
+        // them destroyed.
+        vault.keys_forget(&vault.keys_destroyed()?).map_err(VaultError::Keys)?;
+        vault.rotation_resume().map_err(VaultError::Keys)?;
         Ok(vault)
     }
 
@@ -489,6 +515,47 @@ impl Vault {
         &self.keys
     }
 
+    /// The loaded KEKs, shared (for work that outlives a borrow).
+    pub fn keys_shared(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.keys)
+    }
+
+    /// Where the KEKs come from and the encryption limits.
+    pub fn key_config(&self) -> &KeyConfig {
+        &self.key_config
+    }
+
+    /// Whether a KEK rotation runs.
+    pub(crate) fn rotation_running(&self) -> &AtomicBool {
+        &self.rotation_running
+    }
+
+    /// Whether a KEK rotation is at work.
+    pub fn rotation_is_running(&self) -> bool {
+        self.rotation_running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps the rotation thread's handle so closing can wait for it.
+    pub(crate) fn rotation_thread_set(&self, thread: JoinHandle<()>) {
+        if let Ok(mut slot) = self.rotation_thread.lock()
+            && let Some(previous) = slot.replace(thread)
+            && previous.is_finished()
+        {
+            let _ = previous.join();
+        }
+    }
+
+    /// Whether the vault is closing (background work stops and resumes at
+    /// the next start).
+    pub(crate) fn closing(&self) -> bool {
+        self.verify_stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This vault as an `Arc`, while it is open.
+    pub(crate) fn shared(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -602,6 +669,11 @@ impl Vault {
             // The thread only ever fails by panicking, which it has logged.
             let _ = thread.join();
         }
+        let rotation = self.rotation_thread.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(thread) = rotation {
+            // It stops at its next chunk and resumes at the next start.
+            let _ = thread.join();
+        }
         if self.store.is_healthy() {
             // Keep the final checkpoint in the history too.
             self.checkpoint_blocking(true)?;
@@ -664,8 +736,10 @@ impl Readiness {
     }
 }
 
-const TOKEN_KEY: &str = "auth/token-signing-key";
-const TOKEN_KEY_LABEL: &str = "token-signing-key";
+/// The meta key of the vault's sealed token signing key.
+pub(crate) const TOKEN_KEY: &str = "auth/token-signing-key";
+/// The label the token signing key is sealed with.
+pub(crate) const TOKEN_KEY_LABEL: &str = "token-signing-key";
 
 /// The vault's token signing key, created (sealed under the KEK) the first
 /// time a vault opens without one.
@@ -743,10 +817,6 @@ pub(crate) fn store_open_checked(backend: Arc<dyn Backend>, keys: &KeyRing) -> R
     load_store(backend, keys, None, false)
 }
 
-fn key_check_key(version: u32) -> Key {
-    Key::meta(&format!("kek-check/{version}"))
-}
-
 fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {
     let found = backend.get(Key::meta("format").as_bytes())?;
     match found.as_deref() {
@@ -760,9 +830,15 @@ fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {
 /// must have one; a version without a check (a key just added for rotation)
 /// gets one, unless the store is opened only to be read.
 fn bind_keys(backend: &dyn Backend, keys: &KeyRing, writable: bool) -> Result<(), VaultError> {
+    let destroyed: Vec<u32> = destroyed_in(|prefix| backend.scan(prefix.as_bytes(), &prefix.prefix_end(), usize::MAX))?;
     let mut bound = false;
     let mut new_checks = crate::store::WriteBatch::new();
     for version in keys.versions() {
+        if destroyed.contains(&version) {
+            // Removed from the ring once the vault is open (`keys_forget`);
+            // it must not get a fresh check meanwhile.
+            continue;
+        }
         let key = key_check_key(version);
         match backend.get(key.as_bytes())? {
             Some(check) => {

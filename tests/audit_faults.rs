@@ -22,7 +22,8 @@ fn vault_over(backend: Arc<MemoryBackend>) -> Arc<Vault> {
     let rng = ring::rand::SystemRandom::new();
     let keys = KeyRing::new(vec![(1, Zeroizing::new(random_bytes(&rng).unwrap()))]).unwrap();
     let policies = policies_load(&common::policies_dir()).unwrap();
-    Vault::open_backend("memory".into(), keys, backend, policies, None, None, Default::default()).unwrap()
+    Vault::open_backend("memory".into(), keys, backend, policies, None, None, Default::default(), Default::default())
+        .unwrap()
 }
 
 fn durable_audit_size(backend: &MemoryBackend) -> u64 {

@@ -413,6 +413,71 @@ async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::InProcessServer::start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    let relationship = roles::connect(&client, &base, &customer, &business_id).await;
+    let start = 1_900_000_000;
+    server.vault.insecure_pin_clock_secs(Some(start));
+    let ask = json!({"pairwise_id": relationship["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],
+                     "duration_days": 30, "justification": "Send our monthly offers"});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, created) =
+            roles::post(&client, format!("{base}/v1/access-requests"), Some(&business), ask.clone()).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["request_id"].as_str().unwrap().to_owned());
+    }
+    let (unanswered, approved) = (&ids[0], &ids[1]);
+    let (status, _) =
+        roles::post(&client, format!("{base}/v1/me/access-requests/{approved}/approve"), Some(&customer), json!({}))
+            .await;
+    assert_eq!(status, 201);
+    let expires_at = start + 30 * 86_400;
+
+    server.vault.insecure_pin_clock_secs(Some(expires_at - 1));
+    server.vault.requests_expire().await.unwrap();
+    let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{unanswered}"), &business).await;
+    assert_eq!(theirs["status"], "pending", "the last second of its time");
+
+    server.vault.insecure_pin_clock_secs(Some(expires_at));
+    server.vault.requests_expire().await.unwrap();
+    assert_eq!(server.vault.requests_expire().await.unwrap(), 0, "each request is closed once");
+    let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{unanswered}"), &business).await;
+    assert_eq!(theirs["status"], "expired");
+    let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{approved}"), &business).await;
+    assert_eq!(theirs["status"], "approved", "an answered request is not the sweep's");
+    let stored = server.vault.requests_of_business(&business_id).unwrap();
+    assert!(
+        stored.iter().any(|r| r.request_id == *unanswered
+            && r.status == consentvault::consent::requests::RequestStatus::Expired),
+        "the stored status is expired, not only its reading"
+    );
+    let (status, late) =
+        roles::post(&client, format!("{base}/v1/me/access-requests/{unanswered}/approve"), Some(&customer), json!({}))
+            .await;
+    assert_eq!(status, 400, "{late}");
+
+    let (_, closed) =
+        get(&client, format!("{base}/v1/audit/entries?kind=access_request.closed&limit=100"), &auditor).await;
+    let closed = closed["items"].as_array().unwrap();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let entry = &closed[0]["entry"];
+    assert_eq!(entry["related"]["request_id"], unanswered.as_str());
+    assert_eq!(entry["related"]["cause"], "expired");
+    assert_eq!(entry["actor"], json!({"role": "system"}));
+    assert_eq!(entry["business"], business_id.as_str());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_business_asking_too_often_gets_429() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");

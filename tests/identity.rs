@@ -192,6 +192,8 @@ fn routes(actors: &Actors, fixtures: &Fixtures) -> Vec<(&'static str, String, Op
         ("POST", "/v1/admin/auditors".to_owned(), Some("admin"), Some(json!({"name": "External audit"}))),
         ("POST", format!("/v1/admin/auditors/{auditor_to_disable}/disable"), Some("admin"), None),
         ("POST", "/v1/admin/policies/reload".to_owned(), Some("admin"), None),
+        ("GET", "/v1/admin/keys".to_owned(), Some("admin"), None),
+        ("POST", "/v1/admin/keys/rotate".to_owned(), Some("admin"), None),
         ("GET", "/v1/me/export".to_owned(), Some("customer"), None),
         // Last: erasing the customer ends its login.
         ("DELETE", "/v1/me".to_owned(), Some("customer"), Some(json!({"confirm": "erase"}))),
@@ -736,6 +738,8 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
         ("GET", "/v1/grants"),
         ("GET", "/v1/me/grants/{id}/receipt"),
         ("POST", "/v1/admin/policies/reload"),
+        ("GET", "/v1/admin/keys"),
+        ("POST", "/v1/admin/keys/rotate"),
         ("GET", "/v1/access-requests"),
         ("GET", "/v1/grants/changes"),
         ("POST", "/v1/access-requests"),

@@ -216,3 +216,51 @@ pub async fn policies_reload(
         Err(PolicyReloadError::Audit(error)) => Err(error.into()),
     }
 }
+
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError;
+        match error {
+            KeyError::InProgress => ApiError::client(
+                StatusCode::CONFLICT,
+                "rotation_in_progress",
+                "Rotation in progress",
+                "a key rotation is already running; GET /v1/admin/keys shows its progress",
+            ),
+            error @ (KeyError::SourceReadOnly { .. } | KeyError::Destroyed(_)) => ApiError::client(
+                StatusCode::CONFLICT,
+                "key_source_read_only",
+                "Key source read-only",
+                error.to_string(),
+            ),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+/// The keys: the current KEK version, the loaded and destroyed versions,
+/// the wraps counted per version, the encryption limits, and the latest
+/// rotation with its progress. Never any key material.
+#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", security(("bearer" = [])), responses((status = 200, description = "The state of the keys", body = crate::keys::KeyStatus)))]
+pub async fn keys_status(
+    _caller: AdminCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<crate::keys::KeyStatus>, ApiError> {
+    Ok(axum::Json(state.vault.key_status().map_err(|error| ApiError::internal(&error))?))
+}
+
+/// Starts a KEK rotation: a new KEK version is written to the key file and
+/// made current, and every DEK is rewrapped in the background while the
+/// vault keeps serving; the old version is destroyed once nothing is sealed
+/// under it. Every step is audited (`key.rotated`). Progress: `GET
+/// /v1/admin/keys`. An interrupted rotation is resumed instead.
+#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin", security(("bearer" = [])), responses((status = 202, description = "The rotation as started; `Location` is the status resource", body = crate::keys::Rotation), (status = 409, description = "A rotation runs, or the KEKs come from the environment", body = Problem, content_type = "application/problem+json")))]
+pub async fn keys_rotate(caller: AdminCaller, State(state): State<AppState>) -> Result<Response, ApiError> {
+    let vault = std::sync::Arc::clone(&state.vault);
+    let actor = caller.0.actor();
+    // Writes the key file and waits for a durable commit: blocking work.
+    let rotation = tokio::task::spawn_blocking(move || vault.kek_rotate(&actor, "admin"))
+        .await
+        .map_err(|error| ApiError::internal(&error))??;
+    Ok((StatusCode::ACCEPTED, [(axum::http::header::LOCATION, "/v1/admin/keys")], axum::Json(rotation)).into_response())
+}

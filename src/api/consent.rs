@@ -32,6 +32,9 @@ impl From<ConsentError> for ApiError {
                 "Refused by policy",
                 problem.to_string(),
             ),
+            // An erased customer's token stops working; a change that raced
+            // the erasure gets the same uniform 401.
+            ConsentError::SubjectErased => Self::unauthorized(),
             ConsentError::NoConsent => Self::client(
                 StatusCode::FORBIDDEN,
                 "no_consent",

@@ -80,6 +80,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         vault.audit().durable_size().to_string(),
     );
     metric("consentvault_ready", "gauge", "1 when the vault can serve.", u8::from(readiness.is_ready()).to_string());
+    metric(
+        "consentvault_kek_current_version",
+        "gauge",
+        "The key-encryption key version new DEKs are wrapped under.",
+        vault.keys().current_version().to_string(),
+    );
+    metric(
+        "consentvault_kek_rotation_running",
+        "gauge",
+        "1 while a key rotation is at work.",
+        u8::from(vault.rotation_is_running()).to_string(),
+    );
     let mut response = text.into_response();
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::ApiError;
+use super::export_html;
 use super::extract::{Json, Path};
 use super::guard::CustomerCaller;
 #[allow(unused_imports)]
@@ -108,8 +109,60 @@ pub async fn me_erase(
     Ok(axum::Json(state.vault.subject_erase(caller.subject).await?))
 }
 
-/// `GET /v1/me/export`: everything held about me, in one document.
-#[utoipa::path(get, path = "/v1/me/export", tag = "customer", security(("bearer" = [])), responses((status = 200, description = "data, relationships, access_requests, grants, objections, access_log", body = Object)))]
-pub async fn me_export(caller: CustomerCaller, State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(state.vault.subject_export(caller.subject).await?))
+/// `GET /v1/me/export`: everything held about me, in one document: JSON by
+/// default, or an HTML page for `Accept: text/html`. Either way the same
+/// document, exported (and recorded as `data.exported`) once.
+#[utoipa::path(
+    get,
+    path = "/v1/me/export",
+    tag = "customer",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "data, relationships, access_requests, grants (with signed receipts), objections, access_log: JSON by default, a self-contained HTML page when `Accept` prefers text/html", content(
+            (Object = "application/json"),
+            (String = "text/html")
+        )),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 406, description = "`Accept` allows neither JSON nor HTML", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn me_export(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    use export_html::ExportForm;
+    // Decided before exporting, so a refused request exports (and logs) nothing.
+    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
+    let form = export_html::wants_html(accept);
+    if form == ExportForm::Neither {
+        return Err(ApiError::client(
+            axum::http::StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "Not acceptable",
+            "the export is available as application/json or text/html",
+        ));
+    }
+    let document = state.vault.subject_export(caller.subject).await?;
+    let mut response = match form {
+        ExportForm::Html => {
+            let mut response = export_html::render(&document).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(export_html::CONTENT_SECURITY_POLICY),
+            );
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response
+        }
+        ExportForm::Json | ExportForm::Neither => axum::Json(document).into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(response)
 }

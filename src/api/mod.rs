@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod consent;
 pub mod error;
+pub mod export_html;
 pub mod extract;
 pub mod guard;
 mod health;
@@ -242,6 +243,8 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::auditors_list, admin::auditors_create))
         .routes(routes!(admin::auditors_disable))
         .routes(routes!(admin::policies_reload))
+        .routes(routes!(admin::keys_status))
+        .routes(routes!(admin::keys_rotate))
 }
 
 /// The OpenAPI document of this API.

@@ -32,9 +32,9 @@ use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
 use merkle::{Hash, ProofError, SubtreeHashes};
 
 /// The label of the checkpoint signing key sealed under the KEK.
-const SIGNING_KEY_LABEL: &str = "audit-signing-key";
+pub(crate) const SIGNING_KEY_LABEL: &str = "audit-signing-key";
 const SIZE_KEY: &str = "audit/size";
-const SIGNING_KEY_KEY: &str = "audit/signing-key";
+pub(crate) const SIGNING_KEY_KEY: &str = "audit/signing-key";
 const ORIGIN_KEY: &str = "audit/origin";
 const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
 const LATEST_NOTE_KEY: &str = "audit/checkpoint-note";
@@ -451,6 +451,24 @@ impl AuditLog {
     ) -> Result<Vec<u64>, AuditError> {
         let prefix = Key::audit_by_business_all(business);
         self.indices_under(store, &prefix, start, limit)
+    }
+
+    /// The earliest checkpoint kept in the history whose tree contains entry
+    /// `index` and is durable; reads only. `None` if there is none yet.
+    pub fn checkpoint_covering(&self, store: &Store, index: u64) -> Result<Option<String>, AuditError> {
+        let end = self.durable_size();
+        if index >= end {
+            return Ok(None);
+        }
+        let rows = store.scan_range(
+            &Key::audit_checkpoint(index.saturating_add(1)),
+            &Key::audit_checkpoint(end.saturating_add(1)),
+            1,
+        )?;
+        rows.into_iter()
+            .next()
+            .map(|(_, note)| String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint")))
+            .transpose()
     }
 
     fn indices_under(&self, store: &Store, prefix: &Key, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {

@@ -17,7 +17,7 @@ use crate::clock;
 use crate::ids::{SubjectId, hex};
 use crate::policy::engine::{self, FieldDecision, GrantProblem, GrantView, ReadQuery, Reason};
 use crate::store::{CommitError, Key, StoreError, Txn};
-use crate::subjects::{DataError, sealed_in};
+use crate::subjects::{DataError, sealed_in, subject_activity_in};
 use crate::vault::Vault;
 
 pub mod requests;
@@ -47,6 +47,10 @@ pub enum ConsentError {
     /// not exist: the same answer, so it reveals nothing).
     #[error("no live grant for this purpose")]
     NoConsent,
+    /// The customer was erased (or never existed) by the time the change
+    /// committed; nothing changed.
+    #[error("the customer was erased")]
+    SubjectErased,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -166,8 +170,16 @@ pub(crate) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<
     serde_json::to_vec(value).map_err(|_| corrupt(what))
 }
 
-/// Stores a prepared grant with its event, if the customer is connected to
-/// the business. Returns the append and the grant's audit index.
+/// The check every consent change the customer makes runs first in its own
+/// transaction: the subject is live (an erasure that committed first wins,
+/// and the change fails with [`ConsentError::SubjectErased`]), and the
+/// customer's activity at `now_secs` is recorded for the retention rule.
+pub(crate) fn customer_acts_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<(), ConsentError> {
+    if subject_activity_in(txn, subject, now_secs)? { Ok(()) } else { Err(ConsentError::SubjectErased) }
+}
+
+/// Stores a prepared grant with its event, if the customer is live and
+/// connected to the business. Returns the append and the grant's audit index.
 pub(crate) fn grant_write(
     txn: &mut Txn<'_>,
     log: &crate::audit::AuditLog,
@@ -175,6 +187,8 @@ pub(crate) fn grant_write(
     mut grant: GrantRecord,
     event: &AuditEvent,
 ) -> Result<(crate::audit::Appended, u64), ConsentError> {
+    // The grant starts at the vault clock's now: that is the activity time.
+    customer_acts_in(txn, subject, grant.starts_at)?;
     let Some(relationship) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? else {
         return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
     };
@@ -235,9 +249,11 @@ impl Vault {
         event.business = Some(business.to_owned());
         let log = self.audit().clone();
         let stored = relationship.clone();
+        let now_secs = self.clock().now_secs();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now_secs)?;
                 let key = Key::relationship(subject.as_bytes(), &stored.business_id);
                 if txn.contains(&key)? {
                     return Err(ConsentError::AlreadyConnected);
@@ -279,6 +295,7 @@ impl Vault {
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now)?;
                 let key = Key::relationship(subject.as_bytes(), &ended.business_id);
                 if !txn.contains(&key)? {
                     return Err(ConsentError::NotFound("relationship"));
@@ -387,6 +404,7 @@ impl Vault {
         let ((grant, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now)?;
                 let bytes = txn.get(&key)?.ok_or(ConsentError::NotFound("grant"))?;
                 let mut grant: GrantRecord = decode(&bytes, "grant")?;
                 if grant.status(now) != GrantStatus::Active {
@@ -426,9 +444,11 @@ impl Vault {
             .related("purposes", purposes.join(","));
         let log = self.audit().clone();
         let stored = encode(&purposes, "objections")?;
+        let now_secs = self.clock().now_secs();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now_secs)?;
                 txn.put(Key::objections(subject.as_bytes()), stored);
                 Ok::<_, ConsentError>(log.append(txn, &event)?)
             })
@@ -841,14 +861,7 @@ impl Vault {
             .commit_durable(move |txn| {
                 let mut appended = Vec::new();
                 for key in keys {
-                    let suffix = start.suffix_of(&key).ok_or(corrupt("expiry marker"))?;
-                    if suffix.len() < 24 {
-                        return Err(ConsentError::Store(corrupt("expiry marker")));
-                    }
-                    let subject =
-                        SubjectId::from_bytes(suffix[8..24].try_into().map_err(|_| corrupt("expiry marker"))?);
-                    let grant_id = std::str::from_utf8(&suffix[24..]).map_err(|_| corrupt("expiry marker"))?.to_owned();
-                    txn.delete(&start.with_suffix(suffix));
+                    let (subject, grant_id) = expiry_marker_take(txn, &start, &key)?;
                     let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
                     let grant: GrantRecord = decode(&bytes, "grant")?;
                     // A revoked grant already told its business.
@@ -870,6 +883,25 @@ impl Vault {
         }
         Ok(count)
     }
+}
+
+/// Reads an expiry marker found under `prefix` (expiry time, 8 bytes ‖
+/// subject, 16 bytes ‖ grant or request id) and deletes it in `txn`:
+/// every marker is handled once, whatever the sweep then finds.
+pub(crate) fn expiry_marker_take(
+    txn: &mut Txn<'_>,
+    prefix: &Key,
+    key: &[u8],
+) -> Result<(SubjectId, String), StoreError> {
+    let suffix = prefix.suffix_of(key).ok_or(corrupt("expiry marker"))?;
+    let (subject, id) = match suffix.get(8..24).zip(suffix.get(24..)) {
+        Some((subject, id)) => (subject, id),
+        None => return Err(corrupt("expiry marker")),
+    };
+    let subject = SubjectId::from_bytes(subject.try_into().map_err(|_| corrupt("expiry marker"))?);
+    let id = std::str::from_utf8(id).map_err(|_| corrupt("expiry marker"))?.to_owned();
+    txn.delete(&Key::raw(key.to_vec()));
+    Ok((subject, id))
 }
 
 /// The audit event for a change to `grant`: its id, its business and, while

@@ -1,11 +1,13 @@
 //! Access requests: a business asks a connected customer for purposes ×
 //! fields × duration, saying why and what the customer gets; the customer
 //! approves (possibly narrowing, never widening) or denies. Pending requests
-//! expire.
+//! expire: they read as expired from `expires_at` on, and the expiry sweep
+//! ([`Vault::requests_expire`]) closes them (`access_request.closed`,
+//! `cause: expired`) from an expiry index, as it ends grants.
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConsentError, DAY_SECS, GrantRecord, decode, encode, grant_write};
+use super::{ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, expiry_marker_take, grant_write};
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
 use crate::ids::SubjectId;
 use crate::policy::engine;
@@ -181,6 +183,7 @@ impl Vault {
                     Key::request_of_business(&stored.business_id, &stored.request_id),
                     subject.to_string().into_bytes(),
                 );
+                txn.put(Key::request_expiry(stored.expires_at, subject.as_bytes(), &stored.request_id), Vec::new());
                 Ok::<_, ConsentError>(log.append(txn, &event)?)
             })
             .await?;
@@ -254,12 +257,14 @@ impl Vault {
         let (((first, index), second), durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, vclock.now_secs())?;
                 let key = Key::request(subject.as_bytes(), &request_id);
                 let mut request: AccessRequest =
                     decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
                 if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
                     return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
                 }
+                txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request_id));
                 let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
                 request.status = RequestStatus::Approved;
                 request.grant_id = Some(stored_grant.grant_id.clone());
@@ -295,12 +300,14 @@ impl Vault {
         let ((request, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, vclock.now_secs())?;
                 let key = Key::request(subject.as_bytes(), &request_id);
                 let mut request: AccessRequest =
                     decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
                 if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
                     return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
                 }
+                txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request_id));
                 request.status = RequestStatus::Denied;
                 request.reason = reason;
                 txn.put(key, encode(&request, "request")?);
@@ -314,6 +321,61 @@ impl Vault {
             .await?;
         self.audit().confirm(appended, &durable)?;
         Ok(request)
+    }
+}
+
+impl Vault {
+    /// Closes every pending request whose time ran out by now: stored status
+    /// `expired` and an `access_request.closed` event with `cause: expired`
+    /// (actor the vault), so the business sees the end in the request's
+    /// stored status and the log records when it was closed. Requests
+    /// already read as expired at their edge; this makes the end a fact.
+    /// Returns how many requests it closed.
+    pub async fn requests_expire(&self) -> Result<usize, ConsentError> {
+        const SWEEP_MAX: usize = 500;
+        let now = self.clock().now_secs();
+        let time = self.clock().rfc3339();
+        let start = Key::request_expiries_all();
+        let end = Key::request_expiry(now.saturating_add(1), &[0u8; 16], "");
+        let due = self.store().scan_range(&start, &end, SWEEP_MAX)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let log = self.audit().clone();
+        let keys: Vec<Vec<u8>> = due.into_iter().map(|(key, _)| key).collect();
+        let (appended, durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                let mut appended = Vec::new();
+                for key in keys {
+                    let (subject, request_id) = expiry_marker_take(txn, &start, &key)?;
+                    let request_key = Key::request(subject.as_bytes(), &request_id);
+                    let Some(bytes) = txn.get(&request_key)? else { continue };
+                    let mut request: AccessRequest = decode(&bytes, "request")?;
+                    // Answered (or closed by an erasure) in the meantime.
+                    if request.status != RequestStatus::Pending || request.expires_at > now {
+                        continue;
+                    }
+                    request.status = RequestStatus::Expired;
+                    txn.put(request_key, encode(&request, "request")?);
+                    let mut event = AuditEvent::new(EventKind::AccessRequestClosed, Actor::system(), &time)
+                        .subject(subject)
+                        .related("request_id", &request.request_id)
+                        .related("cause", "expired");
+                    event.business = Some(request.business_id.clone());
+                    appended.push(log.append(txn, &event)?);
+                }
+                Ok::<_, ConsentError>(appended)
+            })
+            .await?;
+        let count = appended.len();
+        for appended in appended {
+            self.audit().confirm(appended, &durable)?;
+        }
+        if count > 0 {
+            tracing::info!(count, "access requests expired");
+        }
+        Ok(count)
     }
 }
 

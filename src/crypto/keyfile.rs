@@ -103,17 +103,88 @@ pub fn write_new_key_file(path: &Path, rng: &dyn SecureRandom) -> Result<(), Key
     Ok(())
 }
 
+/// Adds KEK `version` to the key file at `path` (KEK rotation). The file is
+/// replaced atomically: the new text goes to a private temporary file in the
+/// same directory, is flushed, and renamed over the old one, so a crash
+/// leaves either the old file or the new one.
+pub fn key_file_add(path: &Path, version: u32, key: &[u8; KEY_BYTES]) -> Result<(), KeyFileError> {
+    let text = read_private(path)?;
+    let mut new_text = Zeroizing::new(text.trim_end().to_owned());
+    new_text.push_str(&format!("\n{version}:{}\n", URL_SAFE_NO_PAD.encode(key)));
+    // Check what is about to be written before writing it.
+    let keys = parse_keys(&path.display().to_string(), &new_text)?;
+    if keys.iter().filter(|(seen, _)| *seen == version).count() != 1 {
+        return Err(KeyFileError::Syntax {
+            origin: path.display().to_string(),
+            entry: keys.len(),
+            problem: "version appears twice",
+        });
+    }
+    replace_private(path, &new_text)
+}
+
+/// Removes KEK `versions` from the key file at `path` (the end of a
+/// rotation), atomically as [`key_file_add`] does. Comments and other
+/// versions stay as they were.
+pub fn key_file_remove(path: &Path, versions: &[u32]) -> Result<(), KeyFileError> {
+    let text = read_private(path)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let entry = line.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                return true;
+            }
+            let version = entry.split_once(':').map_or(Some(1), |(version, _)| version.trim().parse::<u32>().ok());
+            !version.is_some_and(|version| versions.contains(&version))
+        })
+        .collect();
+    let new_text = Zeroizing::new(format!("{}\n", kept.join("\n")));
+    let keys = parse_keys(&path.display().to_string(), &new_text)?;
+    if keys.iter().any(|(version, _)| versions.contains(version)) {
+        return Err(KeyFileError::Syntax {
+            origin: path.display().to_string(),
+            entry: 0,
+            problem: "a removed version is still present",
+        });
+    }
+    replace_private(path, &new_text)
+}
+
+fn read_private(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions { path: path.to_owned(), mode });
+    }
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
+}
+
+fn replace_private(path: &Path, text: &str) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Reads the KEKs from `source` into a key ring.
 pub fn load_key_ring(source: &KeySource, production: bool) -> Result<KeyRing, KeyFileError> {
     let (origin, text) = match source {
-        KeySource::File(path) => {
-            let io = |source| KeyFileError::Io { path: path.clone(), source };
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions { path: path.clone(), mode });
-            }
-            (path.display().to_string(), Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
-        }
+        KeySource::File(path) => (path.display().to_string(), read_private(path)?),
         KeySource::Env(text) => ("CONSENTVAULT_KEK".to_owned(), text.clone()),
     };
     let keys = parse_keys(&origin, &text)?;
@@ -223,6 +294,27 @@ mod tests {
             let key_part = text.split_once(':').map_or(text.as_str(), |(_, key)| key);
             assert!(key_part.len() < 8 || !message.contains(key_part), "{message} quotes the key text");
         }
+    }
+
+    #[test]
+    fn key_file_gains_and_loses_versions_and_stays_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        write_new_key_file(&path, &SystemRandom::new()).unwrap();
+        let first = load_key_ring(&KeySource::File(path.clone()), true).unwrap();
+        let second = first.kek_generate().unwrap();
+        key_file_add(&path, 2, &second).unwrap();
+        assert!(key_file_add(&path, 2, &second).is_err(), "a version is added once");
+        let both = load_key_ring(&KeySource::File(path.clone()), true).unwrap();
+        assert_eq!(both.versions(), vec![1, 2]);
+        assert_eq!(both.current_version(), 2);
+        key_file_remove(&path, &[1]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# consentvault key-encryption keys"), "comments stay");
+        assert!(!text.lines().any(|line| line.starts_with("1:")));
+        assert_eq!(load_key_ring(&KeySource::File(path.clone()), true).unwrap().versions(), vec![2]);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!dir.path().join("kek.key.new").exists());
     }
 
     #[test]

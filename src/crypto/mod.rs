@@ -21,12 +21,13 @@ mod keyfile;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-pub use keyfile::{KeyFileError, KeySource, load_key_ring, write_new_key_file};
+pub use keyfile::{KeyFileError, KeySource, key_file_add, key_file_remove, load_key_ring, write_new_key_file};
 
 /// Length of every symmetric key, in bytes.
 pub const KEY_BYTES: usize = 32;
@@ -74,6 +75,9 @@ pub enum CryptoError {
     /// A key is not 32 bytes long.
     #[error("a key must be exactly {KEY_BYTES} bytes")]
     KeyLength,
+    /// The KEK new DEKs are wrapped under cannot be removed.
+    #[error("key-encryption key version {0} is current and cannot be removed")]
+    CurrentKek(u32),
 }
 
 /// Fills a fresh buffer with random bytes from `rng`.
@@ -88,14 +92,15 @@ pub fn random_bytes<const N: usize>(rng: &dyn SecureRandom) -> Result<[u8; N], C
 struct AeadKey {
     version: u32,
     key: LessSafeKey,
-    // Kept so the bytes can be zeroized; ring keeps its own schedule.
-    _bytes: Zeroizing<[u8; KEY_BYTES]>,
+    // Kept so the bytes can be zeroized (ring keeps its own schedule), and
+    // so a new DEK can be wrapped again under another KEK.
+    bytes: Zeroizing<[u8; KEY_BYTES]>,
 }
 
 impl AeadKey {
     fn new(version: u32, bytes: Zeroizing<[u8; KEY_BYTES]>) -> Result<Self, CryptoError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes.as_ref()).map_err(|_| CryptoError::KeyLength)?;
-        Ok(Self { version, key: LessSafeKey::new(unbound), _bytes: bytes })
+        Ok(Self { version, key: LessSafeKey::new(unbound), bytes })
     }
 
     /// Seals `plaintext` as `header ‖ nonce ‖ ciphertext ‖ tag`, with
@@ -161,18 +166,25 @@ fn read_u32(bytes: &[u8], at: usize) -> Result<u32, CryptoError> {
 
 /// The loaded key-encryption keys: every version still referenced, and the
 /// current one used for new wraps.
+///
+/// KEK rotation changes the ring while the vault serves: a new version is
+/// added, made current once the store records it, and an old one removed
+/// (its bytes zeroized) once nothing is sealed under it. The versions sit
+/// behind a lock that every wrap and unwrap takes for reading only.
 pub struct KeyRing {
-    current: u32,
-    keks: BTreeMap<u32, AeadKey>,
+    keks: RwLock<KekSet>,
     rng: SystemRandom,
+}
+
+/// The versions of a [`KeyRing`].
+struct KekSet {
+    current: u32,
+    keks: BTreeMap<u32, Arc<AeadKey>>,
 }
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("current", &self.current)
-            .field("versions", &self.keks.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("KeyRing").field("current", &self.current_version()).field("versions", &self.versions()).finish()
     }
 }
 
@@ -182,20 +194,71 @@ impl KeyRing {
     pub fn new(keys: Vec<(u32, Zeroizing<[u8; KEY_BYTES]>)>) -> Result<Self, CryptoError> {
         let mut keks = BTreeMap::new();
         for (version, bytes) in keys {
-            keks.insert(version, AeadKey::new(version, bytes)?);
+            keks.insert(version, Arc::new(AeadKey::new(version, bytes)?));
         }
         let current = *keks.keys().next_back().ok_or(CryptoError::UnknownKekVersion(0))?;
-        Ok(Self { current, keks, rng: SystemRandom::new() })
+        Ok(Self { keks: RwLock::new(KekSet { current, keks }), rng: SystemRandom::new() })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KekSet> {
+        // A writer never panics while holding the lock (it only inserts into
+        // or removes from a map), so a poisoned lock still holds a whole set.
+        self.keks.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KekSet> {
+        self.keks.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The KEK version new DEKs are wrapped under.
     pub fn current_version(&self) -> u32 {
-        self.current
+        self.read().current
     }
 
     /// Every loaded KEK version, oldest first.
     pub fn versions(&self) -> Vec<u32> {
-        self.keks.keys().copied().collect()
+        self.read().keks.keys().copied().collect()
+    }
+
+    /// Whether KEK `version` is loaded.
+    pub fn contains(&self, version: u32) -> bool {
+        self.read().keks.contains_key(&version)
+    }
+
+    /// Draws a fresh random KEK. The caller stores it (the key file) before
+    /// adding it with [`KeyRing::kek_insert`], so no value is ever sealed
+    /// under a key that exists only in memory.
+    pub fn kek_generate(&self) -> Result<Zeroizing<[u8; KEY_BYTES]>, CryptoError> {
+        Ok(Zeroizing::new(random_bytes::<KEY_BYTES>(&self.rng)?))
+    }
+
+    /// Adds KEK `version` (not current until [`KeyRing::kek_make_current`]).
+    /// Refuses a version that is loaded with other bytes.
+    pub fn kek_insert(&self, version: u32, bytes: Zeroizing<[u8; KEY_BYTES]>) -> Result<(), CryptoError> {
+        let key = Arc::new(AeadKey::new(version, bytes)?);
+        self.write().keks.entry(version).or_insert(key);
+        Ok(())
+    }
+
+    /// Makes the loaded KEK `version` the one new DEKs are wrapped under.
+    pub fn kek_make_current(&self, version: u32) -> Result<(), CryptoError> {
+        let mut set = self.write();
+        if !set.keks.contains_key(&version) {
+            return Err(CryptoError::UnknownKekVersion(version));
+        }
+        set.current = version;
+        Ok(())
+    }
+
+    /// Removes KEK `version`; its bytes are zeroized once no wrap or unwrap
+    /// in flight holds it. The current version cannot be removed.
+    pub fn kek_remove(&self, version: u32) -> Result<(), CryptoError> {
+        let mut set = self.write();
+        if set.current == version {
+            return Err(CryptoError::CurrentKek(version));
+        }
+        set.keks.remove(&version);
+        Ok(())
     }
 
     /// The system random generator shared by every seal.
@@ -203,8 +266,8 @@ impl KeyRing {
         &self.rng
     }
 
-    fn kek(&self, version: u32) -> Result<&AeadKey, CryptoError> {
-        self.keks.get(&version).ok_or(CryptoError::UnknownKekVersion(version))
+    fn kek(&self, version: u32) -> Result<Arc<AeadKey>, CryptoError> {
+        self.read().keks.get(&version).cloned().ok_or(CryptoError::UnknownKekVersion(version))
     }
 
     /// Creates a fresh DEK for `subject` and returns it with its wrapped form.
@@ -216,7 +279,17 @@ impl KeyRing {
     }
 
     fn dek_wrap(&self, subject: &[u8], dek_version: u32, bytes: &[u8; KEY_BYTES]) -> Result<WrappedDek, CryptoError> {
-        let kek = self.kek(self.current)?;
+        self.dek_wrap_under(self.current_version(), subject, dek_version, bytes)
+    }
+
+    fn dek_wrap_under(
+        &self,
+        kek_version: u32,
+        subject: &[u8],
+        dek_version: u32,
+        bytes: &[u8; KEY_BYTES],
+    ) -> Result<WrappedDek, CryptoError> {
+        let kek = self.kek(kek_version)?;
         let header = wrapped_header(kek.version, dek_version);
         let aad = dek_aad(&header, subject);
         let sealed = kek.seal(&self.rng, &header, &aad, bytes)?;
@@ -235,10 +308,48 @@ impl KeyRing {
         Ok(Dek { key: AeadKey::new(dek_version, key)? })
     }
 
+    /// Wraps `dek` (of `subject`) again, under KEK `kek_version`: a DEK made
+    /// just before a rotation started is wrapped under the new KEK without
+    /// needing the old one.
+    pub(crate) fn dek_wrap_again(
+        &self,
+        kek_version: u32,
+        subject: &[u8],
+        dek: &Dek,
+    ) -> Result<WrappedDek, CryptoError> {
+        self.dek_wrap_under(kek_version, subject, dek.key.version, &dek.key.bytes)
+    }
+
     /// Re-wraps a DEK under the current KEK (KEK rotation).
     pub fn dek_rewrap(&self, subject: &[u8], wrapped: &WrappedDek) -> Result<WrappedDek, CryptoError> {
+        self.dek_rewrap_to(self.current_version(), subject, wrapped)
+    }
+
+    /// Re-wraps a DEK under KEK `kek_version`; the DEK itself (and so every
+    /// value sealed under it) stays the same.
+    pub fn dek_rewrap_to(
+        &self,
+        kek_version: u32,
+        subject: &[u8],
+        wrapped: &WrappedDek,
+    ) -> Result<WrappedDek, CryptoError> {
         let (dek_version, key) = self.dek_unwrap_bytes(subject, wrapped)?;
-        self.dek_wrap(subject, dek_version, &key)
+        self.dek_wrap_under(kek_version, subject, dek_version, &key)
+    }
+
+    /// Replaces a subject's DEK by a fresh one of the next generation (when
+    /// the old one has sealed as many values as it may). Returns the old DEK,
+    /// to open the subject's values for resealing, the new one and its
+    /// wrapped form.
+    pub(crate) fn dek_replace(
+        &self,
+        subject: &[u8],
+        wrapped: &WrappedDek,
+    ) -> Result<(Dek, Dek, WrappedDek), CryptoError> {
+        let old = self.dek_unwrap(subject, wrapped)?;
+        let next = old.version().checked_add(1).ok_or(CryptoError::Malformed("DEK generation overflow"))?;
+        let (new, new_wrapped) = self.dek_create(subject, next)?;
+        Ok((old, new, new_wrapped))
     }
 
     fn dek_unwrap_bytes(
@@ -264,7 +375,7 @@ impl KeyRing {
     /// Seals a vault secret (a signing key, ...) under the current KEK. The
     /// `label` names the secret and is bound into the AAD.
     pub fn secret_seal(&self, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let kek = self.kek(self.current)?;
+        let kek = self.kek(self.current_version())?;
         let mut header = vec![SECRET_FORMAT];
         header.extend_from_slice(&kek.version.to_be_bytes());
         kek.seal(&self.rng, &header, &secret_aad(&header, label), plaintext)
@@ -278,6 +389,11 @@ impl KeyRing {
         }
         let kek = self.kek(read_u32(header, 1)?)?;
         kek.open(&secret_aad(header, label), &sealed[VALUE_HEADER_BYTES..])
+    }
+
+    /// The KEK version a secret made by [`KeyRing::secret_seal`] is sealed under.
+    pub fn secret_kek_version(sealed: &[u8]) -> Option<u32> {
+        read_u32(sealed, 1).ok()
     }
 
     /// A value that proves, at start-up, that `version` is the key this data

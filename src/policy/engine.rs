@@ -636,6 +636,10 @@ mod tests {
                 5,
                 "colour",
             ),
+            (purposes_ok, "\n\n[retention]\nerase_inactive_after_days = 0\n", "rules.toml", 3, "1 to 36500"),
+            (purposes_ok, "[retention]\nerase_inactive_after_days = 40000\n", "rules.toml", 1, "1 to 36500"),
+            (purposes_ok, "[retention]\nerase_inactive_after_days = -3\n", "rules.toml", 2, "invalid value"),
+            (purposes_ok, "[retention]\nerase_after = 30\n", "rules.toml", 2, "erase_after"),
         ];
         for (purposes, rules, file, line, needle) in cases {
             let texts = PolicyTexts { catalogue, purposes, rules };
@@ -644,6 +648,18 @@ mod tests {
             assert_eq!(error.line, line, "{error}");
             assert!(error.problem.contains(needle), "{error} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn the_retention_rule_is_off_unless_a_retention_table_sets_it() {
+        assert_eq!(shipped().rules.retention, None, "the shipped rules leave it off");
+        let texts = PolicyTexts {
+            catalogue: crate::policy::DEFAULT_CATALOGUE,
+            purposes: crate::policy::DEFAULT_PURPOSES,
+            rules: "[retention]\nerase_inactive_after_days = 730\n",
+        };
+        let policies = Policies::parse(std::path::Path::new("dir"), texts).unwrap();
+        assert_eq!(policies.rules.retention, Some(crate::policy::Retention { erase_inactive_after_days: 730 }));
     }
 
     fn arbitrary_grant() -> impl Strategy<Value = GrantView> {

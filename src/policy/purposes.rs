@@ -11,6 +11,8 @@ use super::catalogue::{Catalogue, Sensitivity, is_identifier};
 
 /// The longest grant any purpose may allow, in days.
 pub const DURATION_DAYS_LIMIT: u32 = 3650;
+/// The longest inactivity the retention rule may allow, in days (100 years).
+pub const INACTIVE_DAYS_LIMIT: u32 = 36_500;
 
 /// One purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,13 @@ pub struct DurationCap {
     pub max_days: u32,
 }
 
+/// The retention rule: customers inactive for longer are erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Days without activity after which the vault erases a customer.
+    pub erase_inactive_after_days: u32,
+}
+
 /// Purposes and rules, checked against the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rules {
@@ -66,6 +75,8 @@ pub struct Rules {
     pub deny: Vec<DenyRule>,
     /// Duration caps, in file order.
     pub duration_caps: Vec<DurationCap>,
+    /// The retention rule; `None` (no `[retention]` table) means off.
+    pub retention: Option<Retention>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +101,13 @@ struct RulesFile {
     deny: Vec<toml::Spanned<DenyEntry>>,
     #[serde(default)]
     duration_cap: Vec<toml::Spanned<CapEntry>>,
+    retention: Option<toml::Spanned<RetentionEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionEntry {
+    erase_inactive_after_days: u32,
 }
 
 #[derive(Deserialize)]
@@ -219,7 +237,24 @@ impl Rules {
                 max_days: entry.max_days,
             });
         }
-        Ok(Self { purposes, deny, duration_caps })
+        let retention = match parsed.retention {
+            None => None,
+            Some(entry) => {
+                let line = PolicyError::line_of(rules_text, entry.span().start);
+                let days = entry.into_inner().erase_inactive_after_days;
+                if days == 0 || days > INACTIVE_DAYS_LIMIT {
+                    return Err(PolicyError {
+                        file: rules_file.to_owned(),
+                        line,
+                        problem: format!(
+                            "retention: erase_inactive_after_days must be 1 to {INACTIVE_DAYS_LIMIT} (remove the table to switch the rule off)"
+                        ),
+                    });
+                }
+                Some(Retention { erase_inactive_after_days: days })
+            }
+        };
+        Ok(Self { purposes, deny, duration_caps, retention })
     }
 
     /// The longest grant for `purpose`, in days, after every cap.

@@ -112,6 +112,10 @@ pub enum Space {
     RequestsByBusiness = 0x37,
     /// Grants by expiry time, for the expiry sweep.
     GrantExpiry = 0x38,
+    /// Pending access requests by expiry time, for the expiry sweep.
+    RequestExpiry = 0x39,
+    /// Subjects by the time of their last activity, for the retention sweep.
+    SubjectActivity = 0x3A,
 }
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
@@ -293,6 +297,30 @@ impl Key {
     /// Every expiry marker.
     pub fn grant_expiries_all() -> Self {
         Self::new(Space::GrantExpiry, &[])
+    }
+
+    /// The expiry marker of a pending access request: expiry time
+    /// (big-endian, so key order is time order), subject, request.
+    pub fn request_expiry(expires_at: i64, subject: &[u8; 16], request: &str) -> Self {
+        let time = u64::try_from(expires_at.max(0)).unwrap_or(0).to_be_bytes();
+        Self::new(Space::RequestExpiry, &[&time, subject, request.as_bytes()])
+    }
+
+    /// Every request expiry marker.
+    pub fn request_expiries_all() -> Self {
+        Self::new(Space::RequestExpiry, &[])
+    }
+
+    /// The activity marker of a subject: the time of its last activity
+    /// (big-endian, so key order is time order), subject.
+    pub fn subject_activity(active_at: i64, subject: &[u8; 16]) -> Self {
+        let time = u64::try_from(active_at.max(0)).unwrap_or(0).to_be_bytes();
+        Self::new(Space::SubjectActivity, &[&time, subject])
+    }
+
+    /// Every activity marker.
+    pub fn subject_activities_all() -> Self {
+        Self::new(Space::SubjectActivity, &[])
     }
 
     /// Access request `request` of `subject`.

@@ -27,6 +27,7 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
         store_cache_bytes: 16 * 1024 * 1024,
         audit_origin: None,
         identity: Default::default(),
+        key_limits: Default::default(),
     };
     Vault::open(options).unwrap()
 }

@@ -1,0 +1,480 @@
+//! The load benchmark: the real vault server against a bare axum handler,
+//! side by side, on this machine, over HTTP.
+//!
+//! `cargo bench --bench load` provisions `CONSENTVAULT_BENCH_SUBJECTS`
+//! subjects (default 10,000), each with an e-mail address, a relationship to
+//! one business and a marketing grant for that field; then starts the
+//! release `consentvault serve` on the directory as its own process, and a
+//! bare axum server (this binary, re-run with `--bare-server`) that answers
+//! the same path with a JSON body of the same shape and size. With
+//! `CONSENTVAULT_BENCH_CONNECTIONS` concurrent connections (default 64) for
+//! `CONSENTVAULT_BENCH_SECS` seconds per row (default 10) it drives:
+//!
+//! * authorized scoped reads as the business, with a vault-issued token:
+//!   decided by the policy engine, audited and durably logged before the
+//!   answer;
+//! * the same requests against the bare handler (the headline ratio);
+//! * data writes by 64 customers (`PUT /v1/me/data`);
+//! * grant changes by those customers (create, then revoke).
+//!
+//! `CONSENTVAULT_BENCH_SCALE=10000,100000,1000000` instead measures, for each
+//! subject count: provisioning time, start-up time of the server until
+//! `/readyz` answers 200, scoped-read latency and throughput, and the
+//! server's resident memory.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use consentvault::audit::Actor;
+use consentvault::auth::Role;
+use consentvault::vault::{Vault, VaultOptions, policies_load};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "bench-password-correct-horse";
+const WRITERS: usize = 64;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|text| text.parse().ok()).unwrap_or(default)
+}
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--bare-server") {
+        bare_server();
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let connections = env_number("CONSENTVAULT_BENCH_CONNECTIONS", 64) as usize;
+    let duration = Duration::from_secs(env_number("CONSENTVAULT_BENCH_SECS", 10));
+    match std::env::var("CONSENTVAULT_BENCH_SCALE") {
+        Ok(list) => {
+            let counts: Vec<usize> = list.split(',').map(|n| n.trim().parse().unwrap()).collect();
+            runtime.block_on(scale(&counts, connections, duration));
+        }
+        Err(_) => {
+            let subjects = env_number("CONSENTVAULT_BENCH_SUBJECTS", 10_000) as usize;
+            runtime.block_on(load(subjects, connections, duration));
+        }
+    }
+}
+
+/// What provisioning left for the load: how the business and the writing
+/// customers sign in, and whom the business can read.
+struct Provisioned {
+    business_client: (String, String),
+    pairwise_ids: Vec<String>,
+    customers: Vec<String>,
+    business_id: String,
+}
+
+fn vault_options(data_dir: &Path) -> VaultOptions {
+    VaultOptions {
+        data_dir: data_dir.to_owned(),
+        key_source: None,
+        policies: policies_load(&policies_dir()).unwrap(),
+        policy_dir: Some(policies_dir()),
+        production: false,
+        store_cache_bytes: 256 * 1024 * 1024,
+        audit_origin: None,
+        identity: Default::default(),
+        key_limits: Default::default(),
+    }
+}
+
+/// Creates `subjects` subjects with data, relationship and grant, and the
+/// writing customers, through the library (64 at a time), then closes the
+/// vault.
+async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
+    let (vault, _) = Vault::open(vault_options(data_dir)).unwrap();
+    let business = vault
+        .client_create(
+            &Actor::system(),
+            Role::Business,
+            "Bench",
+            vec!["marketing".to_owned(), "order-fulfilment".to_owned()],
+        )
+        .await
+        .unwrap();
+    let business_id = business.id.clone();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (vault, next, business_id) = (Arc::clone(&vault), Arc::clone(&next), business_id.clone());
+        tasks.spawn(async move {
+            let mut pairwise = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= subjects {
+                    return pairwise;
+                }
+                let subject = vault.subject_create(&Actor::system()).await.unwrap();
+                let email = json!(format!("subject-{index:07}@example.org"));
+                vault.data_put(&Actor::customer(subject), subject, "email", &email).await.unwrap();
+                let relationship = vault.relationship_create(subject, &business_id).await.unwrap();
+                vault
+                    .grant_create(subject, &business_id, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
+                    .await
+                    .unwrap();
+                pairwise.push(relationship.pairwise_id);
+            }
+        });
+    }
+    let mut pairwise_ids = Vec::with_capacity(subjects);
+    while let Some(batch) = tasks.join_next().await {
+        pairwise_ids.extend(batch.unwrap());
+    }
+    let mut customers = Vec::new();
+    for _ in 0..WRITERS {
+        let customer = vault.customer_signup(PASSWORD).await.unwrap();
+        vault.relationship_create(customer, &business_id).await.unwrap();
+        customers.push(customer.to_string());
+    }
+    vault.close().unwrap();
+    Provisioned { business_client: (business.client_id, business.client_secret), pairwise_ids, customers, business_id }
+}
+
+/// A server process and the URL it listens on.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Reads the `listening on http://...` line the server prints.
+    fn wait_listening(mut child: Child) -> Self {
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("the server exited before listening").unwrap();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    /// Resident memory of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM for a graceful shutdown (the last checkpoint is kept).
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_vault(data_dir: &Path) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_consentvault"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--policies")
+        .arg(policies_dir())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("CONSENTVAULT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Server::wait_listening(child)
+}
+
+fn spawn_bare() -> Server {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .arg("--bare-server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Server::wait_listening(child)
+}
+
+/// The bare axum server: the scoped-read path answered with a body of the
+/// same shape and size as the vault's, with no decision, audit or storage.
+fn bare_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let app = axum::Router::new().route(
+            "/v1/subjects/{pairwise_id}/data",
+            axum::routing::get(move |axum::extract::Path(pairwise_id): axum::extract::Path<String>| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    let index = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut response = axum::Json(json!({
+                        "data": {"email": format!("subject-{:07}@example.org", index % 10_000_000)},
+                        "withheld": [],
+                        "grant_ids": [pairwise_id],
+                        "audit_index": index,
+                    }))
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+                    response
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on http://{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+async fn token(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let answer: Value = client.post(format!("{base}/v1/token")).json(&body).send().await.unwrap().json().await.unwrap();
+    answer["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// Latencies (µs) and failures of one row.
+struct Measured {
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    failures: u64,
+}
+
+impl Measured {
+    fn ops_per_sec(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+
+    fn row(&self, name: &str) -> String {
+        format!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            self.ops_per_sec(),
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.99),
+            self.percentile_ms(0.999),
+            self.failures
+        )
+    }
+}
+
+/// One round of a workload for (client, task, sequence): its requests,
+/// each timed, with whether it succeeded.
+type Round = Arc<
+    dyn Fn(reqwest::Client, usize, u64) -> std::pin::Pin<Box<dyn Future<Output = Vec<(u32, bool)>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Sends one request and times it (µs), reading the whole body.
+async fn timed(request: reqwest::RequestBuilder) -> ((u32, bool), Option<Value>) {
+    let sent = Instant::now();
+    let (ok, body) = match request.send().await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            (ok, response.bytes().await.ok())
+        }
+        Err(_) => (false, None),
+    };
+    let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    ((micros, ok), body.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// Runs `connections` tasks, each running rounds one after another for
+/// `duration` after half a second of warm-up, and measures every request.
+async fn drive(connections: usize, duration: Duration, round: Round) -> Measured {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build().unwrap();
+    let started = Instant::now() + Duration::from_millis(500);
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..connections {
+        let (client, round) = (client.clone(), Arc::clone(&round));
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let warm = Instant::now() < started;
+                for (micros, ok) in round(client.clone(), task, sequence).await {
+                    if !warm {
+                        latencies.push(micros);
+                        failures += u64::from(!ok);
+                    }
+                }
+            }
+            (latencies, failures)
+        });
+    }
+    let mut measured = Measured { elapsed: duration, latencies_us: Vec::new(), failures: 0 };
+    while let Some(outcome) = tasks.join_next().await {
+        let (latencies, failures) = outcome.unwrap();
+        measured.latencies_us.extend(latencies);
+        measured.failures += failures;
+    }
+    measured.latencies_us.sort_unstable();
+    measured
+}
+
+/// A cheap per-task pseudo-random index (xorshift), so every task reads a
+/// spread of subjects without sharing state.
+fn spread(task: usize, sequence: u64, len: usize) -> usize {
+    let mut x = (task as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sequence.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 29;
+    (x % len as u64) as usize
+}
+
+fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<String>>) -> Round {
+    let (base, token, pairwise_ids) = (base.to_owned(), token.to_owned(), Arc::clone(pairwise_ids));
+    Arc::new(move |client, task, sequence| {
+        let pairwise = &pairwise_ids[spread(task, sequence, pairwise_ids.len())];
+        let request = client
+            .get(format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing&fields=email"))
+            .bearer_auth(&token);
+        Box::pin(async move { vec![timed(request).await.0] })
+    })
+}
+
+const TABLE_HEAD: &str = "| workload | ops/s | p50 | p99 | p99.9 | failed |\n|---|---|---|---|---|---|";
+
+async fn load(subjects: usize, connections: usize, duration: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let started = Instant::now();
+    let provisioned = provision(&data_dir, subjects).await;
+    println!("provisioned {subjects} subjects in {:.1} s", started.elapsed().as_secs_f64());
+    let vault = spawn_vault(&data_dir);
+    let bare = spawn_bare();
+    let client = reqwest::Client::new();
+    let (client_id, client_secret) = &provisioned.business_client;
+    let business = token(
+        &client,
+        &vault.base,
+        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
+    )
+    .await;
+    let mut customers = Vec::new();
+    for customer in &provisioned.customers {
+        let body = json!({"grant_type": "password", "username": customer, "password": PASSWORD});
+        customers.push(token(&client, &vault.base, body).await);
+    }
+    let customers = Arc::new(customers);
+    let pairwise_ids = Arc::new(provisioned.pairwise_ids.clone());
+
+    println!("\n{connections} connections, {} s per row, {subjects} subjects\n", duration.as_secs());
+    println!("{TABLE_HEAD}");
+    let bare_reads = drive(connections, duration, read_workload(&bare.base, &business, &pairwise_ids)).await;
+    println!("{}", bare_reads.row("bare axum handler, same path and body shape"));
+    let vault_reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+    println!("{}", vault_reads.row("vault scoped read (decided, audited, durable)"));
+    let writes = {
+        let (base, customers) = (vault.base.clone(), Arc::clone(&customers));
+        let round: Round = Arc::new(move |client, task, sequence| {
+            let request = client
+                .put(format!("{base}/v1/me/data"))
+                .bearer_auth(&customers[task % customers.len()])
+                .json(&json!({"email": format!("writer-{task}-{sequence}@example.org")}));
+            Box::pin(async move { vec![timed(request).await.0] })
+        });
+        drive(connections, duration, round).await
+    };
+    println!("{}", writes.row("vault data write (PUT /v1/me/data)"));
+    let grants = {
+        let (base, customers, business_id) =
+            (vault.base.clone(), Arc::clone(&customers), provisioned.business_id.clone());
+        let round: Round = Arc::new(move |client, task, _| {
+            let (base, token, business_id) =
+                (base.clone(), customers[task % customers.len()].clone(), business_id.clone());
+            Box::pin(async move {
+                // Create a grant, then revoke it: two durable, audited changes.
+                let body = json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
+                let (created, grant) =
+                    timed(client.post(format!("{base}/v1/me/grants")).bearer_auth(&token).json(&body)).await;
+                let Some(grant_id) = grant.as_ref().and_then(|grant| grant["grant_id"].as_str()) else {
+                    return vec![created];
+                };
+                let (revoked, _) =
+                    timed(client.delete(format!("{base}/v1/me/grants/{grant_id}")).bearer_auth(&token)).await;
+                vec![created, revoked]
+            })
+        });
+        drive(connections, duration, round).await
+    };
+    println!("{}", grants.row("vault grant change (create, then revoke)"));
+    println!(
+        "\nratio vault scoped reads / bare axum: {:.2} (throughput); p99 {:.2} ms at {connections} connections; server RSS {} MiB",
+        vault_reads.ops_per_sec() / bare_reads.ops_per_sec(),
+        vault_reads.percentile_ms(0.99),
+        vault.rss_kib() / 1024
+    );
+    vault.stop();
+    bare.stop();
+}
+
+async fn scale(counts: &[usize], connections: usize, duration: Duration) {
+    println!(
+        "| subjects | provisioning | start-up to ready | reads/s | p50 | p99 | server RSS |\n|---|---|---|---|---|---|---|"
+    );
+    for &subjects in counts {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let started = Instant::now();
+        let provisioned = provision(&data_dir, subjects).await;
+        let provisioning = started.elapsed();
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let vault = spawn_vault(&data_dir);
+        loop {
+            let ready = client.get(format!("{}/readyz", vault.base)).send().await.map(|r| r.status().as_u16());
+            if ready.is_ok_and(|status| status == 200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let start_up = started.elapsed();
+        let (client_id, client_secret) = &provisioned.business_client;
+        let business = token(
+            &client,
+            &vault.base,
+            json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
+        )
+        .await;
+        let pairwise_ids = Arc::new(provisioned.pairwise_ids);
+        let reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+        println!(
+            "| {subjects} | {:.1} s | {:.2} s | {:.0} | {:.2} ms | {:.2} ms | {} MiB |",
+            provisioning.as_secs_f64(),
+            start_up.as_secs_f64(),
+            reads.ops_per_sec(),
+            reads.percentile_ms(0.5),
+            reads.percentile_ms(0.99),
+            vault.rss_kib() / 1024
+        );
+        assert_eq!(reads.failures, 0, "reads failed");
+        vault.stop();
+    }
+}

@@ -1,0 +1,148 @@
+//! The background sweep, run every [`crate::server::EXPIRY_SWEEP_INTERVAL`]:
+//! ended grants get their `grant.expired` event, pending access requests
+//! past their time are closed (`access_request.closed`, `cause: expired`),
+//! and, when the policies set a retention rule, customers inactive for longer
+//! than it allows are erased through the same erasure as `DELETE /v1/me`
+//! (`cause: retention`, actor `system`).
+//!
+//! Each part works from an index ordered by time (expiry or last activity),
+//! so a sweep reads only what is due, a bounded number at a time, and
+//! re-checks every item inside the transaction that changes it.
+
+use crate::consent::ConsentError;
+use crate::ids::SubjectId;
+use crate::rights::{Erasure, ErasureCause, InactiveCheck};
+use crate::store::{Key, StoreError};
+use crate::vault::Vault;
+
+/// The setting that says every subject has an activity record.
+const ACTIVITY_BACKFILLED: &str = "activity/backfilled";
+/// Seconds in a day.
+const DAY_SECS: i64 = 86_400;
+/// Subjects the retention rule looks at in one sweep; each erasure is its
+/// own transaction.
+const RETENTION_SWEEP_MAX: usize = 100;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Grants whose end was recorded.
+    pub grants_expired: usize,
+    /// Pending access requests closed as expired.
+    pub requests_expired: usize,
+    /// Customers erased by the retention rule.
+    pub subjects_erased: usize,
+}
+
+impl Vault {
+    /// Runs every part of the sweep once. A failing part is logged and does
+    /// not stop the others.
+    pub async fn sweep(&self) -> Swept {
+        let mut swept = Swept::default();
+        match self.grants_expire().await {
+            Ok(count) => swept.grants_expired = count,
+            Err(error) => tracing::error!(%error, "grant expiry sweep failed"),
+        }
+        match self.requests_expire().await {
+            Ok(count) => swept.requests_expired = count,
+            Err(error) => tracing::error!(%error, "request expiry sweep failed"),
+        }
+        match self.retention_sweep().await {
+            Ok(count) => swept.subjects_erased = count,
+            Err(error) => tracing::error!(%error, "retention sweep failed"),
+        }
+        swept
+    }
+
+    /// Erases every customer whose last activity is more than the retention
+    /// rule's `erase_inactive_after_days` ago (up to a bounded number per
+    /// call). Does nothing while the policies set no retention rule. Returns
+    /// how many customers it erased.
+    pub async fn retention_sweep(&self) -> Result<usize, ConsentError> {
+        let Some(rule) = self.policies().rules.retention else { return Ok(0) };
+        let inactive_before =
+            self.clock().now_secs().saturating_sub(i64::from(rule.erase_inactive_after_days) * DAY_SECS);
+        let start = Key::subject_activities_all();
+        let end = Key::subject_activity(inactive_before, &[0u8; 16]);
+        let due = self.store().scan_range(&start, &end, RETENTION_SWEEP_MAX)?;
+        let mut erased = 0;
+        for (key, _) in due {
+            let (marker_secs, subject) = activity_marker(&start, &key)?;
+            let check = InactiveCheck { marker_secs, inactive_before };
+            if let Erasure::Done(_) = self.erasure_commit(subject, ErasureCause::Retention, Some(check)).await? {
+                erased += 1;
+            }
+        }
+        if erased > 0 {
+            tracing::info!(count = erased, "inactive customers erased by the retention rule");
+        }
+        Ok(erased)
+    }
+
+    /// Gives every live subject stored without an activity record (by a
+    /// version of the vault before the retention rule) one, as of now, so
+    /// the rule measures their inactivity from the first start that knows
+    /// it. Pages through the subjects once; a stored flag makes later calls
+    /// a single read. Returns how many subjects it gave a record.
+    pub async fn activity_backfill(&self) -> Result<usize, ConsentError> {
+        const PAGE_MAX: usize = 1_000;
+        let done = Key::meta(ACTIVITY_BACKFILLED);
+        if self.store().get(&done)?.is_some() {
+            return Ok(0);
+        }
+        let prefix = Key::subjects_all();
+        let end = Key::from_prefix_end(&prefix);
+        let mut from = prefix.clone();
+        let mut filled = 0;
+        loop {
+            let page = self.store().scan_range(&from, &end, PAGE_MAX)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Key::raw(last.clone()).with_suffix(&[0]);
+            let missing: Vec<SubjectId> = page
+                .iter()
+                .filter_map(|(key, bytes)| {
+                    let record: crate::subjects::SubjectRecord = serde_json::from_slice(bytes).ok()?;
+                    let id: [u8; 16] = prefix.suffix_of(key)?.try_into().ok()?;
+                    (record.erased_at.is_none() && record.last_active_at.is_none()).then(|| SubjectId::from_bytes(id))
+                })
+                .collect();
+            let full = page.len() == PAGE_MAX;
+            filled += missing.len();
+            if !missing.is_empty() {
+                let now_secs = self.clock().now_secs();
+                let ((), _) = self
+                    .store()
+                    .commit_durable(move |txn| {
+                        for subject in missing {
+                            crate::subjects::subject_activity_in(txn, subject, now_secs)?;
+                        }
+                        Ok::<_, ConsentError>(())
+                    })
+                    .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        self.store()
+            .commit_durable(move |txn| {
+                txn.put(done, b"1".to_vec());
+                Ok::<_, ConsentError>(())
+            })
+            .await?;
+        if filled > 0 {
+            tracing::info!(count = filled, "activity records added to subjects stored before the retention rule");
+        }
+        Ok(filled)
+    }
+}
+
+/// The time and subject of an activity marker (time, 8 bytes ‖ subject, 16).
+fn activity_marker(prefix: &Key, key: &[u8]) -> Result<(i64, SubjectId), StoreError> {
+    let corrupt = StoreError::Corrupt { what: "activity marker" };
+    let suffix = prefix.suffix_of(key).ok_or(corrupt.clone())?;
+    let time: [u8; 8] = suffix.get(..8).and_then(|bytes| bytes.try_into().ok()).ok_or(corrupt.clone())?;
+    let subject: [u8; 16] = suffix.get(8..).and_then(|bytes| bytes.try_into().ok()).ok_or(corrupt)?;
+    let secs = i64::try_from(u64::from_be_bytes(time)).unwrap_or(i64::MAX);
+    Ok((secs, SubjectId::from_bytes(subject)))
+}
