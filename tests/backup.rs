@@ -2,8 +2,10 @@
 //! backup taken through the control socket while customers keep writing
 //! over HTTP restores to a vault that verifies and serves; an offline backup
 //! restores every stored key and value; damaged files, occupied targets and
-//! wrong keys are refused without leaving a vault behind; and no personal
-//! value is in a backup file in clear.
+//! wrong keys are refused without leaving a vault behind; a backup taken
+//! before a KEK rotation needs the key file kept with it; the control socket
+//! is private and goes away at shutdown; and no personal value is in a
+//! backup file in clear.
 
 #![allow(clippy::unwrap_used)]
 
@@ -234,6 +236,32 @@ async fn restore_refuses_an_occupied_target_a_wrong_key_and_a_missing_key() {
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("--kek-file"), "{}", text(&refused.stderr));
     assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn a_backup_needs_the_key_versions_it_was_taken_under_and_a_rotation_retires_them() {
+    let (dir, data_dir, before_rotation) = backed_up_vault().await;
+    let kek = data_dir.join("kek.key");
+    let old_key_copy = dir.path().join("kek-at-backup.key");
+    std::fs::copy(&kek, &old_key_copy).unwrap();
+    let rotated = binary([OsStr::new("keys"), "rotate".as_ref(), "--data-dir".as_ref(), data_dir.as_ref()]);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let after_rotation = dir.path().join("after-rotation.backup");
+    assert!(backup(&data_dir, &after_rotation).status.success());
+
+    let target = dir.path().join("after");
+    let restored = restore(&after_rotation, &target, Some(&kek));
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    // The rotated key file no longer holds the version the older backup's
+    // data keys are wrapped with; the copy kept with that backup does.
+    let target = dir.path().join("before-with-new-key");
+    let refused = restore(&before_rotation, &target, Some(&kek));
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("does not match this data directory"), "{}", text(&refused.stderr));
+    assert!(!target.exists());
+    let target = dir.path().join("before-with-kept-key");
+    let restored = restore(&before_rotation, &target, Some(&old_key_copy));
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
 }
 
 #[tokio::test]
