@@ -1,12 +1,14 @@
-//! The command line: `init`, `serve`, `policy check`, `audit verify` and
-//! `keys rotate|status`.
+//! The command line: `init`, `serve`, `policy check`, `audit verify`,
+//! `keys rotate|status`, `backup` and `restore`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::backup::BackupSummary;
 use crate::config::{PolicySource, ServeArgs, ServeConfig, VaultArgs, VaultConfig};
+use crate::control;
 use crate::server::{Application, shutdown_signal};
 use crate::telemetry;
 use crate::vault::{KEY_FILE, Opened, Vault, VaultError, policies_load};
@@ -35,11 +37,43 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write a consistent backup of the store (still sealed; the key file is
+    /// not in it): through the running server's control socket, or directly
+    /// if no server runs on the data directory. Needs no key.
+    Backup(BackupArgs),
+    /// Restore a backup into an empty directory, with the key-encryption key
+    /// it was sealed under (--kek-file or CONSENTVAULT_KEK); verifies the
+    /// whole audit log before the vault appears.
+    Restore(RestoreArgs),
     /// Work with the key-encryption keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// Vault location (the key flags are not needed).
+    #[command(flatten)]
+    vault: VaultArgs,
+    /// The backup file to create; an existing file is never replaced.
+    #[arg(long)]
+    out: PathBuf,
+    /// Keys read per chunk: each chunk holds writers back while it is read,
+    /// so smaller chunks mean shorter pauses and more of them.
+    #[arg(long, default_value_t = crate::backup::CHUNK_KEYS_DEFAULT)]
+    chunk_keys: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The new data directory (empty or missing), keys and policies.
+    #[command(flatten)]
+    vault: VaultArgs,
+    /// The backup file to restore.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +111,8 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
+        Command::Backup(args) => backup(&args),
+        Command::Restore(args) => restore(&args),
         Command::Keys { command: KeysCommand::Rotate(args) } => keys_rotate(&args),
         Command::Keys { command: KeysCommand::Status(args) } => keys_status(&args),
     };
@@ -149,6 +185,69 @@ fn audit_verify(args: &VaultArgs) -> Result<(), String> {
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+fn backup(args: &BackupArgs) -> Result<(), String> {
+    let config = VaultConfig::from_args(&args.vault).map_err(|e| e.to_string())?;
+    let options = &config.options;
+    let out = std::path::absolute(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let chunk_keys = args.chunk_keys;
+    if !(1..=crate::backup::CHUNK_KEYS_MAX).contains(&chunk_keys) {
+        return Err(format!("--chunk-keys must be between 1 and {}", crate::backup::CHUNK_KEYS_MAX));
+    }
+    let request = control::Request::Backup { out: out.clone(), chunk_keys: Some(chunk_keys) };
+    let online = control::request(&options.data_dir, &request, &mut |progress| {
+        eprintln!("consentvault: backup progress {progress}");
+    })
+    .map_err(|e| e.to_string())?;
+    let summary: BackupSummary = match online {
+        Some(result) => {
+            serde_json::from_value(result).map_err(|e| format!("unexpected answer from the server: {e}"))?
+        }
+        None => {
+            let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes).map_err(|e| {
+                format!("{e} (no server answers on {}/{})", options.data_dir.display(), control::SOCKET_FILE)
+            })?;
+            let summary = crate::backup::write(&store, &out, chunk_keys, &mut |_| {}).map_err(|e| e.to_string())?;
+            store.close().map_err(|e| e.to_string())?;
+            summary
+        }
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "ok: wrote {}: {} records ({} chunks, {} redo batches), {} bytes, sha256 {}; audit log size {} root {}",
+            summary.file.display(),
+            summary.records,
+            summary.chunks,
+            summary.redo_batches,
+            summary.bytes,
+            summary.sha256,
+            summary.audit_size,
+            summary.audit_root
+        );
+    }
+    eprintln!(
+        "consentvault: the backup is sealed; restoring it needs the key-encryption key, which is not in it: back up the key file apart"
+    );
+    Ok(())
+}
+
+fn restore(args: &RestoreArgs) -> Result<(), String> {
+    let config = VaultConfig::from_args(&args.vault).map_err(|e| e.to_string())?;
+    let summary = crate::backup::restore(&args.input, &config.options).map_err(|e| e.to_string())?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "ok: restored {} into {}: audit log size {} root {} verified against the backup's checkpoint; vault.restored recorded at index {}",
+            args.input.display(),
+            config.options.data_dir.display(),
+            summary.audit_size,
+            summary.audit_root,
+            summary.restored_index
+        );
+    }
+    Ok(())
 }
 
 /// Opens the existing vault `args` name (never creates one).

@@ -7,10 +7,12 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod control;
 pub mod crypto;
 pub mod ids;
 pub mod keys;

@@ -1,7 +1,8 @@
 //! The running server: binds, serves the router, and shuts down gracefully.
 //!
 //! [`Application::build`] can bind port 0, so tests start the real server on
-//! a free port with a temporary data directory.
+//! a free port with a temporary data directory. It also binds the control
+//! socket (`control.rs`) in the data directory, for `consentvault backup`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use crate::api::{self, Limits};
 use crate::config::ServeConfig;
+use crate::control::ControlSocket;
 use crate::vault::{Opened, Vault, VaultError};
 
 /// How often the background sweep runs (grant and request expiry, the
@@ -48,6 +50,7 @@ pub struct Application {
     router: axum::Router,
     opened: Opened,
     admin_credentials: Option<std::path::PathBuf>,
+    control: Option<ControlSocket>,
 }
 
 impl Application {
@@ -68,7 +71,17 @@ impl Application {
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
         let router = api::router(Arc::clone(&vault), limits);
-        Ok(Self { listener, address, vault, router, opened, admin_credentials })
+        // Serving matters more than online backups: a socket that cannot be
+        // bound (a data directory path too long for a socket name, say) is
+        // reported and the vault serves without it.
+        let control = match ControlSocket::bind(&config.vault.options.data_dir) {
+            Ok(control) => Some(control),
+            Err(error) => {
+                tracing::error!(%error, "no control socket; `consentvault backup` cannot reach this server");
+                None
+            }
+        };
+        Ok(Self { listener, address, vault, router, opened, admin_credentials, control })
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -121,10 +134,13 @@ impl Application {
                 vault.sweep().await;
             }
         });
+        let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
         reloader.abort();
         sweeper.abort();
+        // Removes the socket: no new command reaches a closing vault.
+        drop(control);
         self.vault.close().map_err(std::io::Error::other)
     }
 }

@@ -231,7 +231,8 @@ pub fn policies_default() -> Policies {
     Policies::parse(Path::new("<built-in>"), texts).expect("the built-in policies parse")
 }
 
-fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
+/// Whether `path` is an empty directory or does not exist.
+pub(crate) fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(true),
@@ -239,7 +240,8 @@ fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<(), VaultError> {
+/// Creates `path` (and missing parents) readable by the owner only.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), VaultError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -461,12 +463,24 @@ impl Vault {
         }
         let keys = load_key_ring(&key_source_of(options), options.production)?;
         let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
-        let (store, audit) = load_store(backend, &keys, None, false)?;
+        let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
         let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
             .map_err(VaultError::AuditInvalid);
         store.close()?;
         verified
+    }
+
+    /// Opens the store of a vault that is not running without its keys
+    /// (`consentvault backup` copies sealed bytes and needs none). Checks
+    /// that the directory holds a store of this build's format.
+    pub fn store_open_offline(data_dir: &Path, cache_bytes: u64) -> Result<Store, VaultError> {
+        if !data_dir.join(STORE_DIR).is_dir() {
+            return Err(VaultError::NotAVault(data_dir.to_owned()));
+        }
+        let backend = SledBackend::open(&data_dir.join(STORE_DIR), cache_bytes)?;
+        check_format(&backend)?;
+        Ok(Store::new(Arc::new(backend))?)
     }
 
     /// Signs a checkpoint now if the log has grown since the latest one, and
@@ -793,6 +807,14 @@ fn load_store(
         return Err(VaultError::OriginChanged { stored: audit.origin().to_owned(), configured });
     }
     Ok((store, audit))
+}
+
+/// Opens an initialised store that no server is running on, for offline
+/// work (`audit verify`, `restore`): checks its format and that `keys` are
+/// the ones it was sealed with (binding nothing new), and loads the audit
+/// log. The commit path has no finalizer yet.
+pub(crate) fn store_open_checked(backend: Arc<dyn Backend>, keys: &KeyRing) -> Result<(Store, AuditLog), VaultError> {
+    load_store(backend, keys, None, false)
 }
 
 fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {

@@ -8,27 +8,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use consentvault::audit::Actor;
 use consentvault::audit::checkpoint::NoteSigner;
 use serde_json::json;
-
-fn auditor_go(args: &[&str]) -> std::process::Output {
-    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/auditor-go/main.go");
-    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/go-build-cache");
-    Command::new("go")
-        .arg("run")
-        .arg(tool)
-        .args(args)
-        // Debian's golang-golang-x-mod-dev installs the module sources here.
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GO111MODULE", "off")
-        .env("GOCACHE", cache)
-        .env("GOFLAGS", "")
-        .output()
-        .expect("Go is installed (scripts/install-test-deps)")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
@@ -59,7 +41,7 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
     let url = server.base_url.clone();
     let (token_arg, old_arg) = (token.trim().to_owned(), old.to_str().unwrap().to_owned());
     let accepted = tokio::task::spawn_blocking(move || {
-        auditor_go(&["-vault", &url, "-token", &token_arg, "-key", &verifier_key, "-old", &old_arg])
+        common::auditor_go(&["-vault", &url, "-token", &token_arg, "-key", &verifier_key, "-old", &old_arg])
     })
     .await
     .unwrap();
@@ -73,10 +55,11 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
     let other_key = NoteSigner::from_pkcs8(vault.audit().origin(), &pkcs8).unwrap().verifier_key();
     let url = server.base_url.clone();
     let token_arg = token.trim().to_owned();
-    let refused =
-        tokio::task::spawn_blocking(move || auditor_go(&["-vault", &url, "-token", &token_arg, "-key", &other_key]))
-            .await
-            .unwrap();
+    let refused = tokio::task::spawn_blocking(move || {
+        common::auditor_go(&["-vault", &url, "-token", &token_arg, "-key", &other_key])
+    })
+    .await
+    .unwrap();
     assert!(!refused.status.success(), "a foreign key must not verify the checkpoint");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("checkpoint"),

@@ -82,6 +82,11 @@ pub enum EventKind {
     /// A principal was disabled; its tokens stop working.
     #[serde(rename = "principal.disabled")]
     PrincipalDisabled,
+    /// The vault was restored from a backup: the first event after the
+    /// backup's log (`related` names the backup's checkpoint size and root
+    /// hash and the backup file's SHA-256).
+    #[serde(rename = "vault.restored")]
+    VaultRestored,
 }
 
 impl EventKind {
@@ -108,6 +113,7 @@ impl EventKind {
             Self::PolicyLoaded => "policy.loaded",
             Self::PrincipalCreated => "principal.created",
             Self::PrincipalDisabled => "principal.disabled",
+            Self::VaultRestored => "vault.restored",
         }
     }
 
@@ -360,6 +366,7 @@ mod tests {
             EventKind::PolicyLoaded,
             EventKind::PrincipalCreated,
             EventKind::PrincipalDisabled,
+            EventKind::VaultRestored,
         ];
         for kind in kinds {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));

@@ -488,6 +488,13 @@ fn entry_index(key: &[u8]) -> Option<u64> {
     Key::audit_entries_all().suffix_of(key).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
 }
 
+/// The key of the newest signed checkpoint note. Every batch that appends
+/// rewrites it, so in any state the store passes through it covers the whole
+/// log (a backup takes its trailer from it).
+pub fn checkpoint_note_key() -> Key {
+    Key::meta(LATEST_NOTE_KEY)
+}
+
 /// The stored log size (entries applied).
 pub fn size(store: &Store) -> Result<u64, AuditError> {
     Ok(counter_decode(store.get(&Key::meta(SIZE_KEY))?.as_deref())?)

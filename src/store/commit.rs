@@ -12,6 +12,10 @@
 //! Because transactions run one at a time in commit order, a transaction that
 //! reads state and decides (the consent check of a read, the next audit index)
 //! decides against exactly the state its batch commits on top of.
+//!
+//! A transaction can also install a [`BatchTap`]: it then sees, on this
+//! thread and in commit order, the writes of every batch from its own on.
+//! That is how an online backup follows the writes made while it reads.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +54,7 @@ pub struct Txn<'a> {
     writes: WriteBatch,
     batch_seq: u64,
     hooks: Vec<DurableHook>,
+    taps: Vec<BatchTap>,
 }
 
 /// Work to do once the batch is durable (publish a new durable log size, a
@@ -61,6 +66,24 @@ pub type DurableHook = Box<dyn FnOnce() + Send>;
 /// the same batch (the audit log signs a checkpoint of the batch there).
 /// If it fails, the whole batch is not acknowledged.
 pub type Finalizer = Box<dyn for<'a> Fn(&mut Txn<'a>) -> Result<(), StoreError> + Send + Sync>;
+
+/// Sees every batch the commit thread finishes while it is installed, on
+/// the commit thread, in commit order, after the flush and before any caller
+/// of that batch hears back: `Ok` with the batch's writes (puts and deletes;
+/// empty for a batch of pure reads) once they are durable, `Err` if the batch
+/// was not made durable. Returning `false` removes it; so does a panic. It
+/// runs while every writer waits: hand the batch on, do not work on it.
+pub type BatchTap = Box<dyn FnMut(Result<&WriteBatch, &StoreError>) -> bool + Send>;
+
+/// One page of [`Txn::scan_from`].
+#[derive(Debug)]
+pub struct ScanPage {
+    /// The entries, in key order.
+    pub entries: Entries,
+    /// Where the next page starts, or `None` if this page reached the end of
+    /// the key space.
+    pub next: Option<Vec<u8>>,
+}
 
 /// Proof that a batch is durable: made only by the commit path, after the
 /// flush of batch `batch_seq` succeeded. Values created inside a transaction
@@ -83,7 +106,11 @@ impl std::fmt::Debug for Txn<'_> {
     }
 }
 
-impl Txn<'_> {
+impl<'a> Txn<'a> {
+    fn new(backend: &'a dyn Backend, batch: &'a WriteBatch, batch_seq: u64) -> Self {
+        Self { backend, batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new(), taps: Vec::new() }
+    }
+
     /// The sequence number of the batch this transaction is part of.
     pub fn batch_seq(&self) -> u64 {
         self.batch_seq
@@ -121,6 +148,42 @@ impl Txn<'_> {
             }
         }
         Ok(merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect())
+    }
+
+    /// About `limit` entries from `start` on (to the end of the key space), as
+    /// this transaction sees them, in key order. The page covers every key
+    /// from `start` up to the last key the engine returned (or to the end):
+    /// pending writes inside that span are merged in, pending writes beyond
+    /// it are left to the next page, so paging from `start` to the end visits
+    /// every key exactly once.
+    pub fn scan_from(&self, start: &[u8], limit: usize) -> Result<ScanPage, StoreError> {
+        let limit = limit.max(1);
+        let stored = self.backend.scan(start, &[], limit)?;
+        // The engine's last key bounds the span this page covers, unless the
+        // engine ran out of keys first.
+        let bound = if stored.len() == limit { stored.last().map(|(key, _)| key.clone()) } else { None };
+        let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
+        for pending in [self.batch, &self.writes] {
+            for (key, value) in pending.range(start.to_vec()..) {
+                if bound.as_ref().is_some_and(|bound| key > bound) {
+                    break;
+                }
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let entries = merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect();
+        let next = bound.map(|mut key| {
+            // The smallest key after `key`.
+            key.push(0);
+            key
+        });
+        Ok(ScanPage { entries, next })
+    }
+
+    /// Installs `tap` at the end of this transaction's batch, so its first
+    /// call is with this very batch (not at all if this transaction fails).
+    pub fn tap(&mut self, tap: BatchTap) {
+        self.taps.push(tap);
     }
 
     /// Writes a record that holds no personal value (ids, names, timestamps).
@@ -328,6 +391,7 @@ impl Store {
             if outcome.is_err() {
                 txn.writes.clear();
                 txn.hooks.clear();
+                txn.taps.clear();
             }
             Box::new(move |flushed: Result<Durable, StoreError>| {
                 reply(match (outcome, flushed) {
@@ -375,6 +439,7 @@ fn commit_loop(
     finalizer: &std::sync::OnceLock<Finalizer>,
 ) {
     let mut batch_seq = 0u64;
+    let mut taps: Vec<BatchTap> = Vec::new();
     // Blocks until the first transaction of a batch arrives; then takes
     // whatever else is already waiting.
     while let Ok(first) = receiver.recv() {
@@ -391,16 +456,17 @@ fn commit_loop(
         let mut completions = Vec::with_capacity(jobs.len());
         let executing = Instant::now();
         for job in jobs {
-            let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new() };
+            let mut txn = Txn::new(backend, &batch, batch_seq);
             let completion = job(&mut txn);
             let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
+            taps.append(&mut txn.taps);
             batch.extend(writes);
             hooks.extend(txn_hooks);
             completions.push(completion);
         }
         let finalized = match finalizer.get() {
             Some(finalize) if !batch.is_empty() => {
-                let mut txn = Txn { backend, batch: &batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new() };
+                let mut txn = Txn::new(backend, &batch, batch_seq);
                 let finalized = std::panic::catch_unwind(AssertUnwindSafe(|| finalize(&mut txn)))
                     .unwrap_or(Err(StoreError::Panicked));
                 let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
@@ -427,6 +493,8 @@ fn commit_loop(
                 hook();
             }
         }
+        let tapped = outcome.as_ref().map(|()| &batch);
+        taps.retain_mut(|tap| std::panic::catch_unwind(AssertUnwindSafe(|| tap(tapped))).unwrap_or(false));
         stats.transactions.fetch_add(completions.len() as u64, Ordering::Relaxed);
         for completion in completions {
             completion(outcome.clone().map(|()| Durable { batch_seq }));
@@ -544,6 +612,80 @@ mod tests {
             .unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(Key::values_of(&subject).suffix_of(&seen[0].0), Some(&b"email"[..]));
+    }
+
+    #[tokio::test]
+    async fn paging_with_scan_from_visits_every_key_once_with_pending_writes_merged() {
+        let store = store();
+        store
+            .commit(|txn| {
+                for n in 0u8..10 {
+                    txn.put(Key::counter(&format!("k{n}")), vec![n]);
+                }
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        let pages = store
+            .commit(|txn| {
+                // Pending in this transaction: one key deleted, one added
+                // inside the first page's span, one added past every page.
+                txn.delete(&Key::counter("k1"));
+                txn.put(Key::counter("k15"), vec![15]);
+                txn.put(Key::counter("z"), vec![99]);
+                let mut pages = Vec::new();
+                let mut start = Some(Vec::new());
+                while let Some(from) = start {
+                    let page = txn.scan_from(&from, 3)?;
+                    start = page.next;
+                    pages.push(page.entries);
+                }
+                Ok::<_, StoreError>(pages)
+            })
+            .await
+            .unwrap();
+        let keys: Vec<Vec<u8>> = pages.iter().flatten().map(|(key, _)| key.clone()).collect();
+        let mut expected: Vec<Vec<u8>> = ["k0", "k15", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "z"]
+            .iter()
+            .map(|name| Key::counter(name).as_bytes().to_vec())
+            .collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert!(pages.len() >= 4, "the engine's pages bound each span");
+    }
+
+    #[tokio::test]
+    async fn a_tap_sees_its_own_batch_and_every_later_one_in_commit_order_until_it_stops() {
+        let store = store();
+        let (sender, seen) = mpsc::channel::<Vec<Vec<u8>>>();
+        let mut calls = 0;
+        let tap: BatchTap = Box::new(move |batch| {
+            calls += 1;
+            let keys = batch.map(|batch| batch.keys().cloned().collect()).unwrap_or_default();
+            let _ = sender.send(keys);
+            calls < 3
+        });
+        store
+            .commit(move |txn| {
+                txn.tap(tap);
+                txn.put(Key::meta("first"), vec![1]);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        for name in ["second", "third", "fourth"] {
+            store
+                .commit(move |txn| {
+                    txn.put(Key::meta(name), vec![2]);
+                    Ok::<_, ()>(())
+                })
+                .await
+                .unwrap();
+        }
+        let seen: Vec<Vec<Vec<u8>>> = seen.try_iter().collect();
+        let expected: Vec<Vec<Vec<u8>>> =
+            ["first", "second", "third"].iter().map(|name| vec![Key::meta(name).as_bytes().to_vec()]).collect();
+        assert_eq!(seen, expected, "installed with the first batch, removed after the third");
     }
 
     #[tokio::test]

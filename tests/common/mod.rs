@@ -41,7 +41,8 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
-            } else {
+            } else if path.is_file() {
+                // Not sockets (a running server's control socket).
                 out.push((path.clone(), std::fs::read(&path).unwrap()));
             }
         }
@@ -80,6 +81,24 @@ impl TestRng {
     pub fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
         range.start + self.next_u64() % (range.end - range.start)
     }
+}
+
+/// Runs `tools/auditor-go` (an outside auditor's verifier on Go's
+/// `sumdb/note` and `sumdb/tlog`) with `args`.
+pub fn auditor_go(args: &[&str]) -> std::process::Output {
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/auditor-go/main.go");
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/go-build-cache");
+    Command::new("go")
+        .arg("run")
+        .arg(tool)
+        .args(args)
+        // Debian's golang-golang-x-mod-dev installs the module sources here.
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", cache)
+        .env("GOFLAGS", "")
+        .output()
+        .expect("Go is installed (scripts/install-test-deps)")
 }
 
 /// The real `consentvault serve` process on 127.0.0.1 port 0.

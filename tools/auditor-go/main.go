@@ -2,7 +2,10 @@
 // auditor would, with Go's own transparency-log packages and none of
 // consentvault's code: golang.org/x/mod/sumdb/note opens the signed
 // checkpoint, golang.org/x/mod/sumdb/tlog checks every inclusion proof and
-// the consistency proof from an earlier checkpoint.
+// the consistency proof from an earlier checkpoint. A vault whose log is
+// smaller than the earlier checkpoint, or not consistent with it, was rolled
+// back (for example restored from an older backup); the tool says so and
+// exits non-zero.
 //
 // Usage:
 //
@@ -126,6 +129,25 @@ func run() error {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 
+	// The kept checkpoint first: a rollback shows before any other work.
+	var earlier checkpoint
+	if *old != "" {
+		oldSigned, err := os.ReadFile(*old)
+		if err != nil {
+			return err
+		}
+		earlier, err = open(oldSigned, verifiers)
+		if err != nil {
+			return fmt.Errorf("old checkpoint: %w", err)
+		}
+		// A log only grows: a vault whose log is smaller than a checkpoint it
+		// signed earlier was rolled back (restored from an older backup, or
+		// truncated). Past that size, a failed consistency proof says the same.
+		if earlier.size > current.size {
+			return fmt.Errorf("rollback: the vault's log has size %d, smaller than the kept checkpoint's %d: it was truncated or restored to an older state", current.size, earlier.size)
+		}
+	}
+
 	for index := int64(0); index < current.size; index++ {
 		entry, err := fetch(fmt.Sprintf("/v1/audit/entries/%d", index), true)
 		if err != nil {
@@ -149,14 +171,6 @@ func run() error {
 	}
 
 	if *old != "" {
-		oldSigned, err := os.ReadFile(*old)
-		if err != nil {
-			return err
-		}
-		earlier, err := open(oldSigned, verifiers)
-		if err != nil {
-			return fmt.Errorf("old checkpoint: %w", err)
-		}
 		query := url.Values{}
 		query.Set("old_size", strconv.FormatInt(earlier.size, 10))
 		query.Set("new_size", strconv.FormatInt(current.size, 10))
