@@ -78,10 +78,10 @@ struct RestoreArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Rotate the key-encryption key of a stopped vault: a new version in the
-    /// key file, every DEK rewrapped, the old version destroyed. Shows
-    /// progress, and resumes an interrupted rotation. (A running vault
-    /// rotates with `POST /v1/admin/keys/rotate`.)
+    /// Rotate the key-encryption key: a new version in the key file, every
+    /// DEK rewrapped, the old version destroyed. Asks the running vault
+    /// through its control socket, or rotates a stopped one itself; shows
+    /// progress, and follows a rotation already under way.
     Rotate(VaultArgs),
     /// Print the state of the keys and the latest rotation as JSON.
     Status(VaultArgs),
@@ -253,61 +253,87 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
 /// Opens the existing vault `args` name (never creates one).
 fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, String> {
     let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
-    let data_dir = &config.options.data_dir;
+    let data_dir = config.options.data_dir.clone();
     if !data_dir.join(crate::vault::STORE_DIR).is_dir() {
-        return Err(VaultError::NotAVault(data_dir.clone()).to_string());
+        return Err(VaultError::NotAVault(data_dir).to_string());
     }
     Vault::open(config.options)
         .map(|(vault, _)| vault)
-        .map_err(|e| format!("{e} (a running vault rotates with POST /v1/admin/keys/rotate)"))
+        .map_err(|e| format!("{e} (no server answers on {}/{})", data_dir.display(), control::SOCKET_FILE))
 }
 
 fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
-    use crate::keys::RotationState;
-    let vault = vault_open_existing(args)?;
-    let outcome = (|| {
-        let started = vault.kek_rotate(&crate::audit::Actor::system(), "cli").map_err(|e| e.to_string())?;
-        eprintln!(
-            "consentvault: rotating to key-encryption key version {} (retiring {:?})",
-            started.target_version, started.retiring_versions
-        );
-        let bar = indicatif::ProgressBar::new(0).with_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} DEKs rewrapped ({elapsed})")
-                .map_err(|e| e.to_string())?,
-        );
-        loop {
-            let rotation = vault.key_rotation().map_err(|e| e.to_string())?.ok_or("the rotation record vanished")?;
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} DEKs rewrapped ({elapsed}) {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let mut show = |status: &crate::keys::KeyStatus| {
+        if let Some(rotation) = &status.rotation {
             bar.set_length(rotation.deks_total.max(rotation.deks_rewrapped));
             bar.set_position(rotation.deks_rewrapped);
-            let running = vault.key_status().map_err(|e| e.to_string())?.rotation_running;
-            match rotation.state {
-                RotationState::Finished if !running => {
-                    bar.finish();
-                    eprintln!(
-                        "consentvault: rotation finished: version {} current, version(s) {:?} destroyed and removed from the key file",
-                        rotation.target_version, rotation.retiring_versions
-                    );
-                    return Ok(());
-                }
-                RotationState::Failed => {
-                    bar.abandon();
-                    return Err(format!("rotation failed: {}", rotation.problem.unwrap_or_default()));
-                }
-                RotationState::Rewrapping | RotationState::Finished => {
-                    std::thread::sleep(std::time::Duration::from_millis(100))
-                }
-            }
+            bar.set_message(format!("to version {}", rotation.target_version));
         }
-    })();
-    vault.close().map_err(|e| e.to_string())?;
-    outcome
+    };
+    // A running vault rotates itself (it holds the store); ask it.
+    let request = control::Request::KeysRotate;
+    let online = control::request(&config.options.data_dir, &request, &mut |progress| {
+        if let Ok(status) = serde_json::from_value::<crate::keys::KeyStatus>(progress.clone()) {
+            show(&status);
+        }
+    });
+    let status = match online {
+        Ok(Some(result)) => {
+            serde_json::from_value(result).map_err(|e| format!("unexpected answer from the server: {e}"))
+        }
+        Ok(None) => {
+            let vault = vault_open_existing(args)?;
+            let outcome = vault
+                .kek_rotate(&crate::audit::Actor::system(), "cli")
+                .map(|_| ())
+                .or_else(|error| match error {
+                    // Resumed by opening the vault: follow it.
+                    crate::keys::KeyError::InProgress => Ok(()),
+                    error => Err(error),
+                })
+                .and_then(|_| crate::keys::rotation_follow(&vault, &mut show))
+                .map_err(|e| e.to_string());
+            vault.close().map_err(|e| e.to_string())?;
+            outcome
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    match status {
+        Ok(status) => {
+            bar.finish();
+            let rotation = status.rotation.ok_or("no rotation recorded")?;
+            eprintln!(
+                "consentvault: rotation finished: key-encryption key version {} current; version(s) {:?} destroyed and removed from the key file",
+                rotation.target_version, rotation.retiring_versions
+            );
+            Ok(())
+        }
+        Err(error) => {
+            bar.abandon();
+            Err(error)
+        }
+    }
 }
 
 fn keys_status(args: &VaultArgs) -> Result<(), String> {
-    let vault = vault_open_existing(args)?;
-    let status = vault.key_status().map_err(|e| e.to_string());
-    vault.close().map_err(|e| e.to_string())?;
-    let text = serde_json::to_string_pretty(&status?).map_err(|e| e.to_string())?;
+    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+    let online = control::request(&config.options.data_dir, &control::Request::KeysStatus, &mut |_| {})
+        .map_err(|e| e.to_string())?;
+    let status = match online {
+        Some(status) => status,
+        None => {
+            let vault = vault_open_existing(args)?;
+            let status = vault.key_status().map_err(|e| e.to_string());
+            vault.close().map_err(|e| e.to_string())?;
+            serde_json::to_value(status?).map_err(|e| e.to_string())?
+        }
+    };
+    let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
     #[allow(clippy::print_stdout)]
     {
         println!("{text}");

@@ -1,6 +1,6 @@
 //! The control socket of a running vault: operator commands that need the
-//! serving process, because the process holds the store's lock (today:
-//! `backup`).
+//! serving process, because the process holds the store's lock (`backup`,
+//! `keys rotate`, `keys status`).
 //!
 //! `serve` listens on `<data-dir>/control.sock`, a Unix domain socket with
 //! mode 0600 in the owner-only data directory; it replaces a stale one at
@@ -46,6 +46,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chunk_keys: Option<usize>,
     },
+    /// Rotate the key-encryption key (or follow the rotation already
+    /// running) and report progress until the old version is destroyed.
+    KeysRotate,
+    /// The state of the keys and the latest rotation.
+    KeysStatus,
 }
 
 /// One answer line.
@@ -169,7 +174,7 @@ async fn accept_loop(listener: tokio::net::UnixListener, vault: Arc<Vault>) {
 }
 
 /// Serves one connection: one request, its answers, then close.
-fn connection(stream: UnixStream, vault: &Vault) {
+fn connection(stream: UnixStream, vault: &Arc<Vault>) {
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(error) => {
@@ -209,7 +214,7 @@ fn request_read(stream: UnixStream) -> Result<Request, String> {
 
 /// Runs one command; `progress` sends a progress line.
 fn dispatch(
-    vault: &Vault,
+    vault: &Arc<Vault>,
     request: Request,
     progress: &mut dyn FnMut(serde_json::Value),
 ) -> Result<serde_json::Value, String> {
@@ -225,6 +230,20 @@ fn dispatch(
             })
             .map_err(|error| error.to_string())?;
             serde_json::to_value(summary).map_err(|error| error.to_string())
+        }
+        Request::KeysStatus => serde_json::to_value(vault.key_status().map_err(|error| error.to_string())?)
+            .map_err(|error| error.to_string()),
+        Request::KeysRotate => {
+            tracing::info!("key rotation requested on the control socket");
+            match vault.kek_rotate(&crate::audit::Actor::system(), "cli") {
+                Ok(_) | Err(crate::keys::KeyError::InProgress) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+            let status = crate::keys::rotation_follow(vault, &mut |status| {
+                progress(serde_json::to_value(status).unwrap_or_default());
+            })
+            .map_err(|error| error.to_string())?;
+            serde_json::to_value(status).map_err(|error| error.to_string())
         }
     }
 }

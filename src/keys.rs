@@ -101,7 +101,7 @@ pub(crate) fn destroyed_in(
 }
 
 /// When keys are replaced because they encrypted enough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLimits {
     /// DEK wraps under one KEK before a rotation starts on its own.
     pub kek_wraps_max: u64,
@@ -158,6 +158,9 @@ pub enum KeyError {
     /// The rotation thread could not be started.
     #[error("the rotation thread could not start: {0}")]
     Thread(String),
+    /// The rotation stopped on an error (recorded in its `problem`).
+    #[error("the key rotation failed: {0}")]
+    Failed(String),
     /// Passes kept finding DEKs under an old version (a storm of concurrent
     /// changes); the rotation stays recorded and resumes on the next request.
     #[error("DEKs kept changing during {REWRAP_PASSES_MAX} passes; the rotation will resume")]
@@ -229,7 +232,7 @@ impl Rotation {
 }
 
 /// The state of a vault's keys, as the admin sees it (no key material).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyStatus {
     /// The KEK version new DEKs are wrapped under.
     pub current_version: u32,
@@ -739,6 +742,23 @@ impl Vault {
         self.audit().confirm(appended, &durable)?;
         tracing::info!(%subject, dek_version, "data key replaced at its encryption limit");
         Ok(())
+    }
+}
+
+/// Waits for the rotation under way (if any) to end, calling `progress` with
+/// the key status every 100 ms; returns the status once the rotation
+/// finished and the old versions are gone, or an error if it failed.
+pub fn rotation_follow(vault: &Vault, progress: &mut dyn FnMut(&KeyStatus)) -> Result<KeyStatus, KeyError> {
+    loop {
+        let status = vault.key_status()?;
+        progress(&status);
+        match &status.rotation {
+            Some(rotation) if rotation.state == RotationState::Failed => {
+                return Err(KeyError::Failed(rotation.problem.clone().unwrap_or_default()));
+            }
+            _ if !status.rotation_running => return Ok(status),
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
     }
 }
 

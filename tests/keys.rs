@@ -419,3 +419,45 @@ async fn the_cli_rotates_a_stopped_vault_and_the_log_still_verifies() {
     assert_eq!(vault.data_read_own(subject).await.unwrap()["email"], json!("cli@example.org"));
     vault.close().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_rotates_a_running_vault_through_its_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = common::ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    let body = json!({"email": "socket@example.org"});
+    let (status, _) = send(&client, Method::PUT, format!("{base}/v1/me/data"), Some(&customer), Some(body)).await;
+    assert_eq!(status, 200);
+
+    let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_consentvault"))
+        .args(["keys", "rotate", "--data-dir"])
+        .arg(&data_dir)
+        .arg("--policies")
+        .arg(common::policies_dir())
+        .env_remove("CONSENTVAULT_KEK")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&rotated.stderr);
+    assert!(rotated.status.success(), "{stderr}");
+    assert!(stderr.contains("version 2 current"), "{stderr}");
+
+    // The serving process did it: its key file, its memory, its audit log.
+    assert_eq!(key_file_versions(&data_dir), vec!["2"]);
+    let (_, keys) = roles::get(&client, format!("{base}/v1/admin/keys"), &admin).await;
+    assert_eq!((keys["loaded_versions"].clone(), keys["rotation"]["cause"].clone()), (json!([2]), json!("cli")));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_consentvault"))
+        .args(["keys", "status", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["destroyed_versions"], json!([1]), "the running vault answered");
+    let (status, mine) = roles::get(&client, format!("{base}/v1/me/data"), &customer).await;
+    assert_eq!((status, &mine["data"]["email"]), (200, &json!("socket@example.org")));
+    assert!(server.terminate().success());
+}
