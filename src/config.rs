@@ -34,7 +34,7 @@ pub struct VaultArgs {
     /// Data directory [default: ./vault-data].
     #[arg(long, env = "CONSENTVAULT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Key file holding the key-encryption keys [default: <data-dir>/kek.key].
+    /// Key file holding the key-encryption keys [default: DATA_DIR/kek.key].
     #[arg(long, env = "CONSENTVAULT_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
     /// Policy directory [default: ./policies, else the built-in defaults].
@@ -44,7 +44,7 @@ pub struct VaultArgs {
     #[arg(long, env = "CONSENTVAULT_PRODUCTION")]
     pub production: bool,
     /// Origin of the audit log, fixed when the vault is created
-    /// [default: consentvault.local/<random id>].
+    /// [default: consentvault.local/RANDOM_ID].
     #[arg(long, env = "CONSENTVAULT_AUDIT_ORIGIN")]
     pub audit_origin: Option<String>,
 }

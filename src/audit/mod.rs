@@ -1,7 +1,7 @@
 //! The tamper-evident audit log: an append-only list of events, an RFC 9162
 //! Merkle tree over their exact bytes, and signed C2SP checkpoints.
 //!
-//! Appends happen inside a store transaction ([`append`]), so an event lands
+//! Appends happen inside a store transaction ([`append`](AuditLog::append)), so an event lands
 //! in the same atomic batch and flush as the change it records, and in commit
 //! order. The store keeps, per append, the entry bytes, the hashes of the
 //! complete subtrees above the leaf that the append finishes (one on
@@ -10,7 +10,7 @@
 //!
 //! **Architecture Invariant:** plaintext for a reader is released only with a
 //! [`Logged`] value, and a `Logged` exists only for an event whose batch the
-//! store has flushed: [`Appended`] (made by [`append`] inside a transaction)
+//! store has flushed: [`Appended`] (made by [`append`](AuditLog::append) inside a transaction)
 //! is turned into `Logged` by [`AuditLog::confirm`] with the store's
 //! [`Durable`] proof of that very batch.
 
