@@ -82,6 +82,22 @@ async fn oversized_bodies_get_a_413_problem() {
     assert_eq!(problem["code"], "body_too_large");
 }
 
+#[tokio::test]
+async fn headers_over_8_kib_get_a_431_problem_before_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]).unwrap();
+    let client = reqwest::Client::new();
+    let send = |padding: usize| {
+        client.get(format!("{}/v1/me/data", server.base_url)).header("x-padding", "p".repeat(padding)).send()
+    };
+    let response = send(9 * 1024).await.unwrap();
+    assert_eq!(response.status(), 431);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "headers_too_large");
+    // Below the limit the request reaches the vault (and needs a token).
+    assert_eq!(send(7 * 1024).await.unwrap().status(), 401);
+}
+
 #[test]
 fn production_refuses_to_create_a_vault_or_keys() {
     let dir = tempfile::tempdir().unwrap();

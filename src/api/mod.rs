@@ -93,6 +93,7 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
         .with_state(state)
         .layer(middleware::from_fn_with_state(guard_state, refuse_when_audit_invalid))
+        .layer(middleware::from_fn(refuse_large_headers))
         // Innermost first: each `layer` call wraps everything before it.
         .layer(
             ServiceBuilder::new()
@@ -134,6 +135,25 @@ async fn refuse_when_audit_invalid(
             "audit_log_invalid",
             "Audit log invalid",
             format!("the stored audit log does not verify ({failure}); the vault refuses to serve"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Largest total size of a request's header lines (names, values and their
+/// separators). hyper refuses far larger ones itself; this refuses anything
+/// a legitimate client of this API does not need, before routing.
+pub const HEADER_BYTES_MAX: usize = 8 * 1024;
+
+async fn refuse_large_headers(request: Request, next: Next) -> Response {
+    let bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if bytes > HEADER_BYTES_MAX {
+        return Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "Headers too large",
+            format!("the request's headers take more than {HEADER_BYTES_MAX} bytes"),
         )
         .into_response();
     }
