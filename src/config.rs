@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Longest time a request may take, in seconds [default: 30].
     #[arg(long, env = "CONSENTVAULT_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Longest time a client may take to send a request's headers, in
+    /// seconds; slower clients are disconnected [default: 10].
+    #[arg(long, env = "CONSENTVAULT_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "CONSENTVAULT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -91,6 +95,7 @@ struct FileConfig {
     listen: Option<String>,
     body_bytes_max: Option<usize>,
     request_timeout_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
     log_format: Option<LogFormat>,
     store_cache_bytes: Option<u64>,
     audit_origin: Option<String>,
@@ -196,6 +201,8 @@ pub struct ServeConfig {
     pub body_bytes_max: usize,
     /// Longest time a request may take, in seconds.
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, in seconds.
+    pub header_read_timeout_secs: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -305,7 +312,17 @@ impl ServeConfig {
             });
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or_default();
-        Ok(Self { vault, listen, body_bytes_max, request_timeout_secs, log_format })
+        let header_read_timeout_secs = args
+            .header_read_timeout_secs
+            .or(file.header_read_timeout_secs)
+            .unwrap_or(crate::server::HEADER_READ_TIMEOUT_DEFAULT.as_secs());
+        if !(1..=120).contains(&header_read_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                setting: "header_read_timeout_secs",
+                problem: "must be between 1 and 120".to_owned(),
+            });
+        }
+        Ok(Self { vault, listen, body_bytes_max, request_timeout_secs, header_read_timeout_secs, log_format })
     }
 }
 

@@ -18,6 +18,68 @@ use crate::vault::{Opened, Vault, VaultError};
 /// retention rule).
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's header lines; a slower
+/// client (a "slowloris" holding connections open) is disconnected.
+pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// How long a graceful shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Accepts connections until `shutdown` resolves, then lets requests in
+/// flight finish (for at most [`SHUTDOWN_GRACE`]).
+///
+/// This is `axum::serve` with hyper's HTTP/1 header-read timeout switched
+/// on: hyper has one, but it only acts with a timer, which `axum::serve`
+/// does not install. Each request carries the peer address as
+/// `ConnectInfo`, for the per-address rate limits.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Some(header_read_timeout));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A connection ends with an error when the client goes away or
+            // is too slow; that is the client's affair.
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after the shutdown grace period were cut");
+    }
+}
+
 /// Errors while starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,6 +113,7 @@ pub struct Application {
     opened: Opened,
     admin_credentials: Option<std::path::PathBuf>,
     control: Option<ControlSocket>,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -81,7 +144,8 @@ impl Application {
                 None
             }
         };
-        Ok(Self { listener, address, vault, router, opened, admin_credentials, control })
+        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+        Ok(Self { listener, address, vault, router, opened, admin_credentials, control, header_read_timeout })
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -135,8 +199,7 @@ impl Application {
             }
         });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        serve_connections(self.listener, self.router, self.header_read_timeout, shutdown).await;
         reloader.abort();
         sweeper.abort();
         // Removes the socket: no new command reaches a closing vault.

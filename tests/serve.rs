@@ -99,6 +99,32 @@ async fn headers_over_8_kib_get_a_431_problem_before_routing() {
 }
 
 #[test]
+fn a_client_that_dribbles_its_headers_is_disconnected() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--header-read-timeout-secs", "1"], &[]).unwrap();
+    let address = server.base_url.trim_start_matches("http://").to_owned();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n").unwrap();
+    // The rest of the headers never comes. The server must give up on the
+    // connection by itself: a read then ends (closed, or a 408 then closed)
+    // instead of waiting for this generous bound.
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut answer = Vec::new();
+    match slow.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("the server kept the slow connection open: {error}"),
+    }
+    // A client that sends its request at once is served meanwhile.
+    let mut quick = std::net::TcpStream::connect(&address).unwrap();
+    quick.write_all(b"GET /healthz HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    quick.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[test]
 fn production_refuses_to_create_a_vault_or_keys() {
     let dir = tempfile::tempdir().unwrap();
     let error = ServerProcess::start(&dir.path().join("data"), &["--production"], &[]).err().unwrap();
