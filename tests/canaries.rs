@@ -13,24 +13,7 @@ use common::ServerProcess;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Sends a request and returns (status, body text).
-async fn call(
-    client: &reqwest::Client,
-    method: Method,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, String) {
-    let mut request = client.request(method, url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
+use common::roles::send_text as call;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaries_through_every_endpoint_never_reach_logs_errors_metrics_or_the_audit_log() {

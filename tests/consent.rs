@@ -12,12 +12,8 @@ use serde_json::{Value, json};
 async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_immediate() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor } =
+        common::World::start(&data_dir).await;
     let (customer_id, customer) = roles::customer(&client, &base).await;
     let put = client
         .put(format!("{base}/v1/me/data"))
@@ -416,12 +412,8 @@ async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_s
 async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_expired() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor } =
+        common::World::start(&data_dir).await;
     let (_, customer) = roles::customer(&client, &base).await;
     let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let start = 1_900_000_000;

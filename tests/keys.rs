@@ -98,12 +98,8 @@ async fn reader(
 async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_kek() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let common::World { server, client, base, admin, business_id, business, auditor } =
+        common::World::start(&data_dir).await;
 
     // Customers with data and a grant, driven over HTTP during the rotation.
     let mut customers = Vec::new();

@@ -18,12 +18,8 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor } =
+        common::World::start(&data_dir).await;
     let (customer_id, customer) = roles::customer(&client, &base).await;
     let (status, _) = send(
         &client,
@@ -157,12 +153,8 @@ async fn the_html_export_is_the_same_document_escaped_and_audited_once_per_expor
     use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor } =
+        common::World::start(&data_dir).await;
     let (customer_id, customer) = roles::customer(&client, &base).await;
     let data = json!({"email": CANARY, "given_name": HOSTILE});
     let (status, _) = send(&client, Method::PUT, format!("{base}/v1/me/data"), Some(&customer), Some(data)).await;

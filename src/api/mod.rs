@@ -165,6 +165,50 @@ async fn drop_client_request_id(mut request: Request) -> Request {
     request
 }
 
+/// Parses `bytes` as every JSON request body the API accepts, and `query`
+/// as every query string, as the extractors do; for the fuzz targets
+/// (`fuzz/`), which must not reach the handlers' private types otherwise.
+#[cfg(fuzzing)]
+pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    macro_rules! bodies {
+        ($($body:ty),* $(,)?) => {
+            $( let _ = extract::json_body::<$body>(&headers, bytes); )*
+        };
+    }
+    bodies!(
+        admin::BusinessCreate,
+        admin::AuditorCreate,
+        consent::RelationshipCreate,
+        consent::GrantCreate,
+        consent::Objections,
+        consent::RequestCreate,
+        consent::Approval,
+        consent::Denial,
+        identity::TokenRequest,
+        identity::SignupRequest,
+        me::FieldPut,
+        me::EraseConfirm,
+        serde_json::Map<String, serde_json::Value>,
+    );
+    let Ok(uri) = format!("/?{query}").parse::<axum::http::Uri>() else { return };
+    macro_rules! queries {
+        ($($params:ty),* $(,)?) => {
+            $( let _ = axum::extract::Query::<$params>::try_from_uri(&uri); )*
+        };
+    }
+    queries!(
+        admin::PageQuery,
+        audit::EntriesQuery,
+        audit::InclusionQuery,
+        audit::ConsistencyQuery,
+        consent::ReadParams,
+        consent::AccessLogParams,
+        consent::ChangesParams,
+    );
+}
+
 /// The OpenAPI description of the API: every route the router serves, and
 /// only those, because both come from [`api_routes`].
 #[derive(utoipa::OpenApi)]

@@ -532,8 +532,9 @@ impl Dek {
 pub struct Sealed(Vec<u8>);
 
 impl Sealed {
-    /// Takes stored bytes; they are authenticated when opened.
-    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
+    /// Takes stored bytes; they are authenticated when opened. (Opening
+    /// needs the subject's DEK, which only the audited read path unwraps.)
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
         Self(bytes)
     }
 

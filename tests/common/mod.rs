@@ -241,6 +241,32 @@ impl InProcessServer {
     }
 }
 
+/// A server in this process with its admin, one business and one auditor
+/// signed in: what most HTTP tests start from.
+pub struct World {
+    pub server: InProcessServer,
+    pub client: reqwest::Client,
+    pub base: String,
+    pub admin: String,
+    pub business_id: String,
+    pub business: String,
+    pub auditor: String,
+}
+
+impl World {
+    /// Starts the server over `data_dir` and registers the business and the
+    /// auditor as the admin.
+    pub async fn start(data_dir: &Path) -> Self {
+        let server = InProcessServer::start(data_dir).await;
+        let client = reqwest::Client::new();
+        let base = server.base_url.clone();
+        let admin = roles::admin_token(&client, &base, data_dir).await;
+        let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+        let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+        Self { server, client, base, admin, business_id, business, auditor }
+    }
+}
+
 /// Acting as the real roles over HTTP.
 pub mod roles {
     use serde_json::{Value, json};
@@ -254,6 +280,18 @@ pub mod roles {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let (status, text) = send_text(client, method, url, token, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like [`send`], with the body as text.
+    pub async fn send_text(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut request = client.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -262,8 +300,7 @@ pub mod roles {
             request = request.json(&body);
         }
         let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     /// POSTs JSON and returns (status, body).
