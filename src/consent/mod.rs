@@ -845,41 +845,57 @@ impl Vault {
     /// marker removed. Reads already deny at the window's edge; this makes
     /// the end visible. Returns how many grants it recorded.
     pub async fn grants_expire(&self) -> Result<usize, ConsentError> {
-        const SWEEP_MAX: usize = 500;
         let now = self.clock().now_secs();
         let time = self.clock().rfc3339();
         let start = Key::grant_expiries_all();
         let end = Key::grant_expiry(now.saturating_add(1), &[0u8; 16], "");
+        let log = self.audit().clone();
+        let count = self
+            .expiries_sweep(start, end, move |txn, subject, grant_id| {
+                let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { return Ok(None) };
+                let grant: GrantRecord = decode(&bytes, "grant")?;
+                // A revoked grant already told its business.
+                if grant.revoked_at.is_some_and(|at| at <= grant.expires_at) {
+                    return Ok(None);
+                }
+                let event = grant_event(txn, EventKind::GrantExpired, Actor::system(), &time, subject, &grant)?;
+                Ok(Some(log.append(txn, &event)?))
+            })
+            .await?;
+        if count > 0 {
+            tracing::info!(count, "grants expired");
+        }
+        Ok(count)
+    }
+
+    /// Takes every expiry marker from `start` to `end` (at most 500 a
+    /// sweep), and in the same commit lets `close` end what each names (an
+    /// event, or `None` if it had ended already); confirms the events.
+    /// Returns how many it ended.
+    pub(crate) async fn expiries_sweep<F>(&self, start: Key, end: Key, close: F) -> Result<usize, ConsentError>
+    where
+        F: Fn(&mut Txn<'_>, SubjectId, String) -> Result<Option<crate::audit::Appended>, ConsentError> + Send + 'static,
+    {
+        const SWEEP_MAX: usize = 500;
         let due = self.store().scan_range(&start, &end, SWEEP_MAX)?;
         if due.is_empty() {
             return Ok(0);
         }
-        let log = self.audit().clone();
         let keys: Vec<Vec<u8>> = due.into_iter().map(|(key, _)| key).collect();
         let (appended, durable) = self
             .store()
             .commit_durable(move |txn| {
                 let mut appended = Vec::new();
                 for key in keys {
-                    let (subject, grant_id) = expiry_marker_take(txn, &start, &key)?;
-                    let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
-                    let grant: GrantRecord = decode(&bytes, "grant")?;
-                    // A revoked grant already told its business.
-                    if grant.revoked_at.is_some_and(|at| at <= grant.expires_at) {
-                        continue;
-                    }
-                    let event = grant_event(txn, EventKind::GrantExpired, Actor::system(), &time, subject, &grant)?;
-                    appended.push(log.append(txn, &event)?);
+                    let (subject, id) = expiry_marker_take(txn, &start, &key)?;
+                    appended.extend(close(txn, subject, id)?);
                 }
-                Ok(appended)
+                Ok::<_, ConsentError>(appended)
             })
             .await?;
         let count = appended.len();
         for appended in appended {
             self.audit().confirm(appended, &durable)?;
-        }
-        if count > 0 {
-            tracing::info!(count, "grants expired");
         }
         Ok(count)
     }
@@ -888,11 +904,7 @@ impl Vault {
 /// Reads an expiry marker found under `prefix` (expiry time, 8 bytes ‖
 /// subject, 16 bytes ‖ grant or request id) and deletes it in `txn`:
 /// every marker is handled once, whatever the sweep then finds.
-pub(crate) fn expiry_marker_take(
-    txn: &mut Txn<'_>,
-    prefix: &Key,
-    key: &[u8],
-) -> Result<(SubjectId, String), StoreError> {
+fn expiry_marker_take(txn: &mut Txn<'_>, prefix: &Key, key: &[u8]) -> Result<(SubjectId, String), StoreError> {
     let suffix = prefix.suffix_of(key).ok_or(corrupt("expiry marker"))?;
     let (subject, id) = match suffix.get(8..24).zip(suffix.get(24..)) {
         Some((subject, id)) => (subject, id),

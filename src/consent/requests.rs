@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, expiry_marker_take, grant_write};
+use super::{ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
 use crate::ids::SubjectId;
 use crate::policy::engine;
@@ -332,46 +332,30 @@ impl Vault {
     /// already read as expired at their edge; this makes the end a fact.
     /// Returns how many requests it closed.
     pub async fn requests_expire(&self) -> Result<usize, ConsentError> {
-        const SWEEP_MAX: usize = 500;
         let now = self.clock().now_secs();
         let time = self.clock().rfc3339();
         let start = Key::request_expiries_all();
         let end = Key::request_expiry(now.saturating_add(1), &[0u8; 16], "");
-        let due = self.store().scan_range(&start, &end, SWEEP_MAX)?;
-        if due.is_empty() {
-            return Ok(0);
-        }
         let log = self.audit().clone();
-        let keys: Vec<Vec<u8>> = due.into_iter().map(|(key, _)| key).collect();
-        let (appended, durable) = self
-            .store()
-            .commit_durable(move |txn| {
-                let mut appended = Vec::new();
-                for key in keys {
-                    let (subject, request_id) = expiry_marker_take(txn, &start, &key)?;
-                    let request_key = Key::request(subject.as_bytes(), &request_id);
-                    let Some(bytes) = txn.get(&request_key)? else { continue };
-                    let mut request: AccessRequest = decode(&bytes, "request")?;
-                    // Answered (or closed by an erasure) in the meantime.
-                    if request.status != RequestStatus::Pending || request.expires_at > now {
-                        continue;
-                    }
-                    request.status = RequestStatus::Expired;
-                    txn.put(request_key, encode(&request, "request")?);
-                    let mut event = AuditEvent::new(EventKind::AccessRequestClosed, Actor::system(), &time)
-                        .subject(subject)
-                        .related("request_id", &request.request_id)
-                        .related("cause", "expired");
-                    event.business = Some(request.business_id.clone());
-                    appended.push(log.append(txn, &event)?);
+        let count = self
+            .expiries_sweep(start, end, move |txn, subject, request_id| {
+                let request_key = Key::request(subject.as_bytes(), &request_id);
+                let Some(bytes) = txn.get(&request_key)? else { return Ok(None) };
+                let mut request: AccessRequest = decode(&bytes, "request")?;
+                // Answered (or closed by an erasure) in the meantime.
+                if request.status != RequestStatus::Pending || request.expires_at > now {
+                    return Ok(None);
                 }
-                Ok::<_, ConsentError>(appended)
+                request.status = RequestStatus::Expired;
+                txn.put(request_key, encode(&request, "request")?);
+                let mut event = AuditEvent::new(EventKind::AccessRequestClosed, Actor::system(), &time)
+                    .subject(subject)
+                    .related("request_id", &request.request_id)
+                    .related("cause", "expired");
+                event.business = Some(request.business_id.clone());
+                Ok(Some(log.append(txn, &event)?))
             })
             .await?;
-        let count = appended.len();
-        for appended in appended {
-            self.audit().confirm(appended, &durable)?;
-        }
         if count > 0 {
             tracing::info!(count, "access requests expired");
         }
