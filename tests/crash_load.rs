@@ -275,6 +275,10 @@ async fn acknowledged_work_survives_sigkill_under_concurrent_load() {
     let clients: Vec<reqwest::Client> = (0..CLIENTS)
         .map(|i| {
             let address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8));
+            assert!(
+                std::net::TcpListener::bind((address, 0)).is_ok(),
+                "the clients need the loopback addresses 127.0.0.2-17 (all of 127.0.0.0/8 is loopback on Linux)"
+            );
             reqwest::Client::builder().local_address(address).timeout(Duration::from_secs(60)).build().unwrap()
         })
         .collect();
