@@ -357,7 +357,6 @@ impl Vault {
     /// The read is logged (`data.read`, actor the customer) before any value
     /// is opened; if the append fails nothing is returned.
     pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
-        let dek = self.dek(subject)?;
         let now = clock::rfc3339(clock::now());
         let now_secs = self.clock().now_secs();
         let log = self.audit().clone();
@@ -367,6 +366,9 @@ impl Vault {
                 if !subject_activity_in(txn, subject, now_secs)? {
                     return Err(DataError::SubjectNotFound);
                 }
+                // The key as this transaction sees it opens what it takes,
+                // whatever commits after it (see `release`).
+                let key_record = txn.get(&Key::dek(subject.as_bytes()))?;
                 let prefix = Key::values_of(subject.as_bytes());
                 let mut sealed = Vec::new();
                 for (key, bytes) in txn.scan_prefix(&prefix)? {
@@ -380,23 +382,37 @@ impl Vault {
                     .subject(subject)
                     .fields(sealed.iter().map(|(field, _)| field.clone()).collect());
                 event.decision = Some(Decision::Allow);
-                Ok((log.append(txn, &event)?, sealed))
+                Ok((log.append(txn, &event)?, SealedRead { key_record, values: sealed }))
             })
             .await?;
         let logged = self.audit().confirm(appended, &durable)?;
-        self.open_released(&logged, subject, &dek, sealed)
+        self.release(&logged, subject, sealed)
     }
 
     /// Opens values taken in a read's transaction, for the reader: needs the
-    /// proof that the read's audit event is on disk.
+    /// proof that the read's audit event is on disk. The DEK comes from the
+    /// key record that same transaction saw, not from the store now: an
+    /// erasure (which deletes the key) or a DEK replacement may commit
+    /// between the read's commit and this call, and the read, decided and
+    /// logged before it, must still open what it took.
     pub(crate) fn release(
         &self,
         logged: &Logged,
         subject: SubjectId,
-        sealed: Vec<(String, Sealed)>,
+        sealed: SealedRead,
     ) -> Result<BTreeMap<String, Value>, DataError> {
-        let dek = self.dek(subject)?;
-        self.open_released(logged, subject, &dek, sealed)
+        if sealed.values.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let record = sealed.key_record.ok_or(StoreError::Corrupt { what: "values without a key record" })?;
+        let dek = match self.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped) {
+            // A KEK rotation rewrapped the record and destroyed the KEK it
+            // was under since the read's commit: the stored record now holds
+            // the same DEK under the new KEK.
+            Err(CryptoError::UnknownKekVersion(_)) => self.dek(subject)?,
+            outcome => outcome?,
+        };
+        self.open_released(logged, subject, &dek, sealed.values)
     }
 
     /// Opens sealed values for a reader. Needs the proof that the read's audit
@@ -449,19 +465,25 @@ pub(crate) fn subject_activity_in(txn: &mut Txn<'_>, subject: SubjectId, now_sec
     Ok(true)
 }
 
-/// The sealed values of `fields` that `subject` holds, as `txn` sees them.
-pub(crate) fn sealed_in(
-    txn: &Txn<'_>,
-    subject: SubjectId,
-    fields: &[String],
-) -> Result<Vec<(String, Sealed)>, StoreError> {
-    let mut sealed = Vec::new();
+/// Values taken in a read's transaction, with the subject's key record as
+/// the same transaction saw it, for [`Vault::release`].
+#[derive(Debug)]
+pub(crate) struct SealedRead {
+    key_record: Option<Vec<u8>>,
+    values: Vec<(String, Sealed)>,
+}
+
+/// The sealed values of `fields` that `subject` holds, and its key record,
+/// as `txn` sees them.
+pub(crate) fn sealed_in(txn: &Txn<'_>, subject: SubjectId, fields: &[String]) -> Result<SealedRead, StoreError> {
+    let mut values = Vec::new();
     for field in fields {
         if let Some(bytes) = txn.get(Key::value(subject.as_bytes(), field).key())? {
-            sealed.push((field.clone(), Sealed::from_bytes(bytes)));
+            values.push((field.clone(), Sealed::from_bytes(bytes)));
         }
     }
-    Ok(sealed)
+    let key_record = if values.is_empty() { None } else { txn.get(&Key::dek(subject.as_bytes()))? };
+    Ok(SealedRead { key_record, values })
 }
 
 /// The subject's key record, if the subject exists with DEK `version`.

@@ -29,22 +29,6 @@ async fn pristine(dir: &Path) -> u64 {
     size
 }
 
-fn audit_verify(dir: &Path) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir)
-        .arg("--policies")
-        .arg(common::policies_dir())
-        .env_remove("CONSENTVAULT_KEK")
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Copies the pristine vault, applies `tamper` to its store, and checks that
 /// `audit verify` names `first_bad` and that `serve` refuses to start.
 fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnOnce(&SledBackend)) {
@@ -56,7 +40,7 @@ fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnO
         tamper(&backend);
         backend.flush().unwrap();
     }
-    let (ok, stdout, stderr) = audit_verify(&dir);
+    let (ok, stdout, stderr) = common::audit_verify(&dir);
     assert!(!ok, "{name}: audit verify must fail");
     assert!(
         stdout.contains(&format!("first bad index: {first_bad}")),
@@ -88,7 +72,7 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
     let size = pristine(&pristine_dir).await;
     assert!(size >= 12, "the pristine log has {size} entries");
 
-    let (ok, stdout, stderr) = audit_verify(&pristine_dir);
+    let (ok, stdout, stderr) = common::audit_verify(&pristine_dir);
     assert!(ok, "an untouched log verifies: {stdout} {stderr}");
     assert!(stdout.starts_with(&format!("ok: size {size} root ")), "{stdout}");
 

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::roles::{self, send};
 use serde_json::json;
 
@@ -133,15 +131,8 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     for (path, bytes) in common::files_under(&data_dir) {
         assert!(!common::contains(&bytes, CANARY.as_bytes()), "{} holds the erased value", path.display());
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&data_dir)
-        .arg("--policies")
-        .arg(common::policies_dir())
-        .env_remove("CONSENTVAULT_KEK")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (verified, _, stderr) = common::audit_verify(&data_dir);
+    assert!(verified, "{stderr}");
 }
 
 /// A value that is markup if it is not escaped.

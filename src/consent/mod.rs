@@ -565,10 +565,7 @@ impl Vault {
                 if !live_for_purpose {
                     return Ok((Err(()), appended));
                 }
-                let sealed = match subject {
-                    Some(subject) => sealed_in(txn, subject, &released)?,
-                    None => Vec::new(),
-                };
+                let sealed = subject.map(|subject| sealed_in(txn, subject, &released)).transpose()?;
                 let withheld: Vec<Withheld> =
                     withheld.into_iter().map(|(field, reason)| Withheld { field, reason: reason.code() }).collect();
                 Ok::<_, ConsentError>((Ok((subject, sealed, withheld, grant_ids)), appended))
@@ -576,8 +573,8 @@ impl Vault {
             .await?;
         let logged = self.audit().confirm(appended, &durable)?;
         let Ok((subject, sealed, withheld, grant_ids)) = outcome else { return Err(ConsentError::NoConsent) };
-        let data = match subject {
-            Some(subject) => self.release(&logged, subject, sealed)?,
+        let data = match subject.zip(sealed) {
+            Some((subject, sealed)) => self.release(&logged, subject, sealed)?,
             None => BTreeMap::new(),
         };
         Ok(ScopedRead { data, withheld, grant_ids, audit_index: logged.index() })

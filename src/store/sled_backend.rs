@@ -9,6 +9,32 @@ use std::path::Path;
 
 use super::{Backend, Entries, StoreError, WriteBatch};
 
+/// Removes the snapshot files sled was still writing when its process died
+/// (`snap.<lsn>.generating`), and says whether there were any.
+///
+/// sled 0.34.7 writes a snapshot under that name and renames it when it is
+/// complete, but at start-up it reads the newest snapshot file by name,
+/// and the unfinished one sorts last: a process killed while writing it
+/// leaves a database sled refuses to open ("corrupted data", sled issues
+/// #1527 and #1533). Such a file was never complete, so the snapshot before
+/// it and the log after it still hold every flushed write; sled then
+/// recovers as if the snapshot had not been started. Called only after
+/// sled refused to open, so no running process is writing the file.
+fn unfinished_snapshots_remove(dir: &Path) -> Result<bool, StoreError> {
+    let io = |error: std::io::Error| StoreError::Engine(format!("{}: {error}", dir.display()));
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "removing a snapshot the store was writing when it stopped");
+            std::fs::remove_file(&path).map_err(io)?;
+            removed = true;
+        }
+    }
+    Ok(removed)
+}
+
 /// A sled database holding the whole vault in its default tree.
 #[derive(Debug)]
 pub struct SledBackend {
@@ -33,6 +59,7 @@ impl SledBackend {
         // handle of a closed database goes; a reopen right after a close (a
         // quick restart) waits for that, briefly, instead of failing.
         let mut attempts = 0;
+        let mut snapshots_cleared = false;
         loop {
             match config.open() {
                 Ok(db) => return Ok(Self { db }),
@@ -42,6 +69,9 @@ impl SledBackend {
                 {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(sled::Error::Corruption { .. }) if !snapshots_cleared && unfinished_snapshots_remove(path)? => {
+                    snapshots_cleared = true;
                 }
                 Err(error) => return Err(engine(error)),
             }
@@ -80,5 +110,29 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_snapshot_left_unfinished_by_a_killed_process_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = WriteBatch::new();
+            batch.insert(b"acknowledged".to_vec(), Some(b"kept".to_vec()));
+            backend.apply(&batch).unwrap();
+            backend.flush().unwrap();
+        }
+        // What a process killed inside sled's snapshot write leaves behind:
+        // a partial file under the name that sorts after every snapshot.
+        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFFF.generating"), b"partial").unwrap();
+        let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(backend.get(b"acknowledged").unwrap().as_deref(), Some(&b"kept"[..]));
+        assert!(!dir.path().join("snap.FFFFFFFFFFFFFFFF.generating").exists());
     }
 }

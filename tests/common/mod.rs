@@ -1,8 +1,11 @@
 //! Helpers shared by the integration tests: a vault on a temporary
-//! directory, the real server binary on port 0, and a small seeded random
-//! generator so failures can be replayed.
+//! directory, the real server binary on port 0, `audit verify` on a stopped
+//! vault, a small seeded random generator so failures can be replayed, and
+//! an outside auditor's log verifier ([`tlog`]).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod tlog;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,24 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
         key_limits: Default::default(),
     };
     Vault::open(options).unwrap()
+}
+
+/// Runs `consentvault audit verify` on a stopped vault with the shipped
+/// policies; returns (success, stdout, stderr).
+pub fn audit_verify(data_dir: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_consentvault"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .arg("--policies")
+        .arg(policies_dir())
+        .env_remove("CONSENTVAULT_KEK")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Every regular file under `dir`, with its bytes.
@@ -63,10 +84,21 @@ impl TestRng {
     /// Seeded from `CONSENTVAULT_TEST_SEED` if set, else from the clock; the
     /// seed is printed so a failing run can be replayed.
     pub fn from_env() -> Self {
-        let seed = std::env::var("CONSENTVAULT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        Self::from_env_var("CONSENTVAULT_TEST_SEED")
+    }
+
+    /// Seeded from the environment variable `name` if set, else from the
+    /// clock; the seed is printed so a failing run can be replayed.
+    pub fn from_env_var(name: &str) -> Self {
+        let seed = std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         });
-        eprintln!("test seed: CONSENTVAULT_TEST_SEED={seed}");
+        eprintln!("test seed: {name}={seed}");
+        Self::seeded(seed)
+    }
+
+    /// A generator with a fixed seed (for one of several workers).
+    pub fn seeded(seed: u64) -> Self {
         Self(seed | 1)
     }
 
@@ -167,6 +199,17 @@ impl ServerProcess {
     /// The server's stderr so far.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGKILL (no chance to flush or clean up) and waits for the exit.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -271,27 +314,19 @@ impl World {
 pub mod roles {
     use serde_json::{Value, json};
 
-    /// Sends a request, with a bearer token and a JSON body when given, and
-    /// returns (status, body).
-    pub async fn send(
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        url: String,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let (status, text) = send_text(client, method, url, token, body).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
+    /// The password every test customer signs up with.
+    pub const PASSWORD: &str = "correct horse battery staple";
 
-    /// Like [`send`], with the body as text.
-    pub async fn send_text(
+    /// Sends a request, with a bearer token and a JSON body when given, and
+    /// returns (status, body text), or the transport error (no answer: the
+    /// server is gone or the connection broke).
+    pub async fn try_send_text(
         client: &reqwest::Client,
         method: reqwest::Method,
         url: String,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> (u16, String) {
+    ) -> Result<(u16, String), reqwest::Error> {
         let mut request = client.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -299,8 +334,44 @@ pub mod roles {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// Like [`try_send_text`], with the body parsed as JSON (`Null` if it
+    /// is not JSON).
+    pub async fn try_send(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let (status, text) = try_send_text(client, method, url, token, body).await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// [`try_send`] for a server that must answer.
+    pub async fn send(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        try_send(client, method, url, token, body).await.unwrap()
+    }
+
+    /// [`try_send_text`] for a server that must answer.
+    pub async fn send_text(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        try_send_text(client, method, url, token, body).await.unwrap()
     }
 
     /// POSTs JSON and returns (status, body).
@@ -342,8 +413,14 @@ pub mod roles {
         .await
     }
 
-    /// Registers a business (or auditor) and returns (id, token).
-    pub async fn client_principal(client: &reqwest::Client, base: &str, admin: &str, kind: &str) -> (String, String) {
+    /// Registers a business (or auditor) and returns (id, client id, client
+    /// secret).
+    pub async fn client_register(
+        client: &reqwest::Client,
+        base: &str,
+        admin: &str,
+        kind: &str,
+    ) -> (String, String, String) {
         let body = match kind {
             "businesses" => json!({"name": "Acme Pizza", "purposes": ["order-fulfilment", "marketing"]}),
             _ => json!({"name": "Internal audit"}),
@@ -351,24 +428,36 @@ pub mod roles {
         let (status, created) = post(client, format!("{base}/v1/admin/{kind}"), Some(admin), body).await;
         assert_eq!(status, 201, "{created}");
         let id_name = if kind == "businesses" { "business_id" } else { "auditor_id" };
-        let token = client_token(
-            client,
-            base,
-            created["client_id"].as_str().unwrap(),
-            created["client_secret"].as_str().unwrap(),
-        )
-        .await;
-        (created[id_name].as_str().unwrap().to_owned(), token)
+        let text = |name: &str| created[name].as_str().unwrap().to_owned();
+        (text(id_name), text("client_id"), text("client_secret"))
+    }
+
+    /// Registers a business (or auditor) and returns (id, token).
+    pub async fn client_principal(client: &reqwest::Client, base: &str, admin: &str, kind: &str) -> (String, String) {
+        let (id, client_id, secret) = client_register(client, base, admin, kind).await;
+        (id, client_token(client, base, &client_id, &secret).await)
+    }
+
+    /// `POST /v1/customers` with [`PASSWORD`]: (status, body) or the
+    /// transport error.
+    pub async fn sign_up(client: &reqwest::Client, base: &str) -> Result<(u16, Value), reqwest::Error> {
+        let body = json!({"password": PASSWORD});
+        try_send(client, reqwest::Method::POST, format!("{base}/v1/customers"), None, Some(body)).await
+    }
+
+    /// `POST /v1/token` for a customer with [`PASSWORD`]: (status, body) or
+    /// the transport error.
+    pub async fn sign_in(client: &reqwest::Client, base: &str, id: &str) -> Result<(u16, Value), reqwest::Error> {
+        let body = json!({"grant_type": "password", "username": id, "password": PASSWORD});
+        try_send(client, reqwest::Method::POST, format!("{base}/v1/token"), None, Some(body)).await
     }
 
     /// Signs a customer up and returns (customer id, token).
     pub async fn customer(client: &reqwest::Client, base: &str) -> (String, String) {
-        let password = "correct horse battery staple";
-        let (status, created) = post(client, format!("{base}/v1/customers"), None, json!({"password": password})).await;
+        let (status, created) = sign_up(client, base).await.unwrap();
         assert_eq!(status, 201, "{created}");
         let id = created["customer_id"].as_str().unwrap().to_owned();
-        let body = json!({"grant_type": "password", "username": id, "password": password});
-        let (status, answer) = post(client, format!("{base}/v1/token"), None, body).await;
+        let (status, answer) = sign_in(client, base, &id).await.unwrap();
         assert_eq!(status, 200, "{answer}");
         (id, answer["access_token"].as_str().unwrap().to_owned())
     }
