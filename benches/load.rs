@@ -191,6 +191,9 @@ fn spawn_vault(data_dir: &Path) -> Server {
         .arg(policies_dir())
         .arg("--listen")
         .arg("127.0.0.1:0")
+        // One business makes every read here: lift the per-principal rate.
+        .arg("--principal-requests-per-sec")
+        .arg("1000000")
         .env("CONSENTVAULT_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -22,6 +22,7 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:8200";
 pub const POLICIES_DEFAULT: &str = "./policies";
 const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 const REQUEST_TIMEOUT_SECS_DEFAULT: u64 = 30;
+const PRINCIPAL_REQUESTS_PER_SEC_DEFAULT: u32 = 1000;
 const STORE_CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
 /// Flags (and their environment variables) shared by the commands that open
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// seconds; slower clients are disconnected [default: 10].
     #[arg(long, env = "CONSENTVAULT_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
+    /// Authenticated requests one principal may make per second, twice as
+    /// many in a burst; beyond, 429 with Retry-After [default: 1000].
+    #[arg(long, env = "CONSENTVAULT_PRINCIPAL_REQUESTS_PER_SEC")]
+    pub principal_requests_per_sec: Option<u32>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "CONSENTVAULT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -96,6 +101,7 @@ struct FileConfig {
     body_bytes_max: Option<usize>,
     request_timeout_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
+    principal_requests_per_sec: Option<u32>,
     log_format: Option<LogFormat>,
     store_cache_bytes: Option<u64>,
     audit_origin: Option<String>,
@@ -203,6 +209,8 @@ pub struct ServeConfig {
     pub request_timeout_secs: u64,
     /// How long a client may take to send a request's headers, in seconds.
     pub header_read_timeout_secs: u64,
+    /// Authenticated requests per principal and second.
+    pub principal_requests_per_sec: u32,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -322,7 +330,25 @@ impl ServeConfig {
                 problem: "must be between 1 and 120".to_owned(),
             });
         }
-        Ok(Self { vault, listen, body_bytes_max, request_timeout_secs, header_read_timeout_secs, log_format })
+        let principal_requests_per_sec = args
+            .principal_requests_per_sec
+            .or(file.principal_requests_per_sec)
+            .unwrap_or(PRINCIPAL_REQUESTS_PER_SEC_DEFAULT);
+        if !(1..=1_000_000).contains(&principal_requests_per_sec) {
+            return Err(ConfigError::Invalid {
+                setting: "principal_requests_per_sec",
+                problem: "must be between 1 and 1000000".to_owned(),
+            });
+        }
+        Ok(Self {
+            vault,
+            listen,
+            body_bytes_max,
+            request_timeout_secs,
+            header_read_timeout_secs,
+            principal_requests_per_sec,
+            log_format,
+        })
     }
 }
 

@@ -132,6 +132,7 @@ impl Application {
         let limits = Limits {
             body_bytes_max: config.body_bytes_max,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
+            principal_requests_per_sec: config.principal_requests_per_sec,
         };
         let router = api::router(Arc::clone(&vault), limits);
         // Serving matters more than online backups: a socket that cannot be

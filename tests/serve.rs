@@ -124,6 +124,36 @@ fn a_client_that_dribbles_its_headers_is_disconnected() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_request_rate_gets_429_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &["--principal-requests-per-sec", "5"], &[]).unwrap();
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = common::roles::admin_token(&client, &base, &data_dir).await;
+    let (_, auditor) = common::roles::client_principal(&client, &base, &admin, "auditors").await;
+    // A burst of 10 (twice the rate), then refused until tokens come back.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..20 {
+        let response = client.get(format!("{base}/v1/admin/keys")).bearer_auth(&admin).send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let problem: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(problem["code"], "rate_limited");
+        }
+    }
+    assert!(statuses.iter().filter(|&&s| s == 200).count() <= 10, "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some_and(|seconds| seconds.parse::<u64>().unwrap() >= 1));
+    // Another principal has its own budget.
+    let checkpoint = format!("{base}/v1/audit/entries?limit=1");
+    let response = client.get(checkpoint).bearer_auth(&auditor).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 #[test]
 fn production_refuses_to_create_a_vault_or_keys() {
     let dir = tempfile::tempdir().unwrap();

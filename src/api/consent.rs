@@ -510,17 +510,7 @@ pub async fn requests_create(
     Json(body): Json<RequestCreate>,
 ) -> Result<Response, ApiError> {
     if let Err(wait) = state.vault.limits().requests_per_business.take(&caller.0.id) {
-        let mut response = ApiError::client(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "Too many requests",
-            "too many access requests; wait before asking again",
-        )
-        .into_response();
-        if let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
-        }
-        return Ok(response);
+        return Err(ApiError::too_many(wait));
     }
     let request = state
         .vault

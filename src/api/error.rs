@@ -13,34 +13,50 @@ use crate::audit::AuditError;
 
 /// An error on its way to the client.
 #[derive(Debug)]
-pub struct ApiError(Problem);
+pub struct ApiError(Problem, Option<std::time::Duration>);
 
 impl ApiError {
     /// A client error with a stable code.
     pub fn client(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self(Problem::new(status, code, title, detail))
+        Self(Problem::new(status, code, title, detail), None)
     }
 
     /// A server-side failure: logs `cause`, answers an opaque 500.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
-        Self(Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR))
+        Self(Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR), None)
+    }
+
+    /// A 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
+    pub fn too_many(wait: std::time::Duration) -> Self {
+        Self(
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                "too many requests; wait before trying again",
+            ),
+            Some(wait),
+        )
     }
 
     /// The uniform 401: the same whatever check failed.
     pub fn unauthorized() -> Self {
-        Self(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "a valid bearer token for this resource is required",
-        ))
+        Self(
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "a valid bearer token for this resource is required",
+            ),
+            None,
+        )
     }
 }
 
 impl From<Problem> for ApiError {
     fn from(problem: Problem) -> Self {
-        Self(problem)
+        Self(problem, None)
     }
 }
 
@@ -58,7 +74,13 @@ impl From<AuditError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.0.status == StatusCode::UNAUTHORIZED.as_u16();
+        let retry_after = self.1;
         let mut response = self.0.into_response();
+        if let Some(wait) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
         if unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

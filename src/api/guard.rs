@@ -39,6 +39,11 @@ async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Princi
         tracing::info!(reason = %error, "token refused");
         ApiError::unauthorized()
     })?;
+    // Per principal, whatever its role: one client cannot crowd out others.
+    let key = format!("{}/{}", principal.role.as_str(), principal.id);
+    if let Err(wait) = state.principal_requests.take(&key) {
+        return Err(ApiError::too_many(wait));
+    }
     if principal.role != role {
         return Err(ApiError::client(
             StatusCode::FORBIDDEN,

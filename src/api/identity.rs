@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -38,18 +38,7 @@ pub struct TokenResponse {
 }
 
 fn too_many(wait: std::time::Duration) -> Response {
-    let mut response = ApiError::client(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        "Too many requests",
-        "too many attempts; wait before trying again",
-    )
-    .into_response();
-    let seconds = wait.as_secs().max(1).to_string();
-    if let Ok(value) = HeaderValue::from_str(&seconds) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+    ApiError::too_many(wait).into_response()
 }
 
 fn bad_credentials() -> ApiError {

@@ -49,6 +49,9 @@ pub struct Limits {
     pub body_bytes_max: usize,
     /// Longest time a request may take.
     pub request_timeout: Duration,
+    /// Authenticated requests one principal may make per second (twice as
+    /// many in a burst); beyond, `429` with `Retry-After`.
+    pub principal_requests_per_sec: u32,
 }
 
 /// What every handler can reach.
@@ -56,6 +59,8 @@ pub struct Limits {
 pub struct AppState {
     /// The open vault.
     pub vault: Arc<Vault>,
+    /// Authenticated requests per principal.
+    pub principal_requests: Arc<crate::auth::ratelimit::RateLimiter>,
 }
 
 /// Request ids: 128 random bits as hex, from the system generator.
@@ -71,7 +76,10 @@ impl MakeRequestId for RandomRequestId {
 
 /// Builds the HTTP surface of `vault`.
 pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
-    let state = AppState { vault };
+    let per_sec = limits.principal_requests_per_sec;
+    let principal_requests =
+        Arc::new(crate::auth::ratelimit::RateLimiter::new(per_sec.saturating_mul(2), per_sec.saturating_mul(60)));
+    let state = AppState { vault, principal_requests };
     let guard_state = state.clone();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
