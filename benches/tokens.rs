@@ -1,0 +1,44 @@
+//! Bearer token checks: the full RFC 8725 verification of a vault-issued
+//! EdDSA token (uncached: parse, header checks, Ed25519 signature, claims),
+//! and the cache hit every later request with the same token takes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use consentvault::auth::cache::TokenCache;
+use consentvault::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
+use consentvault::auth::{Principal, Role};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn tokens(c: &mut Criterion) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let issuer = TokenIssuer::new("consentvault", "consentvault", pkcs8.as_ref()).unwrap();
+    let now = 1_800_000_000;
+    let business = "0123456789abcdef0123456789abcdef";
+    let token = issuer.issue(Role::Business, business, "jti-1", now).unwrap().token;
+    let verifier = TokenVerifier::new(vec![TrustedIssuer {
+        issuer: "consentvault".to_owned(),
+        audience: "consentvault".to_owned(),
+        keys: HashMap::from([(Some(issuer.kid().to_owned()), issuer.verification_key())]),
+        role_claim: "role".to_owned(),
+        subject_claim: "sub".to_owned(),
+        roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
+        own: true,
+    }]);
+    assert!(verifier.verify(&token, now + 1).is_ok());
+    c.bench_function("token/verify uncached", |b| b.iter(|| verifier.verify(&token, now + 1).unwrap()));
+
+    let cache = TokenCache::default();
+    // A realistic population: many principals' tokens, then the one read.
+    for n in 0..10_000u32 {
+        let other = issuer.issue(Role::Customer, &format!("{n:032x}"), &format!("jti-{n}"), now).unwrap().token;
+        cache.insert(&other, Principal { role: Role::Customer, id: format!("{n:032x}") }, now + 900, now);
+    }
+    cache.insert(&token, Principal { role: Role::Business, id: business.to_owned() }, now + 900, now);
+    c.bench_function("token/cache hit", |b| b.iter(|| cache.get(&token, now + 1).unwrap()));
+}
+
+criterion_group!(benches, tokens);
+criterion_main!(benches);
