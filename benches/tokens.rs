@@ -12,6 +12,8 @@ use consentvault::auth::{Principal, Role};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn tokens(c: &mut Criterion) {
+    // jsonwebtoken's signatures go through ring, as in the vault.
+    consentvault::auth::jwt_ring::install();
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let issuer = TokenIssuer::new("consentvault", "consentvault", pkcs8.as_ref()).unwrap();

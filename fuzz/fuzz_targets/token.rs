@@ -10,6 +10,8 @@ use consentvault::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
 use libfuzzer_sys::fuzz_target;
 
 static VERIFIER: LazyLock<(TokenVerifier, String)> = LazyLock::new(|| {
+    // jsonwebtoken's signatures go through ring, as in the vault.
+    consentvault::auth::jwt_ring::install();
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("a key");
     let issuer = TokenIssuer::new("consentvault", "consentvault", pkcs8.as_ref()).expect("an issuer");
