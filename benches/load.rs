@@ -251,6 +251,13 @@ async fn token(client: &reqwest::Client, base: &str, body: Value) -> String {
     answer["access_token"].as_str().expect("a token").to_owned()
 }
 
+/// The provisioned business's token.
+async fn business_token(client: &reqwest::Client, base: &str, provisioned: &Provisioned) -> String {
+    let (client_id, client_secret) = &provisioned.business_client;
+    let body = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret});
+    token(client, base, body).await
+}
+
 /// Latencies (µs) and failures of one row.
 struct Measured {
     elapsed: Duration,
@@ -373,13 +380,7 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
     let vault = spawn_vault(&data_dir);
     let bare = spawn_bare();
     let client = reqwest::Client::new();
-    let (client_id, client_secret) = &provisioned.business_client;
-    let business = token(
-        &client,
-        &vault.base,
-        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
-    )
-    .await;
+    let business = business_token(&client, &vault.base, &provisioned).await;
     let mut customers = Vec::new();
     for customer in &provisioned.customers {
         let body = json!({"grant_type": "password", "username": customer, "password": PASSWORD});
@@ -459,13 +460,7 @@ async fn scale(counts: &[usize], connections: usize, duration: Duration) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let start_up = started.elapsed();
-        let (client_id, client_secret) = &provisioned.business_client;
-        let business = token(
-            &client,
-            &vault.base,
-            json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
-        )
-        .await;
+        let business = business_token(&client, &vault.base, &provisioned).await;
         let pairwise_ids = Arc::new(provisioned.pairwise_ids);
         let reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
         println!(

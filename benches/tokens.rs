@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-
 use consentvault::auth::cache::TokenCache;
 use consentvault::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
 use consentvault::auth::{Principal, Role};
@@ -20,15 +18,7 @@ fn tokens(c: &mut Criterion) {
     let now = 1_800_000_000;
     let business = "0123456789abcdef0123456789abcdef";
     let token = issuer.issue(Role::Business, business, "jti-1", now).unwrap().token;
-    let verifier = TokenVerifier::new(vec![TrustedIssuer {
-        issuer: "consentvault".to_owned(),
-        audience: "consentvault".to_owned(),
-        keys: HashMap::from([(Some(issuer.kid().to_owned()), issuer.verification_key())]),
-        role_claim: "role".to_owned(),
-        subject_claim: "sub".to_owned(),
-        roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
-        own: true,
-    }]);
+    let verifier = TokenVerifier::new(vec![TrustedIssuer::own(&issuer, "consentvault")]);
     assert!(verifier.verify(&token, now + 1).is_ok());
     c.bench_function("token/verify uncached", |b| b.iter(|| verifier.verify(&token, now + 1).unwrap()));
 

@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
 use crate::audit::{AuditError, AuditLog};
-use crate::auth::Role;
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
@@ -340,18 +339,7 @@ impl Vault {
         verify_latest(&store, &audit.verifier(), audit.origin(), &|size| audit.root(&store, size))
             .map_err(VaultError::AuditInvalid)?;
         let token_issuer = token_issuer_load(&store, &keys, &identity)?;
-        let own = TrustedIssuer {
-            issuer: identity.issuer.clone(),
-            audience: identity.audience.clone(),
-            keys: std::collections::HashMap::from([(
-                Some(token_issuer.kid().to_owned()),
-                token_issuer.verification_key(),
-            )]),
-            role_claim: "role".to_owned(),
-            subject_claim: "sub".to_owned(),
-            roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
-            own: true,
-        };
+        let own = TrustedIssuer::own(&token_issuer, &identity.audience);
         if identity.external.iter().any(|external| external.issuer == identity.issuer) {
             return Err(VaultError::Identity(format!(
                 "external issuer `{}` has the vault's own name",

@@ -2,7 +2,6 @@
 //! every token it did not issue, without panicking, whatever the bytes.
 #![no_main]
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use consentvault::auth::Role;
@@ -16,15 +15,7 @@ static VERIFIER: LazyLock<(TokenVerifier, String)> = LazyLock::new(|| {
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("a key");
     let issuer = TokenIssuer::new("consentvault", "consentvault", pkcs8.as_ref()).expect("an issuer");
     let good = issuer.issue(Role::Customer, "00000000000000000000000000000001", "jti", 1_800_000_000).expect("a token");
-    let trusted = TrustedIssuer {
-        issuer: "consentvault".to_owned(),
-        audience: "consentvault".to_owned(),
-        keys: HashMap::from([(Some(issuer.kid().to_owned()), issuer.verification_key())]),
-        role_claim: "role".to_owned(),
-        subject_claim: "sub".to_owned(),
-        roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
-        own: true,
-    };
+    let trusted = TrustedIssuer::own(&issuer, "consentvault");
     (TokenVerifier::new(vec![trusted]), good.token)
 });
 

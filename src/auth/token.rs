@@ -208,6 +208,22 @@ pub struct TrustedIssuer {
     pub own: bool,
 }
 
+impl TrustedIssuer {
+    /// The vault's own issuer, as its verifier trusts it: every role, the
+    /// `role` and `sub` claims, the issuer's one key under its `kid`.
+    pub fn own(issuer: &TokenIssuer, audience: &str) -> Self {
+        Self {
+            issuer: issuer.issuer().to_owned(),
+            audience: audience.to_owned(),
+            keys: HashMap::from([(Some(issuer.kid().to_owned()), issuer.verification_key())]),
+            role_claim: "role".to_owned(),
+            subject_claim: "sub".to_owned(),
+            roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
+            own: true,
+        }
+    }
+}
+
 /// A token that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
@@ -387,15 +403,7 @@ mod tests {
     }
 
     fn verifier(issuer: &TokenIssuer) -> TokenVerifier {
-        TokenVerifier::new(vec![TrustedIssuer {
-            issuer: issuer.issuer().to_owned(),
-            audience: "consentvault".to_owned(),
-            keys: HashMap::from([(Some(issuer.kid().to_owned()), issuer.verification_key())]),
-            role_claim: "role".to_owned(),
-            subject_claim: "sub".to_owned(),
-            roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
-            own: true,
-        }])
+        TokenVerifier::new(vec![TrustedIssuer::own(issuer, "consentvault")])
     }
 
     #[test]
