@@ -149,6 +149,13 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `command` with stdout piped (for its address) and waits until
+    /// it listens.
+    fn spawn(mut command: Command) -> Self {
+        let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        Self::wait_listening(child)
+    }
+
     /// Reads the `listening on http://...` line the server prints.
     fn wait_listening(mut child: Child) -> Self {
         let stdout = child.stdout.take().unwrap();
@@ -183,7 +190,8 @@ impl Server {
 }
 
 fn spawn_vault(data_dir: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_consentvault"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consentvault"));
+    command
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
@@ -194,24 +202,14 @@ fn spawn_vault(data_dir: &Path) -> Server {
         // One business makes every read here: lift the per-principal rate.
         .arg("--principal-requests-per-sec")
         .arg("1000000")
-        .env("CONSENTVAULT_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Server::wait_listening(child)
+        .env("CONSENTVAULT_LOG", "warn");
+    Server::spawn(command)
 }
 
 fn spawn_bare() -> Server {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .arg("--bare-server")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Server::wait_listening(child)
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("--bare-server");
+    Server::spawn(command)
 }
 
 /// The bare axum server: the scoped-read path answered with a body of the

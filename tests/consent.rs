@@ -206,11 +206,8 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
 async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor: _ } =
+        common::World::start(&data_dir).await;
     let (_, customer) = roles::customer(&client, &base).await;
     client
         .put(format!("{base}/v1/me/data"))
@@ -302,11 +299,7 @@ async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
-        std::fs::copy(common::policies_dir().join(file), policies.join(file)).unwrap();
-    }
+    let policies = common::policies_copy(dir.path());
     let data_dir = dir.path().join("data");
     let server = common::InProcessServer::start_with(&data_dir, None, policies.clone()).await;
     let client = reqwest::Client::new();
@@ -369,11 +362,8 @@ async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_noth
 async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor: _ } =
+        common::World::start(&data_dir).await;
     let (_, customer) = roles::customer(&client, &base).await;
     client
         .put(format!("{base}/v1/me/data"))
@@ -473,11 +463,8 @@ async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_e
 async fn a_business_asking_too_often_gets_429() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = common::InProcessServer::start(&data_dir).await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let common::World { server, client, base, admin: _, business_id, business, auditor: _ } =
+        common::World::start(&data_dir).await;
     let (_, customer) = roles::customer(&client, &base).await;
     let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let ask = json!({"pairwise_id": relationship["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],

@@ -305,11 +305,7 @@ async fn without_a_retention_rule_nobody_is_erased_however_long_inactive() {
 async fn the_retention_rule_erases_inactive_customers_only_through_the_erasure_path() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
-        std::fs::copy(common::policies_dir().join(file), policies.join(file)).unwrap();
-    }
+    let policies = common::policies_copy(dir.path());
     let rules = std::fs::read_to_string(policies.join("rules.toml")).unwrap();
     std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 30\n"))
         .unwrap();

@@ -239,11 +239,7 @@ fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
 #[tokio::test]
 async fn sighup_reloads_the_policies_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
-        std::fs::copy(common::policies_dir().join(file), policies.join(file)).unwrap();
-    }
+    let policies = common::policies_copy(dir.path());
     let data_dir = dir.path().join("data");
     let server = ServerProcess::start(&data_dir, &["--policies", policies.to_str().unwrap()], &[]).unwrap();
     let client = reqwest::Client::new();

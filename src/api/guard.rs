@@ -40,8 +40,9 @@ async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Princi
         ApiError::unauthorized()
     })?;
     // Per principal, whatever its role: one client cannot crowd out others.
-    let key = format!("{}/{}", principal.role.as_str(), principal.id);
-    if let Err(wait) = state.principal_requests.take(&key) {
+    // Principal ids are random 128-bit values, unique across roles, so the
+    // id alone is the key (no allocation on every request).
+    if let Err(wait) = state.principal_requests.take(&principal.id) {
         return Err(ApiError::too_many(wait));
     }
     if principal.role != role {

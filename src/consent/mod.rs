@@ -584,19 +584,27 @@ impl Vault {
 impl Vault {
     /// The customers connected to `business`: (pairwise id, connected at).
     pub fn business_relationships(&self, business: &str) -> Result<Vec<(String, String)>, ConsentError> {
-        let prefix = Key::pairwise_of(business);
         let mut items = Vec::new();
-        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
-            let pairwise =
-                prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt("pairwise"))?;
-            let subject: SubjectId =
-                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("pairwise"))?;
+        for (pairwise, subject) in self.business_index(&Key::pairwise_of(business), "pairwise")? {
             if let Some(bytes) = self.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 let relationship: Relationship = decode(&bytes, "relationship")?;
-                items.push((pairwise.to_owned(), relationship.connected_at));
+                items.push((pairwise, relationship.connected_at));
             }
         }
         Ok(items)
+    }
+
+    /// The entries of a business's index under `prefix` (pairwise ids or
+    /// grant ids, each naming a subject): (id, subject).
+    fn business_index(&self, prefix: &Key, what: &'static str) -> Result<Vec<(String, SubjectId)>, ConsentError> {
+        let mut entries = Vec::new();
+        for (key, subject) in self.store().scan_prefix(prefix, usize::MAX)? {
+            let id = prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt(what))?;
+            let subject: SubjectId =
+                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt(what))?;
+            entries.push((id.to_owned(), subject));
+        }
+        Ok(entries)
     }
 }
 
@@ -691,14 +699,9 @@ pub struct BusinessGrant {
 impl Vault {
     /// Every grant given to `business`.
     pub fn business_grants(&self, business: &str) -> Result<Vec<BusinessGrant>, ConsentError> {
-        let prefix = Key::grants_of_business(business);
         let mut grants = Vec::new();
-        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
-            let grant_id =
-                prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt("grant index"))?;
-            let subject: SubjectId =
-                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt("grant index"))?;
-            let Some(bytes) = self.store().get(&Key::grant(subject.as_bytes(), grant_id))? else { continue };
+        for (grant_id, subject) in self.business_index(&Key::grants_of_business(business), "grant index")? {
+            let Some(bytes) = self.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
             let grant: GrantRecord = decode(&bytes, "grant")?;
             let pairwise_id = match self.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 Some(bytes) => Some(decode::<Relationship>(&bytes, "relationship")?.pairwise_id),

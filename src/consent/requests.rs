@@ -11,7 +11,7 @@ use super::{ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encod
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
 use crate::ids::SubjectId;
 use crate::policy::engine;
-use crate::store::Key;
+use crate::store::{Key, Txn};
 use crate::vault::Vault;
 
 /// How long a request waits for an answer.
@@ -257,14 +257,7 @@ impl Vault {
         let (((first, index), second), durable) = self
             .store()
             .commit_durable(move |txn| {
-                customer_acts_in(txn, subject, vclock.now_secs())?;
-                let key = Key::request(subject.as_bytes(), &request_id);
-                let mut request: AccessRequest =
-                    decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
-                if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
-                    return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
-                }
-                txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request_id));
+                let (key, mut request) = pending_request_take(txn, subject, &request_id, vclock.now_secs())?;
                 let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
                 request.status = RequestStatus::Approved;
                 request.grant_id = Some(stored_grant.grant_id.clone());
@@ -300,14 +293,7 @@ impl Vault {
         let ((request, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
-                customer_acts_in(txn, subject, vclock.now_secs())?;
-                let key = Key::request(subject.as_bytes(), &request_id);
-                let mut request: AccessRequest =
-                    decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
-                if request.status_at(vclock.now_secs()) != RequestStatus::Pending {
-                    return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
-                }
-                txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request_id));
+                let (key, mut request) = pending_request_take(txn, subject, &request_id, vclock.now_secs())?;
                 request.status = RequestStatus::Denied;
                 request.reason = reason;
                 txn.put(key, encode(&request, "request")?);
@@ -361,6 +347,26 @@ impl Vault {
         }
         Ok(count)
     }
+}
+
+/// The answer to a pending request starts here, in its transaction: the
+/// customer acts (recorded as activity), the request is read and must still
+/// be pending, and its expiry marker goes (the sweep has nothing left to
+/// close). Returns the request's key and the request.
+fn pending_request_take(
+    txn: &mut Txn<'_>,
+    subject: SubjectId,
+    request_id: &str,
+    now: i64,
+) -> Result<(Key, AccessRequest), ConsentError> {
+    customer_acts_in(txn, subject, now)?;
+    let key = Key::request(subject.as_bytes(), request_id);
+    let request: AccessRequest = decode(&txn.get(&key)?.ok_or(ConsentError::NotFound("request"))?, "request")?;
+    if request.status_at(now) != RequestStatus::Pending {
+        return Err(ConsentError::Invalid("the request is no longer pending".to_owned()));
+    }
+    txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), request_id));
+    Ok((key, request))
 }
 
 #[cfg(test)]

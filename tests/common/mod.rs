@@ -19,6 +19,17 @@ pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
+/// A copy of the shipped policy files in `<dir>/policies`, for a test that
+/// edits them.
+pub fn policies_copy(dir: &Path) -> PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for file in ["fields.toml", "purposes.toml", "rules.toml"] {
+        std::fs::copy(policies_dir().join(file), policies.join(file)).unwrap();
+    }
+    policies
+}
+
 /// Opens (creating if empty) a vault in `data_dir` with the shipped policies.
 pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
     let options = VaultOptions {
