@@ -21,6 +21,11 @@
 //! subject count: provisioning time, start-up time of the server until
 //! `/readyz` answers 200, scoped-read latency and throughput, and the
 //! server's resident memory.
+//!
+//! Provisioning 10^6 subjects takes minutes. With
+//! `CONSENTVAULT_BENCH_STORE=<dir>`, each provisioned store is kept in
+//! `<dir>/subjects-<N>` (with what the load needs in `provisioned.json`)
+//! and reused by later runs; the reads of each run add to its audit log.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
@@ -35,6 +40,11 @@ use consentvault::audit::Actor;
 use consentvault::auth::Role;
 use consentvault::vault::{Vault, VaultOptions, policies_load};
 use serde_json::{Value, json};
+
+/// The allocator the vault's binary uses, so the bare server (this binary)
+/// is compared on equal terms; the load generator runs on it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "bench-password-correct-horse";
 const WRITERS: usize = 64;
@@ -69,6 +79,7 @@ fn main() {
 
 /// What provisioning left for the load: how the business and the writing
 /// customers sign in, and whom the business can read.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Provisioned {
     business_client: (String, String),
     pairwise_ids: Vec<String>,
@@ -140,6 +151,47 @@ async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
     }
     vault.close().unwrap();
     Provisioned { business_client: (business.client_id, business.client_secret), pairwise_ids, customers, business_id }
+}
+
+/// A provisioned store: its data directory (removed at the end of the run
+/// unless kept under `CONSENTVAULT_BENCH_STORE`), what the load needs, and
+/// how long provisioning took (`None` when a kept store was reused).
+struct Store {
+    _temporary: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    provisioned: Provisioned,
+    provisioning: Option<Duration>,
+}
+
+async fn store(subjects: usize) -> Store {
+    let (temporary, root) = match std::env::var_os("CONSENTVAULT_BENCH_STORE") {
+        Some(kept) => (None, PathBuf::from(kept).join(format!("subjects-{subjects}"))),
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_owned();
+            (Some(dir), root)
+        }
+    };
+    let data_dir = root.join("data");
+    let manifest = root.join("provisioned.json");
+    if let Ok(text) = std::fs::read(&manifest) {
+        let provisioned = serde_json::from_slice(&text).unwrap();
+        return Store { _temporary: temporary, data_dir, provisioned, provisioning: None };
+    }
+    // A directory without its manifest is an interrupted provisioning.
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&root).unwrap();
+    let started = Instant::now();
+    let provisioned = provision(&data_dir, subjects).await;
+    let provisioning = Some(started.elapsed());
+    std::fs::write(&manifest, serde_json::to_vec(&provisioned).unwrap()).unwrap();
+    Store { _temporary: temporary, data_dir, provisioned, provisioning }
+}
+
+impl Store {
+    fn provisioning_text(&self) -> String {
+        self.provisioning.map_or_else(|| "reused".to_owned(), |took| format!("{:.1} s", took.as_secs_f64()))
+    }
 }
 
 /// A server process and the URL it listens on.
@@ -370,15 +422,13 @@ fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<String>>) -> Ro
 const TABLE_HEAD: &str = "| workload | ops/s | p50 | p99 | p99.9 | failed |\n|---|---|---|---|---|---|";
 
 async fn load(subjects: usize, connections: usize, duration: Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let started = Instant::now();
-    let provisioned = provision(&data_dir, subjects).await;
-    println!("provisioned {subjects} subjects in {:.1} s", started.elapsed().as_secs_f64());
-    let vault = spawn_vault(&data_dir);
+    let store = store(subjects).await;
+    println!("provisioned {subjects} subjects: {}", store.provisioning_text());
+    let (data_dir, provisioned) = (&store.data_dir, &store.provisioned);
+    let vault = spawn_vault(data_dir);
     let bare = spawn_bare();
     let client = reqwest::Client::new();
-    let business = business_token(&client, &vault.base, &provisioned).await;
+    let business = business_token(&client, &vault.base, provisioned).await;
     let mut customers = Vec::new();
     for customer in &provisioned.customers {
         let body = json!({"grant_type": "password", "username": customer, "password": PASSWORD});
@@ -439,38 +489,49 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
 
 async fn scale(counts: &[usize], connections: usize, duration: Duration) {
     println!(
-        "| subjects | provisioning | start-up to ready | reads/s | p50 | p99 | server RSS |\n|---|---|---|---|---|---|---|"
+        "| subjects | provisioning | start-up to ready | reads/s | p50 | p99 | log verified after | reads/s | p50 | p99 | server RSS |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &subjects in counts {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
-        let started = Instant::now();
-        let provisioned = provision(&data_dir, subjects).await;
-        let provisioning = started.elapsed();
+        let store = store(subjects).await;
         let client = reqwest::Client::new();
         let started = Instant::now();
-        let vault = spawn_vault(&data_dir);
-        loop {
-            let ready = client.get(format!("{}/readyz", vault.base)).send().await.map(|r| r.status().as_u16());
-            if ready.is_ok_and(|status| status == 200) {
-                break;
-            }
+        let vault = spawn_vault(&store.data_dir);
+        while !vault_answers(&client, &vault.base, "/readyz", |text| text.contains("\"ready\"")).await {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let start_up = started.elapsed();
-        let business = business_token(&client, &vault.base, &provisioned).await;
-        let pairwise_ids = Arc::new(provisioned.pairwise_ids);
-        let reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+        let business = business_token(&client, &vault.base, &store.provisioned).await;
+        let pairwise_ids = Arc::new(store.provisioned.pairwise_ids.clone());
+        // Right after start, while the whole log is recomputed in the
+        // background; then again once it has been verified.
+        let early = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+        while !vault_answers(&client, &vault.base, "/metrics", |text| text.contains("consentvault_audit_log_verified 1")).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let verified = started.elapsed();
+        let settled = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
         println!(
-            "| {subjects} | {:.1} s | {:.2} s | {:.0} | {:.2} ms | {:.2} ms | {} MiB |",
-            provisioning.as_secs_f64(),
+            "| {subjects} | {} | {:.2} s | {:.0} | {:.2} ms | {:.2} ms | {:.1} s | {:.0} | {:.2} ms | {:.2} ms | {} MiB |",
+            store.provisioning_text(),
             start_up.as_secs_f64(),
-            reads.ops_per_sec(),
-            reads.percentile_ms(0.5),
-            reads.percentile_ms(0.99),
+            early.ops_per_sec(),
+            early.percentile_ms(0.5),
+            early.percentile_ms(0.99),
+            verified.as_secs_f64(),
+            settled.ops_per_sec(),
+            settled.percentile_ms(0.5),
+            settled.percentile_ms(0.99),
             vault.rss_kib() / 1024
         );
-        assert_eq!(reads.failures, 0, "reads failed");
+        assert_eq!(early.failures + settled.failures, 0, "reads failed");
         vault.stop();
+    }
+}
+
+/// Whether `path` answers 200 with a body `accepts` holds for.
+async fn vault_answers(client: &reqwest::Client, base: &str, path: &str, accepts: impl Fn(&str) -> bool) -> bool {
+    match client.get(format!("{base}{path}")).send().await {
+        Ok(response) if response.status().is_success() => response.text().await.is_ok_and(|text| accepts(&text)),
+        _ => false,
     }
 }

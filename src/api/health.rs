@@ -79,6 +79,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Audit log entries known to be on disk.",
         vault.audit().durable_size().to_string(),
     );
+    metric(
+        "consentvault_audit_log_verified",
+        "gauge",
+        "1 once the background recomputation of the whole stored log, run at start-up, has verified it.",
+        u8::from(matches!(vault.audit_status(), crate::vault::AuditStatus::Verified)).to_string(),
+    );
     metric("consentvault_ready", "gauge", "1 when the vault can serve.", u8::from(readiness.is_ready()).to_string());
     metric(
         "consentvault_kek_current_version",
