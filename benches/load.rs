@@ -26,6 +26,8 @@
 //! `CONSENTVAULT_BENCH_STORE=<dir>`, each provisioned store is kept in
 //! `<dir>/subjects-<N>` (with what the load needs in `provisioned.json`)
 //! and reused by later runs; the reads of each run add to its audit log.
+//! `CONSENTVAULT_BENCH_CACHE_MIB` sets the served store's page cache (the
+//! vault's `store_cache_bytes`; its default otherwise).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
@@ -255,6 +257,13 @@ fn spawn_vault(data_dir: &Path) -> Server {
         .arg("--principal-requests-per-sec")
         .arg("1000000")
         .env("CONSENTVAULT_LOG", "warn");
+    // The store's page cache: the vault's default unless the run sets it.
+    if let Ok(mib) = std::env::var("CONSENTVAULT_BENCH_CACHE_MIB") {
+        let config = data_dir.with_file_name("bench-config.toml");
+        let bytes = mib.parse::<u64>().expect("CONSENTVAULT_BENCH_CACHE_MIB is a number") * 1024 * 1024;
+        std::fs::write(&config, format!("store_cache_bytes = {bytes}\n")).unwrap();
+        command.arg("--config").arg(config);
+    }
     Server::spawn(command)
 }
 
@@ -441,7 +450,9 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
     println!("{TABLE_HEAD}");
     let bare_reads = drive(connections, duration, read_workload(&bare.base, &business, &pairwise_ids)).await;
     println!("{}", bare_reads.row("bare axum handler, same path and body shape"));
+    let before = CommitCounters::scrape(&client, &vault.base).await;
     let vault_reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+    let reads_commit = before.per_transaction(&CommitCounters::scrape(&client, &vault.base).await);
     println!("{}", vault_reads.row("vault scoped read (decided, audited, durable)"));
     let writes = {
         let (base, customers) = (vault.base.clone(), Arc::clone(&customers));
@@ -483,6 +494,7 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
         vault_reads.percentile_ms(0.99),
         vault.rss_kib() / 1024
     );
+    println!("scoped reads: {reads_commit}");
     vault.stop();
     bare.stop();
 }
@@ -509,7 +521,9 @@ async fn scale(counts: &[usize], connections: usize, duration: Duration) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let verified = started.elapsed();
+        let before = CommitCounters::scrape(&client, &vault.base).await;
         let settled = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+        let settled_commit = before.per_transaction(&CommitCounters::scrape(&client, &vault.base).await);
         println!(
             "| {subjects} | {} | {:.2} s | {:.0} | {:.2} ms | {:.2} ms | {:.1} s | {:.0} | {:.2} ms | {:.2} ms | {} MiB |",
             store.provisioning_text(),
@@ -523,8 +537,52 @@ async fn scale(counts: &[usize], connections: usize, duration: Duration) {
             settled.percentile_ms(0.99),
             vault.rss_kib() / 1024
         );
+        println!("  {subjects} subjects, reads once verified: {settled_commit}");
         assert_eq!(early.failures + settled.failures, 0, "reads failed");
         vault.stop();
+    }
+}
+
+/// The commit path's counters from `/metrics`.
+#[derive(Clone, Copy, Default)]
+struct CommitCounters {
+    transactions: f64,
+    batches: f64,
+    execute_secs: f64,
+    apply_secs: f64,
+    flush_secs: f64,
+}
+
+impl CommitCounters {
+    async fn scrape(client: &reqwest::Client, base: &str) -> Self {
+        let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            transactions: value("consentvault_commit_transactions_total"),
+            batches: value("consentvault_commit_batches_total"),
+            execute_secs: value("consentvault_commit_execute_seconds_total"),
+            apply_secs: value("consentvault_commit_apply_seconds_total"),
+            flush_secs: value("consentvault_commit_flush_seconds_total"),
+        }
+    }
+
+    /// What the commit thread spent per transaction between `self` and
+    /// `later`: running it, applying, flushing (µs), and transactions per batch.
+    fn per_transaction(&self, later: &Self) -> String {
+        let transactions = (later.transactions - self.transactions).max(1.0);
+        let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
+        format!(
+            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, flush {:.1} µs; {:.1} transactions per batch",
+            micros(self.execute_secs, later.execute_secs),
+            micros(self.apply_secs, later.apply_secs),
+            micros(self.flush_secs, later.flush_secs),
+            transactions / (later.batches - self.batches).max(1.0)
+        )
     }
 }
 

@@ -62,6 +62,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         stats.batches.load(Ordering::Relaxed).to_string(),
     );
     metric(
+        "consentvault_commit_execute_seconds_total",
+        "counter",
+        "Time spent running transactions on the commit thread.",
+        format!("{:.6}", stats.execute_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+    );
+    metric(
+        "consentvault_commit_apply_seconds_total",
+        "counter",
+        "Time spent applying batches to the storage engine.",
+        format!("{:.6}", stats.apply_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+    );
+    metric(
         "consentvault_commit_flush_failures_total",
         "counter",
         "Flushes that failed.",

@@ -482,6 +482,9 @@ impl Vault {
     ) -> Result<ScopedRead, ConsentError> {
         let policies = self.policies();
         let (business, pairwise, purpose) = (business.to_owned(), pairwise.to_owned(), purpose.to_owned());
+        if self.store().transactions_slow() {
+            self.scoped_read_warm(&business, &pairwise, fields.as_deref()).await;
+        }
         let log = self.audit().clone();
         let actor = Actor::new(crate::audit::Role::Business, business.clone());
         let vclock = self.clock().clone();
@@ -582,6 +585,35 @@ impl Vault {
 }
 
 impl Vault {
+    /// Reads what the decision of a scoped read will read (the pairwise
+    /// index, the subject's grants, objections, relationship, the asked-for
+    /// values and the key record) and where its audit event is indexed by
+    /// subject, on a blocking thread before the read commits, while
+    /// transactions run slowly ([`crate::store::Store::transactions_slow`]). See [`crate::store::StoreReader::warm`]: it decides and
+    /// changes nothing; what it finds is dropped, and a failure here is the
+    /// transaction's to meet.
+    async fn scoped_read_warm(&self, business: &str, pairwise: &str, fields: Option<&[String]>) {
+        let reader = self.store().reader();
+        let (business, pairwise) = (business.to_owned(), pairwise.to_owned());
+        let fields = fields.map(<[String]>::to_vec).unwrap_or_default();
+        let warming = tokio::task::spawn_blocking(move || {
+            reader.warm(|txn| -> Result<(), StoreError> {
+                if let Some(subject) = Self::pairwise_subject(txn, &business, &pairwise)? {
+                    grants_in(txn, subject)?;
+                    objections_in(txn, subject)?;
+                    txn.contains(&Key::relationship(subject.as_bytes(), &business))?;
+                    sealed_in(txn, subject, &fields)?;
+                    // Where the read's audit event goes in the subject's
+                    // index of the log: the commit applies a key there.
+                    txn.get(&Key::audit_by_subject(subject.as_bytes(), u64::MAX))?;
+                }
+                Ok(())
+            });
+        });
+        // A warm-up that could not run only costs the transaction its cache.
+        let _ = warming.await;
+    }
+
     /// The customers connected to `business`: (pairwise id, connected at).
     pub fn business_relationships(&self, business: &str) -> Result<Vec<(String, String)>, ConsentError> {
         let mut items = Vec::new();

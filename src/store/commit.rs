@@ -33,6 +33,34 @@ use crate::crypto::Sealed;
 /// adds for the transactions behind it.
 const BATCH_TRANSACTIONS_MAX: usize = 4096;
 
+/// Reads committed state off the commit path: see [`StoreReader::warm`].
+#[derive(Clone)]
+pub struct StoreReader {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreReader").finish_non_exhaustive()
+    }
+}
+
+impl StoreReader {
+    /// Runs `reads` against committed state on the calling thread and drops
+    /// whatever it found or wrote: it decides nothing and changes nothing.
+    /// It is for reading, ahead of a transaction, the records that
+    /// transaction will read, so that the engine's cache holds them when the
+    /// transaction runs: a store much larger than its cache then reads cold
+    /// pages from disk on many threads at once, instead of one at a time on
+    /// the commit thread while every other transaction waits. The
+    /// transaction still reads and decides on its own, in commit order.
+    pub fn warm<T>(&self, reads: impl FnOnce(&Txn<'_>) -> T) {
+        let nothing = WriteBatch::new();
+        let txn = Txn::new(&*self.backend, &nothing, 0);
+        drop(reads(&txn));
+    }
+}
+
 /// Errors of [`Store::commit`].
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError<E> {
@@ -255,6 +283,35 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
+    pace: Pace,
+}
+
+/// How long transactions have lately taken on the commit thread, judged
+/// over windows of [`PACE_WINDOW_MILLIS`]: see [`Store::transactions_slow`].
+#[derive(Debug)]
+struct Pace {
+    started: Instant,
+    checked_millis: AtomicU64,
+    transactions: AtomicU64,
+    execute_nanos: AtomicU64,
+    slow: AtomicBool,
+}
+
+/// How often [`Store::transactions_slow`] looks at the counters again.
+const PACE_WINDOW_MILLIS: u64 = 250;
+/// Fewest transactions in a window to judge their pace by.
+const PACE_TRANSACTIONS_MIN: u64 = 32;
+/// Mean running time of a transaction above which the commit thread is
+/// taken to be waiting on the storage engine's cold pages. Transactions on
+/// a store whose working set is cached run in 10–35 µs here, including the
+/// batch's checkpoint; on a store many times larger than its cache, 60 µs
+/// and more (`docs/PERFORMANCE.md`).
+const SLOW_TRANSACTION_NANOS: u64 = 50_000;
+
+/// Whether transactions that ran for `execute_nanos` in all were slow, or
+/// `None` when there were too few to say.
+fn pace_slow(transactions: u64, execute_nanos: u64) -> Option<bool> {
+    (transactions >= PACE_TRANSACTIONS_MIN).then(|| execute_nanos / transactions > SLOW_TRANSACTION_NANOS)
 }
 
 impl std::fmt::Debug for Store {
@@ -291,7 +348,41 @@ impl Store {
             healthy,
             stats,
             finalizer,
+            pace: Pace {
+                started: Instant::now(),
+                checked_millis: AtomicU64::new(0),
+                transactions: AtomicU64::new(0),
+                execute_nanos: AtomicU64::new(0),
+                slow: AtomicBool::new(false),
+            },
         })
+    }
+
+    /// Whether transactions have lately run slowly on the commit thread
+    /// (a mean above [`SLOW_TRANSACTION_NANOS`] over the last window), the
+    /// sign that they wait on pages the engine reads from disk. Callers
+    /// then warm what a transaction will read ([`StoreReader::warm`]); on a
+    /// cached store that would only add work. Cheap: the counters are looked
+    /// at again by one caller per window.
+    pub fn transactions_slow(&self) -> bool {
+        let pace = &self.pace;
+        let now_millis = u64::try_from(pace.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let checked = pace.checked_millis.load(Ordering::Relaxed);
+        if now_millis.saturating_sub(checked) >= PACE_WINDOW_MILLIS
+            && pace.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            let transactions = self.stats.transactions.load(Ordering::Relaxed);
+            let execute_nanos = self.stats.execute_nanos.load(Ordering::Relaxed);
+            let ran = transactions.saturating_sub(pace.transactions.load(Ordering::Relaxed));
+            let took = execute_nanos.saturating_sub(pace.execute_nanos.load(Ordering::Relaxed));
+            // Too few to judge: keep the verdict and the window's start.
+            if let Some(slow) = pace_slow(ran, took) {
+                pace.slow.store(slow, Ordering::Relaxed);
+                pace.transactions.store(transactions, Ordering::Relaxed);
+                pace.execute_nanos.store(execute_nanos, Ordering::Relaxed);
+            }
+        }
+        pace.slow.load(Ordering::Relaxed)
     }
 
     /// Sets the function that ends every writing batch (once; later calls
@@ -313,6 +404,12 @@ impl Store {
     /// Up to `limit` committed entries with `start <= key < end`.
     pub fn scan_range(&self, start: &Key, end: &Key, limit: usize) -> Result<Entries, StoreError> {
         self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
+    }
+
+    /// A handle on the committed state that [`Store::warm`] reads through,
+    /// usable from any thread.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader { backend: Arc::clone(&self.backend) }
     }
 
     /// Whether the last flush succeeded and the commit thread is running.
@@ -686,6 +783,34 @@ mod tests {
         let expected: Vec<Vec<Vec<u8>>> =
             ["first", "second", "third"].iter().map(|name| vec![Key::meta(name).as_bytes().to_vec()]).collect();
         assert_eq!(seen, expected, "installed with the first batch, removed after the third");
+    }
+
+    #[test]
+    fn transactions_are_judged_slow_only_by_enough_of_them_over_the_threshold() {
+        assert_eq!(pace_slow(PACE_TRANSACTIONS_MIN - 1, u64::MAX), None);
+        assert_eq!(pace_slow(100, 100 * 20_000), Some(false));
+        assert_eq!(pace_slow(100, 100 * SLOW_TRANSACTION_NANOS), Some(false));
+        assert_eq!(pace_slow(100, 100 * 120_000), Some(true));
+    }
+
+    #[tokio::test]
+    async fn warming_reads_committed_state_and_changes_nothing() {
+        let store = store();
+        store
+            .commit(|txn| {
+                txn.put(Key::meta("warm"), b"committed".to_vec());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let mut seen = None;
+        store.reader().warm(|txn| {
+            seen = txn.get(&Key::meta("warm")).unwrap();
+            // A warm-up has nowhere to put writes: they are dropped with it.
+        });
+        assert_eq!(seen.as_deref(), Some(&b"committed"[..]));
+        assert!(!store.transactions_slow(), "a fresh store has no slow transactions");
+        assert_eq!(store.get(&Key::meta("warm")).unwrap().as_deref(), Some(&b"committed"[..]));
     }
 
     #[tokio::test]
