@@ -16,6 +16,10 @@ use consentvault::audit::{Actor, AuditEvent, EventKind};
 use consentvault::vault::{Vault, VaultOptions, policies_load};
 use serde_json::json;
 
+/// The allocator the `consentvault` binary runs on.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
