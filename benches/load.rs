@@ -26,6 +26,8 @@
 //! `CONSENTVAULT_BENCH_STORE=<dir>`, each provisioned store is kept in
 //! `<dir>/subjects-<N>` (with what the load needs in `provisioned.json`)
 //! and reused by later runs; the reads of each run add to its audit log.
+//! In the scale mode, `CONSENTVAULT_BENCH_HOT=<n>` reads only the first n
+//! subjects, to compare scales at the same working set.
 //! `CONSENTVAULT_BENCH_CACHE_MIB` sets the served store's page cache (the
 //! vault's `store_cache_bytes`; its default otherwise).
 
@@ -513,7 +515,10 @@ async fn scale(counts: &[usize], connections: usize, duration: Duration) {
         }
         let start_up = started.elapsed();
         let business = business_token(&client, &vault.base, &store.provisioned).await;
-        let pairwise_ids = Arc::new(store.provisioned.pairwise_ids.clone());
+        // `CONSENTVAULT_BENCH_HOT=<n>` reads only n of the subjects: the
+        // same working set at every scale.
+        let hot = env_number("CONSENTVAULT_BENCH_HOT", subjects as u64) as usize;
+        let pairwise_ids = Arc::new(store.provisioned.pairwise_ids[..hot.min(subjects)].to_vec());
         // Right after start, while the whole log is recomputed in the
         // background; then again once it has been verified.
         let early = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
