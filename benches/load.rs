@@ -522,7 +522,11 @@ async fn scale(counts: &[usize], connections: usize, duration: Duration) {
         // Right after start, while the whole log is recomputed in the
         // background; then again once it has been verified.
         let early = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
-        while !vault_answers(&client, &vault.base, "/metrics", |text| text.contains("consentvault_audit_log_verified 1")).await {
+        while !vault_answers(&client, &vault.base, "/metrics", |text| {
+            text.contains("consentvault_audit_log_verified 1")
+        })
+        .await
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let verified = started.elapsed();

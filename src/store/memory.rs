@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{Backend, Entries, Key, StoreError, WriteBatch};
 
@@ -22,9 +22,22 @@ pub struct MemoryBackend {
     fail_flushes: AtomicBool,
     fail_reads: AtomicBool,
     fail_reads_under: Mutex<Option<Vec<u8>>>,
+    read_delay_micros: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl MemoryBackend {
+    /// Makes every later read take `delay` longer, as reads of pages that
+    /// are not in a disk store's cache do (zero for full speed again).
+    pub fn slow_reads(&self, delay: std::time::Duration) {
+        self.read_delay_micros.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// How many reads (point reads and scans) the backend has served.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
     /// Makes every later `apply` fail (or succeed again).
     pub fn fail_applies(&self, fail: bool) {
         self.fail_applies.store(fail, Ordering::SeqCst);
@@ -65,6 +78,11 @@ impl MemoryBackend {
 
 impl MemoryBackend {
     fn read_fault(&self) -> Result<(), StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let delay_micros = self.read_delay_micros.load(Ordering::SeqCst);
+        if delay_micros > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay_micros));
+        }
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(StoreError::Engine("injected read failure".to_owned()));
         }

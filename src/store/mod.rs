@@ -19,7 +19,9 @@ pub mod sled_backend;
 
 use std::collections::BTreeMap;
 
-pub use commit::{BatchTap, CommitError, Durable, DurableHook, Finalizer, ScanPage, Store, StoreReader, StoreStats, Txn};
+pub use commit::{
+    BatchTap, CommitError, Durable, DurableHook, Finalizer, ScanPage, Store, StoreReader, StoreStats, Txn,
+};
 
 use crate::crypto::Sealed;
 
