@@ -589,8 +589,9 @@ impl Vault {
     /// index, the subject's grants, objections, relationship, the asked-for
     /// values and the key record) and where its audit event is indexed by
     /// subject, on a blocking thread before the read commits, while
-    /// transactions run slowly ([`crate::store::Store::transactions_slow`]). See [`crate::store::StoreReader::warm`]: it decides and
-    /// changes nothing; what it finds is dropped, and a failure here is the
+    /// transactions run slowly ([`crate::store::Store::transactions_slow`]).
+    /// See [`crate::store::StoreReader::warm`]: it decides and changes
+    /// nothing; what it finds is dropped, and a failure here is the
     /// transaction's to meet.
     async fn scoped_read_warm(&self, business: &str, pairwise: &str, fields: Option<&[String]>) {
         let reader = self.store().reader();

@@ -303,9 +303,9 @@ const PACE_WINDOW_MILLIS: u64 = 250;
 const PACE_TRANSACTIONS_MIN: u64 = 32;
 /// Mean running time of a transaction above which the commit thread is
 /// taken to be waiting on the storage engine's cold pages. Transactions on
-/// a store whose working set is cached run in 10–35 µs here, including the
-/// batch's checkpoint; on a store many times larger than its cache, 60 µs
-/// and more (`docs/PERFORMANCE.md`).
+/// a store whose working set is cached run in 23–29 µs under load here,
+/// with their batch's checkpoint; on a store fifty times larger than its
+/// cache, 60 µs and more (`docs/PERFORMANCE.md`).
 const SLOW_TRANSACTION_NANOS: u64 = 50_000;
 
 /// Whether transactions that ran for `execute_nanos` in all were slow, or
