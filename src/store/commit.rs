@@ -47,7 +47,8 @@ impl std::fmt::Debug for StoreReader {
 
 impl StoreReader {
     /// Runs `reads` against committed state on the calling thread and drops
-    /// whatever it found or wrote: it decides nothing and changes nothing.
+    /// whatever it found: it decides nothing and, holding only a shared
+    /// [`Txn`], can change nothing.
     /// It is for reading, ahead of a transaction, the records that
     /// transaction will read, so that the engine's cache holds them when the
     /// transaction runs: a store much larger than its cache then reads cold
@@ -359,7 +360,7 @@ impl Store {
     }
 
     /// Whether transactions have lately run slowly on the commit thread
-    /// (a mean above [`SLOW_TRANSACTION_NANOS`] over the last window), the
+    /// (a mean above 50 µs over the last quarter of a second), the
     /// sign that they wait on pages the engine reads from disk. Callers
     /// then warm what a transaction will read ([`StoreReader::warm`]); on a
     /// cached store that would only add work. Cheap: the counters are looked
@@ -406,7 +407,7 @@ impl Store {
         self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
     }
 
-    /// A handle on the committed state that [`Store::warm`] reads through,
+    /// A handle on the committed state that [`StoreReader::warm`] reads through,
     /// usable from any thread.
     pub fn reader(&self) -> StoreReader {
         StoreReader { backend: Arc::clone(&self.backend) }
