@@ -2,7 +2,7 @@
 """Schemathesis against the running vault, as every role.
 
 Starts `consentvault serve` (the binary named by CONSENTVAULT_BIN, else
-target/debug/consentvault) on a temporary data directory and port, sets up
+<CARGO_TARGET_DIR or target>/debug/consentvault) on a temporary data directory and port, sets up
 an admin, a business, an auditor and a customer with data, a relationship
 and a grant, then runs Schemathesis (the `st` command of the virtualenv this
 script runs under) against /v1/openapi.json once per role, with that role's
@@ -46,7 +46,8 @@ def token(base, body):
 
 
 def main():
-    binary = os.environ.get("CONSENTVAULT_BIN", str(ROOT / "target" / "debug" / "consentvault"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    binary = os.environ.get("CONSENTVAULT_BIN", str(target / "debug" / "consentvault"))
     examples = os.environ.get("CONSENTVAULT_SCHEMATHESIS_EXAMPLES", "30")
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     work = Path(tempfile.mkdtemp(prefix="consentvault-schemathesis-"))
