@@ -1,6 +1,6 @@
 //! Audit log costs at scale: building a log of 10^6 events, opening it
 //! (which verifies the whole log), and inclusion and consistency proofs and
-//! roots at 10^6 entries (criterion).
+//! roots at 10^6 entries, and appends on top of it (criterion).
 //!
 //! `cargo bench --bench audit`; `CONSENTVAULT_BENCH_AUDIT_ENTRIES` changes
 //! the log size (default 1,000,000).
@@ -13,7 +13,7 @@ use std::time::Instant;
 use consentvault::audit::{self, Actor, AuditEvent, Decision, EventKind, Role};
 use consentvault::ids::SubjectId;
 use consentvault::vault::{AuditStatus, Vault, VaultOptions, policies_load};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn options(dir: &std::path::Path) -> VaultOptions {
     VaultOptions {
@@ -100,6 +100,35 @@ fn proofs(c: &mut Criterion) {
     });
     c.bench_function(&format!("audit/root/{size}"), |b| b.iter(|| vault.audit().root(vault.store(), size).unwrap()));
     c.bench_function("audit/event_encode", |b| b.iter(|| event(42).to_bytes().unwrap()));
+    // Appends on top of the log just measured: one event alone, durable
+    // (its transaction, the batch's signed checkpoint, apply and flush), and
+    // a thousand in one transaction (encoding, hashing, subtree hashes).
+    let mut next = size;
+    c.bench_function(&format!("audit/append/durable/{size}"), |b| {
+        b.iter(|| {
+            let (log, event) = (vault.audit().clone(), event(next));
+            next += 1;
+            vault.store().commit_blocking(move |txn| log.append(txn, &event)).unwrap()
+        })
+    });
+    let mut group = c.benchmark_group("audit/append/in_transaction");
+    group.throughput(Throughput::Elements(1_000));
+    group.bench_function("1000", |b| {
+        b.iter(|| {
+            let (log, first) = (vault.audit().clone(), next);
+            next += 1_000;
+            vault
+                .store()
+                .commit_blocking(move |txn| {
+                    for index in first..first + 1_000 {
+                        let _ = log.append(txn, &event(index))?;
+                    }
+                    Ok::<_, audit::AuditError>(())
+                })
+                .unwrap()
+        })
+    });
+    group.finish();
     vault.close().unwrap();
 }
 

@@ -440,9 +440,16 @@ impl Vault {
     }
 }
 
+/// How far a customer's recorded activity may lag the last action: the
+/// record moves only when it is this much older, so most requests read it and
+/// write nothing. The retention rule counts in days and adds this to its
+/// window, so the lag never makes an erasure early.
+pub(crate) const ACTIVITY_RESOLUTION_SECS: i64 = 3_600;
+
 /// Whether `subject` exists and is not erased, as `txn` sees it; if so,
 /// records the customer's activity at `now_secs` for the retention rule (the
-/// record's `last_active_at` and the activity marker move forward). Every
+/// record's `last_active_at` and the activity marker move forward, when the
+/// recorded time is [`ACTIVITY_RESOLUTION_SECS`] old or more). Every
 /// transaction that acts for the customer calls it, so the liveness check
 /// and the activity are one read and, at most, three writes.
 pub(crate) fn subject_activity_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<bool, StoreError> {
@@ -453,7 +460,7 @@ pub(crate) fn subject_activity_in(txn: &mut Txn<'_>, subject: SubjectId, now_sec
     if record.erased_at.is_some() {
         return Ok(false);
     }
-    if record.last_active_at.is_some_and(|at| at >= now_secs) {
+    if record.last_active_at.is_some_and(|at| now_secs.saturating_sub(at) < ACTIVITY_RESOLUTION_SECS) {
         return Ok(true);
     }
     if let Some(before) = record.last_active_at {

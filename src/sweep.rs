@@ -60,8 +60,13 @@ impl Vault {
     /// how many customers it erased.
     pub async fn retention_sweep(&self) -> Result<usize, ConsentError> {
         let Some(rule) = self.policies().rules.retention else { return Ok(0) };
-        let inactive_before =
-            self.clock().now_secs().saturating_sub(i64::from(rule.erase_inactive_after_days) * DAY_SECS);
+        // The recorded activity may lag the last action by up to its
+        // resolution: widen the window by as much, so nobody is erased early.
+        let inactive_before = self
+            .clock()
+            .now_secs()
+            .saturating_sub(i64::from(rule.erase_inactive_after_days) * DAY_SECS)
+            .saturating_sub(crate::subjects::ACTIVITY_RESOLUTION_SECS);
         let start = Key::subject_activities_all();
         let end = Key::subject_activity(inactive_before, &[0u8; 16]);
         let due = self.store().scan_range(&start, &end, RETENTION_SWEEP_MAX)?;

@@ -322,17 +322,6 @@ fn email_number(value: &str) -> u64 {
     value.split_once('-').unwrap().1.split_once('@').unwrap().0.parse().unwrap()
 }
 
-fn hashes(proof: &Value) -> Vec<Hash> {
-    proof["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|hash| {
-            base64::engine::general_purpose::STANDARD.decode(hash.as_str().unwrap()).unwrap().try_into().unwrap()
-        })
-        .collect()
-}
-
 async fn checkpoint(client: &reqwest::Client, base: &str, verifier: &NoteVerifier) -> Checkpoint {
     let note = client.get(format!("{base}/v1/audit/checkpoint")).send().await.unwrap().text().await.unwrap();
     verifier.open_checkpoint(&note, verifier.name()).unwrap()
@@ -463,14 +452,15 @@ async fn a_backup_under_write_load_restores_to_a_vault_that_verifies_and_serves(
     let url = format!("{copy_base}/v1/audit/proof/consistency?old_size={backed_up}&new_size={}", now.tree_size);
     let (status, proof) = get(&client, url, &auditor).await;
     assert_eq!(status, 200, "{proof}");
-    verify_consistency(backed_up, now.tree_size, &backed_up_root, &now.root, &hashes(&proof)).unwrap();
+    verify_consistency(backed_up, now.tree_size, &backed_up_root, &now.root, &common::tlog::hashes(&proof)).unwrap();
 
     // The backed-up log is a prefix of the original's later log ...
     assert!(later.tree_size > now.tree_size, "the original kept growing after the backup");
     let url = format!("{base}/v1/audit/proof/consistency?old_size={backed_up}&new_size={}", later.tree_size);
     let (status, proof) = get(&client, url, &auditor).await;
     assert_eq!(status, 200, "{proof}");
-    verify_consistency(backed_up, later.tree_size, &backed_up_root, &later.root, &hashes(&proof)).unwrap();
+    verify_consistency(backed_up, later.tree_size, &backed_up_root, &later.root, &common::tlog::hashes(&proof))
+        .unwrap();
     // ... and an auditor holding that later checkpoint sees the restore to
     // an older state: the restored log is smaller, so no proof exists.
     let url = format!("{copy_base}/v1/audit/proof/consistency?old_size={}&new_size={}", later.tree_size, now.tree_size);

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::roles::{self, send};
 use consentvault::audit::Actor;
 use consentvault::crypto::KeySource;
-use consentvault::keys::{KeyError, KeyLimits};
-use consentvault::vault::{Vault, VaultOptions, policies_load};
+use consentvault::keys::KeyError;
+use consentvault::vault::{Vault, VaultOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -317,17 +317,9 @@ async fn a_subject_prepared_before_a_rotation_and_stored_after_it_is_under_the_n
 }
 
 fn env_options(data_dir: &Path, keys: &str) -> VaultOptions {
-    let policies = common::policies_dir();
     VaultOptions {
-        data_dir: data_dir.to_owned(),
         key_source: Some(KeySource::Env(Zeroizing::new(keys.to_owned()))),
-        policies: policies_load(&policies).unwrap(),
-        policy_dir: Some(policies),
-        production: false,
-        store_cache_bytes: 16 * 1024 * 1024,
-        audit_origin: None,
-        identity: Default::default(),
-        key_limits: KeyLimits::default(),
+        ..common::vault_options(data_dir, &common::policies_dir())
     }
 }
 

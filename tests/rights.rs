@@ -379,3 +379,37 @@ async fn the_retention_rule_erases_inactive_customers_only_through_the_erasure_p
     assert!(entries(active_id).await.iter().all(|e| e["entry"]["kind"] != "subject.erased"));
     server.stop().await;
 }
+
+/// The recorded activity moves to the hour; the retention rule waits that
+/// hour longer, so a customer is never erased before the rule's time after
+/// their last action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_kept_to_the_hour_never_makes_a_retention_erasure_early() {
+    use consentvault::audit::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = common::policies_copy(dir.path());
+    let rules = std::fs::read_to_string(policies.join("rules.toml")).unwrap();
+    std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 30\n"))
+        .unwrap();
+    let (vault, _) =
+        consentvault::vault::Vault::open(common::vault_options(&dir.path().join("data"), &policies)).unwrap();
+    let now = consentvault::clock::now().unix_timestamp();
+    vault.insecure_pin_clock_secs(Some(now));
+    let (subject, _) = customer_of_a_business(&vault).await;
+    // Half an hour later the customer acts again: the record, an hour
+    // coarse, stays at the sign-up.
+    let last_action = now + 1_800;
+    vault.insecure_pin_clock_secs(Some(last_action));
+    vault.data_put(&Actor::customer(subject), subject, "phone", &json!("+44 20 7946 0003")).await.unwrap();
+
+    // Thirty days after the sign-up, but not yet after the last action.
+    vault.insecure_pin_clock_secs(Some(last_action + 30 * 86_400 - 600));
+    assert_eq!(vault.retention_sweep().await.unwrap(), 0, "erased before thirty days without any action");
+    assert!(vault.subject_exists(subject).unwrap());
+    // Once the recorded time, the rule's thirty days and the hour have
+    // passed, the rule applies.
+    vault.insecure_pin_clock_secs(Some(now + 30 * 86_400 + 3_600 + 1));
+    assert_eq!(vault.retention_sweep().await.unwrap(), 1);
+    assert!(!vault.subject_exists(subject).unwrap());
+    vault.close().unwrap();
+}

@@ -205,32 +205,30 @@ fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stderr).contains("retention: off"), "the shipped rules leave retention off");
     let dir = tempfile::tempdir().unwrap();
-    for shipped in ["fields.toml", "purposes.toml", "rules.toml"] {
-        std::fs::copy(common::policies_dir().join(shipped), dir.path().join(shipped)).unwrap();
-    }
-    let rules = std::fs::read_to_string(common::policies_dir().join("rules.toml")).unwrap();
-    std::fs::write(dir.path().join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 730\n"))
+    let policies = common::policies_copy(dir.path());
+    let rules = std::fs::read_to_string(policies.join("rules.toml")).unwrap();
+    std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 730\n"))
         .unwrap();
-    let on = binary().args(["policy", "check"]).arg(dir.path()).output().unwrap();
+    let on = binary().args(["policy", "check"]).arg(&policies).output().unwrap();
     let stderr = String::from_utf8_lossy(&on.stderr);
     assert!(on.status.success() && stderr.contains("erase customers inactive for 730 days"), "{stderr}");
     let lines = rules.lines().count();
-    std::fs::write(dir.path().join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 0\n"))
+    std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 0\n"))
         .unwrap();
-    let zero = binary().args(["policy", "check"]).arg(dir.path()).output().unwrap();
+    let zero = binary().args(["policy", "check"]).arg(&policies).output().unwrap();
     let stderr = String::from_utf8_lossy(&zero.stderr);
     assert!(!zero.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("rules.toml:{}:", lines + 2)) && stderr.contains("erase_inactive_after_days"),
         "{stderr}"
     );
-    std::fs::copy(common::policies_dir().join("rules.toml"), dir.path().join("rules.toml")).unwrap();
+    std::fs::copy(common::policies_dir().join("rules.toml"), policies.join("rules.toml")).unwrap();
     std::fs::write(
-        dir.path().join("fields.toml"),
+        policies.join("fields.toml"),
         "[fields.email]\ncategory = \"contact\"\nsensitivity = \"standard\"\ntype = \"emial\"\nmax_bytes = 10\ndescription = \"x\"\n",
     )
     .unwrap();
-    let bad = binary().args(["policy", "check"]).arg(dir.path()).output().unwrap();
+    let bad = binary().args(["policy", "check"]).arg(&policies).output().unwrap();
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("fields.toml:4:") && stderr.contains("emial"), "{stderr}");

@@ -32,7 +32,11 @@ impl RateLimiter {
             let per_second = self.per_second;
             buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst);
         }
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        // Allocates the key only the first time it is seen.
+        if !buckets.contains_key(key) {
+            buckets.insert(key.to_owned(), (self.burst, now));
+        }
+        let Some((tokens, at)) = buckets.get_mut(key) else { return Ok(()) };
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {

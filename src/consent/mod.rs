@@ -178,8 +178,9 @@ pub(crate) fn customer_acts_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: 
     if subject_activity_in(txn, subject, now_secs)? { Ok(()) } else { Err(ConsentError::SubjectErased) }
 }
 
-/// Stores a prepared grant with its event, if the customer is live and
-/// connected to the business. Returns the append and the grant's audit index.
+/// Stores a prepared grant with its event, if the customer is connected to
+/// the business; the caller's transaction has checked that the customer is
+/// live (`customer_acts_in`). Returns the append and the grant's audit index.
 pub(crate) fn grant_write(
     txn: &mut Txn<'_>,
     log: &crate::audit::AuditLog,
@@ -187,8 +188,6 @@ pub(crate) fn grant_write(
     mut grant: GrantRecord,
     event: &AuditEvent,
 ) -> Result<(crate::audit::Appended, u64), ConsentError> {
-    // The grant starts at the vault clock's now: that is the activity time.
-    customer_acts_in(txn, subject, grant.starts_at)?;
     let Some(relationship) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? else {
         return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
     };
@@ -344,8 +343,15 @@ impl Vault {
         let (grant, event) = self.grant_prepare(subject, business, purposes, fields, duration_days, None)?;
         let log = self.audit().clone();
         let stored = grant.clone();
-        let ((appended, index), durable) =
-            self.store().commit_durable(move |txn| grant_write(txn, &log, subject, stored, &event)).await?;
+        let ((appended, index), durable) = self
+            .store()
+            .commit_durable(move |txn| {
+                // The grant starts at the vault clock's now: that is the
+                // activity time.
+                customer_acts_in(txn, subject, stored.starts_at)?;
+                grant_write(txn, &log, subject, stored, &event)
+            })
+            .await?;
         self.audit().confirm(appended, &durable)?;
         Ok(GrantRecord { audit_index: index, ..grant })
     }

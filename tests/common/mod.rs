@@ -30,20 +30,24 @@ pub fn policies_copy(dir: &Path) -> PathBuf {
     policies
 }
 
-/// Opens (creating if empty) a vault in `data_dir` with the shipped policies.
-pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
-    let options = VaultOptions {
+/// Options for a test vault in `data_dir` with the policies in `policy_dir`.
+pub fn vault_options(data_dir: &Path, policy_dir: &Path) -> VaultOptions {
+    VaultOptions {
         data_dir: data_dir.to_owned(),
         key_source: None,
-        policies: policies_load(&policies_dir()).unwrap(),
-        policy_dir: Some(policies_dir()),
+        policies: policies_load(policy_dir).unwrap(),
+        policy_dir: Some(policy_dir.to_owned()),
         production: false,
         store_cache_bytes: 16 * 1024 * 1024,
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
-    };
-    Vault::open(options).unwrap()
+    }
+}
+
+/// Opens (creating if empty) a vault in `data_dir` with the shipped policies.
+pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
+    Vault::open(vault_options(data_dir, &policies_dir())).unwrap()
 }
 
 /// Runs `consentvault audit verify` on a stopped vault with the shipped
