@@ -560,6 +560,10 @@ struct CommitCounters {
     execute_secs: f64,
     apply_secs: f64,
     flush_secs: f64,
+    lookahead_reads: f64,
+    lookahead_secs: f64,
+    ahead_kept: f64,
+    ahead_redone: f64,
 }
 
 impl CommitCounters {
@@ -577,20 +581,30 @@ impl CommitCounters {
             execute_secs: value("consentvault_commit_execute_seconds_total"),
             apply_secs: value("consentvault_commit_apply_seconds_total"),
             flush_secs: value("consentvault_commit_flush_seconds_total"),
+            lookahead_reads: value("consentvault_commit_lookahead_reads_total"),
+            lookahead_secs: value("consentvault_commit_lookahead_seconds_total"),
+            ahead_kept: value("consentvault_read_ahead_kept_total"),
+            ahead_redone: value("consentvault_read_ahead_redone_total"),
         }
     }
 
     /// What the commit thread spent per transaction between `self` and
-    /// `later`: running it, applying, flushing (µs), and transactions per batch.
+    /// `later`: running it, applying, flushing (µs), and transactions per
+    /// batch; and where the scoped reads were decided.
     fn per_transaction(&self, later: &Self) -> String {
         let transactions = (later.transactions - self.transactions).max(1.0);
         let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
+        let at_commit = later.lookahead_reads - self.lookahead_reads;
         format!(
-            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, flush {:.1} µs; {:.1} transactions per batch",
+            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, flush {:.1} µs; {:.1} transactions per batch; \
+             reads decided on the commit thread: {at_commit} ({:.1} µs each), ahead: {} kept, {} redone",
             micros(self.execute_secs, later.execute_secs),
             micros(self.apply_secs, later.apply_secs),
             micros(self.flush_secs, later.flush_secs),
-            transactions / (later.batches - self.batches).max(1.0)
+            transactions / (later.batches - self.batches).max(1.0),
+            (later.lookahead_secs - self.lookahead_secs) * 1e6 / at_commit.max(1.0),
+            later.ahead_kept - self.ahead_kept,
+            later.ahead_redone - self.ahead_redone,
         )
     }
 }

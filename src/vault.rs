@@ -687,7 +687,11 @@ impl VaultClock {
 
     /// Now, as RFC 3339.
     pub fn rfc3339(&self) -> String {
-        let secs = self.now_secs();
+        Self::rfc3339_at(self.now_secs())
+    }
+
+    /// `secs` (Unix seconds) as RFC 3339.
+    pub fn rfc3339_at(secs: i64) -> String {
         time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
     }
 }

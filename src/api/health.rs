@@ -86,6 +86,36 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         format!("{:.6}", stats.flush_nanos.load(Ordering::Relaxed) as f64 / 1e9),
     );
     metric(
+        "consentvault_commit_lookahead_reads_total",
+        "counter",
+        "Scoped reads decided on the commit thread (their reads could have been made ahead of it).",
+        stats.lookahead_reads.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_commit_lookahead_seconds_total",
+        "counter",
+        "Time spent deciding those reads on the commit thread.",
+        format!("{:.6}", stats.lookahead_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+    );
+    metric(
+        "consentvault_read_ahead_kept_total",
+        "counter",
+        "Scoped reads decided ahead of the commit thread whose decision held at commit.",
+        stats.stamps_held.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_read_ahead_redone_total",
+        "counter",
+        "Scoped reads decided ahead whose records changed before commit, so the commit decided again.",
+        stats.stamps_stale.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "consentvault_store_reads_cold",
+        "gauge",
+        "1 while the storage engine reads cold pages and scoped reads are decided ahead of the commit thread.",
+        u8::from(vault.store().reads_cold()).to_string(),
+    );
+    metric(
         "consentvault_audit_log_size",
         "gauge",
         "Audit log entries known to be on disk.",

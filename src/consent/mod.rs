@@ -1,13 +1,17 @@
 //! Consent: relationships (with pairwise ids), grants, objections, and the
 //! scoped read a business makes.
 //!
-//! **Architecture Invariant:** a read is decided inside its commit
-//! transaction, against the state that transaction commits on, by the pure
-//! engine in `policy::engine`. A revoke, disconnect or objection that
-//! committed before is seen; the log order is the commit order, so no allowed
-//! read appears after the event that ended the grant it relied on.
+//! **Architecture Invariant:** a read's logged decision, made by the pure
+//! engine in `policy::engine`, holds for the state its commit transaction
+//! commits on: it is made on committed state off the commit thread and kept
+//! only if nothing it read has changed since (its stamps hold, see
+//! `store::versions`) and the second has not turned, else made again in the
+//! transaction. A revoke, disconnect or objection that committed before is
+//! seen; the log order is the commit order, so no allowed read appears after
+//! the event that ended the grant it relied on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,10 +19,11 @@ use serde_json::Value;
 use crate::audit::{Actor, AuditError, AuditEvent, Decision, EventKind, Withheld};
 use crate::clock;
 use crate::ids::{SubjectId, hex};
+use crate::policy::Policies;
 use crate::policy::engine::{self, FieldDecision, GrantProblem, GrantView, ReadQuery, Reason};
-use crate::store::{CommitError, Key, StoreError, Txn};
-use crate::subjects::{DataError, sealed_in, subject_activity_in};
-use crate::vault::Vault;
+use crate::store::{CommitError, Key, Stamp, StoreError, Txn};
+use crate::subjects::{DataError, SealedRead, sealed_in, subject_activity_in};
+use crate::vault::{Vault, VaultClock};
 
 pub mod requests;
 
@@ -213,6 +218,108 @@ fn objections_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<String>, Store
         Some(bytes) => decode(&bytes, "objections")?,
         None => Vec::new(),
     })
+}
+
+/// What a business asks of a scoped read.
+struct ReadAsk {
+    business: String,
+    pairwise: String,
+    purpose: String,
+    /// The fields asked for; `None` for every field live grants name.
+    fields: Option<Vec<String>>,
+}
+
+/// A scoped read's decision, and what acting on it needs.
+struct ReadDecided {
+    /// The time (Unix seconds) it was decided at.
+    now: i64,
+    /// The audit event that logs it.
+    event: AuditEvent,
+    /// Whether a live grant covers the purpose: if not, nothing is returned.
+    live_for_purpose: bool,
+    subject: Option<SubjectId>,
+    /// The released fields' sealed values, if any are released.
+    sealed: Option<SealedRead>,
+    withheld: Vec<Withheld>,
+    grant_ids: Vec<String>,
+}
+
+/// Decides `ask` on the state `txn` sees, for `subject` (the customer behind
+/// the pairwise id, if connected) at `now`, by the pure engine; reads the
+/// sealed values it releases. Changes nothing.
+fn read_decide(
+    txn: &Txn<'_>,
+    policies: &Policies,
+    ask: &ReadAsk,
+    subject: Option<SubjectId>,
+    now: i64,
+) -> Result<ReadDecided, ConsentError> {
+    let ReadAsk { business, purpose, .. } = ask;
+    let (grants, objections, connected) = match subject {
+        Some(subject) => (
+            grants_in(txn, subject)?.iter().map(GrantRecord::view).collect::<Vec<_>>(),
+            objections_in(txn, subject)?,
+            txn.contains(&Key::relationship(subject.as_bytes(), business))?,
+        ),
+        None => (Vec::new(), Vec::new(), false),
+    };
+    let live = |g: &&GrantView| g.business == *business && g.is_live(now) && g.purposes.contains(purpose);
+    let requested = ask.fields.clone().unwrap_or_else(|| {
+        // No list: every field live grants for this purpose name.
+        let mut all: Vec<String> = grants.iter().filter(live).flat_map(|g| g.fields.iter().cloned()).collect();
+        all.sort();
+        all.dedup();
+        all
+    });
+    let query = ReadQuery { business, purpose, fields: &requested, now, connected, objections: &objections };
+    let decisions = engine::decide(policies, &query, &grants);
+    let mut released = Vec::new();
+    let mut withheld = Vec::new();
+    let mut grant_ids = Vec::new();
+    for (field, decision) in decisions {
+        match decision {
+            FieldDecision::Released { grant } => {
+                released.push(field);
+                if !grant_ids.contains(&grant) {
+                    grant_ids.push(grant);
+                }
+            }
+            FieldDecision::Withheld(reason) => withheld.push((field, reason)),
+        }
+    }
+    let live_for_purpose = grants.iter().any(|g| live(&g));
+    let decision = match (released.is_empty(), withheld.is_empty()) {
+        (false, true) => Decision::Allow,
+        (false, false) => Decision::Partial,
+        (true, _) => Decision::Deny,
+    };
+    // Only names from the catalogue reach the log: a caller could put
+    // anything in a field list.
+    let logged_withheld: Vec<Withheld> = withheld
+        .iter()
+        .filter(|(field, _)| policies.catalogue.field(field).is_some())
+        .map(|(field, reason)| Withheld { field: field.clone(), reason: reason.code() })
+        .collect();
+    let unknown = withheld.iter().filter(|(_, reason)| *reason == Reason::UnknownField).count();
+    let actor = Actor::new(crate::audit::Role::Business, business.clone());
+    let mut event = AuditEvent::new(EventKind::DataRead, actor, &VaultClock::rfc3339_at(now)).fields(released.clone());
+    event.subject = subject;
+    event.business = Some(business.clone());
+    event.purpose = policies.rules.purposes.contains_key(purpose).then(|| purpose.clone());
+    event.decision = Some(decision);
+    event.reasons = logged_withheld;
+    if unknown > 0 {
+        event.related.insert("unknown_fields".to_owned(), unknown.to_string());
+    }
+    if !grant_ids.is_empty() {
+        event.related.insert("grant_ids".to_owned(), grant_ids.join(","));
+    }
+    let sealed = match subject {
+        Some(subject) if live_for_purpose => Some(sealed_in(txn, subject, &released)?),
+        _ => None,
+    };
+    let withheld = withheld.into_iter().map(|(field, reason)| Withheld { field, reason: reason.code() }).collect();
+    Ok(ReadDecided { now, event, live_for_purpose, subject, sealed, withheld, grant_ids })
 }
 
 impl Vault {
@@ -475,10 +582,18 @@ impl Vault {
     }
 
     /// A business reads fields of the customer it knows as `pairwise`, for
-    /// `purpose`. Decided and logged in one transaction; values leave only
-    /// with the proof that the decision is on disk. With no live grant for
-    /// the purpose (or no such customer), the answer is
+    /// `purpose`. Decided and logged in commit order; values leave only with
+    /// the proof that the decision is on disk. With no live grant for the
+    /// purpose (or no such customer), the answer is
     /// [`ConsentError::NoConsent`], logged all the same.
+    ///
+    /// The decision is made in the read's commit transaction, on the state
+    /// it commits on; or, while the store reads cold pages, ahead of it on
+    /// committed state off the commit thread
+    /// ([`crate::store::StoreReader::read`]). The transaction then only
+    /// appends the audit event, after checking that nothing the decision
+    /// read has changed since and that the second has not turned; if either
+    /// did, it decides again itself.
     pub async fn scoped_read(
         &self,
         business: &str,
@@ -487,101 +602,36 @@ impl Vault {
         fields: Option<Vec<String>>,
     ) -> Result<ScopedRead, ConsentError> {
         let policies = self.policies();
-        let (business, pairwise, purpose) = (business.to_owned(), pairwise.to_owned(), purpose.to_owned());
-        if self.store().transactions_slow() {
-            self.scoped_read_warm(&business, &pairwise, fields.as_deref()).await;
-        }
+        let ask = Arc::new(ReadAsk {
+            business: business.to_owned(),
+            pairwise: pairwise.to_owned(),
+            purpose: purpose.to_owned(),
+            fields,
+        });
+        let ahead = self.scoped_read_ahead(&policies, &ask).await;
         let log = self.audit().clone();
-        let actor = Actor::new(crate::audit::Role::Business, business.clone());
         let vclock = self.clock().clone();
-        let ((outcome, appended), durable) = self
+        let ((decided, appended), durable) = self
             .store()
             .commit_durable(move |txn| {
                 // The time of the decision is the time of its commit.
                 let now = vclock.now_secs();
-                let time = vclock.rfc3339();
-                let subject = Self::pairwise_subject(txn, &business, &pairwise)?;
-                let (grants, objections, connected) = match subject {
-                    Some(subject) => (
-                        grants_in(txn, subject)?.iter().map(GrantRecord::view).collect::<Vec<_>>(),
-                        objections_in(txn, subject)?,
-                        txn.contains(&Key::relationship(subject.as_bytes(), &business))?,
-                    ),
-                    None => (Vec::new(), Vec::new(), false),
+                let decided = match ahead {
+                    Some((stamps, decided)) if decided.now == now && txn.unchanged(&stamps) => decided,
+                    _ => txn.lookahead(|txn| {
+                        let subject = Self::pairwise_subject(txn, &ask.business, &ask.pairwise)?;
+                        read_decide(txn, &policies, &ask, subject, now)
+                    })?,
                 };
-                let requested = fields.unwrap_or_else(|| {
-                    // No list: every field live grants for this purpose name.
-                    let mut all: Vec<String> = grants
-                        .iter()
-                        .filter(|g| g.business == business && g.is_live(now) && g.purposes.contains(&purpose))
-                        .flat_map(|g| g.fields.iter().cloned())
-                        .collect();
-                    all.sort();
-                    all.dedup();
-                    all
-                });
-                let query = ReadQuery {
-                    business: &business,
-                    purpose: &purpose,
-                    fields: &requested,
-                    now,
-                    connected,
-                    objections: &objections,
-                };
-                let decisions = engine::decide(&policies, &query, &grants);
-                let mut released = Vec::new();
-                let mut withheld = Vec::new();
-                let mut grant_ids = Vec::new();
-                for (field, decision) in decisions {
-                    match decision {
-                        FieldDecision::Released { grant } => {
-                            released.push(field);
-                            if !grant_ids.contains(&grant) {
-                                grant_ids.push(grant);
-                            }
-                        }
-                        FieldDecision::Withheld(reason) => withheld.push((field, reason)),
-                    }
-                }
-                let live_for_purpose =
-                    grants.iter().any(|g| g.business == business && g.is_live(now) && g.purposes.contains(&purpose));
-                let decision = match (released.is_empty(), withheld.is_empty()) {
-                    (false, true) => Decision::Allow,
-                    (false, false) => Decision::Partial,
-                    (true, _) => Decision::Deny,
-                };
-                // Only names from the catalogue reach the log: a caller could
-                // put anything in a field list.
-                let logged_withheld: Vec<Withheld> = withheld
-                    .iter()
-                    .filter(|(field, _)| policies.catalogue.field(field).is_some())
-                    .map(|(field, reason)| Withheld { field: field.clone(), reason: reason.code() })
-                    .collect();
-                let unknown = withheld.iter().filter(|(_, reason)| *reason == Reason::UnknownField).count();
-                let mut event = AuditEvent::new(EventKind::DataRead, actor, &time).fields(released.clone());
-                event.subject = subject;
-                event.business = Some(business.clone());
-                event.purpose = policies.rules.purposes.contains_key(&purpose).then(|| purpose.clone());
-                event.decision = Some(decision);
-                event.reasons = logged_withheld;
-                if unknown > 0 {
-                    event.related.insert("unknown_fields".to_owned(), unknown.to_string());
-                }
-                if !grant_ids.is_empty() {
-                    event.related.insert("grant_ids".to_owned(), grant_ids.join(","));
-                }
-                let appended = log.append(txn, &event)?;
-                if !live_for_purpose {
-                    return Ok((Err(()), appended));
-                }
-                let sealed = subject.map(|subject| sealed_in(txn, subject, &released)).transpose()?;
-                let withheld: Vec<Withheld> =
-                    withheld.into_iter().map(|(field, reason)| Withheld { field, reason: reason.code() }).collect();
-                Ok::<_, ConsentError>((Ok((subject, sealed, withheld, grant_ids)), appended))
+                let appended = log.append(txn, &decided.event)?;
+                Ok::<_, ConsentError>((decided, appended))
             })
             .await?;
         let logged = self.audit().confirm(appended, &durable)?;
-        let Ok((subject, sealed, withheld, grant_ids)) = outcome else { return Err(ConsentError::NoConsent) };
+        let ReadDecided { live_for_purpose, subject, sealed, withheld, grant_ids, .. } = decided;
+        if !live_for_purpose {
+            return Err(ConsentError::NoConsent);
+        }
         let data = match subject.zip(sealed) {
             Some((subject, sealed)) => self.release(&logged, subject, sealed)?,
             None => BTreeMap::new(),
@@ -591,34 +641,43 @@ impl Vault {
 }
 
 impl Vault {
-    /// Reads what the decision of a scoped read will read (the pairwise
-    /// index, the subject's grants, objections, relationship, the asked-for
-    /// values and the key record) and where its audit event is indexed by
-    /// subject, on a blocking thread before the read commits, while
-    /// transactions run slowly ([`crate::store::Store::transactions_slow`]).
-    /// See [`crate::store::StoreReader::warm`]: it decides and changes
-    /// nothing; what it finds is dropped, and a failure here is the
-    /// transaction's to meet.
-    async fn scoped_read_warm(&self, business: &str, pairwise: &str, fields: Option<&[String]>) {
+    /// While the store reads cold pages ([`crate::store::Store::read_ahead`]),
+    /// decides a scoped read ahead: on committed state, on a blocking thread,
+    /// with the stamps of what the decision read (the business's pairwise
+    /// index entry, then the subject's records) taken before reading them.
+    /// `None` while the store is warm, or if the reads failed: the
+    /// transaction then decides (and meets any failure) itself.
+    async fn scoped_read_ahead(
+        &self,
+        policies: &Arc<Policies>,
+        ask: &Arc<ReadAsk>,
+    ) -> Option<(Vec<Stamp>, ReadDecided)> {
+        if !self.store().read_ahead() {
+            return None;
+        }
         let reader = self.store().reader();
-        let (business, pairwise) = (business.to_owned(), pairwise.to_owned());
-        let fields = fields.map(<[String]>::to_vec).unwrap_or_default();
-        let warming = tokio::task::spawn_blocking(move || {
-            reader.warm(|txn| -> Result<(), StoreError> {
-                if let Some(subject) = Self::pairwise_subject(txn, &business, &pairwise)? {
-                    grants_in(txn, subject)?;
-                    objections_in(txn, subject)?;
-                    txn.contains(&Key::relationship(subject.as_bytes(), &business))?;
-                    sealed_in(txn, subject, &fields)?;
-                    // Where the read's audit event goes in the subject's
-                    // index of the log: the commit applies a key there.
-                    txn.get(&Key::audit_by_subject(subject.as_bytes(), u64::MAX))?;
+        let vclock = self.clock().clone();
+        let (policies, ask) = (Arc::clone(policies), Arc::clone(ask));
+        let decide = move || {
+            reader.read(|snapshot| {
+                let now = vclock.now_secs();
+                let mut stamps = vec![snapshot.stamp(&Key::pairwise(&ask.business, &ask.pairwise))];
+                let subject = Self::pairwise_subject(snapshot.txn(), &ask.business, &ask.pairwise).ok()?;
+                if let Some(subject) = subject {
+                    stamps.push(snapshot.stamp(&Key::subject(subject.as_bytes())));
                 }
-                Ok(())
-            });
-        });
-        // A warm-up that could not run only costs the transaction its cache.
-        let _ = warming.await;
+                let decided = read_decide(snapshot.txn(), &policies, &ask, subject, now).ok()?;
+                if let Some(subject) = subject {
+                    // Brings in the page where the commit will index the
+                    // read's audit event by subject: sled makes every read
+                    // wait while a batch is applied, so the batch should not
+                    // have to read it from disk.
+                    snapshot.txn().get(&Key::audit_by_subject(subject.as_bytes(), u64::MAX)).ok()?;
+                }
+                Some((stamps, decided))
+            })
+        };
+        tokio::task::spawn_blocking(decide).await.ok().flatten()
     }
 
     /// The customers connected to `business`: (pairwise id, connected at).

@@ -26,17 +26,23 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::versions::{Stamp, Versions};
 use super::{Backend, Entries, Key, StoreError, ValueKey, WriteBatch, counter_decode, sealed_bytes};
 use crate::crypto::Sealed;
+
+/// The name of the commit thread.
+pub const COMMIT_THREAD_NAME: &str = "consentvault-commit";
 
 /// Most transactions gathered into one batch; bounds the latency one flush
 /// adds for the transactions behind it.
 const BATCH_TRANSACTIONS_MAX: usize = 4096;
 
-/// Reads committed state off the commit path: see [`StoreReader::warm`].
+/// Reads committed state off the commit path: see [`StoreReader::read`].
 #[derive(Clone)]
 pub struct StoreReader {
     backend: Arc<dyn Backend>,
+    versions: Arc<Versions>,
+    stats: Arc<StoreStats>,
 }
 
 impl std::fmt::Debug for StoreReader {
@@ -46,19 +52,47 @@ impl std::fmt::Debug for StoreReader {
 }
 
 impl StoreReader {
-    /// Runs `reads` against committed state on the calling thread and drops
-    /// whatever it found: it decides nothing and, holding only a shared
-    /// [`Txn`], can change nothing.
-    /// It is for reading, ahead of a transaction, the records that
-    /// transaction will read, so that the engine's cache holds them when the
-    /// transaction runs: a store much larger than its cache then reads cold
-    /// pages from disk on many threads at once, instead of one at a time on
-    /// the commit thread while every other transaction waits. The
-    /// transaction still reads and decides on its own, in commit order.
-    pub fn warm<T>(&self, reads: impl FnOnce(&Txn<'_>) -> T) {
+    /// Runs `reads` against committed state on the calling thread and
+    /// returns what it found. It holds only a shared [`Txn`], so it can
+    /// change nothing; and what it read may be stale by the time it returns.
+    ///
+    /// This is how a decision is made off the commit thread: before reading
+    /// records, `reads` takes their [`Snapshot::stamp`]; the transaction
+    /// that acts on the decision then checks, with [`Txn::unchanged`], that
+    /// nothing under those stamps changed since, and decides again itself
+    /// if anything did ([`super::versions`]). The commit thread, which every
+    /// transaction waits on, then reads none of those records; and a store
+    /// much larger than its cache reads its cold pages on many threads at
+    /// once.
+    pub fn read<T>(&self, reads: impl FnOnce(&Snapshot<'_>) -> T) -> T {
         let nothing = WriteBatch::new();
-        let txn = Txn::new(&*self.backend, &nothing, 0);
-        drop(reads(&txn));
+        let context = TxnContext { versions: &self.versions, stats: &self.stats, committing: false };
+        let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context), versions: &self.versions };
+        reads(&snapshot)
+    }
+}
+
+/// Committed state as [`StoreReader::read`] sees it.
+pub struct Snapshot<'a> {
+    txn: Txn<'a>,
+    versions: &'a Versions,
+}
+
+impl std::fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Snapshot<'a> {
+    /// The version of the records under `key`: take it before reading them.
+    pub fn stamp(&self, key: &Key) -> Stamp {
+        self.versions.stamp(key)
+    }
+
+    /// Reads committed state (it has no writes of its own).
+    pub fn txn(&self) -> &Txn<'a> {
+        &self.txn
     }
 }
 
@@ -80,6 +114,7 @@ pub enum CommitError<E> {
 pub struct Txn<'a> {
     backend: &'a dyn Backend,
     batch: &'a WriteBatch,
+    context: TxnContext<'a>,
     writes: WriteBatch,
     batch_seq: u64,
     hooks: Vec<DurableHook>,
@@ -136,8 +171,33 @@ impl std::fmt::Debug for Txn<'_> {
 }
 
 impl<'a> Txn<'a> {
-    fn new(backend: &'a dyn Backend, batch: &'a WriteBatch, batch_seq: u64) -> Self {
-        Self { backend, batch, writes: WriteBatch::new(), batch_seq, hooks: Vec::new(), taps: Vec::new() }
+    fn new(backend: &'a dyn Backend, batch: &'a WriteBatch, batch_seq: u64, context: TxnContext<'a>) -> Self {
+        Self { backend, batch, context, writes: WriteBatch::new(), batch_seq, hooks: Vec::new(), taps: Vec::new() }
+    }
+
+    /// Whether none of the records under `stamps` has changed since they
+    /// were taken ([`Snapshot::stamp`]), counting the transactions that ran
+    /// before this one in its batch. Meaningful on the commit thread only.
+    pub fn unchanged(&self, stamps: &[Stamp]) -> bool {
+        let unchanged = self.context.versions.unchanged(stamps);
+        let counter = if unchanged { &self.context.stats.stamps_held } else { &self.context.stats.stamps_stale };
+        counter.fetch_add(1, Ordering::Relaxed);
+        unchanged
+    }
+
+    /// Runs `reads`, which a caller could have made ahead of the transaction
+    /// ([`StoreReader::read`]), and times them if this is the commit thread:
+    /// [`Store::reads_cold`] judges from those times whether the engine is
+    /// reading cold pages.
+    pub fn lookahead<T>(&self, reads: impl FnOnce(&Self) -> T) -> T {
+        if !self.context.committing {
+            return reads(self);
+        }
+        let started = Instant::now();
+        let found = reads(self);
+        self.context.stats.lookahead_reads.fetch_add(1, Ordering::Relaxed);
+        self.context.stats.lookahead_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+        found
     }
 
     /// The sequence number of the batch this transaction is part of.
@@ -272,6 +332,15 @@ pub struct StoreStats {
     pub apply_nanos: AtomicU64,
     /// Time spent running transaction functions, in nanoseconds.
     pub execute_nanos: AtomicU64,
+    /// Reads that could have been made ahead, made on the commit thread
+    /// instead ([`Txn::lookahead`]).
+    pub lookahead_reads: AtomicU64,
+    /// Time spent in those reads, in nanoseconds.
+    pub lookahead_nanos: AtomicU64,
+    /// Checks of stamps that held ([`Txn::unchanged`]).
+    pub stamps_held: AtomicU64,
+    /// Checks of stamps that did not hold: something read ahead had changed.
+    pub stamps_stale: AtomicU64,
     /// Flushes that failed.
     pub flush_failures: AtomicU64,
 }
@@ -284,35 +353,77 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
-    pace: Pace,
+    versions: Arc<Versions>,
+    lookahead_pace: Pace,
+    /// Callers asking [`Store::read_ahead`], to pick the probes.
+    read_ahead_asked: AtomicU64,
 }
 
-/// How long transactions have lately taken on the commit thread, judged
-/// over windows of [`PACE_WINDOW_MILLIS`]: see [`Store::transactions_slow`].
+/// Whether work of one kind has lately been slow: its mean time over
+/// windows of [`PACE_WINDOW_MILLIS`], from running totals of how many there
+/// were and how long they took. See [`Store::reads_cold`].
 #[derive(Debug)]
 struct Pace {
     started: Instant,
     checked_millis: AtomicU64,
-    transactions: AtomicU64,
-    execute_nanos: AtomicU64,
+    count: AtomicU64,
+    nanos: AtomicU64,
     slow: AtomicBool,
 }
 
-/// How often [`Store::transactions_slow`] looks at the counters again.
+/// How often a [`Pace`] looks at the counters again.
 const PACE_WINDOW_MILLIS: u64 = 250;
-/// Fewest transactions in a window to judge their pace by.
-const PACE_TRANSACTIONS_MIN: u64 = 32;
-/// Mean running time of a transaction above which the commit thread is
-/// taken to be waiting on the storage engine's cold pages. Transactions on
-/// a store whose working set is cached run in 23–29 µs under load here,
-/// with their batch's checkpoint; on a store fifty times larger than its
-/// cache, 60 µs and more (`docs/PERFORMANCE.md`).
-const SLOW_TRANSACTION_NANOS: u64 = 50_000;
+/// Fewest events in a window to judge their pace by.
+const PACE_COUNT_MIN: u64 = 32;
+/// Mean time of the reads that could be made ahead ([`Txn::lookahead`]) on
+/// the commit thread above which they are taken to be waiting on the
+/// storage engine's cold pages. A scoped read's decision on a store whose
+/// working set is cached reads and decides in about 10 µs here; on a store
+/// fifty times larger than its cache, from 50 µs to hundreds
+/// (`docs/PERFORMANCE.md`).
+const SLOW_NANOS: u64 = 30_000;
+/// While the engine reads cold pages, one caller in this many still reads
+/// on the commit thread ([`Store::read_ahead`]), so that the pace keeps
+/// being judged.
+const PROBE_EVERY: u64 = 16;
 
-/// Whether transactions that ran for `execute_nanos` in all were slow, or
-/// `None` when there were too few to say.
-fn pace_slow(transactions: u64, execute_nanos: u64) -> Option<bool> {
-    (transactions >= PACE_TRANSACTIONS_MIN).then(|| execute_nanos / transactions > SLOW_TRANSACTION_NANOS)
+/// Whether `count` events that took `nanos` in all were slow, or `None` when
+/// there were too few to say.
+fn pace_slow(count: u64, nanos: u64) -> Option<bool> {
+    (count >= PACE_COUNT_MIN).then(|| nanos / count > SLOW_NANOS)
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            checked_millis: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            slow: AtomicBool::new(false),
+        }
+    }
+
+    /// The verdict, judged again from the running totals `count` and
+    /// `nanos` once a window has passed, by one caller per window. With too
+    /// few events in the window, the verdict and the window's start stay.
+    fn slow(&self, count: &AtomicU64, nanos: &AtomicU64) -> bool {
+        let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let checked = self.checked_millis.load(Ordering::Relaxed);
+        if now_millis.saturating_sub(checked) >= PACE_WINDOW_MILLIS
+            && self.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            let (count, nanos) = (count.load(Ordering::Relaxed), nanos.load(Ordering::Relaxed));
+            let counted = count.saturating_sub(self.count.load(Ordering::Relaxed));
+            let took = nanos.saturating_sub(self.nanos.load(Ordering::Relaxed));
+            if let Some(slow) = pace_slow(counted, took) {
+                self.slow.store(slow, Ordering::Relaxed);
+                self.count.store(count, Ordering::Relaxed);
+                self.nanos.store(nanos, Ordering::Relaxed);
+            }
+        }
+        self.slow.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -332,13 +443,22 @@ impl Store {
         let thread_stats = Arc::clone(&stats);
         let finalizer: Arc<std::sync::OnceLock<Finalizer>> = Arc::new(std::sync::OnceLock::new());
         let thread_finalizer = Arc::clone(&finalizer);
+        let versions = Arc::new(Versions::default());
+        let thread_versions = Arc::clone(&versions);
         // Logs from the commit thread go where the caller's logs go.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
-            .name("consentvault-commit".to_owned())
+            .name(COMMIT_THREAD_NAME.to_owned())
             .spawn(move || {
                 tracing::dispatcher::with_default(&dispatch, || {
-                    commit_loop(&*thread_backend, &receiver, &thread_healthy, &thread_stats, &thread_finalizer);
+                    let context = CommitContext {
+                        backend: &*thread_backend,
+                        healthy: &thread_healthy,
+                        stats: &thread_stats,
+                        finalizer: &thread_finalizer,
+                        versions: &thread_versions,
+                    };
+                    commit_loop(&context, &receiver);
                 });
             })
             .map_err(|error| StoreError::Engine(format!("cannot start the commit thread: {error}")))?;
@@ -349,41 +469,32 @@ impl Store {
             healthy,
             stats,
             finalizer,
-            pace: Pace {
-                started: Instant::now(),
-                checked_millis: AtomicU64::new(0),
-                transactions: AtomicU64::new(0),
-                execute_nanos: AtomicU64::new(0),
-                slow: AtomicBool::new(false),
-            },
+            versions,
+            lookahead_pace: Pace::new(),
+            read_ahead_asked: AtomicU64::new(0),
         })
     }
 
-    /// Whether transactions have lately run slowly on the commit thread
-    /// (a mean above 50 µs over the last quarter of a second), the
-    /// sign that they wait on pages the engine reads from disk. Callers
-    /// then warm what a transaction will read ([`StoreReader::warm`]); on a
-    /// cached store that would only add work. Cheap: the counters are looked
-    /// at again by one caller per window.
-    pub fn transactions_slow(&self) -> bool {
-        let pace = &self.pace;
-        let now_millis = u64::try_from(pace.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let checked = pace.checked_millis.load(Ordering::Relaxed);
-        if now_millis.saturating_sub(checked) >= PACE_WINDOW_MILLIS
-            && pace.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
-            let transactions = self.stats.transactions.load(Ordering::Relaxed);
-            let execute_nanos = self.stats.execute_nanos.load(Ordering::Relaxed);
-            let ran = transactions.saturating_sub(pace.transactions.load(Ordering::Relaxed));
-            let took = execute_nanos.saturating_sub(pace.execute_nanos.load(Ordering::Relaxed));
-            // Too few to judge: keep the verdict and the window's start.
-            if let Some(slow) = pace_slow(ran, took) {
-                pace.slow.store(slow, Ordering::Relaxed);
-                pace.transactions.store(transactions, Ordering::Relaxed);
-                pace.execute_nanos.store(execute_nanos, Ordering::Relaxed);
-            }
-        }
-        pace.slow.load(Ordering::Relaxed)
+    /// Whether the storage engine is reading cold pages from disk: reads
+    /// made on the commit thread that could have been made ahead of it
+    /// ([`Txn::lookahead`]) have lately been slow (a mean above 30 µs over
+    /// the last quarter of a second). Judged from counters again once per
+    /// window, by one caller; in between it is an atomic load.
+    pub fn reads_cold(&self) -> bool {
+        self.lookahead_pace.slow(&self.stats.lookahead_reads, &self.stats.lookahead_nanos)
+    }
+
+    /// Whether a caller whose transaction would read records it can read
+    /// ahead ([`StoreReader::read`], checked with stamps) should do so, on a
+    /// blocking thread: while the engine reads cold pages
+    /// ([`Store::reads_cold`]), so that they are read many at a time and not
+    /// one after another on the one thread every writer waits on, except one
+    /// caller in 16, whose reads on the commit thread keep the pace judged.
+    /// On a cached store reading ahead only adds work: sled 0.34.7 makes
+    /// every read wait while a batch is applied, and the cores here are busy
+    /// anyway (`docs/PERFORMANCE.md`).
+    pub fn read_ahead(&self) -> bool {
+        self.reads_cold() && !self.read_ahead_asked.fetch_add(1, Ordering::Relaxed).is_multiple_of(PROBE_EVERY)
     }
 
     /// Sets the function that ends every writing batch (once; later calls
@@ -407,10 +518,14 @@ impl Store {
         self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
     }
 
-    /// A handle on the committed state that [`StoreReader::warm`] reads through,
-    /// usable from any thread.
+    /// A handle on the committed state that [`StoreReader::read`] reads
+    /// through, usable from any thread.
     pub fn reader(&self) -> StoreReader {
-        StoreReader { backend: Arc::clone(&self.backend) }
+        StoreReader {
+            backend: Arc::clone(&self.backend),
+            versions: Arc::clone(&self.versions),
+            stats: Arc::clone(&self.stats),
+        }
     }
 
     /// Whether the last flush succeeded and the commit thread is running.
@@ -529,13 +644,27 @@ impl Drop for Store {
     }
 }
 
-fn commit_loop(
-    backend: &dyn Backend,
-    receiver: &mpsc::Receiver<Job>,
-    healthy: &AtomicBool,
-    stats: &StoreStats,
-    finalizer: &std::sync::OnceLock<Finalizer>,
-) {
+/// What a [`Txn`] counts in.
+#[derive(Clone, Copy)]
+struct TxnContext<'a> {
+    versions: &'a Versions,
+    stats: &'a StoreStats,
+    /// Whether the transaction runs on the commit thread.
+    committing: bool,
+}
+
+/// What the commit thread works with.
+struct CommitContext<'a> {
+    backend: &'a dyn Backend,
+    healthy: &'a AtomicBool,
+    stats: &'a StoreStats,
+    finalizer: &'a std::sync::OnceLock<Finalizer>,
+    versions: &'a Versions,
+}
+
+fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
+    let CommitContext { backend, healthy, stats, finalizer, versions } = *context;
+    let txn_context = TxnContext { versions, stats, committing: true };
     let mut batch_seq = 0u64;
     let mut taps: Vec<BatchTap> = Vec::new();
     // Blocks until the first transaction of a batch arrives; then takes
@@ -552,22 +681,27 @@ fn commit_loop(
         let mut batch = WriteBatch::new();
         let mut hooks: Vec<DurableHook> = Vec::new();
         let mut completions = Vec::with_capacity(jobs.len());
+        let mut touched = Vec::new();
         let executing = Instant::now();
         for job in jobs {
-            let mut txn = Txn::new(backend, &batch, batch_seq);
+            let mut txn = Txn::new(backend, &batch, batch_seq, txn_context);
             let completion = job(&mut txn);
             let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
             taps.append(&mut txn.taps);
+            // Counted as it runs, so the transactions after it in this
+            // batch see the change too.
+            versions.count_ran(&writes, &mut touched);
             batch.extend(writes);
             hooks.extend(txn_hooks);
             completions.push(completion);
         }
         let finalized = match finalizer.get() {
             Some(finalize) if !batch.is_empty() => {
-                let mut txn = Txn::new(backend, &batch, batch_seq);
+                let mut txn = Txn::new(backend, &batch, batch_seq, txn_context);
                 let finalized = std::panic::catch_unwind(AssertUnwindSafe(|| finalize(&mut txn)))
                     .unwrap_or(Err(StoreError::Panicked));
                 let (writes, txn_hooks) = (std::mem::take(&mut txn.writes), std::mem::take(&mut txn.hooks));
+                versions.count_ran(&writes, &mut touched);
                 batch.extend(writes);
                 hooks.extend(txn_hooks);
                 finalized
@@ -580,8 +714,12 @@ fn commit_loop(
         let outcome = match finalized {
             Err(error) => Err(error),
             Ok(()) if batch.is_empty() && healthy.load(Ordering::Acquire) => Ok(()),
-            Ok(()) => apply_and_flush(backend, &batch, stats),
+            Ok(()) => apply_and_flush(backend, &batch, stats, || versions.publish_applied(&touched)),
         };
+        // A batch that never reached the engine left it as it was: its
+        // counts are published all the same, or the stripes would stay
+        // "changed" for good.
+        versions.publish_applied(&touched);
         healthy.store(outcome.is_ok(), Ordering::Release);
         if let Err(error) = &outcome {
             stats.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -604,9 +742,16 @@ fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn apply_and_flush(backend: &dyn Backend, batch: &WriteBatch, stats: &StoreStats) -> Result<(), StoreError> {
+/// Applies `batch`, calls `applied` once the engine holds it, and flushes.
+fn apply_and_flush(
+    backend: &dyn Backend,
+    batch: &WriteBatch,
+    stats: &StoreStats,
+    applied: impl FnOnce(),
+) -> Result<(), StoreError> {
     let applying = Instant::now();
     backend.apply(batch)?;
+    applied();
     stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
     let started = Instant::now();
     let flushed = backend.flush();
@@ -787,31 +932,75 @@ mod tests {
     }
 
     #[test]
-    fn transactions_are_judged_slow_only_by_enough_of_them_over_the_threshold() {
-        assert_eq!(pace_slow(PACE_TRANSACTIONS_MIN - 1, u64::MAX), None);
-        assert_eq!(pace_slow(100, 100 * 20_000), Some(false));
-        assert_eq!(pace_slow(100, 100 * SLOW_TRANSACTION_NANOS), Some(false));
+    fn work_is_judged_slow_only_by_enough_of_it_over_the_threshold() {
+        assert_eq!(pace_slow(PACE_COUNT_MIN - 1, u64::MAX), None);
+        assert_eq!(pace_slow(100, 100 * 10_000), Some(false));
+        assert_eq!(pace_slow(100, 100 * SLOW_NANOS), Some(false));
         assert_eq!(pace_slow(100, 100 * 120_000), Some(true));
     }
 
+    #[test]
+    fn a_pace_is_judged_again_each_window_and_kept_while_too_little_happens() {
+        let pace = Pace::new();
+        let (count, nanos) = (AtomicU64::new(0), AtomicU64::new(0));
+        let window = std::time::Duration::from_millis(PACE_WINDOW_MILLIS + 10);
+        let happen = |events: u64, each_nanos: u64| {
+            count.fetch_add(events, Ordering::Relaxed);
+            nanos.fetch_add(events * each_nanos, Ordering::Relaxed);
+            std::thread::sleep(window);
+            pace.slow(&count, &nanos)
+        };
+        assert!(!pace.slow(&count, &nanos), "nothing happened yet");
+        assert!(happen(40, 300_000), "40 events of 300 µs are slow");
+        assert!(happen(3, 1_000), "3 fast events are too few to change the verdict");
+        // The three are judged with the next window's events.
+        assert!(!happen(40, 10_000), "43 events of about 10 µs are not slow");
+        assert!(!happen(0, 0));
+    }
+
     #[tokio::test]
-    async fn warming_reads_committed_state_and_changes_nothing() {
+    async fn a_snapshot_reads_committed_state_and_its_stamps_see_later_changes() {
         let store = store();
+        let subject = [7u8; 16];
         store
-            .commit(|txn| {
-                txn.put(Key::meta("warm"), b"committed".to_vec());
+            .commit(move |txn| {
+                txn.put(Key::grant(&subject, "g1"), b"live".to_vec());
                 Ok::<_, StoreError>(())
             })
             .await
             .unwrap();
-        let mut seen = None;
-        store.reader().warm(|txn| {
-            seen = txn.get(&Key::meta("warm")).unwrap();
-            // A warm-up has nowhere to put writes: they are dropped with it.
+        let (seen, stamps) = store.reader().read(|snapshot| {
+            let stamps = vec![snapshot.stamp(&Key::subject(&subject))];
+            (snapshot.txn().get(&Key::grant(&subject, "g1")).unwrap(), stamps)
         });
-        assert_eq!(seen.as_deref(), Some(&b"committed"[..]));
-        assert!(!store.transactions_slow(), "a fresh store has no slow transactions");
-        assert_eq!(store.get(&Key::meta("warm")).unwrap().as_deref(), Some(&b"committed"[..]));
+        assert_eq!(seen.as_deref(), Some(&b"live"[..]));
+        assert!(!store.reads_cold(), "a fresh store reads nothing cold");
+
+        // Nothing changed: the stamp holds on the commit thread.
+        let held = stamps.clone();
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        // Another subject's change leaves it holding (their stripes differ).
+        store
+            .commit(|txn| {
+                txn.put(Key::grant(&[8u8; 16], "g2"), b"live".to_vec());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let held = stamps.clone();
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        // A change to the subject's grants ends it, and a fresh stamp holds.
+        store
+            .commit(move |txn| {
+                txn.put(Key::grant(&subject, "g1"), b"revoked".to_vec());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let held = stamps.clone();
+        assert!(!store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        let fresh = store.reader().read(|snapshot| vec![snapshot.stamp(&Key::subject(&subject))]);
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&fresh))).await.unwrap());
     }
 
     #[tokio::test]

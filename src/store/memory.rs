@@ -6,10 +6,10 @@
 //! without reaching the durable map.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
-use super::{Backend, Entries, Key, StoreError, WriteBatch};
+use super::{Backend, COMMIT_THREAD_NAME, Entries, Key, StoreError, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -24,6 +24,21 @@ pub struct MemoryBackend {
     fail_reads_under: Mutex<Option<Vec<u8>>>,
     read_delay_micros: AtomicU64,
     reads: AtomicU64,
+    recording: AtomicBool,
+    commit_thread_reads: Mutex<Vec<Vec<u8>>>,
+    hold: Mutex<Hold>,
+    held: Condvar,
+}
+
+/// Reads held back by [`MemoryBackend::hold_reads_under`].
+#[derive(Debug, Default)]
+struct Hold {
+    prefix: Option<Vec<u8>>,
+    waiting: usize,
+}
+
+fn on_commit_thread() -> bool {
+    std::thread::current().name() == Some(COMMIT_THREAD_NAME)
 }
 
 impl MemoryBackend {
@@ -36,6 +51,36 @@ impl MemoryBackend {
     /// How many reads (point reads and scans) the backend has served.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Starts (or stops) recording the keys read on the commit thread.
+    pub fn record_commit_thread_reads(&self, on: bool) {
+        self.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// The keys (or scan starts) read on the commit thread, in order, while
+    /// recording since the last call: what the transactions themselves read.
+    pub fn commit_thread_reads_take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.commit_thread_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Holds every later point read of a key under `prefix` made on a thread
+    /// other than the commit thread until [`MemoryBackend::release_reads`]:
+    /// lets a test change the store in the middle of a read made off the
+    /// commit path.
+    pub fn hold_reads_under(&self, prefix: &[u8]) {
+        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prefix = Some(prefix.to_vec());
+    }
+
+    /// How many reads are being held now.
+    pub fn reads_held(&self) -> usize {
+        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting
+    }
+
+    /// Lets every held read go on, and holds no more.
+    pub fn release_reads(&self) {
+        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prefix = None;
+        self.held.notify_all();
     }
 
     /// Makes every later `apply` fail (or succeed again).
@@ -77,8 +122,11 @@ impl MemoryBackend {
 }
 
 impl MemoryBackend {
-    fn read_fault(&self) -> Result<(), StoreError> {
+    fn read_fault(&self, key: &[u8]) -> Result<(), StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.recording.load(Ordering::SeqCst) && on_commit_thread() {
+            self.commit_thread_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key.to_vec());
+        }
         let delay_micros = self.read_delay_micros.load(Ordering::SeqCst);
         if delay_micros > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay_micros));
@@ -98,7 +146,17 @@ fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
 
 impl Backend for MemoryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_fault()?;
+        self.read_fault(key)?;
+        if !on_commit_thread() {
+            let mut hold = self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if hold.prefix.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
+                hold.waiting += 1;
+                while hold.prefix.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
+                    hold = self.held.wait(hold).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                hold.waiting -= 1;
+            }
+        }
         let failing = self.fail_reads_under.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if failing.is_some_and(|prefix| key.starts_with(&prefix)) {
             return Err(StoreError::Engine("injected read failure".to_owned()));
@@ -107,7 +165,7 @@ impl Backend for MemoryBackend {
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
-        self.read_fault()?;
+        self.read_fault(start)?;
         let applied = lock(&self.applied);
         let range = applied.range(start.to_vec()..);
         Ok(range

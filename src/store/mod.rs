@@ -16,12 +16,15 @@
 mod commit;
 pub mod memory;
 pub mod sled_backend;
+pub mod versions;
 
 use std::collections::BTreeMap;
 
 pub use commit::{
-    BatchTap, CommitError, Durable, DurableHook, Finalizer, ScanPage, Store, StoreReader, StoreStats, Txn,
+    BatchTap, COMMIT_THREAD_NAME, CommitError, Durable, DurableHook, Finalizer, ScanPage, Snapshot, Store, StoreReader,
+    StoreStats, Txn,
 };
+pub use versions::Stamp;
 
 use crate::crypto::Sealed;
 
