@@ -339,16 +339,56 @@ impl Measured {
         f64::from(self.latencies_us[index]) / 1000.0
     }
 
-    fn row(&self, name: &str) -> String {
+    /// The row of a workload, with the CPU time the server and the load
+    /// generator used per operation while it ran.
+    fn row(&self, name: &str, cpu: Cpu) -> String {
+        let ops = self.latencies_us.len().max(1) as f64;
         format!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.1} µs | {:.1} µs |",
             self.ops_per_sec(),
             self.percentile_ms(0.5),
             self.percentile_ms(0.99),
             self.percentile_ms(0.999),
-            self.failures
+            self.failures,
+            cpu.server_secs * 1e6 / ops,
+            cpu.generator_secs * 1e6 / ops,
         )
     }
+}
+
+/// CPU time (user and system) used by a server process and by this
+/// process, the load generator.
+#[derive(Clone, Copy, Debug)]
+struct Cpu {
+    server_secs: f64,
+    generator_secs: f64,
+}
+
+impl Cpu {
+    /// CPU time used so far by `server` and by this process.
+    fn now(server: &Server) -> Self {
+        Self { server_secs: cpu_secs(&server.child.id().to_string()), generator_secs: cpu_secs("self") }
+    }
+
+    /// What was used between `self` and now.
+    fn since(self, server: &Server) -> Self {
+        let now = Self::now(server);
+        Self {
+            server_secs: now.server_secs - self.server_secs,
+            generator_secs: now.generator_secs - self.generator_secs,
+        }
+    }
+}
+
+/// User and system CPU time of process `pid` (or `self`), in seconds, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| fields[index - 3].parse::<f64>().unwrap();
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 /// One round of a workload for (client, task, sequence): its requests,
@@ -430,7 +470,7 @@ fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<String>>) -> Ro
     })
 }
 
-const TABLE_HEAD: &str = "| workload | ops/s | p50 | p99 | p99.9 | failed |\n|---|---|---|---|---|---|";
+const TABLE_HEAD: &str = "| workload | ops/s | p50 | p99 | p99.9 | failed | server CPU per op | load generator CPU per op |\n|---|---|---|---|---|---|---|---|";
 
 async fn load(subjects: usize, connections: usize, duration: Duration) {
     let store = store(subjects).await;
@@ -450,12 +490,17 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
 
     println!("\n{connections} connections, {} s per row, {subjects} subjects\n", duration.as_secs());
     println!("{TABLE_HEAD}");
+    let cpu = Cpu::now(&bare);
     let bare_reads = drive(connections, duration, read_workload(&bare.base, &business, &pairwise_ids)).await;
-    println!("{}", bare_reads.row("bare axum handler, same path and body shape"));
+    let bare_reads_cpu = cpu.since(&bare);
+    println!("{}", bare_reads.row("bare axum handler, same path and body shape", bare_reads_cpu));
     let before = CommitCounters::scrape(&client, &vault.base).await;
+    let cpu = Cpu::now(&vault);
     let vault_reads = drive(connections, duration, read_workload(&vault.base, &business, &pairwise_ids)).await;
+    let vault_reads_cpu = cpu.since(&vault);
     let reads_commit = before.per_transaction(&CommitCounters::scrape(&client, &vault.base).await);
-    println!("{}", vault_reads.row("vault scoped read (decided, audited, durable)"));
+    println!("{}", vault_reads.row("vault scoped read (decided, audited, durable)", vault_reads_cpu));
+    let cpu = Cpu::now(&vault);
     let writes = {
         let (base, customers) = (vault.base.clone(), Arc::clone(&customers));
         let round: Round = Arc::new(move |client, task, sequence| {
@@ -467,7 +512,8 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
         });
         drive(connections, duration, round).await
     };
-    println!("{}", writes.row("vault data write (PUT /v1/me/data)"));
+    println!("{}", writes.row("vault data write (PUT /v1/me/data)", cpu.since(&vault)));
+    let cpu = Cpu::now(&vault);
     let grants = {
         let (base, customers, business_id) =
             (vault.base.clone(), Arc::clone(&customers), provisioned.business_id.clone());
@@ -489,7 +535,7 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
         });
         drive(connections, duration, round).await
     };
-    println!("{}", grants.row("vault grant change (create, then revoke)"));
+    println!("{}", grants.row("vault grant change (create, then revoke)", cpu.since(&vault)));
     println!(
         "\nratio vault scoped reads / bare axum: {:.2} (throughput); p99 {:.2} ms at {connections} connections; server RSS {} MiB",
         vault_reads.ops_per_sec() / bare_reads.ops_per_sec(),
@@ -497,6 +543,17 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
         vault.rss_kib() / 1024
     );
     println!("scoped reads: {reads_commit}");
+    // With both cores busy, throughput is the inverse of the CPU time a
+    // request costs the machine (server and generator).
+    let per_op = |measured: &Measured, cpu: Cpu| {
+        (cpu.server_secs + cpu.generator_secs) * 1e6 / measured.latencies_us.len().max(1) as f64
+    };
+    let (bare_per_op, vault_per_op) = (per_op(&bare_reads, bare_reads_cpu), per_op(&vault_reads, vault_reads_cpu));
+    println!(
+        "CPU per read, server and generator: bare {bare_per_op:.1} µs, vault {vault_per_op:.1} µs; \
+         on a machine both saturate, the ratio is bounded by {:.2}",
+        bare_per_op / vault_per_op
+    );
     vault.stop();
     bare.stop();
 }

@@ -68,21 +68,23 @@ impl Setup {
     }
 
     /// [`Setup::new`] on a store whose reads take 300 µs each, as reads of
-    /// pages a disk store has not cached do, once the vault has noticed.
+    /// pages a disk store has not cached do (each counts as a page read from
+    /// disk), once the vault has noticed.
     async fn cold() -> Self {
         let setup = Self::new().await;
         setup.backend.slow_reads(Duration::from_micros(300));
-        assert!(!setup.vault.store().reads_cold(), "nothing has been slow yet");
-        for _ in 0..20 {
-            let reads: Vec<_> = (0..40).map(|_| tokio::spawn(setup.read())).collect();
-            for read in reads {
-                assert_eq!(read.await.unwrap().unwrap().data.get("email"), Some(&json!("ada@example.org")));
+        assert!(!setup.vault.store().reads_cold(), "nothing has been read from disk yet");
+        for _ in 0..40 {
+            // The commit thread's reads of this one customer are cached: read
+            // the store from here, as listings and exports do.
+            for _ in 0..100 {
+                setup.vault.objections(setup.subject).unwrap();
             }
             if setup.vault.store().reads_cold() {
                 return setup;
             }
-            // The pace is judged over windows of a quarter of a second.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Disk reads are judged over windows of half a second.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("slow reads were never noticed");
     }
@@ -98,36 +100,24 @@ impl Setup {
     }
 
     /// Starts a read that stops, once decided ahead, at reading the value
-    /// it releases; returns when it has got there. (One read in 16 is
-    /// decided on the commit thread all the same, to keep the pace judged:
-    /// such a read completes, and the next one is tried.)
+    /// it releases; returns when it has got there.
     async fn read_held_at_its_value(&self) -> tokio::task::JoinHandle<Result<ScopedRead, ConsentError>> {
         self.backend.hold_reads_under(&[Space::Values as u8]);
-        for _ in 0..2 {
-            let read = tokio::spawn(self.read());
-            for _ in 0..500 {
-                if self.backend.reads_held() == 1 {
-                    return read;
-                }
-                if read.is_finished() {
-                    assert!(read.await.unwrap().is_ok());
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let read = tokio::spawn(self.read());
+        for _ in 0..500 {
+            if self.backend.reads_held() == 1 {
+                return read;
             }
+            assert!(!read.is_finished(), "the read was not decided ahead");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("no read was decided ahead");
+        panic!("the read was never decided ahead");
     }
 }
 
 /// Whether any of `keys` lies in one of the decision's spaces.
 fn touches_decision_records(keys: &[Vec<u8>]) -> bool {
     keys.iter().any(|key| key.first().is_some_and(|space| DECISION_SPACES.iter().any(|s| *s as u8 == *space)))
-}
-
-/// How many reads of a subject's grants `keys` holds: one per decision.
-fn grant_reads(keys: &[Vec<u8>]) -> usize {
-    keys.iter().filter(|key| key.first() == Some(&(Space::Grants as u8))).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,26 +133,20 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     assert_eq!((event.kind, event.decision), (EventKind::DataRead, Some(Decision::Allow)));
     setup.backend.record_commit_thread_reads(false);
 
-    // Cold: of 32 reads one after another, all but the one in 16 that keeps
-    // the pace judged are decided ahead, and read nothing they decide on on
-    // the commit thread.
+    // Cold: reads are decided ahead, and read nothing they decide on on the
+    // commit thread.
     let setup = Setup::cold().await;
     setup.backend.record_commit_thread_reads(true);
     let size_before = setup.vault.audit().durable_size();
-    let mut decided_at_commit = 0;
-    for at in size_before..size_before + 32 {
+    for at in size_before..size_before + 8 {
         let read = setup.read().await.unwrap();
         assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));
         assert_eq!(read.audit_index, at);
         let event = setup.event(read.audit_index);
         assert_eq!((event.kind, event.decision), (EventKind::DataRead, Some(Decision::Allow)));
         let on_commit_thread = setup.backend.commit_thread_reads_take();
-        if touches_decision_records(&on_commit_thread) {
-            assert_eq!(grant_reads(&on_commit_thread), 1, "decided once: {on_commit_thread:?}");
-            decided_at_commit += 1;
-        }
+        assert!(!touches_decision_records(&on_commit_thread), "the commit thread read {on_commit_thread:?}");
     }
-    assert_eq!(decided_at_commit, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +202,7 @@ async fn reads_on_a_cold_store_are_decided_on_blocking_threads_logged_once_and_s
         indices.push(read.audit_index);
     }
     assert!(setup.vault.store().reads_cold());
-    assert_eq!(grant_reads(&setup.backend.commit_thread_reads_take()), 2, "all but one in 16 decided ahead");
+    assert!(!touches_decision_records(&setup.backend.commit_thread_reads_take()));
     indices.sort_unstable();
     assert_eq!(indices, (size_before..size_before + 32).collect::<Vec<_>>(), "one audit event per read");
     assert_eq!(setup.vault.audit().durable_size(), size_before + 32);

@@ -641,7 +641,7 @@ impl Vault {
 }
 
 impl Vault {
-    /// While the store reads cold pages ([`crate::store::Store::read_ahead`]),
+    /// While the store reads cold pages ([`crate::store::Store::reads_cold`]),
     /// decides a scoped read ahead: on committed state, on a blocking thread,
     /// with the stamps of what the decision read (the business's pairwise
     /// index entry, then the subject's records) taken before reading them.
@@ -652,7 +652,7 @@ impl Vault {
         policies: &Arc<Policies>,
         ask: &Arc<ReadAsk>,
     ) -> Option<(Vec<Stamp>, ReadDecided)> {
-        if !self.store().read_ahead() {
+        if !self.store().reads_cold() {
             return None;
         }
         let reader = self.store().reader();

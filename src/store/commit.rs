@@ -17,6 +17,7 @@
 //! thread and in commit order, the writes of every batch from its own on.
 //! That is how an online backup follows the writes made while it reads.
 
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -26,6 +27,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::cache::ReadCache;
 use super::versions::{Stamp, Versions};
 use super::{Backend, Entries, Key, StoreError, ValueKey, WriteBatch, counter_decode, sealed_bytes};
 use crate::crypto::Sealed;
@@ -66,7 +68,7 @@ impl StoreReader {
     /// once.
     pub fn read<T>(&self, reads: impl FnOnce(&Snapshot<'_>) -> T) -> T {
         let nothing = WriteBatch::new();
-        let context = TxnContext { versions: &self.versions, stats: &self.stats, committing: false };
+        let context = TxnContext { versions: &self.versions, stats: &self.stats, committing: false, cache: None };
         let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context), versions: &self.versions };
         reads(&snapshot)
     }
@@ -186,17 +188,17 @@ impl<'a> Txn<'a> {
     }
 
     /// Runs `reads`, which a caller could have made ahead of the transaction
-    /// ([`StoreReader::read`]), and times them if this is the commit thread:
-    /// [`Store::reads_cold`] judges from those times whether the engine is
-    /// reading cold pages.
+    /// ([`StoreReader::read`]), and counts and times them if this is the
+    /// commit thread (for `/metrics`).
     pub fn lookahead<T>(&self, reads: impl FnOnce(&Self) -> T) -> T {
         if !self.context.committing {
             return reads(self);
         }
         let started = Instant::now();
         let found = reads(self);
-        self.context.stats.lookahead_reads.fetch_add(1, Ordering::Relaxed);
-        self.context.stats.lookahead_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+        let stats = self.context.stats;
+        stats.lookahead_reads.fetch_add(1, Ordering::Relaxed);
+        stats.lookahead_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
         found
     }
 
@@ -211,7 +213,10 @@ impl<'a> Txn<'a> {
         if let Some(write) = self.writes.get(bytes).or_else(|| self.batch.get(bytes)) {
             return Ok(write.clone());
         }
-        self.backend.get(bytes)
+        match self.context.cache {
+            Some(cache) => cache.borrow_mut().get(bytes, || self.backend.get(bytes)),
+            None => self.backend.get(bytes),
+        }
     }
 
     /// Whether `key` holds a value.
@@ -222,12 +227,12 @@ impl<'a> Txn<'a> {
     /// Every entry under `prefix`, merged with pending writes, in key order.
     pub fn scan_prefix(&self, prefix: &Key) -> Result<Entries, StoreError> {
         let end = prefix.prefix_end();
-        let mut merged: WriteBatch = self
-            .backend
-            .scan(prefix.as_bytes(), &end, usize::MAX)?
-            .into_iter()
-            .map(|(key, value)| (key, Some(value)))
-            .collect();
+        let scan = || self.backend.scan(prefix.as_bytes(), &end, usize::MAX);
+        let stored = match self.context.cache {
+            Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan)?,
+            None => scan()?,
+        };
+        let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
         for pending in [self.batch, &self.writes] {
             for (key, value) in pending.range(prefix.as_bytes().to_vec()..) {
                 if !key.starts_with(prefix.as_bytes()) {
@@ -354,75 +359,69 @@ pub struct Store {
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
     versions: Arc<Versions>,
-    lookahead_pace: Pace,
-    /// Callers asking [`Store::read_ahead`], to pick the probes.
-    read_ahead_asked: AtomicU64,
+    cold: ColdCheck,
 }
 
-/// Whether work of one kind has lately been slow: its mean time over
-/// windows of [`PACE_WINDOW_MILLIS`], from running totals of how many there
-/// were and how long they took. See [`Store::reads_cold`].
+/// Whether the engine has lately been reading from the storage device: its
+/// read rate ([`Backend::disk_read_bytes`]) over windows of
+/// [`COLD_WINDOW_MILLIS`]. See [`Store::reads_cold`].
 #[derive(Debug)]
-struct Pace {
+struct ColdCheck {
     started: Instant,
     checked_millis: AtomicU64,
-    count: AtomicU64,
-    nanos: AtomicU64,
-    slow: AtomicBool,
+    bytes: AtomicU64,
+    cold: AtomicBool,
 }
 
-/// How often a [`Pace`] looks at the counters again.
-const PACE_WINDOW_MILLIS: u64 = 250;
-/// Fewest events in a window to judge their pace by.
-const PACE_COUNT_MIN: u64 = 32;
-/// Mean time of the reads that could be made ahead ([`Txn::lookahead`]) on
-/// the commit thread above which they are taken to be waiting on the
-/// storage engine's cold pages. A scoped read's decision on a store whose
-/// working set is cached reads and decides in about 10 µs here; on a store
-/// fifty times larger than its cache, from 50 µs to hundreds
-/// (`docs/PERFORMANCE.md`).
-const SLOW_NANOS: u64 = 30_000;
-/// While the engine reads cold pages, one caller in this many still reads
-/// on the commit thread ([`Store::read_ahead`]), so that the pace keeps
-/// being judged.
-const PROBE_EVERY: u64 = 16;
+/// How often a [`ColdCheck`] looks at the engine's disk reads again.
+const COLD_WINDOW_MILLIS: u64 = 500;
+/// Disk reads per second above which the engine is taken to read cold
+/// pages: at 10^6 subjects, fifty times the engine's cache, scoped reads
+/// had the disk read 100–290 MB/s; at 10^4 and 10^5, whose pages the OS
+/// cache holds, next to nothing (`docs/PERFORMANCE.md`) ...
+const COLD_BYTES_PER_SEC: u64 = 16 << 20;
+/// ... and below which it is taken to be warm again. In between, the
+/// verdict stays, so that a store at the edge does not switch back and
+/// forth.
+const WARM_BYTES_PER_SEC: u64 = 4 << 20;
 
-/// Whether `count` events that took `nanos` in all were slow, or `None` when
-/// there were too few to say.
-fn pace_slow(count: u64, nanos: u64) -> Option<bool> {
-    (count >= PACE_COUNT_MIN).then(|| nanos / count > SLOW_NANOS)
+/// Whether the engine reads cold pages, given that it read `bytes` from the
+/// device in `millis` and the verdict was `was`.
+fn reads_cold_by_rate(bytes: u64, millis: u64, was: bool) -> bool {
+    let per_sec = bytes.saturating_mul(1000) / millis.max(1);
+    if was { per_sec > WARM_BYTES_PER_SEC } else { per_sec > COLD_BYTES_PER_SEC }
 }
 
-impl Pace {
+impl ColdCheck {
     fn new() -> Self {
         Self {
             started: Instant::now(),
             checked_millis: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            nanos: AtomicU64::new(0),
-            slow: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+            cold: AtomicBool::new(false),
         }
     }
 
-    /// The verdict, judged again from the running totals `count` and
-    /// `nanos` once a window has passed, by one caller per window. With too
-    /// few events in the window, the verdict and the window's start stay.
-    fn slow(&self, count: &AtomicU64, nanos: &AtomicU64) -> bool {
-        let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    /// The verdict, judged again from `bytes_read` (the engine's running
+    /// total) once a window has passed, by one caller per window. The first
+    /// call only starts the first window: what the engine read before (a
+    /// store's recovery at start-up) does not count.
+    fn cold(&self, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
+        // Never 0, which means "no window started yet".
+        let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
         let checked = self.checked_millis.load(Ordering::Relaxed);
-        if now_millis.saturating_sub(checked) >= PACE_WINDOW_MILLIS
-            && self.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        let due = checked == 0 || now_millis.saturating_sub(checked) >= COLD_WINDOW_MILLIS;
+        if due && self.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
-            let (count, nanos) = (count.load(Ordering::Relaxed), nanos.load(Ordering::Relaxed));
-            let counted = count.saturating_sub(self.count.load(Ordering::Relaxed));
-            let took = nanos.saturating_sub(self.nanos.load(Ordering::Relaxed));
-            if let Some(slow) = pace_slow(counted, took) {
-                self.slow.store(slow, Ordering::Relaxed);
-                self.count.store(count, Ordering::Relaxed);
-                self.nanos.store(nanos, Ordering::Relaxed);
+            // An engine that cannot tell is never taken to be cold.
+            let total = bytes_read().unwrap_or(0);
+            let read = total.saturating_sub(self.bytes.swap(total, Ordering::Relaxed));
+            if checked > 0 {
+                let was = self.cold.load(Ordering::Relaxed);
+                self.cold.store(reads_cold_by_rate(read, now_millis - checked, was), Ordering::Relaxed);
             }
         }
-        self.slow.load(Ordering::Relaxed)
+        self.cold.load(Ordering::Relaxed)
     }
 }
 
@@ -470,31 +469,26 @@ impl Store {
             stats,
             finalizer,
             versions,
-            lookahead_pace: Pace::new(),
-            read_ahead_asked: AtomicU64::new(0),
+            cold: ColdCheck::new(),
         })
     }
 
-    /// Whether the storage engine is reading cold pages from disk: reads
-    /// made on the commit thread that could have been made ahead of it
-    /// ([`Txn::lookahead`]) have lately been slow (a mean above 30 µs over
-    /// the last quarter of a second). Judged from counters again once per
-    /// window, by one caller; in between it is an atomic load.
-    pub fn reads_cold(&self) -> bool {
-        self.lookahead_pace.slow(&self.stats.lookahead_reads, &self.stats.lookahead_nanos)
-    }
-
-    /// Whether a caller whose transaction would read records it can read
-    /// ahead ([`StoreReader::read`], checked with stamps) should do so, on a
-    /// blocking thread: while the engine reads cold pages
-    /// ([`Store::reads_cold`]), so that they are read many at a time and not
-    /// one after another on the one thread every writer waits on, except one
-    /// caller in 16, whose reads on the commit thread keep the pace judged.
-    /// On a cached store reading ahead only adds work: sled 0.34.7 makes
-    /// every read wait while a batch is applied, and the cores here are busy
+    /// Whether the storage engine is reading cold pages from disk: it has
+    /// had the storage device read more than 16 MiB/s over the last half
+    /// second (once cold, it counts as warm again under 4 MiB/s). Judged
+    /// again once per window, by one caller; in between it is an atomic
+    /// load. An engine that cannot tell ([`Backend::disk_read_bytes`]) is
+    /// never cold.
+    ///
+    /// While it holds, a caller whose transaction would read records it can
+    /// read ahead ([`StoreReader::read`], checked with stamps) does so, on
+    /// a blocking thread: the cold pages are then read many at a time, not
+    /// one after another on the one thread every writer waits on. On a
+    /// cached store reading ahead only adds work: sled 0.34.7 makes every
+    /// read wait while a batch is applied, and the cores here are busy
     /// anyway (`docs/PERFORMANCE.md`).
-    pub fn read_ahead(&self) -> bool {
-        self.reads_cold() && !self.read_ahead_asked.fetch_add(1, Ordering::Relaxed).is_multiple_of(PROBE_EVERY)
+    pub fn reads_cold(&self) -> bool {
+        self.cold.cold(|| self.backend.disk_read_bytes())
     }
 
     /// Sets the function that ends every writing batch (once; later calls
@@ -644,13 +638,15 @@ impl Drop for Store {
     }
 }
 
-/// What a [`Txn`] counts in.
+/// What a [`Txn`] counts in, and reads through.
 #[derive(Clone, Copy)]
 struct TxnContext<'a> {
     versions: &'a Versions,
     stats: &'a StoreStats,
     /// Whether the transaction runs on the commit thread.
     committing: bool,
+    /// The commit thread's cache of committed records (none elsewhere).
+    cache: Option<&'a RefCell<ReadCache>>,
 }
 
 /// What the commit thread works with.
@@ -664,7 +660,8 @@ struct CommitContext<'a> {
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let CommitContext { backend, healthy, stats, finalizer, versions } = *context;
-    let txn_context = TxnContext { versions, stats, committing: true };
+    let cache = RefCell::new(ReadCache::default());
+    let txn_context = TxnContext { versions, stats, committing: true, cache: Some(&cache) };
     let mut batch_seq = 0u64;
     let mut taps: Vec<BatchTap> = Vec::new();
     // Blocks until the first transaction of a batch arrives; then takes
@@ -714,8 +711,16 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         let outcome = match finalized {
             Err(error) => Err(error),
             Ok(()) if batch.is_empty() && healthy.load(Ordering::Acquire) => Ok(()),
-            Ok(()) => apply_and_flush(backend, &batch, stats, || versions.publish_applied(&touched)),
+            Ok(()) => apply_and_flush(backend, &batch, stats, || {
+                cache.borrow_mut().applied(&batch);
+                versions.publish_applied(&touched);
+            }),
         };
+        if outcome.is_err() {
+            // Whether the engine holds the batch or not, nothing cached is
+            // trusted after a failure.
+            cache.borrow_mut().clear();
+        }
         // A batch that never reached the engine left it as it was: its
         // counts are published all the same, or the stripes would stay
         // "changed" for good.
@@ -932,30 +937,36 @@ mod tests {
     }
 
     #[test]
-    fn work_is_judged_slow_only_by_enough_of_it_over_the_threshold() {
-        assert_eq!(pace_slow(PACE_COUNT_MIN - 1, u64::MAX), None);
-        assert_eq!(pace_slow(100, 100 * 10_000), Some(false));
-        assert_eq!(pace_slow(100, 100 * SLOW_NANOS), Some(false));
-        assert_eq!(pace_slow(100, 100 * 120_000), Some(true));
+    fn the_engine_is_judged_cold_by_its_disk_read_rate_with_a_band_between() {
+        let mib = 1 << 20;
+        assert!(reads_cold_by_rate(10 * mib, 500, false), "20 MiB/s: cold");
+        assert!(!reads_cold_by_rate(8 * mib, 500, false), "16 MiB/s is not more than 16");
+        assert!(reads_cold_by_rate(5 * mib, 1000, true), "5 MiB/s: in the band, a cold verdict stays");
+        assert!(!reads_cold_by_rate(5 * mib, 1000, false), "and so does a warm one");
+        assert!(!reads_cold_by_rate(mib, 500, true), "2 MiB/s: warm again");
+        assert!(!reads_cold_by_rate(0, 0, true), "no time, no reads: warm");
     }
 
     #[test]
-    fn a_pace_is_judged_again_each_window_and_kept_while_too_little_happens() {
-        let pace = Pace::new();
-        let (count, nanos) = (AtomicU64::new(0), AtomicU64::new(0));
-        let window = std::time::Duration::from_millis(PACE_WINDOW_MILLIS + 10);
-        let happen = |events: u64, each_nanos: u64| {
-            count.fetch_add(events, Ordering::Relaxed);
-            nanos.fetch_add(events * each_nanos, Ordering::Relaxed);
+    fn a_cold_check_is_judged_again_each_window_from_the_bytes_read_since() {
+        let check = ColdCheck::new();
+        let total = AtomicU64::new(0);
+        let window = std::time::Duration::from_millis(COLD_WINDOW_MILLIS + 10);
+        let read = |bytes: u64| {
+            total.fetch_add(bytes, Ordering::Relaxed);
             std::thread::sleep(window);
-            pace.slow(&count, &nanos)
+            check.cold(|| Some(total.load(Ordering::Relaxed)))
         };
-        assert!(!pace.slow(&count, &nanos), "nothing happened yet");
-        assert!(happen(40, 300_000), "40 events of 300 µs are slow");
-        assert!(happen(3, 1_000), "3 fast events are too few to change the verdict");
-        // The three are judged with the next window's events.
-        assert!(!happen(40, 10_000), "43 events of about 10 µs are not slow");
-        assert!(!happen(0, 0));
+        // The first look only starts the first window, whatever was read
+        // before.
+        total.store(1 << 40, Ordering::Relaxed);
+        assert!(!check.cold(|| Some(total.load(Ordering::Relaxed))));
+        assert!(read(64 << 20), "64 MiB in half a second");
+        assert!(read(3 << 20), "6 MiB/s: still cold");
+        assert!(!read(0), "nothing read: warm");
+        assert!(!check.cold(|| None), "judged once per window: the verdict holds in between");
+        std::thread::sleep(window);
+        assert!(!check.cold(|| None), "an engine that cannot tell is never cold");
     }
 
     #[tokio::test]

@@ -13,6 +13,9 @@ use super::{Backend, COMMIT_THREAD_NAME, Entries, Key, StoreError, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// What a slow read counts as read from disk: one engine page.
+const SLOW_READ_BYTES: u64 = 64 * 1024;
+
 /// An in-memory backend with switchable faults.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
@@ -24,6 +27,7 @@ pub struct MemoryBackend {
     fail_reads_under: Mutex<Option<Vec<u8>>>,
     read_delay_micros: AtomicU64,
     reads: AtomicU64,
+    slow_reads: AtomicU64,
     recording: AtomicBool,
     commit_thread_reads: Mutex<Vec<Vec<u8>>>,
     hold: Mutex<Hold>,
@@ -43,7 +47,9 @@ fn on_commit_thread() -> bool {
 
 impl MemoryBackend {
     /// Makes every later read take `delay` longer, as reads of pages that
-    /// are not in a disk store's cache do (zero for full speed again).
+    /// are not in a disk store's cache do (zero for full speed again). Each
+    /// slow read counts as a 64 KiB page read from disk
+    /// ([`Backend::disk_read_bytes`]).
     pub fn slow_reads(&self, delay: std::time::Duration) {
         self.read_delay_micros.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
@@ -129,6 +135,7 @@ impl MemoryBackend {
         }
         let delay_micros = self.read_delay_micros.load(Ordering::SeqCst);
         if delay_micros > 0 {
+            self.slow_reads.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_micros(delay_micros));
         }
         if self.fail_reads.load(Ordering::SeqCst) {
@@ -187,6 +194,10 @@ impl Backend for MemoryBackend {
             };
         }
         Ok(())
+    }
+
+    fn disk_read_bytes(&self) -> Option<u64> {
+        Some(self.slow_reads.load(Ordering::SeqCst) * SLOW_READ_BYTES)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@
 //! **Architecture Invariant:** a change is acknowledged (its `commit` future
 //! resolves `Ok`) only after the flush of the atomic batch that carries it.
 
+mod cache;
 mod commit;
 pub mod memory;
 pub mod sled_backend;
@@ -68,6 +69,12 @@ pub trait Backend: Send + Sync + 'static {
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes read from the storage device so far (not from the OS page
+    /// cache), if the engine can tell: the sign that its working set is not
+    /// cached ([`Store::reads_cold`]). `None` by default.
+    fn disk_read_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The key spaces. The first byte of every key names its space, so a scan of
