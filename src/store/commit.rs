@@ -70,7 +70,14 @@ impl StoreReader {
         let nothing = WriteBatch::new();
         let context = TxnContext { versions: &self.versions, stats: &self.stats, committing: false, cache: None };
         let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context), versions: &self.versions };
-        reads(&snapshot)
+        let disk_before = self.backend.disk_read_bytes();
+        let found = reads(&snapshot);
+        // What the device read for these reads counts towards the verdict
+        // of `Store::reads_cold`, as the commit thread's own reads do.
+        if let (Some(before), Some(after)) = (disk_before, self.backend.disk_read_bytes()) {
+            self.stats.ahead_disk_bytes.fetch_add(after.saturating_sub(before), Ordering::Relaxed);
+        }
+        found
     }
 }
 
@@ -342,6 +349,9 @@ pub struct StoreStats {
     pub lookahead_reads: AtomicU64,
     /// Time spent in those reads, in nanoseconds.
     pub lookahead_nanos: AtomicU64,
+    /// Bytes the storage device read for reads made ahead of the commit
+    /// thread ([`StoreReader::read`]).
+    pub ahead_disk_bytes: AtomicU64,
     /// Checks of stamps that held ([`Txn::unchanged`]).
     pub stamps_held: AtomicU64,
     /// Checks of stamps that did not hold: something read ahead had changed.
@@ -359,12 +369,13 @@ pub struct Store {
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
     versions: Arc<Versions>,
-    cold: ColdCheck,
+    cold: Arc<ColdCheck>,
 }
 
-/// Whether the engine has lately been reading from the storage device: its
-/// read rate ([`Backend::disk_read_bytes`]) over windows of
-/// [`COLD_WINDOW_MILLIS`]. See [`Store::reads_cold`].
+/// Whether the commit thread has lately had the storage device read for
+/// it: its read rate ([`Backend::disk_read_bytes`]) over windows of
+/// [`COLD_WINDOW_MILLIS`], judged on the commit thread after its batches.
+/// See [`Store::reads_cold`].
 #[derive(Debug)]
 struct ColdCheck {
     started: Instant,
@@ -402,10 +413,9 @@ impl ColdCheck {
         }
     }
 
-    /// The verdict, judged again from `bytes_read` (the engine's running
-    /// total) once a window has passed, by one caller per window. The first
-    /// call only starts the first window: what the engine read before (a
-    /// store's recovery at start-up) does not count.
+    /// The verdict, judged again from `bytes_read` (a running total) once a
+    /// window has passed, by one caller per window. The first call only
+    /// starts the first window: what was read before does not count.
     fn cold(&self, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
         // Never 0, which means "no window started yet".
         let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
@@ -421,6 +431,11 @@ impl ColdCheck {
                 self.cold.store(reads_cold_by_rate(read, now_millis - checked, was), Ordering::Relaxed);
             }
         }
+        self.cold.load(Ordering::Relaxed)
+    }
+
+    /// The verdict as last judged.
+    fn verdict(&self) -> bool {
         self.cold.load(Ordering::Relaxed)
     }
 }
@@ -444,6 +459,8 @@ impl Store {
         let thread_finalizer = Arc::clone(&finalizer);
         let versions = Arc::new(Versions::default());
         let thread_versions = Arc::clone(&versions);
+        let cold = Arc::new(ColdCheck::new());
+        let thread_cold = Arc::clone(&cold);
         // Logs from the commit thread go where the caller's logs go.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
@@ -456,6 +473,7 @@ impl Store {
                         stats: &thread_stats,
                         finalizer: &thread_finalizer,
                         versions: &thread_versions,
+                        cold: &thread_cold,
                     };
                     commit_loop(&context, &receiver);
                 });
@@ -469,16 +487,18 @@ impl Store {
             stats,
             finalizer,
             versions,
-            cold: ColdCheck::new(),
+            cold,
         })
     }
 
-    /// Whether the storage engine is reading cold pages from disk: it has
-    /// had the storage device read more than 16 MiB/s over the last half
-    /// second (once cold, it counts as warm again under 4 MiB/s). Judged
-    /// again once per window, by one caller; in between it is an atomic
-    /// load. An engine that cannot tell ([`Backend::disk_read_bytes`]) is
-    /// never cold.
+    /// Whether the commit thread is waiting on cold pages: the engine has had
+    /// the storage device read more than 16 MiB/s for it, and for the reads
+    /// made ahead of it ([`StoreReader::read`]), over the last half second
+    /// (once cold, it counts as warm again under 4 MiB/s). Only those reads
+    /// count: a background task that reads the disk (the log's
+    /// recomputation at start-up, a backup) does not make the store cold. Judged on the commit thread once per window; here it
+    /// is an atomic load. An engine that cannot tell
+    /// ([`Backend::disk_read_bytes`]) is never cold.
     ///
     /// While it holds, a caller whose transaction would read records it can
     /// read ahead ([`StoreReader::read`], checked with stamps) does so, on
@@ -488,7 +508,7 @@ impl Store {
     /// read wait while a batch is applied, and the cores here are busy
     /// anyway (`docs/PERFORMANCE.md`).
     pub fn reads_cold(&self) -> bool {
-        self.cold.cold(|| self.backend.disk_read_bytes())
+        self.cold.verdict()
     }
 
     /// Sets the function that ends every writing batch (once; later calls
@@ -656,10 +676,11 @@ struct CommitContext<'a> {
     stats: &'a StoreStats,
     finalizer: &'a std::sync::OnceLock<Finalizer>,
     versions: &'a Versions,
+    cold: &'a ColdCheck,
 }
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
-    let CommitContext { backend, healthy, stats, finalizer, versions } = *context;
+    let CommitContext { backend, healthy, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
     let txn_context = TxnContext { versions, stats, committing: true, cache: Some(&cache) };
     let mut batch_seq = 0u64;
@@ -740,6 +761,9 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         for completion in completions {
             completion(outcome.clone().map(|()| Durable { batch_seq }));
         }
+        // What the device read for this thread and for the reads made ahead
+        // of it, once per window.
+        cold.cold(|| backend.disk_read_bytes().map(|own| own + stats.ahead_disk_bytes.load(Ordering::Relaxed)));
     }
 }
 

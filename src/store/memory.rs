@@ -13,8 +13,8 @@ use super::{Backend, COMMIT_THREAD_NAME, Entries, Key, StoreError, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// What a slow read counts as read from disk: one engine page.
-const SLOW_READ_BYTES: u64 = 64 * 1024;
+/// What a slow read counts as read from disk, for the thread that made it.
+const SLOW_READ_BYTES: u64 = 1 << 20;
 
 /// An in-memory backend with switchable faults.
 #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ pub struct MemoryBackend {
     fail_reads_under: Mutex<Option<Vec<u8>>>,
     read_delay_micros: AtomicU64,
     reads: AtomicU64,
-    slow_reads: AtomicU64,
+    slow_reads: Mutex<std::collections::HashMap<std::thread::ThreadId, u64>>,
     recording: AtomicBool,
     commit_thread_reads: Mutex<Vec<Vec<u8>>>,
     hold: Mutex<Hold>,
@@ -48,7 +48,7 @@ fn on_commit_thread() -> bool {
 impl MemoryBackend {
     /// Makes every later read take `delay` longer, as reads of pages that
     /// are not in a disk store's cache do (zero for full speed again). Each
-    /// slow read counts as a 64 KiB page read from disk
+    /// slow read counts as 1 MiB read from disk for the thread that made it
     /// ([`Backend::disk_read_bytes`]).
     pub fn slow_reads(&self, delay: std::time::Duration) {
         self.read_delay_micros.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
@@ -135,7 +135,12 @@ impl MemoryBackend {
         }
         let delay_micros = self.read_delay_micros.load(Ordering::SeqCst);
         if delay_micros > 0 {
-            self.slow_reads.fetch_add(1, Ordering::SeqCst);
+            *self
+                .slow_reads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(std::thread::current().id())
+                .or_default() += 1;
             std::thread::sleep(std::time::Duration::from_micros(delay_micros));
         }
         if self.fail_reads.load(Ordering::SeqCst) {
@@ -197,7 +202,8 @@ impl Backend for MemoryBackend {
     }
 
     fn disk_read_bytes(&self) -> Option<u64> {
-        Some(self.slow_reads.load(Ordering::SeqCst) * SLOW_READ_BYTES)
+        let slow_reads = self.slow_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(slow_reads.get(&std::thread::current().id()).copied().unwrap_or(0) * SLOW_READ_BYTES)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -69,9 +69,10 @@ pub trait Backend: Send + Sync + 'static {
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StoreError>;
-    /// Bytes read from the storage device so far (not from the OS page
-    /// cache), if the engine can tell: the sign that its working set is not
-    /// cached ([`Store::reads_cold`]). `None` by default.
+    /// Bytes the storage device has read so far for the calling thread (not
+    /// served from the OS page cache), if the engine can tell: asked on the
+    /// commit thread, the sign that its working set is not cached
+    /// ([`Store::reads_cold`]). `None` by default.
     fn disk_read_bytes(&self) -> Option<u64> {
         None
     }

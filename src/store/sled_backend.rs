@@ -112,12 +112,12 @@ impl Backend for SledBackend {
         self.db.flush().map(|_| ()).map_err(engine)
     }
 
-    /// The process's `read_bytes` from `/proc/self/io` (Linux): what it had
-    /// the storage device read for it. The vault reads little else from
-    /// disk, so this is sled's reads of pages that neither its cache nor
-    /// the OS page cache held.
+    /// The calling thread's `read_bytes` from `/proc/thread-self/io`
+    /// (Linux): what it had the storage device read for it. On the commit
+    /// thread that is sled's reads of pages that neither its cache nor the
+    /// OS page cache held.
     fn disk_read_bytes(&self) -> Option<u64> {
-        let io = std::fs::read_to_string("/proc/self/io").ok()?;
+        let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
         io.lines().find_map(|line| line.strip_prefix("read_bytes:")).and_then(|bytes| bytes.trim().parse().ok())
     }
 }
