@@ -10,6 +10,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use consentvault::audit::{Actor, AuditEvent, Decision, EventKind};
@@ -17,8 +18,8 @@ use consentvault::auth::Role;
 use consentvault::consent::{ConsentError, GrantRecord, ScopedRead};
 use consentvault::crypto::{KeyRing, random_bytes};
 use consentvault::ids::SubjectId;
-use consentvault::store::Space;
 use consentvault::store::memory::MemoryBackend;
+use consentvault::store::{Space, StoreStats};
 use consentvault::vault::{Vault, policies_load};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -33,6 +34,7 @@ struct Setup {
     subject: SubjectId,
     business: String,
     pairwise: String,
+    relationship_id: String,
     grant: GrantRecord,
 }
 
@@ -59,12 +61,13 @@ impl Setup {
             vault.client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()]).await.unwrap();
         let subject = vault.subject_create(&Actor::system()).await.unwrap();
         vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
-        let pairwise = vault.relationship_create(subject, &business.id).await.unwrap().pairwise_id;
+        let relationship = vault.relationship_create(subject, &business.id).await.unwrap();
+        let (pairwise, relationship_id) = (relationship.pairwise_id, relationship.relationship_id);
         let grant = vault
             .grant_create(subject, &business.id, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
             .await
             .unwrap();
-        Self { vault, backend, subject, business: business.id, pairwise, grant }
+        Self { vault, backend, subject, business: business.id, pairwise, relationship_id, grant }
     }
 
     /// [`Setup::new`] on a store whose reads take 300 µs each, as reads of
@@ -93,6 +96,11 @@ impl Setup {
     fn read(&self) -> impl Future<Output = Result<ScopedRead, ConsentError>> + Send + 'static {
         let (vault, business, pairwise) = (Arc::clone(&self.vault), self.business.clone(), self.pairwise.clone());
         async move { vault.scoped_read(&business, &pairwise, "marketing", Some(vec!["email".to_owned()])).await }
+    }
+
+    /// A counter of the commit path.
+    fn stat(&self, counter: impl Fn(&StoreStats) -> &AtomicU64) -> u64 {
+        counter(self.vault.store().stats()).load(Ordering::Relaxed)
     }
 
     fn event(&self, index: u64) -> AuditEvent {
@@ -130,6 +138,8 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));
     assert_eq!(read.audit_index, size_before);
     assert!(touches_decision_records(&setup.backend.commit_thread_reads_take()), "a warm read is decided at commit");
+    assert_eq!(setup.stat(|s| &s.lookahead_reads), 1);
+    assert_eq!(setup.stat(|s| &s.stamps_held), 0);
     let event = setup.event(read.audit_index);
     assert_eq!((event.kind, event.decision), (EventKind::DataRead, Some(Decision::Allow)));
     setup.backend.record_commit_thread_reads(false);
@@ -139,6 +149,7 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     let setup = Setup::cold().await;
     setup.backend.record_commit_thread_reads(true);
     let size_before = setup.vault.audit().durable_size();
+    let (held, at_commit) = (setup.stat(|s| &s.stamps_held), setup.stat(|s| &s.lookahead_reads));
     for at in size_before..size_before + 8 {
         let read = setup.read().await.unwrap();
         assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));
@@ -148,28 +159,73 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
         let on_commit_thread = setup.backend.commit_thread_reads_take();
         assert!(!touches_decision_records(&on_commit_thread), "the commit thread read {on_commit_thread:?}");
     }
+    // Each was decided ahead and kept: none was decided on the commit
+    // thread (whose cache would hide a second decision from the backend).
+    assert_eq!(setup.stat(|s| &s.stamps_held), held + 8);
+    assert_eq!(setup.stat(|s| &s.lookahead_reads), at_commit);
+}
+
+/// Holds a read decided ahead on a live grant before its commit, makes
+/// `change` (which ends what the read relied on), and checks that the read's
+/// commit saw it: it decided again, on the commit thread, and logged a
+/// denial after the change.
+async fn a_change_while_a_read_is_decided_is_seen_by_its_commit(change: impl AsyncFnOnce(&Setup)) {
+    let setup = Setup::cold().await;
+    let stale = setup.stat(|s| &s.stamps_stale);
+    let read = setup.read_held_at_its_value().await;
+    change(&setup).await;
+    let changed_to = setup.vault.audit().durable_size();
+    let at_commit = setup.stat(|s| &s.lookahead_reads);
+    setup.backend.release_reads();
+
+    // Nothing is released: no live grant at all, or (after an objection) a
+    // live grant whose field is withheld.
+    let denied = read.await.unwrap();
+    let released_nothing = match &denied {
+        Err(ConsentError::NoConsent) => true,
+        Ok(read) => read.data.is_empty(),
+        Err(_) => false,
+    };
+    assert!(released_nothing, "a read committed after the change released: {denied:?}");
+    assert_eq!(setup.stat(|s| &s.stamps_stale), stale + 1, "the stamps did not catch the change");
+    assert_eq!(setup.stat(|s| &s.lookahead_reads), at_commit + 1, "not decided again at commit");
+    let logged = setup.event(changed_to);
+    assert_eq!((logged.kind, logged.decision), (EventKind::DataRead, Some(Decision::Deny)));
+    assert_eq!(setup.vault.audit().durable_size(), changed_to + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
-    let setup = Setup::cold().await;
-    setup.backend.record_commit_thread_reads(true);
-    // The read has decided on the live grant and stops before its commit.
-    let read = setup.read_held_at_its_value().await;
-    setup.vault.grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
-    let revoked_at = setup.vault.audit().durable_size() - 1;
-    assert_eq!(setup.event(revoked_at).kind, EventKind::GrantRevoked);
-    setup.backend.commit_thread_reads_take();
-    setup.backend.release_reads();
+    a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
+        setup.vault.grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
+        let revoked = setup.event(setup.vault.audit().durable_size() - 1);
+        assert_eq!(revoked.kind, EventKind::GrantRevoked);
+    })
+    .await;
+}
 
-    let denied = read.await.unwrap();
-    assert!(matches!(denied, Err(ConsentError::NoConsent)), "a read committed after the revoke released: {denied:?}");
-    // Its commit decided again, on the commit thread, and logged a denial
-    // after the revocation.
-    assert!(touches_decision_records(&setup.backend.commit_thread_reads_take()));
-    let logged = setup.event(revoked_at + 1);
-    assert_eq!((logged.kind, logged.decision), (EventKind::DataRead, Some(Decision::Deny)));
-    assert_eq!(setup.vault.audit().durable_size(), revoked_at + 2);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_objection_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
+    a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
+        setup.vault.objections_set(setup.subject, vec!["marketing".to_owned()]).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
+    a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
+        setup.vault.relationship_end(setup.subject, &setup.relationship_id).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
+    a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
+        setup.vault.subject_erase(setup.subject).await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +262,7 @@ async fn reads_on_a_cold_store_are_decided_on_blocking_threads_logged_once_and_s
     assert!(!touches_decision_records(&setup.backend.commit_thread_reads_take()));
     indices.sort_unstable();
     assert_eq!(indices, (size_before..size_before + 32).collect::<Vec<_>>(), "one audit event per read");
+    assert!(setup.stat(|s| &s.stamps_held) >= 32, "the reads were not decided ahead");
     assert_eq!(setup.vault.audit().durable_size(), size_before + 32);
 
     // A revocation that returned is seen by the next read.

@@ -100,13 +100,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "consentvault_read_ahead_kept_total",
         "counter",
-        "Scoped reads decided ahead of the commit thread whose decision held at commit.",
+        "Scoped reads decided ahead of the commit thread whose records were unchanged at commit.",
         stats.stamps_held.load(Ordering::Relaxed).to_string(),
     );
     metric(
         "consentvault_read_ahead_redone_total",
         "counter",
-        "Scoped reads decided ahead whose records changed before commit, so the commit decided again.",
+        "Scoped reads decided ahead whose records changed before commit, so the commit decided again (a read whose second turned is decided again without being counted here).",
         stats.stamps_stale.load(Ordering::Relaxed).to_string(),
     );
     metric(

@@ -3,10 +3,10 @@
 //!
 //! **Architecture Invariant:** a read's logged decision, made by the pure
 //! engine in `policy::engine`, holds for the state its commit transaction
-//! commits on: it is made on committed state off the commit thread and kept
-//! only if nothing it read has changed since (its stamps hold, see
-//! `store::versions`) and the second has not turned, else made again in the
-//! transaction. A revoke, disconnect or objection that committed before is
+//! commits on: it is made in that transaction or, while the store reads cold
+//! pages, ahead of it on committed state, and then kept only if nothing it
+//! read has changed since (its stamps hold, see `store::versions`) and the
+//! second has not turned, else made again in the transaction. A revoke, disconnect or objection that committed before is
 //! seen; the log order is the commit order, so no allowed read appears after
 //! the event that ended the grant it relied on.
 

@@ -2,7 +2,8 @@
 //!
 //! Every scoped read decided on the commit thread reads the business's
 //! pairwise index entry, the subject's grants (a scan), objections,
-//! relationship, values and key record. Reading them from sled took about
+//! relationship, values and key record; other consent changes read the
+//! subject's record too. Reading them from sled took about
 //! a third of the commit thread's time under load, and everything else
 //! waits on that thread. The records are small and change rarely, and only
 //! the commit thread changes anything, so it keeps them in memory: a read
@@ -13,7 +14,9 @@
 //! It lives on the commit thread alone (transactions reach it through their
 //! [`Txn`](super::Txn)); reads of committed state elsewhere go to the engine.
 //! It holds what the engine holds: ids, names, timestamps, and personal
-//! values only sealed. When it outgrows [`CACHE_BYTES_MAX`] it starts over.
+//! values only sealed. When it outgrows [`CACHE_BYTES_MAX`] (counted
+//! roughly: a value that grows in place, or a dropped scan, is not
+//! recounted) it starts over.
 
 use std::collections::HashMap;
 

@@ -11,7 +11,12 @@
 //!
 //! Because transactions run one at a time in commit order, a transaction that
 //! reads state and decides (the consent check of a read, the next audit index)
-//! decides against exactly the state its batch commits on top of.
+//! decides against exactly the state its batch commits on top of. A decision
+//! made off the commit thread on committed state ([`StoreReader::read`]) is
+//! checked in its transaction with change stamps ([`super::versions`]).
+//!
+//! Transactions read the records consent decisions read through the commit
+//! thread's cache ([`super::cache`]), which follows every applied batch.
 //!
 //! A transaction can also install a [`BatchTap`]: it then sees, on this
 //! thread and in commit order, the writes of every batch from its own on.
@@ -414,8 +419,10 @@ impl ColdCheck {
     }
 
     /// The verdict, judged again from `bytes_read` (a running total) once a
-    /// window has passed, by one caller per window. The first call only
-    /// starts the first window: what was read before does not count.
+    /// window has passed (on the commit thread, after its batches; the
+    /// exchange only keeps a second caller from judging the same window).
+    /// The first call only starts the first window: what was read before
+    /// does not count.
     fn cold(&self, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
         // Never 0, which means "no window started yet".
         let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
@@ -496,9 +503,10 @@ impl Store {
     /// made ahead of it ([`StoreReader::read`]), over the last half second
     /// (once cold, it counts as warm again under 4 MiB/s). Only those reads
     /// count: a background task that reads the disk (the log's
-    /// recomputation at start-up, a backup) does not make the store cold. Judged on the commit thread once per window; here it
-    /// is an atomic load. An engine that cannot tell
-    /// ([`Backend::disk_read_bytes`]) is never cold.
+    /// recomputation at start-up, a backup) does not make the store cold.
+    /// Judged on the commit thread once per window; here it is an atomic
+    /// load. An engine that cannot tell ([`Backend::disk_read_bytes`]:
+    /// sled off Linux) is never cold.
     ///
     /// While it holds, a caller whose transaction would read records it can
     /// read ahead ([`StoreReader::read`], checked with stamps) does so, on

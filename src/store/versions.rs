@@ -1,8 +1,9 @@
 //! Versions of the records a consent decision reads, so that a decision
 //! made off the commit thread can be checked on it, in commit order.
 //!
-//! A scoped read decides on committed state, outside the commit thread, and
-//! then only its audit append goes through the commit path. That append is
+//! While the store reads cold pages, a scoped read decides on committed
+//! state, outside the commit thread, and then only its audit append goes
+//! through the commit path. That append is
 //! valid only if nothing the decision read has changed since: every
 //! transaction that writes a versioned record counts the change in the
 //! record's *stripe* when it runs, and [`Txn::unchanged`](super::Txn::unchanged)
@@ -49,8 +50,10 @@ pub struct Stamp {
 
 /// The stripe that counts changes to the record at `key` (or to every
 /// record under the prefix `key`), if it is one a consent decision reads:
-/// a subject's own records (its record, key, values, relationships, grants,
-/// objections) by the subject, and the pairwise index by the whole key.
+/// a subject's own records (key, values, relationships, grants, objections,
+/// and its subject record, which no decision reads today but which erasure
+/// and activity change) by the subject, and the pairwise index by the
+/// whole key.
 fn stripe_of(key: &[u8]) -> Option<usize> {
     let (&space, rest) = key.split_first()?;
     let by_subject =
@@ -85,11 +88,13 @@ impl Versions {
     }
 
     /// Whether no change to the stripes of `stamps` has run since they were
-    /// taken. Called on the commit thread, the only writer of `ran`.
+    /// taken. Called on the commit thread, the only writer of `ran`. No
+    /// stamps at all prove nothing, so they do not hold either.
     pub(super) fn unchanged(&self, stamps: &[Stamp]) -> bool {
-        stamps
-            .iter()
-            .all(|stamp| stamp.stripe.is_some_and(|stripe| self.ran[stripe].load(Ordering::Relaxed) == stamp.version))
+        !stamps.is_empty()
+            && stamps.iter().all(|stamp| {
+                stamp.stripe.is_some_and(|stripe| self.ran[stripe].load(Ordering::Relaxed) == stamp.version)
+            })
     }
 
     /// Counts the versioned writes of a transaction that just ran, adding
@@ -162,6 +167,6 @@ mod tests {
     fn a_stamp_of_a_record_no_decision_reads_never_holds() {
         let versions = Versions::default();
         assert!(!versions.unchanged(&[versions.stamp(&Key::audit_entry(1))]));
-        assert!(versions.unchanged(&[]));
+        assert!(!versions.unchanged(&[]), "no stamps prove nothing");
     }
 }
