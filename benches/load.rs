@@ -342,7 +342,7 @@ impl Measured {
     /// The row of a workload, with the CPU time the server and the load
     /// generator used per operation while it ran.
     fn row(&self, name: &str, cpu: Cpu) -> String {
-        let ops = self.latencies_us.len().max(1) as f64;
+        let (server_micros, generator_micros) = cpu.per_op_micros(self);
         format!(
             "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.1} µs | {:.1} µs |",
             self.ops_per_sec(),
@@ -350,8 +350,8 @@ impl Measured {
             self.percentile_ms(0.99),
             self.percentile_ms(0.999),
             self.failures,
-            cpu.server_secs * 1e6 / ops,
-            cpu.generator_secs * 1e6 / ops,
+            server_micros,
+            generator_micros,
         )
     }
 }
@@ -368,6 +368,13 @@ impl Cpu {
     /// CPU time used so far by `server` and by this process.
     fn now(server: &Server) -> Self {
         Self { server_secs: cpu_secs(&server.child.id().to_string()), generator_secs: cpu_secs("self") }
+    }
+
+    /// The server's and the generator's time spread over the operations
+    /// `measured` counted, in µs each.
+    fn per_op_micros(self, measured: &Measured) -> (f64, f64) {
+        let ops = measured.latencies_us.len().max(1) as f64;
+        (self.server_secs * 1e6 / ops, self.generator_secs * 1e6 / ops)
     }
 
     /// What was used between `self` and now.
@@ -546,7 +553,8 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
     // With both cores busy, throughput is the inverse of the CPU time a
     // request costs the machine (server and generator).
     let per_op = |measured: &Measured, cpu: Cpu| {
-        (cpu.server_secs + cpu.generator_secs) * 1e6 / measured.latencies_us.len().max(1) as f64
+        let (server_micros, generator_micros) = cpu.per_op_micros(measured);
+        server_micros + generator_micros
     };
     let (bare_per_op, vault_per_op) = (per_op(&bare_reads, bare_reads_cpu), per_op(&vault_reads, vault_reads_cpu));
     println!(

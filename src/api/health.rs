@@ -49,65 +49,52 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
         let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
     };
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
+    let seconds = |nanos: &std::sync::atomic::AtomicU64| format!("{:.6}", nanos.load(Ordering::Relaxed) as f64 / 1e9);
     metric(
         "consentvault_commit_transactions_total",
         "counter",
         "Transactions run on the commit path.",
-        stats.transactions.load(Ordering::Relaxed).to_string(),
+        count(&stats.transactions),
     );
-    metric(
-        "consentvault_commit_batches_total",
-        "counter",
-        "Batches applied and flushed.",
-        stats.batches.load(Ordering::Relaxed).to_string(),
-    );
+    metric("consentvault_commit_batches_total", "counter", "Batches applied and flushed.", count(&stats.batches));
     metric(
         "consentvault_commit_execute_seconds_total",
         "counter",
         "Time spent running transactions on the commit thread.",
-        format!("{:.6}", stats.execute_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+        seconds(&stats.execute_nanos),
     );
     metric(
         "consentvault_commit_apply_seconds_total",
         "counter",
         "Time spent applying batches to the storage engine.",
-        format!("{:.6}", stats.apply_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+        seconds(&stats.apply_nanos),
     );
-    metric(
-        "consentvault_commit_flush_failures_total",
-        "counter",
-        "Flushes that failed.",
-        stats.flush_failures.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "consentvault_commit_flush_seconds_total",
-        "counter",
-        "Time spent in flushes.",
-        format!("{:.6}", stats.flush_nanos.load(Ordering::Relaxed) as f64 / 1e9),
-    );
+    metric("consentvault_commit_flush_failures_total", "counter", "Flushes that failed.", count(&stats.flush_failures));
+    metric("consentvault_commit_flush_seconds_total", "counter", "Time spent in flushes.", seconds(&stats.flush_nanos));
     metric(
         "consentvault_commit_lookahead_reads_total",
         "counter",
         "Scoped reads decided on the commit thread (their reads could have been made ahead of it).",
-        stats.lookahead_reads.load(Ordering::Relaxed).to_string(),
+        count(&stats.lookahead_reads),
     );
     metric(
         "consentvault_commit_lookahead_seconds_total",
         "counter",
         "Time spent deciding those reads on the commit thread.",
-        format!("{:.6}", stats.lookahead_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+        seconds(&stats.lookahead_nanos),
     );
     metric(
         "consentvault_read_ahead_kept_total",
         "counter",
         "Scoped reads decided ahead of the commit thread whose records were unchanged at commit.",
-        stats.stamps_held.load(Ordering::Relaxed).to_string(),
+        count(&stats.stamps_held),
     );
     metric(
         "consentvault_read_ahead_redone_total",
         "counter",
         "Scoped reads decided ahead whose records changed before commit, so the commit decided again (a read whose second turned is decided again without being counted here).",
-        stats.stamps_stale.load(Ordering::Relaxed).to_string(),
+        count(&stats.stamps_stale),
     );
     metric(
         "consentvault_store_reads_cold",

@@ -32,11 +32,18 @@ impl RateLimiter {
             let per_second = self.per_second;
             buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst);
         }
-        // Allocates the key only the first time it is seen.
-        if !buckets.contains_key(key) {
-            buckets.insert(key.to_owned(), (self.burst, now));
+        if let Some(bucket) = buckets.get_mut(key) {
+            return self.take_from(bucket, now);
         }
-        let Some((tokens, at)) = buckets.get_mut(key) else { return Ok(()) };
+        // A new key: allocated only now, the first time it is seen.
+        let mut bucket = (self.burst, now);
+        let taken = self.take_from(&mut bucket, now);
+        buckets.insert(key.to_owned(), bucket);
+        taken
+    }
+
+    /// Refills `bucket` (tokens, last refill) up to `now` and takes a token.
+    fn take_from(&self, (tokens, at): &mut (f64, Instant), now: Instant) -> Result<(), Duration> {
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {

@@ -89,12 +89,15 @@ impl ReadCache {
     /// it wrote take their new values, cached scans it wrote under are
     /// dropped.
     pub(super) fn applied(&mut self, batch: &WriteBatch) {
+        // Most of a batch is the audit log's keys, which are never cached.
         for (key, value) in batch {
-            if let Some(cached) = self.points.get_mut(key) {
+            if point_cached(key)
+                && let Some(cached) = self.points.get_mut(key)
+            {
                 cached.clone_from(value);
             }
             // A dropped scan's bytes stay counted until the cache starts over.
-            if let Some(prefix) = key.get(..SUBJECT_PREFIX_LEN) {
+            if let Some(prefix) = key.get(..SUBJECT_PREFIX_LEN).filter(|prefix| scan_cached(prefix)) {
                 self.scans.remove(prefix);
             }
         }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -73,8 +73,8 @@ impl StoreReader {
     /// once.
     pub fn read<T>(&self, reads: impl FnOnce(&Snapshot<'_>) -> T) -> T {
         let nothing = WriteBatch::new();
-        let context = TxnContext { versions: &self.versions, stats: &self.stats, committing: false, cache: None };
-        let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context), versions: &self.versions };
+        let context = TxnContext { versions: &self.versions, stats: &self.stats, cache: None };
+        let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context) };
         let disk_before = self.backend.disk_read_bytes();
         let found = reads(&snapshot);
         // What the device read for these reads counts towards the verdict
@@ -89,7 +89,6 @@ impl StoreReader {
 /// Committed state as [`StoreReader::read`] sees it.
 pub struct Snapshot<'a> {
     txn: Txn<'a>,
-    versions: &'a Versions,
 }
 
 impl std::fmt::Debug for Snapshot<'_> {
@@ -101,7 +100,7 @@ impl std::fmt::Debug for Snapshot<'_> {
 impl<'a> Snapshot<'a> {
     /// The version of the records under `key`: take it before reading them.
     pub fn stamp(&self, key: &Key) -> Stamp {
-        self.versions.stamp(key)
+        self.txn.context.versions.stamp(key)
     }
 
     /// Reads committed state (it has no writes of its own).
@@ -203,7 +202,7 @@ impl<'a> Txn<'a> {
     /// ([`StoreReader::read`]), and counts and times them if this is the
     /// commit thread (for `/metrics`).
     pub fn lookahead<T>(&self, reads: impl FnOnce(&Self) -> T) -> T {
-        if !self.context.committing {
+        if self.context.cache.is_none() {
             return reads(self);
         }
         let started = Instant::now();
@@ -374,22 +373,23 @@ pub struct Store {
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
     versions: Arc<Versions>,
-    cold: Arc<ColdCheck>,
+    /// Whether the commit thread waits on cold pages ([`Store::reads_cold`]).
+    cold: Arc<AtomicBool>,
 }
 
-/// Whether the commit thread has lately had the storage device read for
-/// it: its read rate ([`Backend::disk_read_bytes`]) over windows of
-/// [`COLD_WINDOW_MILLIS`], judged on the commit thread after its batches.
-/// See [`Store::reads_cold`].
-#[derive(Debug)]
-struct ColdCheck {
-    started: Instant,
-    checked_millis: AtomicU64,
-    bytes: AtomicU64,
-    cold: AtomicBool,
+/// The commit thread's window over what the storage device has read for
+/// it and for the reads made ahead of it ([`Backend::disk_read_bytes`]):
+/// judged after its batches, once per [`COLD_WINDOW_MILLIS`], into the
+/// verdict [`Store::reads_cold`] loads.
+#[derive(Debug, Default)]
+struct ColdWindow {
+    /// When the current window started (none yet: the first look only
+    /// starts it, so what was read before does not count).
+    checked: Option<Instant>,
+    bytes: u64,
 }
 
-/// How often a [`ColdCheck`] looks at the engine's disk reads again.
+/// How often a [`ColdWindow`] looks at the engine's disk reads again.
 const COLD_WINDOW_MILLIS: u64 = 500;
 /// Disk reads per second above which the engine is taken to read cold
 /// pages: at 10^6 subjects, fifty times the engine's cache, scoped reads
@@ -408,42 +408,23 @@ fn reads_cold_by_rate(bytes: u64, millis: u64, was: bool) -> bool {
     if was { per_sec > WARM_BYTES_PER_SEC } else { per_sec > COLD_BYTES_PER_SEC }
 }
 
-impl ColdCheck {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            checked_millis: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            cold: AtomicBool::new(false),
+impl ColdWindow {
+    /// The verdict after `was`, judged again from `bytes_read` (a running
+    /// total) once a window has passed; `was` until then.
+    fn judge(&mut self, was: bool, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
+        let now = Instant::now();
+        let elapsed = self.checked.map(|checked| now.duration_since(checked));
+        if elapsed.is_some_and(|elapsed| elapsed < Duration::from_millis(COLD_WINDOW_MILLIS)) {
+            return was;
         }
-    }
-
-    /// The verdict, judged again from `bytes_read` (a running total) once a
-    /// window has passed (on the commit thread, after its batches; the
-    /// exchange only keeps a second caller from judging the same window).
-    /// The first call only starts the first window: what was read before
-    /// does not count.
-    fn cold(&self, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
-        // Never 0, which means "no window started yet".
-        let now_millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
-        let checked = self.checked_millis.load(Ordering::Relaxed);
-        let due = checked == 0 || now_millis.saturating_sub(checked) >= COLD_WINDOW_MILLIS;
-        if due && self.checked_millis.compare_exchange(checked, now_millis, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
-            // An engine that cannot tell is never taken to be cold.
-            let total = bytes_read().unwrap_or(0);
-            let read = total.saturating_sub(self.bytes.swap(total, Ordering::Relaxed));
-            if checked > 0 {
-                let was = self.cold.load(Ordering::Relaxed);
-                self.cold.store(reads_cold_by_rate(read, now_millis - checked, was), Ordering::Relaxed);
-            }
+        self.checked = Some(now);
+        // An engine that cannot tell is never taken to be cold.
+        let total = bytes_read().unwrap_or(0);
+        let read = total.saturating_sub(std::mem::replace(&mut self.bytes, total));
+        match elapsed {
+            Some(elapsed) => reads_cold_by_rate(read, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX), was),
+            None => was,
         }
-        self.cold.load(Ordering::Relaxed)
-    }
-
-    /// The verdict as last judged.
-    fn verdict(&self) -> bool {
-        self.cold.load(Ordering::Relaxed)
     }
 }
 
@@ -466,7 +447,7 @@ impl Store {
         let thread_finalizer = Arc::clone(&finalizer);
         let versions = Arc::new(Versions::default());
         let thread_versions = Arc::clone(&versions);
-        let cold = Arc::new(ColdCheck::new());
+        let cold = Arc::new(AtomicBool::new(false));
         let thread_cold = Arc::clone(&cold);
         // Logs from the commit thread go where the caller's logs go.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
@@ -516,7 +497,7 @@ impl Store {
     /// read wait while a batch is applied, and the cores here are busy
     /// anyway (`docs/PERFORMANCE.md`).
     pub fn reads_cold(&self) -> bool {
-        self.cold.verdict()
+        self.cold.load(Ordering::Relaxed)
     }
 
     /// Sets the function that ends every writing batch (once; later calls
@@ -671,9 +652,8 @@ impl Drop for Store {
 struct TxnContext<'a> {
     versions: &'a Versions,
     stats: &'a StoreStats,
-    /// Whether the transaction runs on the commit thread.
-    committing: bool,
-    /// The commit thread's cache of committed records (none elsewhere).
+    /// The commit thread's cache of committed records: `Some` exactly when
+    /// the transaction runs on the commit thread.
     cache: Option<&'a RefCell<ReadCache>>,
 }
 
@@ -684,13 +664,14 @@ struct CommitContext<'a> {
     stats: &'a StoreStats,
     finalizer: &'a std::sync::OnceLock<Finalizer>,
     versions: &'a Versions,
-    cold: &'a ColdCheck,
+    cold: &'a AtomicBool,
 }
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let CommitContext { backend, healthy, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
-    let txn_context = TxnContext { versions, stats, committing: true, cache: Some(&cache) };
+    let txn_context = TxnContext { versions, stats, cache: Some(&cache) };
+    let mut cold_window = ColdWindow::default();
     let mut batch_seq = 0u64;
     let mut taps: Vec<BatchTap> = Vec::new();
     // Blocks until the first transaction of a batch arrives; then takes
@@ -749,11 +730,11 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
             // Whether the engine holds the batch or not, nothing cached is
             // trusted after a failure.
             cache.borrow_mut().clear();
+            // A batch that never reached the engine left it as it was: its
+            // counts are published all the same, or the stripes would stay
+            // "changed" for good.
+            versions.publish_applied(&touched);
         }
-        // A batch that never reached the engine left it as it was: its
-        // counts are published all the same, or the stripes would stay
-        // "changed" for good.
-        versions.publish_applied(&touched);
         healthy.store(outcome.is_ok(), Ordering::Release);
         if let Err(error) = &outcome {
             stats.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -771,7 +752,10 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         }
         // What the device read for this thread and for the reads made ahead
         // of it, once per window.
-        cold.cold(|| backend.disk_read_bytes().map(|own| own + stats.ahead_disk_bytes.load(Ordering::Relaxed)));
+        let judged = cold_window.judge(cold.load(Ordering::Relaxed), || {
+            backend.disk_read_bytes().map(|own| own + stats.ahead_disk_bytes.load(Ordering::Relaxed))
+        });
+        cold.store(judged, Ordering::Relaxed);
     }
 }
 
@@ -980,25 +964,26 @@ mod tests {
     }
 
     #[test]
-    fn a_cold_check_is_judged_again_each_window_from_the_bytes_read_since() {
-        let check = ColdCheck::new();
-        let total = AtomicU64::new(0);
-        let window = std::time::Duration::from_millis(COLD_WINDOW_MILLIS + 10);
-        let read = |bytes: u64| {
-            total.fetch_add(bytes, Ordering::Relaxed);
-            std::thread::sleep(window);
-            check.cold(|| Some(total.load(Ordering::Relaxed)))
+    fn a_cold_window_is_judged_again_each_window_from_the_bytes_read_since() {
+        let mut window = ColdWindow::default();
+        let mut total = 0u64;
+        let pause = Duration::from_millis(COLD_WINDOW_MILLIS + 10);
+        let mut verdict = false;
+        let mut read = |bytes: u64, verdict: &mut bool| {
+            total += bytes;
+            std::thread::sleep(pause);
+            *verdict = window.judge(*verdict, || Some(total));
+            *verdict
         };
         // The first look only starts the first window, whatever was read
         // before.
-        total.store(1 << 40, Ordering::Relaxed);
-        assert!(!check.cold(|| Some(total.load(Ordering::Relaxed))));
-        assert!(read(64 << 20), "64 MiB in half a second");
-        assert!(read(3 << 20), "6 MiB/s: still cold");
-        assert!(!read(0), "nothing read: warm");
-        assert!(!check.cold(|| None), "judged once per window: the verdict holds in between");
-        std::thread::sleep(window);
-        assert!(!check.cold(|| None), "an engine that cannot tell is never cold");
+        assert!(!read(1 << 40, &mut verdict));
+        assert!(read(64 << 20, &mut verdict), "64 MiB in half a second");
+        assert!(read(3 << 20, &mut verdict), "6 MiB/s: still cold");
+        assert!(!read(0, &mut verdict), "nothing read: warm");
+        assert!(!window.judge(false, || panic!("judged inside a window")), "judged once per window");
+        std::thread::sleep(pause);
+        assert!(!window.judge(false, || None), "an engine that cannot tell is never cold");
     }
 
     #[tokio::test]
