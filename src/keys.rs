@@ -540,32 +540,57 @@ impl Vault {
     }
 
     fn deks_count(&self) -> Result<u64, StoreError> {
-        let prefix = Key::deks_all();
-        let end = Key::from_prefix_end(&prefix);
-        let mut start = prefix.clone();
         let mut count = 0u64;
-        loop {
-            let entries = self.store().scan_range(&start, &end, REWRAP_CHUNK * 8)?;
-            let Some((last, _)) = entries.last() else { return Ok(count) };
-            count += entries.len() as u64;
-            start = key_after(last);
-        }
+        self.deks_each(REWRAP_CHUNK * 8, &mut |page| {
+            count += page.len() as u64;
+            Ok(true)
+        })?;
+        Ok(count)
     }
 
-    /// How many wrapped DEKs each KEK version holds, by a scan of every key
-    /// record (for checks after a rotation; O(subjects)).
+    /// How many wrapped DEKs each KEK version holds, by a pass over every
+    /// key record (for checks after a rotation; O(subjects)).
     pub fn deks_by_kek_version(&self) -> Result<std::collections::BTreeMap<u32, u64>, StoreError> {
-        let prefix = Key::deks_all();
-        let end = Key::from_prefix_end(&prefix);
-        let mut start = prefix.clone();
         let mut versions = std::collections::BTreeMap::new();
-        loop {
-            let entries = self.store().scan_range(&start, &end, REWRAP_CHUNK * 8)?;
-            let Some((last, _)) = entries.last() else { return Ok(versions) };
-            start = key_after(last);
-            for (_, bytes) in entries {
+        self.deks_each(REWRAP_CHUNK * 8, &mut |page| {
+            for (_, bytes) in page {
                 let version = KeyRecord::decode(bytes)?.wrapped.kek_version().unwrap_or(0);
                 *versions.entry(version).or_insert(0) += 1;
+            }
+            Ok(true)
+        })?;
+        Ok(versions)
+    }
+
+    /// Hands `visit` the key records of every subject that has one (erased
+    /// subjects have none), a page of up to `page_max` subjects at a time, in
+    /// subject order, until it returns `false`. Key records sit with each
+    /// subject's other records, so the pass pages through the subject
+    /// directory and reads each subject's key record.
+    fn deks_each<E: From<StoreError>>(
+        &self,
+        page_max: usize,
+        visit: &mut dyn FnMut(Vec<([u8; 16], Vec<u8>)>) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let prefix = Key::subjects_all();
+        let end = Key::from_prefix_end(&prefix);
+        let mut start = prefix.clone();
+        loop {
+            let subjects = self.store().scan_range(&start, &end, page_max)?;
+            let Some((last, _)) = subjects.last() else { return Ok(()) };
+            start = key_after(last);
+            let mut page = Vec::with_capacity(subjects.len());
+            for (key, _) in subjects {
+                let subject: [u8; 16] = prefix
+                    .suffix_of(&key)
+                    .and_then(|id| id.try_into().ok())
+                    .ok_or(StoreError::Corrupt { what: "subject record id" })?;
+                if let Some(record) = self.store().get(&Key::dek(&subject))? {
+                    page.push((subject, record));
+                }
+            }
+            if !visit(page)? {
+                return Ok(());
             }
         }
     }
@@ -574,33 +599,25 @@ impl Vault {
     /// another version than `target` (0: the pass found none), or `None` if
     /// the vault is closing.
     fn rewrap_pass(self: &Arc<Self>, target: u32) -> Result<Option<u64>, KeyError> {
-        let prefix = Key::deks_all();
-        let end = Key::from_prefix_end(&prefix);
-        let mut start = prefix.clone();
         let mut found = 0u64;
-        loop {
+        let mut closing = false;
+        self.deks_each(REWRAP_CHUNK, &mut |page| -> Result<bool, KeyError> {
             if self.closing() {
-                return Ok(None);
+                closing = true;
+                return Ok(false);
             }
-            let entries = self.store().scan_range(&start, &end, REWRAP_CHUNK)?;
-            let Some((last, _)) = entries.last() else { return Ok(Some(found)) };
-            start = key_after(last);
             let mut changes = Vec::new();
-            for (key, bytes) in entries {
+            for (subject, bytes) in page {
                 let record = KeyRecord::decode(bytes.clone())?;
                 if record.wrapped.kek_version() == Some(target) {
                     continue;
                 }
-                let subject: [u8; 16] = prefix
-                    .suffix_of(&key)
-                    .and_then(|id| id.try_into().ok())
-                    .ok_or(StoreError::Corrupt { what: "key record id" })?;
                 let wrapped = self.keys().dek_rewrap_to(target, &subject, &record.wrapped)?;
                 let new = KeyRecord { wrapped, seals: record.seals }.encode();
                 changes.push((Key::dek(&subject), bytes, new));
             }
             if changes.is_empty() {
-                continue;
+                return Ok(true);
             }
             found += changes.len() as u64;
             self.store().commit_blocking(move |txn| -> Result<(), KeyError> {
@@ -616,7 +633,9 @@ impl Vault {
                 txn.counter_add(kek_counter(target), rewrapped)?;
                 rotation_update(txn, |rotation| rotation.deks_rewrapped += rewrapped)
             })?;
-        }
+            Ok(true)
+        })?;
+        Ok((!closing).then_some(found))
     }
 
     /// Reseals the vault's secrets under the target, records the old

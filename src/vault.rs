@@ -31,9 +31,13 @@ pub const KEY_FILE: &str = "kek.key";
 /// The name of the store directory inside a data directory.
 pub const STORE_DIR: &str = "store";
 
-/// The layout version written at init; a later layout refuses older data
-/// until migrated.
-const FORMAT_VERSION: &str = "1";
+/// The layout version written at init. A store of format 1 (each kind of
+/// subject record in a space of its own) is moved to it when a vault opens
+/// it to serve (`store::migrate`); offline tools read either, since the
+/// spaces they read are the same in both.
+const FORMAT_VERSION: &str = "2";
+/// The layout before subject records were grouped by subject.
+const FORMAT_SUBJECT_SPACES: &str = "1";
 
 /// Errors while creating or opening a vault.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +59,8 @@ pub enum VaultError {
     /// Production mode never creates keys on its own.
     #[error("data directory {0} holds no vault; production start-up does not create one (run `consentvault init`)")]
     NotInitialised(PathBuf),
-    /// The store was written by a different layout version.
-    #[error("the store has format {found}, this build reads format {FORMAT_VERSION}")]
+    /// The store was written by a layout version this build does not know.
+    #[error("the store has format {found}, this build reads formats {FORMAT_SUBJECT_SPACES} and {FORMAT_VERSION}")]
     Format {
         /// The version found.
         found: String,
@@ -789,7 +793,9 @@ fn load_store(
     audit_origin: Option<String>,
     writable: bool,
 ) -> Result<(Store, AuditLog), VaultError> {
-    check_format(&*backend)?;
+    if check_format(&*backend)? == FORMAT_SUBJECT_SPACES && writable {
+        subject_records_regroup(&*backend)?;
+    }
     bind_keys(&*backend, keys, writable)?;
     let store = Store::new(backend)?;
     let audit = AuditLog::load(&store, keys)?;
@@ -809,13 +815,31 @@ pub(crate) fn store_open_checked(backend: Arc<dyn Backend>, keys: &KeyRing) -> R
     load_store(backend, keys, None, false)
 }
 
-fn check_format(backend: &dyn Backend) -> Result<(), VaultError> {
+/// The store's format, if this build reads it.
+fn check_format(backend: &dyn Backend) -> Result<&'static str, VaultError> {
     let found = backend.get(Key::meta("format").as_bytes())?;
     match found.as_deref() {
-        Some(version) if version == FORMAT_VERSION.as_bytes() => Ok(()),
+        Some(version) if version == FORMAT_VERSION.as_bytes() => Ok(FORMAT_VERSION),
+        Some(version) if version == FORMAT_SUBJECT_SPACES.as_bytes() => Ok(FORMAT_SUBJECT_SPACES),
         Some(version) => Err(VaultError::Format { found: String::from_utf8_lossy(version).into_owned() }),
         None => Err(VaultError::Format { found: "none".to_owned() }),
     }
+}
+
+/// Moves a store of format 1 to format 2: every subject record to its
+/// place under its subject, then the format, each step flushed.
+fn subject_records_regroup(backend: &dyn Backend) -> Result<(), VaultError> {
+    tracing::info!("the store has format 1; moving subject records next to each other (format 2)");
+    let started = std::time::Instant::now();
+    let moved = crate::store::migrate::format_1_subject_records_move(backend, &mut |moved| {
+        tracing::info!(moved, "moving subject records");
+    })?;
+    let mut batch = crate::store::WriteBatch::new();
+    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(FORMAT_VERSION.as_bytes().to_vec()));
+    backend.apply(&batch)?;
+    backend.flush()?;
+    tracing::info!(moved, secs = started.elapsed().as_secs_f64(), "the store has format 2");
+    Ok(())
 }
 
 /// Every loaded KEK that has a stored check must match it, and at least one

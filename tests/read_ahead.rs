@@ -19,14 +19,14 @@ use consentvault::consent::{ConsentError, GrantRecord, ScopedRead};
 use consentvault::crypto::{KeyRing, random_bytes};
 use consentvault::ids::SubjectId;
 use consentvault::store::memory::MemoryBackend;
-use consentvault::store::{Space, StoreStats};
+use consentvault::store::{Key, Part, Space, StoreStats};
 use consentvault::vault::{Vault, policies_load};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-/// The spaces of the records a read decides on and releases.
-const DECISION_SPACES: [Space; 6] =
-    [Space::Pairwise, Space::Grants, Space::Objections, Space::Relationships, Space::Values, Space::Keys];
+/// The parts of a subject's records a read decides on and releases (with
+/// the business's pairwise index).
+const DECISION_PARTS: [Part; 5] = [Part::Grant, Part::Objections, Part::Relationship, Part::Value, Part::Key];
 
 struct Setup {
     vault: Arc<Vault>,
@@ -111,7 +111,7 @@ impl Setup {
     /// Starts a read that stops, once decided ahead, at reading the value
     /// it releases; returns when it has got there.
     async fn read_held_at_its_value(&self) -> tokio::task::JoinHandle<Result<ScopedRead, ConsentError>> {
-        self.backend.hold_reads_under(&[Space::Values as u8]);
+        self.backend.hold_reads_under(Key::values_of(self.subject.as_bytes()).as_bytes());
         let read = tokio::spawn(self.read());
         for _ in 0..500 {
             if self.backend.reads_held() == 1 {
@@ -126,7 +126,9 @@ impl Setup {
 
 /// Whether any of `keys` lies in one of the decision's spaces.
 fn touches_decision_records(keys: &[Vec<u8>]) -> bool {
-    keys.iter().any(|key| key.first().is_some_and(|space| DECISION_SPACES.iter().any(|s| *s as u8 == *space)))
+    keys.iter().any(|key| {
+        key.first() == Some(&(Space::Pairwise as u8)) || Part::of(key).is_some_and(|part| DECISION_PARTS.contains(&part))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

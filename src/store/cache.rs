@@ -20,14 +20,15 @@
 
 use std::collections::HashMap;
 
-use super::{Entries, Space, WriteBatch};
+use super::{Entries, Part, Space, WriteBatch};
 
 /// The most the cache holds (keys and values, with a per-entry overhead).
 const CACHE_BYTES_MAX: usize = 64 << 20;
 /// What an entry costs beyond its bytes (map slot, vectors), roughly.
 const ENTRY_OVERHEAD: usize = 64;
-/// Scans are cached by subject: the space byte and the 16-byte subject id.
-const SUBJECT_PREFIX_LEN: usize = 17;
+/// Scans are cached by subject: the space byte, the 16-byte subject id and
+/// the part byte.
+const SUBJECT_PREFIX_LEN: usize = super::SUBJECT_PART_AT + 1;
 
 /// Point reads and subject scans the commit thread has made, as committed.
 #[derive(Debug, Default)]
@@ -37,17 +38,17 @@ pub(super) struct ReadCache {
     bytes: usize,
 }
 
-/// Whether point reads of `key` are cached: records of the spaces a
-/// consent decision reads.
+/// Whether point reads of `key` are cached: records a consent decision
+/// reads.
 fn point_cached(key: &[u8]) -> bool {
-    let spaces =
-        [Space::Pairwise, Space::Objections, Space::Relationships, Space::Values, Space::Keys, Space::Subjects];
-    key.first().is_some_and(|space| spaces.iter().any(|s| *s as u8 == *space))
+    let parts = [Part::Objections, Part::Relationship, Part::Value, Part::Key];
+    key.first().is_some_and(|space| *space == Space::Pairwise as u8 || *space == Space::Subjects as u8)
+        || Part::of(key).is_some_and(|part| parts.contains(&part))
 }
 
 /// Whether a scan of `prefix` is cached: a subject's grants.
 fn scan_cached(prefix: &[u8]) -> bool {
-    prefix.len() == SUBJECT_PREFIX_LEN && prefix.first() == Some(&(Space::Grants as u8))
+    prefix.len() == SUBJECT_PREFIX_LEN && Part::of(prefix) == Some(Part::Grant)
 }
 
 impl ReadCache {
@@ -168,12 +169,20 @@ mod tests {
                 reads += 1;
                 Ok::<_, ()>(None)
             });
+            let _ = cache.get(Key::audit_by_subject(&[3u8; 16], 1).as_bytes(), || {
+                reads += 1;
+                Ok::<_, ()>(None)
+            });
+            let _ = cache.scan(Key::requests_of(&[3u8; 16]).as_bytes(), || {
+                reads += 1;
+                Ok::<_, ()>(Vec::new())
+            });
             let _ = cache.scan(Key::grants_of_business("acme").as_bytes(), || {
                 reads += 1;
                 Ok::<_, ()>(Vec::new())
             });
         }
-        assert_eq!(reads, 4);
+        assert_eq!(reads, 8);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod cache;
 mod commit;
 pub mod memory;
+pub mod migrate;
 pub mod sled_backend;
 pub mod versions;
 
@@ -85,12 +86,9 @@ pub trait Backend: Send + Sync + 'static {
 pub enum Space {
     /// Vault-wide settings and key checks.
     Meta = 0x01,
-    /// One record per subject (ids and timestamps only).
+    /// One record per subject (ids and timestamps only): also the directory
+    /// of subjects that passes over every subject page through.
     Subjects = 0x02,
-    /// One wrapped DEK per subject.
-    Keys = 0x03,
-    /// Sealed field values, keyed by subject then field name.
-    Values = 0x04,
     /// Encryption counters per key.
     Counters = 0x05,
     /// Audit entries: the exact leaf bytes, by index.
@@ -99,8 +97,6 @@ pub enum Space {
     AuditNodes = 0x11,
     /// Signed checkpoints, by tree size.
     AuditCheckpoints = 0x12,
-    /// Index of audit entries by subject.
-    AuditBySubject = 0x13,
     /// Index of audit entries by business.
     AuditByBusiness = 0x14,
     /// Principals (businesses, auditors, the admin, customers) by role and id.
@@ -109,18 +105,10 @@ pub enum Space {
     Clients = 0x21,
     /// Customers of external issuers: issuer and subject claim to subject id.
     ExternalSubjects = 0x22,
-    /// Relationships by subject and business.
-    Relationships = 0x30,
     /// Pairwise ids by business, while the relationship lasts.
     Pairwise = 0x31,
-    /// Grants by subject and grant id.
-    Grants = 0x33,
     /// Grant ids by business, to the subject.
     GrantsByBusiness = 0x34,
-    /// Objections by subject.
-    Objections = 0x35,
-    /// Access requests by subject and request id.
-    Requests = 0x36,
     /// Access request ids by business, to the subject.
     RequestsByBusiness = 0x37,
     /// Grants by expiry time, for the expiry sweep.
@@ -129,7 +117,53 @@ pub enum Space {
     RequestExpiry = 0x39,
     /// Subjects by the time of their last activity, for the retention sweep.
     SubjectActivity = 0x3A,
+    /// Everything kept about one subject but its record, side by side:
+    /// subject id, then the [`Part`], then the part's own key. A business's
+    /// scoped read decides on, releases and logs into one place in the
+    /// tree, however many subjects the store holds.
+    SubjectRecords = 0x40,
 }
+
+/// The parts of a subject's records under [`Space::SubjectRecords`]. The
+/// records a decision reads come first and the access-log markers, which
+/// grow with every read, last, so a subject's records stay together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Part {
+    /// The wrapped DEK, with the count of seals under it.
+    Key = 0x01,
+    /// Sealed field values, by field name.
+    Value = 0x02,
+    /// Relationships, by business id.
+    Relationship = 0x03,
+    /// Grants, by grant id.
+    Grant = 0x04,
+    /// The list of purposes the subject objects to.
+    Objections = 0x05,
+    /// Access requests, by request id.
+    Request = 0x06,
+    /// Markers of the audit entries that concern the subject, by index.
+    AuditMarker = 0x10,
+}
+
+impl Part {
+    const ALL: [Part; 7] =
+        [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections, Part::Request, Part::AuditMarker];
+
+    /// The part of a subject's records a stored key lies in, if it lies in
+    /// [`Space::SubjectRecords`].
+    pub fn of(key: &[u8]) -> Option<Part> {
+        if key.first() != Some(&(Space::SubjectRecords as u8)) {
+            return None;
+        }
+        let byte = *key.get(SUBJECT_PART_AT)?;
+        Part::ALL.into_iter().find(|part| *part as u8 == byte)
+    }
+}
+
+/// Where the [`Part`] byte sits in a key of [`Space::SubjectRecords`]:
+/// after the space byte and the 16-byte subject id.
+pub const SUBJECT_PART_AT: usize = 17;
 
 /// A key in one [`Space`]. Built only by the constructors below, so every
 /// module agrees on the layout.
@@ -149,6 +183,11 @@ impl Key {
         Self(bytes)
     }
 
+    /// A key in `part` of `subject`'s records.
+    fn of_subject(subject: &[u8; 16], part: Part, rest: &[u8]) -> Self {
+        Self::new(Space::SubjectRecords, &[subject, &[part as u8], rest])
+    }
+
     /// A vault-wide setting.
     pub fn meta(name: &str) -> Self {
         Self::new(Space::Meta, &[name.as_bytes()])
@@ -166,22 +205,17 @@ impl Key {
 
     /// The wrapped DEK of one subject.
     pub fn dek(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Keys, &[subject])
-    }
-
-    /// The prefix of every wrapped DEK.
-    pub fn deks_all() -> Self {
-        Self::new(Space::Keys, &[])
+        Self::of_subject(subject, Part::Key, &[])
     }
 
     /// One sealed field value.
     pub fn value(subject: &[u8; 16], field: &str) -> ValueKey {
-        ValueKey(Self::new(Space::Values, &[subject, field.as_bytes()]))
+        ValueKey(Self::of_subject(subject, Part::Value, field.as_bytes()))
     }
 
     /// The prefix of every sealed value of one subject.
     pub fn values_of(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Values, &[subject])
+        Self::of_subject(subject, Part::Value, &[])
     }
 
     /// The encryption counter of a key, by name.
@@ -218,12 +252,12 @@ impl Key {
 
     /// The marker that audit entry `index` concerns `subject`.
     pub fn audit_by_subject(subject: &[u8; 16], index: u64) -> Self {
-        Self::new(Space::AuditBySubject, &[subject, &index.to_be_bytes()])
+        Self::of_subject(subject, Part::AuditMarker, &index.to_be_bytes())
     }
 
     /// The prefix of every audit entry marker of `subject`.
     pub fn audit_by_subject_all(subject: &[u8; 16]) -> Self {
-        Self::new(Space::AuditBySubject, &[subject])
+        Self::of_subject(subject, Part::AuditMarker, &[])
     }
 
     /// The marker that audit entry `index` concerns `business`.
@@ -262,12 +296,12 @@ impl Key {
 
     /// The relationship of `subject` with `business`.
     pub fn relationship(subject: &[u8; 16], business: &str) -> Self {
-        Self::new(Space::Relationships, &[subject, business.as_bytes()])
+        Self::of_subject(subject, Part::Relationship, business.as_bytes())
     }
 
     /// Every relationship of `subject`.
     pub fn relationships_of(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Relationships, &[subject])
+        Self::of_subject(subject, Part::Relationship, &[])
     }
 
     /// The subject behind `pairwise` for `business`.
@@ -282,12 +316,12 @@ impl Key {
 
     /// Grant `grant` of `subject`.
     pub fn grant(subject: &[u8; 16], grant: &str) -> Self {
-        Self::new(Space::Grants, &[subject, grant.as_bytes()])
+        Self::of_subject(subject, Part::Grant, grant.as_bytes())
     }
 
     /// Every grant of `subject`.
     pub fn grants_of(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Grants, &[subject])
+        Self::of_subject(subject, Part::Grant, &[])
     }
 
     /// Grant `grant` given to `business`.
@@ -338,12 +372,12 @@ impl Key {
 
     /// Access request `request` of `subject`.
     pub fn request(subject: &[u8; 16], request: &str) -> Self {
-        Self::new(Space::Requests, &[subject, request.as_bytes()])
+        Self::of_subject(subject, Part::Request, request.as_bytes())
     }
 
     /// Every access request of `subject`.
     pub fn requests_of(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Requests, &[subject])
+        Self::of_subject(subject, Part::Request, &[])
     }
 
     /// Access request `request` made by `business`.
@@ -358,7 +392,7 @@ impl Key {
 
     /// The objections of `subject`.
     pub fn objections(subject: &[u8; 16]) -> Self {
-        Self::new(Space::Objections, &[subject])
+        Self::of_subject(subject, Part::Objections, &[])
     }
 
     /// The key just past every key starting with `prefix` (a scan's end).
@@ -449,7 +483,38 @@ mod tests {
         let end = prefix.prefix_end();
         let inside = Key::value(&subject, "zzzz");
         assert!(inside.key().as_bytes() >= prefix.as_bytes() && inside.key().as_bytes() < end.as_slice());
-        assert!(Key::counter("a").as_bytes() >= end.as_slice());
         assert_eq!(prefix.suffix_of(inside.key().as_bytes()), Some(&b"zzzz"[..]));
+        // The subject's other parts, and the next subject's values, lie outside.
+        for outside in [Key::relationship(&subject, ""), Key::objections(&subject), Key::dek(&subject)] {
+            let bytes = outside.as_bytes();
+            assert!(bytes < prefix.as_bytes() || bytes >= end.as_slice(), "{bytes:?}");
+        }
+        let mut next = [0u8; 16];
+        next[15] = 1;
+        assert!(Key::value(&next, "").key().as_bytes() < prefix.as_bytes());
+    }
+
+    #[test]
+    fn a_subjects_records_lie_together_and_say_their_part() {
+        let subject = [0x5Au8; 16];
+        let all = Key::new(Space::SubjectRecords, &[&subject]);
+        let end = all.prefix_end();
+        let keys = [
+            (Key::dek(&subject), Part::Key),
+            (Key::value(&subject, "email").key().clone(), Part::Value),
+            (Key::relationship(&subject, "acme"), Part::Relationship),
+            (Key::grant(&subject, "g1"), Part::Grant),
+            (Key::objections(&subject), Part::Objections),
+            (Key::request(&subject, "r1"), Part::Request),
+            (Key::audit_by_subject(&subject, 9), Part::AuditMarker),
+        ];
+        for (key, part) in &keys {
+            assert!(key.as_bytes() >= all.as_bytes() && key.as_bytes() < end.as_slice());
+            assert_eq!(Part::of(key.as_bytes()), Some(*part));
+        }
+        // Records before markers, which grow with every read.
+        assert!(keys.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert_eq!(Part::of(Key::subject(&subject).as_bytes()), None);
+        assert_eq!(Part::of(Key::pairwise("acme", "p").as_bytes()), None);
     }
 }

@@ -27,7 +27,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Key, Space, WriteBatch};
+use super::{Key, Part, Space, WriteBatch};
 
 /// How many stripes changes are counted in.
 const STRIPES: usize = 4096;
@@ -53,12 +53,12 @@ pub struct Stamp {
 /// a subject's own records (key, values, relationships, grants, objections,
 /// and its subject record, which no decision reads today but which erasure
 /// and activity change) by the subject, and the pairwise index by the
-/// whole key.
+/// whole key. Access-log markers and requests are not counted: every read
+/// writes a marker, and no decision reads either.
 fn stripe_of(key: &[u8]) -> Option<usize> {
     let (&space, rest) = key.split_first()?;
-    let by_subject =
-        [Space::Subjects, Space::Keys, Space::Values, Space::Relationships, Space::Grants, Space::Objections];
-    if by_subject.iter().any(|s| *s as u8 == space) {
+    let decided_on = [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections];
+    if space == Space::Subjects as u8 || Part::of(key).is_some_and(|part| decided_on.contains(&part)) {
         // Subject ids are random, so their first bytes spread evenly.
         let first: [u8; 8] = rest.get(..8)?.try_into().ok()?;
         return usize::try_from(u64::from_be_bytes(first) % STRIPES as u64).ok();
