@@ -570,7 +570,7 @@ impl Vault {
     fn deks_each<E: From<StoreError>>(
         &self,
         page_max: usize,
-        visit: &mut dyn FnMut(Vec<([u8; 16], Vec<u8>)>) -> Result<bool, E>,
+        visit: &mut dyn FnMut(Vec<SubjectKeyRecord>) -> Result<bool, E>,
     ) -> Result<(), E> {
         let prefix = Key::subjects_all();
         let end = Key::from_prefix_end(&prefix);
@@ -791,6 +791,10 @@ fn rotation_update(txn: &mut Txn<'_>, change: impl FnOnce(&mut Rotation)) -> Res
 }
 
 /// The first key after `key` in byte order.
+/// A subject id and its stored key record, as a pass over every DEK finds
+/// them.
+type SubjectKeyRecord = ([u8; 16], Vec<u8>);
+
 fn key_after(key: &[u8]) -> Key {
     let mut next = key.to_vec();
     next.push(0);

@@ -127,7 +127,8 @@ impl Setup {
 /// Whether any of `keys` lies in one of the decision's spaces.
 fn touches_decision_records(keys: &[Vec<u8>]) -> bool {
     keys.iter().any(|key| {
-        key.first() == Some(&(Space::Pairwise as u8)) || Part::of(key).is_some_and(|part| DECISION_PARTS.contains(&part))
+        key.first() == Some(&(Space::Pairwise as u8))
+            || Part::of(key).is_some_and(|part| DECISION_PARTS.contains(&part))
     })
 }
 

@@ -133,9 +133,18 @@ mod tests {
         let stamps = [versions.stamp(&Key::subject(&ada)), versions.stamp(&Key::pairwise("acme", "p1"))];
         assert!(versions.unchanged(&stamps));
 
-        // Another subject's grant, an audit entry, a principal: not ours.
+        // Another subject's grant, an audit entry, a principal, the
+        // subject's own access-log marker and request: nothing a decision
+        // on the subject reads.
         let mut touched = Vec::new();
-        versions.count_ran(&writes(&[Key::grant(&bob, "g"), Key::audit_entry(7), Key::client("c")]), &mut touched);
+        let others = [
+            Key::grant(&bob, "g"),
+            Key::audit_entry(7),
+            Key::client("c"),
+            Key::audit_by_subject(&ada, 7),
+            Key::request(&ada, "r"),
+        ];
+        versions.count_ran(&writes(&others), &mut touched);
         assert_eq!(touched.len(), 1);
         assert!(versions.unchanged(&stamps));
 
