@@ -790,11 +790,11 @@ fn rotation_update(txn: &mut Txn<'_>, change: impl FnOnce(&mut Rotation)) -> Res
     Ok(())
 }
 
-/// The first key after `key` in byte order.
 /// A subject id and its stored key record, as a pass over every DEK finds
 /// them.
 type SubjectKeyRecord = ([u8; 16], Vec<u8>);
 
+/// The first key after `key` in byte order.
 fn key_after(key: &[u8]) -> Key {
     let mut next = key.to_vec();
     next.push(0);

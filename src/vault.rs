@@ -793,10 +793,12 @@ fn load_store(
     audit_origin: Option<String>,
     writable: bool,
 ) -> Result<(Store, AuditLog), VaultError> {
-    if check_format(&*backend)? == FORMAT_SUBJECT_SPACES && writable {
+    let format = check_format(&*backend)?;
+    // Keys first: a vault opened with the wrong key changes nothing.
+    bind_keys(&*backend, keys, writable)?;
+    if format == FORMAT_SUBJECT_SPACES && writable {
         subject_records_regroup(&*backend)?;
     }
-    bind_keys(&*backend, keys, writable)?;
     let store = Store::new(backend)?;
     let audit = AuditLog::load(&store, keys)?;
     if let Some(configured) = audit_origin

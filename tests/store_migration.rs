@@ -109,6 +109,14 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     assert!(succeeded(&audit_verify(&data_dir, &kek)));
     assert_eq!(stored_keys(&data_dir).0, "1", "verifying changed nothing");
 
+    // Another vault's key is refused before anything moves.
+    let other = dir.path().join("other");
+    assert!(succeeded(&binary(&["init".as_ref(), "--data-dir".as_ref(), other.as_ref()])));
+    let other_kek = other.join("kek.key");
+    let refused = ServerProcess::start(&data_dir, &["--kek-file", other_kek.to_str().unwrap()], &[]).err().unwrap();
+    assert!(refused.contains("does not match this data directory"), "{refused}");
+    assert_eq!(stored_keys(&data_dir), (format, keys), "a refused start moved nothing");
+
     let kek_arg = kek.to_str().unwrap();
     let server = ServerProcess::start(&data_dir, &["--kek-file", kek_arg], &[]).unwrap();
     let base = server.base_url.clone();
@@ -207,4 +215,16 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     let stderr = server.stderr_text();
     assert_eq!(server.terminate().code(), Some(0));
     assert!(!stderr.contains("format 1"), "{stderr}");
+
+    // A format this build does not know is refused, and left as it is.
+    let backend = SledBackend::open(&data_dir.join("store"), 16 << 20).unwrap();
+    let mut batch = consentvault::store::WriteBatch::new();
+    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(b"3".to_vec()));
+    backend.apply(&batch).unwrap();
+    backend.flush().unwrap();
+    drop(backend);
+    let before = stored_keys(&data_dir);
+    let refused = ServerProcess::start(&data_dir, &["--kek-file", kek_arg], &[]).err().unwrap();
+    assert!(refused.contains("the store has format 3, this build reads formats 1 and 2"), "{refused}");
+    assert_eq!(stored_keys(&data_dir), before);
 }
