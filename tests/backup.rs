@@ -14,14 +14,14 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use base64::Engine as _;
-use common::ServerProcess;
 use common::roles::{admin_token, client_principal, connect, customer, get, post};
+use common::{ServerProcess, binary};
 use consentvault::audit::Actor;
 use consentvault::audit::checkpoint::{Checkpoint, NoteVerifier};
 use consentvault::audit::merkle::{Hash, verify_consistency};
@@ -31,15 +31,6 @@ use serde_json::{Value, json};
 
 const CANARY: &str = "canary-7f3a9c@example.org";
 const PASSWORD: &str = "correct horse battery staple";
-
-fn binary<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(args)
-        .env_remove("CONSENTVAULT_KEK")
-        .env_remove("CONSENTVAULT_DATA_DIR")
-        .output()
-        .unwrap()
-}
 
 fn backup(data_dir: &Path, out: &Path) -> Output {
     backup_in_chunks(data_dir, out, 1000)

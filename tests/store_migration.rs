@@ -12,11 +12,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::ServerProcess;
 use common::roles::{client_token, get, post, send};
+use common::{ServerProcess, binary};
 use consentvault::store::migrate::FORMAT_1_SUBJECT_SPACES;
 use consentvault::store::sled_backend::SledBackend;
 use consentvault::store::{Backend, Key, Part};
@@ -26,34 +27,11 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1").join(name)
 }
 
-fn binary(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(args)
-        .env_remove("CONSENTVAULT_KEK")
-        .env_remove("CONSENTVAULT_DATA_DIR")
-        .output()
-        .unwrap()
-}
-
 fn succeeded(output: &Output) -> bool {
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     }
     output.status.success()
-}
-
-fn audit_verify(data_dir: &Path, kek: &Path) -> Output {
-    let policies = common::policies_dir();
-    binary(&[
-        "audit".as_ref(),
-        "verify".as_ref(),
-        "--data-dir".as_ref(),
-        data_dir.as_ref(),
-        "--kek-file".as_ref(),
-        kek.as_ref(),
-        "--policies".as_ref(),
-        policies.as_ref(),
-    ])
 }
 
 /// Every stored key of the store in `data_dir`, with the stored format.
@@ -87,8 +65,8 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     let data_dir = dir.path().join("data");
     let backup = fixture("vault.backup");
     let policies = common::policies_dir();
-    let restored = binary(&[
-        "restore".as_ref(),
+    let restored = binary([
+        OsStr::new("restore"),
         "--in".as_ref(),
         backup.as_ref(),
         "--data-dir".as_ref(),
@@ -99,6 +77,15 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
         policies.as_ref(),
     ]);
     assert!(succeeded(&restored), "a format-1 backup restores");
+    // The key goes where the vault looks for it by default.
+    std::fs::copy(&kek, data_dir.join("kek.key")).unwrap();
+    let verified = || {
+        let (ok, _, stderr) = common::audit_verify(&data_dir);
+        if !ok {
+            eprintln!("{stderr}");
+        }
+        ok
+    };
 
     // Restored as it was written; offline tools read it as it is.
     let (format, keys) = stored_keys(&data_dir);
@@ -106,19 +93,18 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     let old_records = in_format_1_spaces(&keys);
     assert!(old_records >= 3 * 8, "the fixture's subject records are in format-1 spaces: {old_records}");
     assert!(keys.iter().all(|key| Part::of(key).is_none()));
-    assert!(succeeded(&audit_verify(&data_dir, &kek)));
+    assert!(verified());
     assert_eq!(stored_keys(&data_dir).0, "1", "verifying changed nothing");
 
     // Another vault's key is refused before anything moves.
     let other = dir.path().join("other");
-    assert!(succeeded(&binary(&["init".as_ref(), "--data-dir".as_ref(), other.as_ref()])));
+    assert!(succeeded(&binary([OsStr::new("init"), "--data-dir".as_ref(), other.as_ref()])));
     let other_kek = other.join("kek.key");
     let refused = ServerProcess::start(&data_dir, &["--kek-file", other_kek.to_str().unwrap()], &[]).err().unwrap();
     assert!(refused.contains("does not match this data directory"), "{refused}");
     assert_eq!(stored_keys(&data_dir), (format, keys), "a refused start moved nothing");
 
-    let kek_arg = kek.to_str().unwrap();
-    let server = ServerProcess::start(&data_dir, &["--kek-file", kek_arg], &[]).unwrap();
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
     let base = server.base_url.clone();
     let http = reqwest::Client::new();
     let text = |value: &Value| value.as_str().unwrap().to_owned();
@@ -206,10 +192,10 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     assert!(erased_records.contains(&Part::AuditMarker) && erased_records.contains(&Part::Grant));
     let kept = [Part::Grant, Part::Request, Part::AuditMarker];
     assert!(erased_records.iter().all(|part| kept.contains(part)), "{erased_records:?}");
-    assert!(succeeded(&audit_verify(&data_dir, &kek)));
+    assert!(verified());
 
     // A second start has nothing to move.
-    let server = ServerProcess::start(&data_dir, &["--kek-file", kek_arg], &[]).unwrap();
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
     let (status, _) = get(&http, format!("{}/readyz", server.base_url), "").await;
     assert_eq!(status, 200);
     let stderr = server.stderr_text();
@@ -224,7 +210,7 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     backend.flush().unwrap();
     drop(backend);
     let before = stored_keys(&data_dir);
-    let refused = ServerProcess::start(&data_dir, &["--kek-file", kek_arg], &[]).err().unwrap();
+    let refused = ServerProcess::start(&data_dir, &[], &[]).err().unwrap();
     assert!(refused.contains("the store has format 3, this build reads formats 1 and 2"), "{refused}");
     assert_eq!(stored_keys(&data_dir), before);
 }

@@ -50,6 +50,17 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
     Vault::open(vault_options(data_dir, &policies_dir())).unwrap()
 }
 
+/// Runs the `consentvault` binary with `args`, without the key or data
+/// directory the environment may name, and waits for it.
+pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_consentvault"))
+        .args(args)
+        .env_remove("CONSENTVAULT_KEK")
+        .env_remove("CONSENTVAULT_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
 /// Runs `consentvault audit verify` on a stopped vault with the shipped
 /// policies; returns (success, stdout, stderr).
 pub fn audit_verify(data_dir: &Path) -> (bool, String, String) {
