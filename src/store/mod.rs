@@ -86,8 +86,9 @@ pub trait Backend: Send + Sync + 'static {
 pub enum Space {
     /// Vault-wide settings and key checks.
     Meta = 0x01,
-    /// One record per subject (ids and timestamps only): also the directory
-    /// of subjects that passes over every subject page through.
+    /// One record per subject (ids and timestamps only). Also the subject
+    /// directory: passes over every subject (KEK rotation, the activity
+    /// backfill) page through it.
     Subjects = 0x02,
     /// Encryption counters per key.
     Counters = 0x05,
