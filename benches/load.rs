@@ -388,7 +388,9 @@ impl Cpu {
 }
 
 /// User and system CPU time of process `pid` (or `self`), in seconds, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s: Linux
+/// reports them in `USER_HZ`, which its ABI fixes at 100; the benchmark is
+/// Linux-only).
 fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The command name (field 2) is in parentheses and may hold spaces.

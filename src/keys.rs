@@ -539,12 +539,17 @@ impl Vault {
         Ok(true)
     }
 
+    /// How many subjects have a DEK: every subject not erased (a subject's
+    /// record and DEK are written together, and erasure removes the DEK as
+    /// it marks the record). Reads the directory only.
     fn deks_count(&self) -> Result<u64, StoreError> {
         let mut count = 0u64;
-        self.deks_each(REWRAP_CHUNK * 8, &mut |page| {
-            count += page.len() as u64;
-            Ok(true)
-        })?;
+        let mut from = Some(Key::subjects_all());
+        while let Some(start) = from {
+            let (page, next) = self.subjects_page(&start, REWRAP_CHUNK * 8)?;
+            count += page.iter().filter(|(_, record)| record.erased_at.is_none()).count() as u64;
+            from = next;
+        }
         Ok(count)
     }
 
@@ -552,47 +557,35 @@ impl Vault {
     /// key record (for checks after a rotation; O(subjects)).
     pub fn deks_by_kek_version(&self) -> Result<std::collections::BTreeMap<u32, u64>, StoreError> {
         let mut versions = std::collections::BTreeMap::new();
-        self.deks_each(REWRAP_CHUNK * 8, &mut |page| {
+        let mut from = Some(Key::subjects_all());
+        while let Some(start) = from {
+            let (page, next) = self.deks_page(&start, REWRAP_CHUNK * 8)?;
             for (_, bytes) in page {
                 let version = KeyRecord::decode(bytes)?.wrapped.kek_version().unwrap_or(0);
                 *versions.entry(version).or_insert(0) += 1;
             }
-            Ok(true)
-        })?;
+            from = next;
+        }
         Ok(versions)
     }
 
-    /// Hands `visit` the key records of every subject that has one (erased
-    /// subjects have none), a page of up to `page_max` subjects at a time, in
-    /// subject order, until it returns `false`. Key records sit with each
-    /// subject's other records, so the pass pages through the subject
-    /// directory and reads each subject's key record.
-    fn deks_each<E: From<StoreError>>(
-        &self,
-        page_max: usize,
-        visit: &mut dyn FnMut(Vec<SubjectKeyRecord>) -> Result<bool, E>,
-    ) -> Result<(), E> {
-        let prefix = Key::subjects_all();
-        let end = Key::from_prefix_end(&prefix);
-        let mut start = prefix.clone();
-        loop {
-            let subjects = self.store().scan_range(&start, &end, page_max)?;
-            let Some((last, _)) = subjects.last() else { return Ok(()) };
-            start = key_after(last);
-            let mut page = Vec::with_capacity(subjects.len());
-            for (key, _) in subjects {
-                let subject: [u8; 16] = prefix
-                    .suffix_of(&key)
-                    .and_then(|id| id.try_into().ok())
-                    .ok_or(StoreError::Corrupt { what: "subject record id" })?;
-                if let Some(record) = self.store().get(&Key::dek(&subject))? {
-                    page.push((subject, record));
-                }
+    /// The key records of the subjects on one page of the subject directory
+    /// ([`Vault::subjects_page`]), and where the next page starts. Key
+    /// records sit with each subject's other records, so each is a point
+    /// read; erased subjects have none and are skipped unread.
+    fn deks_page(&self, from: &Key, page_max: usize) -> Result<(Vec<SubjectKeyRecord>, Option<Key>), StoreError> {
+        let (subjects, next) = self.subjects_page(from, page_max)?;
+        let mut page = Vec::with_capacity(subjects.len());
+        for (subject, record) in subjects {
+            if record.erased_at.is_some() {
+                continue;
             }
-            if !visit(page)? {
-                return Ok(());
+            let subject = *subject.as_bytes();
+            if let Some(key_record) = self.store().get(&Key::dek(&subject))? {
+                page.push((subject, key_record));
             }
         }
+        Ok((page, next))
     }
 
     /// One pass over every wrapped DEK. Returns how many were found under
@@ -600,12 +593,13 @@ impl Vault {
     /// the vault is closing.
     fn rewrap_pass(self: &Arc<Self>, target: u32) -> Result<Option<u64>, KeyError> {
         let mut found = 0u64;
-        let mut closing = false;
-        self.deks_each(REWRAP_CHUNK, &mut |page| -> Result<bool, KeyError> {
+        let mut from = Some(Key::subjects_all());
+        while let Some(start) = from {
             if self.closing() {
-                closing = true;
-                return Ok(false);
+                return Ok(None);
             }
+            let (page, next) = self.deks_page(&start, REWRAP_CHUNK)?;
+            from = next;
             let mut changes = Vec::new();
             for (subject, bytes) in page {
                 let record = KeyRecord::decode(bytes.clone())?;
@@ -617,7 +611,7 @@ impl Vault {
                 changes.push((Key::dek(&subject), bytes, new));
             }
             if changes.is_empty() {
-                return Ok(true);
+                continue;
             }
             found += changes.len() as u64;
             self.store().commit_blocking(move |txn| -> Result<(), KeyError> {
@@ -633,9 +627,8 @@ impl Vault {
                 txn.counter_add(kek_counter(target), rewrapped)?;
                 rotation_update(txn, |rotation| rotation.deks_rewrapped += rewrapped)
             })?;
-            Ok(true)
-        })?;
-        Ok((!closing).then_some(found))
+        }
+        Ok(Some(found))
     }
 
     /// Reseals the vault's secrets under the target, records the old
@@ -793,10 +786,3 @@ fn rotation_update(txn: &mut Txn<'_>, change: impl FnOnce(&mut Rotation)) -> Res
 /// A subject id and its stored key record, as a pass over every DEK finds
 /// them.
 type SubjectKeyRecord = ([u8; 16], Vec<u8>);
-
-/// The first key after `key` in byte order.
-fn key_after(key: &[u8]) -> Key {
-    let mut next = key.to_vec();
-    next.push(0);
-    Key::raw(next)
-}

@@ -172,6 +172,38 @@ pub(crate) fn kek_counter(kek_version: u32) -> Key {
     Key::counter(&format!("kek/{kek_version}"))
 }
 
+/// One page of the subject directory ([`Vault::subjects_page`]): subjects
+/// with their records, and where the next page starts (`None` after the
+/// last).
+pub(crate) type SubjectsPage = (Vec<(SubjectId, SubjectRecord)>, Option<Key>);
+
+impl Vault {
+    /// Up to `page_max` subjects of the directory from `from` on (start at
+    /// [`Key::subjects_all`]), in id order, with their records: how passes
+    /// over every subject (KEK rotation, the activity backfill) page.
+    pub(crate) fn subjects_page(&self, from: &Key, page_max: usize) -> Result<SubjectsPage, StoreError> {
+        let prefix = Key::subjects_all();
+        let page = self.store().scan_range(from, &Key::from_prefix_end(&prefix), page_max)?;
+        let next = match page.last() {
+            Some((last, _)) if page.len() == page_max => Some(Key::raw(last.clone()).with_suffix(&[0])),
+            _ => None,
+        };
+        let subjects = page
+            .iter()
+            .map(|(key, bytes)| {
+                let id: [u8; 16] = prefix
+                    .suffix_of(key)
+                    .and_then(|id| id.try_into().ok())
+                    .ok_or(StoreError::Corrupt { what: "subject record id" })?;
+                let record =
+                    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt { what: "subject record" })?;
+                Ok((SubjectId::from_bytes(id), record))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((subjects, next))
+    }
+}
+
 impl Vault {
     /// Creates a subject with a fresh DEK.
     pub async fn subject_create(&self, actor: &Actor) -> Result<SubjectId, DataError> {

@@ -95,23 +95,16 @@ impl Vault {
         if self.store().get(&done)?.is_some() {
             return Ok(0);
         }
-        let prefix = Key::subjects_all();
-        let end = Key::from_prefix_end(&prefix);
-        let mut from = prefix.clone();
+        let mut from = Some(Key::subjects_all());
         let mut filled = 0;
-        loop {
-            let page = self.store().scan_range(&from, &end, PAGE_MAX)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Key::raw(last.clone()).with_suffix(&[0]);
+        while let Some(start) = from {
+            let (page, next) = self.subjects_page(&start, PAGE_MAX)?;
+            from = next;
             let missing: Vec<SubjectId> = page
-                .iter()
-                .filter_map(|(key, bytes)| {
-                    let record: crate::subjects::SubjectRecord = serde_json::from_slice(bytes).ok()?;
-                    let id: [u8; 16] = prefix.suffix_of(key)?.try_into().ok()?;
-                    (record.erased_at.is_none() && record.last_active_at.is_none()).then(|| SubjectId::from_bytes(id))
-                })
+                .into_iter()
+                .filter(|(_, record)| record.erased_at.is_none() && record.last_active_at.is_none())
+                .map(|(subject, _)| subject)
                 .collect();
-            let full = page.len() == PAGE_MAX;
             filled += missing.len();
             if !missing.is_empty() {
                 let now_secs = self.clock().now_secs();
@@ -124,9 +117,6 @@ impl Vault {
                         Ok::<_, ConsentError>(())
                     })
                     .await?;
-            }
-            if !full {
-                break;
             }
         }
         self.store()

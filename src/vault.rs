@@ -32,9 +32,10 @@ pub const KEY_FILE: &str = "kek.key";
 pub const STORE_DIR: &str = "store";
 
 /// The layout version written at init. A store of format 1 (each kind of
-/// subject record in a space of its own) is moved to it when a vault opens
-/// it to serve (`store::migrate`); offline tools read either, since the
-/// spaces they read are the same in both.
+/// subject record in a space of its own) is moved to it when it is opened
+/// writable (`serve`, and the `keys` commands on a stopped vault;
+/// `store::migrate`); `audit verify`, `backup` and `restore` read either,
+/// since the spaces they read are the same in both.
 const FORMAT_VERSION: &str = "2";
 /// The layout before subject records were grouped by subject.
 const FORMAT_SUBJECT_SPACES: &str = "1";

@@ -10,21 +10,10 @@ mod common;
 use std::sync::Arc;
 
 use consentvault::audit::Actor;
-use consentvault::crypto::{KeyRing, random_bytes};
 use consentvault::store::Key;
 use consentvault::store::memory::MemoryBackend;
 use consentvault::subjects::DataError;
-use consentvault::vault::{Vault, policies_load};
 use serde_json::json;
-use zeroize::Zeroizing;
-
-fn vault_over(backend: Arc<MemoryBackend>) -> Arc<Vault> {
-    let rng = ring::rand::SystemRandom::new();
-    let keys = KeyRing::new(vec![(1, Zeroizing::new(random_bytes(&rng).unwrap()))]).unwrap();
-    let policies = policies_load(&common::policies_dir()).unwrap();
-    Vault::open_backend("memory".into(), keys, backend, policies, None, None, Default::default(), Default::default())
-        .unwrap()
-}
 
 fn durable_audit_size(backend: &MemoryBackend) -> u64 {
     backend.durable(&Key::meta("audit/size")).map(|b| u64::from_be_bytes(b.try_into().unwrap())).unwrap_or(0)
@@ -33,7 +22,7 @@ fn durable_audit_size(backend: &MemoryBackend) -> u64 {
 #[tokio::test]
 async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
     let backend = Arc::new(MemoryBackend::default());
-    let vault = vault_over(backend.clone());
+    let vault = common::memory_vault(backend.clone());
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
     let actor = Actor::customer(subject);
     vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
@@ -64,7 +53,7 @@ async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
 #[tokio::test]
 async fn a_failed_audit_append_releases_no_data_and_changes_nothing() {
     let backend = Arc::new(MemoryBackend::default());
-    let vault = vault_over(backend.clone());
+    let vault = common::memory_vault(backend.clone());
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
     let actor = Actor::customer(subject);
     vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
@@ -88,7 +77,7 @@ async fn a_failed_audit_append_releases_no_data_and_changes_nothing() {
 #[tokio::test]
 async fn a_failed_apply_acknowledges_nothing_and_the_vault_recovers() {
     let backend = Arc::new(MemoryBackend::default());
-    let vault = vault_over(backend.clone());
+    let vault = common::memory_vault(backend.clone());
     let subject = vault.subject_create(&Actor::system()).await.unwrap();
     backend.fail_applies(true);
     let write = vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await;

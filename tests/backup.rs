@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use common::roles::{admin_token, client_principal, connect, customer, get, post};
-use common::{ServerProcess, binary};
+use common::{ServerProcess, binary, restore};
 use consentvault::audit::Actor;
 use consentvault::audit::checkpoint::{Checkpoint, NoteVerifier};
 use consentvault::audit::merkle::{Hash, verify_consistency};
@@ -47,16 +47,6 @@ fn backup_in_chunks(data_dir: &Path, out: &Path, chunk_keys: u32) -> Output {
         "--chunk-keys".as_ref(),
         chunk_keys.as_ref(),
     ];
-    binary(args)
-}
-
-fn restore(input: &Path, target: &Path, kek: Option<&Path>) -> Output {
-    let mut args: Vec<OsString> = ["restore", "--in"].map(OsString::from).into();
-    args.push(input.into());
-    args.extend(["--data-dir".into(), target.into(), "--policies".into(), common::policies_dir().into()]);
-    if let Some(kek) = kek {
-        args.extend(["--kek-file".into(), kek.into()]);
-    }
     binary(args)
 }
 

@@ -16,17 +16,11 @@ use std::time::Duration;
 use consentvault::audit::{Actor, AuditEvent, Decision, EventKind};
 use consentvault::auth::Role;
 use consentvault::consent::{ConsentError, GrantRecord, ScopedRead};
-use consentvault::crypto::{KeyRing, random_bytes};
 use consentvault::ids::SubjectId;
 use consentvault::store::memory::MemoryBackend;
 use consentvault::store::{Key, Part, Space, StoreStats};
-use consentvault::vault::{Vault, policies_load};
+use consentvault::vault::Vault;
 use serde_json::json;
-use zeroize::Zeroizing;
-
-/// The parts of a subject's records a read decides on and releases (with
-/// the business's pairwise index).
-const DECISION_PARTS: [Part; 5] = [Part::Grant, Part::Objections, Part::Relationship, Part::Value, Part::Key];
 
 struct Setup {
     vault: Arc<Vault>,
@@ -43,20 +37,7 @@ impl Setup {
     /// to a business with a marketing grant for it.
     async fn new() -> Self {
         let backend = Arc::new(MemoryBackend::default());
-        let rng = ring::rand::SystemRandom::new();
-        let keys = KeyRing::new(vec![(1, Zeroizing::new(random_bytes(&rng).unwrap()))]).unwrap();
-        let policies = policies_load(&common::policies_dir()).unwrap();
-        let vault = Vault::open_backend(
-            "memory".into(),
-            keys,
-            backend.clone(),
-            policies,
-            None,
-            None,
-            Default::default(),
-            Default::default(),
-        )
-        .unwrap();
+        let vault = common::memory_vault(backend.clone());
         let business =
             vault.client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()]).await.unwrap();
         let subject = vault.subject_create(&Actor::system()).await.unwrap();
@@ -128,7 +109,7 @@ impl Setup {
 fn touches_decision_records(keys: &[Vec<u8>]) -> bool {
     keys.iter().any(|key| {
         key.first() == Some(&(Space::Pairwise as u8))
-            || Part::of(key).is_some_and(|part| DECISION_PARTS.contains(&part))
+            || Part::of(key).is_some_and(|part| Part::DECIDED_ON.contains(&part))
     })
 }
 

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::roles::{client_token, get, post, send};
-use common::{ServerProcess, binary};
+use common::{ServerProcess, binary, restore};
+use consentvault::ids::SubjectId;
 use consentvault::store::migrate::FORMAT_1_SUBJECT_SPACES;
 use consentvault::store::sled_backend::SledBackend;
 use consentvault::store::{Backend, Key, Part};
@@ -46,11 +47,6 @@ fn in_format_1_spaces(keys: &[Vec<u8>]) -> usize {
     keys.iter().filter(|key| FORMAT_1_SUBJECT_SPACES.iter().any(|(space, _)| key.first() == Some(space))).count()
 }
 
-fn subject_bytes(customer_id: &str) -> [u8; 16] {
-    let bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&customer_id[2 * i..2 * i + 2], 16).unwrap()).collect();
-    bytes.try_into().unwrap()
-}
-
 fn ids(list: &Value, name: &str) -> Vec<String> {
     list["items"].as_array().unwrap().iter().map(|item| item[name].as_str().unwrap().to_owned()).collect()
 }
@@ -63,19 +59,7 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     std::fs::copy(fixture("kek.key"), &kek).unwrap();
     std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let data_dir = dir.path().join("data");
-    let backup = fixture("vault.backup");
-    let policies = common::policies_dir();
-    let restored = binary([
-        OsStr::new("restore"),
-        "--in".as_ref(),
-        backup.as_ref(),
-        "--data-dir".as_ref(),
-        data_dir.as_ref(),
-        "--kek-file".as_ref(),
-        kek.as_ref(),
-        "--policies".as_ref(),
-        policies.as_ref(),
-    ]);
+    let restored = restore(&fixture("vault.backup"), &data_dir, Some(&kek));
     assert!(succeeded(&restored), "a format-1 backup restores");
     // The key goes where the vault looks for it by default.
     std::fs::copy(&kek, data_dir.join("kek.key")).unwrap();
@@ -184,9 +168,12 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     let (format, keys) = stored_keys(&data_dir);
     assert_eq!(format, "2");
     assert_eq!(in_format_1_spaces(&keys), 0, "every format-1 record moved");
-    let erased_subject = subject_bytes(erased["customer_id"].as_str().unwrap());
-    let erased_records: Vec<Part> =
-        keys.iter().filter(|key| key.get(1..17) == Some(&erased_subject[..])).filter_map(|key| Part::of(key)).collect();
+    let erased_subject: SubjectId = erased["customer_id"].as_str().unwrap().parse().unwrap();
+    let erased_records: Vec<Part> = keys
+        .iter()
+        .filter(|key| key.get(1..17) == Some(&erased_subject.as_bytes()[..]))
+        .filter_map(|key| Part::of(key))
+        .collect();
     // Revoked grants, closed requests and access-log markers stay (ids
     // only); the key, the values, relationships and objections are gone.
     assert!(erased_records.contains(&Part::AuditMarker) && erased_records.contains(&Part::Grant));

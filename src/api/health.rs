@@ -93,7 +93,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "consentvault_read_ahead_redone_total",
         "counter",
-        "Scoped reads decided ahead whose records changed before commit, so the commit decided again (a read whose second turned is decided again without being counted here).",
+        "Scoped reads decided ahead that the commit decided again, because their records changed or their second had passed.",
         count(&stats.stamps_stale),
     );
     metric(

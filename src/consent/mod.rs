@@ -264,13 +264,16 @@ fn read_decide(
         None => (Vec::new(), Vec::new(), false),
     };
     let live = |g: &&GrantView| g.business == *business && g.is_live(now) && g.purposes.contains(purpose);
-    let requested = ask.fields.clone().unwrap_or_else(|| {
-        // No list: every field live grants for this purpose name.
-        let mut all: Vec<String> = grants.iter().filter(live).flat_map(|g| g.fields.iter().cloned()).collect();
-        all.sort();
-        all.dedup();
-        all
-    });
+    let requested: std::borrow::Cow<'_, [String]> = match &ask.fields {
+        Some(fields) => fields.into(),
+        None => {
+            // No list: every field live grants for this purpose name.
+            let mut all: Vec<String> = grants.iter().filter(live).flat_map(|g| g.fields.iter().cloned()).collect();
+            all.sort();
+            all.dedup();
+            all.into()
+        }
+    };
     let query = ReadQuery { business, purpose, fields: &requested, now, connected, objections: &objections };
     let decisions = engine::decide(policies, &query, &grants);
     let mut released = Vec::new();
@@ -617,7 +620,7 @@ impl Vault {
                 // The time of the decision is the time of its commit.
                 let now = vclock.now_secs();
                 let decided = match ahead {
-                    Some((stamps, decided)) if decided.now == now && txn.unchanged(&stamps) => decided,
+                    Some((stamps, decided)) if txn.ahead_holds(&stamps, decided.now == now) => decided,
                     _ => txn.lookahead(|txn| {
                         let subject = Self::pairwise_subject(txn, &ask.business, &ask.pairwise)?;
                         read_decide(txn, &policies, &ask, subject, now)

@@ -41,9 +41,9 @@ pub(super) struct ReadCache {
 /// Whether point reads of `key` are cached: records a consent decision
 /// reads.
 fn point_cached(key: &[u8]) -> bool {
-    let parts = [Part::Objections, Part::Relationship, Part::Value, Part::Key];
+    // Grants are read as a scan, cached below.
     key.first().is_some_and(|space| *space == Space::Pairwise as u8 || *space == Space::Subjects as u8)
-        || Part::of(key).is_some_and(|part| parts.contains(&part))
+        || Part::of(key).is_some_and(|part| part != Part::Grant && Part::DECIDED_ON.contains(&part))
 }
 
 /// Whether a scan of `prefix` is cached: a subject's grants.

@@ -65,9 +65,9 @@ impl StoreReader {
     ///
     /// This is how a decision is made off the commit thread: before reading
     /// records, `reads` takes their [`Snapshot::stamp`]; the transaction
-    /// that acts on the decision then checks, with [`Txn::unchanged`], that
+    /// that acts on the decision then checks, with [`Txn::ahead_holds`], that
     /// nothing under those stamps changed since, and decides again itself
-    /// if anything did ([`super::versions`]). The commit thread, which every
+    /// if anything did (`store::versions`). The commit thread, which every
     /// transaction waits on, then reads none of those records; and a store
     /// much larger than its cache reads its cold pages on many threads at
     /// once.
@@ -188,14 +188,17 @@ impl<'a> Txn<'a> {
         Self { backend, batch, context, writes: WriteBatch::new(), batch_seq, hooks: Vec::new(), taps: Vec::new() }
     }
 
-    /// Whether none of the records under `stamps` has changed since they
-    /// were taken ([`Snapshot::stamp`]), counting the transactions that ran
-    /// before this one in its batch. Meaningful on the commit thread only.
-    pub fn unchanged(&self, stamps: &[Stamp]) -> bool {
-        let unchanged = self.context.versions.unchanged(stamps);
-        let counter = if unchanged { &self.context.stats.stamps_held } else { &self.context.stats.stamps_stale };
+    /// Whether a decision made ahead of this transaction still holds: it
+    /// was made in the same second (`same_second`, the caller's clock) and
+    /// none of the records under `stamps` has changed since they were taken
+    /// ([`Snapshot::stamp`]), counting the transactions that ran before this
+    /// one in its batch. Counts the outcome either way (kept, or decided
+    /// again). Meaningful on the commit thread only.
+    pub fn ahead_holds(&self, stamps: &[Stamp], same_second: bool) -> bool {
+        let holds = same_second && self.context.versions.unchanged(stamps);
+        let counter = if holds { &self.context.stats.stamps_held } else { &self.context.stats.stamps_stale };
         counter.fetch_add(1, Ordering::Relaxed);
-        unchanged
+        holds
     }
 
     /// Runs `reads`, which a caller could have made ahead of the transaction
@@ -237,8 +240,8 @@ impl<'a> Txn<'a> {
 
     /// Every entry under `prefix`, merged with pending writes, in key order.
     pub fn scan_prefix(&self, prefix: &Key) -> Result<Entries, StoreError> {
-        let end = prefix.prefix_end();
-        let scan = || self.backend.scan(prefix.as_bytes(), &end, usize::MAX);
+        // The end is only worked out when the engine is asked.
+        let scan = || self.backend.scan(prefix.as_bytes(), &prefix.prefix_end(), usize::MAX);
         let stored = match self.context.cache {
             Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan)?,
             None => scan()?,
@@ -356,9 +359,10 @@ pub struct StoreStats {
     /// Bytes the storage device read for reads made ahead of the commit
     /// thread ([`StoreReader::read`]).
     pub ahead_disk_bytes: AtomicU64,
-    /// Checks of stamps that held ([`Txn::unchanged`]).
+    /// Checks of stamps that held ([`Txn::ahead_holds`]).
     pub stamps_held: AtomicU64,
-    /// Checks of stamps that did not hold: something read ahead had changed.
+    /// Decisions made ahead that did not hold: something read ahead had
+    /// changed, or the second of the decision had passed.
     pub stamps_stale: AtomicU64,
     /// Flushes that failed.
     pub flush_failures: AtomicU64,
@@ -418,8 +422,10 @@ impl ColdWindow {
             return was;
         }
         self.checked = Some(now);
-        // An engine that cannot tell is never taken to be cold.
-        let total = bytes_read().unwrap_or(0);
+        // An engine that cannot tell keeps the verdict it had (warm from
+        // the start, so one that never tells is never taken to be cold) and
+        // its running total.
+        let Some(total) = bytes_read() else { return was };
         let read = total.saturating_sub(std::mem::replace(&mut self.bytes, total));
         match elapsed {
             Some(elapsed) => reads_cold_by_rate(read, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX), was),
@@ -984,6 +990,13 @@ mod tests {
         assert!(!window.judge(false, || panic!("judged inside a window")), "judged once per window");
         std::thread::sleep(pause);
         assert!(!window.judge(false, || None), "an engine that cannot tell is never cold");
+        // A look that fails keeps the verdict, and the running total.
+        std::thread::sleep(pause);
+        assert!(window.judge(false, || Some(total + (64 << 20))), "64 MiB in half a second");
+        std::thread::sleep(pause);
+        assert!(window.judge(true, || None), "a look that fails keeps the verdict");
+        std::thread::sleep(pause);
+        assert!(!window.judge(true, || Some(total + (64 << 20))), "nothing read since the last look: warm");
     }
 
     #[tokio::test]
@@ -1006,7 +1019,7 @@ mod tests {
 
         // Nothing changed: the stamp holds on the commit thread.
         let held = stamps.clone();
-        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.ahead_holds(&held, true))).await.unwrap());
         // Another subject's change leaves it holding (their stripes differ).
         store
             .commit(|txn| {
@@ -1016,7 +1029,7 @@ mod tests {
             .await
             .unwrap();
         let held = stamps.clone();
-        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.ahead_holds(&held, true))).await.unwrap());
         // A change to the subject's grants ends it, and a fresh stamp holds.
         store
             .commit(move |txn| {
@@ -1026,9 +1039,9 @@ mod tests {
             .await
             .unwrap();
         let held = stamps.clone();
-        assert!(!store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&held))).await.unwrap());
+        assert!(!store.commit(move |txn| Ok::<_, StoreError>(txn.ahead_holds(&held, true))).await.unwrap());
         let fresh = store.reader().read(|snapshot| vec![snapshot.stamp(&Key::subject(&subject))]);
-        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.unchanged(&fresh))).await.unwrap());
+        assert!(store.commit(move |txn| Ok::<_, StoreError>(txn.ahead_holds(&fresh, true))).await.unwrap());
     }
 
     #[tokio::test]

@@ -67,7 +67,7 @@ impl MemoryBackend {
     /// The keys (or scan starts) read on the commit thread, in order, while
     /// recording since the last call: what the transactions themselves read.
     pub fn commit_thread_reads_take(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut *self.commit_thread_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.commit_thread_reads))
     }
 
     /// Holds every later point read of a key under `prefix` made on a thread
@@ -75,17 +75,17 @@ impl MemoryBackend {
     /// lets a test change the store in the middle of a read made off the
     /// commit path.
     pub fn hold_reads_under(&self, prefix: &[u8]) {
-        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prefix = Some(prefix.to_vec());
+        lock(&self.hold).prefix = Some(prefix.to_vec());
     }
 
     /// How many reads are being held now.
     pub fn reads_held(&self) -> usize {
-        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting
+        lock(&self.hold).waiting
     }
 
     /// Lets every held read go on, and holds no more.
     pub fn release_reads(&self) {
-        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prefix = None;
+        lock(&self.hold).prefix = None;
         self.held.notify_all();
     }
 
@@ -103,7 +103,7 @@ impl MemoryBackend {
     /// ends the fault. Lets a test break one part of a transaction (the
     /// audit append) while the rest works.
     pub fn fail_reads_under(&self, prefix: Option<&[u8]>) {
-        *self.fail_reads_under.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = prefix.map(<[u8]>::to_vec);
+        *lock(&self.fail_reads_under) = prefix.map(<[u8]>::to_vec);
     }
 
     /// Makes every later `flush` fail (or succeed again).
@@ -131,16 +131,11 @@ impl MemoryBackend {
     fn read_fault(&self, key: &[u8]) -> Result<(), StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if self.recording.load(Ordering::SeqCst) && on_commit_thread() {
-            self.commit_thread_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key.to_vec());
+            lock(&self.commit_thread_reads).push(key.to_vec());
         }
         let delay_micros = self.read_delay_micros.load(Ordering::SeqCst);
         if delay_micros > 0 {
-            *self
-                .slow_reads
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(std::thread::current().id())
-                .or_default() += 1;
+            *lock(&self.slow_reads).entry(std::thread::current().id()).or_default() += 1;
             std::thread::sleep(std::time::Duration::from_micros(delay_micros));
         }
         if self.fail_reads.load(Ordering::SeqCst) {
@@ -151,8 +146,8 @@ impl MemoryBackend {
 }
 
 /// A poisoned lock here only means a test thread panicked while holding it;
-/// the map itself is still consistent, so keep using it.
-fn lock(mutex: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
+/// what it guards is still consistent, so keep using it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -160,7 +155,7 @@ impl Backend for MemoryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_fault(key)?;
         if !on_commit_thread() {
-            let mut hold = self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut hold = lock(&self.hold);
             if hold.prefix.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
                 hold.waiting += 1;
                 while hold.prefix.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
@@ -169,7 +164,7 @@ impl Backend for MemoryBackend {
                 hold.waiting -= 1;
             }
         }
-        let failing = self.fail_reads_under.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let failing = lock(&self.fail_reads_under).clone();
         if failing.is_some_and(|prefix| key.starts_with(&prefix)) {
             return Err(StoreError::Engine("injected read failure".to_owned()));
         }
@@ -202,7 +197,7 @@ impl Backend for MemoryBackend {
     }
 
     fn disk_read_bytes(&self) -> Option<u64> {
-        let slow_reads = self.slow_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slow_reads = lock(&self.slow_reads);
         Some(slow_reads.get(&std::thread::current().id()).copied().unwrap_or(0) * SLOW_READ_BYTES)
     }
 

@@ -5,22 +5,23 @@
 //! `0x13`, relationships, grants, objections and requests under `0x30`,
 //! `0x33`, `0x35` and `0x36`, each keyed by the subject id and the record's
 //! own key. A scoped read touched six places in the tree, one in each space.
-//! Format 2 keeps them side by side under [`Space::SubjectRecords`]: a key of
+//! Format 2 keeps them side by side under [`Space::SubjectRecords`](super::Space::SubjectRecords): a key of
 //! format 1 `space ‖ subject ‖ rest` becomes `0x40 ‖ subject ‖ part ‖ rest`.
 //! Values, lengths and every other space are unchanged; audit entries hold
 //! ids, not keys, so the log and its proofs are the same bytes.
 //!
-//! The move runs when a vault opens a format-1 store to serve it, before the
-//! commit path starts, on the engine directly. It goes in batches, each
+//! The move runs when a vault opens a format-1 store writable (`serve`, and
+//! the `keys` commands on a stopped vault), before the commit path starts,
+//! on the engine directly. It goes in batches, each
 //! atomic, that write the new keys and delete the old ones together; so a
 //! move stopped at any point (a crash, `kill -9`) leaves every record in
 //! exactly one of its two places, and the next open goes on where it stopped.
 //! The store's format is set to 2 only after every batch is flushed.
 
-use super::{Backend, Part, Space, StoreError, WriteBatch};
+use super::{Backend, Key, Part, StoreError, WriteBatch};
 
 /// Format 1's spaces of subject records, and the part of
-/// [`Space::SubjectRecords`] each moves to.
+/// [`Space::SubjectRecords`](super::Space::SubjectRecords) each moves to.
 pub const FORMAT_1_SUBJECT_SPACES: [(u8, Part); 7] = [
     (0x03, Part::Key),
     (0x04, Part::Value),
@@ -39,13 +40,11 @@ const PROGRESS_KEYS: u64 = 1 << 20;
 /// The key of format 2 for `key`, a key of format 1 in the space of `part`:
 /// `0x40 ‖ subject ‖ part ‖ rest` for `space ‖ subject ‖ rest`.
 fn regrouped(key: &[u8], part: Part) -> Result<Vec<u8>, StoreError> {
-    let subject = key.get(1..17).ok_or(StoreError::Corrupt { what: "format-1 subject record key" })?;
-    let mut moved = Vec::with_capacity(key.len() + 1);
-    moved.push(Space::SubjectRecords as u8);
-    moved.extend_from_slice(subject);
-    moved.push(part as u8);
-    moved.extend_from_slice(&key[17..]);
-    Ok(moved)
+    let subject: &[u8; 16] = key
+        .get(1..17)
+        .and_then(|subject| subject.try_into().ok())
+        .ok_or(StoreError::Corrupt { what: "format-1 subject record key" })?;
+    Ok(Key::of_subject(subject, part, &key[17..]).as_bytes().to_vec())
 }
 
 /// Moves every subject record of format 1 to its place in format 2 and
@@ -86,7 +85,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::Key;
     use crate::store::memory::MemoryBackend;
 
     /// A store whose applies fail once `applies_left` have succeeded, as a

@@ -18,13 +18,13 @@ mod commit;
 pub mod memory;
 pub mod migrate;
 pub mod sled_backend;
-pub mod versions;
+mod versions;
 
 use std::collections::BTreeMap;
 
+pub(crate) use commit::COMMIT_THREAD_NAME;
 pub use commit::{
-    BatchTap, COMMIT_THREAD_NAME, CommitError, Durable, DurableHook, Finalizer, ScanPage, Snapshot, Store, StoreReader,
-    StoreStats, Txn,
+    BatchTap, CommitError, Durable, DurableHook, Finalizer, ScanPage, Snapshot, Store, StoreReader, StoreStats, Txn,
 };
 pub use versions::Stamp;
 
@@ -151,6 +151,12 @@ impl Part {
     const ALL: [Part; 7] =
         [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections, Part::Request, Part::AuditMarker];
 
+    /// The parts a consent decision reads: what a decision made ahead is
+    /// stamped on (`versions.rs`) and what the commit thread caches
+    /// (`cache.rs`). Access-log markers and requests are not among them:
+    /// every read writes a marker, and no decision reads either.
+    pub const DECIDED_ON: [Part; 5] = [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections];
+
     /// The part of a subject's records a stored key lies in, if it lies in
     /// [`Space::SubjectRecords`].
     pub fn of(key: &[u8]) -> Option<Part> {
@@ -185,7 +191,7 @@ impl Key {
     }
 
     /// A key in `part` of `subject`'s records.
-    fn of_subject(subject: &[u8; 16], part: Part, rest: &[u8]) -> Self {
+    pub(crate) fn of_subject(subject: &[u8; 16], part: Part, rest: &[u8]) -> Self {
         Self::new(Space::SubjectRecords, &[subject, &[part as u8], rest])
     }
 

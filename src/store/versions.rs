@@ -6,7 +6,7 @@
 //! through the commit path. That append is
 //! valid only if nothing the decision read has changed since: every
 //! transaction that writes a versioned record counts the change in the
-//! record's *stripe* when it runs, and [`Txn::unchanged`](super::Txn::unchanged)
+//! record's *stripe* when it runs, and [`Txn::ahead_holds`](super::Txn::ahead_holds)
 //! compares those counts with the [`Stamp`]s the decision took before it
 //! read. If anything moved, the transaction decides again itself, as every
 //! decision did before.
@@ -48,17 +48,15 @@ pub struct Stamp {
     version: u64,
 }
 
-/// The stripe that counts changes to the record at `key` (or to every
-/// record under the prefix `key`), if it is one a consent decision reads:
-/// a subject's own records (key, values, relationships, grants, objections,
+/// The stripe that counts changes to the record at `key`, if it is one a
+/// consent decision reads: a subject's own records ([`Part::DECIDED_ON`],
 /// and its subject record, which no decision reads today but which erasure
-/// and activity change) by the subject, and the pairwise index by the
-/// whole key. Access-log markers and requests are not counted: every read
-/// writes a marker, and no decision reads either.
+/// and activity change) by the subject, so a stamp of a prefix of one
+/// subject's records covers every record under it; and the pairwise index
+/// by the whole key, so a stamp of a pairwise entry covers that entry only.
 fn stripe_of(key: &[u8]) -> Option<usize> {
     let (&space, rest) = key.split_first()?;
-    let decided_on = [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections];
-    if space == Space::Subjects as u8 || Part::of(key).is_some_and(|part| decided_on.contains(&part)) {
+    if space == Space::Subjects as u8 || Part::of(key).is_some_and(|part| Part::DECIDED_ON.contains(&part)) {
         // Subject ids are random, so their first bytes spread evenly.
         let first: [u8; 8] = rest.get(..8)?.try_into().ok()?;
         return usize::try_from(u64::from_be_bytes(first) % STRIPES as u64).ok();

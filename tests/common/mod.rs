@@ -50,6 +50,17 @@ pub fn open_vault(data_dir: &Path) -> (Arc<Vault>, Opened) {
     Vault::open(vault_options(data_dir, &policies_dir())).unwrap()
 }
 
+/// A vault over the in-memory `backend` (with its fault switches), a fresh
+/// random KEK and the shipped policies.
+pub fn memory_vault(backend: Arc<consentvault::store::memory::MemoryBackend>) -> Arc<Vault> {
+    let rng = ring::rand::SystemRandom::new();
+    let kek = zeroize::Zeroizing::new(consentvault::crypto::random_bytes(&rng).unwrap());
+    let keys = consentvault::crypto::KeyRing::new(vec![(1, kek)]).unwrap();
+    let policies = policies_load(&policies_dir()).unwrap();
+    Vault::open_backend("memory".into(), keys, backend, policies, None, None, Default::default(), Default::default())
+        .unwrap()
+}
+
 /// Runs the `consentvault` binary with `args`, without the key or data
 /// directory the environment may name, and waits for it.
 pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
@@ -59,6 +70,18 @@ pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> s
         .env_remove("CONSENTVAULT_DATA_DIR")
         .output()
         .unwrap()
+}
+
+/// Runs `consentvault restore` of the backup `input` into `target` with the
+/// shipped policies, and the key file `kek` if given.
+pub fn restore(input: &Path, target: &Path, kek: Option<&Path>) -> std::process::Output {
+    let mut args: Vec<std::ffi::OsString> = ["restore", "--in"].map(std::ffi::OsString::from).into();
+    args.push(input.into());
+    args.extend(["--data-dir".into(), target.into(), "--policies".into(), policies_dir().into()]);
+    if let Some(kek) = kek {
+        args.extend(["--kek-file".into(), kek.into()]);
+    }
+    binary(args)
 }
 
 /// Runs `consentvault audit verify` on a stopped vault with the shipped
