@@ -49,7 +49,7 @@ async fn run(work: Work, writers: usize, duration: Duration) {
     let (vault, _) = Vault::open(options).unwrap();
     let mut subjects = Vec::new();
     for _ in 0..writers {
-        subjects.push(vault.subject_create(&Actor::system()).await.unwrap());
+        subjects.push(vault.subjects().subject_create(&Actor::system()).await.unwrap());
     }
     let stats = vault.store().stats();
     let (batches_before, transactions_before, flush_before, apply_before, execute_before) = (
@@ -73,7 +73,11 @@ async fn run(work: Work, writers: usize, duration: Duration) {
                 match work {
                     Work::FieldWrite => {
                         let value = json!(format!("writer{writer}-{seq:0>100}"));
-                        vault.data_put(&Actor::customer(subject), subject, "given_name", &value).await.unwrap();
+                        vault
+                            .subjects()
+                            .data_put(&Actor::customer(subject), subject, "given_name", &value)
+                            .await
+                            .unwrap();
                     }
                     Work::AuditAppend => {
                         let event =

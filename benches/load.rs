@@ -111,6 +111,7 @@ fn vault_options(data_dir: &Path) -> VaultOptions {
 async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
     let (vault, _) = Vault::open(vault_options(data_dir)).unwrap();
     let business = vault
+        .principals()
         .client_create(
             &Actor::system(),
             Role::Business,
@@ -131,11 +132,12 @@ async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
                 if index >= subjects {
                     return pairwise;
                 }
-                let subject = vault.subject_create(&Actor::system()).await.unwrap();
+                let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
                 let email = json!(format!("subject-{index:07}@example.org"));
-                vault.data_put(&Actor::customer(subject), subject, "email", &email).await.unwrap();
-                let relationship = vault.relationship_create(subject, &business_id).await.unwrap();
+                vault.subjects().data_put(&Actor::customer(subject), subject, "email", &email).await.unwrap();
+                let relationship = vault.consent().relationship_create(subject, &business_id).await.unwrap();
                 vault
+                    .consent()
                     .grant_create(subject, &business_id, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
                     .await
                     .unwrap();
@@ -149,8 +151,8 @@ async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
     }
     let mut customers = Vec::new();
     for _ in 0..WRITERS {
-        let customer = vault.customer_signup(PASSWORD).await.unwrap();
-        vault.relationship_create(customer, &business_id).await.unwrap();
+        let customer = vault.principals().customer_signup(PASSWORD).await.unwrap();
+        vault.consent().relationship_create(customer, &business_id).await.unwrap();
         customers.push(customer.to_string());
     }
     vault.close().unwrap();

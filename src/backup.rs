@@ -17,7 +17,7 @@
 //! and a chunk covering it is followed by every later write to it. Writers
 //! never wait for the backup beyond the time one chunk is read.
 //!
-//! sled 0.34 has no point-in-time snapshot (its iterators see concurrent
+//! The embedded engine has no point-in-time snapshot (its iterators see concurrent
 //! writes), and copying its directory while it runs is not consistent; this
 //! scheme needs nothing from the engine beyond the commit path.
 //!
@@ -62,8 +62,7 @@ use crate::audit::checkpoint::{Checkpoint, NoteError};
 use crate::audit::verify::{Depth, VerifyFailure, verify_log};
 use crate::audit::{AuditError, AuditEvent, EventKind, checkpoint_note_key};
 use crate::crypto::load_key_ring;
-use crate::store::sled_backend::SledBackend;
-use crate::store::{Backend, BatchTap, CommitError, Entries, Store, StoreError, WriteBatch};
+use crate::store::{BatchTap, CommitError, Entries, Store, StoreError, WriteBatch};
 use crate::vault::{self, STORE_DIR, VaultError, VaultOptions};
 
 /// The first bytes of every backup file.
@@ -727,7 +726,7 @@ fn restore_into(
     checked: &Trailer,
     cache_bytes: u64,
 ) -> Result<RestoreSummary, BackupError> {
-    let backend = SledBackend::open(staging, cache_bytes)?;
+    let backend = crate::store::open(&crate::store::StoreConfig::embedded(staging, cache_bytes))?;
     let mut batch = WriteBatch::new();
     let trailer = read(input, &mut |writes| {
         batch.clear();
@@ -738,7 +737,7 @@ fn restore_into(
         return Err(BackupError::Changed);
     }
     backend.flush()?;
-    let (store, audit) = vault::store_open_checked(Arc::new(backend), keys)?;
+    let (store, audit) = vault::store_open_checked(backend, keys)?;
     let never = AtomicBool::new(false);
     let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
         .map_err(BackupError::AuditInvalid)?;

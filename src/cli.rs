@@ -289,6 +289,7 @@ fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
         Ok(None) => {
             let vault = vault_open_existing(args)?;
             let outcome = vault
+                .keys()
                 .kek_rotate(&crate::audit::Actor::system(), "cli")
                 .map(|_| ())
                 .or_else(|error| match error {
@@ -296,7 +297,7 @@ fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
                     crate::keys::KeyError::InProgress => Ok(()),
                     error => Err(error),
                 })
-                .and_then(|_| crate::keys::rotation_follow(&vault, &mut show))
+                .and_then(|_| crate::keys::rotation_follow(vault.keys(), &mut show))
                 .map_err(|e| e.to_string());
             vault.close().map_err(|e| e.to_string())?;
             outcome
@@ -328,7 +329,7 @@ fn keys_status(args: &VaultArgs) -> Result<(), String> {
         Some(status) => status,
         None => {
             let vault = vault_open_existing(args)?;
-            let status = vault.key_status().map_err(|e| e.to_string());
+            let status = vault.keys().key_status().map_err(|e| e.to_string());
             vault.close().map_err(|e| e.to_string())?;
             serde_json::to_value(status?).map_err(|e| e.to_string())?
         }

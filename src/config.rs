@@ -24,6 +24,9 @@ const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 const REQUEST_TIMEOUT_SECS_DEFAULT: u64 = 30;
 const PRINCIPAL_REQUESTS_PER_SEC_DEFAULT: u32 = 1000;
 const STORE_CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// How long a client may take to send a request's header lines; a slower
+/// client (a "slowloris" holding connections open) is disconnected.
+pub const HEADER_READ_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Flags (and their environment variables) shared by the commands that open
 /// a vault.
@@ -323,7 +326,7 @@ impl ServeConfig {
         let header_read_timeout_secs = args
             .header_read_timeout_secs
             .or(file.header_read_timeout_secs)
-            .unwrap_or(crate::server::HEADER_READ_TIMEOUT_DEFAULT.as_secs());
+            .unwrap_or(HEADER_READ_TIMEOUT_DEFAULT.as_secs());
         if !(1..=120).contains(&header_read_timeout_secs) {
             return Err(ConfigError::Invalid {
                 setting: "header_read_timeout_secs",

@@ -231,15 +231,15 @@ fn dispatch(
             .map_err(|error| error.to_string())?;
             serde_json::to_value(summary).map_err(|error| error.to_string())
         }
-        Request::KeysStatus => serde_json::to_value(vault.key_status().map_err(|error| error.to_string())?)
+        Request::KeysStatus => serde_json::to_value(vault.keys().key_status().map_err(|error| error.to_string())?)
             .map_err(|error| error.to_string()),
         Request::KeysRotate => {
             tracing::info!("key rotation requested on the control socket");
-            match vault.kek_rotate(&crate::audit::Actor::system(), "cli") {
+            match vault.keys().kek_rotate(&crate::audit::Actor::system(), "cli") {
                 Ok(_) | Err(crate::keys::KeyError::InProgress) => {}
                 Err(error) => return Err(error.to_string()),
             }
-            let status = crate::keys::rotation_follow(vault, &mut |status| {
+            let status = crate::keys::rotation_follow(vault.keys(), &mut |status| {
                 progress(serde_json::to_value(status).unwrap_or_default());
             })
             .map_err(|error| error.to_string())?;

@@ -40,18 +40,20 @@
 //! that reaches `dek_seals_max` is replaced by a fresh one and its values
 //! resealed before the write that would pass the limit.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditEvent, EventKind};
 use crate::clock;
-use crate::crypto::{CryptoError, KeyFileError, KeyRing, KeySource, key_file_add, key_file_remove};
+use crate::core::Core;
+use crate::crypto::{CryptoError, KeyFileError, KeyRing, KeySource, WRAPPED_DEK_BYTES, WrappedDek};
+use crate::crypto::{key_file_add, key_file_remove};
+use crate::directory::subjects_page;
 use crate::ids::SubjectId;
 use crate::store::{CommitError, Key, StoreError, Txn};
-use crate::subjects::{DataError, KeyRecord, kek_counter};
-use crate::vault::Vault;
 
 /// The default number of DEK wraps under one KEK before it is rotated, and
 /// of values sealed under one DEK before it is replaced: 2^30, a quarter of
@@ -98,6 +100,39 @@ pub(crate) fn destroyed_in(
     }
     versions.sort_unstable();
     Ok(versions)
+}
+
+/// The stored key record of a subject: its wrapped DEK, then the number of
+/// values sealed under that DEK (u64, big-endian). Keeping the count beside
+/// the key makes the commit-time check and the count one read and one write.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRecord {
+    pub(crate) wrapped: WrappedDek,
+    pub(crate) seals: u64,
+}
+
+impl KeyRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.wrapped.as_bytes().to_vec();
+        bytes.extend_from_slice(&self.seals.to_be_bytes());
+        bytes
+    }
+
+    pub(crate) fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
+        let corrupt = StoreError::Corrupt { what: "key record" };
+        if bytes.len() != WRAPPED_DEK_BYTES + 8 {
+            return Err(corrupt);
+        }
+        let seals = u64::from_be_bytes(bytes[WRAPPED_DEK_BYTES..].try_into().map_err(|_| corrupt)?);
+        let mut wrapped = bytes;
+        wrapped.truncate(WRAPPED_DEK_BYTES);
+        Ok(Self { wrapped: WrappedDek::from_bytes(wrapped), seals })
+    }
+}
+
+/// The counter of DEK wraps under KEK `kek_version`.
+pub(crate) fn kek_counter(kek_version: u32) -> Key {
+    Key::counter(&format!("kek/{kek_version}"))
 }
 
 /// When keys are replaced because they encrypted enough.
@@ -161,6 +196,14 @@ pub enum KeyError {
     /// The rotation stopped on an error (recorded in its `problem`).
     #[error("the key rotation failed: {0}")]
     Failed(String),
+    /// The subject has no key record (never existed, or was erased).
+    #[error("the subject has no data key")]
+    NoSubject,
+    /// The subject's key record or values changed between reading and
+    /// committing a DEK replacement (a concurrent write or replacement); the
+    /// caller tries again.
+    #[error("the subject's data key changed meanwhile")]
+    KeyChanged,
     /// Passes kept finding DEKs under an old version (a storm of concurrent
     /// changes); the rotation stays recorded and resumes on the next request.
     #[error("DEKs kept changing during {REWRAP_PASSES_MAX} passes; the rotation will resume")]
@@ -269,7 +312,7 @@ fn step_event(actor: &Actor, step: &str, rotation: &Rotation) -> AuditEvent {
 fn sealed_secrets() -> [(Key, &'static str); 2] {
     [
         (Key::meta(crate::audit::SIGNING_KEY_KEY), crate::audit::SIGNING_KEY_LABEL),
-        (Key::meta(crate::vault::TOKEN_KEY), crate::vault::TOKEN_KEY_LABEL),
+        (Key::meta(crate::auth::token::TOKEN_KEY), crate::auth::token::TOKEN_KEY_LABEL),
     ]
 }
 
@@ -286,45 +329,98 @@ pub(crate) fn wrap_version_in(txn: &Txn<'_>) -> Result<Option<u32>, StoreError> 
 
 /// Clears the "rotation running" flag when the rotation thread ends, however
 /// it ends.
-struct RunningGuard(Arc<Vault>);
+struct RunningGuard(Arc<RotationSlot>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.rotation_running().store(false, Ordering::Release);
+        self.0.running.store(false, Ordering::Release);
     }
 }
 
-impl Vault {
+/// The one KEK rotation that may run at a time.
+#[derive(Debug, Default)]
+struct RotationSlot {
+    running: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The key lifecycle of an open vault: KEK rotation and its status, DEK
+/// replacement at the encryption limit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    core: Arc<Core>,
+    config: Arc<KeyConfig>,
+    rotation: Arc<RotationSlot>,
+}
+
+impl Keys {
+    /// The key lifecycle over `core`, with the key source and limits.
+    pub fn new(core: Arc<Core>, config: KeyConfig) -> Self {
+        Self { core, config: Arc::new(config), rotation: Arc::default() }
+    }
+
+    /// Where the KEKs come from and the encryption limits.
+    pub fn config(&self) -> &KeyConfig {
+        &self.config
+    }
+
+    /// Whether a KEK rotation is at work.
+    pub fn rotation_is_running(&self) -> bool {
+        self.rotation.running.load(Ordering::Acquire)
+    }
+
+    /// Waits for the rotation thread, if one runs (it stops at its next
+    /// chunk once the vault is closing, and resumes at the next start).
+    pub(crate) fn rotation_join(&self) {
+        let thread = self.rotation.thread.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(thread) = thread {
+            // The thread only ever fails by panicking, which it has logged.
+            let _ = thread.join();
+        }
+    }
+
+    /// Keeps the rotation thread's handle so closing can wait for it.
+    fn rotation_thread_set(&self, thread: JoinHandle<()>) {
+        if let Ok(mut slot) = self.rotation.thread.lock()
+            && let Some(previous) = slot.replace(thread)
+            && previous.is_finished()
+        {
+            let _ = previous.join();
+        }
+    }
+}
+
+impl Keys {
     /// The stored record of the latest rotation.
     pub fn key_rotation(&self) -> Result<Option<Rotation>, StoreError> {
-        self.store().get(&Key::meta(ROTATION_KEY))?.map(|bytes| Rotation::decode(&bytes)).transpose()
+        self.core.store().get(&Key::meta(ROTATION_KEY))?.map(|bytes| Rotation::decode(&bytes)).transpose()
     }
 
     /// The versions destroyed by rotations.
     pub(crate) fn keys_destroyed(&self) -> Result<Vec<u32>, StoreError> {
-        destroyed_in(|prefix| self.store().scan_prefix(prefix, usize::MAX))
+        destroyed_in(|prefix| self.core.store().scan_prefix(prefix, usize::MAX))
     }
 
     /// The state of the keys and the latest rotation.
     pub fn key_status(&self) -> Result<KeyStatus, StoreError> {
-        let keys = self.keys();
+        let keys = self.core.keys();
         let destroyed = self.keys_destroyed()?;
         let mut wraps = std::collections::BTreeMap::new();
         for version in keys.versions().into_iter().chain(destroyed.iter().copied()) {
-            let count = crate::store::counter_decode(self.store().get(&kek_counter(version))?.as_deref())?;
+            let count = crate::store::counter_decode(self.core.store().get(&kek_counter(version))?.as_deref())?;
             wraps.insert(version.to_string(), count);
         }
         Ok(KeyStatus {
             current_version: keys.current_version(),
             loaded_versions: keys.versions(),
             destroyed_versions: destroyed,
-            source: match self.key_config().source {
+            source: match self.config.source {
                 Some(KeySource::File(_)) => "file",
                 Some(KeySource::Env(_)) | None => "environment",
             }
             .to_owned(),
             wraps,
-            limits: self.key_config().limits,
+            limits: self.config.limits,
             rotation: self.key_rotation()?,
             rotation_running: self.rotation_is_running(),
         })
@@ -334,14 +430,14 @@ impl Vault {
     /// made current once recorded; the DEKs are rewrapped by a background
     /// thread. Returns the rotation record as started. Blocks on file and
     /// store I/O: call it from a blocking context.
-    pub fn kek_rotate(self: &Arc<Self>, actor: &Actor, cause: &str) -> Result<Rotation, KeyError> {
-        if self.closing() {
+    pub fn kek_rotate(&self, actor: &Actor, cause: &str) -> Result<Rotation, KeyError> {
+        if self.core.closing() {
             return Err(StoreError::Closed.into());
         }
-        if self.rotation_running().compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if self.rotation.running.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(KeyError::InProgress);
         }
-        let guard = RunningGuard(Arc::clone(self));
+        let guard = RunningGuard(Arc::clone(&self.rotation));
         let rotation = match self.key_rotation()? {
             // An interrupted or failed rotation resumes with its own target.
             Some(rotation) if rotation.state != RotationState::Finished => rotation,
@@ -352,7 +448,7 @@ impl Vault {
     }
 
     /// Resumes a rotation that a restart interrupted (called at open).
-    pub(crate) fn rotation_resume(self: &Arc<Self>) -> Result<(), KeyError> {
+    pub(crate) fn rotation_resume(&self) -> Result<(), KeyError> {
         match self.key_rotation()? {
             Some(rotation) if rotation.state == RotationState::Rewrapping => {
                 tracing::info!(target_version = rotation.target_version, "resuming the key rotation");
@@ -365,11 +461,11 @@ impl Vault {
     /// Starts a rotation by itself when the current KEK has wrapped as many
     /// DEKs as it may. Cheap: a counter read (and the rotation record once
     /// the limit is reached).
-    pub(crate) fn kek_limit_check(self: &Arc<Self>) {
-        let current = self.keys().current_version();
-        let wraps = self.store().get(&kek_counter(current)).ok().flatten();
+    pub(crate) fn kek_limit_check(&self) {
+        let current = self.core.keys().current_version();
+        let wraps = self.core.store().get(&kek_counter(current)).ok().flatten();
         let Ok(wraps) = crate::store::counter_decode(wraps.as_deref()) else { return };
-        let limit = self.key_config().limits.kek_wraps_max;
+        let limit = self.config.limits.kek_wraps_max;
         if wraps < limit || self.rotation_is_running() {
             return;
         }
@@ -391,7 +487,7 @@ impl Vault {
             }
             return;
         }
-        let vault = Arc::clone(self);
+        let vault = self.clone();
         // Key-file and store I/O; keep it off the caller's (async) thread.
         let started = std::thread::Builder::new().name("consentvault-kek-limit".to_owned()).spawn(move || match vault
             .kek_rotate(&Actor::system(), "encryption_limit")
@@ -410,8 +506,8 @@ impl Vault {
         }
     }
 
-    fn rotation_start(self: &Arc<Self>, actor: &Actor, cause: &str) -> Result<Rotation, KeyError> {
-        let keys = self.keys();
+    fn rotation_start(&self, actor: &Actor, cause: &str) -> Result<Rotation, KeyError> {
+        let keys = self.core.keys();
         let destroyed = self.keys_destroyed()?;
         let loaded = keys.versions();
         let newest = *loaded.iter().max().ok_or(CryptoError::UnknownKekVersion(0))?;
@@ -421,7 +517,7 @@ impl Vault {
             newest
         } else {
             let next = newest.max(destroyed.iter().copied().max().unwrap_or(0)) + 1;
-            match &self.key_config().source {
+            match &self.config.source {
                 Some(KeySource::File(path)) => {
                     let bytes = keys.kek_generate()?;
                     key_file_add(path, next, &bytes)?;
@@ -450,9 +546,9 @@ impl Vault {
             problem: None,
         };
         let event = step_event(actor, "started", &rotation);
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let stored = rotation.clone();
-        let index = self.store().commit_blocking(move |txn| -> Result<u64, KeyError> {
+        let index = self.core.store().commit_blocking(move |txn| -> Result<u64, KeyError> {
             if !txn.contains(&key_check_key(target))? {
                 txn.put(key_check_key(target), check);
             }
@@ -469,8 +565,8 @@ impl Vault {
         Ok(rotation)
     }
 
-    fn rotation_spawn(self: &Arc<Self>, guard: RunningGuard, actor: Actor) -> Result<(), KeyError> {
-        let vault = Arc::clone(self);
+    fn rotation_spawn(&self, guard: RunningGuard, actor: Actor) -> Result<(), KeyError> {
+        let vault = self.clone();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
             .name("consentvault-kek-rotate".to_owned())
@@ -480,7 +576,7 @@ impl Vault {
                     if let Err(error) = &outcome {
                         tracing::error!(%error, "key rotation stopped");
                         let problem = error.to_string();
-                        let recorded = vault.store().commit_blocking(move |txn| -> Result<(), KeyError> {
+                        let recorded = vault.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
                             rotation_update(txn, |rotation| {
                                 rotation.state = RotationState::Failed;
                                 rotation.problem = Some(problem);
@@ -506,11 +602,11 @@ impl Vault {
     /// Rewraps every DEK under the target, then finishes the rotation.
     /// Returns `Ok(false)` if the vault is closing (the rotation resumes at
     /// the next start).
-    fn rotation_run(self: &Arc<Self>, actor: &Actor) -> Result<bool, KeyError> {
+    fn rotation_run(&self, actor: &Actor) -> Result<bool, KeyError> {
         let Some(rotation) = self.key_rotation()? else { return Ok(false) };
         let target = rotation.target_version;
         if rotation.state == RotationState::Failed {
-            self.store().commit_blocking(|txn| -> Result<(), KeyError> {
+            self.core.store().commit_blocking(|txn| -> Result<(), KeyError> {
                 rotation_update(txn, |rotation| {
                     rotation.state = RotationState::Rewrapping;
                     rotation.problem = None;
@@ -518,7 +614,7 @@ impl Vault {
             })?;
         }
         let total = self.deks_count()?;
-        self.store().commit_blocking(move |txn| -> Result<(), KeyError> {
+        self.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
             rotation_update(txn, |rotation| rotation.deks_total = total)
         })?;
         let mut settled = false;
@@ -546,7 +642,7 @@ impl Vault {
         let mut count = 0u64;
         let mut from = Some(Key::subjects_all());
         while let Some(start) = from {
-            let (page, next) = self.subjects_page(&start, REWRAP_CHUNK * 8)?;
+            let (page, next) = subjects_page(self.core.store(), &start, REWRAP_CHUNK * 8)?;
             count += page.iter().filter(|(_, record)| record.erased_at.is_none()).count() as u64;
             from = next;
         }
@@ -570,18 +666,18 @@ impl Vault {
     }
 
     /// The key records of the subjects on one page of the subject directory
-    /// ([`Vault::subjects_page`]), and where the next page starts. Key
+    /// ([`subjects_page`]), and where the next page starts. Key
     /// records sit with each subject's other records, so each is a point
     /// read; erased subjects have none and are skipped unread.
     fn deks_page(&self, from: &Key, page_max: usize) -> Result<(Vec<SubjectKeyRecord>, Option<Key>), StoreError> {
-        let (subjects, next) = self.subjects_page(from, page_max)?;
+        let (subjects, next) = subjects_page(self.core.store(), from, page_max)?;
         let mut page = Vec::with_capacity(subjects.len());
         for (subject, record) in subjects {
             if record.erased_at.is_some() {
                 continue;
             }
             let subject = *subject.as_bytes();
-            if let Some(key_record) = self.store().get(&Key::dek(&subject))? {
+            if let Some(key_record) = self.core.store().get(&Key::dek(&subject))? {
                 page.push((subject, key_record));
             }
         }
@@ -591,11 +687,11 @@ impl Vault {
     /// One pass over every wrapped DEK. Returns how many were found under
     /// another version than `target` (0: the pass found none), or `None` if
     /// the vault is closing.
-    fn rewrap_pass(self: &Arc<Self>, target: u32) -> Result<Option<u64>, KeyError> {
+    fn rewrap_pass(&self, target: u32) -> Result<Option<u64>, KeyError> {
         let mut found = 0u64;
         let mut from = Some(Key::subjects_all());
         while let Some(start) = from {
-            if self.closing() {
+            if self.core.closing() {
                 return Ok(None);
             }
             let (page, next) = self.deks_page(&start, REWRAP_CHUNK)?;
@@ -606,7 +702,7 @@ impl Vault {
                 if record.wrapped.kek_version() == Some(target) {
                     continue;
                 }
-                let wrapped = self.keys().dek_rewrap_to(target, &subject, &record.wrapped)?;
+                let wrapped = self.core.keys().dek_rewrap_to(target, &subject, &record.wrapped)?;
                 let new = KeyRecord { wrapped, seals: record.seals }.encode();
                 changes.push((Key::dek(&subject), bytes, new));
             }
@@ -614,7 +710,7 @@ impl Vault {
                 continue;
             }
             found += changes.len() as u64;
-            self.store().commit_blocking(move |txn| -> Result<(), KeyError> {
+            self.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
                 let mut rewrapped = 0u64;
                 for (key, old, new) in changes {
                     // A record changed since it was read (a DEK replaced, a
@@ -633,24 +729,24 @@ impl Vault {
 
     /// Reseals the vault's secrets under the target, records the old
     /// versions as destroyed, then removes them from the key file and memory.
-    fn rotation_finish(self: &Arc<Self>, actor: &Actor) -> Result<(), KeyError> {
+    fn rotation_finish(&self, actor: &Actor) -> Result<(), KeyError> {
         let rotation = self.key_rotation()?.ok_or(StoreError::Corrupt { what: "key rotation" })?;
         let target = rotation.target_version;
-        let keys = self.keys();
+        let keys = self.core.keys();
         let mut resealed = Vec::new();
         for (key, label) in sealed_secrets() {
-            let sealed = self.store().get(&key)?.ok_or(StoreError::Corrupt { what: "sealed secret" })?;
+            let sealed = self.core.store().get(&key)?.ok_or(StoreError::Corrupt { what: "sealed secret" })?;
             if KeyRing::secret_kek_version(&sealed) != Some(target) {
-                let plaintext = keys.secret_open(label, &sealed)?;
-                resealed.push((key, sealed, keys.secret_seal(label, &plaintext)?));
+                let again = keys.secret_reseal(label, &sealed)?;
+                resealed.push((key, sealed, again));
             }
         }
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let finished = step_event(actor, "finished", &rotation);
         let destroyed = step_event(actor, "destroyed", &rotation);
         let retiring = rotation.retiring_versions.clone();
         let now = clock::rfc3339(clock::now());
-        self.store().commit_blocking(move |txn| -> Result<(), KeyError> {
+        self.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
             for (key, old, new) in resealed {
                 if txn.get(&key)?.as_deref() != Some(old.as_slice()) {
                     return Err(StoreError::Corrupt { what: "sealed secret changed during rotation" }.into());
@@ -679,11 +775,11 @@ impl Vault {
     /// Called when a rotation finishes, and at open for versions a crash left
     /// in the key file after they were recorded destroyed.
     pub(crate) fn keys_forget(&self, versions: &[u32]) -> Result<(), KeyError> {
-        let loaded: Vec<u32> = versions.iter().copied().filter(|&version| self.keys().contains(version)).collect();
+        let loaded: Vec<u32> = versions.iter().copied().filter(|&version| self.core.keys().contains(version)).collect();
         if loaded.is_empty() {
             return Ok(());
         }
-        match &self.key_config().source {
+        match &self.config.source {
             Some(KeySource::File(path)) => key_file_remove(path, &loaded)?,
             Some(KeySource::Env(_)) | None => tracing::warn!(
                 versions = ?loaded,
@@ -691,57 +787,63 @@ impl Vault {
             ),
         }
         for version in loaded {
-            self.keys().kek_remove(version)?;
+            self.core.keys().kek_remove(version)?;
         }
         Ok(())
     }
 
     /// Replaces `subject`'s DEK by the next generation and reseals every
     /// value under it, when the DEK has sealed `dek_seals_max` values. The
-    /// values are opened and resealed in this process only; nothing leaves
-    /// it. Fails with [`DataError::Crypto`]`(Open)` if the subject's key or
-    /// values changed meanwhile (the caller retries).
-    pub(crate) async fn dek_replace(&self, subject: SubjectId) -> Result<(), DataError> {
+    /// values are resealed inside `crypto` ([`crate::crypto::DekReplacement`]);
+    /// no plaintext reaches this code. Fails with [`KeyError::KeyChanged`] if
+    /// the subject's key or values changed meanwhile (the caller retries).
+    pub(crate) async fn dek_replace(&self, subject: SubjectId) -> Result<(), KeyError> {
         let key = Key::dek(subject.as_bytes());
-        let old_record = self.store().get(&key)?.ok_or(DataError::SubjectNotFound)?;
+        let old_record = self.core.store().get(&key)?.ok_or(KeyError::NoSubject)?;
         let record = KeyRecord::decode(old_record.clone())?;
-        let (old, new, wrapped) = self.keys().dek_replace(subject.as_bytes(), &record.wrapped)?;
+        let replacement = self.core.keys().dek_replace(subject.as_bytes(), &record.wrapped)?;
         let prefix = Key::values_of(subject.as_bytes());
         let mut values = Vec::new();
-        for (value_key, bytes) in self.store().scan_prefix(&prefix, usize::MAX)? {
+        for (value_key, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
             let field = prefix
                 .suffix_of(&value_key)
                 .and_then(|name| std::str::from_utf8(name).ok())
                 .ok_or(StoreError::Corrupt { what: "value key" })?
                 .to_owned();
-            let plaintext = old.open(subject.as_bytes(), &field, &crate::crypto::Sealed::from_bytes(bytes.clone()))?;
-            let resealed = new.seal(self.keys().rng(), subject.as_bytes(), &field, &plaintext)?;
+            let resealed = replacement.reseal(
+                self.core.keys().rng(),
+                subject.as_bytes(),
+                &field,
+                &crate::crypto::Sealed::from_bytes(bytes.clone()),
+            )?;
             values.push((field, bytes, resealed));
         }
+        let wrapped = replacement.wrapped().clone();
         let kek_version = wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
-        let dek_version = new.version();
+        let dek_version = replacement.version();
         let seals = values.len() as u64;
         let event = AuditEvent::new(EventKind::KeyRotated, Actor::system(), &clock::rfc3339(clock::now()))
             .subject(subject)
             .related("step", "dek_replaced")
             .related("dek_version", dek_version.to_string())
             .related("cause", "encryption_limit");
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let (appended, durable) = self
+            .core
             .store()
-            .commit_durable(move |txn| -> Result<_, DataError> {
+            .commit_durable(move |txn| -> Result<_, KeyError> {
                 if txn.get(&key)?.as_deref() != Some(old_record.as_slice()) {
-                    return Err(DataError::Crypto(CryptoError::Open));
+                    return Err(KeyError::KeyChanged);
                 }
                 let mut present = 0usize;
                 for (_, bytes) in txn.scan_prefix(&prefix)? {
                     present += 1;
                     if !values.iter().any(|(_, old, _)| *old == bytes) {
-                        return Err(DataError::Crypto(CryptoError::Open));
+                        return Err(KeyError::KeyChanged);
                     }
                 }
                 if present != values.len() {
-                    return Err(DataError::Crypto(CryptoError::Open));
+                    return Err(KeyError::KeyChanged);
                 }
                 txn.put(key, KeyRecord { wrapped, seals }.encode());
                 txn.counter_add(kek_counter(kek_version), 1)?;
@@ -751,7 +853,7 @@ impl Vault {
                 Ok(log.append(txn, &event)?)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         tracing::info!(%subject, dek_version, "data key replaced at its encryption limit");
         Ok(())
     }
@@ -760,9 +862,9 @@ impl Vault {
 /// Waits for the rotation under way (if any) to end, calling `progress` with
 /// the key status every 100 ms; returns the status once the rotation
 /// finished and the old versions are gone, or an error if it failed.
-pub fn rotation_follow(vault: &Vault, progress: &mut dyn FnMut(&KeyStatus)) -> Result<KeyStatus, KeyError> {
+pub fn rotation_follow(keys: &Keys, progress: &mut dyn FnMut(&KeyStatus)) -> Result<KeyStatus, KeyError> {
     loop {
-        let status = vault.key_status()?;
+        let status = keys.key_status()?;
         progress(&status);
         match &status.rotation {
             Some(rotation) if rotation.state == RotationState::Failed => {

@@ -16,14 +16,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditEvent, EventKind};
-use crate::auth::token::{IssuedToken, TokenError, VerifiedToken};
+use crate::auth::cache::TokenCache;
+use crate::auth::token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
 use crate::auth::{Principal, Role};
 use crate::clock;
+use crate::core::Core;
 use crate::crypto::{CryptoError, random_bytes};
 use crate::ids::{SubjectId, hex};
 use crate::store::{CommitError, Key, StoreError};
-use crate::subjects::DataError;
-use crate::vault::Vault;
+use crate::subjects::{DataError, Subjects};
 
 /// Shortest customer password accepted.
 pub const PASSWORD_CHARS_MIN: usize = 10;
@@ -52,6 +53,14 @@ pub enum PrincipalError {
     /// No such principal.
     #[error("no such {0}")]
     NotFound(&'static str),
+    /// The admin credentials file could not be written at first start.
+    #[error("{}: {source}", path.display())]
+    CredentialsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -157,12 +166,8 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn random_id(vault: &Vault) -> Result<String, CryptoError> {
-    Ok(hex(&random_bytes::<16>(vault.keys().rng())?))
-}
-
-fn secret(vault: &Vault) -> Result<String, CryptoError> {
-    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>(vault.keys().rng())?))
+fn secret(core: &Core) -> Result<String, CryptoError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>(core.keys().rng())?))
 }
 
 fn principal_key(role: Role, id: &str) -> Key {
@@ -180,7 +185,54 @@ fn name_check(name: &str) -> Result<String, PrincipalError> {
     Ok(trimmed.to_owned())
 }
 
-impl Vault {
+/// Principals and their credentials, tokens and rate limits. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Principals {
+    core: Arc<Core>,
+    subjects: Subjects,
+    tokens: Arc<Tokens>,
+    limits: Arc<Limits>,
+}
+
+/// The vault's token issuer, the verifier of every trusted issuer's tokens,
+/// and the verified tokens kept until they expire.
+#[derive(Debug)]
+pub struct Tokens {
+    /// The vault's own issuer.
+    pub issuer: TokenIssuer,
+    /// Every trusted issuer.
+    pub verifier: TokenVerifier,
+    /// Verified tokens, until they expire.
+    pub cache: TokenCache,
+}
+
+impl Principals {
+    /// The principal service over `core`; sign-ups create subjects through
+    /// `subjects`.
+    pub fn new(core: Arc<Core>, subjects: Subjects, tokens: Tokens) -> Self {
+        Self { core, subjects, tokens: Arc::new(tokens), limits: Arc::default() }
+    }
+
+    /// Sign-in and sign-up rate limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The vault's token issuer.
+    pub fn token_issuer(&self) -> &TokenIssuer {
+        &self.tokens.issuer
+    }
+
+    /// The verifier of every trusted issuer's tokens.
+    pub fn token_verifier(&self) -> &TokenVerifier {
+        &self.tokens.verifier
+    }
+
+    /// Verified tokens, until they expire.
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.tokens.cache
+    }
+
     /// Creates a client principal (admin, business or auditor) and its
     /// credentials, audited as `principal.created` by `actor`.
     pub async fn client_create(
@@ -205,7 +257,11 @@ impl Vault {
                 "`purposes` must be at most {PURPOSES_MAX} purpose names like order-fulfilment"
             )));
         }
-        let credentials = NewClient { id: random_id(self)?, client_id: random_id(self)?, client_secret: secret(self)? };
+        let credentials = NewClient {
+            id: self.core.random_id()?,
+            client_id: self.core.random_id()?,
+            client_secret: secret(&self.core)?,
+        };
         Ok(PreparedClient { role, name, purposes, credentials })
     }
 
@@ -237,8 +293,9 @@ impl Vault {
         let record_bytes = serde_json::to_vec(&record).map_err(|_| record_error("principal"))?;
         let key = principal_key(role, &id);
         let client_key = Key::client(&credentials.client_id);
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 txn.put(client_key, client_bytes);
@@ -246,7 +303,7 @@ impl Vault {
                 Ok::<_, PrincipalError>(log.append(txn, &event)?)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         tracing::info!(role = role.as_str(), id = %id, "principal created");
         Ok(credentials)
     }
@@ -255,14 +312,17 @@ impl Vault {
     /// its credentials to `<data-dir>/admin-credentials.json` (mode 0600),
     /// the file first, so a secret is never stored that nobody can read.
     /// Returns the file's path, or `None` if an admin exists.
-    pub async fn admin_bootstrap(&self) -> Result<Option<std::path::PathBuf>, PrincipalError> {
+    pub async fn admin_bootstrap(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, PrincipalError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         if !self.principals(Role::Admin, None, 1)?.is_empty() {
             return Ok(None);
         }
         let prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
-        let path = self.data_dir().join(ADMIN_CREDENTIALS_FILE);
+        let path = data_dir.join(ADMIN_CREDENTIALS_FILE);
         let text = zeroize::Zeroizing::new(
             serde_json::to_string_pretty(&serde_json::json!({
                 "client_id": prepared.credentials.client_id,
@@ -270,7 +330,7 @@ impl Vault {
             }))
             .map_err(|_| record_error("admin credentials"))?,
         );
-        let io = |error: std::io::Error| PrincipalError::Invalid(format!("{}: {error}", path.display()));
+        let io = |source: std::io::Error| PrincipalError::CredentialsFile { path: path.clone(), source };
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.write_all(b"\n"))
@@ -286,7 +346,8 @@ impl Vault {
 
     /// The record of a business, auditor or admin.
     pub fn principal(&self, role: Role, id: &str) -> Result<Option<PrincipalRecord>, PrincipalError> {
-        self.store()
+        self.core
+            .store()
             .get(&principal_key(role, id))?
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("principal").into()))
             .transpose()
@@ -305,7 +366,8 @@ impl Vault {
             None => prefix.clone(),
         };
         let end = Key::from_prefix_end(&prefix);
-        self.store()
+        self.core
+            .store()
             .scan_range(&start, &end, limit)?
             .into_iter()
             .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(|_| record_error("principal").into()))
@@ -325,8 +387,9 @@ impl Vault {
         if role == Role::Business {
             event.business = Some(id.to_owned());
         }
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let ((record, appended), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let bytes = txn.get(&key)?.ok_or(PrincipalError::NotFound(role.as_str()))?;
@@ -337,7 +400,7 @@ impl Vault {
                 Ok::<_, PrincipalError>((record, log.append(txn, &event)?))
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         self.token_cache().forget_principal(id);
         tracing::info!(role = role.as_str(), id, "principal disabled");
         Ok(record)
@@ -351,8 +414,8 @@ impl Vault {
                 "`password` must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters"
             )));
         }
-        let salt =
-            SaltString::encode_b64(&random_bytes::<16>(self.keys().rng())?).map_err(|_| PrincipalError::Hashing)?;
+        let salt = SaltString::encode_b64(&random_bytes::<16>(self.core.keys().rng())?)
+            .map_err(|_| PrincipalError::Hashing)?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         // Argon2id takes tens of milliseconds of CPU: keep it off the
         // async workers.
@@ -362,7 +425,7 @@ impl Vault {
         .await
         .map_err(|_| PrincipalError::Hashing)?
         .map_err(|_| PrincipalError::Hashing)?;
-        let new_subject = self.subject_prepare()?;
+        let new_subject = self.subjects.subject_prepare()?;
         let subject = new_subject.id();
         let now = clock::rfc3339(clock::now());
         let record =
@@ -373,8 +436,9 @@ impl Vault {
             .subject(subject)
             .related("customer", subject.to_string());
         let key = principal_key(Role::Customer, &subject.to_string());
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let ((first, second), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let first = new_subject.write(txn, &log, &actor)?;
@@ -382,16 +446,16 @@ impl Vault {
                 Ok::<_, PrincipalError>((first, log.append(txn, &created)?))
             })
             .await?;
-        self.audit().confirm(first, &durable)?;
-        self.audit().confirm(second, &durable)?;
+        self.core.audit().confirm(first, &durable)?;
+        self.core.audit().confirm(second, &durable)?;
         tracing::info!(%subject, "customer signed up");
-        self.subject_created();
+        self.subjects.subject_created();
         Ok(subject)
     }
 
     /// Issues a token for a client's credentials.
     pub fn token_for_client(&self, client_id: &str, client_secret: &str) -> Result<IssuedToken, PrincipalError> {
-        let client: ClientRecord = match self.store().get(&Key::client(client_id))? {
+        let client: ClientRecord = match self.core.store().get(&Key::client(client_id))? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| record_error("client"))?,
             // Hash anyway, so an unknown client costs what a known one does.
             None => {
@@ -415,6 +479,7 @@ impl Vault {
             return Err(PrincipalError::BadCredentials);
         }
         let record: Option<CustomerRecord> = self
+            .core
             .store()
             .get(&principal_key(Role::Customer, customer_id))?
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
@@ -445,18 +510,19 @@ impl Vault {
     /// refuses the sign-in of a customer erased meanwhile.
     async fn sign_in_record(&self, customer_id: &str) -> Result<(), PrincipalError> {
         let subject: SubjectId = customer_id.parse().map_err(|_| PrincipalError::BadCredentials)?;
-        let now_secs = self.clock().now_secs();
+        let now_secs = self.core.clock().now_secs();
         let (live, _) = self
+            .core
             .store()
             .commit_durable(move |txn| {
-                Ok::<_, PrincipalError>(crate::subjects::subject_activity_in(txn, subject, now_secs)?)
+                Ok::<_, PrincipalError>(crate::directory::subject_activity_in(txn, subject, now_secs)?)
             })
             .await?;
         if live { Ok(()) } else { Err(PrincipalError::BadCredentials) }
     }
 
     fn token_issue(&self, role: Role, id: &str) -> Result<IssuedToken, PrincipalError> {
-        let jti = random_id(self)?;
+        let jti = self.core.random_id()?;
         let now = u64::try_from(clock::now().unix_timestamp()).unwrap_or(0);
         Ok(self.token_issuer().issue(role, id, &jti, now)?)
     }
@@ -475,7 +541,7 @@ impl Vault {
         // An erased customer's tokens end with the erasure, whoever issued them.
         if principal.role == Role::Customer {
             let subject: SubjectId = principal.id.parse().map_err(|_| PrincipalError::BadToken("customer id"))?;
-            if !self.subject_exists(subject)? {
+            if !self.subjects.subject_exists(subject)? {
                 return Err(PrincipalError::BadToken("erased customer"));
             }
         }
@@ -488,6 +554,7 @@ impl Vault {
             (Role::Customer, false) => self.external_customer(&token.issuer, &token.subject).await?.to_string(),
             (Role::Customer, true) => {
                 let record: CustomerRecord = self
+                    .core
                     .store()
                     .get(&principal_key(Role::Customer, &token.subject))?
                     .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
@@ -513,11 +580,11 @@ impl Vault {
     /// The subject of a customer of an external issuer, created on first use.
     async fn external_customer(&self, issuer: &str, external_subject: &str) -> Result<SubjectId, PrincipalError> {
         let key = Key::external_subject(issuer, external_subject);
-        if let Some(bytes) = self.store().get(&key)? {
+        if let Some(bytes) = self.core.store().get(&key)? {
             let text = String::from_utf8(bytes).map_err(|_| record_error("external subject"))?;
             return text.parse().map_err(|_| record_error("external subject").into());
         }
-        let new_subject = self.subject_prepare()?;
+        let new_subject = self.subjects.subject_prepare()?;
         let subject = new_subject.id();
         let actor = Actor::customer(subject);
         let now = clock::rfc3339(clock::now());
@@ -525,8 +592,9 @@ impl Vault {
             .subject(subject)
             .related("customer", subject.to_string())
             .related("issuer", issuer);
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let (outcome, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 // Two first requests may race: the first one to commit wins.
@@ -540,10 +608,10 @@ impl Vault {
             .await?;
         match outcome {
             Ok((first, second)) => {
-                self.audit().confirm(first, &durable)?;
-                self.audit().confirm(second, &durable)?;
+                self.core.audit().confirm(first, &durable)?;
+                self.core.audit().confirm(second, &durable)?;
                 tracing::info!(%subject, "customer of an external issuer provisioned");
-                self.subject_created();
+                self.subjects.subject_created();
                 Ok(subject)
             }
             Err(existing) => {
@@ -600,6 +668,3 @@ impl Limits {
         format!("addr:{address}")
     }
 }
-
-/// Shared handle to the limits.
-pub type SharedLimits = Arc<Limits>;

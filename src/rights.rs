@@ -20,15 +20,21 @@
 //! writes nothing and answers with the first erasure's index and the
 //! earliest kept checkpoint covering it.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::audit::{Actor, AuditEvent, EventKind};
 use crate::consent::requests::{AccessRequest, RequestStatus};
-use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship, decode, encode, grant_event};
+use crate::consent::{
+    Consent, ConsentError, GrantEnd, GrantRecord, GrantStatus, Relationship, decode, encode, grant_end_in,
+};
+use crate::core::Core;
+use crate::directory::SubjectRecord;
 use crate::ids::SubjectId;
+use crate::principals::Principals;
 use crate::store::Key;
-use crate::subjects::SubjectRecord;
-use crate::vault::Vault;
+use crate::subjects::Subjects;
 
 /// The answer to an erasure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +63,14 @@ impl ErasureCause {
         match self {
             Self::Request => "erasure",
             Self::Retention => "retention",
+        }
+    }
+
+    /// How the subject's live grants end.
+    fn grant_end(self) -> GrantEnd {
+        match self {
+            Self::Request => GrantEnd::Erased,
+            Self::Retention => GrantEnd::Retention,
         }
     }
 
@@ -91,18 +105,27 @@ pub(crate) enum Erasure {
     Skipped,
 }
 
-impl Vault {
+/// Data-subject rights: export and erasure. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Rights {
+    core: Arc<Core>,
+    subjects: Subjects,
+    principals: Principals,
+    consent: Consent,
+}
+
+impl Rights {
+    /// The rights service over `core` and the services it gathers from.
+    pub fn new(core: Arc<Core>, subjects: Subjects, principals: Principals, consent: Consent) -> Self {
+        Self { core, subjects, principals, consent }
+    }
+
     /// Erases `subject` at the customer's request. Idempotent: erasing an
     /// erased subject writes nothing and answers with the first erasure's
     /// audit index and the earliest kept checkpoint covering it.
-    pub async fn subject_erase(
-        self: &std::sync::Arc<Self>,
-        subject: SubjectId,
-    ) -> Result<ErasureReceipt, ConsentError> {
-        let record = self
-            .subject_record(subject)
-            .map_err(|error| ConsentError::Invalid(error.to_string()))?
-            .ok_or(ConsentError::NotFound("subject"))?;
+    pub async fn subject_erase(&self, subject: SubjectId) -> Result<ErasureReceipt, ConsentError> {
+        let record =
+            crate::directory::subject_record(self.core.store(), subject)?.ok_or(ConsentError::NotFound("subject"))?;
         if let Some(index) = record.erasure_index
             && let Some(receipt) = self.erasure_receipt_stored(index)?
         {
@@ -117,7 +140,7 @@ impl Vault {
             // Only a retention check skips.
             Erasure::Skipped => return Err(ConsentError::NotFound("subject")),
         };
-        let checkpoint = self.checkpoint_now().await?;
+        let checkpoint = self.core.checkpoint_now().await?;
         Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint })
     }
 
@@ -130,12 +153,14 @@ impl Vault {
         cause: ErasureCause,
         check: Option<InactiveCheck>,
     ) -> Result<Erasure, ConsentError> {
-        let now = self.clock().now_secs();
-        let time = self.clock().rfc3339();
-        let log = self.audit().clone();
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
+        let log = self.core.audit().clone();
         let actor = cause.actor(subject);
+        let grant_end = cause.grant_end();
         let cause = cause.as_str();
         let ((appended, outcome), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let key = Key::subject(subject.as_bytes());
@@ -165,15 +190,12 @@ impl Vault {
                 for (value_key, _) in txn.scan_prefix(&Key::values_of(subject.as_bytes()))? {
                     txn.delete(&Key::raw(value_key));
                 }
-                for (grant_key, bytes) in txn.scan_prefix(&Key::grants_of(subject.as_bytes()))? {
+                for (_, bytes) in txn.scan_prefix(&Key::grants_of(subject.as_bytes()))? {
                     let mut grant: GrantRecord = decode(&bytes, "grant")?;
                     txn.delete(&Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id));
                     if grant.status(now) == GrantStatus::Active {
-                        grant.revoked_at = Some(now);
-                        txn.put(Key::raw(grant_key), encode(&grant, "grant")?);
-                        let event = grant_event(txn, EventKind::GrantRevoked, actor.clone(), &time, subject, &grant)?
-                            .related("cause", cause);
-                        appended.push(log.append(txn, &event)?);
+                        let actor = actor.clone();
+                        appended.push(grant_end_in(txn, &log, subject, &mut grant, grant_end, actor, now, &time)?);
                     }
                 }
                 for (request_key, bytes) in txn.scan_prefix(&Key::requests_of(subject.as_bytes()))? {
@@ -227,10 +249,10 @@ impl Vault {
             })
             .await?;
         for appended in appended {
-            self.audit().confirm(appended, &durable)?;
+            self.core.audit().confirm(appended, &durable)?;
         }
         if let Erasure::Done(index) = outcome {
-            self.token_cache().forget_principal(&subject.to_string());
+            self.principals.token_cache().forget_principal(&subject.to_string());
             tracing::info!(%subject, audit_index = index, cause, "subject erased");
         }
         Ok(outcome)
@@ -240,7 +262,7 @@ impl Vault {
     /// audit index and the earliest kept checkpoint covering it (`None` while
     /// the erasure is not yet durable or no kept checkpoint covers it).
     fn erasure_receipt_stored(&self, index: u64) -> Result<Option<ErasureReceipt>, ConsentError> {
-        Ok(self.audit().checkpoint_covering(self.store(), index)?.map(|checkpoint| ErasureReceipt {
+        Ok(self.core.audit().checkpoint_covering(self.core.store(), index)?.map(|checkpoint| ErasureReceipt {
             erased: true,
             audit_index: index,
             checkpoint,
@@ -248,44 +270,44 @@ impl Vault {
     }
 }
 
-impl Vault {
+impl Rights {
     /// Everything the vault holds about `subject`, for the subject: data
     /// (opened through the audited read), relationships, access requests,
     /// grants with signed receipts, objections and the access log. Recorded
     /// as `data.exported`.
     pub async fn subject_export(&self, subject: SubjectId) -> Result<serde_json::Value, ConsentError> {
-        let data = self.data_read_own(subject).await?;
-        let grants = self.grants(subject)?;
+        let data = self.subjects.data_read_own(subject).await?;
+        let grants = self.consent.grants(subject)?;
         let mut grant_items = Vec::with_capacity(grants.len());
         for grant in grants {
-            let (receipt, signed_note) = self.grant_receipt(subject, &grant.grant_id)?;
-            let status = grant.status(self.clock().now_secs());
+            let (receipt, signed_note) = self.consent.grant_receipt(subject, &grant.grant_id)?;
+            let status = grant.status(self.core.clock().now_secs());
             grant_items.push(serde_json::json!({"grant": grant, "status": status, "receipt": receipt, "signed_receipt": signed_note}));
         }
         let mut access_log = Vec::new();
         let mut from = 0;
         loop {
-            let (items, next) = self.access_log(subject, from, 1_000)?;
+            let (items, next) = self.consent.access_log(subject, from, 1_000)?;
             access_log.extend(items);
             match next {
                 Some(next) => from = next,
                 None => break,
             }
         }
-        let event = AuditEvent::new(EventKind::DataExported, Actor::customer(subject), &self.clock().rfc3339())
+        let event = AuditEvent::new(EventKind::DataExported, Actor::customer(subject), &self.core.clock().rfc3339())
             .subject(subject)
             .fields(data.keys().cloned().collect());
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let (appended, durable) =
-            self.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await?;
-        self.audit().confirm(appended, &durable)?;
+            self.core.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(serde_json::json!({
             "subject": subject,
             "data": data,
-            "relationships": self.relationships(subject)?,
-            "access_requests": self.requests_of_customer(subject)?,
+            "relationships": self.consent.relationships(subject)?,
+            "access_requests": self.consent.requests_of_customer(subject)?,
             "grants": grant_items,
-            "objections": self.objections(subject)?,
+            "objections": self.consent.objections(subject)?,
             "access_log": access_log,
         }))
     }

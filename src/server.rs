@@ -18,10 +18,6 @@ use crate::vault::{Opened, Vault, VaultError};
 /// retention rule).
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send a request's header lines; a slower
-/// client (a "slowloris" holding connections open) is disconnected.
-pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-
 /// How long a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -120,11 +116,11 @@ impl Application {
     /// Opens the vault and binds the listen address.
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
-        let admin_credentials = vault.admin_bootstrap().await?;
+        let admin_credentials = vault.principals().admin_bootstrap(vault.data_dir()).await?;
         vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
         // Subjects stored before activity was recorded get a record now, so
         // the retention rule counts their inactivity from this start.
-        vault.activity_backfill().await.map_err(StartError::Activity)?;
+        vault.sweep().activity_backfill().await.map_err(StartError::Activity)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -196,7 +192,7 @@ impl Application {
             loop {
                 ticks.tick().await;
                 let Some(vault) = sweep_vault.upgrade() else { break };
-                vault.sweep().await;
+                vault.sweep().sweep().await;
             }
         });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));

@@ -9,11 +9,14 @@
 //! so a sweep reads only what is due, a bounded number at a time, and
 //! re-checks every item inside the transaction that changes it.
 
-use crate::consent::ConsentError;
+use std::sync::Arc;
+
+use crate::consent::{Consent, ConsentError};
+use crate::core::Core;
+use crate::directory::{ACTIVITY_RESOLUTION_SECS, subject_activity_in, subjects_page};
 use crate::ids::SubjectId;
-use crate::rights::{Erasure, ErasureCause, InactiveCheck};
+use crate::rights::{Erasure, ErasureCause, InactiveCheck, Rights};
 use crate::store::{Key, StoreError};
-use crate::vault::Vault;
 
 /// The setting that says every subject has an activity record.
 const ACTIVITY_BACKFILLED: &str = "activity/backfilled";
@@ -34,16 +37,29 @@ pub struct Swept {
     pub subjects_erased: usize,
 }
 
-impl Vault {
+/// The background sweep over consent (expiries) and rights (retention).
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    core: Arc<Core>,
+    consent: Consent,
+    rights: Rights,
+}
+
+impl Sweep {
+    /// The sweep over `core`, closing what `consent` and `rights` keep.
+    pub fn new(core: Arc<Core>, consent: Consent, rights: Rights) -> Self {
+        Self { core, consent, rights }
+    }
+
     /// Runs every part of the sweep once. A failing part is logged and does
     /// not stop the others.
     pub async fn sweep(&self) -> Swept {
         let mut swept = Swept::default();
-        match self.grants_expire().await {
+        match self.consent.grants_expire().await {
             Ok(count) => swept.grants_expired = count,
             Err(error) => tracing::error!(%error, "grant expiry sweep failed"),
         }
-        match self.requests_expire().await {
+        match self.consent.requests_expire().await {
             Ok(count) => swept.requests_expired = count,
             Err(error) => tracing::error!(%error, "request expiry sweep failed"),
         }
@@ -59,22 +75,23 @@ impl Vault {
     /// call). Does nothing while the policies set no retention rule. Returns
     /// how many customers it erased.
     pub async fn retention_sweep(&self) -> Result<usize, ConsentError> {
-        let Some(rule) = self.policies().rules.retention else { return Ok(0) };
+        let Some(rule) = self.core.policies().rules.retention else { return Ok(0) };
         // The recorded activity may lag the last action by up to its
         // resolution: widen the window by as much, so nobody is erased early.
         let inactive_before = self
+            .core
             .clock()
             .now_secs()
             .saturating_sub(i64::from(rule.erase_inactive_after_days) * DAY_SECS)
-            .saturating_sub(crate::subjects::ACTIVITY_RESOLUTION_SECS);
+            .saturating_sub(ACTIVITY_RESOLUTION_SECS);
         let start = Key::subject_activities_all();
         let end = Key::subject_activity(inactive_before, &[0u8; 16]);
-        let due = self.store().scan_range(&start, &end, RETENTION_SWEEP_MAX)?;
+        let due = self.core.store().scan_range(&start, &end, RETENTION_SWEEP_MAX)?;
         let mut erased = 0;
         for (key, _) in due {
             let (marker_secs, subject) = activity_marker(&start, &key)?;
             let check = InactiveCheck { marker_secs, inactive_before };
-            if let Erasure::Done(_) = self.erasure_commit(subject, ErasureCause::Retention, Some(check)).await? {
+            if let Erasure::Done(_) = self.rights.erasure_commit(subject, ErasureCause::Retention, Some(check)).await? {
                 erased += 1;
             }
         }
@@ -92,13 +109,13 @@ impl Vault {
     pub async fn activity_backfill(&self) -> Result<usize, ConsentError> {
         const PAGE_MAX: usize = 1_000;
         let done = Key::meta(ACTIVITY_BACKFILLED);
-        if self.store().get(&done)?.is_some() {
+        if self.core.store().get(&done)?.is_some() {
             return Ok(0);
         }
         let mut from = Some(Key::subjects_all());
         let mut filled = 0;
         while let Some(start) = from {
-            let (page, next) = self.subjects_page(&start, PAGE_MAX)?;
+            let (page, next) = subjects_page(self.core.store(), &start, PAGE_MAX)?;
             from = next;
             let missing: Vec<SubjectId> = page
                 .into_iter()
@@ -107,19 +124,21 @@ impl Vault {
                 .collect();
             filled += missing.len();
             if !missing.is_empty() {
-                let now_secs = self.clock().now_secs();
+                let now_secs = self.core.clock().now_secs();
                 let ((), _) = self
+                    .core
                     .store()
                     .commit_durable(move |txn| {
                         for subject in missing {
-                            crate::subjects::subject_activity_in(txn, subject, now_secs)?;
+                            subject_activity_in(txn, subject, now_secs)?;
                         }
                         Ok::<_, ConsentError>(())
                     })
                     .await?;
             }
         }
-        self.store()
+        self.core
+            .store()
             .commit_durable(move |txn| {
                 txn.put(done, b"1".to_vec());
                 Ok::<_, ConsentError>(())

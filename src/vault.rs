@@ -1,29 +1,34 @@
-//! The vault: one data directory opened with its keys, store and policies.
+//! The composition root: one data directory opened with its keys, store and
+//! policies, and the domain services built over them.
 //!
 //! A data directory holds `kek.key` (unless the KEK comes from the
-//! environment) and `store/` (the sled database). Opening checks that the
+//! environment) and `store/` (the embedded store). Opening checks that the
 //! loaded KEKs are the ones the store was sealed with, so a wrong key file is
-//! refused at start-up instead of failing on the first read.
+//! refused at start-up instead of failing on the first read; then it builds a
+//! [`Core`] and the services that hold it (`keys`, `subjects`, `principals`,
+//! `consent`, `rights`, `sweep`). No service imports this module.
 //!
 //! No global state: two vaults on two directories can live in one process.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
 use crate::audit::{AuditError, AuditLog};
 use crate::auth::cache::TokenCache;
-use crate::auth::token::{TokenIssuer, TokenVerifier, TrustedIssuer};
+use crate::auth::token::{TOKEN_KEY, TOKEN_KEY_LABEL, TokenIssuer, TokenVerifier, TrustedIssuer};
+use crate::consent::Consent;
+use crate::core::Core;
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
-use crate::keys::{KeyConfig, KeyLimits, destroyed_in, key_check_key};
+use crate::keys::{KeyConfig, KeyLimits, Keys, destroyed_in, key_check_key};
 use crate::policy::{self, Policies, PolicyError};
-use crate::principals::Limits;
-use crate::store::sled_backend::SledBackend;
-use crate::store::{Backend, Key, Store, StoreError};
+use crate::principals::{Principals, Tokens};
+use crate::rights::Rights;
+use crate::store::{Backend, Key, Store, StoreConfig, StoreError};
+use crate::subjects::Subjects;
+use crate::sweep::Sweep;
 use crate::{clock, crypto};
 
 /// The name of the key file inside a data directory.
@@ -126,7 +131,7 @@ pub struct VaultOptions {
     pub policy_dir: Option<PathBuf>,
     /// Production mode: never create keys, refuse weak ones.
     pub production: bool,
-    /// sled's page cache, in bytes.
+    /// The embedded engine's page cache, in bytes.
     pub store_cache_bytes: u64,
     /// The audit log's origin for a new vault (`None`: a unique default).
     pub audit_origin: Option<String>,
@@ -162,32 +167,21 @@ pub enum Opened {
     Initialised,
 }
 
-/// An open vault.
+/// An open vault: the core and the services over it.
 pub struct Vault {
-    /// This vault, for work it hands to background threads.
-    me: Weak<Vault>,
     data_dir: PathBuf,
-    keys: Arc<KeyRing>,
-    key_config: KeyConfig,
-    /// Whether a KEK rotation runs (at most one does).
-    rotation_running: AtomicBool,
-    rotation_thread: Mutex<Option<JoinHandle<()>>>,
-    store: Store,
-    /// The policies in force; swapped whole on reload.
-    policies: std::sync::RwLock<Arc<Policies>>,
     /// Where the policies were read from (`None`: built into the binary).
     policy_dir: Option<PathBuf>,
-    /// The clock consent decisions are made by.
-    clock: VaultClock,
-    audit: AuditLog,
+    core: Arc<Core>,
+    keys: Keys,
+    subjects: Subjects,
+    principals: Principals,
+    consent: Consent,
+    rights: Rights,
+    sweep: Sweep,
     /// The full recomputation of the log that runs after start-up.
-    audit_status: Mutex<AuditStatus>,
-    verify_stop: AtomicBool,
+    audit_status: Arc<Mutex<AuditStatus>>,
     verifier: Mutex<Option<JoinHandle<()>>>,
-    token_issuer: TokenIssuer,
-    token_verifier: TokenVerifier,
-    token_cache: TokenCache,
-    limits: Limits,
 }
 
 /// Where the full verification of the stored log stands.
@@ -203,7 +197,7 @@ pub enum AuditStatus {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("data_dir", &self.data_dir).field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Vault").field("data_dir", &self.data_dir).field("core", &self.core).finish_non_exhaustive()
     }
 }
 
@@ -282,8 +276,8 @@ impl Vault {
             }
         };
         let keys = load_key_ring(&source, false)?;
-        let backend = SledBackend::open(&data_dir.join(STORE_DIR), 64 * 1024 * 1024)?;
-        write_init_records(&backend, &keys, audit_origin)
+        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), 64 * 1024 * 1024))?;
+        write_init_records(&*backend, &keys, audit_origin)
     }
 
     /// Opens the vault in `options.data_dir`. An empty directory is
@@ -303,7 +297,7 @@ impl Vault {
         };
         let source = key_source_of(&options);
         let keys = load_key_ring(&source, options.production)?;
-        let backend = Arc::new(SledBackend::open(&data_dir.join(STORE_DIR), options.store_cache_bytes)?);
+        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), options.store_cache_bytes))?;
         let vault = Self::open_backend(
             data_dir,
             keys,
@@ -353,56 +347,59 @@ impl Vault {
         }
         let mut trusted = vec![own];
         trusted.extend(identity.external);
-        let vault = Arc::new_cyclic(|me| Self {
-            me: me.clone(),
+        let core = Arc::new(Core::new(store, audit, Arc::new(keys), policies));
+        let keys = Keys::new(Arc::clone(&core), key_config);
+        let subjects = Subjects::new(Arc::clone(&core), keys.clone());
+        let tokens =
+            Tokens { issuer: token_issuer, verifier: TokenVerifier::new(trusted), cache: TokenCache::default() };
+        let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens);
+        let consent = Consent::new(Arc::clone(&core), principals.clone());
+        let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
+        let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone());
+        let vault = Arc::new(Self {
             data_dir,
-            keys: Arc::new(keys),
-            key_config,
-            rotation_running: AtomicBool::new(false),
-            rotation_thread: Mutex::new(None),
-            store,
-            policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir,
-            clock: VaultClock::default(),
-            audit,
-            audit_status: Mutex::new(AuditStatus::Verifying),
-            verify_stop: AtomicBool::new(false),
+            core,
+            keys,
+            subjects,
+            principals,
+            consent,
+            rights,
+            sweep,
+            audit_status: Arc::new(Mutex::new(AuditStatus::Verifying)),
             verifier: Mutex::new(None),
-            token_issuer,
-            token_verifier: TokenVerifier::new(trusted),
-            token_cache: TokenCache::default(),
-            limits: Limits::default(),
         });
         vault.verifier_start();
         // The first checkpoint of a new log; a no-op for a log whose last
         // batch was checkpointed, as every batch is.
-        vault.checkpoint_blocking(false)?;
+        vault.core.checkpoint_blocking(false)?;
         // Versions a crash left in the key file after a rotation recorded
         // them destroyed.
-        vault.keys_forget(&vault.keys_destroyed()?).map_err(VaultError::Keys)?;
-        vault.rotation_resume().map_err(VaultError::Keys)?;
+        vault.keys.keys_forget(&vault.keys.keys_destroyed()?).map_err(VaultError::Keys)?;
+        vault.keys.rotation_resume().map_err(VaultError::Keys)?;
         Ok(vault)
     }
 
     /// Recomputes the whole stored log in the background: serving starts at
     /// once, and if the log does not verify the vault stops serving
     /// ([`Vault::audit_status`]). Fills the audit node cache on the way.
-    fn verifier_start(self: &Arc<Self>) {
-        let vault = Arc::clone(self);
+    fn verifier_start(&self) {
+        let core = Arc::clone(&self.core);
+        let audit_status = Arc::clone(&self.audit_status);
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new().name("consentvault-audit-verify".to_owned()).spawn(move || {
             tracing::dispatcher::with_default(&dispatch, || {
                 let started = std::time::Instant::now();
-                let audit = &vault.audit;
+                let audit = core.audit();
                 let visit = |level, index, hash: &_| audit.node_cache(level, index, hash);
                 let outcome = verify_log(
-                    &vault.store,
+                    core.store(),
                     &audit.verifier(),
                     audit.origin(),
                     Depth::Roots,
                     true,
                     &visit,
-                    &vault.verify_stop,
+                    core.closing_flag(),
                 );
                 let status = match outcome {
                     Ok(verified) => {
@@ -420,7 +417,7 @@ impl Vault {
                         AuditStatus::Failed(failure)
                     }
                 };
-                if let Ok(mut slot) = vault.audit_status.lock() {
+                if let Ok(mut slot) = audit_status.lock() {
                     *slot = status;
                 }
             });
@@ -455,7 +452,8 @@ impl Vault {
             return Err(VaultError::NotAVault(options.data_dir.clone()));
         }
         let keys = load_key_ring(&key_source_of(options), options.production)?;
-        let backend = Arc::new(SledBackend::open(&options.data_dir.join(STORE_DIR), options.store_cache_bytes)?);
+        let backend =
+            crate::store::open(&StoreConfig::embedded(&options.data_dir.join(STORE_DIR), options.store_cache_bytes))?;
         let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
         let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
@@ -471,31 +469,9 @@ impl Vault {
         if !data_dir.join(STORE_DIR).is_dir() {
             return Err(VaultError::NotAVault(data_dir.to_owned()));
         }
-        let backend = SledBackend::open(&data_dir.join(STORE_DIR), cache_bytes)?;
-        check_format(&backend)?;
-        Ok(Store::new(Arc::new(backend))?)
-    }
-
-    /// Signs a checkpoint now if the log has grown since the latest one, and
-    /// returns the latest checkpoint (which then covers every event
-    /// acknowledged before the call).
-    pub async fn checkpoint_now(self: &Arc<Self>) -> Result<String, AuditError> {
-        let vault = Arc::clone(self);
-        self.store.commit(move |txn| vault.audit.checkpoint_in(txn, true)).await.map_err(|error| match error {
-            crate::store::CommitError::Rejected(error) => error,
-            crate::store::CommitError::Store(error) => AuditError::Store(error),
-        })?;
-        self.audit.checkpoint_latest()
-    }
-
-    /// Signs a checkpoint now if the log has grown since the latest one (or
-    /// `keep`s a copy of the latest in the history).
-    fn checkpoint_blocking(self: &Arc<Self>, keep: bool) -> Result<Option<u64>, AuditError> {
-        let vault = Arc::clone(self);
-        self.store.commit_blocking(move |txn| vault.audit.checkpoint_in(txn, keep)).map_err(|error| match error {
-            crate::store::CommitError::Rejected(error) => error,
-            crate::store::CommitError::Store(error) => AuditError::Store(error),
-        })
+        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), cache_bytes))?;
+        check_format(&*backend)?;
+        Ok(Store::new(backend)?)
     }
 
     /// The data directory.
@@ -503,63 +479,54 @@ impl Vault {
         &self.data_dir
     }
 
-    /// The loaded KEKs.
-    pub fn keys(&self) -> &KeyRing {
+    /// The state every service holds.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The key lifecycle.
+    pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    /// The loaded KEKs, shared (for work that outlives a borrow).
-    pub fn keys_shared(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.keys)
+    /// Subjects and their own data.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
     }
 
-    /// Where the KEKs come from and the encryption limits.
-    pub fn key_config(&self) -> &KeyConfig {
-        &self.key_config
+    /// Principals, credentials and tokens.
+    pub fn principals(&self) -> &Principals {
+        &self.principals
     }
 
-    /// Whether a KEK rotation runs.
-    pub(crate) fn rotation_running(&self) -> &AtomicBool {
-        &self.rotation_running
+    /// Relationships, grants, objections, requests and the scoped read.
+    pub fn consent(&self) -> &Consent {
+        &self.consent
     }
 
-    /// Whether a KEK rotation is at work.
-    pub fn rotation_is_running(&self) -> bool {
-        self.rotation_running.load(std::sync::atomic::Ordering::Acquire)
+    /// Export and erasure.
+    pub fn rights(&self) -> &Rights {
+        &self.rights
     }
 
-    /// Keeps the rotation thread's handle so closing can wait for it.
-    pub(crate) fn rotation_thread_set(&self, thread: JoinHandle<()>) {
-        if let Ok(mut slot) = self.rotation_thread.lock()
-            && let Some(previous) = slot.replace(thread)
-            && previous.is_finished()
-        {
-            let _ = previous.join();
-        }
-    }
-
-    /// Whether the vault is closing (background work stops and resumes at
-    /// the next start).
-    pub(crate) fn closing(&self) -> bool {
-        self.verify_stop.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// This vault as an `Arc`, while it is open.
-    pub(crate) fn shared(&self) -> Option<Arc<Self>> {
-        self.me.upgrade()
+    /// The background sweep.
+    pub fn sweep(&self) -> &Sweep {
+        &self.sweep
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.core.store()
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        self.core.audit()
     }
 
     /// The policies in force (a snapshot: a reload does not change it).
     pub fn policies(&self) -> Arc<Policies> {
-        match self.policies.read() {
-            Ok(policies) => Arc::clone(&policies),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.core.policies()
     }
 
     /// Re-reads the policy directory. On any error nothing changes; on
@@ -569,9 +536,7 @@ impl Vault {
         let dir = self.policy_dir.clone().ok_or(PolicyReloadError::BuiltIn)?;
         let policies = Arc::new(policies_load(&dir).map_err(PolicyReloadError::Invalid)?);
         self.policy_event(actor, &policies, "reload").await.map_err(PolicyReloadError::Audit)?;
-        if let Ok(mut slot) = self.policies.write() {
-            *slot = Arc::clone(&policies);
-        }
+        self.core.policies_replace(Arc::clone(&policies));
         tracing::info!(sha256 = %policies.sha256, "policies reloaded");
         Ok(policies)
     }
@@ -590,13 +555,14 @@ impl Vault {
         )
         .related("policy_sha256", &policies.sha256)
         .related("cause", cause);
-        let log = self.audit.clone();
-        let (appended, durable) =
-            self.store.commit_durable(move |txn| log.append(txn, &event)).await.map_err(|error| match error {
+        let log = self.core.audit().clone();
+        let (appended, durable) = self.core.store().commit_durable(move |txn| log.append(txn, &event)).await.map_err(
+            |error| match error {
                 crate::store::CommitError::Rejected(error) => error,
                 crate::store::CommitError::Store(error) => AuditError::Store(error),
-            })?;
-        self.audit.confirm(appended, &durable)?;
+            },
+        )?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(())
     }
 
@@ -606,98 +572,38 @@ impl Vault {
         self.policy_event(&crate::audit::Actor::system(), &policies, "start").await
     }
 
-    /// The clock consent decisions are made by.
-    pub fn clock(&self) -> &VaultClock {
-        &self.clock
-    }
-
     /// Pins the consent clock at `secs` (Unix seconds), or lets it follow
     /// the system clock again (`None`). For tests that must decide reads at
     /// exact moments, and for drills; a warning is logged, since a pinned
     /// clock changes which grants are live.
     pub fn insecure_pin_clock_secs(&self, secs: Option<i64>) {
         tracing::warn!(?secs, "the consent clock was pinned");
-        self.clock.0.store(secs.unwrap_or(0), std::sync::atomic::Ordering::Release);
-    }
-
-    /// The audit log.
-    pub fn audit(&self) -> &AuditLog {
-        &self.audit
-    }
-
-    /// The vault's token issuer.
-    pub fn token_issuer(&self) -> &TokenIssuer {
-        &self.token_issuer
-    }
-
-    /// The verifier of every trusted issuer's tokens.
-    pub fn token_verifier(&self) -> &TokenVerifier {
-        &self.token_verifier
-    }
-
-    /// Verified tokens, until they expire.
-    pub fn token_cache(&self) -> &TokenCache {
-        &self.token_cache
-    }
-
-    /// Sign-in and sign-up rate limits.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+        self.core.clock().pin(secs);
     }
 
     /// Whether the vault can serve: the store answers and its last flush
     /// succeeded, and keys are loaded.
     pub fn readiness(&self) -> Readiness {
-        let store = self.store.is_healthy() && self.store.get(&Key::meta("format")).is_ok();
+        let store = self.store().is_healthy() && self.store().get(&Key::meta("format")).is_ok();
         let audit = !matches!(self.audit_status(), AuditStatus::Failed(_));
-        Readiness { store, keys: !self.keys.versions().is_empty(), audit }
+        Readiness { store, keys: !self.core.keys().versions().is_empty(), audit }
     }
 
     /// Stops the background verification, keeps a last checkpoint, finishes
     /// every pending commit and flushes the store.
-    pub fn close(self: &Arc<Self>) -> Result<(), VaultError> {
-        self.verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pub fn close(&self) -> Result<(), VaultError> {
+        self.core.closing_begin();
         let verifier = self.verifier.lock().ok().and_then(|mut slot| slot.take());
         if let Some(thread) = verifier {
             // The thread only ever fails by panicking, which it has logged.
             let _ = thread.join();
         }
-        let rotation = self.rotation_thread.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(thread) = rotation {
-            // It stops at its next chunk and resumes at the next start.
-            let _ = thread.join();
-        }
-        if self.store.is_healthy() {
+        self.keys.rotation_join();
+        if self.store().is_healthy() {
             // Keep the final checkpoint in the history too.
-            self.checkpoint_blocking(true)?;
+            self.core.checkpoint_blocking(true)?;
         }
-        Ok(self.store.close()?)
-    }
-}
-
-/// The vault's clock for consent decisions: the system clock, unless a test
-/// or drill pinned it (`Vault::insecure_pin_clock_secs`).
-#[derive(Debug, Clone, Default)]
-pub struct VaultClock(Arc<std::sync::atomic::AtomicI64>);
-
-impl VaultClock {
-    /// Now, in Unix seconds.
-    pub fn now_secs(&self) -> i64 {
-        // 0 means "not pinned": no real decision happens at the epoch.
-        match self.0.load(std::sync::atomic::Ordering::Acquire) {
-            0 => clock::now().unix_timestamp(),
-            pinned => pinned,
-        }
-    }
-
-    /// Now, as RFC 3339.
-    pub fn rfc3339(&self) -> String {
-        Self::rfc3339_at(self.now_secs())
-    }
-
-    /// `secs` (Unix seconds) as RFC 3339.
-    pub fn rfc3339_at(secs: i64) -> String {
-        time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
+        Ok(self.store().close()?)
     }
 }
 
@@ -732,11 +638,6 @@ impl Readiness {
         self.store && self.keys && self.audit
     }
 }
-
-/// The meta key of the vault's sealed token signing key.
-pub(crate) const TOKEN_KEY: &str = "auth/token-signing-key";
-/// The label the token signing key is sealed with.
-pub(crate) const TOKEN_KEY_LABEL: &str = "token-signing-key";
 
 /// The vault's token signing key, created (sealed under the KEK) the first
 /// time a vault opens without one.

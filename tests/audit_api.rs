@@ -21,15 +21,15 @@ async fn an_outside_auditor_verifies_entries_proofs_and_checkpoints() {
     // Activity: two customers write and read their data.
     let mut subjects = Vec::new();
     for email in ["ada@example.org", "grace@example.org"] {
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
-        vault.data_put(&Actor::customer(subject), subject, "email", &json!(email)).await.unwrap();
-        vault.data_read_own(subject).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!(email)).await.unwrap();
+        vault.subjects().data_read_own(subject).await.unwrap();
         subjects.push(subject);
     }
-    let first_note = vault.checkpoint_now().await.unwrap();
-    vault.data_put(&Actor::customer(subjects[0]), subjects[0], "country", &json!("GB")).await.unwrap();
-    vault.data_read_own(subjects[0]).await.unwrap();
-    vault.checkpoint_now().await.unwrap();
+    let first_note = vault.core().checkpoint_now().await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subjects[0]), subjects[0], "country", &json!("GB")).await.unwrap();
+    vault.subjects().data_read_own(subjects[0]).await.unwrap();
+    vault.core().checkpoint_now().await.unwrap();
 
     let client = reqwest::Client::new();
     let admin = common::roles::admin_token(&client, &base, &data_dir).await;
@@ -129,8 +129,13 @@ async fn a_growing_log_gets_a_new_signed_checkpoint_without_being_asked() {
     let client = reqwest::Client::new();
     let verifier_key =
         client.get(format!("{}/v1/audit/public-key", server.base_url)).send().await.unwrap().text().await.unwrap();
-    let subject = server.vault.subject_create(&Actor::system()).await.unwrap();
-    server.vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
+    let subject = server.vault.subjects().subject_create(&Actor::system()).await.unwrap();
+    server
+        .vault
+        .subjects()
+        .data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org"))
+        .await
+        .unwrap();
     let size = consentvault::audit::size(server.vault.store()).unwrap();
     // The checkpoint thread signs at least once a second while the log grows;
     // allow a generous bound for a loaded machine.

@@ -23,15 +23,15 @@ fn durable_audit_size(backend: &MemoryBackend) -> u64 {
 async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
     let backend = Arc::new(MemoryBackend::default());
     let vault = common::memory_vault(backend.clone());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     let actor = Actor::customer(subject);
-    vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
+    vault.subjects().data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
     let size_before = durable_audit_size(&backend);
 
     backend.fail_flushes(true);
-    let read = vault.data_read_own(subject).await;
+    let read = vault.subjects().data_read_own(subject).await;
     assert!(matches!(read, Err(DataError::Store(_))), "a read whose audit event is not durable must fail: {read:?}");
-    let write = vault.data_put(&actor, subject, "phone", &json!("+44 20 7946 0000")).await;
+    let write = vault.subjects().data_put(&actor, subject, "phone", &json!("+44 20 7946 0000")).await;
     assert!(matches!(write, Err(DataError::Store(_))), "a write that is not durable must not be acknowledged");
     assert_eq!(backend.durable_value(&Key::value(subject.as_bytes(), "phone")), None);
     assert_eq!(durable_audit_size(&backend), size_before, "no event reached the durable state");
@@ -45,7 +45,7 @@ async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
     );
 
     backend.fail_flushes(false);
-    let data = vault.data_read_own(subject).await.unwrap();
+    let data = vault.subjects().data_read_own(subject).await.unwrap();
     assert_eq!(data.get("email"), Some(&json!("ada@example.org")));
     assert!(vault.readiness().is_ready(), "the vault recovers once flushes succeed");
 }
@@ -54,23 +54,23 @@ async fn a_failed_flush_releases_no_data_and_acknowledges_no_write() {
 async fn a_failed_audit_append_releases_no_data_and_changes_nothing() {
     let backend = Arc::new(MemoryBackend::default());
     let vault = common::memory_vault(backend.clone());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     let actor = Actor::customer(subject);
-    vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
+    vault.subjects().data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
     let size_before = durable_audit_size(&backend);
 
     // The append reads the log size first; make exactly that read fail.
     backend.fail_reads_under(Some(Key::meta("audit/size").as_bytes()));
-    let read = vault.data_read_own(subject).await;
+    let read = vault.subjects().data_read_own(subject).await;
     assert!(matches!(read, Err(DataError::Audit(_))), "{read:?}");
-    let write = vault.data_put(&actor, subject, "email", &json!("changed@example.org")).await;
+    let write = vault.subjects().data_put(&actor, subject, "email", &json!("changed@example.org")).await;
     assert!(matches!(write, Err(DataError::Audit(_))), "{write:?}");
-    let delete = vault.data_delete(&actor, subject, "email").await;
+    let delete = vault.subjects().data_delete(&actor, subject, "email").await;
     assert!(matches!(delete, Err(DataError::Audit(_))), "{delete:?}");
     backend.fail_reads_under(None);
 
     assert_eq!(durable_audit_size(&backend), size_before);
-    let data = vault.data_read_own(subject).await.unwrap();
+    let data = vault.subjects().data_read_own(subject).await.unwrap();
     assert_eq!(data.get("email"), Some(&json!("ada@example.org")), "the refused write and delete changed nothing");
 }
 
@@ -78,13 +78,13 @@ async fn a_failed_audit_append_releases_no_data_and_changes_nothing() {
 async fn a_failed_apply_acknowledges_nothing_and_the_vault_recovers() {
     let backend = Arc::new(MemoryBackend::default());
     let vault = common::memory_vault(backend.clone());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     backend.fail_applies(true);
-    let write = vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await;
+    let write = vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await;
     assert!(matches!(write, Err(DataError::Store(_))));
-    assert!(matches!(vault.data_read_own(subject).await, Err(DataError::Store(_))));
+    assert!(matches!(vault.subjects().data_read_own(subject).await, Err(DataError::Store(_))));
     backend.fail_applies(false);
-    assert!(vault.data_read_own(subject).await.unwrap().is_empty());
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
-    assert_eq!(vault.data_read_own(subject).await.unwrap().len(), 1);
+    assert!(vault.subjects().data_read_own(subject).await.unwrap().is_empty());
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap().len(), 1);
 }

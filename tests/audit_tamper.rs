@@ -18,11 +18,11 @@ use serde_json::json;
 async fn pristine(dir: &Path) -> u64 {
     let (vault, _) = common::open_vault(dir);
     for _ in 0..3 {
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
         let actor = Actor::customer(subject);
-        vault.data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
-        vault.data_put(&actor, subject, "country", &json!("GB")).await.unwrap();
-        vault.data_read_own(subject).await.unwrap();
+        vault.subjects().data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
+        vault.subjects().data_put(&actor, subject, "country", &json!("GB")).await.unwrap();
+        vault.subjects().data_read_own(subject).await.unwrap();
     }
     let size = consentvault::audit::size(vault.store()).unwrap();
     vault.close().unwrap();

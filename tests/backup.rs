@@ -75,11 +75,11 @@ async fn stopped_vault(dir: &Path) -> PathBuf {
     let data_dir = dir.join("data");
     let (vault, _) = common::open_vault(&data_dir);
     for (index, email) in [CANARY, "second@example.org", "third@example.org"].into_iter().enumerate() {
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
         let actor = Actor::customer(subject);
-        vault.data_put(&actor, subject, "email", &json!(email)).await.unwrap();
-        vault.data_put(&actor, subject, "loyalty_points", &json!(index * 10)).await.unwrap();
-        vault.data_read_own(subject).await.unwrap();
+        vault.subjects().data_put(&actor, subject, "email", &json!(email)).await.unwrap();
+        vault.subjects().data_put(&actor, subject, "loyalty_points", &json!(index * 10)).await.unwrap();
+        vault.subjects().data_read_own(subject).await.unwrap();
     }
     vault.close().unwrap();
     data_dir

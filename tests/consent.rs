@@ -383,14 +383,14 @@ async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_s
 
     server.vault.insecure_pin_clock_secs(Some(start + 86_400 - 1));
     assert_eq!(get(&client, read_url.clone(), &business).await.0, 200, "the last second of the window");
-    assert_eq!(server.vault.grants_expire().await.unwrap(), 0, "nothing has ended yet");
+    assert_eq!(server.vault.consent().grants_expire().await.unwrap(), 0, "nothing has ended yet");
     server.vault.insecure_pin_clock_secs(Some(start + 86_400));
     assert_eq!(get(&client, read_url, &business).await.0, 403, "the window is half-open");
     let (_, view) = get(&client, format!("{base}/v1/me/grants/{grant_id}"), &customer).await;
     assert_eq!(view["status"], "expired");
 
-    assert_eq!(server.vault.grants_expire().await.unwrap(), 1);
-    assert_eq!(server.vault.grants_expire().await.unwrap(), 0, "each end is recorded once");
+    assert_eq!(server.vault.consent().grants_expire().await.unwrap(), 1);
+    assert_eq!(server.vault.consent().grants_expire().await.unwrap(), 0, "each end is recorded once");
     let (_, feed) = get(&client, format!("{base}/v1/grants/changes"), &business).await;
     let changes: Vec<&str> = feed["items"].as_array().unwrap().iter().map(|c| c["change"].as_str().unwrap()).collect();
     assert_eq!(changes, vec!["created", "expired"]);
@@ -425,18 +425,18 @@ async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_e
     let expires_at = start + 30 * 86_400;
 
     server.vault.insecure_pin_clock_secs(Some(expires_at - 1));
-    server.vault.requests_expire().await.unwrap();
+    server.vault.consent().requests_expire().await.unwrap();
     let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{unanswered}"), &business).await;
     assert_eq!(theirs["status"], "pending", "the last second of its time");
 
     server.vault.insecure_pin_clock_secs(Some(expires_at));
-    server.vault.requests_expire().await.unwrap();
-    assert_eq!(server.vault.requests_expire().await.unwrap(), 0, "each request is closed once");
+    server.vault.consent().requests_expire().await.unwrap();
+    assert_eq!(server.vault.consent().requests_expire().await.unwrap(), 0, "each request is closed once");
     let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{unanswered}"), &business).await;
     assert_eq!(theirs["status"], "expired");
     let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{approved}"), &business).await;
     assert_eq!(theirs["status"], "approved", "an answered request is not the sweep's");
-    let stored = server.vault.requests_of_business(&business_id).unwrap();
+    let stored = server.vault.consent().requests_of_business(&business_id).unwrap();
     assert!(
         stored.iter().any(|r| r.request_id == *unanswered
             && r.status == consentvault::consent::requests::RequestStatus::Expired),

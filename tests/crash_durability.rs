@@ -152,11 +152,14 @@ fn verify(
     }
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for &subject in created {
-        assert!(vault.subject_exists(subject).unwrap(), "cycle {cycle}: acknowledged subject {subject} is gone");
+        assert!(
+            vault.subjects().subject_exists(subject).unwrap(),
+            "cycle {cycle}: acknowledged subject {subject} is gone"
+        );
     }
     for (&subject, &seq) in acked {
         let data = runtime
-            .block_on(vault.data_read_own(subject))
+            .block_on(vault.subjects().data_read_own(subject))
             .unwrap_or_else(|e| panic!("cycle {cycle}: subject {subject}: {e}"));
         let points = data.get("loyalty_points").and_then(|v| v.as_u64());
         let name = data.get("given_name").and_then(|v| v.as_str()).map(str::to_owned);
@@ -183,7 +186,7 @@ fn child_writes_until_killed(dir: &str) {
             writers.push(tokio::spawn(async move {
                 let mut subjects = Vec::new();
                 for _ in 0..SUBJECTS_PER_WRITER {
-                    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+                    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
                     let mut out = stdout.lock().unwrap();
                     writeln!(out, "subject {subject}").unwrap();
                     out.flush().unwrap();
@@ -198,6 +201,7 @@ fn child_writes_until_killed(dir: &str) {
                         seq += 1;
                         let values = json!({"loyalty_points": seq, "given_name": format!("writer-{seq}")});
                         vault
+                            .subjects()
                             .data_merge(&Actor::customer(subject), subject, values.as_object().unwrap())
                             .await
                             .unwrap();

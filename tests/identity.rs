@@ -263,7 +263,7 @@ async fn every_bad_token_in_the_corpus_gets_the_same_401() {
     let data_dir = dir.path().join("data");
     let server = common::InProcessServer::start(&data_dir).await;
     let actors = Actors::new(&server, &data_dir).await;
-    let issuer = server.vault.token_issuer();
+    let issuer = server.vault.principals().token_issuer();
     let kid = issuer.kid().to_owned();
     let (customer, _) = roles::customer(&actors.client, &actors.base).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();

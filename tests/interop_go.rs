@@ -19,20 +19,21 @@ async fn go_sumdb_packages_accept_the_vaults_checkpoints_and_proofs() {
     let server = common::InProcessServer::start(&data_dir).await;
     let vault = server.vault.clone();
     for index in 0..5 {
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
         vault
+            .subjects()
             .data_put(&Actor::customer(subject), subject, "email", &json!(format!("c{index}@example.org")))
             .await
             .unwrap();
-        vault.data_read_own(subject).await.unwrap();
+        vault.subjects().data_read_own(subject).await.unwrap();
     }
     let old = dir.path().join("old-checkpoint");
-    std::fs::write(&old, vault.checkpoint_now().await.unwrap()).unwrap();
+    std::fs::write(&old, vault.core().checkpoint_now().await.unwrap()).unwrap();
     for _ in 0..6 {
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
-        vault.data_put(&Actor::customer(subject), subject, "country", &json!("FR")).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        vault.subjects().data_put(&Actor::customer(subject), subject, "country", &json!("FR")).await.unwrap();
     }
-    vault.checkpoint_now().await.unwrap();
+    vault.core().checkpoint_now().await.unwrap();
     let client = reqwest::Client::new();
     let admin = common::roles::admin_token(&client, &server.base_url, &data_dir).await;
     let (_, token) = common::roles::client_principal(&client, &server.base_url, &admin, "auditors").await;

@@ -123,7 +123,7 @@ async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_ke
         let vault = Arc::clone(&vault);
         creations.spawn(async move {
             for _ in 0..60 {
-                vault.subject_create(&Actor::system()).await.unwrap();
+                vault.subjects().subject_create(&Actor::system()).await.unwrap();
             }
         });
     }
@@ -146,7 +146,7 @@ async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_ke
         let (vault, stop) = (Arc::clone(&vault), Arc::clone(&stop));
         load.spawn(async move {
             while !stop.load(Ordering::Acquire) {
-                vault.subject_create(&Actor::system()).await.unwrap();
+                vault.subjects().subject_create(&Actor::system()).await.unwrap();
             }
             (usize::MAX, String::new(), 0)
         });
@@ -179,7 +179,7 @@ async fn rotation_under_read_and_write_load_fails_nothing_and_retires_the_old_ke
     assert_eq!(keys["destroyed_versions"], json!([1]));
     assert!(keys["rotation"]["deks_rewrapped"].as_u64().unwrap() >= 64 * 60 + 8, "{keys}");
     // No wrapped DEK refers to the old KEK; the key file no longer holds it.
-    let versions = vault.deks_by_kek_version().unwrap();
+    let versions = vault.keys().deks_by_kek_version().unwrap();
     assert_eq!(versions.keys().copied().collect::<Vec<_>>(), vec![2], "{versions:?}");
     assert_eq!(key_file_versions(&data_dir), vec!["2"]);
     // Every value still opens, and is the last acknowledged one.
@@ -231,22 +231,22 @@ async fn a_kek_at_its_wrap_limit_is_rotated_by_itself() {
     let (_, keys) = roles::get(&client, format!("{base}/v1/admin/keys"), &admin).await;
     assert_eq!(keys["rotation"], Value::Null, "one wrap is far from the limit");
     for _ in 0..15 {
-        server.vault.subject_create(&Actor::system()).await.unwrap();
+        server.vault.subjects().subject_create(&Actor::system()).await.unwrap();
     }
     let keys = rotation_finished(&client, &base, &admin, 2).await;
     assert_eq!(keys["rotation"]["cause"], "encryption_limit");
     assert_eq!(keys["rotation"]["target_version"], 2);
     assert_eq!(keys["destroyed_versions"], json!([1]));
-    assert_eq!(server.vault.deks_by_kek_version().unwrap().keys().copied().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(server.vault.keys().deks_by_kek_version().unwrap().keys().copied().collect::<Vec<_>>(), vec![2]);
     let (status, mine) = roles::get(&client, format!("{base}/v1/me/data"), &token).await;
     assert_eq!((status, &mine["data"]["email"]), (200, &json!("limit@example.org")));
     // The 16 rewraps that moved every DEK to version 2 do not call for
     // another rotation; 16 new wraps do.
-    server.vault.subject_create(&Actor::system()).await.unwrap();
+    server.vault.subjects().subject_create(&Actor::system()).await.unwrap();
     let (_, keys) = roles::get(&client, format!("{base}/v1/admin/keys"), &admin).await;
     assert_eq!((keys["current_version"].as_u64(), keys["rotation_running"].as_bool()), (Some(2), Some(false)));
     for _ in 0..15 {
-        server.vault.subject_create(&Actor::system()).await.unwrap();
+        server.vault.subjects().subject_create(&Actor::system()).await.unwrap();
     }
     let keys = rotation_finished(&client, &base, &admin, 3).await;
     assert_eq!(keys["destroyed_versions"], json!([1, 2]), "{keys}");
@@ -296,23 +296,23 @@ async fn a_dek_at_its_seal_limit_is_replaced_and_every_value_still_opens() {
 async fn a_subject_prepared_before_a_rotation_and_stored_after_it_is_under_the_new_kek() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(&dir.path().join("data"));
-    vault.subject_create(&Actor::system()).await.unwrap();
+    vault.subjects().subject_create(&Actor::system()).await.unwrap();
     // Its DEK is wrapped under version 1 now...
-    let prepared = vault.subject_prepare().unwrap();
+    let prepared = vault.subjects().subject_prepare().unwrap();
     let subject = prepared.id();
-    tokio::task::block_in_place(|| vault.kek_rotate(&Actor::system(), "admin")).unwrap();
+    tokio::task::block_in_place(|| vault.keys().kek_rotate(&Actor::system(), "admin")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while vault.key_status().unwrap().rotation_running {
+    while vault.keys().key_status().unwrap().rotation_running {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(vault.keys().versions(), vec![2]);
+    assert_eq!(vault.core().keys().versions(), vec![2]);
     // ...and stored only after version 1 was destroyed.
     let log = vault.audit().clone();
     let _created = vault.store().commit(move |txn| prepared.write(txn, &log, &Actor::system())).await.unwrap();
-    assert_eq!(vault.deks_by_kek_version().unwrap(), [(2, 2)].into_iter().collect());
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("late@example.org")).await.unwrap();
-    assert_eq!(vault.data_read_own(subject).await.unwrap()["email"], json!("late@example.org"));
+    assert_eq!(vault.keys().deks_by_kek_version().unwrap(), [(2, 2)].into_iter().collect());
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("late@example.org")).await.unwrap();
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap()["email"], json!("late@example.org"));
     vault.close().unwrap();
 }
 
@@ -335,33 +335,33 @@ async fn with_the_kek_in_the_environment_rotation_adopts_a_version_the_operator_
     let data_dir = dir.path().join("data");
     let (one, two) = (random_key(), random_key());
     let (vault, _) = Vault::open(env_options(&data_dir, &format!("1:{one}"))).unwrap();
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("env@example.org")).await.unwrap();
-    let refused = tokio::task::block_in_place(|| vault.kek_rotate(&Actor::system(), "admin"));
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("env@example.org")).await.unwrap();
+    let refused = tokio::task::block_in_place(|| vault.keys().kek_rotate(&Actor::system(), "admin"));
     assert!(matches!(refused, Err(KeyError::SourceReadOnly { next: 2 })), "{refused:?}");
     vault.close().unwrap();
     drop(vault);
 
     // The operator adds version 2 and restarts: the rotation moves to it.
     let (vault, _) = Vault::open(env_options(&data_dir, &format!("1:{one};2:{two}"))).unwrap();
-    let started = tokio::task::block_in_place(|| vault.kek_rotate(&Actor::system(), "admin")).unwrap();
+    let started = tokio::task::block_in_place(|| vault.keys().kek_rotate(&Actor::system(), "admin")).unwrap();
     assert_eq!((started.target_version, started.retiring_versions.clone()), (2, vec![1]));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while vault.key_status().unwrap().rotation_running {
+    while vault.keys().key_status().unwrap().rotation_running {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(vault.keys().versions(), vec![2], "the destroyed version is forgotten");
+    assert_eq!(vault.core().keys().versions(), vec![2], "the destroyed version is forgotten");
     vault.close().unwrap();
     drop(vault);
 
     // Version 1 left in the environment is ignored; version 2 alone opens it.
     let (vault, _) = Vault::open(env_options(&data_dir, &format!("1:{one};2:{two}"))).unwrap();
-    assert_eq!(vault.keys().versions(), vec![2]);
+    assert_eq!(vault.core().keys().versions(), vec![2]);
     vault.close().unwrap();
     drop(vault);
     let (vault, _) = Vault::open(env_options(&data_dir, &format!("2:{two}"))).unwrap();
-    assert_eq!(vault.data_read_own(subject).await.unwrap()["email"], json!("env@example.org"));
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap()["email"], json!("env@example.org"));
     vault.close().unwrap();
     drop(vault);
     // Version 1 alone no longer opens the vault.
@@ -373,8 +373,8 @@ async fn the_cli_rotates_a_stopped_vault_and_the_log_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let (vault, _) = common::open_vault(&data_dir);
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("cli@example.org")).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("cli@example.org")).await.unwrap();
     vault.close().unwrap();
     drop(vault);
 
@@ -404,7 +404,7 @@ async fn the_cli_rotates_a_stopped_vault_and_the_log_still_verifies() {
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 
     let (vault, _) = common::open_vault(&data_dir);
-    assert_eq!(vault.data_read_own(subject).await.unwrap()["email"], json!("cli@example.org"));
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap()["email"], json!("cli@example.org"));
     vault.close().unwrap();
 }
 

@@ -49,20 +49,22 @@ async fn canary_values_never_appear_on_disk_or_in_logs() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (vault, _) = common::open_vault(dir.path());
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
         for (field, value, _) in &canaries {
-            vault.data_put(&Actor::customer(subject), subject, field, value).await.unwrap();
+            vault.subjects().data_put(&Actor::customer(subject), subject, field, value).await.unwrap();
         }
         // Overwrite and delete too, so old versions must not linger in clear.
         vault
+            .subjects()
             .data_put(&Actor::customer(subject), subject, "email", &json!(format!("second{tag}@example.org")))
             .await
             .unwrap();
-        vault.data_delete(&Actor::customer(subject), subject, "given_name").await.unwrap();
-        let read = vault.data_read_own(subject).await.unwrap();
+        vault.subjects().data_delete(&Actor::customer(subject), subject, "given_name").await.unwrap();
+        let read = vault.subjects().data_read_own(subject).await.unwrap();
         assert_eq!(read.get("loyalty_points"), Some(&json!(numeric)));
         // A refused value must not be echoed either.
         let refused = vault
+            .subjects()
             .data_put(&Actor::customer(subject), subject, "email", &json!(format!("refused{tag} not an address")))
             .await;
         assert!(refused.unwrap_err().to_string().find(&tag).is_none());

@@ -38,13 +38,21 @@ impl Setup {
     async fn new() -> Self {
         let backend = Arc::new(MemoryBackend::default());
         let vault = common::memory_vault(backend.clone());
-        let business =
-            vault.client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()]).await.unwrap();
-        let subject = vault.subject_create(&Actor::system()).await.unwrap();
-        vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
-        let relationship = vault.relationship_create(subject, &business.id).await.unwrap();
+        let business = vault
+            .principals()
+            .client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()])
+            .await
+            .unwrap();
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        vault
+            .subjects()
+            .data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org"))
+            .await
+            .unwrap();
+        let relationship = vault.consent().relationship_create(subject, &business.id).await.unwrap();
         let (pairwise, relationship_id) = (relationship.pairwise_id, relationship.relationship_id);
         let grant = vault
+            .consent()
             .grant_create(subject, &business.id, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
             .await
             .unwrap();
@@ -76,7 +84,7 @@ impl Setup {
 
     fn read(&self) -> impl Future<Output = Result<ScopedRead, ConsentError>> + Send + 'static {
         let (vault, business, pairwise) = (Arc::clone(&self.vault), self.business.clone(), self.pairwise.clone());
-        async move { vault.scoped_read(&business, &pairwise, "marketing", Some(vec!["email".to_owned()])).await }
+        async move { vault.consent().scoped_read(&business, &pairwise, "marketing", Some(vec!["email".to_owned()])).await }
     }
 
     /// A counter of the commit path.
@@ -181,7 +189,7 @@ async fn a_change_while_a_read_is_decided_is_seen_by_its_commit(change: impl Asy
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
     a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
-        setup.vault.grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
+        setup.vault.consent().grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
         let revoked = setup.event(setup.vault.audit().durable_size() - 1);
         assert_eq!(revoked.kind, EventKind::GrantRevoked);
     })
@@ -191,7 +199,7 @@ async fn a_revocation_that_lands_while_a_read_is_decided_is_seen_by_its_commit()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_objection_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
     a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
-        setup.vault.objections_set(setup.subject, vec!["marketing".to_owned()]).await.unwrap();
+        setup.vault.consent().objections_set(setup.subject, vec!["marketing".to_owned()]).await.unwrap();
     })
     .await;
 }
@@ -199,7 +207,7 @@ async fn an_objection_that_lands_while_a_read_is_decided_is_seen_by_its_commit()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
     a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
-        setup.vault.relationship_end(setup.subject, &setup.relationship_id).await.unwrap();
+        setup.vault.consent().relationship_end(setup.subject, &setup.relationship_id).await.unwrap();
     })
     .await;
 }
@@ -207,7 +215,7 @@ async fn a_disconnect_that_lands_while_a_read_is_decided_is_seen_by_its_commit()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_that_lands_while_a_read_is_decided_is_seen_by_its_commit() {
     a_change_while_a_read_is_decided_is_seen_by_its_commit(async |setup: &Setup| {
-        setup.vault.subject_erase(setup.subject).await.unwrap();
+        setup.vault.rights().subject_erase(setup.subject).await.unwrap();
     })
     .await;
 }
@@ -250,7 +258,7 @@ async fn reads_on_a_cold_store_are_decided_on_blocking_threads_logged_once_and_s
     assert_eq!(setup.vault.audit().durable_size(), size_before + 32);
 
     // A revocation that returned is seen by the next read.
-    setup.vault.grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
+    setup.vault.consent().grant_revoke(setup.subject, &setup.grant.grant_id).await.unwrap();
     let denied = setup.read().await;
     assert!(matches!(denied, Err(ConsentError::NoConsent)), "a read after the revoke was not denied: {denied:?}");
     assert_eq!(setup.vault.audit().durable_size(), size_before + 34, "the revoke and the denied read are logged");
@@ -264,7 +272,7 @@ async fn disk_reads_off_the_commit_thread_do_not_make_the_store_cold() {
         // Another thread reads the store hard (as the log's recomputation
         // at start-up or a backup does), far above the cold threshold...
         for _ in 0..100 {
-            setup.vault.objections(setup.subject).unwrap();
+            setup.vault.consent().objections(setup.subject).unwrap();
         }
         // ... while the commit thread runs batches that read nothing.
         setup.vault.store().commit(|_txn| Ok::<_, ConsentError>(())).await.unwrap();

@@ -228,13 +228,14 @@ async fn customer_of_a_business(
     use consentvault::audit::Actor;
     use consentvault::auth::Role;
     let business = vault
+        .principals()
         .client_create(&Actor::system(), Role::Business, "Acme Pizza", vec!["marketing".to_owned()])
         .await
         .unwrap()
         .id;
-    let subject = vault.customer_signup("correct horse battery staple").await.unwrap();
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!(CANARY)).await.unwrap();
-    vault.relationship_create(subject, &business).await.unwrap();
+    let subject = vault.principals().customer_signup("correct horse battery staple").await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!(CANARY)).await.unwrap();
+    vault.consent().relationship_create(subject, &business).await.unwrap();
     (subject, business)
 }
 
@@ -243,14 +244,14 @@ async fn erasing_twice_answers_with_the_first_erasure_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
     let (subject, _) = customer_of_a_business(&vault).await;
-    let first = vault.subject_erase(subject).await.unwrap();
+    let first = vault.rights().subject_erase(subject).await.unwrap();
     let size = consentvault::audit::size(vault.store()).unwrap();
     let checkpoint = vault.audit().checkpoint_latest().unwrap();
-    let second = vault.subject_erase(subject).await.unwrap();
+    let second = vault.rights().subject_erase(subject).await.unwrap();
     assert_eq!(second, first, "the same index and checkpoint");
     assert_eq!(consentvault::audit::size(vault.store()).unwrap(), size, "no audit event the second time");
     assert_eq!(vault.audit().checkpoint_latest().unwrap(), checkpoint, "no new checkpoint either");
-    let record = vault.subject_record(subject).unwrap().unwrap();
+    let record = vault.subjects().subject_record(subject).unwrap().unwrap();
     assert_eq!(record.erasure_index, Some(first.audit_index));
     assert_eq!(record.last_active_at, None, "the tombstone keeps no activity time");
     vault.close().unwrap();
@@ -262,28 +263,32 @@ async fn consent_changes_for_an_erased_customer_fail_inside_their_transaction() 
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
     let (subject, business) = customer_of_a_business(&vault).await;
-    let grant =
-        vault.grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 30).await;
+    let grant = vault
+        .consent()
+        .grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 30)
+        .await;
     let grant_id = grant.unwrap().grant_id;
-    vault.subject_erase(subject).await.unwrap();
+    vault.rights().subject_erase(subject).await.unwrap();
     let size = consentvault::audit::size(vault.store()).unwrap();
 
     // Each call passes its checks outside the transaction (the business exists,
     // the grant record is still there, revoked); only the check at commit stops it.
-    let connect = vault.relationship_create(subject, &business).await;
+    let connect = vault.consent().relationship_create(subject, &business).await;
     assert!(matches!(connect, Err(ConsentError::SubjectErased)), "{connect:?}");
-    let object = vault.objections_set(subject, vec!["marketing".to_owned()]).await;
+    let object = vault.consent().objections_set(subject, vec!["marketing".to_owned()]).await;
     assert!(matches!(object, Err(ConsentError::SubjectErased)), "{object:?}");
-    let regrant =
-        vault.grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 30).await;
+    let regrant = vault
+        .consent()
+        .grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 30)
+        .await;
     assert!(matches!(regrant, Err(ConsentError::SubjectErased)), "{regrant:?}");
-    let revoke = vault.grant_revoke(subject, &grant_id).await;
+    let revoke = vault.consent().grant_revoke(subject, &grant_id).await;
     assert!(matches!(revoke, Err(ConsentError::SubjectErased)), "{revoke:?}");
 
     assert_eq!(consentvault::audit::size(vault.store()).unwrap(), size, "nothing was recorded");
-    assert!(vault.relationships(subject).unwrap().is_empty());
-    assert!(vault.objections(subject).unwrap().is_empty());
-    assert_eq!(vault.grants(subject).unwrap().len(), 1, "only the grant the erasure revoked");
+    assert!(vault.consent().relationships(subject).unwrap().is_empty());
+    assert!(vault.consent().objections(subject).unwrap().is_empty());
+    assert_eq!(vault.consent().grants(subject).unwrap().len(), 1, "only the grant the erasure revoked");
     vault.close().unwrap();
 }
 
@@ -294,10 +299,10 @@ async fn without_a_retention_rule_nobody_is_erased_however_long_inactive() {
     let (subject, _) = customer_of_a_business(&vault).await;
     assert_eq!(vault.policies().rules.retention, None);
     vault.insecure_pin_clock_secs(Some(consentvault::clock::now().unix_timestamp() + 100 * 365 * 86_400));
-    assert_eq!(vault.retention_sweep().await.unwrap(), 0);
-    assert_eq!(vault.sweep().await.subjects_erased, 0);
-    assert!(vault.subject_exists(subject).unwrap());
-    assert_eq!(vault.data_read_own(subject).await.unwrap()["email"], CANARY);
+    assert_eq!(vault.sweep().retention_sweep().await.unwrap(), 0);
+    assert_eq!(vault.sweep().sweep().await.subjects_erased, 0);
+    assert!(vault.subjects().subject_exists(subject).unwrap());
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap()["email"], CANARY);
     vault.close().unwrap();
 }
 
@@ -346,8 +351,8 @@ async fn the_retention_rule_erases_inactive_customers_only_through_the_erasure_p
     .await;
     assert_eq!(status, 200);
     server.vault.insecure_pin_clock_secs(Some(now + 31 * 86_400));
-    server.vault.retention_sweep().await.unwrap();
-    assert_eq!(server.vault.retention_sweep().await.unwrap(), 0, "an erased customer is erased once");
+    server.vault.sweep().retention_sweep().await.unwrap();
+    assert_eq!(server.vault.sweep().retention_sweep().await.unwrap(), 0, "an erased customer is erased once");
 
     let read = |pairwise: String| {
         let (client, business) = (client.clone(), business.clone());
@@ -400,16 +405,16 @@ async fn activity_kept_to_the_hour_never_makes_a_retention_erasure_early() {
     // coarse, stays at the sign-up.
     let last_action = now + 1_800;
     vault.insecure_pin_clock_secs(Some(last_action));
-    vault.data_put(&Actor::customer(subject), subject, "phone", &json!("+44 20 7946 0003")).await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subject), subject, "phone", &json!("+44 20 7946 0003")).await.unwrap();
 
     // Thirty days after the sign-up, but not yet after the last action.
     vault.insecure_pin_clock_secs(Some(last_action + 30 * 86_400 - 600));
-    assert_eq!(vault.retention_sweep().await.unwrap(), 0, "erased before thirty days without any action");
-    assert!(vault.subject_exists(subject).unwrap());
+    assert_eq!(vault.sweep().retention_sweep().await.unwrap(), 0, "erased before thirty days without any action");
+    assert!(vault.subjects().subject_exists(subject).unwrap());
     // Once the recorded time, the rule's thirty days and the hour have
     // passed, the rule applies.
     vault.insecure_pin_clock_secs(Some(now + 30 * 86_400 + 3_600 + 1));
-    assert_eq!(vault.retention_sweep().await.unwrap(), 1);
-    assert!(!vault.subject_exists(subject).unwrap());
+    assert_eq!(vault.sweep().retention_sweep().await.unwrap(), 1);
+    assert!(!vault.subjects().subject_exists(subject).unwrap());
     vault.close().unwrap();
 }

@@ -20,8 +20,9 @@ fn map(value: Value) -> Map<String, Value> {
 async fn merged_fields_are_read_back_and_replaced_on_write() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     let stored = vault
+        .subjects()
         .data_merge(
             &Actor::customer(subject),
             subject,
@@ -30,8 +31,12 @@ async fn merged_fields_are_read_back_and_replaced_on_write() {
         .await
         .unwrap();
     assert_eq!(stored.0, vec!["email", "phone"]);
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@lovelace.example")).await.unwrap();
-    let data = vault.data_read_own(subject).await.unwrap();
+    vault
+        .subjects()
+        .data_put(&Actor::customer(subject), subject, "email", &json!("ada@lovelace.example"))
+        .await
+        .unwrap();
+    let data = vault.subjects().data_read_own(subject).await.unwrap();
     assert_eq!(data.get("email"), Some(&json!("ada@lovelace.example")));
     assert_eq!(data.get("phone"), Some(&json!("+44 20 7946 0000")));
     assert_eq!(data.len(), 2);
@@ -41,9 +46,10 @@ async fn merged_fields_are_read_back_and_replaced_on_write() {
 async fn one_invalid_value_rejects_the_whole_merge() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
-    vault.data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
     let error = vault
+        .subjects()
         .data_merge(
             &Actor::customer(subject),
             subject,
@@ -53,11 +59,12 @@ async fn one_invalid_value_rejects_the_whole_merge() {
         .unwrap_err();
     assert!(matches!(error, DataError::Field(FieldError::Invalid { ref field, .. }) if field == "phone"), "{error}");
     let error = vault
+        .subjects()
         .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "new@example.org", "shoe": "red"})))
         .await
         .unwrap_err();
     assert!(matches!(error, DataError::Field(FieldError::Unknown { ref field }) if field == "shoe"), "{error}");
-    let data = vault.data_read_own(subject).await.unwrap();
+    let data = vault.subjects().data_read_own(subject).await.unwrap();
     assert_eq!(data.get("email"), Some(&json!("ada@example.org")), "a refused merge must change nothing");
     assert_eq!(data.len(), 1);
 }
@@ -66,18 +73,19 @@ async fn one_invalid_value_rejects_the_whole_merge() {
 async fn delete_removes_one_field_and_reports_whether_it_existed() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     vault
+        .subjects()
         .data_merge(&Actor::customer(subject), subject, &map(json!({"email": "ada@example.org", "country": "GB"})))
         .await
         .unwrap();
-    assert!(vault.data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
-    assert!(!vault.data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
+    assert!(vault.subjects().data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
+    assert!(!vault.subjects().data_delete(&Actor::customer(subject), subject, "email").await.unwrap());
     assert!(matches!(
-        vault.data_delete(&Actor::customer(subject), subject, "nonsense").await,
+        vault.subjects().data_delete(&Actor::customer(subject), subject, "nonsense").await,
         Err(DataError::Field(FieldError::Unknown { .. }))
     ));
-    assert_eq!(vault.data_read_own(subject).await.unwrap().keys().collect::<Vec<_>>(), vec!["country"]);
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap().keys().collect::<Vec<_>>(), vec!["country"]);
 }
 
 #[tokio::test]
@@ -86,15 +94,15 @@ async fn unknown_subjects_are_refused() {
     let (vault, _) = common::open_vault(dir.path());
     let stranger = SubjectId::from_bytes([7; 16]);
     assert!(matches!(
-        vault.data_put(&Actor::customer(stranger), stranger, "email", &json!("a@b.org")).await,
+        vault.subjects().data_put(&Actor::customer(stranger), stranger, "email", &json!("a@b.org")).await,
         Err(DataError::SubjectNotFound)
     ));
-    assert!(matches!(vault.data_read_own(stranger).await, Err(DataError::SubjectNotFound)));
+    assert!(matches!(vault.subjects().data_read_own(stranger).await, Err(DataError::SubjectNotFound)));
     assert!(matches!(
-        vault.data_delete(&Actor::customer(stranger), stranger, "email").await,
+        vault.subjects().data_delete(&Actor::customer(stranger), stranger, "email").await,
         Err(DataError::SubjectNotFound)
     ));
-    assert!(!vault.subject_exists(stranger).unwrap());
+    assert!(!vault.subjects().subject_exists(stranger).unwrap());
 }
 
 #[tokio::test]
@@ -102,24 +110,24 @@ async fn subjects_cannot_read_each_other_and_data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (ada, bob) = {
         let (vault, _) = common::open_vault(dir.path());
-        let ada = vault.subject_create(&Actor::system()).await.unwrap();
-        let bob = vault.subject_create(&Actor::system()).await.unwrap();
-        vault.data_put(&Actor::customer(ada), ada, "email", &json!("ada@example.org")).await.unwrap();
-        vault.data_put(&Actor::customer(bob), bob, "email", &json!("bob@example.org")).await.unwrap();
+        let ada = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        let bob = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        vault.subjects().data_put(&Actor::customer(ada), ada, "email", &json!("ada@example.org")).await.unwrap();
+        vault.subjects().data_put(&Actor::customer(bob), bob, "email", &json!("bob@example.org")).await.unwrap();
         vault.close().unwrap();
         (ada, bob)
     };
     let (vault, opened) = common::open_vault(dir.path());
     assert_eq!(opened, consentvault::vault::Opened::Existing);
-    assert_eq!(vault.data_read_own(ada).await.unwrap().get("email"), Some(&json!("ada@example.org")));
-    assert_eq!(vault.data_read_own(bob).await.unwrap().get("email"), Some(&json!("bob@example.org")));
+    assert_eq!(vault.subjects().data_read_own(ada).await.unwrap().get("email"), Some(&json!("ada@example.org")));
+    assert_eq!(vault.subjects().data_read_own(bob).await.unwrap().get("email"), Some(&json!("bob@example.org")));
 }
 
 #[tokio::test]
 async fn concurrent_writers_to_one_subject_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(dir.path());
-    let subject = vault.subject_create(&Actor::system()).await.unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
     let fields = ["given_name", "family_name", "email", "phone", "country", "preferred_language"];
     let values =
         [json!("Ada"), json!("Lovelace"), json!("ada@example.org"), json!("+44 1234 5678"), json!("GB"), json!("en")];
@@ -127,12 +135,12 @@ async fn concurrent_writers_to_one_subject_all_land() {
     for (field, value) in fields.iter().zip(values.iter()) {
         let vault = vault.clone();
         let (field, value) = (field.to_string(), value.clone());
-        tasks.push(tokio::spawn(
-            async move { vault.data_put(&Actor::customer(subject), subject, &field, &value).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            vault.subjects().data_put(&Actor::customer(subject), subject, &field, &value).await
+        }));
     }
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    assert_eq!(vault.data_read_own(subject).await.unwrap().len(), fields.len());
+    assert_eq!(vault.subjects().data_read_own(subject).await.unwrap().len(), fields.len());
 }

@@ -81,7 +81,7 @@ async fn create(
     name: &str,
     purposes: Vec<String>,
 ) -> Result<Response, ApiError> {
-    let created = state.vault.client_create(&caller.0.actor(), role, name, purposes).await?;
+    let created = state.vault.principals().client_create(&caller.0.actor(), role, name, purposes).await?;
     let id_name = match role {
         Role::Business => "business_id",
         _ => "auditor_id",
@@ -100,18 +100,13 @@ fn list(state: &AppState, role: Role, query: PageQuery) -> Result<axum::Json<Pri
         Some(cursor) => {
             let valid = cursor.len() == 32 && cursor.bytes().all(|b| b.is_ascii_hexdigit());
             if !valid {
-                return Err(ApiError::client(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "Invalid query",
-                    "`cursor` is not one this vault issued",
-                ));
+                return Err(ApiError::invalid_query("invalid_cursor", "`cursor` is not one this vault issued"));
             }
             Some(cursor.as_str())
         }
         None => None,
     };
-    let records = state.vault.principals(role, after, limit + 1)?;
+    let records = state.vault.principals().principals(role, after, limit + 1)?;
     let more = records.len() > limit;
     let items: Vec<PrincipalItem> = records.into_iter().take(limit).map(PrincipalItem::from).collect();
     let cursor = if more { items.last().map(|item| item.id.clone()) } else { None };
@@ -124,7 +119,7 @@ async fn disable(
     role: Role,
     id: &str,
 ) -> Result<axum::Json<PrincipalItem>, ApiError> {
-    let record = state.vault.principal_disable(&caller.0.actor(), role, id).await?;
+    let record = state.vault.principals().principal_disable(&caller.0.actor(), role, id).await?;
     Ok(axum::Json(record.into()))
 }
 
@@ -195,47 +190,14 @@ pub async fn policies_reload(
     caller: AdminCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    use crate::vault::PolicyReloadError;
-    match state.vault.policies_reload(&caller.0.actor()).await {
-        Ok(policies) => Ok(axum::Json(serde_json::json!({
-            "sha256": policies.sha256,
-            "fields": policies.catalogue.fields().count(),
-            "purposes": policies.rules.purposes.len(),
-            "deny_rules": policies.rules.deny.len(),
-            "duration_caps": policies.rules.duration_caps.len(),
-        }))),
-        Err(PolicyReloadError::Invalid(error)) => {
-            Err(ApiError::client(StatusCode::BAD_REQUEST, "invalid_policy", "Invalid policy", error.to_string()))
-        }
-        Err(PolicyReloadError::BuiltIn) => Err(ApiError::client(
-            StatusCode::CONFLICT,
-            "built_in_policies",
-            "Built-in policies",
-            PolicyReloadError::BuiltIn.to_string(),
-        )),
-        Err(PolicyReloadError::Audit(error)) => Err(error.into()),
-    }
-}
-
-impl From<crate::keys::KeyError> for ApiError {
-    fn from(error: crate::keys::KeyError) -> Self {
-        use crate::keys::KeyError;
-        match error {
-            KeyError::InProgress => ApiError::client(
-                StatusCode::CONFLICT,
-                "rotation_in_progress",
-                "Rotation in progress",
-                "a key rotation is already running; GET /v1/admin/keys shows its progress",
-            ),
-            error @ (KeyError::SourceReadOnly { .. } | KeyError::Destroyed(_)) => ApiError::client(
-                StatusCode::CONFLICT,
-                "key_source_read_only",
-                "Key source read-only",
-                error.to_string(),
-            ),
-            other => ApiError::internal(&other),
-        }
-    }
+    let policies = state.vault.policies_reload(&caller.0.actor()).await?;
+    Ok(axum::Json(serde_json::json!({
+        "sha256": policies.sha256,
+        "fields": policies.catalogue.fields().count(),
+        "purposes": policies.rules.purposes.len(),
+        "deny_rules": policies.rules.deny.len(),
+        "duration_caps": policies.rules.duration_caps.len(),
+    })))
 }
 
 /// The keys: the current KEK version, the loaded and destroyed versions,
@@ -246,7 +208,7 @@ pub async fn keys_status(
     _caller: AdminCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<crate::keys::KeyStatus>, ApiError> {
-    Ok(axum::Json(state.vault.key_status().map_err(|error| ApiError::internal(&error))?))
+    Ok(axum::Json(state.vault.keys().key_status()?))
 }
 
 /// Starts a KEK rotation: a new KEK version is written to the key file and
@@ -259,7 +221,7 @@ pub async fn keys_rotate(caller: AdminCaller, State(state): State<AppState>) -> 
     let vault = std::sync::Arc::clone(&state.vault);
     let actor = caller.0.actor();
     // Writes the key file and waits for a durable commit: blocking work.
-    let rotation = tokio::task::spawn_blocking(move || vault.kek_rotate(&actor, "admin"))
+    let rotation = tokio::task::spawn_blocking(move || vault.keys().kek_rotate(&actor, "admin"))
         .await
         .map_err(|error| ApiError::internal(&error))??;
     Ok((StatusCode::ACCEPTED, [(axum::http::header::LOCATION, "/v1/admin/keys")], axum::Json(rotation)).into_response())

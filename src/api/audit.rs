@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -90,7 +90,7 @@ pub struct EntriesPage {
 }
 
 fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::client(StatusCode::BAD_REQUEST, code, "Invalid query", detail)
+    ApiError::invalid_query(code, detail)
 }
 
 /// A time filter as the events write times: UTC, whole seconds (rounded
@@ -210,12 +210,7 @@ pub async fn entries_get(
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(response)
         }
-        None => Err(ApiError::client(
-            StatusCode::NOT_FOUND,
-            "no_such_entry",
-            "No such entry",
-            format!("the log has no entry {index}"),
-        )),
+        None => Err(ApiError::no_such_entry(index)),
     }
 }
 

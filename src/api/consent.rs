@@ -14,38 +14,6 @@ use super::guard::{BusinessCaller, CustomerCaller};
 use super::problem::Problem;
 use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship};
 
-impl From<ConsentError> for ApiError {
-    fn from(error: ConsentError) -> Self {
-        match error {
-            ConsentError::NotFound(what) => {
-                Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
-            }
-            ConsentError::AlreadyConnected => {
-                Self::client(StatusCode::CONFLICT, "already_connected", "Already connected", error.to_string())
-            }
-            ConsentError::Invalid(detail) => {
-                Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
-            }
-            ConsentError::Policy(problem) => Self::client(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_violation",
-                "Refused by policy",
-                problem.to_string(),
-            ),
-            // An erased customer's token stops working; a change that raced
-            // the erasure gets the same uniform 401.
-            ConsentError::SubjectErased => Self::unauthorized(),
-            ConsentError::NoConsent => Self::client(
-                StatusCode::FORBIDDEN,
-                "no_consent",
-                "No consent",
-                "there is no live grant for this purpose",
-            ),
-            other => Self::internal(&other),
-        }
-    }
-}
-
 /// A relationship on the wire.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RelationshipView {
@@ -90,7 +58,7 @@ pub async fn relationships_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<RelationshipView>>, ApiError> {
-    Ok(items(state.vault.relationships(caller.subject)?.into_iter().map(Into::into).collect()))
+    Ok(items(state.vault.consent().relationships(caller.subject)?.into_iter().map(Into::into).collect()))
 }
 
 /// `POST /v1/me/relationships`: connect to a business.
@@ -100,7 +68,7 @@ pub async fn relationships_create(
     State(state): State<AppState>,
     Json(body): Json<RelationshipCreate>,
 ) -> Result<Response, ApiError> {
-    let relationship = state.vault.relationship_create(caller.subject, &body.business_id).await?;
+    let relationship = state.vault.consent().relationship_create(caller.subject, &body.business_id).await?;
     Ok((StatusCode::CREATED, axum::Json(RelationshipView::from(relationship))).into_response())
 }
 
@@ -111,7 +79,7 @@ pub async fn relationships_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let relationship = state.vault.relationship_end(caller.subject, &id).await?;
+    let relationship = state.vault.consent().relationship_end(caller.subject, &id).await?;
     Ok(axum::Json(serde_json::json!({"relationship_id": relationship.relationship_id, "status": "ended"})))
 }
 
@@ -166,8 +134,8 @@ pub async fn grants_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<GrantView>>, ApiError> {
-    let now = state.vault.clock().now_secs();
-    Ok(items(state.vault.grants(caller.subject)?.into_iter().map(|g| GrantView::new(g, now)).collect()))
+    let now = state.vault.core().clock().now_secs();
+    Ok(items(state.vault.consent().grants(caller.subject)?.into_iter().map(|g| GrantView::new(g, now)).collect()))
 }
 
 /// `POST /v1/me/grants`: grant a business access directly.
@@ -179,9 +147,10 @@ pub async fn grants_create(
 ) -> Result<Response, ApiError> {
     let grant = state
         .vault
+        .consent()
         .grant_create(caller.subject, &body.business_id, body.purposes, body.fields, body.duration_days)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.clock().now_secs()))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
 }
 
 /// `GET /v1/me/grants/{id}`.
@@ -193,11 +162,12 @@ pub async fn grants_get(
 ) -> Result<axum::Json<GrantView>, ApiError> {
     let grant = state
         .vault
+        .consent()
         .grants(caller.subject)?
         .into_iter()
         .find(|g| g.grant_id == id)
         .ok_or(ConsentError::NotFound("grant"))?;
-    Ok(axum::Json(GrantView::new(grant, state.vault.clock().now_secs())))
+    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
 }
 
 /// `DELETE /v1/me/grants/{id}`: revoke, effective immediately.
@@ -207,8 +177,8 @@ pub async fn grants_revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
-    let grant = state.vault.grant_revoke(caller.subject, &id).await?;
-    Ok(axum::Json(GrantView::new(grant, state.vault.clock().now_secs())))
+    let grant = state.vault.consent().grant_revoke(caller.subject, &id).await?;
+    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
 }
 
 /// Objections on the wire.
@@ -224,7 +194,7 @@ pub async fn objections_get(
     caller: CustomerCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Objections>, ApiError> {
-    Ok(axum::Json(Objections { purposes: state.vault.objections(caller.subject)? }))
+    Ok(axum::Json(Objections { purposes: state.vault.consent().objections(caller.subject)? }))
 }
 
 /// `PUT /v1/me/objections`: purposes never to be used, whatever a grant says.
@@ -234,7 +204,7 @@ pub async fn objections_put(
     State(state): State<AppState>,
     Json(body): Json<Objections>,
 ) -> Result<axum::Json<Objections>, ApiError> {
-    Ok(axum::Json(Objections { purposes: state.vault.objections_set(caller.subject, body.purposes).await? }))
+    Ok(axum::Json(Objections { purposes: state.vault.consent().objections_set(caller.subject, body.purposes).await? }))
 }
 
 /// A connected customer, as a business sees it.
@@ -250,7 +220,7 @@ pub async fn business_relationships(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<Connected>>, ApiError> {
-    let list = state.vault.business_relationships(&caller.0.id)?;
+    let list = state.vault.consent().business_relationships(&caller.0.id)?;
     Ok(items(list.into_iter().map(|(pairwise_id, connected_at)| Connected { pairwise_id, connected_at }).collect()))
 }
 
@@ -289,15 +259,10 @@ pub async fn subjects_data(
         .map(|list| list.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned).collect::<Vec<_>>())
         .filter(|fields| !fields.is_empty());
     if fields.as_ref().is_some_and(|fields| fields.len() > 64) {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "Invalid query",
-            "at most 64 fields per read",
-        ));
+        return Err(ApiError::invalid_query("invalid_query", "at most 64 fields per read"));
     }
     read_query_check(&state, &pairwise, &params.purpose, fields.as_deref())?;
-    let read = state.vault.scoped_read(&caller.0.id, &pairwise, &params.purpose, fields).await?;
+    let read = state.vault.consent().scoped_read(&caller.0.id, &pairwise, &params.purpose, fields).await?;
     Ok(axum::Json(ReadAnswer {
         data: read.data,
         withheld: read.withheld,
@@ -318,7 +283,7 @@ fn read_query_check(
     purpose: &str,
     fields: Option<&[String]>,
 ) -> Result<(), ApiError> {
-    let invalid = |detail: String| ApiError::client(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", detail);
+    let invalid = |detail: String| ApiError::invalid_query("invalid_query", detail);
     if pairwise.len() != 32 || !pairwise.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)) {
         return Err(invalid("the pairwise id is not 32 lowercase hexadecimal digits".to_owned()));
     }
@@ -383,7 +348,7 @@ pub async fn access_log(
     let limit = page_limit(params.limit, 100, 100)?;
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("access", cursor)).transpose()?.unwrap_or(0);
     let vault = &state.vault;
-    let (log, next) = vault.access_log(caller.subject, from, limit)?;
+    let (log, next) = vault.consent().access_log(caller.subject, from, limit)?;
     let (checkpoint, tree_size) = if params.proofs.unwrap_or(false) {
         let note = vault.audit().checkpoint_latest()?;
         let size = note.lines().nth(1).and_then(|line| line.parse::<u64>().ok()).unwrap_or(0);
@@ -426,12 +391,12 @@ pub async fn business_grants(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<BusinessGrantView>>, ApiError> {
-    let grants = state.vault.business_grants(&caller.0.id)?;
+    let grants = state.vault.consent().business_grants(&caller.0.id)?;
     Ok(items(
         grants
             .into_iter()
             .map(|entry| BusinessGrantView {
-                grant: GrantView::new(entry.grant, state.vault.clock().now_secs()),
+                grant: GrantView::new(entry.grant, state.vault.core().clock().now_secs()),
                 pairwise_id: entry.pairwise_id,
             })
             .collect(),
@@ -509,11 +474,12 @@ pub async fn requests_create(
     State(state): State<AppState>,
     Json(body): Json<RequestCreate>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.vault.limits().requests_per_business.take(&caller.0.id) {
+    if let Err(wait) = state.vault.principals().limits().requests_per_business.take(&caller.0.id) {
         return Err(ApiError::too_many(wait));
     }
     let request = state
         .vault
+        .consent()
         .request_create(
             &caller.0.id,
             &body.pairwise_id,
@@ -534,8 +500,10 @@ pub async fn requests_list(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
-    let requests = state.vault.requests_of_business(&caller.0.id)?;
-    Ok(items(requests.into_iter().map(|r| RequestView::new(r, state.vault.clock().now_secs(), true, None)).collect()))
+    let requests = state.vault.consent().requests_of_business(&caller.0.id)?;
+    Ok(items(
+        requests.into_iter().map(|r| RequestView::new(r, state.vault.core().clock().now_secs(), true, None)).collect(),
+    ))
 }
 
 /// `GET /v1/access-requests/{id}`.
@@ -547,11 +515,12 @@ pub async fn requests_get(
 ) -> Result<axum::Json<RequestView>, ApiError> {
     let request = state
         .vault
+        .consent()
         .requests_of_business(&caller.0.id)?
         .into_iter()
         .find(|r| r.request_id == id)
         .ok_or(ConsentError::NotFound("request"))?;
-    Ok(axum::Json(RequestView::new(request, state.vault.clock().now_secs(), true, None)))
+    Ok(axum::Json(RequestView::new(request, state.vault.core().clock().now_secs(), true, None)))
 }
 
 /// `GET /v1/me/access-requests`: requests made to me, with who asks and why.
@@ -560,11 +529,15 @@ pub async fn my_requests_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
-    let requests = state.vault.requests_of_customer(caller.subject)?;
+    let requests = state.vault.consent().requests_of_customer(caller.subject)?;
     let mut views = Vec::with_capacity(requests.len());
     for request in requests {
-        let name = state.vault.principal(crate::auth::Role::Business, &request.business_id)?.map(|record| record.name);
-        views.push(RequestView::new(request, state.vault.clock().now_secs(), false, name));
+        let name = state
+            .vault
+            .principals()
+            .principal(crate::auth::Role::Business, &request.business_id)?
+            .map(|record| record.name);
+        views.push(RequestView::new(request, state.vault.core().clock().now_secs(), false, name));
     }
     Ok(items(views))
 }
@@ -591,8 +564,8 @@ pub async fn my_requests_approve(
         fields: body.fields,
         duration_days: body.duration_days,
     };
-    let grant = state.vault.request_approve(caller.subject, &id, narrowing).await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.clock().now_secs()))).into_response())
+    let grant = state.vault.consent().request_approve(caller.subject, &id, narrowing).await?;
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
 }
 
 /// The body of a denial.
@@ -610,8 +583,8 @@ pub async fn my_requests_deny(
     Path(id): Path<String>,
     Json(body): Json<Denial>,
 ) -> Result<axum::Json<RequestView>, ApiError> {
-    let request = state.vault.request_deny(caller.subject, &id, body.reason).await?;
-    Ok(axum::Json(RequestView::new(request, state.vault.clock().now_secs(), false, None)))
+    let request = state.vault.consent().request_deny(caller.subject, &id, body.reason).await?;
+    Ok(axum::Json(RequestView::new(request, state.vault.core().clock().now_secs(), false, None)))
 }
 
 /// The query of the change feed.
@@ -642,7 +615,7 @@ pub async fn grant_changes(
 ) -> Result<axum::Json<ChangesPage>, ApiError> {
     let limit = page_limit(params.limit, 100, 500)?;
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("changes", cursor)).transpose()?.unwrap_or(0);
-    let (items, next) = state.vault.grant_changes(&caller.0.id, from, limit)?;
+    let (items, next) = state.vault.consent().grant_changes(&caller.0.id, from, limit)?;
     let cursor = cursor_encode("changes", next.unwrap_or(from));
     Ok(axum::Json(ChangesPage { items, cursor }))
 }
@@ -665,6 +638,6 @@ pub async fn grants_receipt(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ReceiptAnswer>, ApiError> {
-    let (receipt, signed_note) = state.vault.grant_receipt(caller.subject, &id)?;
+    let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject, &id)?;
     Ok(axum::Json(ReceiptAnswer { receipt, signed_note, verifier_key: state.vault.audit().verifier_key() }))
 }

@@ -1,9 +1,12 @@
-//! The one place domain errors become HTTP responses.
+//! The one place errors become HTTP responses: every domain error's
+//! conversion to a problem document, and the constructors of the problems
+//! the handlers raise about the request itself.
 //!
 //! Client mistakes get a 4xx problem document naming what is wrong. Anything
-//! else is a 500 whose body says nothing about the cause; the cause is
+//! else is a 5xx whose body says nothing about the cause; the cause is
 //! logged in the request's span, which carries the request id that the
-//! response returns in `x-request-id`.
+//! response returns in `x-request-id`. No internal failure (store, random
+//! generator, signing, key material) becomes a 4xx.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +20,7 @@ pub struct ApiError(Problem, Option<std::time::Duration>);
 
 impl ApiError {
     /// A client error with a stable code.
-    pub fn client(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    fn client(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Self(Problem::new(status, code, title, detail), None)
     }
 
@@ -50,6 +53,81 @@ impl ApiError {
                 "a valid bearer token for this resource is required",
             ),
             None,
+        )
+    }
+
+    /// A 400 `invalid_body`: the body is not what the route takes.
+    pub fn invalid_body(detail: impl Into<String>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
+    }
+
+    /// A body the extractor refused (too large, wrong media type, ...).
+    pub fn body_rejected(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self::client(status, "invalid_body", "Invalid body", detail)
+    }
+
+    /// A 400 with `code` for a query parameter that is not valid.
+    pub fn invalid_query(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, code, "Invalid query", detail)
+    }
+
+    /// A 404 `not_found` for `what` (a record of the caller's).
+    pub fn not_found(what: &str) -> Self {
+        Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
+    }
+
+    /// A 404 `no_such_entry`: the audit log has no entry at `index`.
+    pub fn no_such_entry(index: u64) -> Self {
+        Self::client(StatusCode::NOT_FOUND, "no_such_entry", "No such entry", format!("the log has no entry {index}"))
+    }
+
+    /// The 401 of `POST /v1/token`: whatever did not match, the same answer.
+    pub fn invalid_credentials() -> Self {
+        Self::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "Invalid credentials",
+            "the credentials are not valid",
+        )
+    }
+
+    /// A 400 for a `grant_type` the token endpoint does not offer.
+    pub fn unsupported_grant_type() -> Self {
+        Self::client(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Unsupported grant type",
+            "`grant_type` must be client_credentials or password",
+        )
+    }
+
+    /// A 403 `wrong_role`: the token is valid, for another role.
+    pub fn wrong_role(role: crate::auth::Role) -> Self {
+        Self::client(
+            StatusCode::FORBIDDEN,
+            "wrong_role",
+            "Wrong role",
+            format!("this resource is for the {} role", role.as_str()),
+        )
+    }
+
+    /// A 400 `confirmation_required`: an erasure without its confirmation.
+    pub fn erasure_unconfirmed() -> Self {
+        Self::client(
+            StatusCode::BAD_REQUEST,
+            "confirmation_required",
+            "Confirmation required",
+            "send {\"confirm\": \"erase\"} to erase everything held about you",
+        )
+    }
+
+    /// A 406: the export is offered as JSON and HTML only.
+    pub fn export_not_acceptable() -> Self {
+        Self::client(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "Not acceptable",
+            "the export is available as application/json or text/html",
         )
     }
 }
@@ -114,7 +192,13 @@ impl From<crate::subjects::DataError> for ApiError {
             DataError::SubjectNotFound => {
                 Self::client(StatusCode::NOT_FOUND, "no_such_subject", "No such subject", "the subject does not exist")
             }
-            other => Self::internal(&other),
+            error @ (DataError::KeyExhausted
+            | DataError::KeyChanged
+            | DataError::Crypto(_)
+            | DataError::Key(_)
+            | DataError::Release(_)
+            | DataError::Store(_)
+            | DataError::Audit(_)) => Self::internal(&error),
         }
     }
 }
@@ -130,7 +214,91 @@ impl From<crate::principals::PrincipalError> for ApiError {
                 Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
             }
             PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
+            error @ (PrincipalError::CredentialsFile { .. }
+            | PrincipalError::Store(_)
+            | PrincipalError::Audit(_)
+            | PrincipalError::Crypto(_)
+            | PrincipalError::Token(_)
+            | PrincipalError::Hashing) => Self::internal(&error),
+            PrincipalError::Data(error) => error.into(),
+        }
+    }
+}
+
+impl From<crate::consent::ConsentError> for ApiError {
+    fn from(error: crate::consent::ConsentError) -> Self {
+        use crate::consent::ConsentError;
+        match error {
+            ConsentError::NotFound(what) => {
+                Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
+            }
+            ConsentError::AlreadyConnected => {
+                Self::client(StatusCode::CONFLICT, "already_connected", "Already connected", error.to_string())
+            }
+            ConsentError::Invalid(detail) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
+            }
+            ConsentError::Policy(problem) => Self::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_violation",
+                "Refused by policy",
+                problem.to_string(),
+            ),
+            // An erased customer's token stops working; a change that raced
+            // the erasure gets the same uniform 401.
+            ConsentError::SubjectErased => Self::unauthorized(),
+            ConsentError::NoConsent => Self::client(
+                StatusCode::FORBIDDEN,
+                "no_consent",
+                "No consent",
+                "there is no live grant for this purpose",
+            ),
+            ConsentError::Principal(error) => error.into(),
+            ConsentError::Data(error) => error.into(),
+            error @ (ConsentError::Store(_)
+            | ConsentError::Audit(_)
+            | ConsentError::Release(_)
+            | ConsentError::Crypto(_)
+            | ConsentError::Signing(_)) => Self::internal(&error),
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError;
+        match error {
+            KeyError::InProgress => Self::client(
+                StatusCode::CONFLICT,
+                "rotation_in_progress",
+                "Rotation in progress",
+                "a key rotation is already running; GET /v1/admin/keys shows its progress",
+            ),
+            error @ (KeyError::SourceReadOnly { .. } | KeyError::Destroyed(_)) => {
+                Self::client(StatusCode::CONFLICT, "key_source_read_only", "Key source read-only", error.to_string())
+            }
             other => Self::internal(&other),
         }
+    }
+}
+
+impl From<crate::vault::PolicyReloadError> for ApiError {
+    fn from(error: crate::vault::PolicyReloadError) -> Self {
+        use crate::vault::PolicyReloadError;
+        match error {
+            PolicyReloadError::Invalid(error) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_policy", "Invalid policy", error.to_string())
+            }
+            error @ PolicyReloadError::BuiltIn => {
+                Self::client(StatusCode::CONFLICT, "built_in_policies", "Built-in policies", error.to_string())
+            }
+            PolicyReloadError::Audit(error) => error.into(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::internal(&error)
     }
 }

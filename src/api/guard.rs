@@ -6,7 +6,6 @@
 //! a valid token of another role is a 403 `wrong_role`.
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -34,7 +33,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Principal, ApiError> {
     let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
     let now = u64::try_from(crate::clock::now().unix_timestamp()).unwrap_or(0);
-    let principal = state.vault.authenticate(token, now).await.map_err(|error| {
+    let principal = state.vault.principals().authenticate(token, now).await.map_err(|error| {
         // The reason goes to the log (no token text in it), never to the client.
         tracing::info!(reason = %error, "token refused");
         ApiError::unauthorized()
@@ -46,12 +45,7 @@ async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Princi
         return Err(ApiError::too_many(wait));
     }
     if principal.role != role {
-        return Err(ApiError::client(
-            StatusCode::FORBIDDEN,
-            "wrong_role",
-            "Wrong role",
-            format!("this resource is for the {} role", role.as_str()),
-        ));
+        return Err(ApiError::wrong_role(role));
     }
     Ok(principal)
 }

@@ -119,13 +119,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "consentvault_kek_current_version",
         "gauge",
         "The key-encryption key version new DEKs are wrapped under.",
-        vault.keys().current_version().to_string(),
+        vault.core().keys().current_version().to_string(),
     );
     metric(
         "consentvault_kek_rotation_running",
         "gauge",
         "1 while a key rotation is at work.",
-        u8::from(vault.rotation_is_running()).to_string(),
+        u8::from(vault.keys().rotation_is_running()).to_string(),
     );
     let mut response = text.into_response();
     response.headers_mut().insert(

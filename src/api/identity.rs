@@ -42,16 +42,11 @@ fn too_many(wait: std::time::Duration) -> Response {
 }
 
 fn bad_credentials() -> ApiError {
-    ApiError::client(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "Invalid credentials",
-        "the credentials are not valid",
-    )
+    ApiError::invalid_credentials()
 }
 
 fn missing(name: &str) -> ApiError {
-    ApiError::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", format!("`{name}` is required"))
+    ApiError::invalid_body(format!("`{name}` is required"))
 }
 
 #[utoipa::path(post, path = "/v1/token", tag = "identity", request_body(content = TokenRequest, description = "JSON or application/x-www-form-urlencoded"), responses((status = 200, body = TokenResponse), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Invalid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
@@ -67,9 +62,9 @@ pub async fn token_create(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let body = axum::body::Bytes::from_request(request, &()).await.map_err(|rejection| {
-        ApiError::client(rejection.status(), "invalid_body", "Invalid body", rejection.body_text())
-    })?;
+    let body = axum::body::Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| ApiError::body_rejected(rejection.status(), rejection.body_text()))?;
     let token_request: TokenRequest = if form { serde_urlencoded_form(&body)? } else { json_body(&headers, &body)? };
     let (principal_key, attempt) = match token_request.grant_type.as_str() {
         "client_credentials" => {
@@ -83,22 +78,19 @@ pub async fn token_create(
             (format!("customer:{username}"), Attempt::Password(username, password))
         }
         _ => {
-            return Err(ApiError::client(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "Unsupported grant type",
-                "`grant_type` must be client_credentials or password",
-            ));
+            return Err(ApiError::unsupported_grant_type());
         }
     };
-    let limits = state.vault.limits();
+    let limits = state.vault.principals().limits();
     let address_key = Limits::address_key(peer.ip());
     if !limits.failures_per_client.allows(&principal_key) || !limits.failures_per_address.allows(&address_key) {
         return Ok(too_many(std::time::Duration::from_secs(12)));
     }
     let issued = match attempt {
-        Attempt::Client(client_id, secret) => state.vault.token_for_client(&client_id, &secret),
-        Attempt::Password(username, password) => state.vault.token_for_password(&username, &password).await,
+        Attempt::Client(client_id, secret) => state.vault.principals().token_for_client(&client_id, &secret),
+        Attempt::Password(username, password) => {
+            state.vault.principals().token_for_password(&username, &password).await
+        }
     };
     match issued {
         Ok(token) => {
@@ -121,28 +113,16 @@ enum Attempt {
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Result<TokenRequest, ApiError> {
-    let pairs: Vec<(String, String)> = url_form_pairs(body).ok_or_else(|| {
-        ApiError::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", "the form is not valid")
-    })?;
+    let pairs: Vec<(String, String)> =
+        url_form_pairs(body).ok_or_else(|| ApiError::invalid_body("the form is not valid"))?;
     let mut map = serde_json::Map::new();
     for (name, value) in pairs {
         if map.insert(name.clone(), serde_json::Value::String(value)).is_some() {
-            return Err(ApiError::client(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "Invalid body",
-                format!("`{name}` is given twice"),
-            ));
+            return Err(ApiError::invalid_body(format!("`{name}` is given twice")));
         }
     }
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(|error| {
-        ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Invalid body",
-            format!("the form is not valid: {error}"),
-        )
-    })
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|error| ApiError::invalid_body(format!("the form is not valid: {error}")))
 }
 
 /// Splits an `application/x-www-form-urlencoded` body into decoded pairs.
@@ -193,9 +173,9 @@ pub async fn customers_create(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(request): Json<SignupRequest>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.vault.limits().signups_per_address.take(&Limits::address_key(peer.ip())) {
+    if let Err(wait) = state.vault.principals().limits().signups_per_address.take(&Limits::address_key(peer.ip())) {
         return Ok(too_many(wait));
     }
-    let customer = state.vault.customer_signup(&request.password).await?;
+    let customer = state.vault.principals().customer_signup(&request.password).await?;
     Ok((StatusCode::CREATED, axum::Json(SignupResponse { customer_id: customer.to_string() })).into_response())
 }

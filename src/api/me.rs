@@ -44,7 +44,7 @@ pub struct Deleted {
 #[utoipa::path(get, path = "/v1/me/data", tag = "customer", security(("bearer" = [])), responses((status = 200, body = DataView), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/me/data`: everything I stored (the read is audited).
 pub async fn data_get(caller: CustomerCaller, State(state): State<AppState>) -> Result<axum::Json<DataView>, ApiError> {
-    let data = state.vault.data_read_own(caller.subject).await?;
+    let data = state.vault.subjects().data_read_own(caller.subject).await?;
     Ok(axum::Json(DataView { data }))
 }
 
@@ -55,7 +55,8 @@ pub async fn data_merge(
     State(state): State<AppState>,
     Json(values): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Stored>, ApiError> {
-    let (fields, audit_index) = state.vault.data_merge(&caller.principal.actor(), caller.subject, &values).await?;
+    let (fields, audit_index) =
+        state.vault.subjects().data_merge(&caller.principal.actor(), caller.subject, &values).await?;
     Ok(axum::Json(Stored { fields, audit_index }))
 }
 
@@ -67,7 +68,8 @@ pub async fn data_put(
     Path(field): Path<String>,
     Json(body): Json<FieldPut>,
 ) -> Result<axum::Json<Stored>, ApiError> {
-    let audit_index = state.vault.data_put(&caller.principal.actor(), caller.subject, &field, &body.value).await?;
+    let audit_index =
+        state.vault.subjects().data_put(&caller.principal.actor(), caller.subject, &field, &body.value).await?;
     Ok(axum::Json(Stored { fields: vec![field], audit_index }))
 }
 
@@ -78,7 +80,7 @@ pub async fn data_delete(
     State(state): State<AppState>,
     Path(field): Path<String>,
 ) -> Result<axum::Json<Deleted>, ApiError> {
-    let deleted = state.vault.data_delete(&caller.principal.actor(), caller.subject, &field).await?;
+    let deleted = state.vault.subjects().data_delete(&caller.principal.actor(), caller.subject, &field).await?;
     Ok(axum::Json(Deleted { field, deleted }))
 }
 
@@ -99,14 +101,9 @@ pub async fn me_erase(
     Json(body): Json<EraseConfirm>,
 ) -> Result<axum::Json<crate::rights::ErasureReceipt>, ApiError> {
     if body.confirm != "erase" {
-        return Err(ApiError::client(
-            axum::http::StatusCode::BAD_REQUEST,
-            "confirmation_required",
-            "Confirmation required",
-            "send {\"confirm\": \"erase\"} to erase everything held about you",
-        ));
+        return Err(ApiError::erasure_unconfirmed());
     }
-    Ok(axum::Json(state.vault.subject_erase(caller.subject).await?))
+    Ok(axum::Json(state.vault.rights().subject_erase(caller.subject).await?))
 }
 
 /// `GET /v1/me/export`: everything held about me, in one document: JSON by
@@ -138,14 +135,9 @@ pub async fn me_export(
     let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
     let form = export_html::wants_html(accept);
     if form == ExportForm::Neither {
-        return Err(ApiError::client(
-            axum::http::StatusCode::NOT_ACCEPTABLE,
-            "not_acceptable",
-            "Not acceptable",
-            "the export is available as application/json or text/html",
-        ));
+        return Err(ApiError::export_not_acceptable());
     }
-    let document = state.vault.subject_export(caller.subject).await?;
+    let document = state.vault.rights().subject_export(caller.subject).await?;
     let mut response = match form {
         ExportForm::Html => {
             let mut response = export_html::render(&document).into_response();

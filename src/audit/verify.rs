@@ -237,7 +237,7 @@ fn verify_pass(
         _ => Ok(()),
     };
 
-    // Point reads by index: on sled they cost a fraction of a range scan's
+    // Point reads by index: on the embedded engine they cost a fraction of a range scan's
     // per-entry cost, and a missing index shows up as a missing read.
     let end = if live { checkpoints.last_key_value().map_or(0, |(&covered, _)| covered) } else { size };
     let mut frontier = Frontier::default();

@@ -25,6 +25,11 @@ use serde_json::Value;
 
 use super::Role;
 
+/// The meta key of the vault's sealed token signing key.
+pub(crate) const TOKEN_KEY: &str = "auth/token-signing-key";
+/// The label the token signing key is sealed with.
+pub(crate) const TOKEN_KEY_LABEL: &str = "token-signing-key";
+
 /// Longest token accepted; RFC 8725 asks for limits, and the `Authorization`
 /// header is capped at 8 KiB before this is reached.
 pub const TOKEN_BYTES_MAX: usize = 8 * 1024;

@@ -18,14 +18,21 @@ use serde_json::Value;
 
 use crate::audit::{Actor, AuditError, AuditEvent, Decision, EventKind, Withheld};
 use crate::clock;
-use crate::ids::{SubjectId, hex};
+use crate::core::{Core, VaultClock};
+use crate::crypto::CryptoError;
+use crate::directory::subject_activity_in;
+use crate::ids::SubjectId;
 use crate::policy::Policies;
 use crate::policy::engine::{self, FieldDecision, GrantProblem, GrantView, ReadQuery, Reason};
+use crate::principals::{PrincipalError, Principals};
+use crate::release::{self, ReleaseError, SealedRead, sealed_in};
 use crate::store::{CommitError, Key, Stamp, StoreError, Txn};
-use crate::subjects::{DataError, SealedRead, sealed_in, subject_activity_in};
-use crate::vault::{Vault, VaultClock};
 
 pub mod requests;
+mod revoke;
+
+pub(crate) use revoke::grant_end_in;
+pub use revoke::{GrantChangeKind, GrantEnd};
 
 /// Seconds in a day.
 const DAY_SECS: i64 = 86_400;
@@ -62,9 +69,21 @@ pub enum ConsentError {
     /// The audit append failed; nothing changed and nothing was read.
     #[error(transparent)]
     Audit(#[from] AuditError),
-    /// Opening released values failed.
+    /// Released values could not be opened.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Release(#[from] ReleaseError),
+    /// A record id could not be drawn from the random generator.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The business's record could not be read.
+    #[error(transparent)]
+    Principal(#[from] PrincipalError),
+    /// A receipt could not be signed.
+    #[error("signing: {0}")]
+    Signing(#[from] crate::audit::checkpoint::NoteError),
+    /// The customer's own audited read failed (an export).
+    #[error(transparent)]
+    Data(#[from] crate::subjects::DataError),
 }
 
 impl From<CommitError<ConsentError>> for ConsentError {
@@ -325,17 +344,30 @@ fn read_decide(
     Ok(ReadDecided { now, event, live_for_purpose, subject, sealed, withheld, grant_ids })
 }
 
-impl Vault {
+/// Consent: relationships, grants, objections, access requests, the scoped
+/// read, and what customers, businesses and auditors read of them. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    core: Arc<Core>,
+    principals: Principals,
+}
+
+impl Consent {
+    /// The consent service over `core`; `principals` says which businesses
+    /// exist and what they are registered for.
+    pub fn new(core: Arc<Core>, principals: Principals) -> Self {
+        Self { core, principals }
+    }
+
     pub(crate) fn random_hex_id(&self) -> Result<String, ConsentError> {
-        let bytes: [u8; 16] =
-            crate::crypto::random_bytes(self.keys().rng()).map_err(|error| ConsentError::Invalid(error.to_string()))?;
-        Ok(hex(&bytes))
+        Ok(self.core.random_id()?)
     }
 
     pub(crate) fn business_purposes(&self, business: &str) -> Result<Vec<String>, ConsentError> {
         let record = self
-            .principal(crate::auth::Role::Business, business)
-            .map_err(|error| ConsentError::Invalid(error.to_string()))?
+            .principals
+            .principal(crate::auth::Role::Business, business)?
             .filter(|record| !record.disabled)
             .ok_or(ConsentError::NotFound("business"))?;
         Ok(record.purposes)
@@ -348,7 +380,7 @@ impl Vault {
             relationship_id: self.random_hex_id()?,
             business_id: business.to_owned(),
             pairwise_id: self.random_hex_id()?,
-            connected_at: self.clock().rfc3339(),
+            connected_at: self.core.clock().rfc3339(),
         };
         let event =
             AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
@@ -356,10 +388,11 @@ impl Vault {
                 .related("relationship_id", &relationship.relationship_id);
         let mut event = event;
         event.business = Some(business.to_owned());
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let stored = relationship.clone();
-        let now_secs = self.clock().now_secs();
+        let now_secs = self.core.clock().now_secs();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 customer_acts_in(txn, subject, now_secs)?;
@@ -372,13 +405,14 @@ impl Vault {
                 Ok(log.append(txn, &event)?)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(relationship)
     }
 
     /// The customer's relationships.
     pub fn relationships(&self, subject: SubjectId) -> Result<Vec<Relationship>, ConsentError> {
-        self.store()
+        self.core
+            .store()
             .scan_prefix(&Key::relationships_of(subject.as_bytes()), usize::MAX)?
             .iter()
             .map(|(_, bytes)| Ok(decode(bytes, "relationship")?))
@@ -397,11 +431,12 @@ impl Vault {
             .into_iter()
             .find(|r| r.relationship_id == relationship_id)
             .ok_or(ConsentError::NotFound("relationship"))?;
-        let now = self.clock().now_secs();
-        let time = self.clock().rfc3339();
-        let log = self.audit().clone();
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
+        let log = self.core.audit().clone();
         let ended = relationship.clone();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 customer_acts_in(txn, subject, now)?;
@@ -409,23 +444,17 @@ impl Vault {
                 if !txn.contains(&key)? {
                     return Err(ConsentError::NotFound("relationship"));
                 }
-                txn.delete(&key);
-                txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
                 let mut appended = Vec::new();
                 for mut grant in grants_in(txn, subject)? {
                     if grant.business_id != ended.business_id || grant.status(now) != GrantStatus::Active {
                         continue;
                     }
-                    grant.revoked_at = Some(now);
-                    txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
-                    let mut event = AuditEvent::new(EventKind::GrantRevoked, Actor::customer(subject), &time)
-                        .subject(subject)
-                        .related("grant_id", &grant.grant_id)
-                        .related("pairwise_id", &ended.pairwise_id)
-                        .related("cause", "disconnect");
-                    event.business = Some(grant.business_id.clone());
-                    appended.push(log.append(txn, &event)?);
+                    let actor = Actor::customer(subject);
+                    let end = GrantEnd::Disconnected;
+                    appended.push(grant_end_in(txn, &log, subject, &mut grant, end, actor, now, &time)?);
                 }
+                txn.delete(&key);
+                txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
                 let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
                     .subject(subject)
                     .related("relationship_id", &ended.relationship_id)
@@ -436,7 +465,7 @@ impl Vault {
             })
             .await?;
         for appended in appended {
-            self.audit().confirm(appended, &durable)?;
+            self.core.audit().confirm(appended, &durable)?;
         }
         Ok(relationship)
     }
@@ -451,9 +480,10 @@ impl Vault {
         duration_days: u32,
     ) -> Result<GrantRecord, ConsentError> {
         let (grant, event) = self.grant_prepare(subject, business, purposes, fields, duration_days, None)?;
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let stored = grant.clone();
         let ((appended, index), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 // The grant starts at the vault clock's now: that is the
@@ -462,7 +492,7 @@ impl Vault {
                 grant_write(txn, &log, subject, stored, &event)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(GrantRecord { audit_index: index, ..grant })
     }
 
@@ -478,8 +508,8 @@ impl Vault {
         request_id: Option<&str>,
     ) -> Result<(GrantRecord, AuditEvent), ConsentError> {
         let registered = self.business_purposes(business)?;
-        engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
-        let now = self.clock().now_secs();
+        engine::check_grant(&self.core.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        let now = self.core.clock().now_secs();
         let grant = GrantRecord {
             grant_id: self.random_hex_id()?,
             business_id: business.to_owned(),
@@ -490,11 +520,12 @@ impl Vault {
             revoked_at: None,
             audit_index: 0,
         };
-        let mut event = AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.clock().rfc3339())
-            .subject(subject)
-            .fields(grant.fields.clone())
-            .related("grant_id", &grant.grant_id)
-            .related("purposes", grant.purposes.join(","));
+        let mut event =
+            AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.core.clock().rfc3339())
+                .subject(subject)
+                .fields(grant.fields.clone())
+                .related("grant_id", &grant.grant_id)
+                .related("purposes", grant.purposes.join(","));
         if let Some(request_id) = request_id {
             event = event.related("request_id", request_id);
         }
@@ -504,7 +535,8 @@ impl Vault {
 
     /// The customer's grants.
     pub fn grants(&self, subject: SubjectId) -> Result<Vec<GrantRecord>, ConsentError> {
-        self.store()
+        self.core
+            .store()
             .scan_prefix(&Key::grants_of(subject.as_bytes()), usize::MAX)?
             .iter()
             .map(|(_, bytes)| Ok(decode(bytes, "grant")?))
@@ -514,10 +546,11 @@ impl Vault {
     /// Revokes a grant, effective for every read that commits after it.
     pub async fn grant_revoke(&self, subject: SubjectId, grant_id: &str) -> Result<GrantRecord, ConsentError> {
         let key = Key::grant(subject.as_bytes(), grant_id);
-        let now = self.clock().now_secs();
-        let time = self.clock().rfc3339();
-        let log = self.audit().clone();
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
+        let log = self.core.audit().clone();
         let ((grant, appended), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 customer_acts_in(txn, subject, now)?;
@@ -526,22 +559,20 @@ impl Vault {
                 if grant.status(now) != GrantStatus::Active {
                     return Ok((grant, None));
                 }
-                grant.revoked_at = Some(now);
-                txn.put(key, encode(&grant, "grant")?);
-                let event =
-                    grant_event(txn, EventKind::GrantRevoked, Actor::customer(subject), &time, subject, &grant)?;
-                Ok((grant, Some(log.append(txn, &event)?)))
+                let actor = Actor::customer(subject);
+                let appended = grant_end_in(txn, &log, subject, &mut grant, GrantEnd::Revoked, actor, now, &time)?;
+                Ok((grant, Some(appended)))
             })
             .await?;
         if let Some(appended) = appended {
-            self.audit().confirm(appended, &durable)?;
+            self.core.audit().confirm(appended, &durable)?;
         }
         Ok(grant)
     }
 
     /// The customer's objections (purposes never to be used).
     pub fn objections(&self, subject: SubjectId) -> Result<Vec<String>, ConsentError> {
-        Ok(match self.store().get(&Key::objections(subject.as_bytes()))? {
+        Ok(match self.core.store().get(&Key::objections(subject.as_bytes()))? {
             Some(bytes) => decode(&bytes, "objections")?,
             None => Vec::new(),
         })
@@ -549,19 +580,21 @@ impl Vault {
 
     /// Replaces the customer's objections.
     pub async fn objections_set(&self, subject: SubjectId, purposes: Vec<String>) -> Result<Vec<String>, ConsentError> {
-        if let Some(unknown) = purposes.iter().find(|p| !self.policies().rules.purposes.contains_key(*p)) {
+        if let Some(unknown) = purposes.iter().find(|p| !self.core.policies().rules.purposes.contains_key(*p)) {
             return Err(ConsentError::Invalid(format!("unknown purpose `{unknown}`")));
         }
         let mut purposes = purposes;
         purposes.sort();
         purposes.dedup();
-        let event = AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &self.clock().rfc3339())
-            .subject(subject)
-            .related("purposes", purposes.join(","));
-        let log = self.audit().clone();
+        let event =
+            AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &self.core.clock().rfc3339())
+                .subject(subject)
+                .related("purposes", purposes.join(","));
+        let log = self.core.audit().clone();
         let stored = encode(&purposes, "objections")?;
-        let now_secs = self.clock().now_secs();
+        let now_secs = self.core.clock().now_secs();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 customer_acts_in(txn, subject, now_secs)?;
@@ -569,7 +602,7 @@ impl Vault {
                 Ok::<_, ConsentError>(log.append(txn, &event)?)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(purposes)
     }
 
@@ -604,7 +637,7 @@ impl Vault {
         purpose: &str,
         fields: Option<Vec<String>>,
     ) -> Result<ScopedRead, ConsentError> {
-        let policies = self.policies();
+        let policies = self.core.policies();
         let ask = Arc::new(ReadAsk {
             business: business.to_owned(),
             pairwise: pairwise.to_owned(),
@@ -612,9 +645,10 @@ impl Vault {
             fields,
         });
         let ahead = self.scoped_read_ahead(&policies, &ask).await;
-        let log = self.audit().clone();
-        let vclock = self.clock().clone();
+        let log = self.core.audit().clone();
+        let vclock = self.core.clock().clone();
         let ((decided, appended), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 // The time of the decision is the time of its commit.
@@ -630,20 +664,20 @@ impl Vault {
                 Ok::<_, ConsentError>((decided, appended))
             })
             .await?;
-        let logged = self.audit().confirm(appended, &durable)?;
+        let logged = self.core.audit().confirm(appended, &durable)?;
         let ReadDecided { live_for_purpose, subject, sealed, withheld, grant_ids, .. } = decided;
         if !live_for_purpose {
             return Err(ConsentError::NoConsent);
         }
         let data = match subject.zip(sealed) {
-            Some((subject, sealed)) => self.release(&logged, subject, sealed)?,
+            Some((subject, sealed)) => release::release(&self.core, &logged, subject, sealed)?,
             None => BTreeMap::new(),
         };
         Ok(ScopedRead { data, withheld, grant_ids, audit_index: logged.index() })
     }
 }
 
-impl Vault {
+impl Consent {
     /// While the store reads cold pages ([`crate::store::Store::reads_cold`]),
     /// decides a scoped read ahead: on committed state, on a blocking thread,
     /// with the stamps of what the decision read (the business's pairwise
@@ -655,11 +689,11 @@ impl Vault {
         policies: &Arc<Policies>,
         ask: &Arc<ReadAsk>,
     ) -> Option<(Vec<Stamp>, ReadDecided)> {
-        if !self.store().reads_cold() {
+        if !self.core.store().reads_cold() {
             return None;
         }
-        let reader = self.store().reader();
-        let vclock = self.clock().clone();
+        let reader = self.core.store().reader();
+        let vclock = self.core.clock().clone();
         let (policies, ask) = (Arc::clone(policies), Arc::clone(ask));
         let decide = move || {
             reader.read(|snapshot| {
@@ -672,7 +706,7 @@ impl Vault {
                 let decided = read_decide(snapshot.txn(), &policies, &ask, subject, now).ok()?;
                 if let Some(subject) = subject {
                     // Brings in the page where the commit will index the
-                    // read's audit event by subject: sled makes every read
+                    // read's audit event by subject: the embedded engine makes every read
                     // wait while a batch is applied, so the batch should not
                     // have to read it from disk.
                     snapshot.txn().get(&Key::audit_by_subject(subject.as_bytes(), u64::MAX)).ok()?;
@@ -687,7 +721,7 @@ impl Vault {
     pub fn business_relationships(&self, business: &str) -> Result<Vec<(String, String)>, ConsentError> {
         let mut items = Vec::new();
         for (pairwise, subject) in self.business_index(&Key::pairwise_of(business), "pairwise")? {
-            if let Some(bytes) = self.store().get(&Key::relationship(subject.as_bytes(), business))? {
+            if let Some(bytes) = self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 let relationship: Relationship = decode(&bytes, "relationship")?;
                 items.push((pairwise, relationship.connected_at));
             }
@@ -699,7 +733,7 @@ impl Vault {
     /// grant ids, each naming a subject): (id, subject).
     fn business_index(&self, prefix: &Key, what: &'static str) -> Result<Vec<(String, SubjectId)>, ConsentError> {
         let mut entries = Vec::new();
-        for (key, subject) in self.store().scan_prefix(prefix, usize::MAX)? {
+        for (key, subject) in self.core.store().scan_prefix(prefix, usize::MAX)? {
             let id = prefix.suffix_of(&key).and_then(|s| std::str::from_utf8(s).ok()).ok_or(corrupt(what))?;
             let subject: SubjectId =
                 String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt(what))?;
@@ -734,7 +768,7 @@ pub struct AccessLogItem {
     pub withheld: Vec<Withheld>,
 }
 
-impl Vault {
+impl Consent {
     /// Reads of `subject`'s data from index `from` on: up to `limit` items,
     /// and the index to continue from if there may be more.
     pub fn access_log(
@@ -743,7 +777,7 @@ impl Vault {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<AccessLogItem>, Option<u64>), ConsentError> {
-        let indices = self.audit().indices_of_subject(self.store(), subject, from, EVENT_SCAN_MAX)?;
+        let indices = self.core.audit().indices_of_subject(self.core.store(), subject, from, EVENT_SCAN_MAX)?;
         self.events_at(&indices, limit, |index, event| {
             (event.kind == EventKind::DataRead).then_some(AccessLogItem {
                 audit_index: index,
@@ -774,7 +808,7 @@ impl Vault {
                 next = Some(index);
                 break;
             }
-            let Some(bytes) = self.audit().entry(self.store(), index)? else { break };
+            let Some(bytes) = self.core.audit().entry(self.core.store(), index)? else { break };
             let event = AuditEvent::from_bytes(&bytes).map_err(AuditError::from)?;
             items.extend(pick(index, event));
             // The window ran out with markers possibly beyond it.
@@ -797,14 +831,14 @@ pub struct BusinessGrant {
     pub pairwise_id: Option<String>,
 }
 
-impl Vault {
+impl Consent {
     /// Every grant given to `business`.
     pub fn business_grants(&self, business: &str) -> Result<Vec<BusinessGrant>, ConsentError> {
         let mut grants = Vec::new();
         for (grant_id, subject) in self.business_index(&Key::grants_of_business(business), "grant index")? {
-            let Some(bytes) = self.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
+            let Some(bytes) = self.core.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
             let grant: GrantRecord = decode(&bytes, "grant")?;
-            let pairwise_id = match self.store().get(&Key::relationship(subject.as_bytes(), business))? {
+            let pairwise_id = match self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 Some(bytes) => Some(decode::<Relationship>(&bytes, "relationship")?.pairwise_id),
                 None => None,
             };
@@ -817,8 +851,8 @@ impl Vault {
 /// One change a business learns of, so it can delete its copies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GrantChange {
-    /// `created`, `revoked`, `expired` or `disconnected`.
-    pub change: &'static str,
+    /// What happened.
+    pub change: GrantChangeKind,
     /// The grant concerned (none for a disconnection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
@@ -830,7 +864,7 @@ pub struct GrantChange {
     pub audit_index: u64,
 }
 
-impl Vault {
+impl Consent {
     /// The changes to `business`'s grants and relationships from audit
     /// index `from` on; and where to continue.
     pub fn grant_changes(
@@ -839,18 +873,9 @@ impl Vault {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<GrantChange>, Option<u64>), ConsentError> {
-        let indices = self.audit().indices_of_business(self.store(), business, from, EVENT_SCAN_MAX)?;
+        let indices = self.core.audit().indices_of_business(self.core.store(), business, from, EVENT_SCAN_MAX)?;
         let (changes, next) = self.events_at(&indices, limit, |index, event| {
-            let change = match event.kind {
-                EventKind::GrantCreated => "created",
-                EventKind::GrantRevoked if event.related.get("cause").is_some_and(|c| c == "disconnect") => {
-                    "disconnected"
-                }
-                EventKind::GrantRevoked => "revoked",
-                EventKind::GrantExpired => "expired",
-                EventKind::RelationshipEnded => "disconnected",
-                _ => return None,
-            };
+            let change = GrantChangeKind::of_event(&event)?;
             Some(GrantChange {
                 change,
                 grant_id: event.related.get("grant_id").cloned(),
@@ -869,7 +894,7 @@ impl Vault {
 /// (special categories are Art. 9 data).
 pub const RECEIPT_JURISDICTION: &str = "EU";
 
-impl Vault {
+impl Consent {
     /// A consent receipt for one of the customer's grants, shaped on the
     /// Kantara Consent Receipt v1.1 fields, as canonical JSON, and the same
     /// text signed as a C2SP signed note with the vault's audit key (verify
@@ -880,14 +905,12 @@ impl Vault {
             .into_iter()
             .find(|g| g.grant_id == grant_id)
             .ok_or(ConsentError::NotFound("grant"))?;
-        let business = self
-            .principal(crate::auth::Role::Business, &grant.business_id)
-            .map_err(|error| ConsentError::Invalid(error.to_string()))?;
+        let business = self.principals.principal(crate::auth::Role::Business, &grant.business_id)?;
         let controller = business.map(|b| b.name).unwrap_or_else(|| grant.business_id.clone());
         let rfc3339 = |secs: i64| {
             time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
         };
-        let policies = self.policies();
+        let policies = self.core.policies();
         let catalogue = &policies.catalogue;
         let categories: std::collections::BTreeSet<String> =
             grant.fields.iter().filter_map(|f| catalogue.field(f)).map(|f| f.category.clone()).collect();
@@ -929,38 +952,37 @@ impl Vault {
             "spiCat": sensitive,
             "fields": grant.fields,
             "grantId": grant.grant_id,
-            "status": grant.status(self.clock().now_secs()),
+            "status": grant.status(self.core.clock().now_secs()),
             "expiresAt": rfc3339(grant.expires_at),
             "auditIndex": grant.audit_index,
         });
         let text = format!("{}\n", serde_json::to_string(&receipt).map_err(|_| corrupt("receipt"))?);
-        let signed =
-            self.audit().signer().sign_note(&text).map_err(|error| ConsentError::Invalid(error.to_string()))?;
+        let signed = self.core.audit().signer().sign_note(&text)?;
         Ok((receipt, signed))
     }
 }
 
-impl Vault {
+impl Consent {
     /// Records the end of every grant whose window closed by now: a
     /// `grant.expired` event (so the business's feed shows it) and the
     /// marker removed. Reads already deny at the window's edge; this makes
     /// the end visible. Returns how many grants it recorded.
     pub async fn grants_expire(&self) -> Result<usize, ConsentError> {
-        let now = self.clock().now_secs();
-        let time = self.clock().rfc3339();
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
         let start = Key::grant_expiries_all();
         let end = Key::grant_expiry(now.saturating_add(1), &[0u8; 16], "");
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let count = self
             .expiries_sweep(start, end, move |txn, subject, grant_id| {
                 let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { return Ok(None) };
-                let grant: GrantRecord = decode(&bytes, "grant")?;
+                let mut grant: GrantRecord = decode(&bytes, "grant")?;
                 // A revoked grant already told its business.
                 if grant.revoked_at.is_some_and(|at| at <= grant.expires_at) {
                     return Ok(None);
                 }
-                let event = grant_event(txn, EventKind::GrantExpired, Actor::system(), &time, subject, &grant)?;
-                Ok(Some(log.append(txn, &event)?))
+                let end = GrantEnd::Expired;
+                Ok(Some(grant_end_in(txn, &log, subject, &mut grant, end, Actor::system(), now, &time)?))
             })
             .await?;
         if count > 0 {
@@ -978,12 +1000,13 @@ impl Vault {
         F: Fn(&mut Txn<'_>, SubjectId, String) -> Result<Option<crate::audit::Appended>, ConsentError> + Send + 'static,
     {
         const SWEEP_MAX: usize = 500;
-        let due = self.store().scan_range(&start, &end, SWEEP_MAX)?;
+        let due = self.core.store().scan_range(&start, &end, SWEEP_MAX)?;
         if due.is_empty() {
             return Ok(0);
         }
         let keys: Vec<Vec<u8>> = due.into_iter().map(|(key, _)| key).collect();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let mut appended = Vec::new();
@@ -996,7 +1019,7 @@ impl Vault {
             .await?;
         let count = appended.len();
         for appended in appended {
-            self.audit().confirm(appended, &durable)?;
+            self.core.audit().confirm(appended, &durable)?;
         }
         Ok(count)
     }
@@ -1015,23 +1038,4 @@ fn expiry_marker_take(txn: &mut Txn<'_>, prefix: &Key, key: &[u8]) -> Result<(Su
     let id = std::str::from_utf8(id).map_err(|_| corrupt("expiry marker"))?.to_owned();
     txn.delete(&Key::raw(key.to_vec()));
     Ok((subject, id))
-}
-
-/// The audit event for a change to `grant`: its id, its business and, while
-/// the relationship lasts, the pairwise id the business knows the subject by.
-pub(crate) fn grant_event(
-    txn: &Txn<'_>,
-    kind: EventKind,
-    actor: Actor,
-    time: &str,
-    subject: SubjectId,
-    grant: &GrantRecord,
-) -> Result<AuditEvent, ConsentError> {
-    let mut event = AuditEvent::new(kind, actor, time).subject(subject).related("grant_id", &grant.grant_id);
-    if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
-        let relationship: Relationship = decode(&bytes, "relationship")?;
-        event = event.related("pairwise_id", &relationship.pairwise_id);
-    }
-    event.business = Some(grant.business_id.clone());
-    Ok(event)
 }

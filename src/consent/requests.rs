@@ -7,12 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
+use super::{Consent, ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
 use crate::ids::SubjectId;
 use crate::policy::engine;
 use crate::store::{Key, Txn};
-use crate::vault::Vault;
 
 /// How long a request waits for an answer.
 pub const REQUEST_TTL_DAYS: i64 = 30;
@@ -124,7 +123,7 @@ fn text_check(name: &str, text: &str, required: bool) -> Result<(), ConsentError
     Ok(())
 }
 
-impl Vault {
+impl Consent {
     /// A business asks the customer it knows as `pairwise`.
     #[allow(clippy::too_many_arguments)]
     pub async fn request_create(
@@ -142,8 +141,8 @@ impl Vault {
             text_check("benefit", benefit, false)?;
         }
         let registered = self.business_purposes(business)?;
-        engine::check_grant(&self.policies(), business, &registered, &purposes, &fields, duration_days)?;
-        let now = self.clock().now_secs();
+        engine::check_grant(&self.core.policies(), business, &registered, &purposes, &fields, duration_days)?;
+        let now = self.core.clock().now_secs();
         let request = AccessRequest {
             request_id: self.random_hex_id()?,
             business_id: business.to_owned(),
@@ -159,14 +158,15 @@ impl Vault {
             reason: None,
             grant_id: None,
         };
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let stored = request.clone();
-        let time = self.clock().rfc3339();
+        let time = self.core.clock().rfc3339();
         let (appended, durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 // Only a connected customer can be asked.
-                let subject = Vault::pairwise_subject(txn, &stored.business_id, &stored.pairwise_id)?
+                let subject = Consent::pairwise_subject(txn, &stored.business_id, &stored.pairwise_id)?
                     .ok_or(ConsentError::NotFound("customer"))?;
                 let mut event = AuditEvent::new(
                     EventKind::AccessRequestCreated,
@@ -187,13 +187,14 @@ impl Vault {
                 Ok::<_, ConsentError>(log.append(txn, &event)?)
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(request)
     }
 
     /// The customer's requests, newest last.
     pub fn requests_of_customer(&self, subject: SubjectId) -> Result<Vec<AccessRequest>, ConsentError> {
         let mut requests: Vec<AccessRequest> = self
+            .core
             .store()
             .scan_prefix(&Key::requests_of(subject.as_bytes()), usize::MAX)?
             .iter()
@@ -207,7 +208,7 @@ impl Vault {
     pub fn requests_of_business(&self, business: &str) -> Result<Vec<AccessRequest>, ConsentError> {
         let prefix = Key::requests_of_business(business);
         let mut requests = Vec::new();
-        for (key, subject) in self.store().scan_prefix(&prefix, usize::MAX)? {
+        for (key, subject) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
             let request_id = prefix
                 .suffix_of(&key)
                 .and_then(|s| std::str::from_utf8(s).ok())
@@ -216,7 +217,7 @@ impl Vault {
                 .ok()
                 .and_then(|text| text.parse().ok())
                 .ok_or(super::corrupt("request index"))?;
-            if let Some(bytes) = self.store().get(&Key::request(subject.as_bytes(), request_id))? {
+            if let Some(bytes) = self.core.store().get(&Key::request(subject.as_bytes(), request_id))? {
                 requests.push(decode::<AccessRequest>(&bytes, "request")?);
             }
         }
@@ -226,6 +227,7 @@ impl Vault {
 
     fn request_of_customer(&self, subject: SubjectId, request_id: &str) -> Result<AccessRequest, ConsentError> {
         let bytes = self
+            .core
             .store()
             .get(&Key::request(subject.as_bytes(), request_id))?
             .ok_or(ConsentError::NotFound("request"))?;
@@ -241,20 +243,22 @@ impl Vault {
         narrowing: Narrowing,
     ) -> Result<GrantRecord, ConsentError> {
         let request = self.request_of_customer(subject, request_id)?;
-        if request.status_at(self.clock().now_secs()) != RequestStatus::Pending {
+        if request.status_at(self.core.clock().now_secs()) != RequestStatus::Pending {
             return Err(ConsentError::Invalid(
-                format!("the request is {:?}, not pending", request.status_at(self.clock().now_secs())).to_lowercase(),
+                format!("the request is {:?}, not pending", request.status_at(self.core.clock().now_secs()))
+                    .to_lowercase(),
             ));
         }
         let (purposes, fields, duration_days) = narrowed(&request, narrowing)?;
         let (grant, grant_event) =
             self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(request_id))?;
-        let log = self.audit().clone();
-        let time = self.clock().rfc3339();
+        let log = self.core.audit().clone();
+        let time = self.core.clock().rfc3339();
         let stored_grant = grant.clone();
         let request_id = request_id.to_owned();
-        let vclock = self.clock().clone();
+        let vclock = self.core.clock().clone();
         let (((first, index), second), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let (key, mut request) = pending_request_take(txn, subject, &request_id, vclock.now_secs())?;
@@ -271,8 +275,8 @@ impl Vault {
                 Ok(((first, index), log.append(txn, &event)?))
             })
             .await?;
-        self.audit().confirm(first, &durable)?;
-        self.audit().confirm(second, &durable)?;
+        self.core.audit().confirm(first, &durable)?;
+        self.core.audit().confirm(second, &durable)?;
         Ok(GrantRecord { audit_index: index, ..grant })
     }
 
@@ -286,11 +290,12 @@ impl Vault {
         if let Some(reason) = &reason {
             text_check("reason", reason, false)?;
         }
-        let log = self.audit().clone();
-        let time = self.clock().rfc3339();
+        let log = self.core.audit().clone();
+        let time = self.core.clock().rfc3339();
         let request_id = request_id.to_owned();
-        let vclock = self.clock().clone();
+        let vclock = self.core.clock().clone();
         let ((request, appended), durable) = self
+            .core
             .store()
             .commit_durable(move |txn| {
                 let (key, mut request) = pending_request_take(txn, subject, &request_id, vclock.now_secs())?;
@@ -305,12 +310,12 @@ impl Vault {
                 Ok::<_, ConsentError>((request, appended))
             })
             .await?;
-        self.audit().confirm(appended, &durable)?;
+        self.core.audit().confirm(appended, &durable)?;
         Ok(request)
     }
 }
 
-impl Vault {
+impl Consent {
     /// Closes every pending request whose time ran out by now: stored status
     /// `expired` and an `access_request.closed` event with `cause: expired`
     /// (actor the vault), so the business sees the end in the request's
@@ -318,11 +323,11 @@ impl Vault {
     /// already read as expired at their edge; this makes the end a fact.
     /// Returns how many requests it closed.
     pub async fn requests_expire(&self) -> Result<usize, ConsentError> {
-        let now = self.clock().now_secs();
-        let time = self.clock().rfc3339();
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
         let start = Key::request_expiries_all();
         let end = Key::request_expiry(now.saturating_add(1), &[0u8; 16], "");
-        let log = self.audit().clone();
+        let log = self.core.audit().clone();
         let count = self
             .expiries_sweep(start, end, move |txn, subject, request_id| {
                 let request_key = Key::request(subject.as_bytes(), &request_id);

@@ -6,9 +6,10 @@
 //! [`Txn::put_sealed`], which takes a [`Sealed`] value: the store never sees
 //! plaintext personal data.
 //!
-//! The engine is a [`Backend`] (today sled, in [`sled_backend`]); nothing
-//! outside this module names sled, so a second backend only has to implement
-//! the trait.
+//! The engine is a [`Backend`] (today sled, in [`sled_backend`]), chosen in
+//! one place, [`open`], from a [`StoreConfig`]; nothing outside this module
+//! names sled, so a second engine only has to implement the trait and get a
+//! `StoreConfig` variant.
 //!
 //! **Architecture Invariant:** a change is acknowledged (its `commit` future
 //! resolves `Ok`) only after the flush of the atomic batch that carries it.
@@ -29,6 +30,34 @@ pub use commit::{
 pub use versions::Stamp;
 
 use crate::crypto::Sealed;
+
+/// Which engine holds a vault's records, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded engine (sled) in a directory, with its page cache size.
+    Embedded {
+        /// The store's directory (`<data-dir>/store`).
+        path: std::path::PathBuf,
+        /// The engine's page cache, in bytes.
+        cache_bytes: u64,
+    },
+}
+
+impl StoreConfig {
+    /// The embedded engine in `path` with a page cache of `cache_bytes`.
+    pub fn embedded(path: &std::path::Path, cache_bytes: u64) -> Self {
+        Self::Embedded { path: path.to_owned(), cache_bytes }
+    }
+}
+
+/// Opens the engine `config` names: the one place an engine is chosen.
+pub fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Backend>, StoreError> {
+    match config {
+        StoreConfig::Embedded { path, cache_bytes } => {
+            Ok(std::sync::Arc::new(sled_backend::SledBackend::open(path, *cache_bytes)?))
+        }
+    }
+}
 
 /// One atomic set of writes: key → new value, or `None` to delete.
 pub type WriteBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;

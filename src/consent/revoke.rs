@@ -1,0 +1,180 @@
+//! How a grant ends: the one function every path that ends a grant calls
+//! (the customer's revoke, a disconnect, an erasure at the customer's request
+//! or by the retention rule, and the sweep that records an expiry), and the
+//! typed cause the business's change feed reads back from the log.
+//!
+//! An objection never ends a grant: it overrides grants for its purpose at
+//! decision time (`policy::engine`), and lifting it lets them apply again.
+
+use serde::Serialize;
+
+use super::{ConsentError, GrantRecord, Relationship, decode, encode};
+use crate::audit::{Actor, Appended, AuditEvent, AuditLog, EventKind};
+use crate::ids::SubjectId;
+use crate::store::{Key, Txn};
+
+/// Why a grant ended: the event it gets and the `cause` that event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantEnd {
+    /// The customer revoked it.
+    Revoked,
+    /// The customer disconnected from the business (`cause: disconnect`).
+    Disconnected,
+    /// The customer was erased at their own request (`cause: erasure`).
+    Erased,
+    /// The retention rule erased the customer (`cause: retention`).
+    Retention,
+    /// Its window closed; recorded by the sweep (`grant.expired`).
+    Expired,
+}
+
+impl GrantEnd {
+    /// The event kind that records it.
+    fn kind(self) -> EventKind {
+        match self {
+            Self::Expired => EventKind::GrantExpired,
+            Self::Revoked | Self::Disconnected | Self::Erased | Self::Retention => EventKind::GrantRevoked,
+        }
+    }
+
+    /// The `cause` its event carries, if any.
+    pub fn cause(self) -> Option<&'static str> {
+        match self {
+            Self::Revoked | Self::Expired => None,
+            Self::Disconnected => Some("disconnect"),
+            Self::Erased => Some("erasure"),
+            Self::Retention => Some("retention"),
+        }
+    }
+
+    /// How a grant ended, read back from its logged event (`None` for any
+    /// other event).
+    pub fn of_event(event: &AuditEvent) -> Option<Self> {
+        let cause = event.related.get("cause").map(String::as_str);
+        match (event.kind, cause) {
+            (EventKind::GrantExpired, _) => Some(Self::Expired),
+            (EventKind::GrantRevoked, Some("disconnect")) => Some(Self::Disconnected),
+            (EventKind::GrantRevoked, Some("erasure")) => Some(Self::Erased),
+            (EventKind::GrantRevoked, Some("retention")) => Some(Self::Retention),
+            (EventKind::GrantRevoked, _) => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// What the business's change feed says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantChangeKind {
+    /// A grant was given.
+    Created,
+    /// A grant was revoked (by the customer, or by an erasure).
+    Revoked,
+    /// The grant's window closed.
+    Expired,
+    /// The customer disconnected: the relationship and its grants ended.
+    Disconnected,
+}
+
+impl GrantChangeKind {
+    /// The change an event stands for in the feed, if any.
+    pub fn of_event(event: &AuditEvent) -> Option<Self> {
+        match event.kind {
+            EventKind::GrantCreated => Some(Self::Created),
+            EventKind::RelationshipEnded => Some(Self::Disconnected),
+            _ => GrantEnd::of_event(event).map(|end| match end {
+                GrantEnd::Disconnected => Self::Disconnected,
+                GrantEnd::Expired => Self::Expired,
+                GrantEnd::Revoked | GrantEnd::Erased | GrantEnd::Retention => Self::Revoked,
+            }),
+        }
+    }
+}
+
+/// Ends `grant` of `subject` in `txn` for `end`, by `actor` at `now` (Unix
+/// seconds; `time` is the same instant as RFC 3339): a revocation stores
+/// the grant with `revoked_at`, an expiry leaves the record as its window
+/// already says; either way the event (with the business's pairwise id while
+/// the relationship stands) is appended. The caller has checked that the
+/// grant is live, and confirms the returned append after the commit.
+///
+/// **Architecture Invariant:** every ended grant goes through here, in the
+/// transaction that ends it, so its event is in commit order with the reads
+/// it ends: no allowed read appears after it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn grant_end_in(
+    txn: &mut Txn<'_>,
+    log: &AuditLog,
+    subject: SubjectId,
+    grant: &mut GrantRecord,
+    end: GrantEnd,
+    actor: Actor,
+    now: i64,
+    time: &str,
+) -> Result<Appended, ConsentError> {
+    if end != GrantEnd::Expired {
+        grant.revoked_at = Some(now);
+        txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&*grant, "grant")?);
+    }
+    let mut event = grant_event(txn, end.kind(), actor, time, subject, grant)?;
+    if let Some(cause) = end.cause() {
+        event = event.related("cause", cause);
+    }
+    Ok(log.append(txn, &event)?)
+}
+
+/// The event of a change to `grant`: its id, the business, and the pairwise
+/// id while the relationship stands (so the business's feed never shows a
+/// subject id).
+fn grant_event(
+    txn: &Txn<'_>,
+    kind: EventKind,
+    actor: Actor,
+    time: &str,
+    subject: SubjectId,
+    grant: &GrantRecord,
+) -> Result<AuditEvent, ConsentError> {
+    let mut event = AuditEvent::new(kind, actor, time).subject(subject).related("grant_id", &grant.grant_id);
+    if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
+        let relationship: Relationship = decode(&bytes, "relationship")?;
+        event = event.related("pairwise_id", &relationship.pairwise_id);
+    }
+    event.business = Some(grant.business_id.clone());
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn event(kind: EventKind, cause: Option<&str>) -> AuditEvent {
+        let event = AuditEvent::new(kind, Actor::system(), "2026-01-01T00:00:00Z");
+        match cause {
+            Some(cause) => event.related("cause", cause),
+            None => event,
+        }
+    }
+
+    #[test]
+    fn every_end_reads_back_from_its_event() {
+        for end in [GrantEnd::Revoked, GrantEnd::Disconnected, GrantEnd::Erased, GrantEnd::Retention, GrantEnd::Expired]
+        {
+            assert_eq!(GrantEnd::of_event(&event(end.kind(), end.cause())), Some(end), "{end:?}");
+        }
+    }
+
+    #[test]
+    fn the_feed_tells_disconnections_from_revocations() {
+        let feed = |kind, cause| GrantChangeKind::of_event(&event(kind, cause));
+        assert_eq!(feed(EventKind::GrantCreated, None), Some(GrantChangeKind::Created));
+        assert_eq!(feed(EventKind::GrantRevoked, None), Some(GrantChangeKind::Revoked));
+        assert_eq!(feed(EventKind::GrantRevoked, Some("disconnect")), Some(GrantChangeKind::Disconnected));
+        assert_eq!(feed(EventKind::GrantRevoked, Some("erasure")), Some(GrantChangeKind::Revoked));
+        assert_eq!(feed(EventKind::GrantRevoked, Some("retention")), Some(GrantChangeKind::Revoked));
+        assert_eq!(feed(EventKind::GrantExpired, None), Some(GrantChangeKind::Expired));
+        assert_eq!(feed(EventKind::RelationshipEnded, Some("disconnect")), Some(GrantChangeKind::Disconnected));
+        assert_eq!(feed(EventKind::DataRead, None), None);
+    }
+}

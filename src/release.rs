@@ -1,0 +1,134 @@
+//! The one place plaintext leaves the vault's keeping.
+//!
+//! A read takes sealed values in its commit transaction ([`sealed_in`],
+//! [`sealed_all_in`]) together with the subject's key record as that
+//! transaction saw it, and appends the read's audit event in the same
+//! transaction. [`release`] opens the values only with the [`Logged`] proof
+//! that this event is on disk, and only the fields the event names.
+//!
+//! **Architecture Invariant:** this module is the only caller of
+//! [`Dek::open`] for a value that leaves the process (clippy's
+//! `disallowed_methods` refuses it elsewhere; `clippy.toml`). Resealing for a
+//! DEK replacement or a KEK rotation happens inside `crypto` and never hands
+//! plaintext to its caller.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::audit::Logged;
+use crate::core::Core;
+use crate::crypto::{CryptoError, Dek, Sealed};
+use crate::ids::SubjectId;
+use crate::keys::KeyRecord;
+use crate::store::{Key, StoreError, Txn};
+
+/// Why values taken by a logged read could not be released. None carries a
+/// value.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// A value names a field its read's event does not: a bug, refused
+    /// rather than released.
+    #[error("a value is not covered by its read's audit event")]
+    NotCovered,
+    /// A value or the key record failed to open (a corrupt or misplaced
+    /// ciphertext).
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store failed, or holds a record this build cannot read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Values taken in a read's transaction, with the subject's key record as
+/// the same transaction saw it, for [`release`].
+#[derive(Debug)]
+pub(crate) struct SealedRead {
+    key_record: Option<Vec<u8>>,
+    values: Vec<(String, Sealed)>,
+}
+
+impl SealedRead {
+    /// The fields taken, in order.
+    pub(crate) fn fields(&self) -> Vec<String> {
+        self.values.iter().map(|(field, _)| field.clone()).collect()
+    }
+}
+
+/// The sealed values of `fields` that `subject` holds, and its key record,
+/// as `txn` sees them.
+pub(crate) fn sealed_in(txn: &Txn<'_>, subject: SubjectId, fields: &[String]) -> Result<SealedRead, StoreError> {
+    let mut values = Vec::new();
+    for field in fields {
+        if let Some(bytes) = txn.get(Key::value(subject.as_bytes(), field).key())? {
+            values.push((field.clone(), Sealed::from_bytes(bytes)));
+        }
+    }
+    let key_record = if values.is_empty() { None } else { txn.get(&Key::dek(subject.as_bytes()))? };
+    Ok(SealedRead { key_record, values })
+}
+
+/// Every sealed value `subject` holds, and its key record, as `txn` sees
+/// them.
+pub(crate) fn sealed_all_in(txn: &Txn<'_>, subject: SubjectId) -> Result<SealedRead, StoreError> {
+    // The key as this transaction sees it opens what it takes, whatever
+    // commits after it (see `release`).
+    let key_record = txn.get(&Key::dek(subject.as_bytes()))?;
+    let prefix = Key::values_of(subject.as_bytes());
+    let mut values = Vec::new();
+    for (key, bytes) in txn.scan_prefix(&prefix)? {
+        let field = prefix
+            .suffix_of(&key)
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .ok_or(StoreError::Corrupt { what: "value key" })?;
+        values.push((field.to_owned(), Sealed::from_bytes(bytes)));
+    }
+    Ok(SealedRead { key_record, values })
+}
+
+/// Opens values taken in a read's transaction, for the reader: needs the
+/// proof that the read's audit event is on disk, and opens only the fields
+/// that event names. The DEK comes from the key record that same transaction
+/// saw, not from the store now: an erasure (which deletes the key) or a DEK
+/// replacement may commit between the read's commit and this call, and the
+/// read, decided and logged before it, must still open what it took.
+pub(crate) fn release(
+    core: &Core,
+    logged: &Logged,
+    subject: SubjectId,
+    sealed: SealedRead,
+) -> Result<BTreeMap<String, Value>, ReleaseError> {
+    if sealed.values.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let record = sealed.key_record.ok_or(StoreError::Corrupt { what: "values without a key record" })?;
+    let dek = match dek_of(core, subject, record) {
+        // A KEK rotation rewrapped the record and destroyed the KEK it was
+        // under since the read's commit: the stored record now holds the
+        // same DEK under the new KEK.
+        Err(ReleaseError::Crypto(CryptoError::UnknownKekVersion(_))) => {
+            let now = core.store().get(&Key::dek(subject.as_bytes()))?;
+            dek_of(core, subject, now.ok_or(StoreError::Corrupt { what: "values without a key record" })?)?
+        }
+        outcome => outcome?,
+    };
+    let mut data = BTreeMap::new();
+    for (field, value) in sealed.values {
+        if !logged.covers(subject, &field) {
+            // The event names exactly the fields taken in its transaction;
+            // anything else is a bug, and is refused rather than released.
+            return Err(ReleaseError::NotCovered);
+        }
+        #[allow(clippy::disallowed_methods)] // The release itself.
+        let plaintext = dek.open(subject.as_bytes(), &field, &value)?;
+        let value: Value =
+            serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what: "value encoding" })?;
+        data.insert(field, value);
+    }
+    Ok(data)
+}
+
+/// Unwraps the DEK in the stored key record `record` of `subject`.
+fn dek_of(core: &Core, subject: SubjectId, record: Vec<u8>) -> Result<Dek, ReleaseError> {
+    Ok(core.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+}
