@@ -86,9 +86,9 @@ fn main() {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Provisioned {
     business_client: (String, String),
-    pairwise_ids: Vec<String>,
+    pairwise_ids: Vec<consentvault::ids::PairwiseId>,
     customers: Vec<String>,
-    business_id: String,
+    business_id: consentvault::ids::BusinessId,
 }
 
 fn vault_options(data_dir: &Path) -> VaultOptions {
@@ -120,7 +120,7 @@ async fn provision(data_dir: &Path, subjects: usize) -> Provisioned {
         )
         .await
         .unwrap();
-    let business_id = business.id.clone();
+    let business_id: consentvault::ids::BusinessId = business.id.parse().unwrap();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64 {
@@ -470,7 +470,7 @@ fn spread(task: usize, sequence: u64, len: usize) -> usize {
     (x % len as u64) as usize
 }
 
-fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<String>>) -> Round {
+fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<consentvault::ids::PairwiseId>>) -> Round {
     let (base, token, pairwise_ids) = (base.to_owned(), token.to_owned(), Arc::clone(pairwise_ids));
     Arc::new(move |client, task, sequence| {
         let pairwise = &pairwise_ids[spread(task, sequence, pairwise_ids.len())];

@@ -101,6 +101,116 @@ id_type!(
     SubjectId
 );
 
+/// Whether `text` is an id as the vault writes them: 32 lowercase hex
+/// digits.
+pub fn is_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+macro_rules! text_id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// Kept as its text (32 lowercase hex digits), the form the store's
+        /// keys and the wire carry; parsing is the only way to make one
+        /// from outside text.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A fresh random id.
+            pub fn random(rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
+                random_bytes::<16>(rng).map(|bytes| Self(hex(&bytes)))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                if is_id(text) { Ok(Self(text.to_owned())) } else { Err(IdError) }
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl From<&$name> for String {
+            fn from(id: &$name) -> String {
+                id.0.clone()
+            }
+        }
+
+        /// Its text, for store keys and audit events (which hold ids as
+        /// text); a `&str` never becomes an id without parsing.
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+text_id_type!(
+    /// A business (a principal that reads customer data under grants).
+    BusinessId
+);
+text_id_type!(
+    /// A customer's connection to one business.
+    RelationshipId
+);
+text_id_type!(
+    /// How one business sees one customer; different for every business.
+    PairwiseId
+);
+text_id_type!(
+    /// A grant: one consent a customer gave one business.
+    GrantId
+);
+text_id_type!(
+    /// A business's access request to a customer.
+    RequestId
+);
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -116,6 +226,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<SubjectId>(&json).unwrap(), id);
         for bad in ["", "xyz", &text[..31], &format!("{text}0"), "g".repeat(32).as_str(), "é".repeat(16).as_str()] {
             assert!(bad.parse::<SubjectId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_ids_parse_only_as_the_vault_writes_them() {
+        let id = GrantId::random(&ring::rand::SystemRandom::new()).unwrap();
+        assert_eq!(id.as_str().parse::<GrantId>().unwrap(), id);
+        assert_eq!(serde_json::from_str::<GrantId>(&serde_json::to_string(&id).unwrap()).unwrap(), id);
+        let upper = "0123456789ABCDEF0123456789abcdef";
+        for bad in ["", "xyz", &id.as_str()[..31], &format!("{id}0"), upper, "é".repeat(16).as_str()] {
+            assert!(bad.parse::<BusinessId>().is_err(), "{bad}");
+            assert!(serde_json::from_value::<PairwiseId>(serde_json::json!(bad)).is_err(), "{bad}");
         }
     }
 }

@@ -214,7 +214,7 @@ impl Rights {
                             .subject(subject)
                             .related("request_id", &request.request_id)
                             .related("cause", cause);
-                        event.business = Some(request.business_id.clone());
+                        event.business = Some(request.business_id.to_string());
                         appended.push(log.append(txn, &event)?);
                     }
                 }
@@ -227,7 +227,7 @@ impl Rights {
                         .related("relationship_id", &relationship.relationship_id)
                         .related("pairwise_id", &relationship.pairwise_id)
                         .related("cause", cause);
-                    event.business = Some(relationship.business_id.clone());
+                    event.business = Some(relationship.business_id.to_string());
                     appended.push(log.append(txn, &event)?);
                 }
                 txn.delete(&Key::objections(subject.as_bytes()));

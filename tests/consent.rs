@@ -436,9 +436,9 @@ async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_e
     assert_eq!(theirs["status"], "expired");
     let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{approved}"), &business).await;
     assert_eq!(theirs["status"], "approved", "an answered request is not the sweep's");
-    let stored = server.vault.consent().requests_of_business(&business_id).unwrap();
+    let stored = server.vault.consent().requests_of_business(&business_id.parse().unwrap()).unwrap();
     assert!(
-        stored.iter().any(|r| r.request_id == *unanswered
+        stored.iter().any(|r| r.request_id.as_str() == *unanswered
             && r.status == consentvault::consent::requests::RequestStatus::Expired),
         "the stored status is expired, not only its reading"
     );

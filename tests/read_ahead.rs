@@ -16,7 +16,7 @@ use std::time::Duration;
 use consentvault::audit::{Actor, AuditEvent, Decision, EventKind};
 use consentvault::auth::Role;
 use consentvault::consent::{ConsentError, GrantRecord, ScopedRead};
-use consentvault::ids::SubjectId;
+use consentvault::ids::{BusinessId, PairwiseId, RelationshipId, SubjectId};
 use consentvault::store::memory::MemoryBackend;
 use consentvault::store::{Key, Part, Space, StoreStats};
 use consentvault::vault::Vault;
@@ -26,9 +26,9 @@ struct Setup {
     vault: Arc<Vault>,
     backend: Arc<MemoryBackend>,
     subject: SubjectId,
-    business: String,
-    pairwise: String,
-    relationship_id: String,
+    business: BusinessId,
+    pairwise: PairwiseId,
+    relationship_id: RelationshipId,
     grant: GrantRecord,
 }
 
@@ -43,20 +43,21 @@ impl Setup {
             .client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()])
             .await
             .unwrap();
+        let business: BusinessId = business.id.parse().unwrap();
         let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
         vault
             .subjects()
             .data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org"))
             .await
             .unwrap();
-        let relationship = vault.consent().relationship_create(subject, &business.id).await.unwrap();
+        let relationship = vault.consent().relationship_create(subject, &business).await.unwrap();
         let (pairwise, relationship_id) = (relationship.pairwise_id, relationship.relationship_id);
         let grant = vault
             .consent()
-            .grant_create(subject, &business.id, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
+            .grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 90)
             .await
             .unwrap();
-        Self { vault, backend, subject, business: business.id, pairwise, relationship_id, grant }
+        Self { vault, backend, subject, business, pairwise, relationship_id, grant }
     }
 
     /// [`Setup::new`] on a store whose reads take 300 µs each, as reads of

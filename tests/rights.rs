@@ -224,7 +224,7 @@ async fn the_html_export_is_the_same_document_escaped_and_audited_once_per_expor
 /// A business registered through the library, and a customer connected to it.
 async fn customer_of_a_business(
     vault: &std::sync::Arc<consentvault::vault::Vault>,
-) -> (consentvault::ids::SubjectId, String) {
+) -> (consentvault::ids::SubjectId, consentvault::ids::BusinessId) {
     use consentvault::audit::Actor;
     use consentvault::auth::Role;
     let business = vault
@@ -232,7 +232,9 @@ async fn customer_of_a_business(
         .client_create(&Actor::system(), Role::Business, "Acme Pizza", vec!["marketing".to_owned()])
         .await
         .unwrap()
-        .id;
+        .id
+        .parse()
+        .unwrap();
     let subject = vault.principals().customer_signup("correct horse battery staple").await.unwrap();
     vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!(CANARY)).await.unwrap();
     vault.consent().relationship_create(subject, &business).await.unwrap();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Json, Path, Query, cursor_decode, cursor_encode, page_limit};
+use super::extract::{Json, Path, Query, cursor_decode, cursor_encode, page_limit, record_id};
 use super::guard::{BusinessCaller, CustomerCaller};
 #[allow(unused_imports)]
 use super::problem::Problem;
@@ -26,9 +26,9 @@ pub struct RelationshipView {
 impl From<Relationship> for RelationshipView {
     fn from(r: Relationship) -> Self {
         Self {
-            relationship_id: r.relationship_id,
-            business_id: r.business_id,
-            pairwise_id: r.pairwise_id,
+            relationship_id: r.relationship_id.into(),
+            business_id: r.business_id.into(),
+            pairwise_id: r.pairwise_id.into(),
             connected_at: r.connected_at,
         }
     }
@@ -68,7 +68,8 @@ pub async fn relationships_create(
     State(state): State<AppState>,
     Json(body): Json<RelationshipCreate>,
 ) -> Result<Response, ApiError> {
-    let relationship = state.vault.consent().relationship_create(caller.subject, &body.business_id).await?;
+    let relationship =
+        state.vault.consent().relationship_create(caller.subject, &record_id(&body.business_id, "business")?).await?;
     Ok((StatusCode::CREATED, axum::Json(RelationshipView::from(relationship))).into_response())
 }
 
@@ -79,7 +80,7 @@ pub async fn relationships_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let relationship = state.vault.consent().relationship_end(caller.subject, &id).await?;
+    let relationship = state.vault.consent().relationship_end(caller.subject, &record_id(&id, "relationship")?).await?;
     Ok(axum::Json(serde_json::json!({"relationship_id": relationship.relationship_id, "status": "ended"})))
 }
 
@@ -106,8 +107,8 @@ impl GrantView {
     fn new(grant: GrantRecord, now: i64) -> Self {
         let status = grant.status(now);
         Self {
-            grant_id: grant.grant_id,
-            business_id: grant.business_id,
+            grant_id: grant.grant_id.into(),
+            business_id: grant.business_id.into(),
             purposes: grant.purposes,
             fields: grant.fields,
             starts_at: time_text(grant.starts_at),
@@ -148,7 +149,13 @@ pub async fn grants_create(
     let grant = state
         .vault
         .consent()
-        .grant_create(caller.subject, &body.business_id, body.purposes, body.fields, body.duration_days)
+        .grant_create(
+            caller.subject,
+            &record_id(&body.business_id, "business")?,
+            body.purposes,
+            body.fields,
+            body.duration_days,
+        )
         .await?;
     Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
 }
@@ -165,7 +172,7 @@ pub async fn grants_get(
         .consent()
         .grants(caller.subject)?
         .into_iter()
-        .find(|g| g.grant_id == id)
+        .find(|g| g.grant_id.as_str() == id)
         .ok_or(ConsentError::NotFound("grant"))?;
     Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
 }
@@ -177,7 +184,7 @@ pub async fn grants_revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
-    let grant = state.vault.consent().grant_revoke(caller.subject, &id).await?;
+    let grant = state.vault.consent().grant_revoke(caller.subject, &record_id(&id, "grant")?).await?;
     Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
 }
 
@@ -220,8 +227,12 @@ pub async fn business_relationships(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<Connected>>, ApiError> {
-    let list = state.vault.consent().business_relationships(&caller.0.id)?;
-    Ok(items(list.into_iter().map(|(pairwise_id, connected_at)| Connected { pairwise_id, connected_at }).collect()))
+    let list = state.vault.consent().business_relationships(&caller.business)?;
+    Ok(items(
+        list.into_iter()
+            .map(|(pairwise_id, connected_at)| Connected { pairwise_id: pairwise_id.into(), connected_at })
+            .collect(),
+    ))
 }
 
 /// The query of a scoped read.
@@ -262,11 +273,13 @@ pub async fn subjects_data(
         return Err(ApiError::invalid_query("invalid_query", "at most 64 fields per read"));
     }
     read_query_check(&state, &pairwise, &params.purpose, fields.as_deref())?;
-    let read = state.vault.consent().scoped_read(&caller.0.id, &pairwise, &params.purpose, fields).await?;
+    // Checked just above: 32 lowercase hex digits.
+    let pairwise = pairwise.parse().map_err(|_| ApiError::invalid_query("invalid_query", "not a pairwise id"))?;
+    let read = state.vault.consent().scoped_read(&caller.business, &pairwise, &params.purpose, fields).await?;
     Ok(axum::Json(ReadAnswer {
         data: read.data,
         withheld: read.withheld,
-        grant_ids: read.grant_ids,
+        grant_ids: read.grant_ids.into_iter().map(Into::into).collect(),
         audit_index: read.audit_index,
     }))
 }
@@ -391,13 +404,13 @@ pub async fn business_grants(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<BusinessGrantView>>, ApiError> {
-    let grants = state.vault.consent().business_grants(&caller.0.id)?;
+    let grants = state.vault.consent().business_grants(&caller.business)?;
     Ok(items(
         grants
             .into_iter()
             .map(|entry| BusinessGrantView {
                 grant: GrantView::new(entry.grant, state.vault.core().clock().now_secs()),
-                pairwise_id: entry.pairwise_id,
+                pairwise_id: entry.pairwise_id.map(Into::into),
             })
             .collect(),
     ))
@@ -437,10 +450,10 @@ impl RequestView {
     ) -> Self {
         let status = request.status_at(now);
         Self {
-            request_id: request.request_id,
-            business_id: request.business_id,
+            request_id: request.request_id.into(),
+            business_id: request.business_id.into(),
             business_name,
-            pairwise_id: for_business.then_some(request.pairwise_id),
+            pairwise_id: for_business.then_some(request.pairwise_id.into()),
             purposes: request.purposes,
             fields: request.fields,
             duration_days: request.duration_days,
@@ -450,7 +463,7 @@ impl RequestView {
             created_at: time_text(request.created_at),
             expires_at: time_text(request.expires_at),
             reason: request.reason,
-            grant_id: request.grant_id,
+            grant_id: request.grant_id.map(Into::into),
         }
     }
 }
@@ -474,15 +487,15 @@ pub async fn requests_create(
     State(state): State<AppState>,
     Json(body): Json<RequestCreate>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.vault.principals().limits().requests_per_business.take(&caller.0.id) {
+    if let Err(wait) = state.vault.principals().limits().requests_per_business.take(&caller.business) {
         return Err(ApiError::too_many(wait));
     }
     let request = state
         .vault
         .consent()
         .request_create(
-            &caller.0.id,
-            &body.pairwise_id,
+            &caller.business,
+            &record_id(&body.pairwise_id, "customer")?,
             body.purposes,
             body.fields,
             body.duration_days,
@@ -500,7 +513,7 @@ pub async fn requests_list(
     caller: BusinessCaller,
     State(state): State<AppState>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
-    let requests = state.vault.consent().requests_of_business(&caller.0.id)?;
+    let requests = state.vault.consent().requests_of_business(&caller.business)?;
     Ok(items(
         requests.into_iter().map(|r| RequestView::new(r, state.vault.core().clock().now_secs(), true, None)).collect(),
     ))
@@ -516,9 +529,9 @@ pub async fn requests_get(
     let request = state
         .vault
         .consent()
-        .requests_of_business(&caller.0.id)?
+        .requests_of_business(&caller.business)?
         .into_iter()
-        .find(|r| r.request_id == id)
+        .find(|r| r.request_id.as_str() == id)
         .ok_or(ConsentError::NotFound("request"))?;
     Ok(axum::Json(RequestView::new(request, state.vault.core().clock().now_secs(), true, None)))
 }
@@ -564,7 +577,7 @@ pub async fn my_requests_approve(
         fields: body.fields,
         duration_days: body.duration_days,
     };
-    let grant = state.vault.consent().request_approve(caller.subject, &id, narrowing).await?;
+    let grant = state.vault.consent().request_approve(caller.subject, &record_id(&id, "request")?, narrowing).await?;
     Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
 }
 
@@ -583,7 +596,7 @@ pub async fn my_requests_deny(
     Path(id): Path<String>,
     Json(body): Json<Denial>,
 ) -> Result<axum::Json<RequestView>, ApiError> {
-    let request = state.vault.consent().request_deny(caller.subject, &id, body.reason).await?;
+    let request = state.vault.consent().request_deny(caller.subject, &record_id(&id, "request")?, body.reason).await?;
     Ok(axum::Json(RequestView::new(request, state.vault.core().clock().now_secs(), false, None)))
 }
 
@@ -615,7 +628,7 @@ pub async fn grant_changes(
 ) -> Result<axum::Json<ChangesPage>, ApiError> {
     let limit = page_limit(params.limit, 100, 500)?;
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("changes", cursor)).transpose()?.unwrap_or(0);
-    let (items, next) = state.vault.consent().grant_changes(&caller.0.id, from, limit)?;
+    let (items, next) = state.vault.consent().grant_changes(&caller.business, from, limit)?;
     let cursor = cursor_encode("changes", next.unwrap_or(from));
     Ok(axum::Json(ChangesPage { items, cursor }))
 }
@@ -638,6 +651,6 @@ pub async fn grants_receipt(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ReceiptAnswer>, ApiError> {
-    let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject, &id)?;
+    let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject, &record_id(&id, "grant")?)?;
     Ok(axum::Json(ReceiptAnswer { receipt, signed_note, verifier_key: state.vault.audit().verifier_key() }))
 }

@@ -215,6 +215,13 @@ pub fn cursor_decode(kind: &str, cursor: &str) -> Result<u64, Problem> {
         })
 }
 
+/// The record id in `text` (a path segment or a body field), for a record
+/// of kind `what`: text that is not an id names no record, so it gets the
+/// same 404 as an id nobody holds.
+pub fn record_id<Id: std::str::FromStr>(text: &str, what: &str) -> Result<Id, super::error::ApiError> {
+    text.parse().map_err(|_| super::error::ApiError::not_found(what))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::{Principal, Role};
-use crate::ids::SubjectId;
+use crate::ids::{BusinessId, SubjectId};
 
 /// The longest `Authorization` header looked at; longer ones are refused
 /// before any parsing.
@@ -66,11 +66,24 @@ macro_rules! role_extractor {
     };
 }
 
-role_extractor!(
-    /// A caller holding a business token.
-    BusinessCaller,
-    Role::Business
-);
+/// A caller holding a business token, with its business id.
+#[derive(Debug, Clone)]
+pub struct BusinessCaller {
+    /// The verified principal.
+    pub principal: Principal,
+    /// The business it is.
+    pub business: BusinessId,
+}
+
+impl FromRequestParts<AppState> for BusinessCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = principal(parts, state, Role::Business).await?;
+        let business = principal.id.parse().map_err(|_| ApiError::unauthorized())?;
+        Ok(Self { principal, business })
+    }
+}
 role_extractor!(
     /// A caller holding an auditor token.
     AuditorCaller,

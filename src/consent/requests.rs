@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Consent, ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
 use crate::audit::{Actor, AuditEvent, EventKind, Role};
-use crate::ids::SubjectId;
+use crate::ids::{BusinessId, GrantId, PairwiseId, RequestId, SubjectId};
 use crate::policy::engine;
 use crate::store::{Key, Txn};
 
@@ -39,11 +39,11 @@ pub enum RequestStatus {
 #[serde(deny_unknown_fields)]
 pub struct AccessRequest {
     /// The request id.
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The business asking.
-    pub business_id: String,
+    pub business_id: BusinessId,
     /// How the business knows the customer.
-    pub pairwise_id: String,
+    pub pairwise_id: PairwiseId,
     /// Purposes asked for.
     pub purposes: Vec<String>,
     /// Fields asked for.
@@ -66,7 +66,7 @@ pub struct AccessRequest {
     pub reason: Option<String>,
     /// The grant an approval created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant_id: Option<String>,
+    pub grant_id: Option<GrantId>,
 }
 
 impl AccessRequest {
@@ -128,8 +128,8 @@ impl Consent {
     #[allow(clippy::too_many_arguments)]
     pub async fn request_create(
         &self,
-        business: &str,
-        pairwise: &str,
+        business: &BusinessId,
+        pairwise: &PairwiseId,
         purposes: Vec<String>,
         fields: Vec<String>,
         duration_days: u32,
@@ -144,9 +144,9 @@ impl Consent {
         engine::check_grant(&self.core.policies(), business, &registered, &purposes, &fields, duration_days)?;
         let now = self.core.clock().now_secs();
         let request = AccessRequest {
-            request_id: self.random_hex_id()?,
-            business_id: business.to_owned(),
-            pairwise_id: pairwise.to_owned(),
+            request_id: RequestId::random(self.core.keys().rng())?,
+            business_id: business.clone(),
+            pairwise_id: pairwise.clone(),
             purposes,
             fields,
             duration_days,
@@ -177,7 +177,7 @@ impl Consent {
                 .fields(stored.fields.clone())
                 .related("request_id", &stored.request_id)
                 .related("purposes", stored.purposes.join(","));
-                event.business = Some(stored.business_id.clone());
+                event.business = Some(stored.business_id.to_string());
                 txn.put(Key::request(subject.as_bytes(), &stored.request_id), encode(&stored, "request")?);
                 txn.put(
                     Key::request_of_business(&stored.business_id, &stored.request_id),
@@ -205,7 +205,7 @@ impl Consent {
     }
 
     /// The requests a business made, newest last.
-    pub fn requests_of_business(&self, business: &str) -> Result<Vec<AccessRequest>, ConsentError> {
+    pub fn requests_of_business(&self, business: &BusinessId) -> Result<Vec<AccessRequest>, ConsentError> {
         let prefix = Key::requests_of_business(business);
         let mut requests = Vec::new();
         for (key, subject) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
@@ -225,7 +225,7 @@ impl Consent {
         Ok(requests)
     }
 
-    fn request_of_customer(&self, subject: SubjectId, request_id: &str) -> Result<AccessRequest, ConsentError> {
+    fn request_of_customer(&self, subject: SubjectId, request_id: &RequestId) -> Result<AccessRequest, ConsentError> {
         let bytes = self
             .core
             .store()
@@ -239,7 +239,7 @@ impl Consent {
     pub async fn request_approve(
         &self,
         subject: SubjectId,
-        request_id: &str,
+        request_id: &RequestId,
         narrowing: Narrowing,
     ) -> Result<GrantRecord, ConsentError> {
         let request = self.request_of_customer(subject, request_id)?;
@@ -271,7 +271,7 @@ impl Consent {
                     .fields(stored_grant.fields.clone())
                     .related("request_id", &request_id)
                     .related("grant_id", &stored_grant.grant_id);
-                event.business = Some(request.business_id.clone());
+                event.business = Some(request.business_id.to_string());
                 Ok(((first, index), log.append(txn, &event)?))
             })
             .await?;
@@ -284,7 +284,7 @@ impl Consent {
     pub async fn request_deny(
         &self,
         subject: SubjectId,
-        request_id: &str,
+        request_id: &RequestId,
         reason: Option<String>,
     ) -> Result<AccessRequest, ConsentError> {
         if let Some(reason) = &reason {
@@ -305,7 +305,7 @@ impl Consent {
                 let mut event = AuditEvent::new(EventKind::AccessRequestDenied, Actor::customer(subject), &time)
                     .subject(subject)
                     .related("request_id", &request_id);
-                event.business = Some(request.business_id.clone());
+                event.business = Some(request.business_id.to_string());
                 let appended = log.append(txn, &event)?;
                 Ok::<_, ConsentError>((request, appended))
             })
@@ -343,7 +343,7 @@ impl Consent {
                     .subject(subject)
                     .related("request_id", &request.request_id)
                     .related("cause", "expired");
-                event.business = Some(request.business_id.clone());
+                event.business = Some(request.business_id.to_string());
                 Ok(Some(log.append(txn, &event)?))
             })
             .await?;
@@ -361,7 +361,7 @@ impl Consent {
 fn pending_request_take(
     txn: &mut Txn<'_>,
     subject: SubjectId,
-    request_id: &str,
+    request_id: &RequestId,
     now: i64,
 ) -> Result<(Key, AccessRequest), ConsentError> {
     customer_acts_in(txn, subject, now)?;
@@ -376,6 +376,7 @@ fn pending_request_take(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
 
@@ -392,9 +393,9 @@ mod tests {
             purposes in prop::option::of(names()), fields in prop::option::of(names()), days in prop::option::of(0u32..500),
         ) {
             let request = AccessRequest {
-                request_id: "r".to_owned(),
-                business_id: "b".to_owned(),
-                pairwise_id: "p".to_owned(),
+                request_id: "0000000000000000000000000000000a".parse().unwrap(),
+                business_id: "0000000000000000000000000000000b".parse().unwrap(),
+                pairwise_id: "0000000000000000000000000000000c".parse().unwrap(),
                 purposes: asked_purposes.clone(),
                 fields: asked_fields.clone(),
                 duration_days: asked_days,

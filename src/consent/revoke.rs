@@ -139,7 +139,7 @@ fn grant_event(
         let relationship: Relationship = decode(&bytes, "relationship")?;
         event = event.related("pairwise_id", &relationship.pairwise_id);
     }
-    event.business = Some(grant.business_id.clone());
+    event.business = Some(grant.business_id.to_string());
     Ok(event)
 }
 

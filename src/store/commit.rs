@@ -28,14 +28,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::cache::ReadCache;
-use super::versions::{Stamp, Versions};
-use super::{Backend, Entries, Key, StoreError, ValueKey, WriteBatch, counter_decode, sealed_bytes};
-use crate::crypto::Sealed;
+use super::cold::ColdWindow;
+pub use super::reader::{Snapshot, StoreReader};
+use super::txn::TxnContext;
+pub use super::txn::{BatchTap, CommitError, Durable, DurableHook, Finalizer, ScanPage, Txn};
+use super::versions::Versions;
+use super::{Backend, Entries, Key, StoreError, WriteBatch};
 
 /// The name of the commit thread.
 pub const COMMIT_THREAD_NAME: &str = "consentvault-commit";
@@ -43,295 +46,6 @@ pub const COMMIT_THREAD_NAME: &str = "consentvault-commit";
 /// Most transactions gathered into one batch; bounds the latency one flush
 /// adds for the transactions behind it.
 const BATCH_TRANSACTIONS_MAX: usize = 4096;
-
-/// Reads committed state off the commit path: see [`StoreReader::read`].
-#[derive(Clone)]
-pub struct StoreReader {
-    backend: Arc<dyn Backend>,
-    versions: Arc<Versions>,
-    stats: Arc<StoreStats>,
-}
-
-impl std::fmt::Debug for StoreReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreReader").finish_non_exhaustive()
-    }
-}
-
-impl StoreReader {
-    /// Runs `reads` against committed state on the calling thread and
-    /// returns what it found. It holds only a shared [`Txn`], so it can
-    /// change nothing; and what it read may be stale by the time it returns.
-    ///
-    /// This is how a decision is made off the commit thread: before reading
-    /// records, `reads` takes their [`Snapshot::stamp`]; the transaction
-    /// that acts on the decision then checks, with [`Txn::ahead_holds`], that
-    /// nothing under those stamps changed since, and decides again itself
-    /// if anything did (`store::versions`). The commit thread, which every
-    /// transaction waits on, then reads none of those records; and a store
-    /// much larger than its cache reads its cold pages on many threads at
-    /// once.
-    pub fn read<T>(&self, reads: impl FnOnce(&Snapshot<'_>) -> T) -> T {
-        let nothing = WriteBatch::new();
-        let context = TxnContext { versions: &self.versions, stats: &self.stats, cache: None };
-        let snapshot = Snapshot { txn: Txn::new(&*self.backend, &nothing, 0, context) };
-        let disk_before = self.backend.disk_read_bytes();
-        let found = reads(&snapshot);
-        // What the device read for these reads counts towards the verdict
-        // of `Store::reads_cold`, as the commit thread's own reads do.
-        if let (Some(before), Some(after)) = (disk_before, self.backend.disk_read_bytes()) {
-            self.stats.ahead_disk_bytes.fetch_add(after.saturating_sub(before), Ordering::Relaxed);
-        }
-        found
-    }
-}
-
-/// Committed state as [`StoreReader::read`] sees it.
-pub struct Snapshot<'a> {
-    txn: Txn<'a>,
-}
-
-impl std::fmt::Debug for Snapshot<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").finish_non_exhaustive()
-    }
-}
-
-impl<'a> Snapshot<'a> {
-    /// The version of the records under `key`: take it before reading them.
-    pub fn stamp(&self, key: &Key) -> Stamp {
-        self.txn.context.versions.stamp(key)
-    }
-
-    /// Reads committed state (it has no writes of its own).
-    pub fn txn(&self) -> &Txn<'a> {
-        &self.txn
-    }
-}
-
-/// Errors of [`Store::commit`].
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError<E> {
-    /// The transaction function returned an error; none of its writes were
-    /// applied.
-    #[error(transparent)]
-    Rejected(E),
-    /// The store could not apply or flush the batch; the change is not
-    /// acknowledged.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The view a transaction function gets: reads see committed state plus the
-/// writes of earlier transactions in the same batch plus its own.
-pub struct Txn<'a> {
-    backend: &'a dyn Backend,
-    batch: &'a WriteBatch,
-    context: TxnContext<'a>,
-    writes: WriteBatch,
-    batch_seq: u64,
-    hooks: Vec<DurableHook>,
-    taps: Vec<BatchTap>,
-}
-
-/// Work to do once the batch is durable (publish a new durable log size, a
-/// new checkpoint), run by the commit thread right after the flush, before
-/// any caller hears back.
-pub type DurableHook = Box<dyn FnOnce() + Send>;
-
-/// A function run once at the end of every batch that writes anything, in
-/// the same batch (the audit log signs a checkpoint of the batch there).
-/// If it fails, the whole batch is not acknowledged.
-pub type Finalizer = Box<dyn for<'a> Fn(&mut Txn<'a>) -> Result<(), StoreError> + Send + Sync>;
-
-/// Sees every batch the commit thread finishes while it is installed, on
-/// the commit thread, in commit order, after the flush and before any caller
-/// of that batch hears back: `Ok` with the batch's writes (puts and deletes;
-/// empty for a batch of pure reads) once they are durable, `Err` if the batch
-/// was not made durable. Returning `false` removes it; so does a panic. It
-/// runs while every writer waits: hand the batch on, do not work on it.
-pub type BatchTap = Box<dyn FnMut(Result<&WriteBatch, &StoreError>) -> bool + Send>;
-
-/// One page of [`Txn::scan_from`].
-#[derive(Debug)]
-pub struct ScanPage {
-    /// The entries, in key order.
-    pub entries: Entries,
-    /// Where the next page starts, or `None` if this page reached the end of
-    /// the key space.
-    pub next: Option<Vec<u8>>,
-}
-
-/// Proof that a batch is durable: made only by the commit path, after the
-/// flush of batch `batch_seq` succeeded. Values created inside a transaction
-/// (an audit append) can be checked against it to show they are on disk.
-#[derive(Debug)]
-pub struct Durable {
-    batch_seq: u64,
-}
-
-impl Durable {
-    /// The sequence number of the batch that was flushed.
-    pub fn batch_seq(&self) -> u64 {
-        self.batch_seq
-    }
-}
-
-impl std::fmt::Debug for Txn<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Txn").field("writes", &self.writes.len()).finish_non_exhaustive()
-    }
-}
-
-impl<'a> Txn<'a> {
-    fn new(backend: &'a dyn Backend, batch: &'a WriteBatch, batch_seq: u64, context: TxnContext<'a>) -> Self {
-        Self { backend, batch, context, writes: WriteBatch::new(), batch_seq, hooks: Vec::new(), taps: Vec::new() }
-    }
-
-    /// Whether a decision made ahead of this transaction still holds: it
-    /// was made in the same second (`same_second`, the caller's clock) and
-    /// none of the records under `stamps` has changed since they were taken
-    /// ([`Snapshot::stamp`]), counting the transactions that ran before this
-    /// one in its batch. Counts the outcome either way (kept, or decided
-    /// again). Meaningful on the commit thread only.
-    pub fn ahead_holds(&self, stamps: &[Stamp], same_second: bool) -> bool {
-        let holds = same_second && self.context.versions.unchanged(stamps);
-        let counter = if holds { &self.context.stats.stamps_held } else { &self.context.stats.stamps_stale };
-        counter.fetch_add(1, Ordering::Relaxed);
-        holds
-    }
-
-    /// Runs `reads`, which a caller could have made ahead of the transaction
-    /// ([`StoreReader::read`]), and counts and times them if this is the
-    /// commit thread (for `/metrics`).
-    pub fn lookahead<T>(&self, reads: impl FnOnce(&Self) -> T) -> T {
-        if self.context.cache.is_none() {
-            return reads(self);
-        }
-        let started = Instant::now();
-        let found = reads(self);
-        let stats = self.context.stats;
-        stats.lookahead_reads.fetch_add(1, Ordering::Relaxed);
-        stats.lookahead_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-        found
-    }
-
-    /// The sequence number of the batch this transaction is part of.
-    pub fn batch_seq(&self) -> u64 {
-        self.batch_seq
-    }
-
-    /// The value at `key` as this transaction sees it.
-    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        let bytes = key.as_bytes();
-        if let Some(write) = self.writes.get(bytes).or_else(|| self.batch.get(bytes)) {
-            return Ok(write.clone());
-        }
-        match self.context.cache {
-            Some(cache) => cache.borrow_mut().get(bytes, || self.backend.get(bytes)),
-            None => self.backend.get(bytes),
-        }
-    }
-
-    /// Whether `key` holds a value.
-    pub fn contains(&self, key: &Key) -> Result<bool, StoreError> {
-        Ok(self.get(key)?.is_some())
-    }
-
-    /// Every entry under `prefix`, merged with pending writes, in key order.
-    pub fn scan_prefix(&self, prefix: &Key) -> Result<Entries, StoreError> {
-        // The end is only worked out when the engine is asked.
-        let scan = || self.backend.scan(prefix.as_bytes(), &prefix.prefix_end(), usize::MAX);
-        let stored = match self.context.cache {
-            Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan)?,
-            None => scan()?,
-        };
-        let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
-        for pending in [self.batch, &self.writes] {
-            for (key, value) in pending.range(prefix.as_bytes().to_vec()..) {
-                if !key.starts_with(prefix.as_bytes()) {
-                    break;
-                }
-                merged.insert(key.clone(), value.clone());
-            }
-        }
-        Ok(merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect())
-    }
-
-    /// About `limit` entries from `start` on (to the end of the key space), as
-    /// this transaction sees them, in key order. The page covers every key
-    /// from `start` up to the last key the engine returned (or to the end):
-    /// pending writes inside that span are merged in, pending writes beyond
-    /// it are left to the next page, so paging from `start` to the end visits
-    /// every key exactly once.
-    pub fn scan_from(&self, start: &[u8], limit: usize) -> Result<ScanPage, StoreError> {
-        let limit = limit.max(1);
-        let stored = self.backend.scan(start, &[], limit)?;
-        // The engine's last key bounds the span this page covers, unless the
-        // engine ran out of keys first.
-        let bound = if stored.len() == limit { stored.last().map(|(key, _)| key.clone()) } else { None };
-        let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
-        for pending in [self.batch, &self.writes] {
-            for (key, value) in pending.range(start.to_vec()..) {
-                if bound.as_ref().is_some_and(|bound| key > bound) {
-                    break;
-                }
-                merged.insert(key.clone(), value.clone());
-            }
-        }
-        let entries = merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect();
-        let next = bound.map(|mut key| {
-            // The smallest key after `key`.
-            key.push(0);
-            key
-        });
-        Ok(ScanPage { entries, next })
-    }
-
-    /// Installs `tap` at the end of this transaction's batch, so its first
-    /// call is with this very batch (not at all if this transaction fails).
-    pub fn tap(&mut self, tap: BatchTap) {
-        self.taps.push(tap);
-    }
-
-    /// Writes a record that holds no personal value (ids, names, timestamps).
-    pub fn put(&mut self, key: Key, value: Vec<u8>) {
-        self.writes.insert(key.0, Some(value));
-    }
-
-    /// Writes a sealed personal value.
-    pub fn put_sealed(&mut self, key: ValueKey, value: Sealed) {
-        self.writes.insert(key.0.0, Some(sealed_bytes(value)));
-    }
-
-    /// Deletes `key`.
-    pub fn delete(&mut self, key: &Key) {
-        self.writes.insert(key.0.clone(), None);
-    }
-
-    /// Deletes a sealed value.
-    pub fn delete_value(&mut self, key: &ValueKey) {
-        self.delete(&key.0);
-    }
-
-    /// Runs `hook` on the commit thread once this batch is durable (not at
-    /// all if it never becomes durable, or if this transaction fails).
-    pub fn on_durable(&mut self, hook: impl FnOnce() + Send + 'static) {
-        self.hooks.push(Box::new(hook));
-    }
-
-    /// Whether this transaction has written anything so far.
-    pub fn has_writes(&self) -> bool {
-        !self.writes.is_empty()
-    }
-
-    /// Adds `amount` to the counter at `key` and returns the new total.
-    pub fn counter_add(&mut self, key: Key, amount: u64) -> Result<u64, StoreError> {
-        let total = counter_decode(self.get(&key)?.as_deref())?.saturating_add(amount);
-        self.put(key, total.to_be_bytes().to_vec());
-        Ok(total)
-    }
-}
 
 /// Called with the outcome of the batch flush, after the batch is applied.
 type Completion = Box<dyn FnOnce(Result<Durable, StoreError>) + Send>;
@@ -379,59 +93,6 @@ pub struct Store {
     versions: Arc<Versions>,
     /// Whether the commit thread waits on cold pages ([`Store::reads_cold`]).
     cold: Arc<AtomicBool>,
-}
-
-/// The commit thread's window over what the storage device has read for
-/// it and for the reads made ahead of it ([`Backend::disk_read_bytes`]):
-/// judged after its batches, once per [`COLD_WINDOW_MILLIS`], into the
-/// verdict [`Store::reads_cold`] loads.
-#[derive(Debug, Default)]
-struct ColdWindow {
-    /// When the current window started (none yet: the first look only
-    /// starts it, so what was read before does not count).
-    checked: Option<Instant>,
-    bytes: u64,
-}
-
-/// How often a [`ColdWindow`] looks at the engine's disk reads again.
-const COLD_WINDOW_MILLIS: u64 = 500;
-/// Disk reads per second above which the engine is taken to read cold
-/// pages: at 10^6 subjects, fifty times the engine's cache, scoped reads
-/// had the disk read 100–290 MB/s; at 10^4 and 10^5, whose pages the OS
-/// cache holds, next to nothing (`docs/PERFORMANCE.md`) ...
-const COLD_BYTES_PER_SEC: u64 = 16 << 20;
-/// ... and below which it is taken to be warm again. In between, the
-/// verdict stays, so that a store at the edge does not switch back and
-/// forth.
-const WARM_BYTES_PER_SEC: u64 = 4 << 20;
-
-/// Whether the engine reads cold pages, given that it read `bytes` from the
-/// device in `millis` and the verdict was `was`.
-fn reads_cold_by_rate(bytes: u64, millis: u64, was: bool) -> bool {
-    let per_sec = bytes.saturating_mul(1000) / millis.max(1);
-    if was { per_sec > WARM_BYTES_PER_SEC } else { per_sec > COLD_BYTES_PER_SEC }
-}
-
-impl ColdWindow {
-    /// The verdict after `was`, judged again from `bytes_read` (a running
-    /// total) once a window has passed; `was` until then.
-    fn judge(&mut self, was: bool, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
-        let now = Instant::now();
-        let elapsed = self.checked.map(|checked| now.duration_since(checked));
-        if elapsed.is_some_and(|elapsed| elapsed < Duration::from_millis(COLD_WINDOW_MILLIS)) {
-            return was;
-        }
-        self.checked = Some(now);
-        // An engine that cannot tell keeps the verdict it had (warm from
-        // the start, so one that never tells is never taken to be cold) and
-        // its running total.
-        let Some(total) = bytes_read() else { return was };
-        let read = total.saturating_sub(std::mem::replace(&mut self.bytes, total));
-        match elapsed {
-            Some(elapsed) => reads_cold_by_rate(read, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX), was),
-            None => was,
-        }
-    }
 }
 
 impl std::fmt::Debug for Store {
@@ -653,16 +314,6 @@ impl Drop for Store {
     }
 }
 
-/// What a [`Txn`] counts in, and reads through.
-#[derive(Clone, Copy)]
-struct TxnContext<'a> {
-    versions: &'a Versions,
-    stats: &'a StoreStats,
-    /// The commit thread's cache of committed records: `Some` exactly when
-    /// the transaction runs on the commit thread.
-    cache: Option<&'a RefCell<ReadCache>>,
-}
-
 /// What the commit thread works with.
 struct CommitContext<'a> {
     backend: &'a dyn Backend,
@@ -765,7 +416,7 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     }
 }
 
-fn nanos_since(start: Instant) -> u64 {
+pub(super) fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -791,6 +442,7 @@ fn apply_and_flush(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::crypto::Sealed;
     use crate::store::memory::MemoryBackend;
 
     fn store() -> Store {
@@ -956,47 +608,6 @@ mod tests {
         let expected: Vec<Vec<Vec<u8>>> =
             ["first", "second", "third"].iter().map(|name| vec![Key::meta(name).as_bytes().to_vec()]).collect();
         assert_eq!(seen, expected, "installed with the first batch, removed after the third");
-    }
-
-    #[test]
-    fn the_engine_is_judged_cold_by_its_disk_read_rate_with_a_band_between() {
-        let mib = 1 << 20;
-        assert!(reads_cold_by_rate(10 * mib, 500, false), "20 MiB/s: cold");
-        assert!(!reads_cold_by_rate(8 * mib, 500, false), "16 MiB/s is not more than 16");
-        assert!(reads_cold_by_rate(5 * mib, 1000, true), "5 MiB/s: in the band, a cold verdict stays");
-        assert!(!reads_cold_by_rate(5 * mib, 1000, false), "and so does a warm one");
-        assert!(!reads_cold_by_rate(mib, 500, true), "2 MiB/s: warm again");
-        assert!(!reads_cold_by_rate(0, 0, true), "no time, no reads: warm");
-    }
-
-    #[test]
-    fn a_cold_window_is_judged_again_each_window_from_the_bytes_read_since() {
-        let mut window = ColdWindow::default();
-        let mut total = 0u64;
-        let pause = Duration::from_millis(COLD_WINDOW_MILLIS + 10);
-        let mut verdict = false;
-        let mut read = |bytes: u64, verdict: &mut bool| {
-            total += bytes;
-            std::thread::sleep(pause);
-            *verdict = window.judge(*verdict, || Some(total));
-            *verdict
-        };
-        // The first look only starts the first window, whatever was read
-        // before.
-        assert!(!read(1 << 40, &mut verdict));
-        assert!(read(64 << 20, &mut verdict), "64 MiB in half a second");
-        assert!(read(3 << 20, &mut verdict), "6 MiB/s: still cold");
-        assert!(!read(0, &mut verdict), "nothing read: warm");
-        assert!(!window.judge(false, || panic!("judged inside a window")), "judged once per window");
-        std::thread::sleep(pause);
-        assert!(!window.judge(false, || None), "an engine that cannot tell is never cold");
-        // A look that fails keeps the verdict, and the running total.
-        std::thread::sleep(pause);
-        assert!(window.judge(false, || Some(total + (64 << 20))), "64 MiB in half a second");
-        std::thread::sleep(pause);
-        assert!(window.judge(true, || None), "a look that fails keeps the verdict");
-        std::thread::sleep(pause);
-        assert!(!window.judge(true, || Some(total + (64 << 20))), "nothing read since the last look: warm");
     }
 
     #[tokio::test]

@@ -15,10 +15,13 @@
 //! resolves `Ok`) only after the flush of the atomic batch that carries it.
 
 mod cache;
+mod cold;
 mod commit;
 pub mod memory;
 pub mod migrate;
+mod reader;
 pub mod sled_backend;
+mod txn;
 mod versions;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,116 @@
+//! Restoring a backup into an empty data directory: checked whole first,
+//! written beside its final name, verified with the KEK, recorded, renamed.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use base64::Engine as _;
+
+use super::{BackupError, RESTORING_DIR, Trailer, io, read};
+use crate::audit::verify::{Depth, verify_log};
+use crate::audit::{AuditError, AuditEvent, EventKind};
+use crate::crypto::load_key_ring;
+use crate::store::{CommitError, WriteBatch};
+use crate::vault::{self, STORE_DIR, VaultError, VaultOptions};
+
+/// A finished restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// Records applied.
+    pub records: u64,
+    /// The backed-up audit log's size (the trailer's checkpoint).
+    pub audit_size: u64,
+    /// Its root hash, standard base64.
+    pub audit_root: String,
+    /// The index of the `vault.restored` event.
+    pub restored_index: u64,
+}
+
+/// Restores the backup at `input` into `options.data_dir`, which must be
+/// empty or missing, with the KEK `options.key_source` names. Nothing is
+/// left behind on failure.
+pub fn restore(input: &Path, options: &VaultOptions) -> Result<RestoreSummary, BackupError> {
+    let target = &options.data_dir;
+    if !vault::is_empty_dir(target)? {
+        return Err(BackupError::TargetNotEmpty(target.clone()));
+    }
+    let source = options.key_source.clone().ok_or(BackupError::NoKey)?;
+    let keys = load_key_ring(&source, options.production).map_err(VaultError::Key)?;
+    // The whole file is checked before anything is written.
+    let checked = read(input, &mut |_| Ok(()))?;
+    let created = !target.exists();
+    vault::create_private_dir(target)?;
+    let staging = target.join(RESTORING_DIR);
+    let restored = restore_into(input, &staging, &keys, &checked, options.store_cache_bytes).and_then(|summary| {
+        let store_dir = target.join(STORE_DIR);
+        std::fs::rename(&staging, &store_dir).map_err(io(&store_dir))?;
+        File::open(target).and_then(|dir| dir.sync_all()).map_err(io(target))?;
+        Ok(summary)
+    });
+    match restored {
+        Ok(summary) => Ok(summary),
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Writes the store at `staging`, opens and verifies it, and records the
+/// restore in its log.
+fn restore_into(
+    input: &Path,
+    staging: &Path,
+    keys: &crate::crypto::KeyRing,
+    checked: &Trailer,
+    cache_bytes: u64,
+) -> Result<RestoreSummary, BackupError> {
+    let backend = crate::store::open(&crate::store::StoreConfig::embedded(staging, cache_bytes))?;
+    let mut batch = WriteBatch::new();
+    let trailer = read(input, &mut |writes| {
+        batch.clear();
+        batch.extend(writes);
+        Ok(backend.apply(&batch)?)
+    })?;
+    if trailer != *checked {
+        return Err(BackupError::Changed);
+    }
+    backend.flush()?;
+    let (store, audit) = vault::store_open_checked(backend, keys)?;
+    let never = AtomicBool::new(false);
+    let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
+        .map_err(BackupError::AuditInvalid)?;
+    let checkpoint = audit.verifier().open_checkpoint(&trailer.note, audit.origin())?;
+    if checkpoint.tree_size != verified.size || checkpoint.root != verified.root {
+        return Err(BackupError::CheckpointMismatch { checkpoint: checkpoint.tree_size, log: verified.size });
+    }
+    let root = base64::engine::general_purpose::STANDARD.encode(checkpoint.root);
+    let event = AuditEvent::new(
+        EventKind::VaultRestored,
+        crate::audit::Actor::system(),
+        &crate::clock::rfc3339(crate::clock::now()),
+    )
+    .related("backup_checkpoint_size", checkpoint.tree_size.to_string())
+    .related("backup_checkpoint_root", root.clone())
+    .related("backup_sha256", crate::ids::hex(&trailer.sha256));
+    store.set_finalizer(audit.finalizer());
+    let log = audit.clone();
+    let restored_index = store
+        .commit_blocking(move |txn| {
+            let appended = log.append(txn, &event)?;
+            // Kept in the history too: the first checkpoint after the restore.
+            log.checkpoint_in(txn, true)?;
+            Ok::<_, AuditError>(appended.index())
+        })
+        .map_err(|error| match error {
+            CommitError::Rejected(error) => BackupError::Audit(error),
+            CommitError::Store(error) => BackupError::Store(error),
+        })?;
+    store.close()?;
+    tracing::info!(records = trailer.records, audit_size = verified.size, "backup restored");
+    Ok(RestoreSummary { records: trailer.records, audit_size: checkpoint.tree_size, audit_root: root, restored_index })
+}

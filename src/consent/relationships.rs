@@ -1,0 +1,128 @@
+//! A customer's relationships with businesses: connecting (a fresh random
+//! pairwise id per business), the list, disconnecting (the pairwise id stops
+//! resolving and every live grant to that business ends in the same
+//! transaction), and the business's list of its connected customers.
+
+use super::{
+    Consent, ConsentError, GrantEnd, GrantStatus, Relationship, customer_acts_in, decode, encode, grant_end_in,
+    grants_in,
+};
+use crate::audit::{Actor, AuditEvent, EventKind};
+use crate::ids::{BusinessId, PairwiseId, RelationshipId, SubjectId};
+use crate::store::Key;
+
+impl Consent {
+    /// Connects `subject` to `business` with a fresh pairwise id.
+    pub async fn relationship_create(
+        &self,
+        subject: SubjectId,
+        business: &BusinessId,
+    ) -> Result<Relationship, ConsentError> {
+        self.business_purposes(business)?;
+        let rng = self.core.keys().rng();
+        let relationship = Relationship {
+            relationship_id: RelationshipId::random(rng)?,
+            business_id: business.clone(),
+            pairwise_id: PairwiseId::random(rng)?,
+            connected_at: self.core.clock().rfc3339(),
+        };
+        let event =
+            AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
+                .subject(subject)
+                .related("relationship_id", &relationship.relationship_id);
+        let mut event = event;
+        event.business = Some(business.to_string());
+        let log = self.core.audit().clone();
+        let stored = relationship.clone();
+        let now_secs = self.core.clock().now_secs();
+        let (appended, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now_secs)?;
+                let key = Key::relationship(subject.as_bytes(), &stored.business_id);
+                if txn.contains(&key)? {
+                    return Err(ConsentError::AlreadyConnected);
+                }
+                txn.put(key, encode(&stored, "relationship")?);
+                txn.put(Key::pairwise(&stored.business_id, &stored.pairwise_id), subject.to_string().into_bytes());
+                Ok(log.append(txn, &event)?)
+            })
+            .await?;
+        self.core.audit().confirm(appended, &durable)?;
+        Ok(relationship)
+    }
+
+    /// The customer's relationships.
+    pub fn relationships(&self, subject: SubjectId) -> Result<Vec<Relationship>, ConsentError> {
+        self.core
+            .store()
+            .scan_prefix(&Key::relationships_of(subject.as_bytes()), usize::MAX)?
+            .iter()
+            .map(|(_, bytes)| Ok(decode(bytes, "relationship")?))
+            .collect()
+    }
+
+    /// Disconnects: the pairwise id stops resolving and every grant to that
+    /// business is revoked, in one transaction.
+    pub async fn relationship_end(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+    ) -> Result<Relationship, ConsentError> {
+        let relationship = self
+            .relationships(subject)?
+            .into_iter()
+            .find(|r| r.relationship_id == *relationship_id)
+            .ok_or(ConsentError::NotFound("relationship"))?;
+        let now = self.core.clock().now_secs();
+        let time = self.core.clock().rfc3339();
+        let log = self.core.audit().clone();
+        let ended = relationship.clone();
+        let (appended, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now)?;
+                let key = Key::relationship(subject.as_bytes(), &ended.business_id);
+                if !txn.contains(&key)? {
+                    return Err(ConsentError::NotFound("relationship"));
+                }
+                let mut appended = Vec::new();
+                for mut grant in grants_in(txn, subject)? {
+                    if grant.business_id != ended.business_id || grant.status(now) != GrantStatus::Active {
+                        continue;
+                    }
+                    let actor = Actor::customer(subject);
+                    let end = GrantEnd::Disconnected;
+                    appended.push(grant_end_in(txn, &log, subject, &mut grant, end, actor, now, &time)?);
+                }
+                txn.delete(&key);
+                txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
+                let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
+                    .subject(subject)
+                    .related("relationship_id", &ended.relationship_id)
+                    .related("pairwise_id", &ended.pairwise_id);
+                event.business = Some(ended.business_id.to_string());
+                appended.push(log.append(txn, &event)?);
+                Ok(appended)
+            })
+            .await?;
+        for appended in appended {
+            self.core.audit().confirm(appended, &durable)?;
+        }
+        Ok(relationship)
+    }
+
+    /// The customers connected to `business`: (pairwise id, connected at).
+    pub fn business_relationships(&self, business: &BusinessId) -> Result<Vec<(PairwiseId, String)>, ConsentError> {
+        let mut items = Vec::new();
+        for (pairwise, subject) in self.business_index(&Key::pairwise_of(business), "pairwise")? {
+            if let Some(bytes) = self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
+                let relationship: Relationship = decode(&bytes, "relationship")?;
+                items.push((pairwise, relationship.connected_at));
+            }
+        }
+        Ok(items)
+    }
+}
