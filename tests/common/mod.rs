@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests: a vault on a temporary
 //! directory, the real server binary on port 0, `audit verify` on a stopped
-//! vault, a small seeded random generator so failures can be replayed, and
-//! an outside auditor's log verifier ([`tlog`]).
+//! vault, a small seeded random generator so failures can be replayed, an
+//! outside auditor's log verifier ([`tlog`]), and a test app with one actor
+//! per role that verifies the whole audit log when dropped ([`app`]).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod app;
 pub mod tlog;
 
 use std::io::{BufRead, BufReader, Read};
@@ -320,6 +322,27 @@ impl InProcessServer {
             let _ = stopped.await;
         }));
         Self { vault, base_url, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops serving from where blocking is allowed but awaiting is not (a
+    /// `Drop`): signals the server, then waits on a thread of its own for it
+    /// to close the vault. The server runs on the test runtime's workers
+    /// while the calling thread waits, so that runtime must be multi-thread.
+    pub fn stop_blocking(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(task) = self.task.take() else { return Ok(()) };
+        drop(self);
+        let waiter = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|error| error.to_string())?;
+            match runtime.block_on(task) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(format!("serving ended with an error: {error}")),
+                Err(error) => Err(format!("the server task failed: {error}")),
+            }
+        });
+        waiter.join().unwrap_or_else(|_| Err("waiting for the server panicked".to_owned()))
     }
 
     /// Stops serving and closes the vault.

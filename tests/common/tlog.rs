@@ -30,6 +30,21 @@ pub fn node(left: &Hash, right: &Hash) -> Hash {
     sha256(&[&[1], left, right])
 }
 
+/// The Merkle tree hash of a list of leaf hashes (RFC 9162 §2.1.1): the
+/// hash of the empty string for none, the leaf hash for one, else the node
+/// over the tree hashes of the first k leaves and of the rest, k the largest
+/// power of two smaller than their number.
+pub fn root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => sha256(&[]),
+        1 => leaves[0],
+        count => {
+            let k = 1usize << (usize::BITS - 1 - (count - 1).leading_zeros());
+            node(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
 /// RFC 9162 §2.1.3.2.
 pub fn verify_inclusion(index: u64, size: u64, leaf_hash: Hash, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
