@@ -888,3 +888,37 @@ fn rotation_update(txn: &mut Txn<'_>, change: impl FnOnce(&mut Rotation)) -> Res
 /// A subject id and its stored key record, as a pass over every DEK finds
 /// them.
 type SubjectKeyRecord = ([u8; 16], Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::Services;
+
+    #[tokio::test]
+    async fn a_replaced_dek_reseals_every_value_and_the_data_reads_the_same() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let store = services.core.store();
+        let before = store.scan_prefix(&Key::values_of(subject.as_bytes()), usize::MAX).unwrap();
+        let data = services.subjects.data_read_own(subject).await.unwrap();
+        services.keys.dek_replace(subject).await.unwrap();
+        let record = KeyRecord::decode(store.get(&Key::dek(subject.as_bytes())).unwrap().unwrap()).unwrap();
+        assert_eq!(record.wrapped.dek_version(), Some(2));
+        assert_eq!(record.seals, 2, "the reseals are counted under the new DEK");
+        let after = store.scan_prefix(&Key::values_of(subject.as_bytes()), usize::MAX).unwrap();
+        assert_eq!(after.len(), before.len());
+        assert!(after.iter().zip(&before).all(|(new, old)| new.0 == old.0 && new.1 != old.1));
+        assert_eq!(services.subjects.data_read_own(subject).await.unwrap(), data);
+        let event = services.events().into_iter().rev().find(|event| event.kind == EventKind::KeyRotated).unwrap();
+        assert_eq!(event.related.get("step").map(String::as_str), Some("dek_replaced"));
+    }
+
+    #[tokio::test]
+    async fn replacing_the_dek_of_an_unknown_subject_is_refused() {
+        let services = Services::new();
+        let outcome = services.keys.dek_replace(SubjectId::from_bytes([9; 16])).await;
+        assert!(matches!(outcome, Err(KeyError::NoSubject)), "{outcome:?}");
+    }
+}

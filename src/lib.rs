@@ -27,4 +27,6 @@ pub mod store;
 pub mod subjects;
 pub mod sweep;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod vault;

@@ -132,3 +132,83 @@ pub(crate) fn release(
 fn dek_of(core: &Core, subject: SubjectId, record: Vec<u8>) -> Result<Dek, ReleaseError> {
     Ok(core.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::audit::{Actor, AuditEvent, Decision, EventKind};
+    use crate::store::StoreError;
+    use crate::testing::Services;
+
+    /// Takes `taken` of the customer's values in one transaction whose
+    /// `data.read` event names `named`, and returns what the release gives.
+    async fn read(
+        services: &Services,
+        subject: SubjectId,
+        taken: &[&str],
+        named: &[&str],
+    ) -> Result<BTreeMap<String, Value>, ReleaseError> {
+        let taken: Vec<String> = taken.iter().map(|f| f.to_string()).collect();
+        let named: Vec<String> = named.iter().map(|f| f.to_string()).collect();
+        let log = services.core.audit().clone();
+        let ((appended, sealed), durable) = services
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let sealed = sealed_in(txn, subject, &taken)?;
+                let mut event = AuditEvent::new(EventKind::DataRead, Actor::customer(subject), "2026-12-01T00:00:00Z")
+                    .subject(subject)
+                    .fields(named);
+                event.decision = Some(Decision::Allow);
+                let appended = log.append(txn, &event).map_err(|_| StoreError::Corrupt { what: "append" })?;
+                Ok::<_, StoreError>((appended, sealed))
+            })
+            .await
+            .unwrap();
+        let logged = services.core.audit().confirm(appended, &durable).unwrap();
+        release(&services.core, &logged, subject, sealed)
+    }
+
+    #[tokio::test]
+    async fn a_logged_read_releases_exactly_the_fields_its_event_names() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let data = read(&services, subject, &["email"], &["email"]).await.unwrap();
+        assert_eq!(data, BTreeMap::from([("email".to_owned(), serde_json::json!("ada@example.org"))]));
+    }
+
+    #[tokio::test]
+    async fn a_value_its_event_does_not_name_is_refused_not_released() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let outcome = read(&services, subject, &["email", "phone"], &["email"]).await;
+        assert!(matches!(outcome, Err(ReleaseError::NotCovered)), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn another_subjects_read_does_not_open_a_value() {
+        let services = Services::new();
+        let (ada, bob) = (services.customer().await, services.customer().await);
+        // Bob's proof over Ada's sealed email: the values do not open under
+        // Bob's key (the AAD binds each to its subject), and the proof does
+        // not cover Ada.
+        let log = services.core.audit().clone();
+        let ((appended, sealed), durable) = services
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let sealed = sealed_in(txn, ada, &["email".to_owned()])?;
+                let event = AuditEvent::new(EventKind::DataRead, Actor::customer(bob), "2026-12-01T00:00:00Z")
+                    .subject(bob)
+                    .fields(vec!["email".to_owned()]);
+                let appended = log.append(txn, &event).map_err(|_| StoreError::Corrupt { what: "append" })?;
+                Ok::<_, StoreError>((appended, sealed))
+            })
+            .await
+            .unwrap();
+        let logged = services.core.audit().confirm(appended, &durable).unwrap();
+        assert!(release(&services.core, &logged, bob, sealed).is_err());
+    }
+}

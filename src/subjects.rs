@@ -362,3 +362,46 @@ fn key_record_with_version(txn: &Txn<'_>, subject: SubjectId, version: u32) -> R
         Err(DataError::KeyChanged)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::Services;
+
+    #[tokio::test]
+    async fn values_reach_the_store_only_sealed_and_the_log_only_by_name() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let everything = crate::store::Backend::scan(&*services.backend, &[], &[0xFF; 64], usize::MAX).unwrap();
+        assert!(everything.len() > 10);
+        for (key, value) in everything {
+            for plain in [&b"ada@example.org"[..], b"7946 0000"] {
+                assert!(!value.windows(plain.len()).any(|w| w == plain), "plaintext under {key:?}");
+            }
+        }
+        let data = services.subjects.data_read_own(subject).await.unwrap();
+        assert_eq!(data.get("email"), Some(&serde_json::json!("ada@example.org")));
+        let kinds: Vec<_> = services.events().iter().map(|event| (event.kind, event.fields.clone())).collect();
+        let fields = vec!["email".to_owned(), "phone".to_owned()];
+        assert_eq!(
+            &kinds[kinds.len() - 2..],
+            [(EventKind::DataWritten, fields.clone()), (EventKind::DataRead, fields)]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_value_in_a_merge_changes_nothing() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let size = services.core.audit().durable_size();
+        let values = serde_json::json!({"email": "not an address", "phone": "+44 20 7946 0001"});
+        let outcome =
+            services.subjects.data_merge(&Actor::customer(subject), subject, values.as_object().unwrap()).await;
+        assert!(matches!(outcome, Err(DataError::Field(FieldError::Invalid { .. }))), "{outcome:?}");
+        assert_eq!(services.core.audit().durable_size(), size);
+        let data = services.subjects.data_read_own(subject).await.unwrap();
+        assert_eq!(data.get("phone"), Some(&serde_json::json!("+44 20 7946 0000")));
+    }
+}

@@ -218,15 +218,7 @@ pub fn policies_load(dir: &Path) -> Result<Policies, PolicyError> {
 
 /// The policies shipped inside the binary.
 pub fn policies_default() -> Policies {
-    let texts = policy::PolicyTexts {
-        catalogue: policy::DEFAULT_CATALOGUE,
-        purposes: policy::DEFAULT_PURPOSES,
-        rules: policy::DEFAULT_RULES,
-    };
-    // The shipped policies are checked by the unit tests of `policy`; if they
-    // ever failed to parse, the build itself would be broken.
-    #[allow(clippy::expect_used)]
-    Policies::parse(Path::new("<built-in>"), texts).expect("the built-in policies parse")
+    Policies::built_in()
 }
 
 /// Whether `path` is an empty directory or does not exist.

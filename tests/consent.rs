@@ -118,6 +118,8 @@ async fn a_business_reads_exactly_what_a_live_grant_allows_and_revocation_is_imm
         .json(&json!({"purposes": []}))
         .send()
         .await
+        .unwrap()
+        .error_for_status()
         .unwrap();
 
     let revoked = client.delete(format!("{base}/v1/me/grants/{grant_id}")).bearer_auth(&customer).send().await.unwrap();
@@ -215,6 +217,8 @@ async fn a_business_asks_and_the_customer_narrows_approves_or_denies() {
         .json(&json!({"email": "ada@example.org", "phone": "+44 20 7946 0000"}))
         .send()
         .await
+        .unwrap()
+        .error_for_status()
         .unwrap();
     let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
@@ -314,6 +318,8 @@ async fn reloaded_policies_apply_to_the_next_read_and_a_broken_file_changes_noth
         .json(&json!({"email": "ada@example.org"}))
         .send()
         .await
+        .unwrap()
+        .error_for_status()
         .unwrap();
     let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
@@ -371,6 +377,8 @@ async fn an_ended_grant_is_denied_at_its_edge_and_announced_in_the_feed_by_the_s
         .json(&json!({"email": "ada@example.org"}))
         .send()
         .await
+        .unwrap()
+        .error_for_status()
         .unwrap();
     let relationship = roles::connect(&client, &base, &customer, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();

@@ -269,7 +269,12 @@ async fn reads_on_a_cold_store_are_decided_on_blocking_threads_logged_once_and_s
 async fn disk_reads_off_the_commit_thread_do_not_make_the_store_cold() {
     let setup = Setup::new().await;
     setup.backend.slow_reads(Duration::from_micros(300));
-    for _ in 0..8 {
+    // At least two whole windows (the first look only starts one), at most
+    // five seconds.
+    for _ in 0..100 {
+        if setup.stat(|s| &s.cold_windows_judged) >= 2 {
+            break;
+        }
         // Another thread reads the store hard (as the log's recomputation
         // at start-up or a backup does), far above the cold threshold...
         for _ in 0..100 {
@@ -279,6 +284,8 @@ async fn disk_reads_off_the_commit_thread_do_not_make_the_store_cold() {
         setup.vault.store().commit(|_txn| Ok::<_, ConsentError>(())).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Judged, and judged warm: not merely never looked at.
+    assert!(setup.stat(|s| &s.cold_windows_judged) >= 2, "the disk reads were never judged");
     assert!(!setup.vault.store().reads_cold(), "the store counted as cold for reads the commit thread never waited on");
     let read = setup.read().await.unwrap();
     assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));

@@ -6,9 +6,10 @@
 mod common;
 
 use consentvault::audit::Actor;
-
+use consentvault::crypto::Sealed;
 use consentvault::ids::SubjectId;
 use consentvault::policy::FieldError;
+use consentvault::store::{Key, StoreError};
 use consentvault::subjects::DataError;
 use serde_json::{Map, Value, json};
 
@@ -119,8 +120,31 @@ async fn subjects_cannot_read_each_other_and_data_survives_reopen() {
     };
     let (vault, opened) = common::open_vault(dir.path());
     assert_eq!(opened, consentvault::vault::Opened::Existing);
-    assert_eq!(vault.subjects().data_read_own(ada).await.unwrap().get("email"), Some(&json!("ada@example.org")));
-    assert_eq!(vault.subjects().data_read_own(bob).await.unwrap().get("email"), Some(&json!("bob@example.org")));
+    // Each reads exactly their own, and nothing of the other's.
+    let own = |email: &str| std::collections::BTreeMap::from([("email".to_owned(), json!(email))]);
+    assert_eq!(vault.subjects().data_read_own(ada).await.unwrap(), own("ada@example.org"));
+    assert_eq!(vault.subjects().data_read_own(bob).await.unwrap(), own("bob@example.org"));
+    // Ada's sealed value copied over Bob's does not open as Bob's: the
+    // ciphertext is bound to its subject, so Bob's read fails rather than
+    // return Ada's value, and changes nothing of Ada's.
+    let sealed_email = |subject: SubjectId| {
+        let values = vault.store().scan_prefix(&Key::values_of(subject.as_bytes()), usize::MAX).unwrap();
+        assert_eq!(values.len(), 1, "one value: the email");
+        values.into_iter().next().unwrap().1
+    };
+    let (ada_sealed, bob_sealed) = (sealed_email(ada), sealed_email(bob));
+    assert_ne!(ada_sealed, bob_sealed);
+    vault
+        .store()
+        .commit(move |txn| {
+            txn.put_sealed(Key::value(bob.as_bytes(), "email"), Sealed::from_bytes(ada_sealed));
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let read = vault.subjects().data_read_own(bob).await;
+    assert!(read.is_err(), "Bob's read returned {read:?}");
+    assert_eq!(vault.subjects().data_read_own(ada).await.unwrap(), own("ada@example.org"));
 }
 
 #[tokio::test]

@@ -178,3 +178,83 @@ mod tests {
         assert_eq!(feed(EventKind::DataRead, None), None);
     }
 }
+
+#[cfg(test)]
+mod service_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::consent::ConsentError;
+    use crate::ids::BusinessId;
+    use crate::testing::Services;
+
+    /// A customer connected to a business, with a marketing grant for her
+    /// email.
+    async fn granted(services: &Services) -> (SubjectId, BusinessId, GrantRecord) {
+        let (subject, business) = (services.customer().await, services.business().await);
+        services.consent.relationship_create(subject, &business).await.unwrap();
+        let grant = services
+            .consent
+            .grant_create(subject, &business, vec!["marketing".to_owned()], vec!["email".to_owned()], 30)
+            .await
+            .unwrap();
+        (subject, business, grant)
+    }
+
+    fn changes(services: &Services, business: &BusinessId) -> Vec<GrantChangeKind> {
+        services.consent.grant_changes(business, 0, 100).unwrap().0.into_iter().map(|change| change.change).collect()
+    }
+
+    #[tokio::test]
+    async fn a_revoked_grant_ends_the_next_read_and_revoking_again_logs_nothing() {
+        let services = Services::new();
+        let (subject, business, grant) = granted(&services).await;
+        let pairwise = services.consent.relationships(subject).unwrap()[0].pairwise_id.clone();
+        let read = services.consent.scoped_read(&business, &pairwise, "marketing", None).await.unwrap();
+        assert_eq!(read.grant_ids, vec![grant.grant_id.clone()]);
+        let revoked = services.consent.grant_revoke(subject, &grant.grant_id).await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        let size = services.core.audit().durable_size();
+        services.consent.grant_revoke(subject, &grant.grant_id).await.unwrap();
+        assert_eq!(services.core.audit().durable_size(), size, "a second revoke writes nothing");
+        let denied = services.consent.scoped_read(&business, &pairwise, "marketing", None).await;
+        assert!(matches!(denied, Err(ConsentError::NoConsent)), "{denied:?}");
+        let revocations: Vec<_> =
+            services.events().into_iter().filter(|event| event.kind == EventKind::GrantRevoked).collect();
+        assert_eq!(revocations.len(), 1);
+        assert_eq!(GrantEnd::of_event(&revocations[0]), Some(GrantEnd::Revoked));
+        assert_eq!(changes(&services, &business), [GrantChangeKind::Created, GrantChangeKind::Revoked]);
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_ends_the_grants_with_their_cause_before_the_relationship() {
+        let services = Services::new();
+        let (subject, business, _) = granted(&services).await;
+        let relationship = services.consent.relationships(subject).unwrap().remove(0);
+        services.consent.relationship_end(subject, &relationship.relationship_id).await.unwrap();
+        let events = services.events();
+        let ended: Vec<_> = events.iter().rev().take(2).map(|event| event.kind).collect();
+        assert_eq!(ended, [EventKind::RelationshipEnded, EventKind::GrantRevoked]);
+        let revoked = &events[events.len() - 2];
+        assert_eq!(GrantEnd::of_event(revoked), Some(GrantEnd::Disconnected));
+        // The business's feed names the customer by pairwise id, never by
+        // subject id.
+        assert_eq!(revoked.related.get("pairwise_id"), Some(&relationship.pairwise_id.to_string()));
+        assert_eq!(
+            changes(&services, &business),
+            [GrantChangeKind::Created, GrantChangeKind::Disconnected, GrantChangeKind::Disconnected]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_erasure_ends_live_grants_with_cause_erasure() {
+        let services = Services::new();
+        let (subject, business, grant) = granted(&services).await;
+        services.rights.subject_erase(subject).await.unwrap();
+        let revoked = services.events().into_iter().find(|event| event.kind == EventKind::GrantRevoked).unwrap();
+        assert_eq!(revoked.related.get("grant_id"), Some(&grant.grant_id.to_string()));
+        assert_eq!(GrantEnd::of_event(&revoked), Some(GrantEnd::Erased));
+        assert_eq!(changes(&services, &business)[..2], [GrantChangeKind::Created, GrantChangeKind::Revoked]);
+        assert!(services.subjects.data_read_own(subject).await.is_err(), "erased data stays gone");
+    }
+}

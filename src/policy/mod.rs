@@ -79,6 +79,15 @@ pub struct PolicyTexts<'a> {
 }
 
 impl Policies {
+    /// The policies shipped inside the binary.
+    pub fn built_in() -> Self {
+        let texts = PolicyTexts { catalogue: DEFAULT_CATALOGUE, purposes: DEFAULT_PURPOSES, rules: DEFAULT_RULES };
+        // The shipped policies are checked by this module's unit tests; if
+        // they ever failed to parse, the build itself would be broken.
+        #[allow(clippy::expect_used)]
+        Self::parse(Path::new("<built-in>"), texts).expect("the built-in policies parse")
+    }
+
     /// Parses the policy files; `dir` is only used to name files in errors.
     pub fn parse(dir: &Path, texts: PolicyTexts<'_>) -> Result<Self, PolicyError> {
         let name = |file: &str| dir.join(file).display().to_string();

@@ -40,23 +40,23 @@ fn reads_cold_by_rate(bytes: u64, millis: u64, was: bool) -> bool {
 
 impl ColdWindow {
     /// The verdict after `was`, judged again from `bytes_read` (a running
-    /// total) once a window has passed; `was` until then.
-    pub(super) fn judge(&mut self, was: bool, bytes_read: impl FnOnce() -> Option<u64>) -> bool {
+    /// total) once a window has passed: `Some` with the new verdict when a
+    /// whole window was judged, `None` when the verdict stays `was` (inside
+    /// a window, at the first look, or when the engine cannot tell).
+    pub(super) fn judge(&mut self, was: bool, bytes_read: impl FnOnce() -> Option<u64>) -> Option<bool> {
         let now = Instant::now();
         let elapsed = self.checked.map(|checked| now.duration_since(checked));
         if elapsed.is_some_and(|elapsed| elapsed < Duration::from_millis(COLD_WINDOW_MILLIS)) {
-            return was;
+            return None;
         }
         self.checked = Some(now);
         // An engine that cannot tell keeps the verdict it had (warm from
         // the start, so one that never tells is never taken to be cold) and
         // its running total.
-        let Some(total) = bytes_read() else { return was };
+        let total = bytes_read()?;
         let read = total.saturating_sub(std::mem::replace(&mut self.bytes, total));
-        match elapsed {
-            Some(elapsed) => reads_cold_by_rate(read, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX), was),
-            None => was,
-        }
+        let millis = u64::try_from(elapsed?.as_millis()).unwrap_or(u64::MAX);
+        Some(reads_cold_by_rate(read, millis, was))
     }
 }
 
@@ -84,7 +84,7 @@ mod tests {
         let mut read = |bytes: u64, verdict: &mut bool| {
             total += bytes;
             std::thread::sleep(pause);
-            *verdict = window.judge(*verdict, || Some(total));
+            *verdict = window.judge(*verdict, || Some(total)).unwrap_or(*verdict);
             *verdict
         };
         // The first look only starts the first window, whatever was read
@@ -93,15 +93,15 @@ mod tests {
         assert!(read(64 << 20, &mut verdict), "64 MiB in half a second");
         assert!(read(3 << 20, &mut verdict), "6 MiB/s: still cold");
         assert!(!read(0, &mut verdict), "nothing read: warm");
-        assert!(!window.judge(false, || panic!("judged inside a window")), "judged once per window");
+        assert_eq!(window.judge(false, || panic!("judged inside a window")), None, "judged once per window");
         std::thread::sleep(pause);
-        assert!(!window.judge(false, || None), "an engine that cannot tell is never cold");
+        assert_eq!(window.judge(false, || None), None, "an engine that cannot tell is never judged");
         // A look that fails keeps the verdict, and the running total.
         std::thread::sleep(pause);
-        assert!(window.judge(false, || Some(total + (64 << 20))), "64 MiB in half a second");
+        assert_eq!(window.judge(false, || Some(total + (64 << 20))), Some(true), "64 MiB in half a second");
         std::thread::sleep(pause);
-        assert!(window.judge(true, || None), "a look that fails keeps the verdict");
+        assert_eq!(window.judge(true, || None), None, "a look that fails keeps the verdict");
         std::thread::sleep(pause);
-        assert!(!window.judge(true, || Some(total + (64 << 20))), "nothing read since the last look: warm");
+        assert_eq!(window.judge(true, || Some(total + (64 << 20))), Some(false), "nothing read since: warm");
     }
 }

@@ -80,6 +80,9 @@ pub struct StoreStats {
     pub stamps_stale: AtomicU64,
     /// Flushes that failed.
     pub flush_failures: AtomicU64,
+    /// Windows over which the engine's disk reads were judged cold or warm
+    /// ([`Store::reads_cold`]).
+    pub cold_windows_judged: AtomicU64,
 }
 
 /// The store: committed reads, and the single commit path.
@@ -412,7 +415,10 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         let judged = cold_window.judge(cold.load(Ordering::Relaxed), || {
             backend.disk_read_bytes().map(|own| own + stats.ahead_disk_bytes.load(Ordering::Relaxed))
         });
-        cold.store(judged, Ordering::Relaxed);
+        if let Some(verdict) = judged {
+            cold.store(verdict, Ordering::Relaxed);
+            stats.cold_windows_judged.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
