@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use consentvault::audit::{self, Actor, AuditEvent, Decision, EventKind, Role};
+use consentvault::audit::{self, Actor, AuditEvent, Decision, EventKind, Related, Role};
 use consentvault::ids::SubjectId;
 use consentvault::vault::{AuditStatus, Vault, VaultOptions, policies_load};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -38,7 +38,7 @@ fn event(index: u64) -> AuditEvent {
     )
     .subject(SubjectId::from_bytes((index as u128).to_be_bytes()))
     .fields(vec!["email".to_owned(), "phone".to_owned()])
-    .related("grant_id", "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    .related(Related::GrantId, "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
     event.purpose = Some("order-fulfilment".to_owned());
     event.decision = Some(Decision::Allow);
     event

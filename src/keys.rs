@@ -46,7 +46,7 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, AuditError, AuditEvent, EventKind};
+use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
 use crate::clock;
 use crate::core::Core;
 use crate::crypto::{CryptoError, KeyFileError, KeyRing, KeySource, WRAPPED_DEK_BYTES, WrappedDek};
@@ -302,10 +302,10 @@ pub struct KeyStatus {
 fn step_event(actor: &Actor, step: &str, rotation: &Rotation) -> AuditEvent {
     let retiring: Vec<String> = rotation.retiring_versions.iter().map(u32::to_string).collect();
     AuditEvent::new(EventKind::KeyRotated, actor.clone(), &clock::rfc3339(clock::now()))
-        .related("step", step)
-        .related("kek_version", rotation.target_version.to_string())
-        .related("retiring_versions", retiring.join(","))
-        .related("cause", rotation.cause.clone())
+        .related(Related::Step, step)
+        .related(Related::KekVersion, rotation.target_version.to_string())
+        .related(Related::RetiringVersions, retiring.join(","))
+        .related(Related::Cause, rotation.cause.clone())
 }
 
 /// The vault's sealed secrets: (meta key, label), resealed by a rotation.
@@ -824,9 +824,9 @@ impl Keys {
         let seals = values.len() as u64;
         let event = AuditEvent::new(EventKind::KeyRotated, Actor::system(), &clock::rfc3339(clock::now()))
             .subject(subject)
-            .related("step", "dek_replaced")
-            .related("dek_version", dek_version.to_string())
-            .related("cause", "encryption_limit");
+            .related(Related::Step, "dek_replaced")
+            .related(Related::DekVersion, dek_version.to_string())
+            .related(Related::Cause, "encryption_limit");
         let log = self.core.audit().clone();
         let (appended, durable) = self
             .core
@@ -912,7 +912,7 @@ mod tests {
         assert!(after.iter().zip(&before).all(|(new, old)| new.0 == old.0 && new.1 != old.1));
         assert_eq!(services.subjects.data_read_own(subject).await.unwrap(), data);
         let event = services.events().into_iter().rev().find(|event| event.kind == EventKind::KeyRotated).unwrap();
-        assert_eq!(event.related.get("step").map(String::as_str), Some("dek_replaced"));
+        assert_eq!(event.related_value(Related::Step), Some("dek_replaced"));
     }
 
     #[tokio::test]

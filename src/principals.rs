@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, AuditError, AuditEvent, EventKind};
+use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
 use crate::auth::{Principal, Role};
@@ -285,7 +285,8 @@ impl Principals {
             disabled: false,
             created_at: now.clone(),
         };
-        let mut event = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now).related(role.as_str(), &id);
+        let mut event = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
+            .related(Related::Principal(role.audit_role()), &id);
         if role == Role::Business {
             event.business = Some(id.clone());
         }
@@ -383,7 +384,8 @@ impl Principals {
     ) -> Result<PrincipalRecord, PrincipalError> {
         let key = principal_key(role, id);
         let now = clock::rfc3339(clock::now());
-        let mut event = AuditEvent::new(EventKind::PrincipalDisabled, actor.clone(), &now).related(role.as_str(), id);
+        let mut event = AuditEvent::new(EventKind::PrincipalDisabled, actor.clone(), &now)
+            .related(Related::Principal(role.audit_role()), id);
         if role == Role::Business {
             event.business = Some(id.to_owned());
         }
@@ -434,7 +436,7 @@ impl Principals {
         let actor = Actor::customer(subject);
         let created = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
             .subject(subject)
-            .related("customer", subject.to_string());
+            .related(Related::Principal(crate::audit::Role::Customer), subject.to_string());
         let key = principal_key(Role::Customer, &subject.to_string());
         let log = self.core.audit().clone();
         let ((first, second), durable) = self
@@ -590,8 +592,8 @@ impl Principals {
         let now = clock::rfc3339(clock::now());
         let created = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
             .subject(subject)
-            .related("customer", subject.to_string())
-            .related("issuer", issuer);
+            .related(Related::Principal(crate::audit::Role::Customer), subject.to_string())
+            .related(Related::Issuer, issuer);
         let log = self.core.audit().clone();
         let (outcome, durable) = self
             .core

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{Actor, AuditEvent, EventKind};
+use crate::audit::{Actor, AuditEvent, EventKind, Related};
 use crate::consent::requests::{AccessRequest, RequestStatus};
 use crate::consent::{
     Consent, ConsentError, GrantEnd, GrantRecord, GrantStatus, Relationship, decode, encode, grant_end_in,
@@ -212,8 +212,8 @@ impl Rights {
                         txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), &request.request_id));
                         let mut event = AuditEvent::new(EventKind::AccessRequestClosed, actor.clone(), &time)
                             .subject(subject)
-                            .related("request_id", &request.request_id)
-                            .related("cause", cause);
+                            .related(Related::RequestId, &request.request_id)
+                            .related(Related::Cause, cause);
                         event.business = Some(request.business_id.to_string());
                         appended.push(log.append(txn, &event)?);
                     }
@@ -224,9 +224,9 @@ impl Rights {
                     txn.delete(&Key::pairwise(&relationship.business_id, &relationship.pairwise_id));
                     let mut event = AuditEvent::new(EventKind::RelationshipEnded, actor.clone(), &time)
                         .subject(subject)
-                        .related("relationship_id", &relationship.relationship_id)
-                        .related("pairwise_id", &relationship.pairwise_id)
-                        .related("cause", cause);
+                        .related(Related::RelationshipId, &relationship.relationship_id)
+                        .related(Related::PairwiseId, &relationship.pairwise_id)
+                        .related(Related::Cause, cause);
                     event.business = Some(relationship.business_id.to_string());
                     appended.push(log.append(txn, &event)?);
                 }
@@ -238,7 +238,7 @@ impl Rights {
                 }
                 let event = AuditEvent::new(EventKind::SubjectErased, actor.clone(), &time)
                     .subject(subject)
-                    .related("cause", cause);
+                    .related(Related::Cause, cause);
                 let erased = log.append(txn, &event)?;
                 record.erased_at = Some(time.clone());
                 record.erasure_index = Some(erased.index());

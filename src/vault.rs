@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{AuditError, AuditLog, Related};
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{TOKEN_KEY, TOKEN_KEY_LABEL, TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::consent::Consent;
@@ -545,8 +545,8 @@ impl Vault {
             actor.clone(),
             &clock::rfc3339(clock::now()),
         )
-        .related("policy_sha256", &policies.sha256)
-        .related("cause", cause);
+        .related(Related::PolicySha256, &policies.sha256)
+        .related(Related::Cause, cause);
         let log = self.core.audit().clone();
         let (appended, durable) = self.core.store().commit_durable(move |txn| log.append(txn, &event)).await.map_err(
             |error| match error {

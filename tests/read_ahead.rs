@@ -143,6 +143,10 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     setup.backend.record_commit_thread_reads(true);
     let size_before = setup.vault.audit().durable_size();
     let (held, at_commit) = (setup.stat(|s| &s.stamps_held), setup.stat(|s| &s.lookahead_reads));
+    // The second stands still, so a decision made ahead is kept on its
+    // stamps alone (a turned second is the test below, at a grant's edge).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    setup.vault.insecure_pin_clock_secs(Some(i64::try_from(now).unwrap()));
     for at in size_before..size_before + 8 {
         let read = setup.read().await.unwrap();
         assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));
@@ -156,6 +160,7 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     // thread (whose cache would hide a second decision from the backend).
     assert_eq!(setup.stat(|s| &s.stamps_held), held + 8);
     assert_eq!(setup.stat(|s| &s.lookahead_reads), at_commit);
+    setup.vault.insecure_pin_clock_secs(None);
 }
 
 /// Holds a read decided ahead on a live grant before its commit, makes

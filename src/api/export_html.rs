@@ -135,7 +135,7 @@ fn section(out: &mut String, id: &str, title: &str, intro: &str, headers: &[&str
     out.push_str("</tbody></table></section>");
 }
 
-/// The export document (as `Vault::subject_export` makes it) as an HTML page.
+/// The export document (as `Rights::subject_export` makes it) as an HTML page.
 pub fn render(document: &Value) -> String {
     let mut out = String::with_capacity(16 * 1024);
     out.push_str(

@@ -139,6 +139,80 @@ pub enum Role {
     System,
 }
 
+/// The names under which an event relates ids and facts (`related`). New
+/// events are built only from these, so a name cannot be misspelt; the
+/// stored form is the name as text, and a log written before reads the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Related {
+    /// A grant's id.
+    GrantId,
+    /// The grants a read relied on, comma-separated.
+    GrantIds,
+    /// An access request's id.
+    RequestId,
+    /// A relationship's id.
+    RelationshipId,
+    /// The customer, as the business concerned knows them.
+    PairwiseId,
+    /// Why it happened (`disconnect`, `erasure`, `retention`, `expired`,
+    /// `reload`, `encryption_limit`, ...).
+    Cause,
+    /// Purposes, comma-separated.
+    Purposes,
+    /// How many requested field names were not in the catalogue.
+    UnknownFields,
+    /// The principal created or disabled, under its role's name.
+    Principal(Role),
+    /// The external issuer of a customer's first token.
+    Issuer,
+    /// The SHA-256 of the policies loaded.
+    PolicySha256,
+    /// A key rotation's step.
+    Step,
+    /// The KEK version a rotation moves to.
+    KekVersion,
+    /// The KEK versions a rotation retires, comma-separated.
+    RetiringVersions,
+    /// A replaced DEK's new generation.
+    DekVersion,
+    /// The tree size of a restored backup's checkpoint.
+    BackupCheckpointSize,
+    /// The root hash of a restored backup's checkpoint.
+    BackupCheckpointRoot,
+    /// The SHA-256 of a restored backup file.
+    BackupSha256,
+}
+
+impl Related {
+    /// The name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GrantId => "grant_id",
+            Self::GrantIds => "grant_ids",
+            Self::RequestId => "request_id",
+            Self::RelationshipId => "relationship_id",
+            Self::PairwiseId => "pairwise_id",
+            Self::Cause => "cause",
+            Self::Purposes => "purposes",
+            Self::UnknownFields => "unknown_fields",
+            Self::Principal(Role::Customer) => "customer",
+            Self::Principal(Role::Business) => "business",
+            Self::Principal(Role::Auditor) => "auditor",
+            Self::Principal(Role::Admin) => "admin",
+            Self::Principal(Role::System) => "system",
+            Self::Issuer => "issuer",
+            Self::PolicySha256 => "policy_sha256",
+            Self::Step => "step",
+            Self::KekVersion => "kek_version",
+            Self::RetiringVersions => "retiring_versions",
+            Self::DekVersion => "dek_version",
+            Self::BackupCheckpointSize => "backup_checkpoint_size",
+            Self::BackupCheckpointRoot => "backup_checkpoint_root",
+            Self::BackupSha256 => "backup_sha256",
+        }
+    }
+}
+
 /// The actor of an event: a role and an id (the vault itself has none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,10 +356,15 @@ impl AuditEvent {
         self
     }
 
-    /// Adds a related id.
-    pub fn related(mut self, name: &str, id: impl Into<String>) -> Self {
-        self.related.insert(name.to_owned(), id.into());
+    /// Adds a related id or fact under its name.
+    pub fn related(mut self, name: Related, value: impl Into<String>) -> Self {
+        self.related.insert(name.as_str().to_owned(), value.into());
         self
+    }
+
+    /// The related value under `name`, if the event carries one.
+    pub fn related_value(&self, name: Related) -> Option<&str> {
+        self.related.get(name.as_str()).map(String::as_str)
     }
 
     /// The canonical bytes: the exact leaf input.
@@ -318,7 +397,7 @@ mod tests {
         let event = AuditEvent::new(EventKind::DataRead, Actor::new(Role::Business, "b1"), "2026-11-23T19:00:00Z")
             .subject(SubjectId::from_bytes([1; 16]))
             .fields(vec!["email".to_owned()])
-            .related("grant_id", "g1");
+            .related(Related::GrantId, "g1");
         let bytes = event.to_bytes().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Role, Withheld};
+pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Related, Role, Withheld};
 
 use crate::crypto::{CryptoError, KeyRing};
 use crate::ids::SubjectId;

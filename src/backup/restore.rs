@@ -9,7 +9,7 @@ use base64::Engine as _;
 
 use super::{BackupError, RESTORING_DIR, Trailer, io, read};
 use crate::audit::verify::{Depth, verify_log};
-use crate::audit::{AuditError, AuditEvent, EventKind};
+use crate::audit::{AuditError, AuditEvent, EventKind, Related};
 use crate::crypto::load_key_ring;
 use crate::store::{CommitError, WriteBatch};
 use crate::vault::{self, STORE_DIR, VaultError, VaultOptions};
@@ -94,9 +94,9 @@ fn restore_into(
         crate::audit::Actor::system(),
         &crate::clock::rfc3339(crate::clock::now()),
     )
-    .related("backup_checkpoint_size", checkpoint.tree_size.to_string())
-    .related("backup_checkpoint_root", root.clone())
-    .related("backup_sha256", crate::ids::hex(&trailer.sha256));
+    .related(Related::BackupCheckpointSize, checkpoint.tree_size.to_string())
+    .related(Related::BackupCheckpointRoot, root.clone())
+    .related(Related::BackupSha256, crate::ids::hex(&trailer.sha256));
     store.set_finalizer(audit.finalizer());
     let log = audit.clone();
     let restored_index = store

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::{Consent, ConsentError, EVENT_SCAN_MAX, GrantChangeKind, GrantRecord, Relationship, decode};
-use crate::audit::{AuditError, AuditEvent, Decision, EventKind, Withheld};
+use crate::audit::{AuditError, AuditEvent, Decision, EventKind, Related, Withheld};
 use crate::ids::{BusinessId, GrantId, PairwiseId, SubjectId};
 use crate::store::Key;
 
@@ -142,8 +142,8 @@ impl Consent {
             let change = GrantChangeKind::of_event(&event)?;
             Some(GrantChange {
                 change,
-                grant_id: event.related.get("grant_id").cloned(),
-                pairwise_id: event.related.get("pairwise_id").cloned(),
+                grant_id: event.related_value(Related::GrantId).map(str::to_owned),
+                pairwise_id: event.related_value(Related::PairwiseId).map(str::to_owned),
                 time: event.time,
                 audit_index: index,
             })

@@ -7,7 +7,7 @@ use super::{
     Consent, ConsentError, DAY_SECS, GrantEnd, GrantRecord, GrantStatus, Relationship, corrupt, customer_acts_in,
     decode, encode, grant_end_in,
 };
-use crate::audit::{Actor, AuditEvent, EventKind};
+use crate::audit::{Actor, AuditEvent, EventKind, Related};
 use crate::ids::{BusinessId, GrantId, RequestId, SubjectId};
 use crate::policy::engine::{self};
 use crate::store::{Key, StoreError, Txn};
@@ -27,7 +27,7 @@ pub(crate) fn grant_write(
     };
     let relationship: Relationship = decode(&relationship, "relationship")?;
     // The business's change feed names the customer by pairwise id only.
-    let event = event.clone().related("pairwise_id", &relationship.pairwise_id);
+    let event = event.clone().related(Related::PairwiseId, &relationship.pairwise_id);
     let appended = log.append(txn, &event)?;
     let index = appended.index();
     grant.audit_index = index;
@@ -107,10 +107,10 @@ impl Consent {
             AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.core.clock().rfc3339())
                 .subject(subject)
                 .fields(grant.fields.clone())
-                .related("grant_id", &grant.grant_id)
-                .related("purposes", grant.purposes.join(","));
+                .related(Related::GrantId, &grant.grant_id)
+                .related(Related::Purposes, grant.purposes.join(","));
         if let Some(request_id) = request_id {
-            event = event.related("request_id", request_id);
+            event = event.related(Related::RequestId, request_id);
         }
         event.business = Some(business.to_string());
         Ok((grant, event))
@@ -172,7 +172,7 @@ impl Consent {
         let event =
             AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &self.core.clock().rfc3339())
                 .subject(subject)
-                .related("purposes", purposes.join(","));
+                .related(Related::Purposes, purposes.join(","));
         let log = self.core.audit().clone();
         let stored = encode(&purposes, "objections")?;
         let now_secs = self.core.clock().now_secs();

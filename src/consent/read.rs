@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Consent, ConsentError, GrantRecord, ScopedRead, corrupt, grants_in, objections_in};
-use crate::audit::{Actor, AuditEvent, Decision, EventKind, Withheld};
+use crate::audit::{Actor, AuditEvent, Decision, EventKind, Related, Withheld};
 use crate::core::VaultClock;
 use crate::ids::{BusinessId, GrantId, PairwiseId, SubjectId};
 use crate::policy::Policies;
@@ -109,10 +109,10 @@ fn read_decide(
     event.decision = Some(decision);
     event.reasons = logged_withheld;
     if unknown > 0 {
-        event.related.insert("unknown_fields".to_owned(), unknown.to_string());
+        event.related.insert(Related::UnknownFields.as_str().to_owned(), unknown.to_string());
     }
     if !grant_ids.is_empty() {
-        event.related.insert("grant_ids".to_owned(), grant_ids.join(","));
+        event.related.insert(Related::GrantIds.as_str().to_owned(), grant_ids.join(","));
     }
     let sealed = match subject {
         Some(subject) if live_for_purpose => Some(sealed_in(txn, subject, &released)?),

@@ -7,7 +7,7 @@ use super::{
     Consent, ConsentError, GrantEnd, GrantStatus, Relationship, customer_acts_in, decode, encode, grant_end_in,
     grants_in,
 };
-use crate::audit::{Actor, AuditEvent, EventKind};
+use crate::audit::{Actor, AuditEvent, EventKind, Related};
 use crate::ids::{BusinessId, PairwiseId, RelationshipId, SubjectId};
 use crate::store::Key;
 
@@ -29,7 +29,7 @@ impl Consent {
         let event =
             AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
                 .subject(subject)
-                .related("relationship_id", &relationship.relationship_id);
+                .related(Related::RelationshipId, &relationship.relationship_id);
         let mut event = event;
         event.business = Some(business.to_string());
         let log = self.core.audit().clone();
@@ -101,8 +101,8 @@ impl Consent {
                 txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
                 let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
                     .subject(subject)
-                    .related("relationship_id", &ended.relationship_id)
-                    .related("pairwise_id", &ended.pairwise_id);
+                    .related(Related::RelationshipId, &ended.relationship_id)
+                    .related(Related::PairwiseId, &ended.pairwise_id);
                 event.business = Some(ended.business_id.to_string());
                 appended.push(log.append(txn, &event)?);
                 Ok(appended)

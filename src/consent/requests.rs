@@ -2,13 +2,13 @@
 //! fields × duration, saying why and what the customer gets; the customer
 //! approves (possibly narrowing, never widening) or denies. Pending requests
 //! expire: they read as expired from `expires_at` on, and the expiry sweep
-//! ([`Vault::requests_expire`]) closes them (`access_request.closed`,
+//! ([`Consent::requests_expire`]) closes them (`access_request.closed`,
 //! `cause: expired`) from an expiry index, as it ends grants.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Consent, ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
-use crate::audit::{Actor, AuditEvent, EventKind, Role};
+use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
 use crate::ids::{BusinessId, GrantId, PairwiseId, RequestId, SubjectId};
 use crate::policy::engine;
 use crate::store::{Key, Txn};
@@ -175,8 +175,8 @@ impl Consent {
                 )
                 .subject(subject)
                 .fields(stored.fields.clone())
-                .related("request_id", &stored.request_id)
-                .related("purposes", stored.purposes.join(","));
+                .related(Related::RequestId, &stored.request_id)
+                .related(Related::Purposes, stored.purposes.join(","));
                 event.business = Some(stored.business_id.to_string());
                 txn.put(Key::request(subject.as_bytes(), &stored.request_id), encode(&stored, "request")?);
                 txn.put(
@@ -269,8 +269,8 @@ impl Consent {
                 let mut event = AuditEvent::new(EventKind::AccessRequestApproved, Actor::customer(subject), &time)
                     .subject(subject)
                     .fields(stored_grant.fields.clone())
-                    .related("request_id", &request_id)
-                    .related("grant_id", &stored_grant.grant_id);
+                    .related(Related::RequestId, &request_id)
+                    .related(Related::GrantId, &stored_grant.grant_id);
                 event.business = Some(request.business_id.to_string());
                 Ok(((first, index), log.append(txn, &event)?))
             })
@@ -304,7 +304,7 @@ impl Consent {
                 txn.put(key, encode(&request, "request")?);
                 let mut event = AuditEvent::new(EventKind::AccessRequestDenied, Actor::customer(subject), &time)
                     .subject(subject)
-                    .related("request_id", &request_id);
+                    .related(Related::RequestId, &request_id);
                 event.business = Some(request.business_id.to_string());
                 let appended = log.append(txn, &event)?;
                 Ok::<_, ConsentError>((request, appended))
@@ -341,8 +341,8 @@ impl Consent {
                 txn.put(request_key, encode(&request, "request")?);
                 let mut event = AuditEvent::new(EventKind::AccessRequestClosed, Actor::system(), &time)
                     .subject(subject)
-                    .related("request_id", &request.request_id)
-                    .related("cause", "expired");
+                    .related(Related::RequestId, &request.request_id)
+                    .related(Related::Cause, "expired");
                 event.business = Some(request.business_id.to_string());
                 Ok(Some(log.append(txn, &event)?))
             })

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use super::{ConsentError, GrantRecord, Relationship, decode, encode};
-use crate::audit::{Actor, Appended, AuditEvent, AuditLog, EventKind};
+use crate::audit::{Actor, Appended, AuditEvent, AuditLog, EventKind, Related};
 use crate::ids::SubjectId;
 use crate::store::{Key, Txn};
 
@@ -50,7 +50,7 @@ impl GrantEnd {
     /// How a grant ended, read back from its logged event (`None` for any
     /// other event).
     pub fn of_event(event: &AuditEvent) -> Option<Self> {
-        let cause = event.related.get("cause").map(String::as_str);
+        let cause = event.related_value(Related::Cause);
         match (event.kind, cause) {
             (EventKind::GrantExpired, _) => Some(Self::Expired),
             (EventKind::GrantRevoked, Some("disconnect")) => Some(Self::Disconnected),
@@ -118,7 +118,7 @@ pub(crate) fn grant_end_in(
     }
     let mut event = grant_event(txn, end.kind(), actor, time, subject, grant)?;
     if let Some(cause) = end.cause() {
-        event = event.related("cause", cause);
+        event = event.related(Related::Cause, cause);
     }
     Ok(log.append(txn, &event)?)
 }
@@ -134,10 +134,10 @@ fn grant_event(
     subject: SubjectId,
     grant: &GrantRecord,
 ) -> Result<AuditEvent, ConsentError> {
-    let mut event = AuditEvent::new(kind, actor, time).subject(subject).related("grant_id", &grant.grant_id);
+    let mut event = AuditEvent::new(kind, actor, time).subject(subject).related(Related::GrantId, &grant.grant_id);
     if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
         let relationship: Relationship = decode(&bytes, "relationship")?;
-        event = event.related("pairwise_id", &relationship.pairwise_id);
+        event = event.related(Related::PairwiseId, &relationship.pairwise_id);
     }
     event.business = Some(grant.business_id.to_string());
     Ok(event)
@@ -152,7 +152,7 @@ mod tests {
     fn event(kind: EventKind, cause: Option<&str>) -> AuditEvent {
         let event = AuditEvent::new(kind, Actor::system(), "2026-01-01T00:00:00Z");
         match cause {
-            Some(cause) => event.related("cause", cause),
+            Some(cause) => event.related(Related::Cause, cause),
             None => event,
         }
     }
@@ -239,7 +239,7 @@ mod service_tests {
         assert_eq!(GrantEnd::of_event(revoked), Some(GrantEnd::Disconnected));
         // The business's feed names the customer by pairwise id, never by
         // subject id.
-        assert_eq!(revoked.related.get("pairwise_id"), Some(&relationship.pairwise_id.to_string()));
+        assert_eq!(revoked.related_value(Related::PairwiseId), Some(relationship.pairwise_id.as_str()));
         assert_eq!(
             changes(&services, &business),
             [GrantChangeKind::Created, GrantChangeKind::Disconnected, GrantChangeKind::Disconnected]
@@ -252,7 +252,7 @@ mod service_tests {
         let (subject, business, grant) = granted(&services).await;
         services.rights.subject_erase(subject).await.unwrap();
         let revoked = services.events().into_iter().find(|event| event.kind == EventKind::GrantRevoked).unwrap();
-        assert_eq!(revoked.related.get("grant_id"), Some(&grant.grant_id.to_string()));
+        assert_eq!(revoked.related_value(Related::GrantId), Some(grant.grant_id.as_str()));
         assert_eq!(GrantEnd::of_event(&revoked), Some(GrantEnd::Erased));
         assert_eq!(changes(&services, &business)[..2], [GrantChangeKind::Created, GrantChangeKind::Revoked]);
         assert!(services.subjects.data_read_own(subject).await.is_err(), "erased data stays gone");
