@@ -1,9 +1,9 @@
 //! The one place plaintext leaves the vault's keeping.
 //!
-//! A read takes sealed values in its commit transaction ([`sealed_in`],
-//! [`sealed_all_in`]) together with the subject's key record as that
+//! A read takes sealed values in its commit transaction (`sealed_in`,
+//! `sealed_all_in`) together with the subject's key record as that
 //! transaction saw it, and appends the read's audit event in the same
-//! transaction. [`release`] opens the values only with the [`Logged`] proof
+//! transaction. `release` opens the values only with the [`Logged`] proof
 //! that this event is on disk, and only the fields the event names.
 //!
 //! **Architecture Invariant:** this module is the only caller of

@@ -14,7 +14,7 @@
 //!
 //! Every change appends its audit event in the same transaction. A read
 //! appends a `data.read` event and takes the sealed values in the same
-//! transaction, and opens them only with the [`Logged`] proof that the event
+//! transaction, and opens them only with the [`crate::audit::Logged`] proof that the event
 //! is on disk (guarantee 2).
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 //! **Consistency while serving.** Every change goes through the commit
 //! thread, so the backup reads the store there: in chunks of
 //! [`CHUNK_KEYS_DEFAULT`] keys, each a read-only transaction (a consistent read at
-//! one place in commit order), and meanwhile a [`BatchTap`] hands it every
+//! one place in commit order), and meanwhile a [`crate::store::BatchTap`] hands it every
 //! batch the commit thread makes durable, as a redo record. Both are queued
 //! from the commit thread, so the file's order is commit order: a chunk read
 //! in batch `k` comes before the redo of batch `k`. Applying the records in

@@ -14,7 +14,7 @@ use super::versions::{Stamp, Versions};
 use super::{Backend, Entries, Key, StoreError, StoreStats, ValueKey, WriteBatch, counter_decode, sealed_bytes};
 use crate::crypto::Sealed;
 
-/// Errors of [`Store::commit`].
+/// Errors of [`super::Store::commit`].
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError<E> {
     /// The transaction function returned an error; none of its writes were
@@ -101,7 +101,7 @@ impl<'a> Txn<'a> {
     /// Whether a decision made ahead of this transaction still holds: it
     /// was made in the same second (`same_second`, the caller's clock) and
     /// none of the records under `stamps` has changed since they were taken
-    /// ([`Snapshot::stamp`]), counting the transactions that ran before this
+    /// ([`super::Snapshot::stamp`]), counting the transactions that ran before this
     /// one in its batch. Counts the outcome either way (kept, or decided
     /// again). Meaningful on the commit thread only.
     pub fn ahead_holds(&self, stamps: &[Stamp], same_second: bool) -> bool {
@@ -112,7 +112,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Runs `reads`, which a caller could have made ahead of the transaction
-    /// ([`StoreReader::read`]), and counts and times them if this is the
+    /// ([`super::StoreReader::read`]), and counts and times them if this is the
     /// commit thread (for `/metrics`).
     pub fn lookahead<T>(&self, reads: impl FnOnce(&Self) -> T) -> T {
         if self.context.cache.is_none() {
