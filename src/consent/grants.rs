@@ -118,12 +118,7 @@ impl Consent {
 
     /// The customer's grants.
     pub fn grants(&self, subject: SubjectId) -> Result<Vec<GrantRecord>, ConsentError> {
-        self.core
-            .store()
-            .scan_prefix(&Key::grants_of(subject.as_bytes()), usize::MAX)?
-            .iter()
-            .map(|(_, bytes)| Ok(decode(bytes, "grant")?))
-            .collect()
+        self.records(&Key::grants_of(subject.as_bytes()), "grant")
     }
 
     /// Revokes a grant, effective for every read that commits after it.

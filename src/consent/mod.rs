@@ -246,6 +246,15 @@ impl Consent {
         Ok(record.purposes)
     }
 
+    /// Every record under `prefix`, decoded as `what`.
+    fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &Key,
+        what: &'static str,
+    ) -> Result<Vec<T>, ConsentError> {
+        self.core.store().scan_prefix(prefix, usize::MAX)?.iter().map(|(_, bytes)| Ok(decode(bytes, what)?)).collect()
+    }
+
     /// The entries of a business's index under `prefix` (pairwise ids or
     /// grant ids, each naming a subject): (id, subject).
     fn business_index<Id: std::str::FromStr>(

@@ -55,12 +55,7 @@ impl Consent {
 
     /// The customer's relationships.
     pub fn relationships(&self, subject: SubjectId) -> Result<Vec<Relationship>, ConsentError> {
-        self.core
-            .store()
-            .scan_prefix(&Key::relationships_of(subject.as_bytes()), usize::MAX)?
-            .iter()
-            .map(|(_, bytes)| Ok(decode(bytes, "relationship")?))
-            .collect()
+        self.records(&Key::relationships_of(subject.as_bytes()), "relationship")
     }
 
     /// Disconnects: the pairwise id stops resolving and every grant to that
