@@ -119,6 +119,21 @@ impl Core {
         self.store.commit_blocking(move |txn| log.checkpoint_in(txn, keep)).map_err(audit_commit_error)
     }
 
+    /// Raises the clock to the time of the log's latest entry, so the vault's
+    /// time does not go back across a restart on a clock that stepped back.
+    pub(crate) fn clock_floor_from_log(&self) -> Result<(), AuditError> {
+        let size = self.audit.durable_size();
+        if size == 0 {
+            return Ok(());
+        }
+        let Some(bytes) = self.audit.entry(&self.store, size - 1)? else { return Ok(()) };
+        let event = crate::audit::AuditEvent::from_bytes(&bytes).map_err(AuditError::Event)?;
+        let time = time::OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| AuditError::Store(crate::store::StoreError::Corrupt { what: "audit entry time" }))?;
+        self.clock.floor_raise(time.unix_timestamp());
+        Ok(())
+    }
+
     /// 128 random bits as hex, for a new record id.
     pub fn random_id(&self) -> Result<String, CryptoError> {
         let bytes: [u8; 16] = crate::crypto::random_bytes(self.keys.rng())?;
@@ -134,17 +149,43 @@ fn audit_commit_error(error: CommitError<AuditError>) -> AuditError {
     }
 }
 
-/// The vault's clock for consent decisions: the system clock, unless a test
-/// or drill pinned it (`Vault::insecure_pin_clock_secs`).
+/// The vault's clock: the time every decision and event is made at.
+///
+/// It never goes backwards. It follows the system clock, but a reading
+/// earlier than the latest one it gave (an NTP step back, a resumed virtual
+/// machine) gives that latest time instead, until the system clock passes
+/// it again; at open, the time of the log's latest entry raises it
+/// ([`VaultClock::floor_raise`]), so a restart on a clock that stepped back
+/// does not go back either. Otherwise a grant revoked at `T` would read as
+/// live again at a reading before `T`.
+///
+/// Tests and drills can pin it at a given second (`Vault::insecure_pin_clock_secs`),
+/// which decides at exactly that second and leaves the high-water mark alone,
+/// or step the system reading (`Vault::insecure_step_clock_secs`), which the
+/// high-water mark still bounds.
 #[derive(Debug, Clone, Default)]
-pub struct VaultClock(Arc<AtomicI64>);
+pub struct VaultClock(Arc<ClockState>);
+
+#[derive(Debug, Default)]
+struct ClockState {
+    /// A pinned second, or 0: not pinned (no real decision happens at the
+    /// epoch).
+    pinned: AtomicI64,
+    /// Seconds added to the system clock's reading (a simulated step).
+    step: AtomicI64,
+    /// The latest second the clock gave, or was raised to.
+    floor: AtomicI64,
+}
 
 impl VaultClock {
-    /// Now, in Unix seconds.
+    /// Now, in Unix seconds: never earlier than any earlier answer.
     pub fn now_secs(&self) -> i64 {
-        // 0 means "not pinned": no real decision happens at the epoch.
-        match self.0.load(Ordering::Acquire) {
-            0 => clock::now().unix_timestamp(),
+        let state = &self.0;
+        match state.pinned.load(Ordering::Acquire) {
+            0 => {
+                let reading = clock::now().unix_timestamp().saturating_add(state.step.load(Ordering::Acquire));
+                state.floor.fetch_max(reading, Ordering::AcqRel).max(reading)
+            }
             pinned => pinned,
         }
     }
@@ -159,8 +200,19 @@ impl VaultClock {
         time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
     }
 
+    /// Never answers earlier than `secs` from now on (a time already
+    /// recorded, such as the log's latest entry).
+    pub(crate) fn floor_raise(&self, secs: i64) {
+        self.0.floor.fetch_max(secs, Ordering::AcqRel);
+    }
+
     /// Pins the clock at `secs`, or lets it follow the system clock (`None`).
     pub(crate) fn pin(&self, secs: Option<i64>) {
-        self.0.store(secs.unwrap_or(0), Ordering::Release);
+        self.0.pinned.store(secs.unwrap_or(0), Ordering::Release);
+    }
+
+    /// Shifts the system clock's reading by `secs` from now on.
+    pub(crate) fn step(&self, secs: i64) {
+        self.0.step.fetch_add(secs, Ordering::AcqRel);
     }
 }

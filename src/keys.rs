@@ -47,7 +47,6 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
-use crate::clock;
 use crate::core::Core;
 use crate::crypto::{CryptoError, KeyFileError, KeyRing, KeySource, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::crypto::{key_file_add, key_file_remove};
@@ -299,9 +298,9 @@ pub struct KeyStatus {
 }
 
 /// One audit event of a rotation step.
-fn step_event(actor: &Actor, step: &str, rotation: &Rotation) -> AuditEvent {
+fn step_event(actor: &Actor, time: &str, step: &str, rotation: &Rotation) -> AuditEvent {
     let retiring: Vec<String> = rotation.retiring_versions.iter().map(u32::to_string).collect();
-    AuditEvent::new(EventKind::KeyRotated, actor.clone(), &clock::rfc3339(clock::now()))
+    AuditEvent::new(EventKind::KeyRotated, actor.clone(), time)
         .related(Related::Step, step)
         .related(Related::KekVersion, rotation.target_version.to_string())
         .related(Related::RetiringVersions, retiring.join(","))
@@ -537,7 +536,7 @@ impl Keys {
             target_version: target,
             retiring_versions: loaded.into_iter().filter(|&version| version != target).collect(),
             cause: cause.to_owned(),
-            started_at: clock::rfc3339(clock::now()),
+            started_at: self.core.clock().rfc3339(),
             finished_at: None,
             deks_total: 0,
             deks_rewrapped: 0,
@@ -545,7 +544,7 @@ impl Keys {
             finished_index: None,
             problem: None,
         };
-        let event = step_event(actor, "started", &rotation);
+        let event = step_event(actor, &self.core.clock().rfc3339(), "started", &rotation);
         let log = self.core.audit().clone();
         let stored = rotation.clone();
         let index = self.core.store().commit_blocking(move |txn| -> Result<u64, KeyError> {
@@ -742,10 +741,11 @@ impl Keys {
             }
         }
         let log = self.core.audit().clone();
-        let finished = step_event(actor, "finished", &rotation);
-        let destroyed = step_event(actor, "destroyed", &rotation);
+        let time = self.core.clock().rfc3339();
+        let finished = step_event(actor, &time, "finished", &rotation);
+        let destroyed = step_event(actor, &time, "destroyed", &rotation);
         let retiring = rotation.retiring_versions.clone();
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         self.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
             for (key, old, new) in resealed {
                 if txn.get(&key)?.as_deref() != Some(old.as_slice()) {
@@ -822,7 +822,7 @@ impl Keys {
         let kek_version = wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
         let dek_version = replacement.version();
         let seals = values.len() as u64;
-        let event = AuditEvent::new(EventKind::KeyRotated, Actor::system(), &clock::rfc3339(clock::now()))
+        let event = AuditEvent::new(EventKind::KeyRotated, Actor::system(), &self.core.clock().rfc3339())
             .subject(subject)
             .related(Related::Step, "dek_replaced")
             .related(Related::DekVersion, dek_version.to_string())

@@ -192,6 +192,10 @@ pub struct Principals {
     subjects: Subjects,
     tokens: Arc<Tokens>,
     limits: Arc<Limits>,
+    /// Password hashes that may run at once (Argon2id takes tens of
+    /// milliseconds of a core each): a flood of sign-ins waits here instead
+    /// of taking every core.
+    hashes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The vault's token issuer, the verifier of every trusted issuer's tokens,
@@ -210,7 +214,9 @@ impl Principals {
     /// The principal service over `core`; sign-ups create subjects through
     /// `subjects`.
     pub fn new(core: Arc<Core>, subjects: Subjects, tokens: Tokens) -> Self {
-        Self { core, subjects, tokens: Arc::new(tokens), limits: Arc::default() }
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let hashes = Arc::new(tokio::sync::Semaphore::new(cores));
+        Self { core, subjects, tokens: Arc::new(tokens), limits: Arc::default(), hashes }
     }
 
     /// Sign-in and sign-up rate limits.
@@ -269,7 +275,7 @@ impl Principals {
     async fn client_commit(&self, actor: &Actor, prepared: PreparedClient) -> Result<NewClient, PrincipalError> {
         let PreparedClient { role, name, purposes, credentials } = prepared;
         let id = credentials.id.clone();
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         let client = ClientRecord {
             role,
             principal_id: id.clone(),
@@ -383,7 +389,7 @@ impl Principals {
         id: &str,
     ) -> Result<PrincipalRecord, PrincipalError> {
         let key = principal_key(role, id);
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         let mut event = AuditEvent::new(EventKind::PrincipalDisabled, actor.clone(), &now)
             .related(Related::Principal(role.audit_role()), id);
         if role == Role::Business {
@@ -420,16 +426,18 @@ impl Principals {
             .map_err(|_| PrincipalError::Hashing)?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         // Argon2id takes tens of milliseconds of CPU: keep it off the
-        // async workers.
+        // async workers, and at most one per core at a time.
+        let permit = self.hashes.acquire().await.map_err(|_| PrincipalError::Hashing)?;
         let hash = tokio::task::spawn_blocking(move || {
             argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string())
         })
         .await
         .map_err(|_| PrincipalError::Hashing)?
         .map_err(|_| PrincipalError::Hashing)?;
+        drop(permit);
         let new_subject = self.subjects.subject_prepare()?;
         let subject = new_subject.id();
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         let record =
             serde_json::to_vec(&CustomerRecord { password_argon2: hash, disabled: false, created_at: now.clone() })
                 .map_err(|_| record_error("customer"))?;
@@ -493,6 +501,7 @@ impl Principals {
             None => (unknown_customer_hash()?, false),
         };
         let password = zeroize::Zeroizing::new(password.to_owned());
+        let permit = self.hashes.acquire().await.map_err(|_| PrincipalError::Hashing)?;
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
@@ -500,6 +509,7 @@ impl Principals {
         })
         .await
         .map_err(|_| PrincipalError::Hashing)?;
+        drop(permit);
         let enabled = record.is_some_and(|record| !record.disabled);
         if !(matches && known && enabled) {
             return Err(PrincipalError::BadCredentials);
@@ -589,7 +599,7 @@ impl Principals {
         let new_subject = self.subjects.subject_prepare()?;
         let subject = new_subject.id();
         let actor = Actor::customer(subject);
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         let created = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
             .subject(subject)
             .related(Related::Principal(crate::audit::Role::Customer), subject.to_string())

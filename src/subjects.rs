@@ -23,7 +23,6 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::audit::{Actor, Appended, AuditError, AuditEvent, AuditLog, Decision, EventKind};
-use crate::clock;
 use crate::core::Core;
 use crate::crypto::{CryptoError, Dek, KeyRing, WrappedDek};
 use crate::directory::{SubjectRecord, record_encode, subject_activity_in};
@@ -175,7 +174,7 @@ impl Subjects {
             dek,
             wrapped,
             keys,
-            created_at: clock::rfc3339(clock::now()),
+            created_at: self.core.clock().rfc3339(),
             active_at_secs: self.core.clock().now_secs(),
         })
     }
@@ -266,7 +265,7 @@ impl Subjects {
             sealed.push((field, value));
         }
         let fields: Vec<String> = sealed.iter().map(|(field, _)| field.clone()).collect();
-        let event = AuditEvent::new(EventKind::DataWritten, actor.clone(), &clock::rfc3339(clock::now()))
+        let event = AuditEvent::new(EventKind::DataWritten, actor.clone(), &self.core.clock().rfc3339())
             .subject(subject)
             .fields(fields.clone());
         let seal_count = sealed.len() as u64;
@@ -303,7 +302,7 @@ impl Subjects {
             return Err(FieldError::Unknown { field: field.chars().take(64).collect() }.into());
         }
         let key = Key::value(subject.as_bytes(), field);
-        let event = AuditEvent::new(EventKind::DataDeleted, actor.clone(), &clock::rfc3339(clock::now()))
+        let event = AuditEvent::new(EventKind::DataDeleted, actor.clone(), &self.core.clock().rfc3339())
             .subject(subject)
             .fields(vec![field.to_owned()]);
         let log = self.core.audit().clone();
@@ -329,7 +328,7 @@ impl Subjects {
     /// The read is logged (`data.read`, actor the customer) before any value
     /// is opened; if the append fails nothing is returned.
     pub async fn data_read_own(&self, subject: SubjectId) -> Result<BTreeMap<String, Value>, DataError> {
-        let now = clock::rfc3339(clock::now());
+        let now = self.core.clock().rfc3339();
         let now_secs = self.core.clock().now_secs();
         let log = self.core.audit().clone();
         let ((appended, sealed), durable) = self

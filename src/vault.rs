@@ -240,6 +240,39 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<(), VaultError> {
         .map_err(|source| VaultError::DataDir { path: path.to_owned(), source })
 }
 
+/// Makes the data directory and everything under it readable by the owner
+/// only: directories 0700, files 0600 (the store's files hold sealed values,
+/// and audit entries that link subject ids to businesses and pairwise ids).
+/// A directory made by hand with a looser mode is tightened, with a warning
+/// naming what changed. Sockets and links are left as they are.
+pub(crate) fn tighten_permissions(data_dir: &Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VaultError::DataDir { path, source }
+    };
+    let mut pending = vec![data_dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        let wanted = if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io(&path))? {
+                pending.push(entry.map_err(io(&path))?.path());
+            }
+            0o700
+        } else if metadata.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & !wanted != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & wanted)).map_err(io(&path))?;
+            tracing::warn!(path = %path.display(), from = format!("{mode:o}"), to = format!("{:o}", mode & wanted), "permissions tightened: only the vault's user may read its data directory");
+        }
+    }
+    Ok(())
+}
+
 impl Vault {
     /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
     /// (unless `key_source` names another) and an empty store bound to it.
@@ -290,6 +323,9 @@ impl Vault {
         let source = key_source_of(&options);
         let keys = load_key_ring(&source, options.production)?;
         let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), options.store_cache_bytes))?;
+        // After the key check, which refuses a loose key file rather than
+        // mend it: the key may already have been read by others.
+        tighten_permissions(&data_dir)?;
         let vault = Self::open_backend(
             data_dir,
             keys,
@@ -361,6 +397,8 @@ impl Vault {
             audit_status: Arc::new(Mutex::new(AuditStatus::Verifying)),
             verifier: Mutex::new(None),
         });
+        // The vault's time never goes back, across restarts too.
+        vault.core.clock_floor_from_log()?;
         vault.verifier_start();
         // The first checkpoint of a new log; a no-op for a log whose last
         // batch was checkpointed, as every batch is.
@@ -543,7 +581,7 @@ impl Vault {
         let event = crate::audit::AuditEvent::new(
             crate::audit::EventKind::PolicyLoaded,
             actor.clone(),
-            &clock::rfc3339(clock::now()),
+            &self.core.clock().rfc3339(),
         )
         .related(Related::PolicySha256, &policies.sha256)
         .related(Related::Cause, cause);
@@ -571,6 +609,14 @@ impl Vault {
     pub fn insecure_pin_clock_secs(&self, secs: Option<i64>) {
         tracing::warn!(?secs, "the consent clock was pinned");
         self.core.clock().pin(secs);
+    }
+
+    /// Shifts the system clock's reading the vault clock follows by `secs`,
+    /// as an NTP step or a resumed virtual machine would, for tests and
+    /// drills; the vault clock still never goes back. A warning is logged.
+    pub fn insecure_step_clock_secs(&self, secs: i64) {
+        tracing::warn!(secs, "the system clock reading was stepped");
+        self.core.clock().step(secs);
     }
 
     /// Whether the vault can serve: the store answers and its last flush

@@ -922,3 +922,37 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
     assert_eq!(documented, expected);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guesses_made_at_once_are_limited_like_guesses_made_one_after_another() {
+    let app = TestApp::start().await;
+    let customer = app.customer().await;
+    let anonymous = app.anonymous();
+    // Each attempt is counted before its password is checked: of 24 made at
+    // once for one customer, exactly the limit (5) are checked, and every
+    // other one is refused without a hash.
+    let guesses = (0..24).map(|attempt| {
+        let body =
+            json!({"grant_type": "password", "username": customer.id, "password": format!("wrong guess {attempt}")});
+        let anonymous = app.anonymous();
+        async move { anonymous.token_request(&body).await.0 }
+    });
+    let mut statuses = futures_join_all(guesses).await;
+    statuses.sort_unstable();
+    let checked = statuses.iter().filter(|&&status| status == 401).count();
+    let refused = statuses.iter().filter(|&&status| status == 429).count();
+    assert_eq!((checked, refused), (5, 19), "{statuses:?}");
+    // The limit holds for the right password too, until it refills.
+    let right = json!({"grant_type": "password", "username": customer.id, "password": "correct horse battery staple"});
+    assert_eq!(anonymous.token_request(&right).await.0, 429);
+}
+
+/// Runs every future at once and collects their outputs in order.
+async fn futures_join_all<F: Future<Output = u16> + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<u16> {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
+}

@@ -276,3 +276,31 @@ async fn sighup_reloads_the_policies_and_records_it() {
     assert_ne!(hashes[0], hashes[1]);
     assert!(server.stderr_text().contains("policies reloaded on SIGHUP"));
 }
+
+#[test]
+fn a_data_directory_made_by_hand_with_a_loose_mode_is_tightened_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    // Every directory the vault keeps is the owner's alone, and so is every
+    // file in it (the store's files hold audit entries that link customer ids
+    // to businesses and pairwise ids).
+    let mut pending = vec![data_dir.clone()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        if metadata.is_dir() {
+            assert_eq!(mode, 0o700, "{} is {mode:o}", path.display());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        } else if metadata.is_file() {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "the key file, the credentials and the store's files were checked");
+    assert!(server.stderr_text().contains("permissions tightened"), "the operator is told");
+    drop(server);
+}

@@ -83,8 +83,15 @@ pub async fn token_create(
     };
     let limits = state.vault.principals().limits();
     let address_key = Limits::address_key(peer.ip());
-    if !limits.failures_per_client.allows(&principal_key) || !limits.failures_per_address.allows(&address_key) {
-        return Ok(too_many(std::time::Duration::from_secs(12)));
+    // Every attempt is counted before its secret is checked, so attempts
+    // made at once are limited exactly as attempts made one after another;
+    // only a failure keeps its count.
+    if let Err(wait) = limits.failures_per_client.take(&principal_key) {
+        return Ok(too_many(wait));
+    }
+    if let Err(wait) = limits.failures_per_address.take(&address_key) {
+        limits.failures_per_client.refund(&principal_key);
+        return Ok(too_many(wait));
     }
     let issued = match attempt {
         Attempt::Client(client_id, secret) => state.vault.principals().token_for_client(&client_id, &secret),
@@ -92,14 +99,16 @@ pub async fn token_create(
             state.vault.principals().token_for_password(&username, &password).await
         }
     };
+    if !matches!(issued, Err(crate::principals::PrincipalError::BadCredentials)) {
+        limits.failures_per_client.refund(&principal_key);
+        limits.failures_per_address.refund(&address_key);
+    }
     match issued {
         Ok(token) => {
             let body = TokenResponse { access_token: token.token, token_type: "Bearer", expires_in: token.expires_in };
             Ok(axum::Json(body).into_response())
         }
         Err(crate::principals::PrincipalError::BadCredentials) => {
-            let _ = limits.failures_per_client.take(&principal_key);
-            let _ = limits.failures_per_address.take(&address_key);
             tracing::info!(peer = %peer.ip(), "sign-in refused");
             Err(bad_credentials())
         }

@@ -54,6 +54,15 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back one token taken for `key` (an attempt counted up front
+    /// that turned out not to count, such as a sign-in that succeeded).
+    pub fn refund(&self, key: &str) {
+        let Ok(mut buckets) = self.buckets.lock() else { return };
+        if let Some((tokens, _)) = buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.burst);
+        }
+    }
+
     /// Whether `key` has a token left, without taking it.
     pub fn allows(&self, key: &str) -> bool {
         let now = Instant::now();
@@ -68,6 +77,22 @@ impl RateLimiter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_refund_gives_back_one_token_and_never_more_than_the_burst() {
+        let limiter = RateLimiter::new(2, 1);
+        limiter.take("k").unwrap();
+        limiter.take("k").unwrap();
+        assert!(limiter.take("k").is_err());
+        limiter.refund("k");
+        limiter.take("k").unwrap();
+        limiter.refund("k");
+        limiter.refund("k");
+        limiter.refund("k");
+        limiter.take("k").unwrap();
+        limiter.take("k").unwrap();
+        assert!(limiter.take("k").is_err(), "refunds stop at the burst");
+    }
 
     #[test]
     fn a_burst_is_allowed_then_refused_with_a_wait() {
