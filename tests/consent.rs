@@ -487,3 +487,93 @@ async fn a_business_asking_too_often_gets_429() {
     assert!(statuses[30..].iter().any(|&(status, retry)| status == 429 && retry), "{statuses:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_or_body_that_names_something_twice_is_refused_and_changes_nothing() {
+    let app = common::app::TestApp::start().await;
+    let business = app.business("Acme Pizza", &["marketing"]).await;
+    let customer = app.customer().await;
+    assert_eq!(customer.data_put(&json!({"email": "ada@example.org"})).await.0, 200);
+    let (status, relationship) = customer.connect(&business.id).await;
+    assert_eq!(status, 201, "{relationship}");
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+
+    // Thousands of copies of one field or purpose: a 400 that says so, never
+    // a 500 from an audit event grown too large, and nothing stored.
+    let auditor = app.auditor().await;
+    let size = auditor.entries_all().await.len();
+    let grant = |purposes: Vec<&str>, fields: Vec<&str>| json!({"business_id": business.id, "purposes": purposes, "fields": fields, "duration_days": 30});
+    for body in [grant(vec!["marketing"], vec!["email"; 3000]), grant(vec!["marketing"; 2500], vec!["email"])] {
+        let (status, problem) = customer.grant(&body).await;
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("more than once"), "{problem}");
+    }
+    let ask = json!({"pairwise_id": pairwise, "purposes": vec!["marketing"; 2500], "fields": ["email", "email"],
+                     "duration_days": 30, "justification": "offers"});
+    let (status, problem) = business.access_request(&ask).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(customer.grants().await.1["items"], json!([]));
+    assert_eq!(customer.access_requests().await.1["items"], json!([]));
+
+    // A data body naming a member twice is refused like every other body.
+    let response = reqwest::Client::new()
+        .put(format!("{}/v1/me/data", app.base_url()))
+        .bearer_auth(customer.token())
+        .header("content-type", "application/json")
+        .body(r#"{"email": "first@example.org", "email": "second@example.org"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("duplicate field `email`"), "{problem}");
+    assert!(!problem.to_string().contains("example.org"), "the problem quotes no value: {problem}");
+    assert_eq!(customer.data().await.1["data"]["email"], "ada@example.org");
+    // Nothing refused reached the log; the closing audit checks the rest.
+    assert_eq!(auditor.entries_all().await.len(), size + 1, "only the data read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_a_businesss_grants_name_the_customer_only_by_that_businesss_pairwise_id() {
+    let app = common::app::TestApp::start().await;
+    let business = app.business("Acme Pizza", &["marketing"]).await;
+    let customer = app.customer().await;
+    let grant_body =
+        json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
+    let (_, first) = customer.connect(&business.id).await;
+    let first_pairwise = first["pairwise_id"].as_str().unwrap().to_owned();
+    let (status, old_grant) = customer.grant(&grant_body).await;
+    assert_eq!(status, 201, "{old_grant}");
+    let old_grant = old_grant["grant_id"].as_str().unwrap().to_owned();
+
+    // The receipt names her by this business's pairwise id, never by her
+    // customer id (her login, the same for every business).
+    let (status, receipt) = customer.receipt(&old_grant).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["receipt"]["piiPrincipalId"], first_pairwise.as_str());
+    assert!(!receipt.to_string().contains(&customer.id), "the receipt carries her customer id: {receipt}");
+
+    // Disconnected and connected again: a new pairwise id, and the old grant
+    // does not tell the business that the two are the same customer.
+    customer.disconnect(first["relationship_id"].as_str().unwrap()).await;
+    let (_, second) = customer.connect(&business.id).await;
+    let second_pairwise = second["pairwise_id"].as_str().unwrap().to_owned();
+    assert_ne!(first_pairwise, second_pairwise);
+    let (status, new_grant) = customer.grant(&grant_body).await;
+    assert_eq!(status, 201, "{new_grant}");
+    let (status, grants) = business.grants().await;
+    assert_eq!(status, 200, "{grants}");
+    let items = grants["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{grants}");
+    for item in items {
+        let named = item["pairwise_id"].as_str();
+        if item["grant_id"] == old_grant.as_str() {
+            assert_eq!(named, None, "the old grant names the customer by her new pairwise id: {item}");
+        } else {
+            assert_eq!(named, Some(second_pairwise.as_str()), "{item}");
+        }
+    }
+    assert!(!grants.to_string().contains(&customer.id));
+    // The old grant's receipt keeps the id it was given under.
+    assert_eq!(customer.receipt(&old_grant).await.1["receipt"]["piiPrincipalId"], first_pairwise.as_str());
+}

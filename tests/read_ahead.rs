@@ -83,6 +83,12 @@ impl Setup {
         panic!("slow reads were never noticed");
     }
 
+    /// Pins the vault clock at the current second.
+    fn pin_clock_now(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        self.vault.insecure_pin_clock_secs(Some(i64::try_from(now).unwrap()));
+    }
+
     fn read(&self) -> impl Future<Output = Result<ScopedRead, ConsentError>> + Send + 'static {
         let (vault, business, pairwise) = (Arc::clone(&self.vault), self.business.clone(), self.pairwise.clone());
         async move { vault.consent().scoped_read(&business, &pairwise, "marketing", Some(vec!["email".to_owned()])).await }
@@ -145,8 +151,7 @@ async fn reads_are_decided_on_the_commit_thread_while_warm_and_ahead_of_it_while
     let (held, at_commit) = (setup.stat(|s| &s.stamps_held), setup.stat(|s| &s.lookahead_reads));
     // The second stands still, so a decision made ahead is kept on its
     // stamps alone (a turned second is the test below, at a grant's edge).
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    setup.vault.insecure_pin_clock_secs(Some(i64::try_from(now).unwrap()));
+    setup.pin_clock_now();
     for at in size_before..size_before + 8 {
         let read = setup.read().await.unwrap();
         assert_eq!(read.data.get("email"), Some(&json!("ada@example.org")));
@@ -245,6 +250,9 @@ async fn a_read_decided_in_the_last_second_of_a_grant_and_committed_after_it_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_on_a_cold_store_are_decided_on_blocking_threads_logged_once_and_see_a_revocation() {
     let setup = Setup::cold().await;
+    // The second stands still, so each decision made ahead is kept on its
+    // stamps alone (a turned second is decided again, as designed).
+    setup.pin_clock_now();
     // Many reads at once, each decided on a blocking thread: each is logged
     // once, at its own index.
     setup.backend.record_commit_thread_reads(true);

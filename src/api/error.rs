@@ -238,6 +238,9 @@ impl From<crate::consent::ConsentError> for ApiError {
             ConsentError::Invalid(detail) => {
                 Self::client(StatusCode::BAD_REQUEST, "invalid_body", "Invalid body", detail)
             }
+            ConsentError::Policy(problem @ crate::policy::engine::GrantProblem::Duplicate { .. }) => {
+                Self::invalid_body(problem.to_string())
+            }
             ConsentError::Policy(problem) => Self::client(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "policy_violation",

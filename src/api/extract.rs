@@ -176,6 +176,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// A JSON object whose members all have different names: a body that
+/// names a member twice is refused (as every typed body refuses it), not
+/// read as "the last one wins".
+#[derive(Debug, Clone, Default)]
+pub struct UniqueMap(pub serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<UniqueMap, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((name, value)) = access.next_entry::<String, serde_json::Value>()? {
+                    if map.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format_args!("duplicate field `{name}`")));
+                    }
+                    map.insert(name, value);
+                }
+                Ok(UniqueMap(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// A page size from the query: `default` when absent, refused outside
 /// 1..=`max`.
 pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Problem> {
@@ -258,5 +287,14 @@ mod tests {
         assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[["}]}"#), 3);
         assert_eq!(json_depth(br#""\"{{""#), 0);
         assert_eq!(json_depth(&[b'['; 100]), 100);
+    }
+
+    #[test]
+    fn an_object_naming_a_member_twice_is_refused() {
+        let once: UniqueMap = serde_json::from_str(r#"{"email": "a@b.org", "phone": "1"}"#).unwrap();
+        assert_eq!(once.0.len(), 2);
+        let twice = serde_json::from_str::<UniqueMap>(r#"{"email": "a@b.org", "email": "c@d.org"}"#);
+        assert!(twice.unwrap_err().to_string().contains("duplicate field `email`"));
+        assert!(serde_json::from_str::<UniqueMap>("[1]").is_err());
     }
 }

@@ -4,12 +4,12 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
 use super::export_html;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, UniqueMap};
 use super::guard::CustomerCaller;
 #[allow(unused_imports)]
 use super::problem::Problem;
@@ -53,7 +53,7 @@ pub async fn data_get(caller: CustomerCaller, State(state): State<AppState>) -> 
 pub async fn data_merge(
     caller: CustomerCaller,
     State(state): State<AppState>,
-    Json(values): Json<Map<String, Value>>,
+    Json(UniqueMap(values)): Json<UniqueMap>,
 ) -> Result<axum::Json<Stored>, ApiError> {
     let (fields, audit_index) =
         state.vault.subjects().data_merge(&caller.principal.actor(), caller.subject, &values).await?;

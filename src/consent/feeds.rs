@@ -38,10 +38,9 @@ pub struct AccessLogItem {
 
 /// A grant as the business it was given to sees it: the customer by
 /// pairwise id only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusinessGrant {
     /// The grant.
-    #[serde(flatten)]
     pub grant: GrantRecord,
     /// The customer, as this business knows them (absent once disconnected).
     pub pairwise_id: Option<PairwiseId>,
@@ -119,11 +118,18 @@ impl Consent {
         let mut grants = Vec::new();
         for (grant_id, subject) in self.business_index::<GrantId>(&Key::grants_of_business(business), "grant index")? {
             let Some(bytes) = self.core.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
-            let grant: GrantRecord = decode(&bytes, "grant")?;
-            let pairwise_id = match self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
+            let mut grant: GrantRecord = decode(&bytes, "grant")?;
+            // The customer by the pairwise id the grant was given under, and
+            // only while that relationship stands: after a disconnect, or a
+            // reconnection under a new pairwise id, an old grant names no one,
+            // so the business cannot link the old id to the new.
+            let given_under = self.grant_pairwise(&grant)?;
+            let current = match self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 Some(bytes) => Some(decode::<Relationship>(&bytes, "relationship")?.pairwise_id),
                 None => None,
             };
+            let pairwise_id = current.filter(|current| *current == given_under);
+            grant.pairwise_id = pairwise_id.clone();
             grants.push(BusinessGrant { grant, pairwise_id });
         }
         Ok(grants)

@@ -31,6 +31,7 @@ pub(crate) fn grant_write(
     let appended = log.append(txn, &event)?;
     let index = appended.index();
     grant.audit_index = index;
+    grant.pairwise_id = Some(relationship.pairwise_id.clone());
     txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
     txn.put(Key::grant_of_business(&grant.business_id, &grant.grant_id), subject.to_string().into_bytes());
     txn.put(Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id), Vec::new());
@@ -102,6 +103,7 @@ impl Consent {
             expires_at: now + i64::from(duration_days) * DAY_SECS,
             revoked_at: None,
             audit_index: 0,
+            pairwise_id: None,
         };
         let mut event =
             AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.core.clock().rfc3339())

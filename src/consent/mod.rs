@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::audit::{AuditError, Withheld};
+use crate::audit::{AuditError, AuditEvent, Related, Withheld};
 use crate::core::Core;
 use crate::crypto::CryptoError;
 use crate::directory::subject_activity_in;
@@ -153,6 +153,11 @@ pub struct GrantRecord {
     pub revoked_at: Option<i64>,
     /// The audit index of its `grant.created` event.
     pub audit_index: u64,
+    /// How the business knew the customer when the grant was given (grants
+    /// stored before this was recorded carry it in their `grant.created`
+    /// event instead: [`Consent::grant_pairwise`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairwise_id: Option<PairwiseId>,
 }
 
 impl GrantRecord {
@@ -244,6 +249,20 @@ impl Consent {
             .filter(|record| !record.disabled)
             .ok_or(ConsentError::NotFound("business"))?;
         Ok(record.purposes)
+    }
+
+    /// The pairwise id `grant` was given under: the business's name for the
+    /// customer then, which a later reconnection does not change.
+    pub fn grant_pairwise(&self, grant: &GrantRecord) -> Result<PairwiseId, ConsentError> {
+        if let Some(pairwise) = &grant.pairwise_id {
+            return Ok(pairwise.clone());
+        }
+        let created = self.core.audit().entry(self.core.store(), grant.audit_index)?.ok_or(corrupt("grant event"))?;
+        let event = AuditEvent::from_bytes(&created).map_err(AuditError::Event)?;
+        event
+            .related_value(Related::PairwiseId)
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| corrupt("grant pairwise id").into())
     }
 
     /// Every record under `prefix`, decoded as `what`.

@@ -62,7 +62,9 @@ impl Consent {
             "collectionMethod": "consentvault grant",
             "consentReceiptID": format!("receipt-{}", grant.grant_id),
             "language": "en",
-            "piiPrincipalId": subject.to_string(),
+            // The business's own name for her, not her customer id (her
+            // login), so two businesses shown her receipts cannot link them.
+            "piiPrincipalId": self.grant_pairwise(&grant)?,
             "piiControllers": [{"piiController": controller, "businessId": grant.business_id}],
             "policyUrl": format!("urn:consentvault:policies:{}", policies.sha256),
             "services": [{"service": controller, "purposes": purposes}],

@@ -211,6 +211,14 @@ pub enum GrantProblem {
     /// Nothing was asked for.
     #[error("a grant needs at least one purpose, one field and one day")]
     Empty,
+    /// A purpose or field is named more than once.
+    #[error("`{list}` names `{name}` more than once")]
+    Duplicate {
+        /// `purposes` or `fields`.
+        list: &'static str,
+        /// The name given twice.
+        name: String,
+    },
 }
 
 /// Checks a grant (or request) for `business`, registered for
@@ -228,6 +236,12 @@ pub fn check_grant(
 ) -> Result<(), GrantProblem> {
     if purposes.is_empty() || fields.is_empty() || duration_days == 0 {
         return Err(GrantProblem::Empty);
+    }
+    for (list, names) in [("purposes", purposes), ("fields", fields)] {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(name) = names.iter().find(|name| !seen.insert(name.as_str())) {
+            return Err(GrantProblem::Duplicate { list, name: name.clone() });
+        }
     }
     for purpose in purposes {
         let max_days =
