@@ -483,7 +483,10 @@ async fn a_business_asking_too_often_gets_429() {
             client.post(format!("{base}/v1/access-requests")).bearer_auth(&business).json(&ask).send().await.unwrap();
         statuses.push((response.status().as_u16(), response.headers().contains_key("retry-after")));
     }
-    assert!(statuses[..30].iter().all(|(status, _)| *status == 201), "{statuses:?}");
+    // The first three wait for her; the next are refused by her pending cap
+    // (409), and count against the business's rate all the same.
+    assert!(statuses[..3].iter().all(|(status, _)| *status == 201), "{statuses:?}");
+    assert!(statuses[3..30].iter().all(|(status, _)| *status == 409), "{statuses:?}");
     assert!(statuses[30..].iter().any(|&(status, retry)| status == 429 && retry), "{statuses:?}");
     server.stop().await;
 }
@@ -576,4 +579,62 @@ async fn receipts_and_a_businesss_grants_name_the_customer_only_by_that_business
     assert!(!grants.to_string().contains(&customer.id));
     // The old grant's receipt keeps the id it was given under.
     assert_eq!(customer.receipt(&old_grant).await.1["receipt"]["piiPrincipalId"], first_pairwise.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_cannot_ask_against_an_objection_past_the_pending_cap_or_once_blocked() {
+    let app = common::app::TestApp::start().await;
+    let business = app.business("Acme Pizza", &["marketing", "order-fulfilment"]).await;
+    let customer = app.customer().await;
+    let (_, relationship) = customer.connect(&business.id).await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let relationship_id = relationship["relationship_id"].as_str().unwrap().to_owned();
+    let ask = |purpose: &str| {
+        json!({"pairwise_id": pairwise, "purposes": [purpose], "fields": ["email"], "duration_days": 30,
+               "justification": "offers"})
+    };
+
+    // A request made before she objected cannot be approved into a grant
+    // she could never use, and no new one is taken for that purpose.
+    let (status, before) = business.access_request(&ask("marketing")).await;
+    assert_eq!(status, 201, "{before}");
+    assert_eq!(customer.objections_put(&["marketing"]).await.0, 200);
+    let (status, refused) = business.access_request(&ask("marketing")).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("objected")), "{refused}");
+    let (status, refused) = customer.approve(before["request_id"].as_str().unwrap(), &json!({})).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("objected")), "{refused}");
+    assert_eq!(customer.grants().await.1["items"], json!([]), "no grant was made");
+
+    // At most three requests of one business wait for her at once.
+    for _ in 0..2 {
+        assert_eq!(business.access_request(&ask("order-fulfilment")).await.0, 201);
+    }
+    let (status, refused) = business.access_request(&ask("order-fulfilment")).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("too_many_pending_requests")), "{refused}");
+    assert_eq!(customer.deny(before["request_id"].as_str().unwrap(), None).await.0, 200);
+    let (status, third) = business.access_request(&ask("order-fulfilment")).await;
+    assert_eq!(status, 201, "answering one makes room: {third}");
+
+    // She blocks the business from asking, without disconnecting; then lets
+    // it ask again.
+    let path = format!("/v1/me/relationships/{relationship_id}");
+    for pending in customer.access_requests().await.1["items"].as_array().unwrap() {
+        customer.deny(pending["request_id"].as_str().unwrap(), None).await;
+    }
+    let (status, blocked) =
+        customer.caller().json(reqwest::Method::PATCH, &path, Some(&json!({"requests_blocked": true}))).await;
+    assert_eq!(status, 200, "{blocked}");
+    assert_eq!(blocked["requests_blocked"], true);
+    assert_eq!(customer.relationships().await.1["items"][0]["requests_blocked"], true);
+    let (status, refused) = business.access_request(&ask("order-fulfilment")).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("requests_blocked")), "{refused}");
+    let (status, still) = business.relationships().await;
+    assert_eq!(still["items"].as_array().map(Vec::len), Some(1), "still connected: {status} {still}");
+    let (status, _) =
+        customer.caller().json(reqwest::Method::PATCH, &path, Some(&json!({"requests_blocked": false}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(business.access_request(&ask("order-fulfilment")).await.0, 201);
+    let changes = app.auditor().await.entries_all().await;
+    let changed = changes.iter().filter(|item| item["entry"]["kind"] == "relationship.changed").count();
+    assert_eq!(changed, 2, "each block and unblock is logged");
 }

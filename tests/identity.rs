@@ -59,6 +59,7 @@ struct Fixtures {
     auditor_to_disable: String,
     business_to_connect: String,
     relationship_to_end: String,
+    relationship_to_change: String,
     grant_to_read: String,
     grant_to_revoke: String,
     pairwise: String,
@@ -84,6 +85,7 @@ impl Fixtures {
             created("registering an auditor", admin.auditor_register("To be disabled").await, "auditor_id");
         let business_to_connect = register("To be connected").await;
         let business_to_leave = register("To be left").await;
+        let business_to_block = register("To be blocked").await;
 
         // Data for the scoped read to release (and for the closing audit to
         // look for in the log).
@@ -92,6 +94,8 @@ impl Fixtures {
         assert_eq!(status, 200, "{stored}");
         let pairwise = created("connecting", customer.connect(&business.id).await, "pairwise_id");
         let relationship_to_end = created("connecting", customer.connect(&business_to_leave).await, "relationship_id");
+        let relationship_to_change =
+            created("connecting", customer.connect(&business_to_block).await, "relationship_id");
         let grant = |fields: Value| async move {
             let body =
                 json!({"business_id": business.id, "purposes": ["marketing"], "fields": fields, "duration_days": 30});
@@ -114,6 +118,7 @@ impl Fixtures {
             auditor_to_disable,
             business_to_connect,
             relationship_to_end,
+            relationship_to_change,
             grant_to_read,
             grant_to_revoke,
             pairwise,
@@ -201,6 +206,9 @@ fn operations() -> Vec<Operation> {
         }),
         op("DELETE", "/v1/me/relationships/{id}", CUSTOMER, |f| {
             call(format!("/v1/me/relationships/{}", f.relationship_to_end))
+        }),
+        op("PATCH", "/v1/me/relationships/{id}", CUSTOMER, |f| {
+            call_with(format!("/v1/me/relationships/{}", f.relationship_to_change), json!({"requests_blocked": true}))
         }),
         op("GET", "/v1/me/grants", CUSTOMER, |_| call("/v1/me/grants")),
         op("POST", "/v1/me/grants", CUSTOMER, |f| {

@@ -21,6 +21,8 @@ pub struct RelationshipView {
     business_id: String,
     pairwise_id: String,
     connected_at: String,
+    /// Whether the customer blocked this business from asking her for access.
+    requests_blocked: bool,
 }
 
 impl From<Relationship> for RelationshipView {
@@ -30,6 +32,7 @@ impl From<Relationship> for RelationshipView {
             business_id: r.business_id.into(),
             pairwise_id: r.pairwise_id.into(),
             connected_at: r.connected_at,
+            requests_blocked: r.requests_blocked,
         }
     }
 }
@@ -82,6 +85,30 @@ pub async fn relationships_delete(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let relationship = state.vault.consent().relationship_end(caller.subject, &record_id(&id, "relationship")?).await?;
     Ok(axum::Json(serde_json::json!({"relationship_id": relationship.relationship_id, "status": "ended"})))
+}
+
+/// The body of `PATCH /v1/me/relationships/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelationshipChange {
+    /// `true`: the business may no longer ask her for access (she stays
+    /// connected, its grants stay); `false`: it may again.
+    requests_blocked: bool,
+}
+
+/// `PATCH /v1/me/relationships/{id}`: block or unblock the business's
+/// access requests without disconnecting.
+#[utoipa::path(patch, path = "/v1/me/relationships/{id}", tag = "customer", params(("id" = String, Path, description = "Relationship id")), request_body = RelationshipChange, security(("bearer" = [])), responses((status = 200, body = RelationshipView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn relationships_update(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<RelationshipChange>,
+) -> Result<axum::Json<RelationshipView>, ApiError> {
+    let id = record_id(&id, "relationship")?;
+    let relationship =
+        state.vault.consent().relationship_requests_block(caller.subject, &id, body.requests_blocked).await?;
+    Ok(axum::Json(relationship.into()))
 }
 
 /// A grant on the wire.

@@ -256,6 +256,15 @@ impl From<crate::consent::ConsentError> for ApiError {
                 "No consent",
                 "there is no live grant for this purpose",
             ),
+            ConsentError::RequestRefused(refused) => {
+                use crate::consent::RequestRefused;
+                let (code, title) = match refused {
+                    RequestRefused::Objected(_) => ("objected", "Objected purpose"),
+                    RequestRefused::Blocked => ("requests_blocked", "Requests blocked"),
+                    RequestRefused::TooManyPending { .. } => ("too_many_pending_requests", "Too many pending requests"),
+                };
+                Self::client(StatusCode::CONFLICT, code, title, refused.to_string())
+            }
             ConsentError::Principal(error) => error.into(),
             ConsentError::Data(error) => error.into(),
             error @ (ConsentError::Store(_)

@@ -274,7 +274,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(me::data_get, me::data_merge))
         .routes(routes!(me::data_put, me::data_delete))
         .routes(routes!(consent::relationships_list, consent::relationships_create))
-        .routes(routes!(consent::relationships_delete))
+        .routes(routes!(consent::relationships_delete, consent::relationships_update))
         .routes(routes!(consent::grants_list, consent::grants_create))
         .routes(routes!(consent::grants_get, consent::grants_revoke))
         .routes(routes!(consent::objections_get, consent::objections_put))

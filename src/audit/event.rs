@@ -46,6 +46,9 @@ pub enum EventKind {
     /// A relationship ended (disconnect or erasure).
     #[serde(rename = "relationship.ended")]
     RelationshipEnded,
+    /// The customer blocked or unblocked a business's access requests.
+    #[serde(rename = "relationship.changed")]
+    RelationshipChanged,
     /// A business asked a customer for access.
     #[serde(rename = "access_request.created")]
     AccessRequestCreated,
@@ -101,6 +104,7 @@ impl EventKind {
             Self::DataExported => "data.exported",
             Self::RelationshipCreated => "relationship.created",
             Self::RelationshipEnded => "relationship.ended",
+            Self::RelationshipChanged => "relationship.changed",
             Self::AccessRequestCreated => "access_request.created",
             Self::AccessRequestApproved => "access_request.approved",
             Self::AccessRequestDenied => "access_request.denied",
@@ -181,6 +185,9 @@ pub enum Related {
     BackupCheckpointRoot,
     /// The SHA-256 of a restored backup file.
     BackupSha256,
+    /// Whether a relationship's business may ask for access (`true`,
+    /// `false`).
+    RequestsBlocked,
 }
 
 impl Related {
@@ -209,6 +216,7 @@ impl Related {
             Self::BackupCheckpointSize => "backup_checkpoint_size",
             Self::BackupCheckpointRoot => "backup_checkpoint_root",
             Self::BackupSha256 => "backup_sha256",
+            Self::RequestsBlocked => "requests_blocked",
         }
     }
 }
@@ -433,6 +441,7 @@ mod tests {
             EventKind::DataExported,
             EventKind::RelationshipCreated,
             EventKind::RelationshipEnded,
+            EventKind::RelationshipChanged,
             EventKind::AccessRequestCreated,
             EventKind::AccessRequestApproved,
             EventKind::AccessRequestDenied,

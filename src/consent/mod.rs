@@ -62,6 +62,9 @@ pub enum ConsentError {
     /// The grant breaks a policy.
     #[error(transparent)]
     Policy(#[from] GrantProblem),
+    /// The customer does not take this request.
+    #[error(transparent)]
+    RequestRefused(#[from] RequestRefused),
     /// The business has no live grant for the purpose (or the subject does
     /// not exist: the same answer, so it reveals nothing).
     #[error("no live grant for this purpose")]
@@ -93,6 +96,26 @@ pub enum ConsentError {
     Data(#[from] crate::subjects::DataError),
 }
 
+/// Why a customer does not take an access request. Each says so to the
+/// business, which asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRefused {
+    /// She objects to a purpose asked for: a grant for it could never be
+    /// used.
+    #[error("the customer objects to the purpose `{0}`")]
+    Objected(String),
+    /// She has blocked this business from asking.
+    #[error("the customer does not take access requests from this business")]
+    Blocked,
+    /// This business already has as many requests waiting for her as the
+    /// rules allow.
+    #[error("{max} requests from this business already wait for the customer's answer")]
+    TooManyPending {
+        /// The rules' `[requests] pending_per_customer_max`.
+        max: u32,
+    },
+}
+
 impl From<CommitError<ConsentError>> for ConsentError {
     fn from(error: CommitError<ConsentError>) -> Self {
         match error {
@@ -118,6 +141,10 @@ pub struct Relationship {
     pub pairwise_id: PairwiseId,
     /// When the customer connected (RFC 3339).
     pub connected_at: String,
+    /// Whether the customer has blocked this business from asking her for
+    /// access (she stays connected, and its grants stay as they are).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requests_blocked: bool,
 }
 
 /// Grant status on the wire.

@@ -25,6 +25,7 @@ impl Consent {
             business_id: business.clone(),
             pairwise_id: PairwiseId::random(rng)?,
             connected_at: self.core.clock().rfc3339(),
+            requests_blocked: false,
         };
         let event =
             AuditEvent::new(EventKind::RelationshipCreated, Actor::customer(subject), &relationship.connected_at)
@@ -107,6 +108,56 @@ impl Consent {
             self.core.audit().confirm(appended, &durable)?;
         }
         Ok(relationship)
+    }
+
+    /// Blocks (or unblocks) the business of a relationship from asking the
+    /// customer for access; she stays connected and its grants stay as they
+    /// are. Recorded as `relationship.changed`.
+    pub async fn relationship_requests_block(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+        blocked: bool,
+    ) -> Result<Relationship, ConsentError> {
+        let relationship = self
+            .relationships(subject)?
+            .into_iter()
+            .find(|r| r.relationship_id == *relationship_id)
+            .ok_or(ConsentError::NotFound("relationship"))?;
+        let now = self.core.clock().now_secs();
+        let mut event =
+            AuditEvent::new(EventKind::RelationshipChanged, Actor::customer(subject), &self.core.clock().rfc3339())
+                .subject(subject)
+                .related(Related::RelationshipId, &relationship.relationship_id)
+                .related(Related::RequestsBlocked, blocked.to_string());
+        event.business = Some(relationship.business_id.to_string());
+        let log = self.core.audit().clone();
+        let business = relationship.business_id.clone();
+        let relationship_id = relationship.relationship_id.clone();
+        let (changed, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                customer_acts_in(txn, subject, now)?;
+                let key = Key::relationship(subject.as_bytes(), &business);
+                let bytes = txn.get(&key)?.ok_or(ConsentError::NotFound("relationship"))?;
+                let mut stored: Relationship = decode(&bytes, "relationship")?;
+                if stored.relationship_id != relationship_id {
+                    return Err(ConsentError::NotFound("relationship"));
+                }
+                if stored.requests_blocked == blocked {
+                    return Ok((stored, None));
+                }
+                stored.requests_blocked = blocked;
+                txn.put(key, encode(&stored, "relationship")?);
+                Ok((stored, Some(log.append(txn, &event)?)))
+            })
+            .await?;
+        let (stored, appended) = changed;
+        if let Some(appended) = appended {
+            self.core.audit().confirm(appended, &durable)?;
+        }
+        Ok(stored)
     }
 
     /// The customers connected to `business`: (pairwise id, connected at).

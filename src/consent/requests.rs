@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Consent, ConsentError, DAY_SECS, GrantRecord, customer_acts_in, decode, encode, grant_write};
+use super::{
+    Consent, ConsentError, DAY_SECS, GrantRecord, Relationship, RequestRefused, customer_acts_in, decode, encode,
+    grant_write, objections_in,
+};
 use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
 use crate::ids::{BusinessId, GrantId, PairwiseId, RequestId, SubjectId};
 use crate::policy::engine;
@@ -161,13 +164,16 @@ impl Consent {
         let log = self.core.audit().clone();
         let stored = request.clone();
         let time = self.core.clock().rfc3339();
+        let pending_max = self.core.policies().rules.requests_pending_per_customer_max;
         let (appended, durable) = self
             .core
             .store()
             .commit_durable(move |txn| {
-                // Only a connected customer can be asked.
+                // Only a connected customer can be asked, and only as she
+                // lets this business ask.
                 let subject = Consent::pairwise_subject(txn, &stored.business_id, &stored.pairwise_id)?
                     .ok_or(ConsentError::NotFound("customer"))?;
+                requests_taken_in(txn, subject, &stored, pending_max)?;
                 let mut event = AuditEvent::new(
                     EventKind::AccessRequestCreated,
                     Actor::new(Role::Business, &stored.business_id),
@@ -262,6 +268,11 @@ impl Consent {
             .store()
             .commit_durable(move |txn| {
                 let (key, mut request) = pending_request_take(txn, subject, &request_id, vclock.now_secs())?;
+                // A purpose she objects to (now) could never be used.
+                let objections = objections_in(txn, subject)?;
+                if let Some(purpose) = stored_grant.purposes.iter().find(|purpose| objections.contains(purpose)) {
+                    return Err(RequestRefused::Objected(purpose.clone()).into());
+                }
                 let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
                 request.status = RequestStatus::Approved;
                 request.grant_id = Some(stored_grant.grant_id.clone());
@@ -372,6 +383,39 @@ fn pending_request_take(
     }
     txn.delete(&Key::request_expiry(request.expires_at, subject.as_bytes(), request_id));
     Ok((key, request))
+}
+
+/// Whether `subject` takes `request` from its business, as `txn` sees her:
+/// not blocked, no purpose she objects to, and fewer than `pending_max` of
+/// its requests waiting for her answer.
+fn requests_taken_in(
+    txn: &Txn<'_>,
+    subject: SubjectId,
+    request: &AccessRequest,
+    pending_max: u32,
+) -> Result<(), ConsentError> {
+    let relationship = txn
+        .get(&Key::relationship(subject.as_bytes(), &request.business_id))?
+        .ok_or(ConsentError::NotFound("customer"))?;
+    if decode::<Relationship>(&relationship, "relationship")?.requests_blocked {
+        return Err(RequestRefused::Blocked.into());
+    }
+    let objections = objections_in(txn, subject)?;
+    if let Some(purpose) = request.purposes.iter().find(|purpose| objections.contains(purpose)) {
+        return Err(RequestRefused::Objected(purpose.clone()).into());
+    }
+    let mut pending = 0u32;
+    for (_, bytes) in txn.scan_prefix(&Key::requests_of(subject.as_bytes()))? {
+        let waiting: AccessRequest = decode(&bytes, "request")?;
+        if waiting.business_id == request.business_id && waiting.status_at(request.created_at) == RequestStatus::Pending
+        {
+            pending += 1;
+        }
+    }
+    if pending >= pending_max {
+        return Err(RequestRefused::TooManyPending { max: pending_max }.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

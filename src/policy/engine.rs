@@ -676,6 +676,44 @@ mod tests {
         assert_eq!(policies.rules.retention, Some(crate::policy::Retention { erase_inactive_after_days: 730 }));
     }
 
+    #[test]
+    fn pending_requests_per_customer_default_to_three_and_a_requests_table_sets_them() {
+        assert_eq!(shipped().rules.requests_pending_per_customer_max, 3);
+        let parse = |rules: &str| {
+            let texts = PolicyTexts {
+                catalogue: crate::policy::DEFAULT_CATALOGUE,
+                purposes: crate::policy::DEFAULT_PURPOSES,
+                rules,
+            };
+            Policies::parse(std::path::Path::new("dir"), texts)
+        };
+        let five = parse("[requests]\npending_per_customer_max = 5\n").unwrap();
+        assert_eq!(five.rules.requests_pending_per_customer_max, 5);
+        let error = parse("\n[requests]\npending_per_customer_max = 0\n").unwrap_err();
+        assert_eq!(error.line, 2, "{error}");
+        assert!(error.problem.contains("pending_per_customer_max must be 1 to 100"), "{error}");
+    }
+
+    #[test]
+    fn a_grant_naming_a_purpose_or_field_twice_is_refused() {
+        let policies = shipped();
+        let registered = ["marketing".to_owned()];
+        let check = |purposes: &[&str], fields: &[&str]| {
+            let purposes: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
+            let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            check_grant(&policies, "acme", &registered, &purposes, &fields, 30)
+        };
+        assert_eq!(check(&["marketing"], &["email"]), Ok(()));
+        assert_eq!(
+            check(&["marketing"], &["email", "email"]),
+            Err(GrantProblem::Duplicate { list: "fields", name: "email".to_owned() })
+        );
+        assert_eq!(
+            check(&["marketing", "marketing"], &["email"]),
+            Err(GrantProblem::Duplicate { list: "purposes", name: "marketing".to_owned() })
+        );
+    }
+
     fn arbitrary_grant() -> impl Strategy<Value = GrantView> {
         let purposes = prop::sample::subsequence(vec!["marketing", "order-fulfilment", "analytics"], 1..=3);
         let fields = prop::sample::subsequence(vec!["email", "phone", "allergies", "loyalty_points", "country"], 1..=5);

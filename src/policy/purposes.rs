@@ -66,6 +66,12 @@ pub struct Retention {
     pub erase_inactive_after_days: u32,
 }
 
+/// Pending access requests one business may have waiting for one customer
+/// when the rules say nothing (`[requests] pending_per_customer_max`).
+pub const PENDING_PER_CUSTOMER_DEFAULT: u32 = 3;
+/// The most a rule may allow.
+const PENDING_PER_CUSTOMER_LIMIT: u32 = 100;
+
 /// Purposes and rules, checked against the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rules {
@@ -77,6 +83,9 @@ pub struct Rules {
     pub duration_caps: Vec<DurationCap>,
     /// The retention rule; `None` (no `[retention]` table) means off.
     pub retention: Option<Retention>,
+    /// Pending access requests one business may have waiting for one
+    /// customer; a further request is refused until she answers one.
+    pub requests_pending_per_customer_max: u32,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +111,13 @@ struct RulesFile {
     #[serde(default)]
     duration_cap: Vec<toml::Spanned<CapEntry>>,
     retention: Option<toml::Spanned<RetentionEntry>>,
+    requests: Option<toml::Spanned<RequestsEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestsEntry {
+    pending_per_customer_max: u32,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +270,24 @@ impl Rules {
                 Some(Retention { erase_inactive_after_days: days })
             }
         };
-        Ok(Self { purposes, deny, duration_caps, retention })
+        let requests_pending_per_customer_max = match parsed.requests {
+            None => PENDING_PER_CUSTOMER_DEFAULT,
+            Some(entry) => {
+                let line = PolicyError::line_of(rules_text, entry.span().start);
+                let max = entry.into_inner().pending_per_customer_max;
+                if max == 0 || max > PENDING_PER_CUSTOMER_LIMIT {
+                    return Err(PolicyError {
+                        file: rules_file.to_owned(),
+                        line,
+                        problem: format!(
+                            "requests: pending_per_customer_max must be 1 to {PENDING_PER_CUSTOMER_LIMIT}"
+                        ),
+                    });
+                }
+                max
+            }
+        };
+        Ok(Self { purposes, deny, duration_caps, retention, requests_pending_per_customer_max })
     }
 
     /// The longest grant for `purpose`, in days, after every cap.
