@@ -155,7 +155,7 @@ fn audit_commit_error(error: CommitError<AuditError>) -> AuditError {
 /// earlier than the latest one it gave (an NTP step back, a resumed virtual
 /// machine) gives that latest time instead, until the system clock passes
 /// it again; at open, the time of the log's latest entry raises it
-/// ([`VaultClock::floor_raise`]), so a restart on a clock that stepped back
+/// (`VaultClock::floor_raise`), so a restart on a clock that stepped back
 /// does not go back either. Otherwise a grant revoked at `T` would read as
 /// live again at a reading before `T`.
 ///

@@ -59,6 +59,14 @@ impl Consent {
         self.records(&Key::relationships_of(subject.as_bytes()), "relationship")
     }
 
+    /// One of the customer's relationships.
+    fn relationship(&self, subject: SubjectId, relationship_id: &RelationshipId) -> Result<Relationship, ConsentError> {
+        self.relationships(subject)?
+            .into_iter()
+            .find(|r| r.relationship_id == *relationship_id)
+            .ok_or(ConsentError::NotFound("relationship"))
+    }
+
     /// Disconnects: the pairwise id stops resolving and every grant to that
     /// business is revoked, in one transaction.
     pub async fn relationship_end(
@@ -66,11 +74,7 @@ impl Consent {
         subject: SubjectId,
         relationship_id: &RelationshipId,
     ) -> Result<Relationship, ConsentError> {
-        let relationship = self
-            .relationships(subject)?
-            .into_iter()
-            .find(|r| r.relationship_id == *relationship_id)
-            .ok_or(ConsentError::NotFound("relationship"))?;
+        let relationship = self.relationship(subject, relationship_id)?;
         let now = self.core.clock().now_secs();
         let time = self.core.clock().rfc3339();
         let log = self.core.audit().clone();
@@ -119,11 +123,7 @@ impl Consent {
         relationship_id: &RelationshipId,
         blocked: bool,
     ) -> Result<Relationship, ConsentError> {
-        let relationship = self
-            .relationships(subject)?
-            .into_iter()
-            .find(|r| r.relationship_id == *relationship_id)
-            .ok_or(ConsentError::NotFound("relationship"))?;
+        let relationship = self.relationship(subject, relationship_id)?;
         let now = self.core.clock().now_secs();
         let mut event =
             AuditEvent::new(EventKind::RelationshipChanged, Actor::customer(subject), &self.core.clock().rfc3339())
