@@ -12,7 +12,7 @@ use crate::auth::external::ExternalIssuerConfig;
 use crate::crypto::KeySource;
 use crate::keys::{ENCRYPTIONS_PER_KEY_CEILING, ENCRYPTIONS_PER_KEY_DEFAULT, KeyLimits};
 use crate::policy::PolicyError;
-use crate::vault::{IdentityOptions, VaultOptions, policies_default, policies_load};
+use crate::vault::{IdentityOptions, VaultOptions, policies_load};
 
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./vault-data";
@@ -251,7 +251,7 @@ impl VaultConfig {
                     problem: "production start-up needs a policy directory".to_owned(),
                 });
             }
-            None => (policies_default(), PolicySource::BuiltIn),
+            None => (crate::policy::Policies::built_in(), PolicySource::BuiltIn),
         };
         let store_cache_bytes = file.store_cache_bytes.unwrap_or(STORE_CACHE_BYTES_DEFAULT);
         let audit_origin = args.audit_origin.clone().or(file.audit_origin.clone());

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
 use crate::core::Core;
-use crate::crypto::{CryptoError, KeyFileError, KeyRing, KeySource, WRAPPED_DEK_BYTES, WrappedDek};
+use crate::crypto::{CryptoError, Dek, KeyFileError, KeyRing, KeySource, WRAPPED_DEK_BYTES, WrappedDek};
 use crate::crypto::{key_file_add, key_file_remove};
 use crate::directory::subjects_page;
 use crate::ids::SubjectId;
@@ -126,6 +126,26 @@ impl KeyRecord {
         let mut wrapped = bytes;
         wrapped.truncate(WRAPPED_DEK_BYTES);
         Ok(Self { wrapped: WrappedDek::from_bytes(wrapped), seals })
+    }
+}
+
+/// Unwraps `subject`'s DEK from its stored key record.
+pub(crate) fn dek_of_record(keys: &KeyRing, subject: SubjectId, record: Vec<u8>) -> Result<Dek, KeyError> {
+    Ok(keys.dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
+}
+
+/// `subject`'s DEK as the store holds it now, or `None` without a key record.
+/// A rotation can rewrap the record and destroy the KEK it was under between
+/// the read and the unwrap; the record read again then holds the same DEK
+/// under the new KEK.
+pub(crate) fn dek_stored(core: &Core, subject: SubjectId) -> Result<Option<Dek>, KeyError> {
+    let read = || -> Result<Option<Dek>, KeyError> {
+        let Some(record) = core.store().get(&Key::dek(subject.as_bytes()))? else { return Ok(None) };
+        dek_of_record(core.keys(), subject, record).map(Some)
+    };
+    match read() {
+        Err(KeyError::Crypto(CryptoError::UnknownKekVersion(_))) => read(),
+        outcome => outcome,
     }
 }
 
@@ -741,11 +761,10 @@ impl Keys {
             }
         }
         let log = self.core.audit().clone();
-        let time = self.core.clock().rfc3339();
-        let finished = step_event(actor, &time, "finished", &rotation);
-        let destroyed = step_event(actor, &time, "destroyed", &rotation);
-        let retiring = rotation.retiring_versions.clone();
         let now = self.core.clock().rfc3339();
+        let finished = step_event(actor, &now, "finished", &rotation);
+        let destroyed = step_event(actor, &now, "destroyed", &rotation);
+        let retiring = rotation.retiring_versions.clone();
         self.core.store().commit_blocking(move |txn| -> Result<(), KeyError> {
             for (key, old, new) in resealed {
                 if txn.get(&key)?.as_deref() != Some(old.as_slice()) {

@@ -7,7 +7,7 @@
 //! that this event is on disk, and only the fields the event names.
 //!
 //! **Architecture Invariant:** this module is the only caller of
-//! [`Dek::open`] for a value that leaves the process (clippy's
+//! [`Dek::open`](crate::crypto::Dek::open) for a value that leaves the process (clippy's
 //! `disallowed_methods` refuses it elsewhere; `clippy.toml`). Resealing for a
 //! DEK replacement or a KEK rotation happens inside `crypto` and never hands
 //! plaintext to its caller.
@@ -18,9 +18,9 @@ use serde_json::Value;
 
 use crate::audit::Logged;
 use crate::core::Core;
-use crate::crypto::{CryptoError, Dek, Sealed};
+use crate::crypto::{CryptoError, Sealed};
 use crate::ids::SubjectId;
-use crate::keys::KeyRecord;
+use crate::keys::{KeyError, dek_of_record, dek_stored};
 use crate::store::{Key, StoreError, Txn};
 
 /// Why values taken by a logged read could not be released. None carries a
@@ -38,6 +38,9 @@ pub enum ReleaseError {
     /// The store failed, or holds a record this build cannot read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The subject's key record could not be read or unwrapped.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// Values taken in a read's transaction, with the subject's key record as
@@ -102,13 +105,12 @@ pub(crate) fn release(
         return Ok(BTreeMap::new());
     }
     let record = sealed.key_record.ok_or(StoreError::Corrupt { what: "values without a key record" })?;
-    let dek = match dek_of(core, subject, record) {
+    let dek = match dek_of_record(core.keys(), subject, record) {
         // A KEK rotation rewrapped the record and destroyed the KEK it was
         // under since the read's commit: the stored record now holds the
         // same DEK under the new KEK.
-        Err(ReleaseError::Crypto(CryptoError::UnknownKekVersion(_))) => {
-            let now = core.store().get(&Key::dek(subject.as_bytes()))?;
-            dek_of(core, subject, now.ok_or(StoreError::Corrupt { what: "values without a key record" })?)?
+        Err(KeyError::Crypto(CryptoError::UnknownKekVersion(_))) => {
+            dek_stored(core, subject)?.ok_or(StoreError::Corrupt { what: "values without a key record" })?
         }
         outcome => outcome?,
     };
@@ -126,11 +128,6 @@ pub(crate) fn release(
         data.insert(field, value);
     }
     Ok(data)
-}
-
-/// Unwraps the DEK in the stored key record `record` of `subject`.
-fn dek_of(core: &Core, subject: SubjectId, record: Vec<u8>) -> Result<Dek, ReleaseError> {
-    Ok(core.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use crate::consent::{
     Consent, ConsentError, GrantEnd, GrantRecord, GrantStatus, Relationship, decode, encode, grant_end_in,
 };
 use crate::core::Core;
-use crate::directory::SubjectRecord;
+use crate::directory::{record_decode, record_encode};
 use crate::ids::SubjectId;
 use crate::principals::Principals;
 use crate::store::Key;
@@ -167,7 +167,7 @@ impl Rights {
                 let found = txn.get(&key)?;
                 if let Some(check) = check {
                     let current = match &found {
-                        Some(bytes) => decode::<SubjectRecord>(bytes, "subject")?.last_active_at,
+                        Some(bytes) => record_decode(bytes)?.last_active_at,
                         None => None,
                     };
                     if current != Some(check.marker_secs) {
@@ -179,7 +179,7 @@ impl Rights {
                         return Ok((Vec::new(), Erasure::Skipped));
                     }
                 }
-                let mut record: SubjectRecord = decode(&found.ok_or(ConsentError::NotFound("subject"))?, "subject")?;
+                let mut record = record_decode(&found.ok_or(ConsentError::NotFound("subject"))?)?;
                 if let Some(index) = record.erasure_index {
                     // Erased while this call waited: nothing more to do.
                     return Ok((Vec::new(), Erasure::Before(index)));
@@ -242,7 +242,7 @@ impl Rights {
                 let erased = log.append(txn, &event)?;
                 record.erased_at = Some(time.clone());
                 record.erasure_index = Some(erased.index());
-                txn.put(key, encode(&record, "subject")?);
+                txn.put(key, record_encode(&record)?);
                 let index = erased.index();
                 appended.push(erased);
                 Ok((appended, Erasure::Done(index)))

@@ -189,18 +189,9 @@ impl Subjects {
         Ok(crate::directory::subject_record(self.core.store(), subject)?)
     }
 
-    /// The subject's DEK, unwrapped.
+    /// The subject's DEK, unwrapped, to seal with.
     fn dek(&self, subject: SubjectId) -> Result<Dek, DataError> {
-        let unwrap = || -> Result<Dek, DataError> {
-            let record = self.core.store().get(&Key::dek(subject.as_bytes()))?.ok_or(DataError::SubjectNotFound)?;
-            Ok(self.core.keys().dek_unwrap(subject.as_bytes(), &KeyRecord::decode(record)?.wrapped)?)
-        };
-        match unwrap() {
-            // A rotation rewrapped the record and destroyed the old KEK
-            // between the read and the unwrap: the record read now is new.
-            Err(DataError::Crypto(CryptoError::UnknownKekVersion(_))) => unwrap(),
-            outcome => outcome,
-        }
+        crate::keys::dek_stored(&self.core, subject)?.ok_or(DataError::SubjectNotFound)
     }
 
     /// Stores one field (replacing any earlier value).
@@ -388,6 +379,23 @@ mod tests {
             &kinds[kinds.len() - 2..],
             [(EventKind::DataWritten, fields.clone()), (EventKind::DataRead, fields)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_sealed_under_a_key_that_changed_is_told_so_not_taken_for_tampering() {
+        let services = Services::new();
+        let subject = services.customer().await;
+        let current = services.core.store().get(&Key::dek(subject.as_bytes())).unwrap().unwrap();
+        let current = KeyRecord::decode(current).unwrap().wrapped.dek_version().unwrap();
+        let outcome = services
+            .core
+            .store()
+            .commit(move |txn| {
+                key_record_with_version(txn, subject, current)?;
+                key_record_with_version(txn, subject, current + 1).map(drop)
+            })
+            .await;
+        assert!(matches!(outcome, Err(CommitError::Rejected(DataError::KeyChanged))), "{outcome:?}");
     }
 
     #[tokio::test]

@@ -216,11 +216,6 @@ pub fn policies_load(dir: &Path) -> Result<Policies, PolicyError> {
     Policies::parse(dir, policy::PolicyTexts { catalogue: &catalogue, purposes: &purposes, rules: &rules })
 }
 
-/// The policies shipped inside the binary.
-pub fn policies_default() -> Policies {
-    Policies::built_in()
-}
-
 /// Whether `path` is an empty directory or does not exist.
 pub(crate) fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
     match std::fs::read_dir(path) {

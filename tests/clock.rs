@@ -8,25 +8,15 @@ mod common;
 
 use std::sync::Arc;
 
-use consentvault::audit::{Actor, AuditEvent, Decision, EventKind};
-use consentvault::auth::Role;
+use consentvault::audit::{AuditEvent, Decision, EventKind};
 use consentvault::consent::ConsentError;
 use consentvault::ids::{BusinessId, PairwiseId, SubjectId};
 use consentvault::vault::Vault;
-use serde_json::json;
 
 /// A customer with an email, connected to a business.
 async fn connected(vault: &Vault) -> (SubjectId, BusinessId, PairwiseId) {
-    let business = vault
-        .principals()
-        .client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()])
-        .await
-        .unwrap();
-    let business: BusinessId = business.id.parse().unwrap();
-    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
-    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org")).await.unwrap();
-    let pairwise = vault.consent().relationship_create(subject, &business).await.unwrap().pairwise_id;
-    (subject, business, pairwise)
+    let (subject, business, relationship) = common::connected_customer(vault).await;
+    (subject, business, relationship.pairwise_id)
 }
 
 async fn read(vault: &Vault, business: &BusinessId, pairwise: &PairwiseId) -> Result<usize, ConsentError> {

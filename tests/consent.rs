@@ -638,3 +638,23 @@ async fn a_business_cannot_ask_against_an_objection_past_the_pending_cap_or_once
     let changed = changes.iter().filter(|item| item["entry"]["kind"] == "relationship.changed").count();
     assert_eq!(changed, 2, "each block and unblock is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_an_id_names_no_record_and_gets_the_same_answer_as_an_unknown_id() {
+    let app = common::app::TestApp::start().await;
+    let business = app.business("Acme Pizza", &["marketing"]).await;
+    let customer = app.customer().await;
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for not_an_id in ["not-an-id", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcdef00"] {
+        assert_eq!(customer.revoke(not_an_id).await, customer.revoke(unknown).await, "{not_an_id}");
+        assert_eq!(customer.receipt(not_an_id).await, customer.receipt(unknown).await, "{not_an_id}");
+        assert_eq!(customer.connect(not_an_id).await, customer.connect(unknown).await, "{not_an_id}");
+        assert_eq!(customer.revoke(not_an_id).await.0, 404);
+    }
+    // A malformed pairwise id is refused before a read is decided or logged.
+    let auditor = app.auditor().await;
+    let size = auditor.entries_all().await.len();
+    let (status, problem) = business.read("NOT-A-PAIRWISE-ID", "marketing", &["email"]).await;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{problem}");
+    assert_eq!(auditor.entries_all().await.len(), size, "nothing was logged");
+}

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use consentvault::audit::{Actor, AuditEvent, Decision, EventKind};
-use consentvault::auth::Role;
+use consentvault::audit::{AuditEvent, Decision, EventKind};
 use consentvault::consent::{ConsentError, GrantRecord, ScopedRead};
 use consentvault::ids::{BusinessId, PairwiseId, RelationshipId, SubjectId};
 use consentvault::store::memory::MemoryBackend;
@@ -38,19 +37,7 @@ impl Setup {
     async fn new() -> Self {
         let backend = Arc::new(MemoryBackend::default());
         let vault = common::memory_vault(backend.clone());
-        let business = vault
-            .principals()
-            .client_create(&Actor::system(), Role::Business, "Acme", vec!["marketing".to_owned()])
-            .await
-            .unwrap();
-        let business: BusinessId = business.id.parse().unwrap();
-        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
-        vault
-            .subjects()
-            .data_put(&Actor::customer(subject), subject, "email", &json!("ada@example.org"))
-            .await
-            .unwrap();
-        let relationship = vault.consent().relationship_create(subject, &business).await.unwrap();
+        let (subject, business, relationship) = common::connected_customer(&vault).await;
         let (pairwise, relationship_id) = (relationship.pairwise_id, relationship.relationship_id);
         let grant = vault
             .consent()

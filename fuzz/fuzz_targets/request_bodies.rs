@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use consentvault::policy::Policies;
 use libfuzzer_sys::fuzz_target;
 
-static POLICIES: LazyLock<Policies> = LazyLock::new(consentvault::vault::policies_default);
+static POLICIES: LazyLock<Policies> = LazyLock::new(Policies::built_in);
 
 fuzz_target!(|data: &[u8]| {
     let (query, body) = match data.iter().position(|&b| b == 0) {

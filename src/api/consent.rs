@@ -13,6 +13,7 @@ use super::guard::{BusinessCaller, CustomerCaller};
 #[allow(unused_imports)]
 use super::problem::Problem;
 use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship};
+use crate::ids::PairwiseId;
 
 /// A relationship on the wire.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -299,9 +300,7 @@ pub async fn subjects_data(
     if fields.as_ref().is_some_and(|fields| fields.len() > 64) {
         return Err(ApiError::invalid_query("invalid_query", "at most 64 fields per read"));
     }
-    read_query_check(&state, &pairwise, &params.purpose, fields.as_deref())?;
-    // Checked just above: 32 lowercase hex digits.
-    let pairwise = pairwise.parse().map_err(|_| ApiError::invalid_query("invalid_query", "not a pairwise id"))?;
+    let pairwise = read_query_check(&state, &pairwise, &params.purpose, fields.as_deref())?;
     let read = state.vault.consent().scoped_read(&caller.business, &pairwise, &params.purpose, fields).await?;
     Ok(axum::Json(ReadAnswer {
         data: read.data,
@@ -322,11 +321,10 @@ fn read_query_check(
     pairwise: &str,
     purpose: &str,
     fields: Option<&[String]>,
-) -> Result<(), ApiError> {
+) -> Result<PairwiseId, ApiError> {
     let invalid = |detail: String| ApiError::invalid_query("invalid_query", detail);
-    if pairwise.len() != 32 || !pairwise.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)) {
-        return Err(invalid("the pairwise id is not 32 lowercase hexadecimal digits".to_owned()));
-    }
+    let pairwise: PairwiseId =
+        pairwise.parse().map_err(|_| invalid("the pairwise id is not 32 lowercase hexadecimal digits".to_owned()))?;
     let policies = state.vault.policies();
     if !policies.rules.purposes.contains_key(purpose) {
         return Err(invalid(format!("`{}` is not a purpose of the policies", shortened(purpose))));
@@ -334,7 +332,7 @@ fn read_query_check(
     if let Some(unknown) = fields.unwrap_or_default().iter().find(|field| policies.catalogue.field(field).is_none()) {
         return Err(invalid(format!("`{}` is not a field of the catalogue", shortened(unknown))));
     }
-    Ok(())
+    Ok(pairwise)
 }
 
 /// At most 64 characters of a caller's text, for an error message.

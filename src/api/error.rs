@@ -314,3 +314,68 @@ impl From<crate::store::StoreError> for ApiError {
         Self::internal(&error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::consent::{ConsentError, RequestRefused};
+    use crate::crypto::CryptoError;
+    use crate::principals::PrincipalError;
+    use crate::store::StoreError;
+    use crate::subjects::DataError;
+
+    /// The status and body `error` is answered with.
+    async fn answer(error: impl Into<ApiError>) -> (u16, String) {
+        let response = error.into().into_response();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_failures_are_opaque_5xx_never_4xx() {
+        let internal: Vec<(ApiError, &str)> = vec![
+            (ConsentError::Crypto(CryptoError::Random).into(), "random"),
+            (
+                ConsentError::Principal(PrincipalError::Store(StoreError::Corrupt { what: "principal" })).into(),
+                "principal",
+            ),
+            (DataError::KeyChanged.into(), "data key"),
+            (DataError::Store(StoreError::Corrupt { what: "key record" }).into(), "key record"),
+            (
+                PrincipalError::CredentialsFile {
+                    path: "/secret/admin-credentials.json".into(),
+                    source: std::io::Error::other("disk full"),
+                }
+                .into(),
+                "admin-credentials",
+            ),
+        ];
+        for (error, cause) in internal {
+            let (status, body) = answer(error).await;
+            assert_eq!(status, 500, "{body}");
+            assert!(!body.contains(cause), "the cause reached the body: {body}");
+            assert!(body.contains("\"code\":\"internal\""), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn client_mistakes_get_their_own_4xx_and_code() {
+        let duplicate = crate::policy::engine::GrantProblem::Duplicate { list: "fields", name: "email".to_owned() };
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ConsentError::Policy(duplicate).into(), 400, "invalid_body"),
+            (ConsentError::NoConsent.into(), 403, "no_consent"),
+            (ConsentError::NotFound("grant").into(), 404, "not_found"),
+            (ConsentError::RequestRefused(RequestRefused::Blocked).into(), 409, "requests_blocked"),
+            (DataError::SubjectNotFound.into(), 404, "no_such_subject"),
+            (PrincipalError::BadCredentials.into(), 401, "unauthorized"),
+        ];
+        for (error, status, code) in cases {
+            let (answered, body) = answer(error).await;
+            assert_eq!(answered, status, "{body}");
+            assert!(body.contains(&format!("\"code\":\"{code}\"")), "{body}");
+        }
+    }
+}

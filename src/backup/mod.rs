@@ -293,7 +293,19 @@ mod tests {
                 std::thread::yield_now();
             }
             let before = store.stats().transactions.load(Ordering::Relaxed) - 1;
-            let summary = write(&store, &out, CHUNK_KEYS_DEFAULT, &mut |_| {}).unwrap();
+            // Between chunks, let the writer commit a few more writes, so
+            // the backup certainly has batches to redo however the threads
+            // are scheduled (bounded, should the writer stall).
+            let mut between_chunks = |_: Progress| {
+                let seen = store.stats().transactions.load(Ordering::Relaxed);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while store.stats().transactions.load(Ordering::Relaxed) < seen + 3
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::yield_now();
+                }
+            };
+            let summary = write(&store, &out, CHUNK_KEYS_DEFAULT, &mut between_chunks).unwrap();
             stop.store(true, Ordering::Relaxed);
             writer.join().unwrap();
             (summary, before)

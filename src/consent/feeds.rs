@@ -42,7 +42,9 @@ pub struct AccessLogItem {
 pub struct BusinessGrant {
     /// The grant.
     pub grant: GrantRecord,
-    /// The customer, as this business knows them (absent once disconnected).
+    /// The customer, by the pairwise id the grant was given under, while
+    /// that relationship stands (absent after a disconnect, and after a
+    /// reconnection under a new pairwise id).
     pub pairwise_id: Option<PairwiseId>,
 }
 
@@ -118,7 +120,7 @@ impl Consent {
         let mut grants = Vec::new();
         for (grant_id, subject) in self.business_index::<GrantId>(&Key::grants_of_business(business), "grant index")? {
             let Some(bytes) = self.core.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
-            let mut grant: GrantRecord = decode(&bytes, "grant")?;
+            let grant: GrantRecord = decode(&bytes, "grant")?;
             // The customer by the pairwise id the grant was given under, and
             // only while that relationship stands: after a disconnect, or a
             // reconnection under a new pairwise id, an old grant names no one,
@@ -129,7 +131,6 @@ impl Consent {
                 None => None,
             };
             let pairwise_id = current.filter(|current| *current == given_under);
-            grant.pairwise_id = pairwise_id.clone();
             grants.push(BusinessGrant { grant, pairwise_id });
         }
         Ok(grants)

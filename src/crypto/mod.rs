@@ -299,10 +299,10 @@ impl KeyRing {
     /// Unwraps the DEK of `subject`. Fails if the wrapped bytes belong to
     /// another subject, were altered, or name a KEK that is not loaded.
     ///
-    /// Crate-private: the only way to stored plaintext goes through the
-    /// audited read path in `subjects`, which opens values only with a
-    /// `Logged` proof. (A DEK from [`KeyRing::dek_create`] opens only what it
-    /// sealed itself.)
+    /// Crate-private, and called only by `keys::dek_of_record`: a DEK unwrapped
+    /// there seals new values (`subjects`) or, in `release`, opens values for
+    /// a reader with a `Logged` proof, the only place [`Dek::open`](crate::crypto::Dek::open) may be
+    /// called for that (clippy's `disallowed_methods`).
     pub(crate) fn dek_unwrap(&self, subject: &[u8], wrapped: &WrappedDek) -> Result<Dek, CryptoError> {
         let (dek_version, key) = self.dek_unwrap_bytes(subject, wrapped)?;
         Ok(Dek { key: AeadKey::new(dek_version, key)? })

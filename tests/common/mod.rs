@@ -63,6 +63,25 @@ pub fn memory_vault(backend: Arc<consentvault::store::memory::MemoryBackend>) ->
         .unwrap()
 }
 
+/// Through the library: a business registered for marketing and a customer
+/// with an email connected to it: (customer, business, relationship).
+pub async fn connected_customer(
+    vault: &Vault,
+) -> (consentvault::ids::SubjectId, consentvault::ids::BusinessId, consentvault::consent::Relationship) {
+    use consentvault::audit::Actor;
+    let business = vault
+        .principals()
+        .client_create(&Actor::system(), consentvault::auth::Role::Business, "Acme", vec!["marketing".to_owned()])
+        .await
+        .unwrap();
+    let business: consentvault::ids::BusinessId = business.id.parse().unwrap();
+    let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+    let email = serde_json::json!("ada@example.org");
+    vault.subjects().data_put(&Actor::customer(subject), subject, "email", &email).await.unwrap();
+    let relationship = vault.consent().relationship_create(subject, &business).await.unwrap();
+    (subject, business, relationship)
+}
+
 /// Runs the `consentvault` binary with `args`, without the key or data
 /// directory the environment may name, and waits for it.
 pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
