@@ -50,6 +50,14 @@ pub enum PrincipalError {
     /// A request field is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A business was to be registered for a purpose the policies in force
+    /// do not define.
+    #[error("purpose `{0}` is not defined in the policies in force")]
+    UnknownPurpose(String),
+    /// Another business is registered under the same name (compared
+    /// without case and runs of spaces).
+    #[error("a business named `{0}` is already registered")]
+    NameTaken(String),
     /// No such principal.
     #[error("no such {0}")]
     NotFound(&'static str),
@@ -119,6 +127,20 @@ pub struct PrincipalRecord {
     pub disabled: bool,
     /// When it was created.
     pub created_at: String,
+    /// How many times its client secret was replaced; its tokens name the
+    /// version they were issued under.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secret_version: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// A name as compared for uniqueness: lower case, runs of white space as
+/// one space, so "Acme  Pizza" and "acme pizza" are one name.
+pub fn name_folded(name: &str) -> String {
+    name.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ")
 }
 
 /// A customer of the built-in identity.
@@ -129,6 +151,9 @@ struct CustomerRecord {
     disabled: bool,
     created_at: String,
 }
+
+/// The flag of [`Principals::name_index_backfill`].
+const NAMES_INDEXED: &str = "principals/names-indexed";
 
 /// The admin credentials file written on first start.
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.json";
@@ -263,6 +288,14 @@ impl Principals {
                 "`purposes` must be at most {PURPOSES_MAX} purpose names like order-fulfilment"
             )));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = purposes.iter().find(|purpose| !seen.insert(purpose.as_str())) {
+            return Err(PrincipalError::Invalid(format!("`purposes` names `{twice}` twice")));
+        }
+        let policies = self.core.policies();
+        if let Some(unknown) = purposes.iter().find(|purpose| !policies.rules.purposes.contains_key(purpose.as_str())) {
+            return Err(PrincipalError::UnknownPurpose(unknown.clone()));
+        }
         let credentials = NewClient {
             id: self.core.random_id()?,
             client_id: self.core.random_id()?,
@@ -290,6 +323,7 @@ impl Principals {
             client_id: credentials.client_id.clone(),
             disabled: false,
             created_at: now.clone(),
+            secret_version: 0,
         };
         let mut event = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
             .related(Related::Principal(role.audit_role()), &id);
@@ -299,12 +333,22 @@ impl Principals {
         let client_bytes = serde_json::to_vec(&client).map_err(|_| record_error("client"))?;
         let record_bytes = serde_json::to_vec(&record).map_err(|_| record_error("principal"))?;
         let key = principal_key(role, &id);
+        let id_bytes = id.clone().into_bytes();
         let client_key = Key::client(&credentials.client_id);
+        // Business names are unique: customers choose whom to trust by them.
+        let name_key = (role == Role::Business).then(|| Key::principal_name(role.as_str(), &name_folded(&record.name)));
+        let name = record.name.clone();
         let log = self.core.audit().clone();
         let (appended, durable) = self
             .core
             .store()
             .commit_durable(move |txn| {
+                if let Some(name_key) = name_key {
+                    if txn.get(&name_key)?.is_some() {
+                        return Err(PrincipalError::NameTaken(name));
+                    }
+                    txn.put(name_key, id_bytes);
+                }
                 txn.put(client_key, client_bytes);
                 txn.put(key, record_bytes);
                 Ok::<_, PrincipalError>(log.append(txn, &event)?)
@@ -325,7 +369,7 @@ impl Principals {
     ) -> Result<Option<std::path::PathBuf>, PrincipalError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        if !self.principals(Role::Admin, None, 1)?.is_empty() {
+        if !self.principals(Role::Admin, None, 1)?.0.is_empty() {
             return Ok(None);
         }
         let prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
@@ -360,25 +404,21 @@ impl Principals {
             .transpose()
     }
 
-    /// Every principal of `role`, oldest id order, up to `limit` after `after`.
+    /// One page of the principals of `role`, in id order: up to `limit`
+    /// after the id `after`, and whether more follow.
     pub fn principals(
         &self,
         role: Role,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<PrincipalRecord>, PrincipalError> {
-        let prefix = Key::principals_of(role.as_str());
-        let start = match after {
-            Some(after) => prefix.with_suffix(after.as_bytes()).with_suffix(&[0]),
-            None => prefix.clone(),
-        };
-        let end = Key::from_prefix_end(&prefix);
-        self.core
-            .store()
-            .scan_range(&start, &end, limit)?
+    ) -> Result<(Vec<PrincipalRecord>, bool), PrincipalError> {
+        let (entries, more) =
+            self.core.store().scan_page(&Key::principals_of(role.as_str()), after.map(str::as_bytes), limit)?;
+        let records = entries
             .into_iter()
             .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(|_| record_error("principal").into()))
-            .collect()
+            .collect::<Result<_, PrincipalError>>()?;
+        Ok((records, more))
     }
 
     /// Disables a business or auditor: its tokens stop working at once.
@@ -412,6 +452,96 @@ impl Principals {
         self.token_cache().forget_principal(id);
         tracing::info!(role = role.as_str(), id, "principal disabled");
         Ok(record)
+    }
+
+    /// Replaces the client secret of principal `id` in `role` (a business
+    /// rotating its own): the old secret, and every token issued under it,
+    /// stop working when this returns. Audited as `principal.secret_rotated`.
+    /// The new secret is in the answer, and nowhere else.
+    pub async fn secret_rotate(&self, actor: &Actor, role: Role, id: &str) -> Result<NewClient, PrincipalError> {
+        let client_secret = secret(&self.core)?;
+        let secret_sha256 = sha256_hex(&client_secret);
+        let key = principal_key(role, id);
+        let now = self.core.clock().rfc3339();
+        let mut event = AuditEvent::new(EventKind::PrincipalSecretRotated, actor.clone(), &now)
+            .related(Related::Principal(role.audit_role()), id);
+        if role == Role::Business {
+            event.business = Some(id.to_owned());
+        }
+        let log = self.core.audit().clone();
+        let ((record, appended), durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let bytes = txn.get(&key)?.ok_or(PrincipalError::NotFound(role.as_str()))?;
+                let mut record: PrincipalRecord =
+                    serde_json::from_slice(&bytes).map_err(|_| record_error("principal"))?;
+                if record.disabled {
+                    return Err(PrincipalError::BadCredentials);
+                }
+                let client_key = Key::client(&record.client_id);
+                let client_bytes = txn.get(&client_key)?.ok_or(record_error("client"))?;
+                let mut client: ClientRecord =
+                    serde_json::from_slice(&client_bytes).map_err(|_| record_error("client"))?;
+                client.secret_sha256 = secret_sha256;
+                record.secret_version = record.secret_version.checked_add(1).ok_or(record_error("secret version"))?;
+                txn.put(client_key, serde_json::to_vec(&client).map_err(|_| record_error("client"))?);
+                txn.put(key, serde_json::to_vec(&record).map_err(|_| record_error("principal"))?);
+                Ok::<_, PrincipalError>((record, log.append(txn, &event)?))
+            })
+            .await?;
+        self.core.audit().confirm(appended, &durable)?;
+        self.token_cache().forget_principal(id);
+        tracing::info!(role = role.as_str(), id, "client secret rotated");
+        Ok(NewClient { id: record.id, client_id: record.client_id, client_secret })
+    }
+
+    /// Gives every business registered before names were unique an entry
+    /// in the name index, first registered first, so later registrations
+    /// cannot take their names. Pages through the businesses once; a stored
+    /// flag makes later calls a single read. Businesses that already share
+    /// a name keep it; the index names the first.
+    pub async fn name_index_backfill(&self) -> Result<usize, PrincipalError> {
+        const PAGE_MAX: usize = 1_000;
+        let done = Key::meta(NAMES_INDEXED);
+        if self.core.store().get(&done)?.is_some() {
+            return Ok(0);
+        }
+        let mut after: Option<String> = None;
+        let mut indexed = 0;
+        loop {
+            let (records, more) = self.principals(Role::Business, after.as_deref(), PAGE_MAX)?;
+            after = records.last().map(|record| record.id.clone());
+            let mut names: Vec<(Key, String)> = records
+                .into_iter()
+                .map(|record| (Key::principal_name(Role::Business.as_str(), &name_folded(&record.name)), record.id))
+                .collect();
+            names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            let ((), _) = self
+                .core
+                .store()
+                .commit_durable(move |txn| {
+                    for (key, id) in names {
+                        if txn.get(&key)?.is_none() {
+                            txn.put(key, id.into_bytes());
+                        }
+                    }
+                    Ok::<_, PrincipalError>(())
+                })
+                .await?;
+            indexed += 1;
+            if !more {
+                break;
+            }
+        }
+        self.core
+            .store()
+            .commit_durable(move |txn| {
+                txn.put(done, b"1".to_vec());
+                Ok::<_, PrincipalError>(())
+            })
+            .await?;
+        Ok(indexed)
     }
 
     /// Signs up a customer of the built-in identity: a new subject with its
@@ -480,7 +610,7 @@ impl Principals {
         if record.disabled {
             return Err(PrincipalError::BadCredentials);
         }
-        self.token_issue(client.role, &client.principal_id)
+        self.token_issue(client.role, &client.principal_id, record.secret_version)
     }
 
     /// Issues a token for a customer's password.
@@ -515,7 +645,7 @@ impl Principals {
             return Err(PrincipalError::BadCredentials);
         }
         self.sign_in_record(customer_id).await?;
-        self.token_issue(Role::Customer, customer_id)
+        self.token_issue(Role::Customer, customer_id, 0)
     }
 
     /// Records a customer's sign-in as activity (for the retention rule);
@@ -533,10 +663,12 @@ impl Principals {
         if live { Ok(()) } else { Err(PrincipalError::BadCredentials) }
     }
 
-    fn token_issue(&self, role: Role, id: &str) -> Result<IssuedToken, PrincipalError> {
+    /// A token for principal `id` in `role`, under client secret version
+    /// `secret_version` (0 for customers).
+    fn token_issue(&self, role: Role, id: &str, secret_version: u32) -> Result<IssuedToken, PrincipalError> {
         let jti = self.core.random_id()?;
         let now = u64::try_from(clock::now().unix_timestamp()).unwrap_or(0);
-        Ok(self.token_issuer().issue(role, id, &jti, now)?)
+        Ok(self.token_issuer().issue_for_secret(role, id, &jti, now, secret_version)?)
     }
 
     /// The principal a bearer token names, if the token verifies and the
@@ -582,6 +714,10 @@ impl Principals {
                     self.principal(role, &token.subject)?.ok_or(PrincipalError::BadToken("unknown principal"))?;
                 if record.disabled {
                     return Err(PrincipalError::BadToken("disabled principal"));
+                }
+                // A token issued under a secret since replaced ended with it.
+                if token.own && token.secret_version != record.secret_version {
+                    return Err(PrincipalError::BadToken("client secret rotated"));
                 }
                 record.id
             }

@@ -89,6 +89,9 @@ pub enum StartError {
     /// The admin client could not be created on first start.
     #[error("cannot create the admin client: {0}")]
     Admin(#[from] crate::principals::PrincipalError),
+    /// The business name index could not be completed.
+    #[error("cannot index the names of stored businesses: {0}")]
+    Names(crate::principals::PrincipalError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -121,6 +124,8 @@ impl Application {
         // Subjects stored before activity was recorded get a record now, so
         // the retention rule counts their inactivity from this start.
         vault.sweep().activity_backfill().await.map_err(StartError::Activity)?;
+        // Businesses registered before names were unique keep theirs.
+        vault.principals().name_index_backfill().await.map_err(StartError::Names)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;

@@ -444,7 +444,7 @@ async fn an_unanswered_request_is_closed_by_the_sweep_and_the_business_sees_it_e
     assert_eq!(theirs["status"], "expired");
     let (_, theirs) = get(&client, format!("{base}/v1/access-requests/{approved}"), &business).await;
     assert_eq!(theirs["status"], "approved", "an answered request is not the sweep's");
-    let stored = server.vault.consent().requests_of_business(&business_id.parse().unwrap()).unwrap();
+    let stored = server.vault.consent().requests_of_business(&business_id.parse().unwrap(), None, 100).unwrap().items;
     assert!(
         stored.iter().any(|r| r.request_id.as_str() == *unanswered
             && r.status == consentvault::consent::requests::RequestStatus::Expired),
@@ -657,4 +657,136 @@ async fn text_that_is_not_an_id_names_no_record_and_gets_the_same_answer_as_an_u
     let (status, problem) = business.read("NOT-A-PAIRWISE-ID", "marketing", &["email"]).await;
     assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{problem}");
     assert_eq!(auditor.entries_all().await.len(), size, "nothing was logged");
+}
+
+/// Every item of the listing at `path`, page by page with `limit`, and how
+/// many pages it took; a page never holds more than `limit`, and the last
+/// says `cursor: null`.
+async fn all_pages(caller: &common::app::Caller, path: &str, limit: usize) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let limit_text = limit.to_string();
+        let mut pairs = vec![("limit", limit_text.as_str())];
+        if let Some(cursor) = &cursor {
+            pairs.push(("cursor", cursor.as_str()));
+        }
+        let (status, page) = caller.get(&common::app::with_query(path, &pairs)).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let listed = page["items"].as_array().unwrap();
+        assert!(listed.len() <= limit, "{path}: a page of {} for limit {limit}", listed.len());
+        items.extend(listed.iter().cloned());
+        pages += 1;
+        assert!(pages <= 50, "{path}: the cursor never ends");
+        match page["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    (items, pages)
+}
+
+fn ids(items: &[Value], name: &str) -> std::collections::BTreeSet<String> {
+    items.iter().map(|item| item[name].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_is_paged_with_a_capped_limit_and_an_opaque_cursor() {
+    let app = common::app::TestApp::start().await;
+    let purposes = &["order-fulfilment", "marketing"];
+    let (acme, globex, initech) = (
+        app.business("Acme Pizza", purposes).await,
+        app.business("Globex", purposes).await,
+        app.business("Initech", purposes).await,
+    );
+    // Ada deals with three businesses; Acme has three customers.
+    let ada = app.customer().await;
+    let mut acme_customers = Vec::new();
+    for business in [&acme, &globex, &initech] {
+        let (status, connected) = ada.connect(&business.id).await;
+        assert_eq!(status, 201, "{connected}");
+        if business.id == acme.id {
+            acme_customers.push(connected["pairwise_id"].as_str().unwrap().to_owned());
+        }
+        let body = json!({"pairwise_id": connected["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],
+                          "duration_days": 30, "justification": "offers"});
+        let (status, asked) = business.access_request(&body).await;
+        assert_eq!(status, 201, "{asked}");
+        let body = json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"],
+                          "duration_days": 30});
+        assert_eq!(ada.grant(&body).await.0, 201);
+    }
+    for _ in 0..2 {
+        let other = app.customer().await;
+        let (status, connected) = other.connect(&acme.id).await;
+        assert_eq!(status, 201);
+        acme_customers.push(connected["pairwise_id"].as_str().unwrap().to_owned());
+        let body = json!({"pairwise_id": connected["pairwise_id"], "purposes": ["marketing"], "fields": ["email"],
+                          "duration_days": 30, "justification": "offers"});
+        assert_eq!(acme.access_request(&body).await.0, 201);
+        let body = json!({"business_id": acme.id, "purposes": ["marketing"], "fields": ["phone"], "duration_days": 30});
+        assert_eq!(other.grant(&body).await.0, 201);
+    }
+
+    // Each list, walked one item a page, gives every item exactly once.
+    let listings: [(&common::app::Caller, &str, &str); 6] = [
+        (ada.caller(), "/v1/me/relationships", "relationship_id"),
+        (ada.caller(), "/v1/me/grants", "grant_id"),
+        (ada.caller(), "/v1/me/access-requests", "request_id"),
+        (acme.caller(), "/v1/relationships", "pairwise_id"),
+        (acme.caller(), "/v1/grants", "grant_id"),
+        (acme.caller(), "/v1/access-requests", "request_id"),
+    ];
+    for (caller, path, id) in listings {
+        let (whole, pages) = all_pages(caller, path, 100).await;
+        assert_eq!((whole.len(), pages), (3, 1), "{path}: one page holds all three");
+        let (one_by_one, pages) = all_pages(caller, path, 1).await;
+        assert_eq!(one_by_one.len(), 3, "{path}");
+        assert!(pages >= 3, "{path}: {pages} pages of one");
+        assert_eq!(ids(&one_by_one, id), ids(&whole, id), "{path}: paging lost or repeated an item");
+        let (_, pages_of_two) = all_pages(caller, path, 2).await;
+        assert_eq!(pages_of_two, 2, "{path}");
+
+        // The limit is capped, and must be a page size.
+        for bad in ["0", "101", "-1", "many"] {
+            let (status, problem) = caller.get(&format!("{path}?limit={bad}")).await;
+            assert_eq!(status, 400, "{path}?limit={bad}: {problem}");
+        }
+        // A cursor is the vault's: made up, or from another listing, it is refused.
+        let (_, first) = caller.get(&format!("{path}?limit=1")).await;
+        let cursor = first["cursor"].as_str().unwrap();
+        for other in ["/v1/me/relationships", "/v1/me/grants", "/v1/relationships", "/v1/grants"] {
+            if other == path || (other.starts_with("/v1/me/") != path.starts_with("/v1/me/")) {
+                continue;
+            }
+            let (status, problem) = caller.get(&format!("{other}?cursor={cursor}")).await;
+            assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_cursor")), "{path} cursor on {other}");
+        }
+        let (status, problem) = caller.get(&format!("{path}?cursor=bm90LWEtY3Vyc29y")).await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_cursor")), "{path}: {problem}");
+        // Unknown parameters are refused, not ignored.
+        let (status, problem) = caller.get(&format!("{path}?limit=1&limt=2")).await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{path}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("limt"), "{problem}");
+    }
+    assert_eq!(ids(&all_pages(acme.caller(), "/v1/relationships", 1).await.0, "pairwise_id").len(), 3);
+    assert_eq!(
+        ids(&all_pages(acme.caller(), "/v1/relationships", 1).await.0, "pairwise_id"),
+        acme_customers.into_iter().collect()
+    );
+
+    // Routes without query parameters refuse one too.
+    for path in ["/v1/me/data?fields=email", "/v1/me/objections?all=1", "/v1/me/export?format=csv"] {
+        let (status, problem) = ada.caller().get(path).await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{path}: {problem}");
+    }
+    let admin = app.admin();
+    for path in ["/v1/admin/businesses", "/v1/admin/auditors"] {
+        let (status, problem) = admin.caller().get(&format!("{path}?name=Acme")).await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{path}: {problem}");
+    }
+    let (businesses, pages) = all_pages(admin.caller(), "/v1/admin/businesses", 1).await;
+    assert_eq!((businesses.len(), pages), (3, 3));
+    assert_eq!(ids(&businesses, "business_id"), [&acme.id, &globex.id, &initech.id].into_iter().cloned().collect());
 }

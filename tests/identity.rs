@@ -243,6 +243,8 @@ fn operations() -> Vec<Operation> {
         op("POST", "/v1/me/access-requests/{id}/deny", CUSTOMER, |f| {
             call_with(format!("/v1/me/access-requests/{}/deny", f.request_to_deny), json!({}))
         }),
+        // The business signs in again with the new secret (see the runner).
+        op("POST", "/v1/credentials/rotate", BUSINESS, |_| call("/v1/credentials/rotate")),
         op("GET", "/v1/subjects/{pairwise_id}/data", BUSINESS, |f| {
             call(format!("/v1/subjects/{}/data?purpose=marketing", f.pairwise))
         }),
@@ -388,7 +390,7 @@ async fn served_operations(anonymous: &Anonymous) -> BTreeMap<(String, String), 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_reaches_exactly_the_documented_operations_it_owns_and_other_methods_get_405() {
     let app = TestApp::start().await;
-    let actors = Actors::new(&app).await;
+    let mut actors = Actors::new(&app).await;
     let fixtures = Fixtures::new(&actors).await;
 
     // The cells are the document's operations: every one needs an entry, and
@@ -432,6 +434,10 @@ async fn each_role_reaches_exactly_the_documented_operations_it_owns_and_other_m
                 }
             }
             assert_eq!(cache_control.as_deref(), Some("no-store"), "{cell}: Cache-Control");
+            if operation.template == "/v1/credentials/rotate" && role == Role::Business {
+                let rotated: Value = serde_json::from_str(&text).unwrap();
+                actors.business.sign_in_with(rotated["client_secret"].as_str().unwrap()).await;
+            }
         }
     }
     // Every path answers 405 to the methods it does not support, for everyone.
@@ -963,4 +969,130 @@ async fn futures_join_all<F: Future<Output = u16> + Send + 'static>(futures: imp
         outputs.push(task.await.unwrap());
     }
     outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_rotates_its_own_secret_and_the_old_secret_and_its_tokens_stop_working() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    let (status, registered) = admin.business_register("Acme Pizza", &["order-fulfilment", "marketing"]).await;
+    assert_eq!(status, 201, "{registered}");
+    let business_id = registered["business_id"].as_str().unwrap().to_owned();
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+    let old_secret = registered["client_secret"].as_str().unwrap().to_owned();
+    let anonymous = app.anonymous();
+    let sign_in = |secret: String| {
+        let (anonymous, client_id) = (anonymous.clone(), client_id.clone());
+        async move {
+            anonymous
+                .token_request(&json!({"grant_type": "client_credentials", "client_id": client_id,
+                                       "client_secret": secret}))
+                .await
+        }
+    };
+    // The business signs in; the admin, who saw the secret, holds a token too.
+    let (status, answer) = sign_in(old_secret.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let business = app.bearer(answer["access_token"].as_str().unwrap());
+    let (_, answer) = sign_in(old_secret.clone()).await;
+    let admins_copy = app.bearer(answer["access_token"].as_str().unwrap());
+    assert_eq!(admins_copy.get("/v1/grants").await.0, 200);
+
+    // A customer grants the business something, to see it still works after.
+    let customer = app.customer().await;
+    assert_eq!(customer.data_put(&json!({"email": "ada@example.org"})).await.0, 200);
+    let (_, connected) = customer.connect(&business_id).await;
+    let pairwise = connected["pairwise_id"].as_str().unwrap().to_owned();
+    let grant =
+        json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
+    assert_eq!(customer.grant(&grant).await.0, 201);
+
+    let (status, rotated) = business.post("/v1/credentials/rotate", &json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["business_id"], business_id.as_str());
+    assert_eq!(rotated["client_id"], client_id.as_str(), "the client id stays; only the secret changes");
+    let new_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, old_secret);
+    assert!(new_secret.len() >= 43, "{new_secret}: 256 random bits");
+
+    // The old secret no longer signs in, and no token made with it works:
+    // not the business's own, not the admin's copy.
+    let (status, refused) = sign_in(old_secret.clone()).await;
+    assert_eq!(status, 401, "{refused}");
+    for stale in [&business, &admins_copy] {
+        let (status, problem) = stale.get("/v1/grants").await;
+        assert_eq!(status, 401, "{problem}");
+        let (status, _) = stale.post("/v1/credentials/rotate", &json!({})).await;
+        assert_eq!(status, 401, "a stale token cannot rotate the secret again");
+    }
+    // The new secret works, and the customer's grant is the business's still.
+    let (status, answer) = sign_in(new_secret.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let business = app.bearer(answer["access_token"].as_str().unwrap());
+    let (status, read) = business.get(&format!("/v1/subjects/{pairwise}/data?purpose=marketing&fields=email")).await;
+    assert_eq!((status, &read["data"]["email"]), (200, &json!("ada@example.org")), "{read}");
+
+    // Audited, by the business, without the secret.
+    let auditor = app.auditor().await;
+    let entries = auditor.entries_all().await;
+    let rotation: Vec<&Value> =
+        entries.iter().filter(|item| item["entry"]["kind"] == "principal.secret_rotated").collect();
+    assert_eq!(rotation.len(), 1, "one rotation, one event");
+    assert_eq!(rotation[0]["entry"]["actor"]["id"], business_id.as_str(), "{}", rotation[0]);
+    assert_eq!(rotation[0]["entry"]["business"], business_id.as_str(), "{}", rotation[0]);
+    let log = serde_json::to_string(&entries).unwrap();
+    for secret in [&old_secret, &new_secret] {
+        assert!(!log.contains(secret.as_str()), "a client secret is in the audit log");
+    }
+    // Only a business rotates its own: another role is refused.
+    let (status, problem) = customer.caller().post("/v1/credentials/rotate", &json!({})).await;
+    assert_eq!((status, problem["code"].as_str()), (403, Some("wrong_role")), "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_undefined_purposes_and_taken_names_and_lists_businesses_by_business_id() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    let listed = |admin: Admin| async move {
+        let (status, page) = admin.businesses().await;
+        assert_eq!(status, 200, "{page}");
+        page["items"].as_array().unwrap().clone()
+    };
+
+    // A purpose the policies do not define: 422, nothing registered.
+    let (status, problem) = admin.business_register("Acme Pizza", &["marketing", "resale-to-brokers"]).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("unknown_purpose")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("resale-to-brokers"), "{problem}");
+    assert!(listed(admin.clone()).await.is_empty());
+    let (status, problem) = admin.business_register("Acme Pizza", &["marketing", "marketing"]).await;
+    assert_eq!(status, 400, "a purpose named twice: {problem}");
+
+    let (status, acme) = admin.business_register("Acme Pizza", &["marketing"]).await;
+    assert_eq!(status, 201, "{acme}");
+    // The same name, however it is cased or spaced, is taken: 409.
+    for name in ["Acme Pizza", "acme pizza", "  ACME   Pizza "] {
+        let (status, problem) = admin.business_register(name, &["order-fulfilment"]).await;
+        assert_eq!((status, problem["code"].as_str()), (409, Some("name_taken")), "{name}: {problem}");
+    }
+    // Still taken once the business is disabled: a customer may know it.
+    assert_eq!(admin.business_disable(acme["business_id"].as_str().unwrap()).await.0, 200);
+    let (status, _) = admin.business_register("Acme Pizza", &["marketing"]).await;
+    assert_eq!(status, 409);
+    let (status, globex) = admin.business_register("Globex", &["order-fulfilment"]).await;
+    assert_eq!(status, 201, "{globex}");
+
+    // The list names each business's id as creation does: `business_id`.
+    let items = listed(admin.clone()).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    let listed_ids: BTreeSet<&str> = items.iter().map(|item| item["business_id"].as_str().unwrap()).collect();
+    let created_ids: BTreeSet<&str> =
+        [acme["business_id"].as_str().unwrap(), globex["business_id"].as_str().unwrap()].into_iter().collect();
+    assert_eq!(listed_ids, created_ids);
+    assert!(items.iter().all(|item| item.get("id").is_none()), "{items:?}");
+    let (status, page) = admin.auditors().await;
+    assert_eq!(status, 200);
+    let auditor = app.auditor().await;
+    let (_, page_after) = admin.auditors().await;
+    assert_eq!(page["items"].as_array().unwrap().len() + 1, page_after["items"].as_array().unwrap().len());
+    assert!(page_after["items"].as_array().unwrap().iter().any(|item| item["auditor_id"] == auditor.id.as_str()));
 }

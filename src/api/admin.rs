@@ -9,15 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, PageParams, Path, Query, cursor_encode};
 use super::guard::AdminCaller;
 #[allow(unused_imports)]
 use super::problem::Problem;
 use crate::auth::Role;
-use crate::principals::PrincipalRecord;
-
-/// Largest page of a principal listing.
-const PAGE_ITEMS_MAX: usize = 100;
+use crate::principals::{NewClient, PrincipalRecord};
 
 /// The body of `POST /v1/admin/businesses`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -34,30 +31,21 @@ pub struct AuditorCreate {
     name: String,
 }
 
-/// Paging of a listing.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
-/// One principal in a listing.
+/// A registered business, as the admin lists it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PrincipalItem {
-    id: String,
+pub struct BusinessItem {
+    business_id: String,
     name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     purposes: Vec<String>,
     client_id: String,
     disabled: bool,
     created_at: String,
 }
 
-impl From<PrincipalRecord> for PrincipalItem {
+impl From<PrincipalRecord> for BusinessItem {
     fn from(record: PrincipalRecord) -> Self {
         Self {
-            id: record.id,
+            business_id: record.id,
             name: record.name,
             purposes: record.purposes,
             client_id: record.client_id,
@@ -67,10 +55,32 @@ impl From<PrincipalRecord> for PrincipalItem {
     }
 }
 
-/// A page of principals.
+/// A registered auditor, as the admin lists it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PrincipalPage {
-    items: Vec<PrincipalItem>,
+pub struct AuditorItem {
+    auditor_id: String,
+    name: String,
+    client_id: String,
+    disabled: bool,
+    created_at: String,
+}
+
+impl From<PrincipalRecord> for AuditorItem {
+    fn from(record: PrincipalRecord) -> Self {
+        Self {
+            auditor_id: record.id,
+            name: record.name,
+            client_id: record.client_id,
+            disabled: record.disabled,
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// A page of principals; `cursor` is `null` on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PrincipalPage<T> {
+    items: Vec<T>,
     cursor: Option<String>,
 }
 
@@ -82,48 +92,47 @@ async fn create(
     purposes: Vec<String>,
 ) -> Result<Response, ApiError> {
     let created = state.vault.principals().client_create(&caller.0.actor(), role, name, purposes).await?;
+    Ok((StatusCode::CREATED, axum::Json(credentials_body(role, created))).into_response())
+}
+
+/// Credentials shown once: the principal's id under its role's name
+/// (`business_id`, `auditor_id`), the client id and the secret.
+pub fn credentials_body(role: Role, credentials: NewClient) -> serde_json::Value {
     let id_name = match role {
         Role::Business => "business_id",
-        _ => "auditor_id",
+        Role::Auditor => "auditor_id",
+        _ => "principal_id",
     };
-    let body = serde_json::json!({
-        id_name: created.id,
-        "client_id": created.client_id,
-        "client_secret": created.client_secret,
-    });
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    serde_json::json!({
+        id_name: credentials.id,
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret,
+    })
 }
 
-fn list(state: &AppState, role: Role, query: PageQuery) -> Result<axum::Json<PrincipalPage>, ApiError> {
-    let limit = super::extract::page_limit(query.limit, PAGE_ITEMS_MAX, PAGE_ITEMS_MAX)?;
-    let after = match &query.cursor {
-        Some(cursor) => {
-            let valid = cursor.len() == 32 && cursor.bytes().all(|b| b.is_ascii_hexdigit());
-            if !valid {
-                return Err(ApiError::invalid_query("invalid_cursor", "`cursor` is not one this vault issued"));
-            }
-            Some(cursor.as_str())
-        }
-        None => None,
-    };
-    let records = state.vault.principals().principals(role, after, limit + 1)?;
-    let more = records.len() > limit;
-    let items: Vec<PrincipalItem> = records.into_iter().take(limit).map(PrincipalItem::from).collect();
-    let cursor = if more { items.last().map(|item| item.id.clone()) } else { None };
-    Ok(axum::Json(PrincipalPage { items, cursor }))
+fn list<T: From<PrincipalRecord>>(
+    state: &AppState,
+    role: Role,
+    paging: &PageParams,
+) -> Result<axum::Json<PrincipalPage<T>>, ApiError> {
+    let kind = role.as_str();
+    let after: Option<String> = paging.after(kind)?;
+    let (records, more) = state.vault.principals().principals(role, after.as_deref(), paging.limit()?)?;
+    let cursor = if more { records.last().map(|record| cursor_encode(kind, &record.id)) } else { None };
+    Ok(axum::Json(PrincipalPage { items: records.into_iter().map(T::from).collect(), cursor }))
 }
 
-async fn disable(
+async fn disable<T: From<PrincipalRecord>>(
     state: &AppState,
     caller: &AdminCaller,
     role: Role,
     id: &str,
-) -> Result<axum::Json<PrincipalItem>, ApiError> {
+) -> Result<axum::Json<T>, ApiError> {
     let record = state.vault.principals().principal_disable(&caller.0.actor(), role, id).await?;
     Ok(axum::Json(record.into()))
 }
 
-#[utoipa::path(post, path = "/v1/admin/businesses", tag = "admin", request_body = BusinessCreate, security(("bearer" = [])), responses((status = 201, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/businesses", tag = "admin", request_body = BusinessCreate, security(("bearer" = [])), responses((status = 201, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "A business of that name is registered", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A purpose the policies do not define", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/businesses`.
 pub async fn businesses_create(
     caller: AdminCaller,
@@ -133,23 +142,23 @@ pub async fn businesses_create(
     create(&state, &caller, Role::Business, &body.name, body.purposes).await
 }
 
-#[utoipa::path(get, path = "/v1/admin/businesses", tag = "admin", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = PrincipalPage), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/admin/businesses", tag = "admin", params(PageParams), security(("bearer" = [])), responses((status = 200, body = PrincipalPage<BusinessItem>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/admin/businesses`.
 pub async fn businesses_list(
     _caller: AdminCaller,
     State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
-) -> Result<axum::Json<PrincipalPage>, ApiError> {
-    list(&state, Role::Business, query)
+    Query(paging): Query<PageParams>,
+) -> Result<axum::Json<PrincipalPage<BusinessItem>>, ApiError> {
+    list(&state, Role::Business, &paging)
 }
 
-#[utoipa::path(post, path = "/v1/admin/businesses/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Business id")), security(("bearer" = [])), responses((status = 200, body = PrincipalItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/businesses/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Business id")), security(("bearer" = [])), responses((status = 200, body = BusinessItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/businesses/{id}/disable`.
 pub async fn businesses_disable(
     caller: AdminCaller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<PrincipalItem>, ApiError> {
+) -> Result<axum::Json<BusinessItem>, ApiError> {
     disable(&state, &caller, Role::Business, &id).await
 }
 
@@ -163,23 +172,23 @@ pub async fn auditors_create(
     create(&state, &caller, Role::Auditor, &body.name, Vec::new()).await
 }
 
-#[utoipa::path(get, path = "/v1/admin/auditors", tag = "admin", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = PrincipalPage), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/admin/auditors", tag = "admin", params(PageParams), security(("bearer" = [])), responses((status = 200, body = PrincipalPage<AuditorItem>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/admin/auditors`.
 pub async fn auditors_list(
     _caller: AdminCaller,
     State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
-) -> Result<axum::Json<PrincipalPage>, ApiError> {
-    list(&state, Role::Auditor, query)
+    Query(paging): Query<PageParams>,
+) -> Result<axum::Json<PrincipalPage<AuditorItem>>, ApiError> {
+    list(&state, Role::Auditor, &paging)
 }
 
-#[utoipa::path(post, path = "/v1/admin/auditors/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Auditor id")), security(("bearer" = [])), responses((status = 200, body = PrincipalItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/auditors/{id}/disable", tag = "admin", params(("id" = String, Path, description = "Auditor id")), security(("bearer" = [])), responses((status = 200, body = AuditorItem), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/auditors/{id}/disable`.
 pub async fn auditors_disable(
     caller: AdminCaller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<PrincipalItem>, ApiError> {
+) -> Result<axum::Json<AuditorItem>, ApiError> {
     disable(&state, &caller, Role::Auditor, &id).await
 }
 

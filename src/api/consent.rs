@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Json, Path, Query, cursor_decode, cursor_encode, page_limit, record_id};
+use super::extract::{Json, PageParams, Path, Query, cursor_decode, cursor_encode, page_limit, record_id};
 use super::guard::{BusinessCaller, CustomerCaller};
 #[allow(unused_imports)]
 use super::problem::Problem;
-use crate::consent::{ConsentError, GrantRecord, GrantStatus, Relationship};
+use crate::consent::{GrantRecord, GrantStatus, Page, Relationship};
 use crate::ids::PairwiseId;
 
 /// A relationship on the wire.
@@ -38,15 +38,20 @@ impl From<Relationship> for RelationshipView {
     }
 }
 
-/// A list answer.
+/// A page of a listing: its items, and the cursor of the next page (`null`
+/// on the last).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Items<T> {
     items: Vec<T>,
     cursor: Option<String>,
 }
 
-fn items<T>(items: Vec<T>) -> axum::Json<Items<T>> {
-    axum::Json(Items { items, cursor: None })
+/// The answer for `page` of the listing `kind`, each item shown by `view`.
+fn items<T, U>(page: Page<T>, kind: &str, view: impl FnMut(T) -> U) -> axum::Json<Items<U>> {
+    axum::Json(Items {
+        items: page.items.into_iter().map(view).collect(),
+        cursor: page.next.map(|next| cursor_encode(kind, next)),
+    })
 }
 
 /// The body of `POST /v1/me/relationships`.
@@ -57,12 +62,16 @@ pub struct RelationshipCreate {
 }
 
 /// `GET /v1/me/relationships`.
-#[utoipa::path(get, path = "/v1/me/relationships", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<RelationshipView>)))]
+#[utoipa::path(get, path = "/v1/me/relationships", tag = "customer", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<RelationshipView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn relationships_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<RelationshipView>>, ApiError> {
-    Ok(items(state.vault.consent().relationships(caller.subject)?.into_iter().map(Into::into).collect()))
+    const KIND: &str = "my-relationships";
+    let page =
+        state.vault.consent().relationships_page(caller.subject, paging.after(KIND)?.as_ref(), paging.limit()?)?;
+    Ok(items(page, KIND, RelationshipView::from))
 }
 
 /// `POST /v1/me/relationships`: connect to a business.
@@ -158,13 +167,16 @@ pub struct GrantCreate {
 }
 
 /// `GET /v1/me/grants`.
-#[utoipa::path(get, path = "/v1/me/grants", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<GrantView>)))]
+#[utoipa::path(get, path = "/v1/me/grants", tag = "customer", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<GrantView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn grants_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<GrantView>>, ApiError> {
+    const KIND: &str = "my-grants";
+    let page = state.vault.consent().grants_page(caller.subject, paging.after(KIND)?.as_ref(), paging.limit()?)?;
     let now = state.vault.core().clock().now_secs();
-    Ok(items(state.vault.consent().grants(caller.subject)?.into_iter().map(|g| GrantView::new(g, now)).collect()))
+    Ok(items(page, KIND, |grant| GrantView::new(grant, now)))
 }
 
 /// `POST /v1/me/grants`: grant a business access directly.
@@ -195,13 +207,7 @@ pub async fn grants_get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
-    let grant = state
-        .vault
-        .consent()
-        .grants(caller.subject)?
-        .into_iter()
-        .find(|g| g.grant_id.as_str() == id)
-        .ok_or(ConsentError::NotFound("grant"))?;
+    let grant = state.vault.consent().grant(caller.subject, &record_id(&id, "grant")?)?;
     Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
 }
 
@@ -250,17 +256,19 @@ pub struct Connected {
 }
 
 /// `GET /v1/relationships`: my connected customers, by pairwise id.
-#[utoipa::path(get, path = "/v1/relationships", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<Connected>)))]
+#[utoipa::path(get, path = "/v1/relationships", tag = "business", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<Connected>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn business_relationships(
     caller: BusinessCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<Connected>>, ApiError> {
-    let list = state.vault.consent().business_relationships(&caller.business)?;
-    Ok(items(
-        list.into_iter()
-            .map(|(pairwise_id, connected_at)| Connected { pairwise_id: pairwise_id.into(), connected_at })
-            .collect(),
-    ))
+    const KIND: &str = "relationships";
+    let page = state.vault.consent().business_relationships(
+        &caller.business,
+        paging.after(KIND)?.as_ref(),
+        paging.limit()?,
+    )?;
+    Ok(items(page, KIND, |(pairwise_id, connected_at)| Connected { pairwise_id: pairwise_id.into(), connected_at }))
 }
 
 /// The query of a scoped read.
@@ -424,21 +432,20 @@ pub struct BusinessGrantView {
 }
 
 /// `GET /v1/grants`: the grants given to me, customers by pairwise id.
-#[utoipa::path(get, path = "/v1/grants", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<BusinessGrantView>)))]
+#[utoipa::path(get, path = "/v1/grants", tag = "business", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<BusinessGrantView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn business_grants(
     caller: BusinessCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<BusinessGrantView>>, ApiError> {
-    let grants = state.vault.consent().business_grants(&caller.business)?;
-    Ok(items(
-        grants
-            .into_iter()
-            .map(|entry| BusinessGrantView {
-                grant: GrantView::new(entry.grant, state.vault.core().clock().now_secs()),
-                pairwise_id: entry.pairwise_id.map(Into::into),
-            })
-            .collect(),
-    ))
+    const KIND: &str = "grants";
+    let page =
+        state.vault.consent().business_grants(&caller.business, paging.after(KIND)?.as_ref(), paging.limit()?)?;
+    let now = state.vault.core().clock().now_secs();
+    Ok(items(page, KIND, |entry| BusinessGrantView {
+        grant: GrantView::new(entry.grant, now),
+        pairwise_id: entry.pairwise_id.map(Into::into),
+    }))
 }
 
 /// An access request on the wire.
@@ -533,15 +540,17 @@ pub async fn requests_create(
 }
 
 /// `GET /v1/access-requests`: the requests I made.
-#[utoipa::path(get, path = "/v1/access-requests", tag = "business", security(("bearer" = [])), responses((status = 200, body = Items<RequestView>)))]
+#[utoipa::path(get, path = "/v1/access-requests", tag = "business", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<RequestView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn requests_list(
     caller: BusinessCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
-    let requests = state.vault.consent().requests_of_business(&caller.business)?;
-    Ok(items(
-        requests.into_iter().map(|r| RequestView::new(r, state.vault.core().clock().now_secs(), true, None)).collect(),
-    ))
+    const KIND: &str = "requests";
+    let page =
+        state.vault.consent().requests_of_business(&caller.business, paging.after(KIND)?.as_ref(), paging.limit()?)?;
+    let now = state.vault.core().clock().now_secs();
+    Ok(items(page, KIND, |request| RequestView::new(request, now, true, None)))
 }
 
 /// `GET /v1/access-requests/{id}`.
@@ -551,33 +560,36 @@ pub async fn requests_get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RequestView>, ApiError> {
-    let request = state
-        .vault
-        .consent()
-        .requests_of_business(&caller.business)?
-        .into_iter()
-        .find(|r| r.request_id.as_str() == id)
-        .ok_or(ConsentError::NotFound("request"))?;
+    let request = state.vault.consent().request_of_business(&caller.business, &record_id(&id, "request")?)?;
     Ok(axum::Json(RequestView::new(request, state.vault.core().clock().now_secs(), true, None)))
 }
 
 /// `GET /v1/me/access-requests`: requests made to me, with who asks and why.
-#[utoipa::path(get, path = "/v1/me/access-requests", tag = "customer", security(("bearer" = [])), responses((status = 200, body = Items<RequestView>)))]
+#[utoipa::path(get, path = "/v1/me/access-requests", tag = "customer", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Items<RequestView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn my_requests_list(
     caller: CustomerCaller,
     State(state): State<AppState>,
+    Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<Items<RequestView>>, ApiError> {
-    let requests = state.vault.consent().requests_of_customer(caller.subject)?;
-    let mut views = Vec::with_capacity(requests.len());
-    for request in requests {
+    const KIND: &str = "my-requests";
+    let page = state.vault.consent().requests_of_customer_page(
+        caller.subject,
+        paging.after(KIND)?.as_ref(),
+        paging.limit()?,
+    )?;
+    let now = state.vault.core().clock().now_secs();
+    let mut named = Vec::with_capacity(page.items.len());
+    for request in page.items {
         let name = state
             .vault
             .principals()
             .principal(crate::auth::Role::Business, &request.business_id)?
             .map(|record| record.name);
-        views.push(RequestView::new(request, state.vault.core().clock().now_secs(), false, name));
+        named.push((request, name));
     }
-    Ok(items(views))
+    Ok(items(Page { items: named, next: page.next }, KIND, |(request, name)| {
+        RequestView::new(request, now, false, name)
+    }))
 }
 
 /// The body of an approval: every member optional, each a narrowing.

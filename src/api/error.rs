@@ -213,6 +213,12 @@ impl From<crate::principals::PrincipalError> for ApiError {
             PrincipalError::NotFound(what) => {
                 Self::client(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
             }
+            PrincipalError::UnknownPurpose(_) => {
+                Self::client(StatusCode::UNPROCESSABLE_ENTITY, "unknown_purpose", "Unknown purpose", error.to_string())
+            }
+            PrincipalError::NameTaken(_) => {
+                Self::client(StatusCode::CONFLICT, "name_taken", "Name taken", error.to_string())
+            }
             PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
             error @ (PrincipalError::CredentialsFile { .. }
             | PrincipalError::Store(_)

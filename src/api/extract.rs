@@ -221,13 +221,13 @@ pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<us
 }
 
 /// An opaque cursor for position `next` in a listing of `kind`.
-pub fn cursor_encode(kind: &str, next: u64) -> String {
+pub fn cursor_encode(kind: &str, next: impl std::fmt::Display) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{next}"))
 }
 
 /// The position in a cursor made by [`cursor_encode`] for `kind`.
-pub fn cursor_decode(kind: &str, cursor: &str) -> Result<u64, Problem> {
+pub fn cursor_decode<T: std::str::FromStr>(kind: &str, cursor: &str) -> Result<T, Problem> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
@@ -242,6 +242,35 @@ pub fn cursor_decode(kind: &str, cursor: &str) -> Result<u64, Problem> {
                 "`cursor` is not one this vault issued",
             )
         })
+}
+
+/// Largest page of a listing of records (relationships, grants, requests,
+/// principals), and its size when `limit` is absent.
+pub const LIST_ITEMS_MAX: usize = 100;
+
+/// The paging of a listing of records: up to `limit` items after the
+/// position in `cursor`. Any other parameter is refused.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size: 1 to 100, 100 when absent.
+    limit: Option<usize>,
+    /// The `cursor` of the previous page; absent for the first page.
+    cursor: Option<String>,
+}
+
+impl PageParams {
+    /// The page size asked for.
+    pub fn limit(&self) -> Result<usize, Problem> {
+        page_limit(self.limit, LIST_ITEMS_MAX, LIST_ITEMS_MAX)
+    }
+
+    /// Where the page starts: after the id in the cursor, which must be one
+    /// a listing of `kind` issued.
+    pub fn after<T: std::str::FromStr>(&self, kind: &str) -> Result<Option<T>, Problem> {
+        self.cursor.as_deref().map(|cursor| cursor_decode(kind, cursor)).transpose()
+    }
 }
 
 /// The record id in `text` (a path segment or a body field), for a record

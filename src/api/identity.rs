@@ -14,6 +14,19 @@ use super::extract::{Json, json_body};
 use super::problem::Problem;
 use crate::principals::Limits;
 
+/// `POST /v1/credentials/rotate`: a business replaces its own client
+/// secret. The new one is shown once, in this answer; the old one, and every
+/// token issued under it (this request's too), stop working at once.
+#[utoipa::path(post, path = "/v1/credentials/rotate", tag = "business", security(("bearer" = [])), responses((status = 200, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+pub async fn credentials_rotate(
+    caller: super::guard::BusinessCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let role = crate::auth::Role::Business;
+    let rotated = state.vault.principals().secret_rotate(&caller.principal.actor(), role, &caller.business).await?;
+    Ok(axum::Json(super::admin::credentials_body(role, rotated)))
+}
+
 /// The body of `POST /v1/token`, as JSON or as a form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -94,8 +94,10 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let (routes, openapi) = api_routes().split_for_parts();
+    let declared = Arc::new(DeclaredQueries::of(&openapi));
     let openapi = Arc::new(openapi);
     routes
+        .route_layer(middleware::from_fn_with_state(declared, refuse_undeclared_query))
         .layer(axum::Extension(openapi))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
@@ -147,6 +149,79 @@ async fn refuse_when_audit_invalid(
         .into_response();
     }
     next.run(request).await
+}
+
+/// The query parameters each route declares in the API description, by
+/// method and route template.
+#[derive(Debug, Default)]
+struct DeclaredQueries(std::collections::HashMap<(Method, String), std::collections::BTreeSet<String>>);
+
+impl DeclaredQueries {
+    fn of(openapi: &utoipa::openapi::OpenApi) -> Self {
+        use utoipa::openapi::path::ParameterIn;
+        let mut declared = std::collections::HashMap::new();
+        for (path, item) in &openapi.paths.paths {
+            let operations = [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::PATCH, &item.patch),
+                (Method::DELETE, &item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let names = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|parameter| parameter.parameter_in == ParameterIn::Query)
+                    .map(|parameter| parameter.name.clone())
+                    .collect();
+                declared.insert((method, path.clone()), names);
+            }
+        }
+        Self(declared)
+    }
+}
+
+/// A query parameter the route does not declare is refused with 400, as an
+/// unknown JSON member is: a client that misspells `limit` learns it, rather
+/// than getting a default it did not ask for.
+async fn refuse_undeclared_query(
+    axum::extract::State(declared): axum::extract::State<Arc<DeclaredQueries>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let query = request.uri().query().unwrap_or("");
+    if query.is_empty() {
+        return next.run(request).await;
+    }
+    let Some(route) = request.extensions().get::<MatchedPath>() else { return next.run(request).await };
+    let method = if request.method() == Method::HEAD { Method::GET } else { request.method().clone() };
+    let allowed = declared.0.get(&(method, route.as_str().to_owned()));
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri());
+    let unknown = match (&pairs, allowed) {
+        (Ok(axum::extract::Query(pairs)), Some(allowed)) => {
+            pairs.iter().map(|(name, _)| name).find(|name| !allowed.contains(name.as_str())).cloned()
+        }
+        // A query that does not parse is the extractor's to refuse.
+        (Err(_), Some(allowed)) if !allowed.is_empty() => None,
+        _ => Some(String::new()),
+    };
+    match unknown {
+        None => next.run(request).await,
+        Some(name) => {
+            // Named back only when it looks like a parameter name, so the
+            // answer never repeats arbitrary text a client put there.
+            let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let detail = if name.is_empty() || name.len() > 32 || !plain {
+                "this route takes no such query parameter".to_owned()
+            } else {
+                format!("unknown query parameter `{name}`")
+            };
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", detail).into_response()
+        }
+    }
 }
 
 /// Largest total size of a request's header lines (names, values and their
@@ -207,7 +282,7 @@ pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
         };
     }
     queries!(
-        admin::PageQuery,
+        extract::PageParams,
         audit::EntriesQuery,
         audit::InclusionQuery,
         audit::ConsistencyQuery,
@@ -296,6 +371,7 @@ fn business_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::requests_list, consent::requests_create))
         .routes(routes!(consent::requests_get))
         .routes(routes!(consent::subjects_data))
+        .routes(routes!(identity::credentials_rotate))
 }
 
 /// The auditor's view of the audit log.

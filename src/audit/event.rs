@@ -85,6 +85,10 @@ pub enum EventKind {
     /// A principal was disabled; its tokens stop working.
     #[serde(rename = "principal.disabled")]
     PrincipalDisabled,
+    /// A principal's client secret was replaced; the old one, and every
+    /// token issued under it, stopped working.
+    #[serde(rename = "principal.secret_rotated")]
+    PrincipalSecretRotated,
     /// The vault was restored from a backup: the first event after the
     /// backup's log (`related` names the backup's checkpoint size and root
     /// hash and the backup file's SHA-256).
@@ -117,6 +121,7 @@ impl EventKind {
             Self::PolicyLoaded => "policy.loaded",
             Self::PrincipalCreated => "principal.created",
             Self::PrincipalDisabled => "principal.disabled",
+            Self::PrincipalSecretRotated => "principal.secret_rotated",
             Self::VaultRestored => "vault.restored",
         }
     }
@@ -454,6 +459,7 @@ mod tests {
             EventKind::PolicyLoaded,
             EventKind::PrincipalCreated,
             EventKind::PrincipalDisabled,
+            EventKind::PrincipalSecretRotated,
             EventKind::VaultRestored,
         ];
         for kind in kinds {

@@ -79,6 +79,14 @@ struct VaultClaims {
     iat: u64,
     jti: String,
     role: Role,
+    /// For a client's token, the version of the client secret it was issued
+    /// under: a rotation ends every token of an older one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    secret_version: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// A token the vault issued.
@@ -143,6 +151,19 @@ impl TokenIssuer {
     /// Signs a token for `subject` in `role`, valid from `now` (Unix seconds)
     /// for [`TOKEN_TTL_SECS`]. `jti` must be unique.
     pub fn issue(&self, role: Role, subject: &str, jti: &str, now: u64) -> Result<IssuedToken, TokenError> {
+        self.issue_for_secret(role, subject, jti, now, 0)
+    }
+
+    /// As [`TokenIssuer::issue`], for a client whose secret is at version
+    /// `secret_version`: the token names it, so a later rotation ends it.
+    pub fn issue_for_secret(
+        &self,
+        role: Role,
+        subject: &str,
+        jti: &str,
+        now: u64,
+        secret_version: u32,
+    ) -> Result<IssuedToken, TokenError> {
         let claims = VaultClaims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
@@ -152,6 +173,7 @@ impl TokenIssuer {
             iat: now,
             jti: jti.to_owned(),
             role,
+            secret_version,
         };
         let claims = serde_json::to_value(&claims).map_err(|error| TokenError::Signing(error.to_string()))?;
         let token = self.sign_claims(&claims)?;
@@ -242,6 +264,9 @@ pub struct VerifiedToken {
     pub subject: String,
     /// When it expires (Unix seconds).
     pub expires_at: u64,
+    /// For the vault's own client tokens, the version of the client secret
+    /// it was issued under (0 for every other token).
+    pub secret_version: u32,
 }
 
 /// Verifies tokens of the trusted issuers.
@@ -386,12 +411,20 @@ impl TokenVerifier {
             .and_then(Role::parse)
             .filter(|role| issuer.roles.contains(role))
             .ok_or(invalid("role claim"))?;
+        let secret_version = match claims.get("secret_version") {
+            None => 0,
+            Some(version) if issuer.own => {
+                version.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or(invalid("secret_version"))?
+            }
+            Some(_) => 0,
+        };
         Ok(VerifiedToken {
             issuer: issuer.issuer.clone(),
             own: issuer.own,
             role,
             subject: subject.to_owned(),
             expires_at: exp,
+            secret_version,
         })
     }
 }

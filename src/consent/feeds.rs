@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::{Consent, ConsentError, EVENT_SCAN_MAX, GrantChangeKind, GrantRecord, Relationship, decode};
+use super::{Consent, ConsentError, EVENT_SCAN_MAX, GrantChangeKind, GrantRecord, Page, Relationship, decode};
 use crate::audit::{AuditError, AuditEvent, Decision, EventKind, Related, Withheld};
 use crate::ids::{BusinessId, GrantId, PairwiseId, SubjectId};
 use crate::store::Key;
@@ -115,10 +115,22 @@ impl Consent {
         Ok((items, next))
     }
 
-    /// Every grant given to `business`.
-    pub fn business_grants(&self, business: &BusinessId) -> Result<Vec<BusinessGrant>, ConsentError> {
-        let mut grants = Vec::new();
-        for (grant_id, subject) in self.business_index::<GrantId>(&Key::grants_of_business(business), "grant index")? {
+    /// One page of the grants given to `business`, in grant id order after
+    /// `after`.
+    pub fn business_grants(
+        &self,
+        business: &BusinessId,
+        after: Option<&GrantId>,
+        limit: usize,
+    ) -> Result<Page<BusinessGrant>, ConsentError> {
+        let index = self.business_index_page::<GrantId>(
+            &Key::grants_of_business(business),
+            after.map(|id| id.as_str()),
+            limit,
+            "grant index",
+        )?;
+        let mut grants = Vec::with_capacity(index.items.len());
+        for (grant_id, subject) in index.items {
             let Some(bytes) = self.core.store().get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
             let grant: GrantRecord = decode(&bytes, "grant")?;
             // The customer by the pairwise id the grant was given under, and
@@ -133,7 +145,7 @@ impl Consent {
             let pairwise_id = current.filter(|current| *current == given_under);
             grants.push(BusinessGrant { grant, pairwise_id });
         }
-        Ok(grants)
+        Ok(Page { items: grants, next: index.next })
     }
 
     /// The changes to `business`'s grants and relationships from audit

@@ -4,7 +4,7 @@
 //! sweep that records the end of grants whose window closed.
 
 use super::{
-    Consent, ConsentError, DAY_SECS, GrantEnd, GrantRecord, GrantStatus, Relationship, corrupt, customer_acts_in,
+    Consent, ConsentError, DAY_SECS, GrantEnd, GrantRecord, GrantStatus, Page, Relationship, corrupt, customer_acts_in,
     decode, encode, grant_end_in,
 };
 use crate::audit::{Actor, AuditEvent, EventKind, Related};
@@ -121,6 +121,23 @@ impl Consent {
     /// The customer's grants.
     pub fn grants(&self, subject: SubjectId) -> Result<Vec<GrantRecord>, ConsentError> {
         self.records(&Key::grants_of(subject.as_bytes()), "grant")
+    }
+
+    /// One page of the customer's grants, in grant id order after `after`.
+    pub fn grants_page(
+        &self,
+        subject: SubjectId,
+        after: Option<&GrantId>,
+        limit: usize,
+    ) -> Result<Page<GrantRecord>, ConsentError> {
+        self.records_page(&Key::grants_of(subject.as_bytes()), after.map(|id| id.as_str()), limit, "grant")
+    }
+
+    /// One of the customer's grants.
+    pub fn grant(&self, subject: SubjectId, grant_id: &GrantId) -> Result<GrantRecord, ConsentError> {
+        let bytes =
+            self.core.store().get(&Key::grant(subject.as_bytes(), grant_id))?.ok_or(ConsentError::NotFound("grant"))?;
+        Ok(decode(&bytes, "grant")?)
     }
 
     /// Revokes a grant, effective for every read that commits after it.

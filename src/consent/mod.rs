@@ -36,6 +36,7 @@ pub mod requests;
 mod revoke;
 
 pub use feeds::{AccessLogItem, BusinessGrant, GrantChange};
+
 pub(crate) use grants::grant_write;
 pub use receipts::RECEIPT_JURISDICTION;
 pub(crate) use revoke::grant_end_in;
@@ -301,24 +302,71 @@ impl Consent {
         self.core.store().scan_prefix(prefix, usize::MAX)?.iter().map(|(_, bytes)| Ok(decode(bytes, what)?)).collect()
     }
 
-    /// The entries of a business's index under `prefix` (pairwise ids or
-    /// grant ids, each naming a subject): (id, subject).
-    fn business_index<Id: std::str::FromStr>(
+    /// One page of the records under `prefix` (each keyed by its id after
+    /// the prefix), decoded as `what`, after the id `after`.
+    fn records_page<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &Key,
+        after: Option<&str>,
+        limit: usize,
         what: &'static str,
-    ) -> Result<Vec<(Id, SubjectId)>, ConsentError> {
-        let mut entries = Vec::new();
-        for (key, subject) in self.core.store().scan_prefix(prefix, usize::MAX)? {
-            let id: Id = prefix
-                .suffix_of(&key)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|text| text.parse().ok())
-                .ok_or(corrupt(what))?;
-            let subject: SubjectId =
-                String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt(what))?;
-            entries.push((id, subject));
-        }
-        Ok(entries)
+    ) -> Result<Page<T>, ConsentError> {
+        let Page { items, next } = self.page_under(prefix, after, limit, what)?;
+        let items = items.iter().map(|(_, bytes)| Ok(decode(bytes, what)?)).collect::<Result<_, ConsentError>>()?;
+        Ok(Page { items, next })
     }
+
+    /// One page of a business's index under `prefix` (pairwise ids, grant
+    /// ids or request ids, each naming a subject) after the id `after`:
+    /// (id, subject) pairs, and where the next page starts.
+    fn business_index_page<Id: std::str::FromStr>(
+        &self,
+        prefix: &Key,
+        after: Option<&str>,
+        limit: usize,
+        what: &'static str,
+    ) -> Result<Page<(Id, SubjectId)>, ConsentError> {
+        let Page { items, next } = self.page_under(prefix, after, limit, what)?;
+        let items = items
+            .into_iter()
+            .map(|(id, subject)| {
+                let id: Id = id.parse().map_err(|_| corrupt(what))?;
+                let subject: SubjectId =
+                    String::from_utf8(subject).ok().and_then(|text| text.parse().ok()).ok_or(corrupt(what))?;
+                Ok((id, subject))
+            })
+            .collect::<Result<_, ConsentError>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// One page of the entries under `prefix` after the id `after`, in key
+    /// order: (id after the prefix, value) pairs.
+    fn page_under(
+        &self,
+        prefix: &Key,
+        after: Option<&str>,
+        limit: usize,
+        what: &'static str,
+    ) -> Result<Page<(String, Vec<u8>)>, ConsentError> {
+        let (entries, more) = self.core.store().scan_page(prefix, after.map(str::as_bytes), limit)?;
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let id = prefix.suffix_of(&key).and_then(|id| std::str::from_utf8(id).ok()).ok_or(corrupt(what))?;
+                Ok((id.to_owned(), value))
+            })
+            .collect::<Result<Vec<_>, ConsentError>>()?;
+        let next = if more { entries.last().map(|(id, _)| id.clone()) } else { None };
+        Ok(Page { items: entries, next })
+    }
+}
+
+/// One page of a listing, in id order: the items, and the id of the last
+/// entry looked at when more follow (the next page starts after it).
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
 }

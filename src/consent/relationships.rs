@@ -4,7 +4,7 @@
 //! transaction), and the business's list of its connected customers.
 
 use super::{
-    Consent, ConsentError, GrantEnd, GrantStatus, Relationship, customer_acts_in, decode, encode, grant_end_in,
+    Consent, ConsentError, GrantEnd, GrantStatus, Page, Relationship, customer_acts_in, decode, encode, grant_end_in,
     grants_in,
 };
 use crate::audit::{Actor, AuditEvent, EventKind, Related};
@@ -57,6 +57,22 @@ impl Consent {
     /// The customer's relationships.
     pub fn relationships(&self, subject: SubjectId) -> Result<Vec<Relationship>, ConsentError> {
         self.records(&Key::relationships_of(subject.as_bytes()), "relationship")
+    }
+
+    /// One page of the customer's relationships, in business id order, after
+    /// the business `after`.
+    pub fn relationships_page(
+        &self,
+        subject: SubjectId,
+        after: Option<&BusinessId>,
+        limit: usize,
+    ) -> Result<Page<Relationship>, ConsentError> {
+        self.records_page(
+            &Key::relationships_of(subject.as_bytes()),
+            after.map(|id| id.as_str()),
+            limit,
+            "relationship",
+        )
     }
 
     /// One of the customer's relationships.
@@ -160,15 +176,27 @@ impl Consent {
         Ok(stored)
     }
 
-    /// The customers connected to `business`: (pairwise id, connected at).
-    pub fn business_relationships(&self, business: &BusinessId) -> Result<Vec<(PairwiseId, String)>, ConsentError> {
-        let mut items = Vec::new();
-        for (pairwise, subject) in self.business_index(&Key::pairwise_of(business), "pairwise")? {
+    /// One page of the customers connected to `business`, in pairwise id
+    /// order after `after`: (pairwise id, connected at).
+    pub fn business_relationships(
+        &self,
+        business: &BusinessId,
+        after: Option<&PairwiseId>,
+        limit: usize,
+    ) -> Result<Page<(PairwiseId, String)>, ConsentError> {
+        let index = self.business_index_page::<PairwiseId>(
+            &Key::pairwise_of(business),
+            after.map(|id| id.as_str()),
+            limit,
+            "pairwise",
+        )?;
+        let mut items = Vec::with_capacity(index.items.len());
+        for (pairwise, subject) in index.items {
             if let Some(bytes) = self.core.store().get(&Key::relationship(subject.as_bytes(), business))? {
                 let relationship: Relationship = decode(&bytes, "relationship")?;
                 items.push((pairwise, relationship.connected_at));
             }
         }
-        Ok(items)
+        Ok(Page { items, next: index.next })
     }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Consent, ConsentError, DAY_SECS, GrantRecord, Relationship, RequestRefused, customer_acts_in, decode, encode,
+    Consent, ConsentError, DAY_SECS, GrantRecord, Page, Relationship, RequestRefused, customer_acts_in, decode, encode,
     grant_write, objections_in,
 };
 use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
@@ -197,38 +197,68 @@ impl Consent {
         Ok(request)
     }
 
-    /// The customer's requests, newest last.
+    /// Every request made to the customer, newest last (for her export).
     pub fn requests_of_customer(&self, subject: SubjectId) -> Result<Vec<AccessRequest>, ConsentError> {
-        let mut requests: Vec<AccessRequest> = self
-            .core
-            .store()
-            .scan_prefix(&Key::requests_of(subject.as_bytes()), usize::MAX)?
-            .iter()
-            .map(|(_, bytes)| decode(bytes, "request"))
-            .collect::<Result<_, _>>()?;
+        let mut requests: Vec<AccessRequest> = self.records(&Key::requests_of(subject.as_bytes()), "request")?;
         requests.sort_by_key(|request| request.created_at);
         Ok(requests)
     }
 
-    /// The requests a business made, newest last.
-    pub fn requests_of_business(&self, business: &BusinessId) -> Result<Vec<AccessRequest>, ConsentError> {
-        let prefix = Key::requests_of_business(business);
-        let mut requests = Vec::new();
-        for (key, subject) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
-            let request_id = prefix
-                .suffix_of(&key)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .ok_or(super::corrupt("request index"))?;
-            let subject: SubjectId = String::from_utf8(subject)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or(super::corrupt("request index"))?;
-            if let Some(bytes) = self.core.store().get(&Key::request(subject.as_bytes(), request_id))? {
+    /// One page of the requests made to the customer, in request id order
+    /// after `after`.
+    pub fn requests_of_customer_page(
+        &self,
+        subject: SubjectId,
+        after: Option<&RequestId>,
+        limit: usize,
+    ) -> Result<Page<AccessRequest>, ConsentError> {
+        self.records_page(&Key::requests_of(subject.as_bytes()), after.map(|id| id.as_str()), limit, "request")
+    }
+
+    /// One page of the requests `business` made, in request id order after
+    /// `after`.
+    pub fn requests_of_business(
+        &self,
+        business: &BusinessId,
+        after: Option<&RequestId>,
+        limit: usize,
+    ) -> Result<Page<AccessRequest>, ConsentError> {
+        let index = self.business_index_page::<RequestId>(
+            &Key::requests_of_business(business),
+            after.map(|id| id.as_str()),
+            limit,
+            "request index",
+        )?;
+        let mut requests = Vec::with_capacity(index.items.len());
+        for (request_id, subject) in index.items {
+            if let Some(bytes) = self.core.store().get(&Key::request(subject.as_bytes(), &request_id))? {
                 requests.push(decode::<AccessRequest>(&bytes, "request")?);
             }
         }
-        requests.sort_by_key(|request| request.created_at);
-        Ok(requests)
+        Ok(Page { items: requests, next: index.next })
+    }
+
+    /// One request `business` made.
+    pub fn request_of_business(
+        &self,
+        business: &BusinessId,
+        request_id: &RequestId,
+    ) -> Result<AccessRequest, ConsentError> {
+        let subject = self
+            .core
+            .store()
+            .get(&Key::request_of_business(business, request_id))?
+            .ok_or(ConsentError::NotFound("request"))?;
+        let subject: SubjectId = String::from_utf8(subject)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or(super::corrupt("request index"))?;
+        let bytes = self
+            .core
+            .store()
+            .get(&Key::request(subject.as_bytes(), request_id))?
+            .ok_or(ConsentError::NotFound("request"))?;
+        Ok(decode(&bytes, "request")?)
     }
 
     fn request_of_customer(&self, subject: SubjectId, request_id: &RequestId) -> Result<AccessRequest, ConsentError> {

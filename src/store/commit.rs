@@ -191,6 +191,20 @@ impl Store {
         self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
     }
 
+    /// One page of the committed entries under `prefix`, in key order: up to
+    /// `limit` of those after `prefix ‖ after` (from the first when `after`
+    /// is `None`), and whether more follow.
+    pub fn scan_page(&self, prefix: &Key, after: Option<&[u8]>, limit: usize) -> Result<(Entries, bool), StoreError> {
+        let start = match after {
+            Some(after) => prefix.with_suffix(after).with_suffix(&[0]),
+            None => prefix.clone(),
+        };
+        let mut entries = self.backend.scan(start.as_bytes(), &prefix.prefix_end(), limit.saturating_add(1))?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok((entries, more))
+    }
+
     /// A handle on the committed state that [`StoreReader::read`] reads
     /// through, usable from any thread.
     pub fn reader(&self) -> StoreReader {

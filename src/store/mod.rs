@@ -138,6 +138,9 @@ pub enum Space {
     Clients = 0x21,
     /// Customers of external issuers: issuer and subject claim to subject id.
     ExternalSubjects = 0x22,
+    /// Business names, folded (see `principals`), to the business's id: a
+    /// name is registered once.
+    PrincipalNames = 0x23,
     /// Pairwise ids by business, while the relationship lasts.
     Pairwise = 0x31,
     /// Grant ids by business, to the subject.
@@ -321,6 +324,11 @@ impl Key {
     /// The prefix of every principal of `role`.
     pub fn principals_of(role: &str) -> Self {
         Self::new(Space::Principals, &[&length_prefixed(role.as_bytes())])
+    }
+
+    /// The principal of `role` registered under the folded name `name`.
+    pub fn principal_name(role: &str, name: &str) -> Self {
+        Self::new(Space::PrincipalNames, &[&length_prefixed(role.as_bytes()), name.as_bytes()])
     }
 
     /// The credentials of client `client_id`.

@@ -402,6 +402,19 @@ impl Business {
         let pairs: Vec<(&str, &str)> = cursor.map(|cursor| ("cursor", cursor)).into_iter().collect();
         self.caller.get(&with_query("/v1/grants/changes", &pairs)).await
     }
+
+    /// `POST /v1/credentials/rotate`: answers `business_id`, `client_id`
+    /// and the new `client_secret`. The token this business held ends.
+    pub async fn secret_rotate(&self) -> (u16, Value) {
+        self.caller.post("/v1/credentials/rotate", &json!({})).await
+    }
+
+    /// Signs in again with `secret` (after a rotation), acting with the new
+    /// token from then on.
+    pub async fn sign_in_with(&mut self, secret: &str) {
+        let token = roles::client_token(&self.caller.client, &self.caller.base, &self.client_id, secret).await;
+        self.caller.token = Some(token);
+    }
 }
 
 /// An auditor registered by the admin, signed in.
