@@ -497,10 +497,11 @@ impl Principals {
     }
 
     /// Gives every business registered before names were unique an entry
-    /// in the name index, first registered first, so later registrations
-    /// cannot take their names. Pages through the businesses once; a stored
-    /// flag makes later calls a single read. Businesses that already share
-    /// a name keep it; the index names the first.
+    /// in the name index, so later registrations cannot take their names.
+    /// Pages through the businesses once, in id order; a stored flag makes
+    /// later calls a single read. Businesses that already share a name keep
+    /// it; the index names the first in id order. Returns how many names it
+    /// indexed.
     pub async fn name_index_backfill(&self) -> Result<usize, PrincipalError> {
         const PAGE_MAX: usize = 1_000;
         let done = Key::meta(NAMES_INDEXED);
@@ -517,19 +518,21 @@ impl Principals {
                 .map(|record| (Key::principal_name(Role::Business.as_str(), &name_folded(&record.name)), record.id))
                 .collect();
             names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            let ((), _) = self
+            let (added, _) = self
                 .core
                 .store()
                 .commit_durable(move |txn| {
+                    let mut added = 0;
                     for (key, id) in names {
                         if txn.get(&key)?.is_none() {
                             txn.put(key, id.into_bytes());
+                            added += 1;
                         }
                     }
-                    Ok::<_, PrincipalError>(())
+                    Ok::<_, PrincipalError>(added)
                 })
                 .await?;
-            indexed += 1;
+            indexed += added;
             if !more {
                 break;
             }
@@ -814,5 +817,54 @@ impl Limits {
     /// The key of an address in the limiters.
     pub fn address_key(address: IpAddr) -> String {
         format!("addr:{address}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::Services;
+
+    #[test]
+    fn names_fold_case_and_runs_of_spaces() {
+        assert_eq!(name_folded("  ACME \t Pizza "), "acme pizza");
+        assert_eq!(name_folded("Acme Pizza"), name_folded("acme   pizza"));
+        assert_ne!(name_folded("Acme Pizza"), name_folded("Acme Pizzas"));
+    }
+
+    #[tokio::test]
+    async fn businesses_stored_before_names_were_indexed_keep_their_names() {
+        let services = Services::new();
+        let principals = &services.principals;
+        let purposes = || vec!["marketing".to_owned()];
+        let first = principals.client_create(&Actor::system(), Role::Business, "Acme Pizza", purposes()).await.unwrap();
+        principals.client_create(&Actor::system(), Role::Business, "Globex", purposes()).await.unwrap();
+        // A store written before the index: no name entries, no flag.
+        let names = Key::principal_name(Role::Business.as_str(), "");
+        let ((), _) = services
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                for (key, _) in txn.scan_prefix(&names)? {
+                    txn.delete(&Key::raw(key));
+                }
+                Ok::<_, PrincipalError>(())
+            })
+            .await
+            .unwrap();
+        let again = principals.client_create(&Actor::system(), Role::Business, "acme pizza", purposes()).await.unwrap();
+
+        // The backfill indexes every business; a shared name stays with the
+        // first registered (in id order, the only order the store keeps).
+        principals.name_index_backfill().await.unwrap();
+        let owner = services.core.store().get(&Key::principal_name("business", "acme pizza")).unwrap().unwrap();
+        assert!([first.id.as_bytes(), again.id.as_bytes()].contains(&owner.as_slice()));
+        for taken in ["ACME PIZZA", "globex"] {
+            let refused = principals.client_create(&Actor::system(), Role::Business, taken, purposes()).await;
+            assert!(matches!(refused, Err(PrincipalError::NameTaken(_))), "{taken}: {refused:?}");
+        }
+        // Once done, it is a single read.
+        assert_eq!(principals.name_index_backfill().await.unwrap(), 0);
     }
 }

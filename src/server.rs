@@ -118,6 +118,7 @@ pub struct Application {
 impl Application {
     /// Opens the vault and binds the listen address.
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
+        file_size_limit_watch();
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
         let admin_credentials = vault.principals().admin_bootstrap(vault.data_dir()).await?;
         vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
@@ -208,6 +209,28 @@ impl Application {
         drop(control);
         self.vault.close().map_err(std::io::Error::other)
     }
+}
+
+/// Takes SIGXFSZ, which the kernel sends when a write would pass the
+/// file-size limit (`RLIMIT_FSIZE`, systemd's `LimitFSIZE`). Its default
+/// action ends the process; taken, the write fails instead, the store
+/// answers `503 storage_unavailable` and recovers by itself once the limit
+/// is raised, as after a full disk.
+fn file_size_limit_watch() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut signals) = signal(SignalKind::from_raw(libc::SIGXFSZ)) else {
+        tracing::warn!("cannot take SIGXFSZ; a write past the file-size limit would end the process");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut last_said: Option<std::time::Instant> = None;
+        while signals.recv().await.is_some() {
+            if last_said.is_none_or(|said| said.elapsed() >= Duration::from_secs(60)) {
+                tracing::error!("a write went past the file-size limit (RLIMIT_FSIZE); storage refuses writes");
+                last_said = Some(std::time::Instant::now());
+            }
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -307,3 +307,114 @@ fn a_data_directory_made_by_hand_with_a_loose_mode_is_tightened_to_its_owner() {
     assert!(server.stderr_text().contains("permissions tightened"), "the operator is told");
     drop(server);
 }
+
+/// Sets the file-size limit of process `pid` (`None`: unlimited) with
+/// util-linux's `prlimit`, as an operator's `LimitFSIZE` would: the
+/// store's files cannot grow past it, so the store meets the same refused
+/// writes as on a full disk, without a file system of its own to fill.
+fn file_size_limit(pid: u32, bytes: Option<u64>) {
+    // Only the soft limit: lowering the hard one could not be undone
+    // without privileges.
+    let soft = bytes.map_or_else(|| "unlimited".to_owned(), |bytes| bytes.to_string());
+    let limit = format!("{soft}:unlimited");
+    let status = Command::new("prlimit").arg("--pid").arg(pid.to_string()).arg(format!("--fsize={limit}")).status();
+    assert!(status.unwrap().success(), "prlimit --fsize={limit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_answers_503_and_recovers_by_itself_losing_nothing() {
+    use common::roles::{self, get};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let (client, base) = (reqwest::Client::new(), server.base_url.clone());
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, customer) = roles::customer(&client, &base).await;
+    let put = client
+        .put(format!("{base}/v1/me/data"))
+        .bearer_auth(&customer)
+        .json(&serde_json::json!({"email": "ada@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let pairwise =
+        roles::connect(&client, &base, &customer, &business_id).await["pairwise_id"].as_str().unwrap().to_owned();
+    let grant = serde_json::json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"],
+                                   "duration_days": 30});
+    assert_eq!(roles::post(&client, format!("{base}/v1/me/grants"), Some(&customer), grant).await.0, 201);
+    let read_url = format!("{base}/v1/subjects/{pairwise}/data?purpose=marketing&fields=email");
+
+    // The store's files may not grow any more.
+    let db = data_dir.join("store").join("db");
+    file_size_limit(server.child.id(), Some(std::fs::metadata(&db).unwrap().len()));
+    let mut acknowledged = Vec::new();
+    let refusal = loop {
+        let response = client.get(&read_url).bearer_auth(&business).send().await.unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
+        let body: serde_json::Value = response.json().await.unwrap();
+        match status {
+            // sled writes into space it reserved before, for a while.
+            200 => acknowledged.push(body["audit_index"].as_u64().unwrap()),
+            503 => break (body, retry_after),
+            other => panic!("a read while storage fails answered {other}, not 503: {body}"),
+        }
+        assert!(acknowledged.len() < 20_000, "the store never ran out of room");
+    };
+    let (problem, retry_after) = refusal;
+    assert_eq!(problem["code"], "storage_unavailable", "{problem}");
+    assert!(problem.get("data").is_none() && !problem.to_string().contains("ada@example.org"), "{problem}");
+    assert!(retry_after.is_some_and(|seconds| seconds.parse::<u64>().unwrap() >= 1), "Retry-After");
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while storage fails");
+    let (status, write) = roles::send(
+        &client,
+        reqwest::Method::PUT,
+        format!("{base}/v1/me/data"),
+        Some(&customer),
+        Some(serde_json::json!({"email": "bob@example.org"})),
+    )
+    .await;
+    assert_eq!(
+        (status, write["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{write}\n{}",
+        server.stderr_text()
+    );
+
+    // Room again: the vault recovers within seconds, without a restart.
+    file_size_limit(server.child.id(), None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap().status();
+        let (status, read) = get(&client, read_url.clone(), &business).await;
+        if ready == 200 && status == 200 {
+            assert_eq!(read["data"]["email"], "ada@example.org", "the refused write changed nothing: {read}");
+            acknowledged.push(read["audit_index"].as_u64().unwrap());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {ready} / {status} after room came back: {read}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let stderr = server.stderr_text();
+    assert!(stderr.contains("store reopened after a storage failure"), "{stderr}");
+    assert!(server.terminate().success());
+
+    // Every read answered 200 is in the log, which verifies, across a restart.
+    let (verified, stdout, stderr) = common::audit_verify(&data_dir);
+    assert!(verified, "{stdout}\n{stderr}");
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    for index in acknowledged {
+        let (status, entry) = get(&client, format!("{base}/v1/audit/entries?start={index}&limit=1"), &auditor).await;
+        assert_eq!(status, 200, "{entry}");
+        let entry = &entry["items"][0];
+        assert_eq!(entry["index"], index, "{entry}");
+        assert_eq!((&entry["entry"]["kind"], &entry["entry"]["decision"]), (&"data.read".into(), &"allow".into()));
+    }
+    assert!(server.terminate().success());
+}

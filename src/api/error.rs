@@ -14,6 +14,10 @@ use axum::response::{IntoResponse, Response};
 use super::problem::Problem;
 use crate::audit::AuditError;
 
+/// How long a client is asked to wait while storage is unavailable: the
+/// store tries to recover twice a second.
+const STORAGE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError(Problem, Option<std::time::Duration>);
@@ -28,6 +32,22 @@ impl ApiError {
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
         Self(Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR), None)
+    }
+
+    /// A 503 `storage_unavailable` with `Retry-After`: the storage device
+    /// refused a write (a full disk, say); nothing was acknowledged, and the
+    /// store recovers by itself once the device takes writes again.
+    pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed: storage unavailable");
+        Self(
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "Storage unavailable",
+                "the vault cannot write to its storage now; nothing was changed or released; try again shortly",
+            ),
+            Some(STORAGE_RETRY_AFTER),
+        )
     }
 
     /// A 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
@@ -132,6 +152,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure of the audit log, which is never the client's: storage
+    /// refusing is a 503, anything else an opaque 500.
+    fn failed_audit(error: AuditError) -> Self {
+        match error {
+            AuditError::Store(error) => error.into(),
+            other => Self::internal(&other),
+        }
+    }
+}
+
 impl From<Problem> for ApiError {
     fn from(problem: Problem) -> Self {
         Self(problem, None)
@@ -144,7 +175,7 @@ impl From<AuditError> for ApiError {
             AuditError::OutOfRange(detail) => {
                 Self::client(StatusCode::BAD_REQUEST, "out_of_range", "Out of range", detail)
             }
-            other => Self::internal(&other),
+            other => Self::failed_audit(other),
         }
     }
 }
@@ -192,13 +223,15 @@ impl From<crate::subjects::DataError> for ApiError {
             DataError::SubjectNotFound => {
                 Self::client(StatusCode::NOT_FOUND, "no_such_subject", "No such subject", "the subject does not exist")
             }
+            DataError::Store(error)
+            | DataError::Release(crate::release::ReleaseError::Store(error))
+            | DataError::Key(crate::keys::KeyError::Store(error)) => error.into(),
+            DataError::Audit(error) => Self::failed_audit(error),
             error @ (DataError::KeyExhausted
             | DataError::KeyChanged
             | DataError::Crypto(_)
             | DataError::Key(_)
-            | DataError::Release(_)
-            | DataError::Store(_)
-            | DataError::Audit(_)) => Self::internal(&error),
+            | DataError::Release(_)) => Self::internal(&error),
         }
     }
 }
@@ -220,9 +253,9 @@ impl From<crate::principals::PrincipalError> for ApiError {
                 Self::client(StatusCode::CONFLICT, "name_taken", "Name taken", error.to_string())
             }
             PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
+            PrincipalError::Store(error) => error.into(),
+            PrincipalError::Audit(error) => Self::failed_audit(error),
             error @ (PrincipalError::CredentialsFile { .. }
-            | PrincipalError::Store(_)
-            | PrincipalError::Audit(_)
             | PrincipalError::Crypto(_)
             | PrincipalError::Token(_)
             | PrincipalError::Hashing) => Self::internal(&error),
@@ -273,11 +306,13 @@ impl From<crate::consent::ConsentError> for ApiError {
             }
             ConsentError::Principal(error) => error.into(),
             ConsentError::Data(error) => error.into(),
-            error @ (ConsentError::Store(_)
-            | ConsentError::Audit(_)
-            | ConsentError::Release(_)
-            | ConsentError::Crypto(_)
-            | ConsentError::Signing(_)) => Self::internal(&error),
+            ConsentError::Store(error) | ConsentError::Release(crate::release::ReleaseError::Store(error)) => {
+                error.into()
+            }
+            ConsentError::Audit(error) => Self::failed_audit(error),
+            error @ (ConsentError::Release(_) | ConsentError::Crypto(_) | ConsentError::Signing(_)) => {
+                Self::internal(&error)
+            }
         }
     }
 }
@@ -295,6 +330,8 @@ impl From<crate::keys::KeyError> for ApiError {
             error @ (KeyError::SourceReadOnly { .. } | KeyError::Destroyed(_)) => {
                 Self::client(StatusCode::CONFLICT, "key_source_read_only", "Key source read-only", error.to_string())
             }
+            KeyError::Store(error) => error.into(),
+            KeyError::Audit(error) => Self::failed_audit(error),
             other => Self::internal(&other),
         }
     }
@@ -310,14 +347,17 @@ impl From<crate::vault::PolicyReloadError> for ApiError {
             error @ PolicyReloadError::BuiltIn => {
                 Self::client(StatusCode::CONFLICT, "built_in_policies", "Built-in policies", error.to_string())
             }
-            PolicyReloadError::Audit(error) => error.into(),
+            PolicyReloadError::Audit(error) => Self::failed_audit(error),
         }
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
-        Self::internal(&error)
+        match error {
+            crate::store::StoreError::Unavailable(_) => Self::storage_unavailable(&error),
+            other => Self::internal(&other),
+        }
     }
 }
 
@@ -365,6 +405,34 @@ mod tests {
             assert!(!body.contains(cause), "the cause reached the body: {body}");
             assert!(body.contains("\"code\":\"internal\""), "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn storage_that_refuses_writes_is_a_503_to_retry_however_it_is_wrapped() {
+        let refused = || StoreError::Unavailable("No space left on device (os error 28)".to_owned());
+        let wrapped: Vec<ApiError> = vec![
+            refused().into(),
+            ConsentError::Store(refused()).into(),
+            ConsentError::Audit(AuditError::Store(refused())).into(),
+            ConsentError::Principal(PrincipalError::Store(refused())).into(),
+            DataError::Store(refused()).into(),
+            DataError::Release(crate::release::ReleaseError::Store(refused())).into(),
+            PrincipalError::Audit(AuditError::Store(refused())).into(),
+            crate::keys::KeyError::Store(refused()).into(),
+            DataError::Key(crate::keys::KeyError::Store(refused())).into(),
+        ];
+        for error in wrapped {
+            let response = error.into_response();
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "5");
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(body.contains("\"code\":\"storage_unavailable\""), "{body}");
+            assert!(!body.contains("os error"), "the cause reached the body: {body}");
+        }
+        // An engine fault that is not the device refusing stays an opaque 500.
+        let (status, body) = answer(StoreError::Engine("page table corrupt".to_owned())).await;
+        assert_eq!(status, 500, "{body}");
     }
 
     #[tokio::test]

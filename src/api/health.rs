@@ -71,6 +71,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         seconds(&stats.apply_nanos),
     );
     metric("consentvault_commit_flush_failures_total", "counter", "Flushes that failed.", count(&stats.flush_failures));
+    metric(
+        "consentvault_commit_recoveries_total",
+        "counter",
+        "Times the store made its engine usable again after a storage failure.",
+        count(&stats.recoveries),
+    );
     metric("consentvault_commit_flush_seconds_total", "counter", "Time spent in flushes.", seconds(&stats.flush_nanos));
     metric(
         "consentvault_commit_lookahead_reads_total",

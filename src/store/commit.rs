@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -46,6 +46,10 @@ pub const COMMIT_THREAD_NAME: &str = "consentvault-commit";
 /// Most transactions gathered into one batch; bounds the latency one flush
 /// adds for the transactions behind it.
 const BATCH_TRANSACTIONS_MAX: usize = 4096;
+
+/// How often a failing store tries to recover ([`Backend::recover`]),
+/// whether or not transactions are waiting.
+const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Called with the outcome of the batch flush, after the batch is applied.
 type Completion = Box<dyn FnOnce(Result<Durable, StoreError>) + Send>;
@@ -80,6 +84,9 @@ pub struct StoreStats {
     pub stamps_stale: AtomicU64,
     /// Flushes that failed.
     pub flush_failures: AtomicU64,
+    /// Times the engine was made usable again after a failure
+    /// ([`Backend::recover`]).
+    pub recoveries: AtomicU64,
     /// Windows over which the engine's disk reads were judged cold or warm
     /// ([`Store::reads_cold`]).
     pub cold_windows_judged: AtomicU64,
@@ -348,9 +355,28 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let mut cold_window = ColdWindow::default();
     let mut batch_seq = 0u64;
     let mut taps: Vec<BatchTap> = Vec::new();
-    // Blocks until the first transaction of a batch arrives; then takes
-    // whatever else is already waiting.
-    while let Ok(first) = receiver.recv() {
+    let mut recovery = Recovery::default();
+    loop {
+        // Blocks until the first transaction of a batch arrives; then takes
+        // whatever else is already waiting. While the store is failing it
+        // also wakes to try to recover, so it recovers without traffic.
+        let first = if healthy.load(Ordering::Acquire) {
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        } else {
+            if recovery.due() && recovery.attempt(backend, stats) {
+                cache.borrow_mut().clear();
+                versions.all_changed();
+                healthy.store(true, Ordering::Release);
+            }
+            match receiver.recv_timeout(RECOVERY_INTERVAL) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
         batch_seq += 1;
         let mut jobs = vec![first];
         while jobs.len() < BATCH_TRANSACTIONS_MAX {
@@ -432,6 +458,42 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         if let Some(verdict) = judged {
             cold.store(verdict, Ordering::Relaxed);
             stats.cold_windows_judged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Attempts to make a failed engine usable again, at most once per
+/// [`RECOVERY_INTERVAL`].
+#[derive(Debug, Default)]
+struct Recovery {
+    last: Option<Instant>,
+    failures: u64,
+}
+
+impl Recovery {
+    fn due(&self) -> bool {
+        self.last.is_none_or(|last| last.elapsed() >= RECOVERY_INTERVAL)
+    }
+
+    /// Reopens the engine if it needs it and checks that a flush goes
+    /// through; says whether the store may commit again.
+    fn attempt(&mut self, backend: &dyn Backend, stats: &StoreStats) -> bool {
+        self.last = Some(Instant::now());
+        match backend.recover().and_then(|()| backend.flush()) {
+            Ok(()) => {
+                stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(attempts = self.failures + 1, "storage recovered; committing again");
+                *self = Self::default();
+                true
+            }
+            Err(error) => {
+                // Once a minute is enough to say it is still failing.
+                if self.failures.is_multiple_of(120) {
+                    tracing::error!(%error, "storage still failing; trying again every 500 ms");
+                }
+                self.failures += 1;
+                false
+            }
         }
     }
 }
@@ -686,7 +748,7 @@ mod tests {
                 Ok::<_, ()>(())
             })
             .await;
-        assert!(matches!(result, Err(CommitError::Store(StoreError::Engine(_)))));
+        assert!(matches!(result, Err(CommitError::Store(StoreError::Unavailable(_)))));
         assert!(!store.is_healthy());
         backend.fail_flushes(false);
         store
@@ -698,5 +760,72 @@ mod tests {
             .unwrap();
         assert!(store.is_healthy());
         assert_eq!(backend.durable(&Key::meta("k")), Some(vec![2]));
+    }
+
+    /// Commits a put of `value` at `key`.
+    async fn put(store: &Store, key: &str, value: u8) -> Result<(), CommitError<()>> {
+        let key = Key::meta(key);
+        store
+            .commit(move |txn| {
+                txn.put(key, vec![value]);
+                Ok::<_, ()>(())
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_stays_failed_is_reopened_by_itself_once_the_device_takes_writes() {
+        let backend = Arc::new(MemoryBackend::default());
+        backend.sticky_failures(true);
+        let store = Store::new(backend.clone()).unwrap();
+        put(&store, "acknowledged", 1).await.unwrap();
+        let before = store.versions.stamp(&Key::grant(&[7; 16], "g"));
+
+        // The device refuses (a full disk): the write is not acknowledged,
+        // and the engine stays failed, as sled does after an I/O error.
+        backend.fail_flushes(true);
+        let refused = put(&store, "refused", 2).await;
+        assert!(matches!(refused, Err(CommitError::Store(StoreError::Unavailable(_)))), "{refused:?}");
+        assert!(!store.is_healthy());
+        backend.fail_flushes(false);
+        assert!(matches!(backend.get(b"x"), Err(StoreError::Unavailable(_))), "still failed until reopened");
+
+        // No transaction arrives, yet the store reopens the engine within
+        // seconds and is healthy again.
+        healthy_again(&store).await;
+        assert_eq!(backend.recoveries(), 1);
+        assert_eq!(store.stats().recoveries.load(Ordering::Relaxed), 1);
+        // Nothing acknowledged is lost; what was refused is not there; a
+        // stamp taken before the reopen no longer holds.
+        assert_eq!(store.get(&Key::meta("acknowledged")).unwrap(), Some(vec![1]));
+        assert_eq!(store.get(&Key::meta("refused")).unwrap(), None);
+        assert!(!store.versions.unchanged(&[before]));
+        put(&store, "after", 3).await.unwrap();
+        assert_eq!(backend.durable(&Key::meta("after")), Some(vec![3]));
+    }
+
+    #[tokio::test]
+    async fn while_the_device_refuses_the_store_keeps_trying_and_answers_at_once() {
+        let backend = Arc::new(MemoryBackend::default());
+        backend.sticky_failures(true);
+        let store = Store::new(backend.clone()).unwrap();
+        backend.fail_flushes(true);
+        assert!(put(&store, "refused", 1).await.is_err());
+        tokio::time::sleep(RECOVERY_INTERVAL * 3).await;
+        assert!(!store.is_healthy(), "no recovery while the device still refuses");
+        assert_eq!(backend.recoveries(), 0);
+        // A write meanwhile is answered (refused), not held until recovery.
+        assert!(matches!(put(&store, "refused", 1).await, Err(CommitError::Store(StoreError::Unavailable(_)))));
+        backend.fail_flushes(false);
+        healthy_again(&store).await;
+    }
+
+    /// Waits for `store` to recover by itself; fails after ten seconds.
+    async fn healthy_again(store: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.is_healthy() {
+            assert!(Instant::now() < deadline, "the store did not recover by itself");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -32,6 +32,12 @@ pub struct MemoryBackend {
     commit_thread_reads: Mutex<Vec<Vec<u8>>>,
     hold: Mutex<Hold>,
     held: Condvar,
+    /// Whether a failed apply or flush leaves the backend failed until
+    /// [`Backend::recover`] (as sled 0.34 stays after an I/O error).
+    sticky: AtomicBool,
+    /// A sticky failure happened and no recovery has cleared it yet.
+    stuck: AtomicBool,
+    recoveries: AtomicU64,
 }
 
 /// Reads held back by [`MemoryBackend::hold_reads_under`].
@@ -106,6 +112,33 @@ impl MemoryBackend {
         *lock(&self.fail_reads_under) = prefix.map(<[u8]>::to_vec);
     }
 
+    /// Makes failures sticky, as sled's are: once an apply or flush fails,
+    /// every later call fails too, until [`Backend::recover`] succeeds, which
+    /// (as a reopen does) drops whatever was applied but never flushed.
+    pub fn sticky_failures(&self, sticky: bool) {
+        self.sticky.store(sticky, Ordering::SeqCst);
+    }
+
+    /// How many times [`Backend::recover`] reopened a stuck backend.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::SeqCst)
+    }
+
+    fn stuck(&self) -> Result<(), StoreError> {
+        if self.stuck.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: failed until reopened".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// A failure injected into a write; sticky if so configured.
+    fn write_failure(&self, what: &str) -> StoreError {
+        if self.sticky.load(Ordering::SeqCst) {
+            self.stuck.store(true, Ordering::SeqCst);
+        }
+        StoreError::Unavailable(format!("injected {what} failure"))
+    }
+
     /// Makes every later `flush` fail (or succeed again).
     pub fn fail_flushes(&self, fail: bool) {
         self.fail_flushes.store(fail, Ordering::SeqCst);
@@ -141,7 +174,7 @@ impl MemoryBackend {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(StoreError::Engine("injected read failure".to_owned()));
         }
-        Ok(())
+        self.stuck()
     }
 }
 
@@ -183,8 +216,9 @@ impl Backend for MemoryBackend {
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.stuck()?;
         if self.fail_applies.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine("injected apply failure".to_owned()));
+            return Err(self.write_failure("apply"));
         }
         let mut applied = lock(&self.applied);
         for (key, value) in batch {
@@ -202,11 +236,28 @@ impl Backend for MemoryBackend {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.stuck()?;
         if self.fail_flushes.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine("injected flush failure".to_owned()));
+            return Err(self.write_failure("flush"));
         }
         let snapshot = lock(&self.applied).clone();
         *lock(&self.durable) = snapshot;
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        if !self.stuck.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Reopening reads back what is durable; while the fault lasts, the
+        // device still refuses.
+        if self.fail_flushes.load(Ordering::SeqCst) || self.fail_applies.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: the device still refuses".to_owned()));
+        }
+        let durable = lock(&self.durable).clone();
+        *lock(&self.applied) = durable;
+        self.stuck.store(false, Ordering::SeqCst);
+        self.recoveries.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -75,6 +75,12 @@ pub enum StoreError {
     /// engine's message and never holds stored values.
     #[error("storage engine failed: {0}")]
     Engine(String),
+    /// The storage device refused a read, write or flush (a full disk, a
+    /// file-size limit, an I/O error), or the engine is being reopened after
+    /// one. Nothing was acknowledged; the commit path reopens the engine and
+    /// carries on by itself once the device takes writes again.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The commit thread has stopped (the store is shutting down or a previous
     /// fault stopped it); nothing more can be committed.
     #[error("the commit path is closed")]
@@ -108,6 +114,14 @@ pub trait Backend: Send + Sync + 'static {
     /// ([`Store::reads_cold`]). `None` by default.
     fn disk_read_bytes(&self) -> Option<u64> {
         None
+    }
+    /// After an `apply` or `flush` failed, makes the engine usable again if
+    /// it can: an engine that stays failed after an I/O error (sled 0.34)
+    /// is reopened from its files, which hold everything flushed before,
+    /// and batches applied since the last flush may be gone. Called on the
+    /// commit thread only, between batches. Nothing to do by default.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -5,7 +5,8 @@
 //! `sync_file_range`. That survives a killed process; it is not a promise
 //! against power loss or a kernel crash (see `docs/STORAGE.md`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use super::{Backend, Entries, StoreError, WriteBatch};
 
@@ -36,18 +37,40 @@ fn unfinished_snapshots_remove(dir: &Path) -> Result<bool, StoreError> {
 }
 
 /// A sled database holding the whole vault in its default tree.
+///
+/// sled 0.34 keeps the first I/O error it meets (a full disk, a file-size
+/// limit) and answers every later call with it, even once the device takes
+/// writes again. So the database sits behind a lock, and
+/// [`Backend::recover`] closes it and opens it again from its files; calls
+/// made meanwhile fail at once with [`StoreError::Unavailable`].
 #[derive(Debug)]
 pub struct SledBackend {
-    db: sled::Db,
+    db: RwLock<Option<sled::Db>>,
+    path: PathBuf,
+    cache_bytes: u64,
 }
 
 fn engine(error: sled::Error) -> StoreError {
-    StoreError::Engine(error.to_string())
+    match error {
+        // The device refused: full, over a file-size limit, failing. The
+        // text is the operating system's, never a stored value.
+        sled::Error::Io(error) => StoreError::Unavailable(error.to_string()),
+        other => StoreError::Engine(other.to_string()),
+    }
+}
+
+fn reopening() -> StoreError {
+    StoreError::Unavailable("the store is being reopened after a storage failure".to_owned())
 }
 
 impl SledBackend {
     /// Opens (or creates) the database in directory `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = Self::open_db(path, cache_bytes)?;
+        Ok(Self { db: RwLock::new(Some(db)), path: path.to_owned(), cache_bytes })
+    }
+
+    fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -62,7 +85,7 @@ impl SledBackend {
         let mut snapshots_cleared = false;
         loop {
             match config.open() {
-                Ok(db) => return Ok(Self { db }),
+                Ok(db) => return Ok(db),
                 // sled reports the lock as `Other` with this text.
                 Err(sled::Error::Io(error))
                     if error.to_string().contains("could not acquire lock") && attempts < 100 =>
@@ -78,23 +101,31 @@ impl SledBackend {
         }
     }
 
+    /// Runs `op` on the open database; fails at once while it is reopened.
+    fn with_db<T>(&self, op: impl FnOnce(&sled::Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        op(guard.as_ref().ok_or_else(reopening)?)
+    }
+
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(engine)
+        self.with_db(|db| db.size_on_disk().map_err(engine))
     }
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(engine)?.map(|value| value.to_vec()))
+        self.with_db(|db| Ok(db.get(key).map_err(engine)?.map(|value| value.to_vec())))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
-        let range = if end.is_empty() { self.db.range(start..) } else { self.db.range(start..end) };
-        range
-            .take(limit)
-            .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())).map_err(engine))
-            .collect()
+        self.with_db(|db| {
+            let range = if end.is_empty() { db.range(start..) } else { db.range(start..end) };
+            range
+                .take(limit)
+                .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())).map_err(engine))
+                .collect()
+        })
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -105,11 +136,11 @@ impl Backend for SledBackend {
                 None => sled_batch.remove(key.as_slice()),
             }
         }
-        self.db.apply_batch(sled_batch).map_err(engine)
+        self.with_db(|db| db.apply_batch(sled_batch).map_err(engine))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(engine)
+        self.with_db(|db| db.flush().map(|_| ()).map_err(engine))
     }
 
     /// The calling thread's `read_bytes` from `/proc/thread-self/io`
@@ -119,6 +150,26 @@ impl Backend for SledBackend {
     fn disk_read_bytes(&self) -> Option<u64> {
         let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
         io.lines().find_map(|line| line.strip_prefix("read_bytes:")).and_then(|bytes| bytes.trim().parse().ok())
+    }
+
+    /// Closes the failed database and opens it again from its files: sled
+    /// recovers every flushed batch from its log, and a batch applied but
+    /// never flushed is either whole or gone (batches are atomic). While the
+    /// device still refuses, the open fails and the store stays closed until
+    /// the next attempt.
+    fn recover(&self) -> Result<(), StoreError> {
+        let failed = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        // The lock is not held while the old handle closes and the new one
+        // opens (which reads the log since the last snapshot): readers fail
+        // fast instead of waiting.
+        drop(failed);
+        let db = Self::open_db(&self.path, self.cache_bytes)?;
+        // The open read what is on disk; a flush proves the device takes
+        // writes again before anything is committed on it.
+        db.flush().map_err(engine)?;
+        *self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(db);
+        tracing::warn!(path = %self.path.display(), "store reopened after a storage failure");
+        Ok(())
     }
 }
 

@@ -106,6 +106,15 @@ impl Versions {
         }
     }
 
+    /// Counts a change in every stripe: after the engine was reopened, what
+    /// was read before may be gone, so no stamp taken before holds.
+    pub(super) fn all_changed(&self) {
+        for (ran, applied) in self.ran.iter().zip(self.applied.iter()) {
+            let count = ran.fetch_add(1, Ordering::Relaxed) + 1;
+            applied.store(count, Ordering::Release);
+        }
+    }
+
     /// Publishes the counts of `touched` stripes once their batch has been
     /// applied (or has failed to apply, leaving the engine as it was).
     pub(super) fn publish_applied(&self, touched: &[usize]) {
