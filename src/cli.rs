@@ -90,8 +90,15 @@ enum KeysCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Recompute the Merkle tree from the stored entries and check every
-    /// checkpoint; the vault must not be running.
+    /// checkpoint, and that the store holds every checkpoint the vault
+    /// published; the vault must not be running.
     Verify(VaultArgs),
+    /// Go on from a store that is behind a checkpoint this vault published
+    /// (a power cut on a device that lied about its cache, an older copy put
+    /// back) instead of restoring a backup: records the decision in the log
+    /// as `vault.rollback_accepted`, and the vault serves and signs again.
+    /// The vault must not be running.
+    AcceptRollback(VaultArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +118,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
+        Command::Audit { command: AuditCommand::AcceptRollback(args) } => audit_accept_rollback(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
         Command::Keys { command: KeysCommand::Rotate(args) } => keys_rotate(&args),
@@ -185,6 +193,22 @@ fn audit_verify(args: &VaultArgs) -> Result<(), String> {
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+fn audit_accept_rollback(args: &VaultArgs) -> Result<(), String> {
+    let vault = vault_open_existing(args)?;
+    let Some(rollback) = vault.rollback() else {
+        vault.close().map_err(|e| e.to_string())?;
+        return Err(VaultError::NoRollback.to_string());
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+    let accepted = runtime.block_on(vault.rollback_accept());
+    vault.close().map_err(|e| e.to_string())?;
+    let index = accepted.map_err(|e| e.to_string())?;
+    eprintln!("consentvault: accepted: {rollback}");
+    eprintln!("consentvault: recorded as audit entry {index} (vault.rollback_accepted); the vault serves again");
+    Ok(())
 }
 
 fn backup(args: &BackupArgs) -> Result<(), String> {

@@ -142,7 +142,7 @@ impl Core {
 }
 
 /// A failed commit of an audit-only transaction, as the audit error it is.
-fn audit_commit_error(error: CommitError<AuditError>) -> AuditError {
+pub(crate) fn audit_commit_error(error: CommitError<AuditError>) -> AuditError {
     match error {
         CommitError::Rejected(error) => error,
         CommitError::Store(error) => AuditError::Store(error),

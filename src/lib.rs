@@ -16,6 +16,7 @@ pub mod control;
 pub mod core;
 pub mod crypto;
 pub mod directory;
+pub mod files;
 pub mod ids;
 pub mod keys;
 pub mod policy;

@@ -152,6 +152,14 @@ struct CustomerRecord {
     created_at: String,
 }
 
+/// The admin credentials file as written at first start.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct AdminCredentials {
+    client_id: String,
+    client_secret: String,
+}
+
 /// The flag of [`Principals::name_index_backfill`].
 const NAMES_INDEXED: &str = "principals/names-indexed";
 
@@ -361,19 +369,37 @@ impl Principals {
 
     /// On the first start of a vault: creates the admin client and writes
     /// its credentials to `<data-dir>/admin-credentials.json` (mode 0600),
-    /// the file first, so a secret is never stored that nobody can read.
-    /// Returns the file's path, or `None` if an admin exists.
+    /// the file first (synced, with its directory), so a secret is never
+    /// stored that nobody can read. A first start cut off between the two
+    /// (a power cut) left the file without the principal: the next start
+    /// makes the principal from the file, so the credentials the operator
+    /// may already hold work. Returns the file's path, or `None` if an admin
+    /// exists.
     pub async fn admin_bootstrap(
         &self,
         data_dir: &std::path::Path,
     ) -> Result<Option<std::path::PathBuf>, PrincipalError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         if !self.principals(Role::Admin, None, 1)?.0.is_empty() {
             return Ok(None);
         }
-        let prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
+        let mut prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
         let path = data_dir.join(ADMIN_CREDENTIALS_FILE);
+        let io = |source: std::io::Error| PrincipalError::CredentialsFile { path: path.clone(), source };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                let written: AdminCredentials = serde_json::from_slice(&bytes).map_err(|_| {
+                    io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not the credentials this vault wrote"))
+                })?;
+                prepared.credentials.client_id = written.client_id.clone();
+                prepared.credentials.client_secret = written.client_secret.clone();
+                self.client_commit(&Actor::system(), prepared).await?;
+                tracing::warn!(file = %path.display(), "admin client made from the credentials of an interrupted first start");
+                return Ok(Some(path));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io(error)),
+        }
         let text = zeroize::Zeroizing::new(
             serde_json::to_string_pretty(&serde_json::json!({
                 "client_id": prepared.credentials.client_id,
@@ -381,12 +407,7 @@ impl Principals {
             }))
             .map_err(|_| record_error("admin credentials"))?,
         );
-        let io = |source: std::io::Error| PrincipalError::CredentialsFile { path: path.clone(), source };
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(io)?;
+        crate::files::create_private(&path, format!("{}\n", text.as_str()).as_bytes()).map_err(io)?;
         if let Err(error) = self.client_commit(&Actor::system(), prepared).await {
             // Not stored: the file must not promise credentials that do not work.
             let _ = std::fs::remove_file(&path);

@@ -120,13 +120,21 @@ impl Application {
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
         file_size_limit_watch();
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
-        let admin_credentials = vault.principals().admin_bootstrap(vault.data_dir()).await?;
-        vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
-        // Subjects stored before activity was recorded get a record now, so
-        // the retention rule counts their inactivity from this start.
-        vault.sweep().activity_backfill().await.map_err(StartError::Activity)?;
-        // Businesses registered before names were unique keep theirs.
-        vault.principals().name_index_backfill().await.map_err(StartError::Names)?;
+        // A store behind a checkpoint the vault published is served only
+        // its probes, which say so; nothing is written until an operator
+        // decides (`Vault::rollback`).
+        let admin_credentials = if vault.rollback().is_none() {
+            let admin_credentials = vault.principals().admin_bootstrap(vault.data_dir()).await?;
+            vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
+            // Subjects stored before activity was recorded get a record now,
+            // so the retention rule counts their inactivity from this start.
+            vault.sweep().activity_backfill().await.map_err(StartError::Activity)?;
+            // Businesses registered before names were unique keep theirs.
+            vault.principals().name_index_backfill().await.map_err(StartError::Names)?;
+            admin_credentials
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -198,7 +206,9 @@ impl Application {
             loop {
                 ticks.tick().await;
                 let Some(vault) = sweep_vault.upgrade() else { break };
-                vault.sweep().sweep().await;
+                if vault.rollback().is_none() {
+                    vault.sweep().sweep().await;
+                }
             }
         });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));

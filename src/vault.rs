@@ -15,8 +15,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::audit::published::{PUBLISHED_FILE, Rollback, published_read, rollback_of};
 use crate::audit::verify::{Depth, STOPPED, Verified, VerifyFailure, verify_latest, verify_log};
-use crate::audit::{AuditError, AuditLog, Related};
+use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, EventKind, Related};
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{TOKEN_KEY, TOKEN_KEY_LABEL, TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::consent::Consent;
@@ -90,6 +91,16 @@ pub enum VaultError {
     /// The audit log's records could not be created or loaded.
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    /// `accept-rollback` on a vault whose store holds every checkpoint it
+    /// published.
+    #[error("the store holds every checkpoint this vault published; there is no rollback to accept")]
+    NoRollback,
+    /// The store is behind a checkpoint the vault published.
+    #[error("{0}; {ROLLBACK_ADVICE}")]
+    RolledBack(Rollback),
+    /// The published-checkpoint file cannot be read or is not this vault's.
+    #[error("published checkpoint: {0}")]
+    Published(String),
     /// The stored audit log does not verify: entries were edited, removed,
     /// reordered or truncated, or a checkpoint does not match. The vault
     /// refuses to serve.
@@ -182,6 +193,9 @@ pub struct Vault {
     /// The full recomputation of the log that runs after start-up.
     audit_status: Arc<Mutex<AuditStatus>>,
     verifier: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the store is behind a checkpoint the vault published: it
+    /// neither serves nor signs until an operator accepts the rollback.
+    rollback: Mutex<Option<Rollback>>,
 }
 
 /// Where the full verification of the stored log stands.
@@ -225,6 +239,23 @@ pub(crate) fn is_empty_dir(path: &Path) -> Result<bool, VaultError> {
     }
 }
 
+/// Whether `data_dir` holds what a first start writes before its store, and
+/// nothing else: the key file it made, with no store beside it. A first
+/// start cut off there (a power cut) is carried on from that key, not
+/// refused as a directory of something else.
+fn first_start_interrupted(data_dir: &Path) -> Result<bool, VaultError> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(VaultError::DataDir { path: data_dir.to_owned(), source }),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        names.push(entry.map_err(|source| VaultError::DataDir { path: data_dir.to_owned(), source })?.file_name());
+    }
+    Ok(names == [std::ffi::OsString::from(KEY_FILE)])
+}
+
 /// Creates `path` (and missing parents) readable by the owner only.
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), VaultError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -232,6 +263,7 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<(), VaultError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
+        .and_then(|()| crate::files::sync_parent(path))
         .map_err(|source| VaultError::DataDir { path: path.to_owned(), source })
 }
 
@@ -279,7 +311,8 @@ impl Vault {
         {
             return Err(VaultError::InvalidOrigin(origin.to_owned()));
         }
-        if !is_empty_dir(data_dir)? {
+        let resuming = key_source.is_none() && first_start_interrupted(data_dir)?;
+        if !resuming && !is_empty_dir(data_dir)? {
             return Err(if data_dir.join(STORE_DIR).exists() {
                 VaultError::AlreadyInitialised(data_dir.to_owned())
             } else {
@@ -291,7 +324,9 @@ impl Vault {
             Some(source) => source.clone(),
             None => {
                 let path = data_dir.join(KEY_FILE);
-                write_new_key_file(&path, &ring::rand::SystemRandom::new())?;
+                if !resuming {
+                    write_new_key_file(&path, &ring::rand::SystemRandom::new())?;
+                }
                 KeySource::File(path)
             }
         };
@@ -304,7 +339,8 @@ impl Vault {
     /// initialised first unless in production mode.
     pub fn open(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
         let data_dir = options.data_dir.clone();
-        let opened = if is_empty_dir(&data_dir)? {
+        let interrupted = options.key_source.is_none() && first_start_interrupted(&data_dir)?;
+        let opened = if is_empty_dir(&data_dir)? || interrupted {
             if options.production {
                 return Err(VaultError::NotInitialised(data_dir));
             }
@@ -321,7 +357,9 @@ impl Vault {
         // After the key check, which refuses a loose key file rather than
         // mend it: the key may already have been read by others.
         tighten_permissions(&data_dir)?;
-        let vault = Self::open_backend(
+        let publication = Some(data_dir.join(PUBLISHED_FILE));
+        let vault = Self::open_parts(
+            publication,
             data_dir,
             keys,
             backend,
@@ -349,6 +387,23 @@ impl Vault {
         identity: IdentityOptions,
         key_config: KeyConfig,
     ) -> Result<Arc<Self>, VaultError> {
+        Self::open_parts(None, data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config)
+    }
+
+    /// [`Vault::open_backend`], recording published checkpoints in the file
+    /// at `publication` and comparing the store with it first.
+    #[allow(clippy::too_many_arguments)]
+    fn open_parts(
+        publication: Option<PathBuf>,
+        data_dir: PathBuf,
+        keys: KeyRing,
+        backend: Arc<dyn Backend>,
+        policies: Policies,
+        policy_dir: Option<PathBuf>,
+        audit_origin: Option<String>,
+        identity: IdentityOptions,
+        key_config: KeyConfig,
+    ) -> Result<Arc<Self>, VaultError> {
         crate::auth::jwt_ring::install();
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
@@ -360,6 +415,10 @@ impl Vault {
         // hashes; edits of entry bytes are found by the full pass below.
         verify_latest(&store, &audit.verifier(), audit.origin(), &|size| audit.root(&store, size))
             .map_err(VaultError::AuditInvalid)?;
+        let rollback = match publication {
+            Some(path) => publication_check(path, &store, &audit)?,
+            None => None,
+        };
         let token_issuer = token_issuer_load(&store, &keys, &identity)?;
         let own = TrustedIssuer::own(&token_issuer, &identity.audience);
         if identity.external.iter().any(|external| external.issuer == identity.issuer) {
@@ -391,10 +450,17 @@ impl Vault {
             sweep,
             audit_status: Arc::new(Mutex::new(AuditStatus::Verifying)),
             verifier: Mutex::new(None),
+            rollback: Mutex::new(rollback.clone()),
         });
         // The vault's time never goes back, across restarts too.
         vault.core.clock_floor_from_log()?;
         vault.verifier_start();
+        if let Some(rollback) = rollback {
+            // Nothing is written, so nothing is signed, until an operator
+            // restores a backup or accepts the rollback.
+            tracing::error!(%rollback, "{ROLLBACK_ADVICE}");
+            return Ok(vault);
+        }
         // The first checkpoint of a new log; a no-op for a log whose last
         // batch was checkpointed, as every batch is.
         vault.core.checkpoint_blocking(false)?;
@@ -482,7 +548,20 @@ impl Vault {
         let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
         let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
-            .map_err(VaultError::AuditInvalid);
+            .map_err(VaultError::AuditInvalid)
+            .and_then(|verified| {
+                let path = options.data_dir.join(PUBLISHED_FILE);
+                let published =
+                    published_read(&path, &audit.verifier(), audit.origin()).map_err(VaultError::Published)?;
+                let rollback = match published {
+                    Some(published) => rollback_of(&published, audit.durable_size(), |size| audit.root(&store, size))?,
+                    None => None,
+                };
+                match rollback {
+                    Some(rollback) => Err(VaultError::RolledBack(rollback)),
+                    None => Ok(verified),
+                }
+            });
         store.close()?;
         verified
     }
@@ -557,7 +636,7 @@ impl Vault {
     /// Re-reads the policy directory. On any error nothing changes; on
     /// success the new policies apply to every later decision and a
     /// `policy.loaded` event records their SHA-256.
-    pub async fn policies_reload(&self, actor: &crate::audit::Actor) -> Result<Arc<Policies>, PolicyReloadError> {
+    pub async fn policies_reload(&self, actor: &Actor) -> Result<Arc<Policies>, PolicyReloadError> {
         let dir = self.policy_dir.clone().ok_or(PolicyReloadError::BuiltIn)?;
         let policies = Arc::new(policies_load(&dir).map_err(PolicyReloadError::Invalid)?);
         self.policy_event(actor, &policies, "reload").await.map_err(PolicyReloadError::Audit)?;
@@ -567,19 +646,10 @@ impl Vault {
     }
 
     /// Records that `policies` were loaded.
-    async fn policy_event(
-        &self,
-        actor: &crate::audit::Actor,
-        policies: &Policies,
-        cause: &str,
-    ) -> Result<(), AuditError> {
-        let event = crate::audit::AuditEvent::new(
-            crate::audit::EventKind::PolicyLoaded,
-            actor.clone(),
-            &self.core.clock().rfc3339(),
-        )
-        .related(Related::PolicySha256, &policies.sha256)
-        .related(Related::Cause, cause);
+    async fn policy_event(&self, actor: &Actor, policies: &Policies, cause: &str) -> Result<(), AuditError> {
+        let event = AuditEvent::new(EventKind::PolicyLoaded, actor.clone(), &self.core.clock().rfc3339())
+            .related(Related::PolicySha256, &policies.sha256)
+            .related(Related::Cause, cause);
         let log = self.core.audit().clone();
         let (appended, durable) = self.core.store().commit_durable(move |txn| log.append(txn, &event)).await.map_err(
             |error| match error {
@@ -594,7 +664,7 @@ impl Vault {
     /// Records the policies a start-up loaded (called once the vault serves).
     pub async fn policies_loaded_at_start(&self) -> Result<(), AuditError> {
         let policies = self.policies();
-        self.policy_event(&crate::audit::Actor::system(), &policies, "start").await
+        self.policy_event(&Actor::system(), &policies, "start").await
     }
 
     /// Pins the consent clock at `secs` (Unix seconds), or lets it follow
@@ -615,11 +685,66 @@ impl Vault {
     }
 
     /// Whether the vault can serve: the store answers and its last flush
-    /// succeeded, and keys are loaded.
+    /// succeeded, keys are loaded, the log verifies, and the store holds
+    /// every checkpoint the vault published.
     pub fn readiness(&self) -> Readiness {
         let store = self.store().is_healthy() && self.store().get(&Key::meta("format")).is_ok();
         let audit = !matches!(self.audit_status(), AuditStatus::Failed(_));
-        Readiness { store, keys: !self.core.keys().versions().is_empty(), audit }
+        let published = self.rollback().is_none();
+        Readiness { store, keys: !self.core.keys().versions().is_empty(), audit, published }
+    }
+
+    /// The rollback found at open, while it is not accepted: the store is
+    /// behind (or beside) a checkpoint the vault published, and the vault
+    /// neither serves nor signs.
+    pub fn rollback(&self) -> Option<Rollback> {
+        self.rollback.lock().ok().and_then(|rollback| rollback.clone())
+    }
+
+    /// Accepts the rollback found at open, as the operator's explicit
+    /// decision (`consentvault audit accept-rollback`): appends a
+    /// `vault.rollback_accepted` event naming the size published and the
+    /// size held, signs again from there, and records the new checkpoint as
+    /// published. Auditors holding the old checkpoint will find the log
+    /// inconsistent with it, and this event saying why. Returns the event's
+    /// index.
+    pub async fn rollback_accept(&self) -> Result<u64, VaultError> {
+        let rollback = self.rollback().ok_or(VaultError::NoRollback)?;
+        let held = self.core.audit().durable_size();
+        let mut event =
+            AuditEvent::new(EventKind::VaultRollbackAccepted, Actor::system(), &self.core.clock().rfc3339())
+                .related(Related::PublishedSize, rollback.published_size().to_string())
+                .related(Related::HeldSize, held.to_string());
+        if let Rollback::Diverged { .. } = rollback {
+            event = event.related(Related::Cause, "diverged");
+        }
+        let audit = self.core.audit().clone();
+        audit.refuse_signing(None);
+        let log = audit.clone();
+        let committed = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let appended = log.append(txn, &event)?;
+                log.checkpoint_in(txn, true)?;
+                Ok::<_, AuditError>(appended)
+            })
+            .await;
+        let (appended, durable) = match committed {
+            Ok(committed) => committed,
+            Err(error) => {
+                audit.refuse_signing(Some(rollback));
+                return Err(VaultError::Audit(crate::core::audit_commit_error(error)));
+            }
+        };
+        let logged = audit.confirm(appended, &durable)?;
+        audit.publish_to(self.data_dir.join(PUBLISHED_FILE), 0);
+        audit.checkpoint_latest()?;
+        if let Ok(mut slot) = self.rollback.lock() {
+            *slot = None;
+        }
+        tracing::warn!(index = logged.index(), "rollback accepted; the vault signs again from the store it holds");
+        Ok(logged.index())
     }
 
     /// Stops the background verification, keeps a last checkpoint, finishes
@@ -632,7 +757,8 @@ impl Vault {
             let _ = thread.join();
         }
         self.keys.rotation_join();
-        if self.store().is_healthy() {
+        // A vault refusing to sign (a rollback not accepted) adds nothing.
+        if self.store().is_healthy() && self.rollback().is_none() {
             // Keep the final checkpoint in the history too.
             self.core.checkpoint_blocking(true)?;
         }
@@ -663,13 +789,37 @@ pub struct Readiness {
     pub keys: bool,
     /// The stored audit log verifies (or is still being verified).
     pub audit: bool,
+    /// The store holds every checkpoint the vault published.
+    pub published: bool,
 }
 
 impl Readiness {
     /// Whether every check passed.
     pub fn is_ready(&self) -> bool {
-        self.store && self.keys && self.audit
+        self.store && self.keys && self.audit && self.published
     }
+}
+
+/// What an operator does about a rollback, said wherever it is reported.
+pub const ROLLBACK_ADVICE: &str = "the store is behind a checkpoint this vault published; it neither serves nor \
+signs. Restore the newest backup (`consentvault restore`), or, to go on from the store as it is, stop the vault and \
+run `consentvault audit accept-rollback`, which the log records for auditors to see";
+
+/// Compares the store with the published checkpoint at `path`: the
+/// rollback found, if any. Without one, checkpoints handed out from now on
+/// are recorded there; with one, nothing is signed.
+fn publication_check(path: PathBuf, store: &Store, audit: &AuditLog) -> Result<Option<Rollback>, VaultError> {
+    let published = published_read(&path, &audit.verifier(), audit.origin()).map_err(VaultError::Published)?;
+    let Some(published) = published else {
+        audit.publish_to(path, 0);
+        return Ok(None);
+    };
+    let rollback = rollback_of(&published, audit.durable_size(), |size| audit.root(store, size))?;
+    match &rollback {
+        None => audit.publish_to(path, published.size),
+        Some(rollback) => audit.refuse_signing(Some(rollback.clone())),
+    }
+    Ok(rollback)
 }
 
 /// The vault's token signing key, created (sealed under the KEK) the first

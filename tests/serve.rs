@@ -418,3 +418,263 @@ async fn a_store_that_cannot_write_answers_503_and_recovers_by_itself_losing_not
     }
     assert!(server.terminate().success());
 }
+
+/// Sends one HTTP/1.1 request on `stream` (kept alive) and reads the whole
+/// answer: (status, body).
+fn http_exchange(stream: &mut std::net::TcpStream, request: &str) -> (u16, String) {
+    use std::io::{BufRead, Read, Write};
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_follows_an_fdatasync_of_the_store_log() {
+    use common::roles;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let trace = dir.path().join("trace.txt");
+    let pid_file = dir.path().join("server.pid");
+    // The server runs under strace, which records each sync and each write
+    // to a socket (with the file or connection each descriptor is).
+    let trace_arg = trace.to_str().unwrap().to_owned();
+    let exec = format!("echo $$ > '{}'; exec \"$0\" \"$@\"", pid_file.display());
+    let wrapper = [
+        "strace",
+        "-f",
+        "-qq",
+        "-yy",
+        "-s",
+        "16",
+        "-e",
+        "signal=none",
+        "-e",
+        "trace=fsync,fdatasync,sync_file_range,write,writev,sendto,sendmsg",
+        "-o",
+        &trace_arg,
+        "--",
+        "sh",
+        "-c",
+        &exec,
+    ];
+    let server = ServerProcess::start_wrapped(&wrapper, &data_dir, &[], &[]).unwrap();
+    let base = server.base_url.clone();
+    let client = reqwest::Client::new();
+    let (_, customer) = roles::customer(&client, &base).await;
+
+    // Writes one at a time, on a connection whose port the trace shows.
+    let address = base.strip_prefix("http://").unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let writes = 12;
+    for n in 0..writes {
+        let body = format!("{{\"email\": \"ada{n}@example.org\"}}");
+        let request = format!(
+            "PUT /v1/me/data HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {customer}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, answer) = http_exchange(&mut stream, &request);
+        assert_eq!(status, 200, "{answer}");
+    }
+    drop(stream);
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut server = server;
+    assert!(server.child.wait().unwrap().success());
+
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let store = data_dir.join("store");
+    let log = format!("<{}>", store.join("db").display());
+    let to_us = format!(":{port}]>");
+    // In the order the calls completed: a sync of the log, or an answer
+    // written to our connection. A call another thread interrupts is split
+    // into an `<unfinished ...>` line with its arguments and a `resumed`
+    // line with its result, both after the thread's id.
+    let mut acknowledged = 0;
+    let mut synced_since_last_answer = false;
+    let mut log_syncs_running = std::collections::BTreeSet::new();
+    for line in trace.lines() {
+        let mut words = line.split_whitespace();
+        let (thread, call) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
+        if is_sync && line.contains(&log) {
+            if line.contains("<unfinished ...>") {
+                log_syncs_running.insert(thread.to_owned());
+            } else if line.ends_with("= 0") {
+                synced_since_last_answer = true;
+            }
+        }
+        if (line.contains("<... fdatasync resumed>") || line.contains("<... fsync resumed>"))
+            && log_syncs_running.remove(thread)
+            && line.ends_with("= 0")
+        {
+            synced_since_last_answer = true;
+        }
+        if line.contains(&to_us) && line.contains("HTTP/1.1 200") {
+            assert!(synced_since_last_answer, "an answer went out with no fdatasync of the log before it: {line}");
+            synced_since_last_answer = false;
+            acknowledged += 1;
+        }
+    }
+    assert_eq!(acknowledged, writes, "every answer on the connection was seen in the trace");
+    // And what sled writes and never syncs: its configuration file, and the
+    // directory entries of the store and of the data directory.
+    for synced in [store.join("conf"), store.clone(), data_dir.clone()] {
+        let path = format!("<{}>", synced.display());
+        assert!(
+            trace.lines().any(|line| line.contains(" fsync(") && line.contains(&path) && line.contains("= 0")),
+            "{} is never synced",
+            synced.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_a_published_checkpoint_is_refused_until_restored_or_accepted() {
+    use common::roles::{self, get};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let store = data_dir.join("store");
+    let older = dir.path().join("older-store");
+    let client = reqwest::Client::new();
+
+    // A vault with a customer; a copy of its store is kept.
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let (_, customer) = roles::customer(&client, &server.base_url).await;
+    assert!(server.terminate().success());
+    assert!(Command::new("cp").arg("-a").arg(&store).arg(&older).status().unwrap().success());
+    let (verified, held, _) = common::audit_verify(&data_dir);
+    assert!(verified);
+    let held: u64 = held.split_whitespace().nth(2).unwrap().parse().unwrap();
+
+    // It goes on, and an auditor is handed a checkpoint of the larger log.
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let base = server.base_url.clone();
+    for n in 0..5 {
+        let put = client
+            .put(format!("{base}/v1/me/data"))
+            .bearer_auth(&customer)
+            .json(&serde_json::json!({"email": format!("ada{n}@example.org")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let checkpoint = client.get(format!("{base}/v1/audit/checkpoint")).send().await.unwrap().text().await.unwrap();
+    let published: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    assert!(published > held);
+    assert!(server.terminate().success());
+
+    // The older store is put back.
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::rename(&older, &store).unwrap();
+    let (verified, stdout, stderr) = common::audit_verify(&data_dir);
+    assert!(!verified, "{stdout}");
+    assert!(stderr.contains(&format!("published a checkpoint of {published}")), "{stderr}");
+
+    // The vault starts, says what happened, and serves nothing else.
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let base = server.base_url.clone();
+    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["code"], "store_rolled_back", "{ready}");
+    assert!(ready["detail"].as_str().unwrap().contains("accept-rollback"), "{ready}");
+    let (status, refused) = get(&client, format!("{base}/v1/me/data"), &customer).await;
+    assert_eq!((status, refused["code"].as_str()), (503, Some("store_rolled_back")), "{refused}");
+    let checkpoint = client.get(format!("{base}/v1/audit/checkpoint")).send().await.unwrap();
+    assert_eq!(checkpoint.status(), 503, "no checkpoint of the older tree is handed out");
+    assert!(server.terminate().success());
+    let (verified, stdout, _) = common::audit_verify(&data_dir);
+    assert!(!verified, "nothing was signed meanwhile, so it is still behind: {stdout}");
+
+    // The operator accepts it; the log says so, and the vault serves again.
+    let accepted = common::binary(["audit", "accept-rollback", "--data-dir", data_dir.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&accepted.stderr).into_owned();
+    assert!(accepted.status.success(), "{said}");
+    assert!(said.contains("vault.rollback_accepted"), "{said}");
+    let again = common::binary(["audit", "accept-rollback", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(!again.status.success(), "nothing left to accept");
+    let (verified, stdout, stderr) = common::audit_verify(&data_dir);
+    assert!(verified, "{stdout}\n{stderr}");
+
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let base = server.base_url.clone();
+    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let (status, _) = get(&client, format!("{base}/v1/me/data"), &customer).await;
+    assert_eq!(status, 200);
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (_, auditor_now) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let (status, entry) = get(&client, format!("{base}/v1/audit/entries?start={held}&limit=1"), &auditor_now).await;
+    assert_eq!(status, 200, "{entry}");
+    let event = &entry["items"][0]["entry"];
+    assert_eq!(event["kind"], "vault.rollback_accepted", "the first entry after the held log: {event}");
+    assert_eq!(event["related"]["published_size"], published.to_string());
+    assert_eq!(event["related"]["held_size"], held.to_string());
+    // The auditor registered after the copy is gone with the rollback.
+    let (status, _) = get(&client, format!("{base}/v1/audit/entries?limit=1"), &auditor).await;
+    assert_eq!(status, 401);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_cut_off_part_way_starts_again() {
+    use common::roles;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+
+    // Cut off after the admin credentials file was synced and before the
+    // admin principal was committed: the next start makes the principal
+    // from the file, so the credentials the operator may hold work.
+    let data_dir = dir.path().join("data");
+    let init = common::binary(["init", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let credentials = serde_json::json!({"client_id": "0123456789abcdef0123456789abcdef",
+                                         "client_secret": "kept-by-the-operator-since-the-first-start"});
+    std::fs::write(data_dir.join("admin-credentials.json"), credentials.to_string()).unwrap();
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let admin = roles::admin_token(&client, &server.base_url, &data_dir).await;
+    let (status, _) = roles::get(&client, format!("{}/v1/admin/businesses", server.base_url), &admin).await;
+    assert_eq!(status, 200);
+    assert!(server.stderr_text().contains("interrupted first start"), "{}", server.stderr_text());
+    assert!(server.terminate().success());
+    // And it stays the one admin: the next start changes nothing.
+    let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();
+    let again = roles::admin_token(&client, &server.base_url, &data_dir).await;
+    assert_eq!(roles::get(&client, format!("{}/v1/admin/auditors", server.base_url), &again).await.0, 200);
+    assert!(server.terminate().success());
+
+    // Cut off after the key file was made and before the store was: the
+    // next start goes on with that key instead of refusing the directory.
+    let first = dir.path().join("first");
+    let init = common::binary(["init", "--data-dir", first.to_str().unwrap()]);
+    assert!(init.status.success());
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::copy(first.join("kek.key"), cut.join("kek.key")).unwrap();
+    let server = ServerProcess::start(&cut, &[], &[]).unwrap();
+    let admin = roles::admin_token(&client, &server.base_url, &cut).await;
+    assert_eq!(roles::get(&client, format!("{}/v1/admin/businesses", server.base_url), &admin).await.0, 200);
+    assert!(server.terminate().success());
+    assert_eq!(std::fs::read(cut.join("kek.key")).unwrap(), std::fs::read(first.join("kek.key")).unwrap());
+}

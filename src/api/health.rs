@@ -19,6 +19,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// `GET /readyz`: the store is open and flushing, and keys are loaded.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.vault.readiness();
+    if let Some(rollback) = state.vault.rollback() {
+        return super::rolled_back(&rollback).into_response();
+    }
     if readiness.is_ready() {
         Json(json!({"status": "ready", "checks": readiness})).into_response()
     } else {

@@ -132,13 +132,18 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
 }
 
 /// A vault whose stored audit log does not verify answers nothing but its
-/// health probes: every other request gets 503 `audit_log_invalid`.
+/// health probes: every other request gets 503 `audit_log_invalid`; and
+/// one whose store is behind a checkpoint it published, 503
+/// `store_rolled_back`.
 async fn refuse_when_audit_invalid(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if !probe && let Some(rollback) = state.vault.rollback() {
+        return rolled_back(&rollback).into_response();
+    }
     if !probe && let crate::vault::AuditStatus::Failed(failure) = state.vault.audit_status() {
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -222,6 +227,17 @@ async fn refuse_undeclared_query(
             Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", detail).into_response()
         }
     }
+}
+
+/// The answer of a vault whose store is behind a checkpoint it published:
+/// what happened, and what the operator does about it.
+pub(crate) fn rolled_back(rollback: &crate::audit::published::Rollback) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_rolled_back",
+        "Store rolled back",
+        format!("{rollback}; {}", crate::vault::ROLLBACK_ADVICE),
+    )
 }
 
 /// Largest total size of a request's header lines (names, values and their

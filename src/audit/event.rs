@@ -94,6 +94,11 @@ pub enum EventKind {
     /// hash and the backup file's SHA-256).
     #[serde(rename = "vault.restored")]
     VaultRestored,
+    /// An operator accepted that the store is behind a checkpoint the vault
+    /// had published (`related` names the size published and the size
+    /// held): the vault signs again from what it holds.
+    #[serde(rename = "vault.rollback_accepted")]
+    VaultRollbackAccepted,
 }
 
 impl EventKind {
@@ -123,6 +128,7 @@ impl EventKind {
             Self::PrincipalDisabled => "principal.disabled",
             Self::PrincipalSecretRotated => "principal.secret_rotated",
             Self::VaultRestored => "vault.restored",
+            Self::VaultRollbackAccepted => "vault.rollback_accepted",
         }
     }
 
@@ -193,6 +199,10 @@ pub enum Related {
     /// Whether a relationship's business may ask for access (`true`,
     /// `false`).
     RequestsBlocked,
+    /// The size of the newest checkpoint the vault had published.
+    PublishedSize,
+    /// The size of the log the store held.
+    HeldSize,
 }
 
 impl Related {
@@ -222,6 +232,8 @@ impl Related {
             Self::BackupCheckpointRoot => "backup_checkpoint_root",
             Self::BackupSha256 => "backup_sha256",
             Self::RequestsBlocked => "requests_blocked",
+            Self::PublishedSize => "published_size",
+            Self::HeldSize => "held_size",
         }
     }
 }
@@ -461,6 +473,7 @@ mod tests {
             EventKind::PrincipalDisabled,
             EventKind::PrincipalSecretRotated,
             EventKind::VaultRestored,
+            EventKind::VaultRollbackAccepted,
         ];
         for kind in kinds {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));

@@ -17,6 +17,7 @@
 pub mod checkpoint;
 mod event;
 pub mod merkle;
+pub mod published;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -73,6 +74,10 @@ pub enum AuditError {
     /// A value was about to be released that its read event does not name.
     #[error("a value is not covered by the logged read")]
     NotCovered,
+    /// The store is behind a checkpoint the vault published; nothing is
+    /// signed until the rollback is resolved ([`published`]).
+    #[error("signing refused: {0}")]
+    SigningRefused(published::Rollback),
 }
 
 /// An event appended inside a transaction, not yet known to be durable.
@@ -186,6 +191,11 @@ struct Shared {
     /// Complete subtree hashes at [`NODE_CACHE_LEVEL_MIN`] and above. They
     /// never change once complete, so the cache never needs invalidating.
     nodes: RwLock<HashMap<(u32, u64), Hash>>,
+    /// Where a checkpoint is recorded before it is handed out; unset for a
+    /// vault without a data directory.
+    publication: std::sync::OnceLock<published::Publication>,
+    /// Set while the store is behind a published checkpoint.
+    signing_refused: RwLock<Option<published::Rollback>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -247,7 +257,23 @@ impl AuditLog {
             latest_note: RwLock::new(latest_note),
             history_secs: AtomicU64::new(0),
             nodes: RwLock::new(HashMap::new()),
+            publication: std::sync::OnceLock::new(),
+            signing_refused: RwLock::new(None),
         })))
+    }
+
+    /// Records every checkpoint handed out from now on in the file at
+    /// `path`, which holds one of size `published_size` (0: none).
+    pub fn publish_to(&self, path: std::path::PathBuf, published_size: u64) {
+        let _ = self.0.publication.set(published::Publication::new(path, published_size));
+    }
+
+    /// Refuses to sign any checkpoint while `rollback` holds (`None`: signs
+    /// again): every batch that would sign one fails, so nothing commits.
+    pub fn refuse_signing(&self, rollback: Option<published::Rollback>) {
+        if let Ok(mut refused) = self.0.signing_refused.write() {
+            *refused = rollback;
+        }
     }
 
     /// Appends `event` in `txn`: stores its canonical bytes at the next
@@ -343,6 +369,9 @@ impl AuditLog {
     /// is kept in the history at most once a second while the log grows (and
     /// when `keep`). Returns the size.
     pub fn checkpoint_in(&self, txn: &mut Txn<'_>, keep: bool) -> Result<Option<u64>, AuditError> {
+        if let Some(rollback) = self.0.signing_refused.read().ok().and_then(|refused| refused.clone()) {
+            return Err(AuditError::SigningRefused(rollback));
+        }
         let size = size_in(txn)?;
         let latest = txn.get(&Key::meta(LATEST_CHECKPOINT_KEY))?;
         let grown = latest.is_none() || counter_decode(latest.as_deref())? < size;
@@ -373,11 +402,19 @@ impl AuditLog {
         Ok(Some(size))
     }
 
-    /// The newest signed checkpoint that is on disk.
+    /// The newest signed checkpoint that is on disk, to hand out: it is
+    /// recorded as published first ([`published`]).
     pub fn checkpoint_latest(&self) -> Result<String, AuditError> {
         let note = self.0.latest_note.read().map(|note| note.clone()).map_err(|_| AuditError::Corrupt("checkpoint"))?;
         if note.is_empty() {
             return Err(AuditError::Corrupt("latest checkpoint"));
+        }
+        if let Some(publication) = self.0.publication.get() {
+            let size =
+                note.lines().nth(1).and_then(|size| size.parse().ok()).ok_or(AuditError::Corrupt("checkpoint"))?;
+            publication
+                .record(&note, size)
+                .map_err(|error| StoreError::Unavailable(format!("cannot record the published checkpoint: {error}")))?;
         }
         Ok(note)
     }

@@ -45,6 +45,7 @@ pub fn restore(input: &Path, options: &VaultOptions) -> Result<RestoreSummary, B
     let restored = restore_into(input, &staging, &keys, &checked, options.store_cache_bytes).and_then(|summary| {
         let store_dir = target.join(STORE_DIR);
         std::fs::rename(&staging, &store_dir).map_err(io(&store_dir))?;
+        crate::files::sync_parent(&store_dir).map_err(io(&store_dir))?;
         File::open(target).and_then(|dir| dir.sync_all()).map_err(io(target))?;
         Ok(summary)
     });

@@ -10,9 +10,7 @@
 //! or fewer than 16 distinct byte values) are refused. Errors never quote key
 //! text.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -97,10 +95,7 @@ pub fn write_new_key_file(path: &Path, rng: &dyn SecureRandom) -> Result<(), Key
         "# consentvault key-encryption keys: <version>:<base64url>. Keep secret, mode 0600, and back up apart from the data.\n1:{}\n",
         URL_SAFE_NO_PAD.encode(key.as_ref())
     ));
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(())
+    crate::files::create_private(path, text.as_bytes()).map_err(io)
 }
 
 /// Adds KEK `version` to the key file at `path` (KEK rotation). The file is
@@ -161,24 +156,8 @@ fn read_private(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
 }
 
 fn replace_private(path: &Path, text: &str) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".new");
-    let temporary = PathBuf::from(temporary);
-    match std::fs::remove_file(&temporary) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(error)),
-    }
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
-    }
-    Ok(())
+    crate::files::replace_private(path, text.as_bytes())
+        .map_err(|source| KeyFileError::Io { path: path.to_owned(), source })
 }
 
 /// Reads the KEKs from `source` into a key ring.

@@ -1,12 +1,20 @@
 //! The sled (`=0.34.7`) backend: the only file that names sled.
 //!
-//! Durability as sled gives it: `apply_batch` is atomic, and `flush` returns
-//! once the batch is written to sled's log and synced with
-//! `sync_file_range`. That survives a killed process; it is not a promise
-//! against power loss or a kernel crash (see `docs/STORAGE.md`).
+//! Durability: `apply_batch` is atomic, and sled's `flush` returns once the
+//! batch is written to its log file and pushed out with `sync_file_range`,
+//! which survives a killed process but not a power cut: it neither flushes
+//! the device's write cache nor persists the file's size, and sled never
+//! calls `fsync` while running. So [`Backend::flush`] here ends with an
+//! `fdatasync` of the log file, and syncs what else sled wrote without
+//! syncing (new blob files, the directory entries of new files and renamed
+//! snapshots) whenever a directory changed (see `docs/STORAGE.md`).
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
 
 use super::{Backend, Entries, StoreError, WriteBatch};
 
@@ -48,6 +56,76 @@ pub struct SledBackend {
     db: RwLock<Option<sled::Db>>,
     path: PathBuf,
     cache_bytes: u64,
+    files: Mutex<Option<StoreFiles>>,
+}
+
+/// The files sled writes and leaves unsynced, synced after each flush.
+#[derive(Debug)]
+struct StoreFiles {
+    /// sled's log: every batch is written here.
+    log: File,
+    /// When the store directory was last seen changed (new files, renamed
+    /// snapshots), as its modification time.
+    dir_changed: Option<SystemTime>,
+    /// The same for the blob directory (values too large for the log).
+    blobs_changed: Option<SystemTime>,
+    /// Blob files already synced.
+    blobs_synced: BTreeSet<OsString>,
+}
+
+impl StoreFiles {
+    /// Opens the log and syncs everything sled has written so far: the log,
+    /// its configuration file (written once, never synced by sled), the
+    /// blobs, and the store directory and its parent's entry for it.
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let log = File::open(path.join("db"))?;
+        let mut files = Self { log, dir_changed: None, blobs_changed: None, blobs_synced: BTreeSet::new() };
+        let conf = path.join("conf");
+        if conf.exists() {
+            File::open(&conf)?.sync_all()?;
+        }
+        files.sync(path)?;
+        crate::files::sync_parent(path)?;
+        Ok(files)
+    }
+
+    /// Makes what sled's flush wrote durable: `fdatasync` of the log (its
+    /// bytes and size), then, only if their directory changed since the
+    /// last time, new blob files and the directories themselves.
+    fn sync(&mut self, path: &Path) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let blobs = path.join("blobs");
+        let blobs_changed = modified(&blobs)?;
+        if blobs_changed != self.blobs_changed {
+            let mut present = BTreeSet::new();
+            for entry in std::fs::read_dir(&blobs)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if !self.blobs_synced.contains(&name) {
+                    File::open(entry.path())?.sync_all()?;
+                }
+                present.insert(name);
+            }
+            crate::files::sync_dir(&blobs)?;
+            self.blobs_synced = present;
+            self.blobs_changed = blobs_changed;
+        }
+        let dir_changed = modified(path)?;
+        if dir_changed != self.dir_changed {
+            crate::files::sync_dir(path)?;
+            self.dir_changed = dir_changed;
+        }
+        Ok(())
+    }
+}
+
+/// The modification time of `path`, `None` if it does not exist.
+fn modified(path: &Path) -> std::io::Result<Option<SystemTime>> {
+    match std::fs::metadata(path) {
+        Ok(metadata) => metadata.modified().map(Some),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 fn engine(error: sled::Error) -> StoreError {
@@ -59,6 +137,11 @@ fn engine(error: sled::Error) -> StoreError {
     }
 }
 
+/// A failed sync of the store's files: the device refused.
+fn io_error(path: &Path, error: &std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {error}", path.display()))
+}
+
 fn reopening() -> StoreError {
     StoreError::Unavailable("the store is being reopened after a storage failure".to_owned())
 }
@@ -67,7 +150,8 @@ impl SledBackend {
     /// Opens (or creates) the database in directory `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Self::open_db(path, cache_bytes)?;
-        Ok(Self { db: RwLock::new(Some(db)), path: path.to_owned(), cache_bytes })
+        let files = StoreFiles::open(path).map_err(|error| io_error(path, &error))?;
+        Ok(Self { db: RwLock::new(Some(db)), path: path.to_owned(), cache_bytes, files: Mutex::new(Some(files)) })
     }
 
     fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
@@ -139,8 +223,13 @@ impl Backend for SledBackend {
         self.with_db(|db| db.apply_batch(sled_batch).map_err(engine))
     }
 
+    /// sled's flush, then the syncs it leaves out: nothing counts as
+    /// durable before the log's bytes are on stable storage.
     fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(|db| db.flush().map(|_| ()).map_err(engine))
+        self.with_db(|db| db.flush().map(|_| ()).map_err(engine))?;
+        let mut files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let files = files.as_mut().ok_or_else(reopening)?;
+        files.sync(&self.path).map_err(|error| io_error(&self.path, &error))
     }
 
     /// The calling thread's `read_bytes` from `/proc/thread-self/io`
@@ -159,14 +248,17 @@ impl Backend for SledBackend {
     /// the next attempt.
     fn recover(&self) -> Result<(), StoreError> {
         let failed = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         // The lock is not held while the old handle closes and the new one
         // opens (which reads the log since the last snapshot): readers fail
         // fast instead of waiting.
         drop(failed);
         let db = Self::open_db(&self.path, self.cache_bytes)?;
-        // The open read what is on disk; a flush proves the device takes
-        // writes again before anything is committed on it.
+        // The open read what is on disk; a flush and the syncs prove the
+        // device takes writes again before anything is committed on it.
         db.flush().map_err(engine)?;
+        let files = StoreFiles::open(&self.path).map_err(|error| io_error(&self.path, &error))?;
+        *self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(files);
         *self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(db);
         tracing::warn!(path = %self.path.display(), "store reopened after a storage failure");
         Ok(())

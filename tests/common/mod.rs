@@ -214,7 +214,27 @@ impl ServerProcess {
     /// Starts `consentvault serve --data-dir DIR --listen 127.0.0.1:0` with
     /// the shipped policies, plus `extra` arguments and environment.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_consentvault"));
+        Self::start_wrapped(&[], data_dir, extra, env)
+    }
+
+    /// [`ServerProcess::start`], with the binary run by `wrapper` (a
+    /// command and its arguments, the binary's path and arguments after
+    /// them), as `strace ... --` runs it.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let binary = env!("CARGO_BIN_EXE_consentvault");
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("serve")
             .arg("--data-dir")
