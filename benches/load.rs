@@ -629,6 +629,8 @@ struct CommitCounters {
     execute_secs: f64,
     apply_secs: f64,
     flush_secs: f64,
+    syncs: f64,
+    sync_secs: f64,
     lookahead_reads: f64,
     lookahead_secs: f64,
     ahead_kept: f64,
@@ -650,6 +652,8 @@ impl CommitCounters {
             execute_secs: value("consentvault_commit_execute_seconds_total"),
             apply_secs: value("consentvault_commit_apply_seconds_total"),
             flush_secs: value("consentvault_commit_flush_seconds_total"),
+            syncs: value("consentvault_commit_syncs_total"),
+            sync_secs: value("consentvault_commit_sync_seconds_total"),
             lookahead_reads: value("consentvault_commit_lookahead_reads_total"),
             lookahead_secs: value("consentvault_commit_lookahead_seconds_total"),
             ahead_kept: value("consentvault_read_ahead_kept_total"),
@@ -665,12 +669,16 @@ impl CommitCounters {
         let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
         let at_commit = later.lookahead_reads - self.lookahead_reads;
         format!(
-            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, flush {:.1} µs; {:.1} transactions per batch; \
+            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, write out {:.1} µs; {:.1} transactions per batch; \
+             syncer: {:.1} µs per transaction, {:.0} µs per sync, {:.1} transactions per sync; \
              reads decided on the commit thread: {at_commit} ({:.1} µs each), ahead: {} kept, {} redone",
             micros(self.execute_secs, later.execute_secs),
             micros(self.apply_secs, later.apply_secs),
             micros(self.flush_secs, later.flush_secs),
             transactions / (later.batches - self.batches).max(1.0),
+            micros(self.sync_secs, later.sync_secs),
+            (later.sync_secs - self.sync_secs) * 1e6 / (later.syncs - self.syncs).max(1.0),
+            transactions / (later.syncs - self.syncs).max(1.0),
             (later.lookahead_secs - self.lookahead_secs) * 1e6 / at_commit.max(1.0),
             later.ahead_kept - self.ahead_kept,
             later.ahead_redone - self.ahead_redone,

@@ -80,7 +80,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Times the store made its engine usable again after a storage failure.",
         count(&stats.recoveries),
     );
-    metric("consentvault_commit_flush_seconds_total", "counter", "Time spent in flushes.", seconds(&stats.flush_nanos));
+    metric(
+        "consentvault_commit_flush_seconds_total",
+        "counter",
+        "Time the commit thread spent writing batches out to the device.",
+        seconds(&stats.flush_nanos),
+    );
+    metric(
+        "consentvault_commit_syncs_total",
+        "counter",
+        "Syncs that made written batches durable (fdatasync), each covering every batch written meanwhile.",
+        count(&stats.syncs),
+    );
+    metric(
+        "consentvault_commit_sync_seconds_total",
+        "counter",
+        "Time spent in syncs, off the commit thread.",
+        seconds(&stats.sync_nanos),
+    );
     metric(
         "consentvault_commit_lookahead_reads_total",
         "counter",

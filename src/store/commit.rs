@@ -42,6 +42,9 @@ use super::{Backend, Entries, Key, StoreError, WriteBatch};
 
 /// The name of the commit thread.
 pub const COMMIT_THREAD_NAME: &str = "consentvault-commit";
+/// The name of the thread that waits for the device on the commit thread's
+/// behalf ([`Backend::sync`]).
+pub const SYNC_THREAD_NAME: &str = "consentvault-sync";
 
 /// Most transactions gathered into one batch; bounds the latency one flush
 /// adds for the transactions behind it.
@@ -63,8 +66,15 @@ pub struct StoreStats {
     pub transactions: AtomicU64,
     /// Batches applied and flushed.
     pub batches: AtomicU64,
-    /// Time spent in flushes, in nanoseconds.
+    /// Time the commit thread spent writing batches out to the device
+    /// ([`Backend::write_out`]), in nanoseconds.
     pub flush_nanos: AtomicU64,
+    /// Syncs made ([`Backend::sync`]), each covering every batch written
+    /// out while the one before ran.
+    pub syncs: AtomicU64,
+    /// Time the syncer spent in them, off the commit thread, in
+    /// nanoseconds.
+    pub sync_nanos: AtomicU64,
     /// Time spent applying batches to the engine, in nanoseconds.
     pub apply_nanos: AtomicU64,
     /// Time spent running transaction functions, in nanoseconds.
@@ -349,35 +359,60 @@ struct CommitContext<'a> {
 }
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
+    let (to_syncer, syncer_jobs) = mpsc::channel::<SyncJob>();
+    // Bumped by every recovery: the syncer fails every batch run since a
+    // failed sync until the engine was reopened.
+    let epoch = AtomicU64::new(0);
+    let epoch = &epoch;
+    std::thread::scope(|scope| {
+        let syncer = std::thread::Builder::new()
+            .name(SYNC_THREAD_NAME.to_owned())
+            .spawn_scoped(scope, move || sync_loop(context, &syncer_jobs));
+        if let Err(error) = syncer {
+            tracing::error!(%error, "cannot start the sync thread; nothing can be committed");
+            return;
+        }
+        run_batches(context, epoch, receiver, &to_syncer);
+        // Closing the channel ends the syncer once it has answered every
+        // batch; the scope waits for it.
+        drop(to_syncer);
+    });
+}
+
+/// The commit thread proper: runs each batch's transactions, applies the
+/// batch and writes it out, then hands it to the syncer and goes on with the
+/// next batch while the device makes the previous one stable.
+fn run_batches(
+    context: &CommitContext<'_>,
+    epoch: &AtomicU64,
+    receiver: &mpsc::Receiver<Job>,
+    to_syncer: &mpsc::Sender<SyncJob>,
+) {
     let CommitContext { backend, healthy, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
     let txn_context = TxnContext { versions, stats, cache: Some(&cache) };
     let mut cold_window = ColdWindow::default();
     let mut batch_seq = 0u64;
-    let mut taps: Vec<BatchTap> = Vec::new();
     let mut recovery = Recovery::default();
     loop {
-        // Blocks until the first transaction of a batch arrives; then takes
-        // whatever else is already waiting. While the store is failing it
-        // also wakes to try to recover, so it recovers without traffic.
-        let first = if healthy.load(Ordering::Acquire) {
-            match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            }
-        } else {
-            if recovery.due() && recovery.attempt(backend, stats) {
-                cache.borrow_mut().clear();
-                versions.all_changed();
-                healthy.store(true, Ordering::Release);
-            }
-            match receiver.recv_timeout(RECOVERY_INTERVAL) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+        // Waits for the first transaction of a batch, then takes whatever
+        // else is already waiting. It wakes now and then without one: a
+        // store that is failing (a flush or, on the syncer, a sync failed)
+        // tries to recover, before running a batch or with no traffic.
+        let first = match receiver.recv_timeout(RECOVERY_INTERVAL) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        if !healthy.load(Ordering::Acquire) && recovery.due() && recovery.attempt(backend, stats) {
+            cache.borrow_mut().clear();
+            versions.all_changed();
+            epoch.fetch_add(1, Ordering::AcqRel);
+            healthy.store(true, Ordering::Release);
+        }
+        let Some(first) = first else { continue };
         batch_seq += 1;
+        let batch_epoch = epoch.load(Ordering::Acquire);
         let mut jobs = vec![first];
         while jobs.len() < BATCH_TRANSACTIONS_MAX {
             match receiver.try_recv() {
@@ -387,6 +422,7 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         }
         let mut batch = WriteBatch::new();
         let mut hooks: Vec<DurableHook> = Vec::new();
+        let mut taps: Vec<BatchTap> = Vec::new();
         let mut completions = Vec::with_capacity(jobs.len());
         let mut touched = Vec::new();
         let executing = Instant::now();
@@ -416,12 +452,13 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
             _ => Ok(()),
         };
         stats.execute_nanos.fetch_add(nanos_since(executing), Ordering::Relaxed);
-        // A batch of pure reads still waits for a flush if the previous one
-        // failed: what it read may not be durable yet.
+        // A batch of pure reads is written out too if the store is failing:
+        // what it read may not be durable yet.
+        let was_healthy = healthy.load(Ordering::Acquire);
         let outcome = match finalized {
             Err(error) => Err(error),
-            Ok(()) if batch.is_empty() && healthy.load(Ordering::Acquire) => Ok(()),
-            Ok(()) => apply_and_flush(backend, &batch, stats, || {
+            Ok(()) if batch.is_empty() && was_healthy => Ok(()),
+            Ok(()) => apply_and_write_out(backend, &batch, stats, || {
                 cache.borrow_mut().applied(&batch);
                 versions.publish_applied(&touched);
             }),
@@ -434,21 +471,15 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
             // counts are published all the same, or the stripes would stay
             // "changed" for good.
             versions.publish_applied(&touched);
+            healthy.store(false, Ordering::Release);
         }
-        healthy.store(outcome.is_ok(), Ordering::Release);
-        if let Err(error) = &outcome {
-            stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, transactions = completions.len(), "batch not durable; its changes are not acknowledged");
-        } else {
-            for hook in hooks {
-                hook();
+        let needs_sync = outcome.is_ok() && (!batch.is_empty() || !was_healthy);
+        let job = SyncJob { batch_seq, epoch: batch_epoch, needs_sync, outcome, hooks, completions, batch, taps };
+        if let Err(mpsc::SendError(job)) = to_syncer.send(job) {
+            // The syncer is gone (it panicked): nothing is made durable.
+            for completion in job.completions {
+                completion(Err(StoreError::Closed));
             }
-        }
-        let tapped = outcome.as_ref().map(|()| &batch);
-        taps.retain_mut(|tap| std::panic::catch_unwind(AssertUnwindSafe(|| tap(tapped))).unwrap_or(false));
-        stats.transactions.fetch_add(completions.len() as u64, Ordering::Relaxed);
-        for completion in completions {
-            completion(outcome.clone().map(|()| Durable { batch_seq }));
         }
         // What the device read for this thread and for the reads made ahead
         // of it, once per window.
@@ -458,6 +489,82 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
         if let Some(verdict) = judged {
             cold.store(verdict, Ordering::Relaxed);
             stats.cold_windows_judged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A batch the commit thread has applied and written out, waiting for the
+/// device: its answers go out once a sync that began after it succeeds.
+struct SyncJob {
+    batch_seq: u64,
+    /// The recovery epoch the batch ran in.
+    epoch: u64,
+    /// Whether the batch wrote anything out that a sync must make stable.
+    needs_sync: bool,
+    /// How running, applying and writing out went.
+    outcome: Result<(), StoreError>,
+    hooks: Vec<DurableHook>,
+    completions: Vec<Completion>,
+    batch: WriteBatch,
+    /// Taps the batch's transactions installed; they see this batch first.
+    taps: Vec<BatchTap>,
+}
+
+/// The syncer: takes every batch written out so far, makes them stable
+/// with one [`Backend::sync`], and answers them in order. One sync covers
+/// all the batches that queued while the last one ran.
+fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
+    let CommitContext { backend, healthy, stats, .. } = *context;
+    let mut taps: Vec<BatchTap> = Vec::new();
+    // The epoch of the newest batch a failed sync may have lost.
+    let mut failed_epoch: Option<u64> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter());
+        let synced = if group.iter().any(|job| job.needs_sync) {
+            let started = Instant::now();
+            let synced = backend.sync();
+            stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            synced
+        } else {
+            Ok(())
+        };
+        if let Err(error) = &synced {
+            // After a failed sync nothing written since the last good one
+            // can be trusted (the kernel may have dropped the pages), even if
+            // a later sync succeeds: every batch until the engine is reopened
+            // fails.
+            failed_epoch = group.iter().map(|job| job.epoch).max().max(failed_epoch);
+            healthy.store(false, Ordering::Release);
+            stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, batches = group.len(), "sync failed; these batches are not acknowledged");
+        }
+        let lost = || StoreError::Unavailable("an earlier batch was not made durable".to_owned());
+        for job in group {
+            let outcome = job.outcome.and_then(|()| match (&synced, failed_epoch) {
+                (Err(error), _) => Err(error.clone()),
+                (Ok(()), Some(failed)) if job.epoch <= failed => Err(lost()),
+                (Ok(()), _) => Ok(()),
+            });
+            if outcome.is_ok() {
+                for hook in job.hooks {
+                    hook();
+                }
+            } else {
+                tracing::error!(
+                    transactions = job.completions.len(),
+                    "batch not durable; its changes are not acknowledged"
+                );
+            }
+            taps.extend(job.taps);
+            let tapped = outcome.as_ref().map(|()| &job.batch);
+            taps.retain_mut(|tap| std::panic::catch_unwind(AssertUnwindSafe(|| tap(tapped))).unwrap_or(false));
+            stats.transactions.fetch_add(job.completions.len() as u64, Ordering::Relaxed);
+            let batch_seq = job.batch_seq;
+            for completion in job.completions {
+                completion(outcome.clone().map(|()| Durable { batch_seq }));
+            }
         }
     }
 }
@@ -502,8 +609,9 @@ pub(super) fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Applies `batch`, calls `applied` once the engine holds it, and flushes.
-fn apply_and_flush(
+/// Applies `batch`, calls `applied` once the engine holds it, and writes
+/// it out (the sync follows on the syncer).
+fn apply_and_write_out(
     backend: &dyn Backend,
     batch: &WriteBatch,
     stats: &StoreStats,
@@ -514,10 +622,10 @@ fn apply_and_flush(
     applied();
     stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
     let started = Instant::now();
-    let flushed = backend.flush();
+    let written = backend.write_out();
     stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    flushed
+    written
 }
 
 #[cfg(test)]

@@ -108,6 +108,18 @@ pub trait Backend: Send + Sync + 'static {
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// The first half of [`Backend::flush`]: writes every applied batch out
+    /// to the device without waiting for it to be stable, so the commit
+    /// thread can go on while [`Backend::sync`] waits. Nothing by default.
+    fn write_out(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The second half of [`Backend::flush`]: makes everything written out
+    /// durable. Runs on another thread than `apply` and `write_out`, while
+    /// they go on. [`Backend::flush`] by default.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
     /// Bytes the storage device has read so far for the calling thread (not
     /// served from the OS page cache), if the engine can tell: asked on the
     /// commit thread, the sign that its working set is not cached

@@ -226,7 +226,19 @@ impl Backend for SledBackend {
     /// sled's flush, then the syncs it leaves out: nothing counts as
     /// durable before the log's bytes are on stable storage.
     fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(|db| db.flush().map(|_| ()).map_err(engine))?;
+        self.write_out()?;
+        self.sync()
+    }
+
+    /// sled's flush: the log buffers written to the file and pushed out with
+    /// `sync_file_range`, which does not wait for the device to make them
+    /// stable.
+    fn write_out(&self) -> Result<(), StoreError> {
+        self.with_db(|db| db.flush().map(|_| ()).map_err(engine))
+    }
+
+    /// `fdatasync` of the log, and of whatever else sled wrote unsynced.
+    fn sync(&self) -> Result<(), StoreError> {
         let mut files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let files = files.as_mut().ok_or_else(reopening)?;
         files.sync(&self.path).map_err(|error| io_error(&self.path, &error))
