@@ -368,7 +368,15 @@ async fn a_store_that_cannot_write_answers_503_and_recovers_by_itself_losing_not
     assert!(problem.get("data").is_none() && !problem.to_string().contains("ada@example.org"), "{problem}");
     assert!(retry_after.is_some_and(|seconds| seconds.parse::<u64>().unwrap() >= 1), "Retry-After");
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "not ready while storage fails");
+    assert_eq!(ready.status(), 503, "not ready while storage fails: {}", {
+        let said: Vec<String> = server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .map(|line| line.chars().take(400).collect())
+            .collect();
+        said[said.len().saturating_sub(30)..].join("\n")
+    });
     let (status, write) = roles::send(
         &client,
         reqwest::Method::PUT,
@@ -395,7 +403,18 @@ async fn a_store_that_cannot_write_answers_503_and_recovers_by_itself_losing_not
             acknowledged.push(read["audit_index"].as_u64().unwrap());
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "still {ready} / {status} after room came back: {read}");
+        if std::time::Instant::now() >= deadline {
+            let said: Vec<String> = server
+                .stderr_text()
+                .lines()
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "still {ready} / {status} after room came back: {read}\n{}",
+                said[said.len().saturating_sub(40)..].join("\n")
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let stderr = server.stderr_text();

@@ -94,6 +94,9 @@ pub struct StoreStats {
     pub stamps_stale: AtomicU64,
     /// Flushes that failed.
     pub flush_failures: AtomicU64,
+    /// Reads in transactions that the device refused
+    /// ([`StoreError::Unavailable`]); one makes the store unhealthy.
+    pub read_failures: AtomicU64,
     /// Times the engine was made usable again after a failure
     /// ([`Backend::recover`]).
     pub recoveries: AtomicU64,
@@ -426,6 +429,7 @@ fn run_batches(
         let mut completions = Vec::with_capacity(jobs.len());
         let mut touched = Vec::new();
         let executing = Instant::now();
+        let read_failures = stats.read_failures.load(Ordering::Relaxed);
         for job in jobs {
             let mut txn = Txn::new(backend, &batch, batch_seq, txn_context);
             let completion = job(&mut txn);
@@ -463,6 +467,11 @@ fn run_batches(
                 versions.publish_applied(&touched);
             }),
         };
+        // A read the device refused leaves the engine suspect (sled keeps an
+        // I/O error for every later call): the store recovers before going on.
+        if stats.read_failures.load(Ordering::Relaxed) != read_failures {
+            healthy.store(false, Ordering::Release);
+        }
         if outcome.is_err() {
             // Whether the engine holds the batch or not, nothing cached is
             // trusted after a failure.
@@ -582,11 +591,11 @@ impl Recovery {
         self.last.is_none_or(|last| last.elapsed() >= RECOVERY_INTERVAL)
     }
 
-    /// Reopens the engine if it needs it and checks that a flush goes
-    /// through; says whether the store may commit again.
+    /// Reopens the engine if it needs it and checks that the device takes
+    /// a write again; says whether the store may commit again.
     fn attempt(&mut self, backend: &dyn Backend, stats: &StoreStats) -> bool {
         self.last = Some(Instant::now());
-        match backend.recover().and_then(|()| backend.flush()) {
+        match backend.recover().and_then(|()| probe(backend)) {
             Ok(()) => {
                 stats.recoveries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(attempts = self.failures + 1, "storage recovered; committing again");
@@ -604,6 +613,29 @@ impl Recovery {
         }
     }
 }
+
+/// Size of the write that proves the device takes writes again: larger
+/// than the space an engine reserved before (sled writes a value this large
+/// to a file of its own, and its log grows by 512 KiB segments), so it
+/// needs that much room on the device; the store then has headroom for
+/// thousands of batches, not a handful.
+const PROBE_BYTES: usize = 4 << 20;
+
+/// Writes [`PROBE_BYTES`] under a key of its own, flushes, removes it and
+/// flushes again.
+fn probe(backend: &dyn Backend) -> Result<(), StoreError> {
+    let key = Key::meta(PROBE_KEY).as_bytes().to_vec();
+    let mut batch = WriteBatch::new();
+    batch.insert(key.clone(), Some(vec![0; PROBE_BYTES]));
+    backend.apply(&batch)?;
+    backend.flush()?;
+    batch.insert(key, None);
+    backend.apply(&batch)?;
+    backend.flush()
+}
+
+/// The key of the recovery probe; never there outside an attempt.
+const PROBE_KEY: &str = "store/recovery-probe";
 
 pub(super) fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)

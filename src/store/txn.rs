@@ -137,10 +137,20 @@ impl<'a> Txn<'a> {
         if let Some(write) = self.writes.get(bytes).or_else(|| self.batch.get(bytes)) {
             return Ok(write.clone());
         }
-        match self.context.cache {
+        let read = match self.context.cache {
             Some(cache) => cache.borrow_mut().get(bytes, || self.backend.get(bytes)),
             None => self.backend.get(bytes),
+        };
+        self.engine_read(read)
+    }
+
+    /// Counts a read the device refused: the engine may be failed for good
+    /// (sled after an I/O error), which the commit thread then sees.
+    fn engine_read<T>(&self, read: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Unavailable(_)) = &read {
+            self.context.stats.read_failures.fetch_add(1, Ordering::Relaxed);
         }
+        read
     }
 
     /// Whether `key` holds a value.
@@ -152,10 +162,10 @@ impl<'a> Txn<'a> {
     pub fn scan_prefix(&self, prefix: &Key) -> Result<Entries, StoreError> {
         // The end is only worked out when the engine is asked.
         let scan = || self.backend.scan(prefix.as_bytes(), &prefix.prefix_end(), usize::MAX);
-        let stored = match self.context.cache {
-            Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan)?,
-            None => scan()?,
-        };
+        let stored = self.engine_read(match self.context.cache {
+            Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan),
+            None => scan(),
+        })?;
         let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
         for pending in [self.batch, &self.writes] {
             for (key, value) in pending.range(prefix.as_bytes().to_vec()..) {
@@ -176,7 +186,7 @@ impl<'a> Txn<'a> {
     /// every key exactly once.
     pub fn scan_from(&self, start: &[u8], limit: usize) -> Result<ScanPage, StoreError> {
         let limit = limit.max(1);
-        let stored = self.backend.scan(start, &[], limit)?;
+        let stored = self.engine_read(self.backend.scan(start, &[], limit))?;
         // The engine's last key bounds the span this page covers, unless the
         // engine ran out of keys first.
         let bound = if stored.len() == limit { stored.last().map(|(key, _)| key.clone()) } else { None };
