@@ -23,7 +23,7 @@ use crate::clock;
 use crate::core::Core;
 use crate::crypto::{CryptoError, random_bytes};
 use crate::ids::{SubjectId, hex};
-use crate::store::{CommitError, Key, StoreError};
+use crate::store::{CommitError, Key, StoreError, Txn};
 use crate::subjects::{DataError, Subjects};
 
 /// Shortest customer password accepted.
@@ -449,28 +449,12 @@ impl Principals {
         role: Role,
         id: &str,
     ) -> Result<PrincipalRecord, PrincipalError> {
-        let key = principal_key(role, id);
-        let now = self.core.clock().rfc3339();
-        let mut event = AuditEvent::new(EventKind::PrincipalDisabled, actor.clone(), &now)
-            .related(Related::Principal(role.audit_role()), id);
-        if role == Role::Business {
-            event.business = Some(id.to_owned());
-        }
-        let log = self.core.audit().clone();
-        let ((record, appended), durable) = self
-            .core
-            .store()
-            .commit_durable(move |txn| {
-                let bytes = txn.get(&key)?.ok_or(PrincipalError::NotFound(role.as_str()))?;
-                let mut record: PrincipalRecord =
-                    serde_json::from_slice(&bytes).map_err(|_| record_error("principal"))?;
+        let record = self
+            .principal_change(actor, role, id, EventKind::PrincipalDisabled, |_, record| {
                 record.disabled = true;
-                txn.put(key, serde_json::to_vec(&record).map_err(|_| record_error("principal"))?);
-                Ok::<_, PrincipalError>((record, log.append(txn, &event)?))
+                Ok(())
             })
             .await?;
-        self.core.audit().confirm(appended, &durable)?;
-        self.token_cache().forget_principal(id);
         tracing::info!(role = role.as_str(), id, "principal disabled");
         Ok(record)
     }
@@ -482,10 +466,40 @@ impl Principals {
     pub async fn secret_rotate(&self, actor: &Actor, role: Role, id: &str) -> Result<NewClient, PrincipalError> {
         let client_secret = secret(&self.core)?;
         let secret_sha256 = sha256_hex(&client_secret);
+        let record = self
+            .principal_change(actor, role, id, EventKind::PrincipalSecretRotated, move |txn, record| {
+                if record.disabled {
+                    return Err(PrincipalError::BadCredentials);
+                }
+                let client_key = Key::client(&record.client_id);
+                let client_bytes = txn.get(&client_key)?.ok_or(record_error("client"))?;
+                let mut client: ClientRecord =
+                    serde_json::from_slice(&client_bytes).map_err(|_| record_error("client"))?;
+                client.secret_sha256 = secret_sha256;
+                record.secret_version = record.secret_version.checked_add(1).ok_or(record_error("secret version"))?;
+                txn.put(client_key, serde_json::to_vec(&client).map_err(|_| record_error("client"))?);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(role = role.as_str(), id, "client secret rotated");
+        Ok(NewClient { id: record.id, client_id: record.client_id, client_secret })
+    }
+
+    /// Changes the record of principal `id` in `role` with `change`, in one
+    /// transaction with its `kind` event by `actor`; the token cache then
+    /// forgets the principal's tokens, so each is checked against the new
+    /// record.
+    async fn principal_change(
+        &self,
+        actor: &Actor,
+        role: Role,
+        id: &str,
+        kind: EventKind,
+        change: impl FnOnce(&mut Txn<'_>, &mut PrincipalRecord) -> Result<(), PrincipalError> + Send + 'static,
+    ) -> Result<PrincipalRecord, PrincipalError> {
         let key = principal_key(role, id);
         let now = self.core.clock().rfc3339();
-        let mut event = AuditEvent::new(EventKind::PrincipalSecretRotated, actor.clone(), &now)
-            .related(Related::Principal(role.audit_role()), id);
+        let mut event = AuditEvent::new(kind, actor.clone(), &now).related(Related::Principal(role.audit_role()), id);
         if role == Role::Business {
             event.business = Some(id.to_owned());
         }
@@ -497,24 +511,14 @@ impl Principals {
                 let bytes = txn.get(&key)?.ok_or(PrincipalError::NotFound(role.as_str()))?;
                 let mut record: PrincipalRecord =
                     serde_json::from_slice(&bytes).map_err(|_| record_error("principal"))?;
-                if record.disabled {
-                    return Err(PrincipalError::BadCredentials);
-                }
-                let client_key = Key::client(&record.client_id);
-                let client_bytes = txn.get(&client_key)?.ok_or(record_error("client"))?;
-                let mut client: ClientRecord =
-                    serde_json::from_slice(&client_bytes).map_err(|_| record_error("client"))?;
-                client.secret_sha256 = secret_sha256;
-                record.secret_version = record.secret_version.checked_add(1).ok_or(record_error("secret version"))?;
-                txn.put(client_key, serde_json::to_vec(&client).map_err(|_| record_error("client"))?);
+                change(txn, &mut record)?;
                 txn.put(key, serde_json::to_vec(&record).map_err(|_| record_error("principal"))?);
                 Ok::<_, PrincipalError>((record, log.append(txn, &event)?))
             })
             .await?;
         self.core.audit().confirm(appended, &durable)?;
         self.token_cache().forget_principal(id);
-        tracing::info!(role = role.as_str(), id, "client secret rotated");
-        Ok(NewClient { id: record.id, client_id: record.client_id, client_secret })
+        Ok(record)
     }
 
     /// Gives every business registered before names were unique an entry

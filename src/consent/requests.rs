@@ -253,12 +253,7 @@ impl Consent {
             .ok()
             .and_then(|text| text.parse().ok())
             .ok_or(super::corrupt("request index"))?;
-        let bytes = self
-            .core
-            .store()
-            .get(&Key::request(subject.as_bytes(), request_id))?
-            .ok_or(ConsentError::NotFound("request"))?;
-        Ok(decode(&bytes, "request")?)
+        self.request_of_customer(subject, request_id)
     }
 
     fn request_of_customer(&self, subject: SubjectId, request_id: &RequestId) -> Result<AccessRequest, ConsentError> {
