@@ -26,9 +26,21 @@ fn tokens(c: &mut Criterion) {
     // A realistic population: many principals' tokens, then the one read.
     for n in 0..10_000u32 {
         let other = issuer.issue(Role::Customer, &format!("{n:032x}"), &format!("jti-{n}"), now).unwrap().token;
-        cache.insert(&other, Principal { role: Role::Customer, id: format!("{n:032x}") }, now + 900, now);
+        cache.insert(
+            &other,
+            Principal { role: Role::Customer, id: format!("{n:032x}") },
+            now + 900,
+            now,
+            cache.generation(),
+        );
     }
-    cache.insert(&token, Principal { role: Role::Business, id: business.to_owned() }, now + 900, now);
+    cache.insert(
+        &token,
+        Principal { role: Role::Business, id: business.to_owned() },
+        now + 900,
+        now,
+        cache.generation(),
+    );
     c.bench_function("token/cache hit", |b| b.iter(|| cache.get(&token, now + 1).unwrap()));
 }
 

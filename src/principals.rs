@@ -43,6 +43,9 @@ pub enum PrincipalError {
     /// vague: it does not say whether the client exists.
     #[error("invalid credentials")]
     BadCredentials,
+    /// A rotation named a current client secret that is not the one held.
+    #[error("the current client secret given is not this client's")]
+    WrongSecret,
     /// The token is not acceptable (expired, forged, of a disabled or
     /// unknown principal...).
     #[error("invalid token: {0}")]
@@ -106,6 +109,10 @@ struct ClientRecord {
     principal_id: String,
     secret_sha256: String,
     created_at: String,
+    /// The version of this secret, which the tokens it signs in for name
+    /// ([`PrincipalRecord::secret_version`] holds the current one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    secret_version: u32,
 }
 
 /// A registered business or auditor (or the admin).
@@ -322,6 +329,7 @@ impl Principals {
             principal_id: id.clone(),
             secret_sha256: sha256_hex(&credentials.client_secret),
             created_at: now.clone(),
+            secret_version: 0,
         };
         let record = PrincipalRecord {
             id: id.clone(),
@@ -460,12 +468,22 @@ impl Principals {
     }
 
     /// Replaces the client secret of principal `id` in `role` (a business
-    /// rotating its own): the old secret, and every token issued under it,
-    /// stop working when this returns. Audited as `principal.secret_rotated`.
-    /// The new secret is in the answer, and nowhere else.
-    pub async fn secret_rotate(&self, actor: &Actor, role: Role, id: &str) -> Result<NewClient, PrincipalError> {
+    /// rotating its own), which must prove it holds the `current` one: a
+    /// token alone (one that leaked, or one the admin made with the first
+    /// secret) cannot take the credentials over. The old secret, and every
+    /// token issued under it, stop working when this returns. Audited as
+    /// `principal.secret_rotated`. The new secret is in the answer, and
+    /// nowhere else.
+    pub async fn secret_rotate(
+        &self,
+        actor: &Actor,
+        role: Role,
+        id: &str,
+        current: &str,
+    ) -> Result<NewClient, PrincipalError> {
         let client_secret = secret(&self.core)?;
         let secret_sha256 = sha256_hex(&client_secret);
+        let current_sha256 = sha256_hex(current);
         let record = self
             .principal_change(actor, role, id, EventKind::PrincipalSecretRotated, move |txn, record| {
                 if record.disabled {
@@ -475,8 +493,12 @@ impl Principals {
                 let client_bytes = txn.get(&client_key)?.ok_or(record_error("client"))?;
                 let mut client: ClientRecord =
                     serde_json::from_slice(&client_bytes).map_err(|_| record_error("client"))?;
+                if !same(&current_sha256, &client.secret_sha256) {
+                    return Err(PrincipalError::WrongSecret);
+                }
                 client.secret_sha256 = secret_sha256;
                 record.secret_version = record.secret_version.checked_add(1).ok_or(record_error("secret version"))?;
+                client.secret_version = record.secret_version;
                 txn.put(client_key, serde_json::to_vec(&client).map_err(|_| record_error("client"))?);
                 Ok(())
             })
@@ -638,7 +660,10 @@ impl Principals {
         if record.disabled {
             return Err(PrincipalError::BadCredentials);
         }
-        self.token_issue(client.role, &client.principal_id, record.secret_version)
+        // The version the secret itself carries: a rotation that lands
+        // between the two reads makes this token one of the old secret,
+        // which the new record refuses.
+        self.token_issue(client.role, &client.principal_id, client.secret_version)
     }
 
     /// Issues a token for a customer's password.
@@ -709,6 +734,9 @@ impl Principals {
             TokenError::Invalid(reason) => PrincipalError::BadToken(reason),
             other => PrincipalError::Token(other),
         })?;
+        // Taken before the record is read: a disable or rotation that lands
+        // meanwhile keeps this token out of the cache.
+        let generation = self.token_cache().generation();
         let principal = self.principal_of(&verified).await?;
         // An erased customer's tokens end with the erasure, whoever issued them.
         if principal.role == Role::Customer {
@@ -717,7 +745,7 @@ impl Principals {
                 return Err(PrincipalError::BadToken("erased customer"));
             }
         }
-        self.token_cache().insert(token, principal.clone(), verified.expires_at, now);
+        self.token_cache().insert(token, principal.clone(), verified.expires_at, now, generation);
         Ok(principal)
     }
 

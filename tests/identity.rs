@@ -55,6 +55,7 @@ struct Fixtures {
     admin_client_id: String,
     admin_client_secret: String,
     business_id: String,
+    business_secret: String,
     business_to_disable: String,
     auditor_to_disable: String,
     business_to_connect: String,
@@ -114,6 +115,7 @@ impl Fixtures {
             admin_client_id: admin.client_id.clone(),
             admin_client_secret: admin.client_secret.clone(),
             business_id: business.id.clone(),
+            business_secret: business.secret.clone(),
             business_to_disable,
             auditor_to_disable,
             business_to_connect,
@@ -244,7 +246,9 @@ fn operations() -> Vec<Operation> {
             call_with(format!("/v1/me/access-requests/{}/deny", f.request_to_deny), json!({}))
         }),
         // The business signs in again with the new secret (see the runner).
-        op("POST", "/v1/credentials/rotate", BUSINESS, |_| call("/v1/credentials/rotate")),
+        op("POST", "/v1/credentials/rotate", BUSINESS, |f| {
+            call_with("/v1/credentials/rotate", json!({"client_secret": f.business_secret}))
+        }),
         op("GET", "/v1/subjects/{pairwise_id}/data", BUSINESS, |f| {
             call(format!("/v1/subjects/{}/data?purpose=marketing", f.pairwise))
         }),
@@ -1007,7 +1011,13 @@ async fn a_business_rotates_its_own_secret_and_the_old_secret_and_its_tokens_sto
         json!({"business_id": business_id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30});
     assert_eq!(customer.grant(&grant).await.0, 201);
 
-    let (status, rotated) = business.post("/v1/credentials/rotate", &json!({})).await;
+    // A token alone does not rotate the secret: the current one is needed.
+    for wrong in [json!({}), json!({"client_secret": "not-the-secret"})] {
+        let (status, problem) = business.post("/v1/credentials/rotate", &wrong).await;
+        assert!(status == 400 || (status, problem["code"].as_str()) == (401, Some("invalid_credentials")), "{problem}");
+    }
+    assert_eq!(admins_copy.get("/v1/grants").await.0, 200, "a refused rotation changes nothing");
+    let (status, rotated) = business.post("/v1/credentials/rotate", &json!({"client_secret": old_secret})).await;
     assert_eq!(status, 200, "{rotated}");
     assert_eq!(rotated["business_id"], business_id.as_str());
     assert_eq!(rotated["client_id"], client_id.as_str(), "the client id stays; only the secret changes");
@@ -1022,7 +1032,7 @@ async fn a_business_rotates_its_own_secret_and_the_old_secret_and_its_tokens_sto
     for stale in [&business, &admins_copy] {
         let (status, problem) = stale.get("/v1/grants").await;
         assert_eq!(status, 401, "{problem}");
-        let (status, _) = stale.post("/v1/credentials/rotate", &json!({})).await;
+        let (status, _) = stale.post("/v1/credentials/rotate", &json!({"client_secret": old_secret})).await;
         assert_eq!(status, 401, "a stale token cannot rotate the secret again");
     }
     // The new secret works, and the customer's grant is the business's still.
@@ -1045,7 +1055,8 @@ async fn a_business_rotates_its_own_secret_and_the_old_secret_and_its_tokens_sto
         assert!(!log.contains(secret.as_str()), "a client secret is in the audit log");
     }
     // Only a business rotates its own: another role is refused.
-    let (status, problem) = customer.caller().post("/v1/credentials/rotate", &json!({})).await;
+    let (status, problem) =
+        customer.caller().post("/v1/credentials/rotate", &json!({"client_secret": new_secret})).await;
     assert_eq!((status, problem["code"].as_str()), (403, Some("wrong_role")), "{problem}");
 }
 

@@ -484,7 +484,7 @@ async fn every_acknowledged_write_follows_an_fdatasync_of_the_store_log() {
         "-e",
         "signal=none",
         "-e",
-        "trace=fsync,fdatasync,sync_file_range,write,writev,sendto,sendmsg",
+        "trace=fsync,fdatasync,sync_file_range,pwrite64,write,writev,sendto,sendmsg",
         "-o",
         &trace_arg,
         "--",
@@ -522,33 +522,42 @@ async fn every_acknowledged_write_follows_an_fdatasync_of_the_store_log() {
     let store = data_dir.join("store");
     let log = format!("<{}>", store.join("db").display());
     let to_us = format!(":{port}]>");
-    // In the order the calls completed: a sync of the log, or an answer
-    // written to our connection. A call another thread interrupts is split
-    // into an `<unfinished ...>` line with its arguments and a `resumed`
-    // line with its result, both after the thread's id.
+    // In trace order: writes to the log, syncs of the log, and answers on
+    // our connection. A call another thread interrupts is split into an
+    // `<unfinished ...>` line with its arguments and a `resumed` line with
+    // its result, both after the thread's id. Each answer must follow a
+    // sync of the log that began after the last write to it: the bytes of
+    // its batch were on stable storage before it went out.
     let mut acknowledged = 0;
-    let mut synced_since_last_answer = false;
-    let mut log_syncs_running = std::collections::BTreeSet::new();
-    for line in trace.lines() {
+    let mut last_log_write = None;
+    let mut newest_sync_started = None;
+    let mut log_syncs_running = std::collections::BTreeMap::new();
+    for (number, line) in trace.lines().enumerate() {
         let mut words = line.split_whitespace();
         let (thread, call) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if call.starts_with("pwrite64(") && line.contains(&log) {
+            last_log_write = Some(number);
+        }
         let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
         if is_sync && line.contains(&log) {
             if line.contains("<unfinished ...>") {
-                log_syncs_running.insert(thread.to_owned());
+                log_syncs_running.insert(thread.to_owned(), number);
             } else if line.ends_with("= 0") {
-                synced_since_last_answer = true;
+                newest_sync_started = Some(number);
             }
         }
         if (line.contains("<... fdatasync resumed>") || line.contains("<... fsync resumed>"))
-            && log_syncs_running.remove(thread)
+            && let Some(started) = log_syncs_running.remove(thread)
             && line.ends_with("= 0")
         {
-            synced_since_last_answer = true;
+            newest_sync_started = newest_sync_started.max(Some(started));
         }
         if line.contains(&to_us) && line.contains("HTTP/1.1 200") {
-            assert!(synced_since_last_answer, "an answer went out with no fdatasync of the log before it: {line}");
-            synced_since_last_answer = false;
+            assert!(last_log_write.is_some(), "the log was never written");
+            assert!(
+                newest_sync_started > last_log_write,
+                "an answer went out before a sync of the log's last write ({line}); trace line {number}"
+            );
             acknowledged += 1;
         }
     }

@@ -44,7 +44,8 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
                 "Storage unavailable",
-                "the vault cannot write to its storage now; nothing was changed or released; try again shortly",
+                "the vault cannot write to its storage now; the request was not acknowledged (it may or may not \
+                 have been applied) and no data was released; try again shortly",
             ),
             Some(STORAGE_RETRY_AFTER),
         )
@@ -158,6 +159,7 @@ impl ApiError {
     fn failed_audit(error: AuditError) -> Self {
         match error {
             AuditError::Store(error) => error.into(),
+            AuditError::SigningRefused(rollback) => super::rolled_back(&rollback).into(),
             other => Self::internal(&other),
         }
     }
@@ -226,6 +228,7 @@ impl From<crate::subjects::DataError> for ApiError {
             DataError::Store(error)
             | DataError::Release(crate::release::ReleaseError::Store(error))
             | DataError::Key(crate::keys::KeyError::Store(error)) => error.into(),
+            DataError::Key(crate::keys::KeyError::Audit(error)) => Self::failed_audit(error),
             DataError::Audit(error) => Self::failed_audit(error),
             error @ (DataError::KeyExhausted
             | DataError::KeyChanged
@@ -253,6 +256,7 @@ impl From<crate::principals::PrincipalError> for ApiError {
                 Self::client(StatusCode::CONFLICT, "name_taken", "Name taken", error.to_string())
             }
             PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
+            PrincipalError::WrongSecret => Self::invalid_credentials(),
             PrincipalError::Store(error) => error.into(),
             PrincipalError::Audit(error) => Self::failed_audit(error),
             error @ (PrincipalError::CredentialsFile { .. }

@@ -14,16 +14,27 @@ use super::extract::{Json, json_body};
 use super::problem::Problem;
 use crate::principals::Limits;
 
+/// The body of `POST /v1/credentials/rotate`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRotation {
+    /// The client secret held now: a token alone does not rotate it.
+    client_secret: String,
+}
+
 /// `POST /v1/credentials/rotate`: a business replaces its own client
-/// secret. The new one is shown once, in this answer; the old one, and every
-/// token issued under it (this request's too), stop working at once.
-#[utoipa::path(post, path = "/v1/credentials/rotate", tag = "business", security(("bearer" = [])), responses((status = 200, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+/// secret, proving it holds the current one. The new one is shown once, in
+/// this answer; the old one, and every token issued under it (this
+/// request's too), stop working at once.
+#[utoipa::path(post, path = "/v1/credentials/rotate", tag = "business", request_body = SecretRotation, security(("bearer" = [])), responses((status = 200, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token, or not the current client secret", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 pub async fn credentials_rotate(
     caller: super::guard::BusinessCaller,
     State(state): State<AppState>,
+    Json(body): Json<SecretRotation>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let role = crate::auth::Role::Business;
-    let rotated = state.vault.principals().secret_rotate(&caller.principal.actor(), role, &caller.business).await?;
+    let actor = caller.principal.actor();
+    let rotated = state.vault.principals().secret_rotate(&actor, role, &caller.business, &body.client_secret).await?;
     Ok(axum::Json(super::admin::credentials_body(role, rotated)))
 }
 

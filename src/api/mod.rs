@@ -287,6 +287,7 @@ pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
         consent::Denial,
         identity::TokenRequest,
         identity::SignupRequest,
+        identity::SecretRotation,
         me::FieldPut,
         me::EraseConfirm,
         serde_json::Map<String, serde_json::Value>,

@@ -405,17 +405,25 @@ impl AuditLog {
     /// The newest signed checkpoint that is on disk, to hand out: it is
     /// recorded as published first ([`published`]).
     pub fn checkpoint_latest(&self) -> Result<String, AuditError> {
+        self.hand_out(self.latest_note()?)
+    }
+
+    fn latest_note(&self) -> Result<String, AuditError> {
         let note = self.0.latest_note.read().map(|note| note.clone()).map_err(|_| AuditError::Corrupt("checkpoint"))?;
         if note.is_empty() {
             return Err(AuditError::Corrupt("latest checkpoint"));
         }
-        if let Some(publication) = self.0.publication.get() {
-            let size =
-                note.lines().nth(1).and_then(|size| size.parse().ok()).ok_or(AuditError::Corrupt("checkpoint"))?;
-            publication
-                .record(&note, size)
-                .map_err(|error| StoreError::Unavailable(format!("cannot record the published checkpoint: {error}")))?;
-        }
+        Ok(note)
+    }
+
+    /// `note` as it may leave the vault: recorded as published first if it
+    /// is newer than every checkpoint recorded.
+    fn hand_out(&self, note: String) -> Result<String, AuditError> {
+        let Some(publication) = self.0.publication.get() else { return Ok(note) };
+        let size = note.lines().nth(1).and_then(|size| size.parse().ok()).ok_or(AuditError::Corrupt("checkpoint"))?;
+        publication.record(&note, size).map_err(|error| {
+            AuditError::from(StoreError::Unavailable(format!("cannot record the published checkpoint: {error}")))
+        })?;
         Ok(note)
     }
 
@@ -491,7 +499,8 @@ impl AuditLog {
     }
 
     /// The earliest checkpoint kept in the history whose tree contains entry
-    /// `index` and is durable; reads only. `None` if there is none yet.
+    /// `index` and is durable, recorded as published first if it is newer
+    /// than every one recorded. `None` if there is none yet.
     pub fn checkpoint_covering(&self, store: &Store, index: u64) -> Result<Option<String>, AuditError> {
         let end = self.durable_size();
         if index >= end {
@@ -504,7 +513,10 @@ impl AuditLog {
         )?;
         rows.into_iter()
             .next()
-            .map(|(_, note)| String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint")))
+            .map(|(_, note)| {
+                let note = String::from_utf8(note).map_err(|_| AuditError::Corrupt("checkpoint"))?;
+                self.hand_out(note)
+            })
             .transpose()
     }
 

@@ -3,7 +3,10 @@
 //! size.
 //!
 //! A checkpoint is published when it leaves the vault: served at
-//! `GET /v1/audit/checkpoint`, with an access-log page or in an export.
+//! `GET /v1/audit/checkpoint`, with an access-log page, in an export or an
+//! erasure receipt. A record costs a small file write and two syncs, made
+//! only when the log grew since the last one; callers at the same moment
+//! share one, and the public route makes it off the async workers.
 //! Before it is handed out its note is written to
 //! `<data-dir>/published-checkpoint` (synced, renamed, directory synced), so
 //! the file is never older than what anyone outside holds. It is written
@@ -115,7 +118,9 @@ impl Publication {
     }
 
     /// Records `note` (of tree size `size`) as published, unless a checkpoint
-    /// at least as large already is. Returns once the file is durable.
+    /// at least as large already is; returns once the file is durable.
+    /// Callers handing out checkpoints at once wait for one record, then
+    /// find theirs covered.
     pub(super) fn record(&self, note: &str, size: u64) -> std::io::Result<()> {
         let mut published = self.size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if size <= *published {

@@ -111,6 +111,8 @@ pub struct Store {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
+    /// Set for good once a sync fails.
+    sync_failed: Arc<AtomicBool>,
     stats: Arc<StoreStats>,
     finalizer: Arc<std::sync::OnceLock<Finalizer>>,
     versions: Arc<Versions>,
@@ -132,6 +134,8 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         let thread_backend = Arc::clone(&backend);
         let thread_healthy = Arc::clone(&healthy);
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        let thread_sync_failed = Arc::clone(&sync_failed);
         let thread_stats = Arc::clone(&stats);
         let finalizer: Arc<std::sync::OnceLock<Finalizer>> = Arc::new(std::sync::OnceLock::new());
         let thread_finalizer = Arc::clone(&finalizer);
@@ -148,6 +152,7 @@ impl Store {
                     let context = CommitContext {
                         backend: &*thread_backend,
                         healthy: &thread_healthy,
+                        sync_failed: &thread_sync_failed,
                         stats: &thread_stats,
                         finalizer: &thread_finalizer,
                         versions: &thread_versions,
@@ -162,6 +167,7 @@ impl Store {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
             healthy,
+            sync_failed,
             stats,
             finalizer,
             versions,
@@ -239,7 +245,7 @@ impl Store {
     pub fn is_healthy(&self) -> bool {
         let running =
             self.thread.lock().map(|thread| thread.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false);
-        running && self.healthy.load(Ordering::Acquire)
+        running && self.healthy.load(Ordering::Acquire) && !self.sync_failed.load(Ordering::Acquire)
     }
 
     /// Counters of the commit path.
@@ -355,6 +361,8 @@ impl Drop for Store {
 struct CommitContext<'a> {
     backend: &'a dyn Backend,
     healthy: &'a AtomicBool,
+    /// Set for good once a sync fails ([`sync_loop`]).
+    sync_failed: &'a AtomicBool,
     stats: &'a StoreStats,
     finalizer: &'a std::sync::OnceLock<Finalizer>,
     versions: &'a Versions,
@@ -363,10 +371,6 @@ struct CommitContext<'a> {
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let (to_syncer, syncer_jobs) = mpsc::channel::<SyncJob>();
-    // Bumped by every recovery: the syncer fails every batch run since a
-    // failed sync until the engine was reopened.
-    let epoch = AtomicU64::new(0);
-    let epoch = &epoch;
     std::thread::scope(|scope| {
         let syncer = std::thread::Builder::new()
             .name(SYNC_THREAD_NAME.to_owned())
@@ -375,7 +379,7 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
             tracing::error!(%error, "cannot start the sync thread; nothing can be committed");
             return;
         }
-        run_batches(context, epoch, receiver, &to_syncer);
+        run_batches(context, receiver, &to_syncer);
         // Closing the channel ends the syncer once it has answered every
         // batch; the scope waits for it.
         drop(to_syncer);
@@ -385,13 +389,8 @@ fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
 /// The commit thread proper: runs each batch's transactions, applies the
 /// batch and writes it out, then hands it to the syncer and goes on with the
 /// next batch while the device makes the previous one stable.
-fn run_batches(
-    context: &CommitContext<'_>,
-    epoch: &AtomicU64,
-    receiver: &mpsc::Receiver<Job>,
-    to_syncer: &mpsc::Sender<SyncJob>,
-) {
-    let CommitContext { backend, healthy, stats, finalizer, versions, cold } = *context;
+fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_syncer: &mpsc::Sender<SyncJob>) {
+    let CommitContext { backend, healthy, sync_failed, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
     let txn_context = TxnContext { versions, stats, cache: Some(&cache) };
     let mut cold_window = ColdWindow::default();
@@ -407,15 +406,13 @@ fn run_batches(
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if !healthy.load(Ordering::Acquire) && recovery.due() && recovery.attempt(backend, stats) {
+        if !healthy.load(Ordering::Acquire) && recovery.due() && recovery.attempt(backend, stats, sync_failed) {
             cache.borrow_mut().clear();
             versions.all_changed();
-            epoch.fetch_add(1, Ordering::AcqRel);
             healthy.store(true, Ordering::Release);
         }
         let Some(first) = first else { continue };
         batch_seq += 1;
-        let batch_epoch = epoch.load(Ordering::Acquire);
         let mut jobs = vec![first];
         while jobs.len() < BATCH_TRANSACTIONS_MAX {
             match receiver.try_recv() {
@@ -483,7 +480,7 @@ fn run_batches(
             healthy.store(false, Ordering::Release);
         }
         let needs_sync = outcome.is_ok() && (!batch.is_empty() || !was_healthy);
-        let job = SyncJob { batch_seq, epoch: batch_epoch, needs_sync, outcome, hooks, completions, batch, taps };
+        let job = SyncJob { batch_seq, needs_sync, outcome, hooks, completions, batch, taps };
         if let Err(mpsc::SendError(job)) = to_syncer.send(job) {
             // The syncer is gone (it panicked): nothing is made durable.
             for completion in job.completions {
@@ -506,8 +503,6 @@ fn run_batches(
 /// device: its answers go out once a sync that began after it succeeds.
 struct SyncJob {
     batch_seq: u64,
-    /// The recovery epoch the batch ran in.
-    epoch: u64,
     /// Whether the batch wrote anything out that a sync must make stable.
     needs_sync: bool,
     /// How running, applying and writing out went.
@@ -522,40 +517,45 @@ struct SyncJob {
 /// The syncer: takes every batch written out so far, makes them stable
 /// with one [`Backend::sync`], and answers them in order. One sync covers
 /// all the batches that queued while the last one ran.
+///
+/// A failed sync is final for this process. After an `fdatasync` error the
+/// kernel may keep pages the device never took, marked clean: a later sync
+/// succeeds and a reopened engine reads them back, though they are not on
+/// disk. So every batch from then on fails, and the store does not recover
+/// by itself (`Store::is_healthy` stays false); the operator checks the
+/// device. A device that refuses a write (a full disk, a file-size limit)
+/// fails the write-out on the commit thread instead, before anything is
+/// cached, and that the store does recover from.
 fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
-    let CommitContext { backend, healthy, stats, .. } = *context;
+    let CommitContext { backend, healthy, sync_failed, stats, .. } = *context;
     let mut taps: Vec<BatchTap> = Vec::new();
-    // The epoch of the newest batch a failed sync may have lost.
-    let mut failed_epoch: Option<u64> = None;
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         group.extend(jobs.try_iter());
-        let synced = if group.iter().any(|job| job.needs_sync) {
+        let synced = if sync_failed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable("a sync failed earlier; nothing is acknowledged until a restart".to_owned()))
+        } else if group.iter().any(|job| job.needs_sync) {
             let started = Instant::now();
             let synced = backend.sync();
             stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = &synced {
+                sync_failed.store(true, Ordering::Release);
+                healthy.store(false, Ordering::Release);
+                stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    %error,
+                    batches = group.len(),
+                    "sync failed: these batches are not acknowledged, and nothing more is until the vault is \
+                     restarted after the device is checked"
+                );
+            }
             synced
         } else {
             Ok(())
         };
-        if let Err(error) = &synced {
-            // After a failed sync nothing written since the last good one
-            // can be trusted (the kernel may have dropped the pages), even if
-            // a later sync succeeds: every batch until the engine is reopened
-            // fails.
-            failed_epoch = group.iter().map(|job| job.epoch).max().max(failed_epoch);
-            healthy.store(false, Ordering::Release);
-            stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, batches = group.len(), "sync failed; these batches are not acknowledged");
-        }
-        let lost = || StoreError::Unavailable("an earlier batch was not made durable".to_owned());
         for job in group {
-            let outcome = job.outcome.and_then(|()| match (&synced, failed_epoch) {
-                (Err(error), _) => Err(error.clone()),
-                (Ok(()), Some(failed)) if job.epoch <= failed => Err(lost()),
-                (Ok(()), _) => Ok(()),
-            });
+            let outcome = job.outcome.and_then(|()| synced.clone());
             if outcome.is_ok() {
                 for hook in job.hooks {
                     hook();
@@ -592,10 +592,25 @@ impl Recovery {
     }
 
     /// Reopens the engine if it needs it and checks that the device takes
-    /// a write again; says whether the store may commit again.
-    fn attempt(&mut self, backend: &dyn Backend, stats: &StoreStats) -> bool {
+    /// a write again; says whether the store may commit again. Never after a
+    /// failed sync (see [`sync_loop`]).
+    fn attempt(&mut self, backend: &dyn Backend, stats: &StoreStats, sync_failed: &AtomicBool) -> bool {
         self.last = Some(Instant::now());
-        match backend.recover().and_then(|()| probe(backend)) {
+        if sync_failed.load(Ordering::Acquire) {
+            if self.failures.is_multiple_of(120) {
+                tracing::error!("a sync failed: the store does not recover by itself; check the device and restart");
+            }
+            self.failures += 1;
+            return false;
+        }
+        match backend.recover().and_then(|()| probe(backend)).and_then(|()| {
+            // A sync that failed meanwhile (on the syncer) wins.
+            if sync_failed.load(Ordering::Acquire) {
+                Err(StoreError::Unavailable("a sync failed during recovery".to_owned()))
+            } else {
+                Ok(())
+            }
+        }) {
             Ok(()) => {
                 stats.recoveries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(attempts = self.failures + 1, "storage recovered; committing again");
@@ -967,5 +982,23 @@ mod tests {
             assert!(Instant::now() < deadline, "the store did not recover by itself");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_is_acknowledged_until_a_restart() {
+        let backend = Arc::new(MemoryBackend::default());
+        let store = Store::new(backend.clone()).unwrap();
+        put(&store, "before", 1).await.unwrap();
+        backend.fail_syncs(true);
+        let refused = put(&store, "during", 2).await;
+        assert!(matches!(refused, Err(CommitError::Store(StoreError::Unavailable(_)))), "{refused:?}");
+        // The device answers again, but what it may have dropped is not
+        // trusted: no later write is acknowledged, and the store says so.
+        backend.fail_syncs(false);
+        tokio::time::sleep(RECOVERY_INTERVAL * 3).await;
+        assert!(!store.is_healthy());
+        assert!(put(&store, "after", 3).await.is_err(), "a write after a failed sync was acknowledged");
+        assert_eq!(backend.recoveries(), 0);
+        assert_eq!(backend.durable(&Key::meta("before")), Some(vec![1]));
     }
 }

@@ -23,6 +23,7 @@ pub struct MemoryBackend {
     durable: Mutex<Map>,
     fail_applies: AtomicBool,
     fail_flushes: AtomicBool,
+    fail_syncs: AtomicBool,
     fail_reads: AtomicBool,
     fail_reads_under: Mutex<Option<Vec<u8>>>,
     read_delay_micros: AtomicU64,
@@ -139,7 +140,14 @@ impl MemoryBackend {
         StoreError::Unavailable(format!("injected {what} failure"))
     }
 
-    /// Makes every later `flush` fail (or succeed again).
+    /// Makes every later `sync` fail (or succeed again): the device took
+    /// the bytes, then reported an error making them stable.
+    pub fn fail_syncs(&self, fail: bool) {
+        self.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `flush` fail, in its write-out, as a full disk
+    /// refuses a write (or succeed again).
     pub fn fail_flushes(&self, fail: bool) {
         self.fail_flushes.store(fail, Ordering::SeqCst);
     }
@@ -236,9 +244,24 @@ impl Backend for MemoryBackend {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.write_out()?;
+        self.sync()
+    }
+
+    fn write_out(&self) -> Result<(), StoreError> {
         self.stuck()?;
         if self.fail_flushes.load(Ordering::SeqCst) {
             return Err(self.write_failure("flush"));
+        }
+        Ok(())
+    }
+
+    /// What is applied becomes durable (more than was written out, when
+    /// batches were applied since: as a real sync covers them too).
+    fn sync(&self) -> Result<(), StoreError> {
+        self.stuck()?;
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected sync failure".to_owned()));
         }
         let snapshot = lock(&self.applied).clone();
         *lock(&self.durable) = snapshot;

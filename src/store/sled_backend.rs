@@ -96,13 +96,18 @@ impl StoreFiles {
         self.log.sync_data()?;
         let blobs = path.join("blobs");
         let blobs_changed = modified(&blobs)?;
-        if blobs_changed != self.blobs_changed {
+        if blobs_changed != self.blobs_changed || recent(blobs_changed) {
             let mut present = BTreeSet::new();
             for entry in std::fs::read_dir(&blobs)? {
                 let entry = entry?;
                 let name = entry.file_name();
                 if !self.blobs_synced.contains(&name) {
-                    File::open(entry.path())?.sync_all()?;
+                    match File::open(entry.path()) {
+                        Ok(blob) => blob.sync_all()?,
+                        // sled removed it since the listing: nothing to keep.
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(error) => return Err(error),
+                    }
                 }
                 present.insert(name);
             }
@@ -111,12 +116,19 @@ impl StoreFiles {
             self.blobs_changed = blobs_changed;
         }
         let dir_changed = modified(path)?;
-        if dir_changed != self.dir_changed {
+        if dir_changed != self.dir_changed || recent(dir_changed) {
             crate::files::sync_dir(path)?;
             self.dir_changed = dir_changed;
         }
         Ok(())
     }
+}
+
+/// Whether a directory was changed within the last second: a second change
+/// in the same tick of its coarse modification time would not move it, so
+/// such a directory is synced again until the time has clearly passed.
+fn recent(changed: Option<SystemTime>) -> bool {
+    changed.is_some_and(|changed| changed.elapsed().is_ok_and(|age| age < std::time::Duration::from_secs(1)))
 }
 
 /// The modification time of `path`, `None` if it does not exist.

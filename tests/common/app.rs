@@ -348,6 +348,8 @@ pub struct Business {
     pub id: String,
     pub name: String,
     pub client_id: String,
+    /// The client secret it signs in with now.
+    pub secret: String,
     caller: Caller,
 }
 
@@ -403,17 +405,12 @@ impl Business {
         self.caller.get(&with_query("/v1/grants/changes", &pairs)).await
     }
 
-    /// `POST /v1/credentials/rotate`: answers `business_id`, `client_id`
-    /// and the new `client_secret`. The token this business held ends.
-    pub async fn secret_rotate(&self) -> (u16, Value) {
-        self.caller.post("/v1/credentials/rotate", &json!({})).await
-    }
-
     /// Signs in again with `secret` (after a rotation), acting with the new
-    /// token from then on.
+    /// token and secret from then on.
     pub async fn sign_in_with(&mut self, secret: &str) {
         let token = roles::client_token(&self.caller.client, &self.caller.base, &self.client_id, secret).await;
         self.caller.token = Some(token);
+        secret.clone_into(&mut self.secret);
     }
 }
 
@@ -646,7 +643,7 @@ impl TestApp {
         assert_eq!(status, 201, "registering business {name}: {created}");
         let (id, client_id, secret) = credentials(&created, "business_id");
         let token = roles::client_token(&self.client, &self.base, &client_id, &secret).await;
-        Business { id, name: name.to_owned(), client_id, caller: self.bearer(&token) }
+        Business { id, name: name.to_owned(), client_id, secret, caller: self.bearer(&token) }
     }
 
     /// Registers an auditor ("Internal audit") and signs it in.
