@@ -217,12 +217,19 @@ fn principal_key(role: Role, id: &str) -> Key {
 /// Checks a display name: non-empty, bounded, no control characters.
 fn name_check(name: &str) -> Result<String, PrincipalError> {
     let trimmed = name.trim();
-    if trimmed.is_empty() || trimmed.len() > NAME_BYTES_MAX || trimmed.chars().any(char::is_control) {
+    if trimmed.is_empty() || trimmed.len() > NAME_BYTES_MAX || trimmed.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(PrincipalError::Invalid(format!(
-            "`name` must be 1 to {NAME_BYTES_MAX} bytes of text without control characters"
+            "`name` must be 1 to {NAME_BYTES_MAX} bytes of text without control or invisible characters"
         )));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Characters that show nothing (zero-width spaces and joiners, direction
+/// marks and overrides, word joiners, the byte-order mark): a name holding
+/// one would look like another name it is not.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// Principals and their credentials, tokens and rate limits. Cheap to clone.
@@ -878,6 +885,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::testing::Services;
+
+    #[test]
+    fn names_with_invisible_characters_are_refused() {
+        assert!(name_check("Acme\u{200B} Pizza").is_err());
+        assert!(name_check("\u{202E}azziP emcA").is_err());
+        assert_eq!(name_check("  Café Ünïcode  ").unwrap(), "Café Ünïcode");
+    }
 
     #[test]
     fn names_fold_case_and_runs_of_spaces() {
