@@ -32,7 +32,12 @@ impl Write for Captured {
 async fn canary_values_never_appear_on_disk_or_in_logs() {
     let logs = Captured::default();
     let writer = logs.clone();
-    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).init();
+    // Everything the vault logs, at every level, as it could be configured
+    // to (`CONSENTVAULT_LOG=trace` still stops the engine's own at warnings).
+    tracing_subscriber::fmt()
+        .with_env_filter(consentvault::telemetry::filter_of(Some("trace")))
+        .with_writer(move || writer.clone())
+        .init();
 
     let mut rng = common::TestRng::from_env();
     let tag = format!("{:016x}", rng.next_u64());
