@@ -76,7 +76,12 @@ fn main() {
         }
         Err(_) => {
             let subjects = env_number("CONSENTVAULT_BENCH_SUBJECTS", 10_000) as usize;
-            runtime.block_on(load(subjects, connections, duration));
+            if std::env::var("CONSENTVAULT_BENCH_GENERATOR").as_deref() == Ok("wrk") {
+                let rounds = env_number("CONSENTVAULT_BENCH_ROUNDS", 2) as usize;
+                runtime.block_on(load_wrk(subjects, connections, duration, rounds));
+            } else {
+                runtime.block_on(load(subjects, connections, duration));
+            }
         }
     }
 }
@@ -570,6 +575,126 @@ async fn load(subjects: usize, connections: usize, duration: Duration) {
     bare.stop();
 }
 
+/// One wrk run: reads per second and latency percentiles (µs).
+struct WrkRun {
+    reads_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    failed: u64,
+}
+
+/// The wrk script for scoped reads with `token`: one hot subject, or each
+/// request a subject drawn at random from `pairwise_ids`. Its `done` prints
+/// one line the run parses.
+fn wrk_script(token: &str, pairwise_ids: &[consentvault::ids::PairwiseId]) -> String {
+    let ids: Vec<String> = pairwise_ids.iter().map(|id| format!("\"{}\"", id.as_str())).collect();
+    format!(
+        r#"local ids = {{{ids}}}
+wrk.headers["Authorization"] = "Bearer {token}"
+function setup(thread) thread:set("seed", math.random(1, 1000000)) end
+function init(args) math.randomseed(seed) end
+request = function()
+  local id = ids[math.random(#ids)]
+  return wrk.format("GET", "/v1/subjects/" .. id .. "/data?purpose=marketing&fields=email")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK requests=%d duration_us=%d p50_us=%d p99_us=%d failed=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#,
+        ids = ids.join(",")
+    )
+}
+
+/// Runs wrk against `base` with `script` for `duration`.
+fn wrk_run(base: &str, script: &Path, connections: usize, duration: Duration) -> WrkRun {
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(base)
+        .output()
+        .expect("wrk is installed (scripts/loadtest installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|line| line.starts_with("WRK ")).unwrap_or_else(|| panic!("wrk said: {text}"));
+    let value = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|part| part.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    };
+    WrkRun {
+        reads_per_sec: value("requests") / (value("duration_us") / 1e6).max(1e-9),
+        p50_us: value("p50_us"),
+        p99_us: value("p99_us"),
+        failed: value("failed") as u64,
+    }
+}
+
+/// Scoped reads driven by wrk, a generator that costs far less CPU per
+/// request than the servers: the vault and the bare handler in alternating
+/// rounds (bare, vault, bare, vault, ...), for one hot subject and for
+/// subjects drawn at random from all provisioned.
+async fn load_wrk(subjects: usize, connections: usize, duration: Duration, rounds: usize) {
+    let store = store(subjects).await;
+    println!("provisioned {subjects} subjects: {}", store.provisioning_text());
+    let (data_dir, provisioned) = (&store.data_dir, &store.provisioned);
+    let vault = spawn_vault(data_dir);
+    let bare = spawn_bare();
+    let client = reqwest::Client::new();
+    let business = business_token(&client, &vault.base, provisioned).await;
+    let scripts = tempfile::tempdir().unwrap();
+    let hot = scripts.path().join("hot.lua");
+    std::fs::write(&hot, wrk_script(&business, &provisioned.pairwise_ids[..1])).unwrap();
+    let spread = scripts.path().join("random.lua");
+    std::fs::write(&spread, wrk_script(&business, &provisioned.pairwise_ids)).unwrap();
+    // Warm both servers up before the first round.
+    wrk_run(&bare.base, &hot, connections, Duration::from_secs(1));
+    wrk_run(&vault.base, &hot, connections, Duration::from_secs(1));
+
+    println!("\nwrk, 2 threads, {connections} connections, {} s per round, {subjects} subjects\n", duration.as_secs());
+    println!(
+        "| workload | server | round | reads/s | p50 | p99 | failed | commit thread per read (run / apply / write out) | syncer per read |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (workload, script) in [("one hot subject", &hot), (&*format!("{subjects} subjects at random"), &spread)] {
+        let (mut bare_total, mut vault_total, mut vault_p99) = (0.0, 0.0, 0.0f64);
+        for round in 1..=rounds {
+            let run = wrk_run(&bare.base, script, connections, duration);
+            bare_total += run.reads_per_sec;
+            println!(
+                "| {workload} | bare axum | {round} | {:.0} | {:.2} ms | {:.2} ms | {} | | |",
+                run.reads_per_sec,
+                run.p50_us / 1e3,
+                run.p99_us / 1e3,
+                run.failed
+            );
+            let before = CommitCounters::scrape(&client, &vault.base).await;
+            let run = wrk_run(&vault.base, script, connections, duration);
+            let after = CommitCounters::scrape(&client, &vault.base).await;
+            vault_total += run.reads_per_sec;
+            vault_p99 = vault_p99.max(run.p99_us);
+            let (run_us, apply_us, write_us, sync_us) = before.per_read_micros(&after);
+            println!(
+                "| {workload} | vault | {round} | {:.0} | {:.2} ms | {:.2} ms | {} | {run_us:.1} / {apply_us:.1} / {write_us:.1} µs ({:.1} µs) | {sync_us:.1} µs |",
+                run.reads_per_sec,
+                run.p50_us / 1e3,
+                run.p99_us / 1e3,
+                run.failed,
+                run_us + apply_us + write_us
+            );
+        }
+        println!(
+            "\n{workload}: vault / bare = {:.2} (mean of {rounds} alternating rounds); worst vault p99 {:.2} ms\n",
+            vault_total / bare_total.max(1e-9),
+            vault_p99 / 1e3
+        );
+    }
+    vault.stop();
+    bare.stop();
+}
+
 async fn scale(counts: &[usize], connections: usize, duration: Duration) {
     println!(
         "| subjects | provisioning | start-up to ready | reads/s | p50 | p99 | log verified after | reads/s | p50 | p99 | server RSS |\n|---|---|---|---|---|---|---|---|---|---|---|"
@@ -659,6 +784,19 @@ impl CommitCounters {
             ahead_kept: value("consentvault_read_ahead_kept_total"),
             ahead_redone: value("consentvault_read_ahead_redone_total"),
         }
+    }
+
+    /// The commit thread's time per transaction between `self` and `later`
+    /// (running, applying, writing out) and the syncer's, in µs.
+    fn per_read_micros(&self, later: &Self) -> (f64, f64, f64, f64) {
+        let transactions = (later.transactions - self.transactions).max(1.0);
+        let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
+        (
+            micros(self.execute_secs, later.execute_secs),
+            micros(self.apply_secs, later.apply_secs),
+            micros(self.flush_secs, later.flush_secs),
+            micros(self.sync_secs, later.sync_secs),
+        )
     }
 
     /// What the commit thread spent per transaction between `self` and
