@@ -488,14 +488,30 @@ fn read_workload(base: &str, token: &str, pairwise_ids: &Arc<Vec<consentvault::i
 
 const TABLE_HEAD: &str = "| workload | ops/s | p50 | p99 | p99.9 | failed | server CPU per op | load generator CPU per op |\n|---|---|---|---|---|---|---|---|";
 
-async fn load(subjects: usize, connections: usize, duration: Duration) {
+/// The provisioned store, the vault serving it and the bare handler, a
+/// client, and the business's token.
+struct Running {
+    store: Store,
+    vault: Server,
+    bare: Server,
+    client: reqwest::Client,
+    business: String,
+}
+
+/// Provisions (or reuses) `subjects` subjects and starts both servers.
+async fn running(subjects: usize) -> Running {
     let store = store(subjects).await;
     println!("provisioned {subjects} subjects: {}", store.provisioning_text());
-    let (data_dir, provisioned) = (&store.data_dir, &store.provisioned);
-    let vault = spawn_vault(data_dir);
+    let vault = spawn_vault(&store.data_dir);
     let bare = spawn_bare();
     let client = reqwest::Client::new();
-    let business = business_token(&client, &vault.base, provisioned).await;
+    let business = business_token(&client, &vault.base, &store.provisioned).await;
+    Running { store, vault, bare, client, business }
+}
+
+async fn load(subjects: usize, connections: usize, duration: Duration) {
+    let Running { store, vault, bare, client, business } = running(subjects).await;
+    let provisioned = &store.provisioned;
     let mut customers = Vec::new();
     for customer in &provisioned.customers {
         let body = json!({"grant_type": "password", "username": customer, "password": PASSWORD});
@@ -637,13 +653,8 @@ fn wrk_run(base: &str, script: &Path, connections: usize, duration: Duration) ->
 /// rounds (bare, vault, bare, vault, ...), for one hot subject and for
 /// subjects drawn at random from all provisioned.
 async fn load_wrk(subjects: usize, connections: usize, duration: Duration, rounds: usize) {
-    let store = store(subjects).await;
-    println!("provisioned {subjects} subjects: {}", store.provisioning_text());
-    let (data_dir, provisioned) = (&store.data_dir, &store.provisioned);
-    let vault = spawn_vault(data_dir);
-    let bare = spawn_bare();
-    let client = reqwest::Client::new();
-    let business = business_token(&client, &vault.base, provisioned).await;
+    let Running { store, vault, bare, client, business } = running(subjects).await;
+    let provisioned = &store.provisioned;
     let scripts = tempfile::tempdir().unwrap();
     let hot = scripts.path().join("hot.lua");
     std::fs::write(&hot, wrk_script(&business, &provisioned.pairwise_ids[..1])).unwrap();
