@@ -399,8 +399,9 @@ fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_s
     loop {
         // Waits for the first transaction of a batch, then takes whatever
         // else is already waiting. It wakes now and then without one: a
-        // store that is failing (a flush or, on the syncer, a sync failed)
-        // tries to recover, before running a batch or with no traffic.
+        // store that is failing (a write-out failed, or the device refused a
+        // read) tries to recover, before running a batch or with no traffic;
+        // after a failed sync it does not (see `sync_loop`).
         let first = match receiver.recv_timeout(RECOVERY_INTERVAL) {
             Ok(job) => Some(job),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
