@@ -94,10 +94,10 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let (routes, openapi) = api_routes().split_for_parts();
-    let declared = Arc::new(DeclaredQueries::of(&openapi));
+    let queryless = Arc::new(QuerylessRoutes::of(&openapi));
     let openapi = Arc::new(openapi);
     routes
-        .route_layer(middleware::from_fn_with_state(declared, refuse_undeclared_query))
+        .route_layer(middleware::from_fn_with_state(queryless, refuse_undeclared_query))
         .layer(axum::Extension(openapi))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
@@ -156,15 +156,27 @@ async fn refuse_when_audit_invalid(
     next.run(request).await
 }
 
-/// The query parameters each route declares in the API description, by
-/// method and route template.
-#[derive(Debug, Default)]
-struct DeclaredQueries(std::collections::HashMap<(Method, String), std::collections::BTreeSet<String>>);
+/// The answer of a vault whose store is behind a checkpoint it published:
+/// what happened, and what the operator does about it.
+pub(crate) fn rolled_back(rollback: &crate::audit::published::Rollback) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_rolled_back",
+        "Store rolled back",
+        format!("{rollback}; {}", crate::vault::ROLLBACK_ADVICE),
+    )
+}
 
-impl DeclaredQueries {
+/// The operations that declare no query parameter in the API description:
+/// route template to methods. Routes that declare some parse them into types
+/// that refuse any other (`extract::Query`).
+#[derive(Debug, Default)]
+struct QuerylessRoutes(std::collections::HashMap<String, Vec<Method>>);
+
+impl QuerylessRoutes {
     fn of(openapi: &utoipa::openapi::OpenApi) -> Self {
         use utoipa::openapi::path::ParameterIn;
-        let mut declared = std::collections::HashMap::new();
+        let mut routes = std::collections::HashMap::<String, Vec<Method>>::new();
         for (path, item) in &openapi.paths.paths {
             let operations = [
                 (Method::GET, &item.get),
@@ -175,69 +187,46 @@ impl DeclaredQueries {
             ];
             for (method, operation) in operations {
                 let Some(operation) = operation else { continue };
-                let names = operation
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .filter(|parameter| parameter.parameter_in == ParameterIn::Query)
-                    .map(|parameter| parameter.name.clone())
-                    .collect();
-                declared.insert((method, path.clone()), names);
+                let takes_query =
+                    operation.parameters.iter().flatten().any(|parameter| parameter.parameter_in == ParameterIn::Query);
+                if !takes_query {
+                    routes.entry(path.clone()).or_default().push(method);
+                }
             }
         }
-        Self(declared)
+        Self(routes)
+    }
+
+    fn contains(&self, method: &Method, route: &str) -> bool {
+        let method = if method == Method::HEAD { &Method::GET } else { method };
+        self.0.get(route).is_some_and(|methods| methods.contains(method))
     }
 }
 
-/// A query parameter the route does not declare is refused with 400, as an
-/// unknown JSON member is: a client that misspells `limit` learns it, rather
-/// than getting a default it did not ask for.
+/// A query string on a route that takes none is refused with 400, as an
+/// unknown JSON member is: a client that sends a parameter learns it is not
+/// read, rather than getting an answer that ignored it.
 async fn refuse_undeclared_query(
-    axum::extract::State(declared): axum::extract::State<Arc<DeclaredQueries>>,
+    axum::extract::State(queryless): axum::extract::State<Arc<QuerylessRoutes>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let query = request.uri().query().unwrap_or("");
-    if query.is_empty() {
-        return next.run(request).await;
+    let has_query = request.uri().query().is_some_and(|query| !query.is_empty());
+    let refused = has_query
+        && request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| queryless.contains(request.method(), route.as_str()));
+    if refused {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "Invalid query",
+            "this route takes no query parameters",
+        )
+        .into_response();
     }
-    let Some(route) = request.extensions().get::<MatchedPath>() else { return next.run(request).await };
-    let method = if request.method() == Method::HEAD { Method::GET } else { request.method().clone() };
-    let allowed = declared.0.get(&(method, route.as_str().to_owned()));
-    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri());
-    let unknown = match (&pairs, allowed) {
-        (Ok(axum::extract::Query(pairs)), Some(allowed)) => {
-            pairs.iter().map(|(name, _)| name).find(|name| !allowed.contains(name.as_str())).cloned()
-        }
-        // A query that does not parse is the extractor's to refuse.
-        (Err(_), Some(allowed)) if !allowed.is_empty() => None,
-        _ => Some(String::new()),
-    };
-    match unknown {
-        None => next.run(request).await,
-        Some(name) => {
-            // Named back only when it looks like a parameter name, so the
-            // answer never repeats arbitrary text a client put there.
-            let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            let detail = if name.is_empty() || name.len() > 32 || !plain {
-                "this route takes no such query parameter".to_owned()
-            } else {
-                format!("unknown query parameter `{name}`")
-            };
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", detail).into_response()
-        }
-    }
-}
-
-/// The answer of a vault whose store is behind a checkpoint it published:
-/// what happened, and what the operator does about it.
-pub(crate) fn rolled_back(rollback: &crate::audit::published::Rollback) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_rolled_back",
-        "Store rolled back",
-        format!("{rollback}; {}", crate::vault::ROLLBACK_ADVICE),
-    )
+    next.run(request).await
 }
 
 /// Largest total size of a request's header lines (names, values and their

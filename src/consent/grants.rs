@@ -135,9 +135,7 @@ impl Consent {
 
     /// One of the customer's grants.
     pub fn grant(&self, subject: SubjectId, grant_id: &GrantId) -> Result<GrantRecord, ConsentError> {
-        let bytes =
-            self.core.store().get(&Key::grant(subject.as_bytes(), grant_id))?.ok_or(ConsentError::NotFound("grant"))?;
-        Ok(decode(&bytes, "grant")?)
+        self.record(&Key::grant(subject.as_bytes(), grant_id), "grant")
     }
 
     /// Revokes a grant, effective for every read that commits after it.

@@ -293,6 +293,13 @@ impl Consent {
             .ok_or_else(|| corrupt("grant pairwise id").into())
     }
 
+    /// The record at `key`, decoded as `what`; `NotFound(what)` if there is
+    /// none.
+    fn record<T: serde::de::DeserializeOwned>(&self, key: &Key, what: &'static str) -> Result<T, ConsentError> {
+        let bytes = self.core.store().get(key)?.ok_or(ConsentError::NotFound(what))?;
+        Ok(decode(&bytes, what)?)
+    }
+
     /// Every record under `prefix`, decoded as `what`.
     fn records<T: serde::de::DeserializeOwned>(
         &self,

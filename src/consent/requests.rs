@@ -257,12 +257,7 @@ impl Consent {
     }
 
     fn request_of_customer(&self, subject: SubjectId, request_id: &RequestId) -> Result<AccessRequest, ConsentError> {
-        let bytes = self
-            .core
-            .store()
-            .get(&Key::request(subject.as_bytes(), request_id))?
-            .ok_or(ConsentError::NotFound("request"))?;
-        Ok(decode(&bytes, "request")?)
+        self.record(&Key::request(subject.as_bytes(), request_id), "request")
     }
 
     /// The customer approves a pending request, optionally narrowed: the
