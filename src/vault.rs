@@ -37,12 +37,15 @@ pub const KEY_FILE: &str = "kek.key";
 /// The name of the store directory inside a data directory.
 pub const STORE_DIR: &str = "store";
 
-/// The layout version written at init. A store of format 1 (each kind of
-/// subject record in a space of its own) is moved to it when it is opened
-/// writable (`serve`, and the `keys` commands on a stopped vault;
-/// `store::migrate`); `audit verify`, `backup` and `restore` read either,
-/// since the spaces they read are the same in both.
-const FORMAT_VERSION: &str = "2";
+/// The layout version written at init. A store of an earlier format is
+/// moved to it when it is opened writable (`serve`, and the `keys` commands
+/// on a stopped vault): format 1 (each kind of subject record in a space of
+/// its own, `store::migrate`) to 2, and format 2 (a key per audit entry,
+/// `audit::records`) to 3. `audit verify`, `backup` and `restore` read
+/// every one as it is.
+const FORMAT_VERSION: &str = "3";
+/// The layout before the audit log's entries were stored per batch.
+const FORMAT_ENTRY_KEYS: &str = "2";
 /// The layout before subject records were grouped by subject.
 const FORMAT_SUBJECT_SPACES: &str = "1";
 
@@ -67,7 +70,7 @@ pub enum VaultError {
     #[error("data directory {0} holds no vault; production start-up does not create one (run `consentvault init`)")]
     NotInitialised(PathBuf),
     /// The store was written by a layout version this build does not know.
-    #[error("the store has format {found}, this build reads formats {FORMAT_SUBJECT_SPACES} and {FORMAT_VERSION}")]
+    #[error("the store has format {found}, this build reads formats {FORMAT_SUBJECT_SPACES}, {FORMAT_ENTRY_KEYS} and {FORMAT_VERSION}")]
     Format {
         /// The version found.
         found: String,
@@ -881,8 +884,8 @@ fn load_store(
     let format = check_format(&*backend)?;
     // Keys first: a vault opened with the wrong key changes nothing.
     bind_keys(&*backend, keys, writable)?;
-    if format == FORMAT_SUBJECT_SPACES && writable {
-        subject_records_regroup(&*backend)?;
+    if writable {
+        format_move(&*backend, format)?;
     }
     let store = Store::new(backend)?;
     let audit = AuditLog::load(&store, keys)?;
@@ -902,11 +905,30 @@ pub(crate) fn store_open_checked(backend: Arc<dyn Backend>, keys: &KeyRing) -> R
     load_store(backend, keys, None, false)
 }
 
+/// Moves a store of an earlier format, on the engine directly (no commit
+/// path running), to this build's format; nothing to do for a store of
+/// this format. `restore` moves what it restored before it logs the restore.
+pub(crate) fn store_format_move(backend: &dyn Backend) -> Result<(), VaultError> {
+    let format = check_format(backend)?;
+    format_move(backend, format)
+}
+
+fn format_move(backend: &dyn Backend, format: &str) -> Result<(), VaultError> {
+    if format == FORMAT_SUBJECT_SPACES {
+        subject_records_regroup(backend)?;
+    }
+    if format != FORMAT_VERSION {
+        audit_entries_regroup(backend)?;
+    }
+    Ok(())
+}
+
 /// The store's format, if this build reads it.
 fn check_format(backend: &dyn Backend) -> Result<&'static str, VaultError> {
     let found = backend.get(Key::meta("format").as_bytes())?;
     match found.as_deref() {
         Some(version) if version == FORMAT_VERSION.as_bytes() => Ok(FORMAT_VERSION),
+        Some(version) if version == FORMAT_ENTRY_KEYS.as_bytes() => Ok(FORMAT_ENTRY_KEYS),
         Some(version) if version == FORMAT_SUBJECT_SPACES.as_bytes() => Ok(FORMAT_SUBJECT_SPACES),
         Some(version) => Err(VaultError::Format { found: String::from_utf8_lossy(version).into_owned() }),
         None => Err(VaultError::Format { found: "none".to_owned() }),
@@ -921,11 +943,34 @@ fn subject_records_regroup(backend: &dyn Backend) -> Result<(), VaultError> {
     let moved = crate::store::migrate::format_1_subject_records_move(backend, &mut |moved| {
         tracing::info!(moved, "moving subject records");
     })?;
+    format_set(backend, FORMAT_ENTRY_KEYS)?;
+    tracing::info!(moved, secs = started.elapsed().as_secs_f64(), "the store has format 2");
+    Ok(())
+}
+
+/// Moves a store of format 2 to format 3: the audit log's entries into
+/// records of a batch each, then the format, each step flushed.
+fn audit_entries_regroup(backend: &dyn Backend) -> Result<(), VaultError> {
+    tracing::info!("the store has format 2; moving the audit log's entries into records (format 3)");
+    let started = std::time::Instant::now();
+    let mut reported = 0u64;
+    let moved = crate::audit::records::format_2_move(backend, &mut |moved| {
+        if moved - reported >= 1 << 20 {
+            reported = moved;
+            tracing::info!(moved, "moving audit entries");
+        }
+    })?;
+    format_set(backend, FORMAT_VERSION)?;
+    tracing::info!(moved, secs = started.elapsed().as_secs_f64(), "the store has format 3");
+    Ok(())
+}
+
+/// Records the store's format, flushed.
+fn format_set(backend: &dyn Backend, format: &str) -> Result<(), VaultError> {
     let mut batch = crate::store::WriteBatch::new();
-    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(FORMAT_VERSION.as_bytes().to_vec()));
+    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(format.as_bytes().to_vec()));
     backend.apply(&batch)?;
     backend.flush()?;
-    tracing::info!(moved, secs = started.elapsed().as_secs_f64(), "the store has format 2");
     Ok(())
 }
 

@@ -9,12 +9,14 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use consentvault::audit::{Actor, AuditEvent};
+use consentvault::audit::{Actor, AuditEvent, records};
 use consentvault::store::sled_backend::SledBackend;
 use consentvault::store::{Backend, Key, WriteBatch};
 use serde_json::json;
 
-/// Builds a vault whose log holds a dozen events, closed and checkpointed.
+/// Builds a vault whose log holds three dozen events, closed and
+/// checkpointed: a dozen appended one batch each, then a burst that the
+/// commit thread batches together, so records hold one entry or several.
 async fn pristine(dir: &Path) -> u64 {
     let (vault, _) = common::open_vault(dir);
     for _ in 0..3 {
@@ -23,6 +25,19 @@ async fn pristine(dir: &Path) -> u64 {
         vault.subjects().data_put(&actor, subject, "email", &json!("ada@example.org")).await.unwrap();
         vault.subjects().data_put(&actor, subject, "country", &json!("GB")).await.unwrap();
         vault.subjects().data_read_own(subject).await.unwrap();
+    }
+    let mut writes = Vec::new();
+    for _ in 0..8 {
+        let subject = vault.subjects().subject_create(&Actor::system()).await.unwrap();
+        for (field, value) in [("email", json!("grace@example.org")), ("country", json!("FR"))] {
+            let vault = vault.clone();
+            writes.push(tokio::spawn(async move {
+                vault.subjects().data_put(&Actor::customer(subject), subject, field, &value).await.unwrap();
+            }));
+        }
+    }
+    for write in writes {
+        write.await.unwrap();
     }
     let size = consentvault::audit::size(vault.store()).unwrap();
     vault.close().unwrap();
@@ -49,8 +64,43 @@ fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnO
     assert_server_refuses(&dir, name);
 }
 
+/// Every record of entries: its first index and its entries.
+fn records(backend: &SledBackend) -> Vec<(u64, Vec<Vec<u8>>)> {
+    let all = Key::audit_records_all();
+    let rows = backend.scan(all.as_bytes(), &all.prefix_end(), usize::MAX).unwrap();
+    rows.into_iter()
+        .map(|(key, record)| {
+            let first = records::key_index(&all, &key).unwrap();
+            (first, records::record_entries(&record).unwrap().into_iter().map(<[u8]>::to_vec).collect())
+        })
+        .collect()
+}
+
+/// The record that holds entry `index`.
+fn record_of(backend: &SledBackend, index: u64) -> (u64, Vec<Vec<u8>>) {
+    let holding = |(first, entries): &(u64, Vec<Vec<u8>>)| (*first..*first + entries.len() as u64).contains(&index);
+    records(backend).into_iter().find(holding).unwrap()
+}
+
 fn entry(backend: &SledBackend, index: u64) -> Vec<u8> {
-    backend.get(Key::audit_entry(index).as_bytes()).unwrap().unwrap()
+    let (first, entries) = record_of(backend, index);
+    entries[(index - first) as usize].clone()
+}
+
+/// Stores `entries` as the record that starts at `first`.
+fn record_put(first: u64, entries: &[Vec<u8>]) -> (Key, Option<Vec<u8>>) {
+    let mut record = Vec::new();
+    for entry in entries {
+        records::record_push(&mut record, entry);
+    }
+    (Key::audit_record(first), Some(record))
+}
+
+/// The record holding entry `index`, with that entry replaced by `bytes`.
+fn entry_replaced(backend: &SledBackend, index: u64, bytes: Vec<u8>) -> (Key, Option<Vec<u8>>) {
+    let (first, mut entries) = record_of(backend, index);
+    entries[(index - first) as usize] = bytes;
+    record_put(first, &entries)
 }
 
 /// A plausible forgery: the same event, canonical, with another time.
@@ -70,31 +120,45 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
     let root = tempfile::tempdir().unwrap();
     let pristine_dir = root.path().join("pristine");
     let size = pristine(&pristine_dir).await;
-    assert!(size >= 12, "the pristine log has {size} entries");
+    assert!(size >= 36, "the pristine log has {size} entries");
+    let layout: Vec<(u64, usize)> = {
+        let backend = SledBackend::open(&pristine_dir.join("store"), 1 << 20).unwrap();
+        records(&backend).iter().map(|(first, entries)| (*first, entries.len())).collect()
+    };
+    assert!(layout.iter().any(|(_, count)| *count > 1), "a burst shares records: {layout:?}");
+    // A record of the sequential dozen, past the first subtree of 16.
+    let (alone, _) = *layout.iter().find(|(first, count)| *count == 1 && *first >= 4).unwrap();
 
     let (ok, stdout, stderr) = common::audit_verify(&pristine_dir);
     assert!(ok, "an untouched log verifies: {stdout} {stderr}");
     assert!(stdout.starts_with(&format!("ok: size {size} root ")), "{stdout}");
 
-    assert_detected(&pristine_dir, "edit", 4, |backend| {
-        write(backend, vec![(Key::audit_entry(4), Some(forged(&entry(backend, 4))))]);
+    // Edits are pinned to the smallest stored subtree that holds them:
+    // entries 16 to 31.
+    assert_detected(&pristine_dir, "edit", 16, |backend| {
+        write(backend, vec![entry_replaced(backend, 20, forged(&entry(backend, 20)))]);
     });
-    assert_detected(&pristine_dir, "edit with its parent subtree hash rewritten to match", 4, |backend| {
+    assert_detected(&pristine_dir, "edit with its subtree hash rewritten to match", 0, |backend| {
         use consentvault::audit::merkle::{leaf_hash, node_hash};
-        let edited = forged(&entry(backend, 4));
-        let parent = node_hash(&leaf_hash(&edited), &leaf_hash(&entry(backend, 5)));
-        write(backend, vec![(Key::audit_entry(4), Some(edited)), (Key::audit_node(1, 2), Some(parent.to_vec()))]);
+        let edited = forged(&entry(backend, 20));
+        let mut hashes: Vec<_> = (16..32).map(|i| leaf_hash(&if i == 20 { edited.clone() } else { entry(backend, i) })).collect();
+        while hashes.len() > 1 {
+            hashes = hashes.chunks(2).map(|pair| node_hash(&pair[0], &pair[1])).collect();
+        }
+        write(backend, vec![entry_replaced(backend, 20, edited), (Key::audit_node(4, 1), Some(hashes[0].to_vec()))]);
     });
-    assert_detected(&pristine_dir, "delete", 6, |backend| {
-        write(backend, vec![(Key::audit_entry(6), None)]);
+    assert_detected(&pristine_dir, "reorder", 16, |backend| {
+        let (eighteen, nineteen) = (entry(backend, 18), entry(backend, 19));
+        write(backend, vec![entry_replaced(backend, 18, nineteen)]);
+        write(backend, vec![entry_replaced(backend, 19, eighteen)]);
     });
-    assert_detected(&pristine_dir, "reorder", 2, |backend| {
-        let (two, three) = (entry(backend, 2), entry(backend, 3));
-        write(backend, vec![(Key::audit_entry(2), Some(three)), (Key::audit_entry(3), Some(two))]);
+    assert_detected(&pristine_dir, "delete", alone, |backend| {
+        write(backend, vec![(Key::audit_record(alone), None)]);
     });
-    assert_detected(&pristine_dir, "truncate with a lowered size", 7, |backend| {
-        let mut changes: Vec<(Key, Option<Vec<u8>>)> = (7..size).map(|i| (Key::audit_entry(i), None)).collect();
-        changes.push((Key::meta("audit/size"), Some(7u64.to_be_bytes().to_vec())));
+    assert_detected(&pristine_dir, "truncate with a lowered size", alone, |backend| {
+        let mut changes: Vec<(Key, Option<Vec<u8>>)> =
+            records(backend).iter().filter(|(first, _)| *first >= alone).map(|(first, _)| (Key::audit_record(*first), None)).collect();
+        changes.push((Key::meta("audit/size"), Some(alone.to_be_bytes().to_vec())));
         write(backend, changes);
     });
     assert_detected(&pristine_dir, "an entry appended behind the vault's back", size, |backend| {
@@ -102,13 +166,16 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
         write(
             backend,
             vec![
-                (Key::audit_entry(size), Some(forged_entry)),
+                record_put(size, &[forged_entry]),
                 (Key::meta("audit/size"), Some((size + 1).to_be_bytes().to_vec())),
             ],
         );
     });
     assert_detected(&pristine_dir, "truncate of the last entry", size - 1, |backend| {
-        write(backend, vec![(Key::audit_entry(size - 1), None)]);
+        let (first, mut entries) = record_of(backend, size - 1);
+        entries.pop();
+        let change = if entries.is_empty() { (Key::audit_record(first), None) } else { record_put(first, &entries) };
+        write(backend, vec![change]);
     });
 }
 

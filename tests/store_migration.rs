@@ -1,12 +1,14 @@
-//! A store written by a build of format 1 (each kind of subject record in a
-//! space of its own) opens in this build: offline tools read it as it is,
-//! `serve` moves its subject records next to each other (format 2), and
-//! every role then finds what it had, with a log that still verifies.
+//! Stores written by earlier builds open in this build: format 1 (each kind
+//! of subject record in a space of its own) and format 2 (a key per audit
+//! entry). Offline tools read them as they are; `serve` moves them to
+//! format 3 (subject records side by side, audit entries in records of a
+//! batch each), and every role then finds what it had, with a log that
+//! still verifies.
 //!
-//! The fixture in `tests/fixtures/format-1` is a backup made by such a build
-//! (`make.sh` there says how): three customers with data, two relationships
-//! each, a grant and a pending request, two reads by the business each, and
-//! an objection.
+//! The fixtures in `tests/fixtures/format-1` and `format-2` are backups made
+//! by such builds (`make.sh` there says how): three customers with data,
+//! two relationships each, a grant and a pending request, two reads by the
+//! business each, and an objection.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,14 +20,15 @@ use std::process::Output;
 
 use common::roles::{client_token, get, post, send};
 use common::{ServerProcess, binary, restore};
+use consentvault::audit::STORED_LEVEL_MIN;
 use consentvault::ids::SubjectId;
 use consentvault::store::migrate::FORMAT_1_SUBJECT_SPACES;
 use consentvault::store::sled_backend::SledBackend;
 use consentvault::store::{Backend, Key, Part};
 use serde_json::{Value, json};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1").join(name)
+fn fixture(format: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-{format}")).join(name)
 }
 
 fn succeeded(output: &Output) -> bool {
@@ -47,38 +50,92 @@ fn in_format_1_spaces(keys: &[Vec<u8>]) -> usize {
     keys.iter().filter(|key| FORMAT_1_SUBJECT_SPACES.iter().any(|(space, _)| key.first() == Some(space))).count()
 }
 
+/// Keys of format 2's audit layout: an entry per key, and subtree hashes
+/// below the levels format 3 stores.
+fn in_format_2_audit_layout(keys: &[Vec<u8>]) -> usize {
+    let low_node = |key: &Vec<u8>| key[0] == 0x11 && u32::from(key[1]) < STORED_LEVEL_MIN;
+    keys.iter().filter(|key| key[0] == 0x10 || low_node(key)).count()
+}
+
+fn in_records(keys: &[Vec<u8>]) -> usize {
+    keys.iter().filter(|key| key[0] == 0x15).count()
+}
+
+/// The store of `backup`, written into `data_dir` key for key, as the
+/// build that made it had it (a restore would move it to this format).
+fn write_as_is(backup: &Path, data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::set_permissions(data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let backend = SledBackend::open(&data_dir.join("store"), 16 << 20).unwrap();
+    consentvault::backup::read(backup, &mut |writes| {
+        backend.apply(&writes.into_iter().collect()).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    backend.flush().unwrap();
+}
+
 fn ids(list: &Value, name: &str) -> Vec<String> {
     list["items"].as_array().unwrap().iter().map(|item| item[name].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test]
 async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
+    moved_at_serve("1").await;
+}
+
+#[tokio::test]
+async fn a_format_2_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
+    moved_at_serve("2").await;
+}
+
+async fn moved_at_serve(from: &str) {
+    let fixture = |name: &str| fixture(from, name);
     let credentials: Value = serde_json::from_slice(&std::fs::read(fixture("credentials.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kek = dir.path().join("kek.key");
     std::fs::copy(fixture("kek.key"), &kek).unwrap();
     std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let data_dir = dir.path().join("data");
-    let restored = restore(&fixture("vault.backup"), &data_dir, Some(&kek));
-    assert!(succeeded(&restored), "a format-1 backup restores");
-    // The key goes where the vault looks for it by default.
-    std::fs::copy(&kek, data_dir.join("kek.key")).unwrap();
-    let verified = || {
-        let (ok, _, stderr) = common::audit_verify(&data_dir);
+    let verified = |data_dir: &Path| {
+        let (ok, _, stderr) = common::audit_verify(data_dir);
         if !ok {
             eprintln!("{stderr}");
         }
         ok
     };
 
+    // A restore verifies the log as the backup holds it, then moves the
+    // store to format 3 and logs the restore there.
+    let restored_dir = dir.path().join("restored");
+    let restored = restore(&fixture("vault.backup"), &restored_dir, Some(&kek));
+    assert!(succeeded(&restored), "a format-{from} backup restores");
+    std::fs::copy(&kek, restored_dir.join("kek.key")).unwrap();
+    let (format, keys) = stored_keys(&restored_dir);
+    assert_eq!(format, "3");
+    assert_eq!(in_format_1_spaces(&keys) + in_format_2_audit_layout(&keys), 0);
+    assert!(verified(&restored_dir));
+
+    // The data directory as the earlier build left it: the backup's keys,
+    // written as they are.
+    let data_dir = dir.path().join("data");
+    write_as_is(&fixture("vault.backup"), &data_dir);
+    // The key goes where the vault looks for it by default.
+    std::fs::copy(&kek, data_dir.join("kek.key")).unwrap();
+    let verified = || verified(&data_dir);
+
     // Restored as it was written; offline tools read it as it is.
     let (format, keys) = stored_keys(&data_dir);
-    assert_eq!(format, "1");
-    let old_records = in_format_1_spaces(&keys);
-    assert!(old_records >= 3 * 8, "the fixture's subject records are in format-1 spaces: {old_records}");
-    assert!(keys.iter().all(|key| Part::of(key).is_none()));
+    assert_eq!(format, from);
+    if from == "1" {
+        let old_records = in_format_1_spaces(&keys);
+        assert!(old_records >= 3 * 8, "the fixture's subject records are in format-1 spaces: {old_records}");
+        assert!(keys.iter().all(|key| Part::of(key).is_none()));
+    }
+    let entries = in_format_2_audit_layout(&keys);
+    assert!(entries >= 3 * 8, "the fixture's audit entries have a key each: {entries}");
+    assert_eq!(in_records(&keys), 0);
     assert!(verified());
-    assert_eq!(stored_keys(&data_dir).0, "1", "verifying changed nothing");
+    assert_eq!(stored_keys(&data_dir), (format.clone(), keys.clone()), "verifying changed nothing");
 
     // Another vault's key is refused before anything moves.
     let other = dir.path().join("other");
@@ -163,11 +220,14 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     assert_eq!(status, 200, "{receipt}");
     let stderr = server.stderr_text();
     assert_eq!(server.terminate().code(), Some(0));
-    assert!(stderr.contains("the store has format 2"), "{stderr}");
+    assert_eq!(stderr.contains("moving subject records"), from == "1", "{stderr}");
+    assert!(stderr.contains("the store has format 3"), "{stderr}");
 
     let (format, keys) = stored_keys(&data_dir);
-    assert_eq!(format, "2");
+    assert_eq!(format, "3");
     assert_eq!(in_format_1_spaces(&keys), 0, "every format-1 record moved");
+    assert_eq!(in_format_2_audit_layout(&keys), 0, "every audit entry moved");
+    assert!(in_records(&keys) > 0);
     let erased_subject: SubjectId = erased["customer_id"].as_str().unwrap().parse().unwrap();
     let erased_records: Vec<Part> = keys
         .iter()
@@ -187,17 +247,17 @@ async fn a_format_1_store_is_moved_at_serve_and_every_role_finds_what_it_had() {
     assert_eq!(status, 200);
     let stderr = server.stderr_text();
     assert_eq!(server.terminate().code(), Some(0));
-    assert!(!stderr.contains("format 1"), "{stderr}");
+    assert!(!stderr.contains("moving"), "{stderr}");
 
     // A format this build does not know is refused, and left as it is.
     let backend = SledBackend::open(&data_dir.join("store"), 16 << 20).unwrap();
     let mut batch = consentvault::store::WriteBatch::new();
-    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(b"3".to_vec()));
+    batch.insert(Key::meta("format").as_bytes().to_vec(), Some(b"4".to_vec()));
     backend.apply(&batch).unwrap();
     backend.flush().unwrap();
     drop(backend);
     let before = stored_keys(&data_dir);
     let refused = ServerProcess::start(&data_dir, &[], &[]).err().unwrap();
-    assert!(refused.contains("the store has format 3, this build reads formats 1 and 2"), "{refused}");
+    assert!(refused.contains("the store has format 4, this build reads formats 1, 2 and 3"), "{refused}");
     assert_eq!(stored_keys(&data_dir), before);
 }

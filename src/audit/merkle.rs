@@ -206,6 +206,77 @@ pub fn appended_subtrees<E>(
     Ok(completed)
 }
 
+/// The right edge of a tree being built leaf by leaf: complete subtrees of
+/// strictly decreasing size, as (level, index, hash). Its root is the
+/// tree's root, and the next append needs nothing else.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    stack: Vec<(u32, u64, Hash)>,
+}
+
+impl Frontier {
+    /// Adds leaf `index`; returns every subtree that became complete.
+    pub fn push(&mut self, index: u64, leaf: Hash) -> Vec<(u32, u64, Hash)> {
+        let mut completed = vec![(0, index, leaf)];
+        let mut node = (0u32, index, leaf);
+        while let Some(&(level, left_index, left)) = self.stack.last() {
+            if level != node.0 {
+                break;
+            }
+            self.stack.pop();
+            node = (level + 1, left_index >> 1, node_hash(&left, &node.2));
+            completed.push(node);
+        }
+        self.stack.push(node);
+        completed
+    }
+
+    /// The frontier of a tree of `size` leaves from its stored hashes
+    /// ([`Frontier::to_bytes`]), or `None` if they do not fit the size.
+    pub fn of_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
+        let (hashes, rest) = bytes.as_chunks::<32>();
+        if !rest.is_empty() || hashes.len() != size.count_ones() as usize {
+            return None;
+        }
+        let stack = Self::decomposition(size).zip(hashes).map(|((level, index), hash)| (level, index, *hash)).collect();
+        Some(Self { stack })
+    }
+
+    /// The frontier of the tree of `size` leaves in `store`: one lookup per
+    /// set bit of `size`.
+    pub fn of_tree<S: SubtreeHashes + ?Sized>(store: &S, size: u64) -> Result<Self, S::Error> {
+        let stack = Self::decomposition(size)
+            .map(|(level, index)| store.subtree(level, index).map(|hash| (level, index, hash)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { stack })
+    }
+
+    /// The complete subtrees `(level, index)` that make up a tree of `size`
+    /// leaves, largest first.
+    fn decomposition(size: u64) -> impl Iterator<Item = (u32, u64)> {
+        let mut offset = 0u64;
+        (0..64u32).rev().filter(move |level| (size >> level) & 1 == 1).map(move |level| {
+            let index = offset >> level;
+            offset += 1 << level;
+            (level, index)
+        })
+    }
+
+    /// The hashes, largest subtree first; the size gives their levels.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.stack.iter().flat_map(|(_, _, hash)| *hash).collect()
+    }
+
+    /// The root of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut hashes = self.stack.iter().rev().map(|&(_, _, hash)| hash);
+        match hashes.next() {
+            None => empty_root(),
+            Some(first) => hashes.fold(first, |right, left| node_hash(&left, &right)),
+        }
+    }
+}
+
 /// Audit path for leaf `index` in the tree of size `tree_size`
 /// (`PATH(m, D[n])`, RFC 9162 §2.1.3.1), ordered from the leaf's sibling up
 /// to the root's child.

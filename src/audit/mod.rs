@@ -3,10 +3,13 @@
 //!
 //! Appends happen inside a store transaction ([`append`](AuditLog::append)), so an event lands
 //! in the same atomic batch and flush as the change it records, and in commit
-//! order. The store keeps, per append, the entry bytes, the hashes of the
-//! complete subtrees above the leaf that the append finishes (one on
-//! average; a leaf hash is recomputed from its entry), the new size, and
-//! per-subject and per-business markers; proofs need O(log n) reads.
+//! order. The store keeps, per batch, one record of the entries it appended,
+//! one group of indices per subject and per business they concern
+//! ([`records`]), the log's size and right edge (the [`Frontier`], from which
+//! the checkpoint's root follows), and the hashes of the complete subtrees
+//! of [`STORED_LEVEL_MIN`] levels and more that the batch finished (one per
+//! sixteen entries); smaller subtrees are recomputed from the entries.
+//! Proofs need O(log n) reads.
 //!
 //! **Architecture Invariant:** plaintext for a reader is released only with a
 //! [`Logged`] value, and a `Logged` exists only for an event whose batch the
@@ -18,11 +21,12 @@ pub mod checkpoint;
 mod event;
 pub mod merkle;
 pub mod published;
+pub mod records;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Related, Role, Withheld};
 
@@ -30,19 +34,22 @@ use crate::crypto::{CryptoError, KeyRing};
 use crate::ids::SubjectId;
 use crate::store::{Durable, Key, Store, StoreError, Txn, WriteBatch, counter_decode};
 use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
-use merkle::{Hash, ProofError, SubtreeHashes};
+use merkle::{Frontier, Hash, ProofError, SubtreeHashes};
 
 /// The label of the checkpoint signing key sealed under the KEK.
 pub(crate) const SIGNING_KEY_LABEL: &str = "audit-signing-key";
 const SIZE_KEY: &str = "audit/size";
+/// The log's right edge: the hashes of the complete subtrees that make up
+/// the whole tree, largest first ([`Frontier::to_bytes`]).
+const FRONTIER_KEY: &str = "audit/frontier";
 pub(crate) const SIGNING_KEY_KEY: &str = "audit/signing-key";
 const ORIGIN_KEY: &str = "audit/origin";
 const LATEST_CHECKPOINT_KEY: &str = "audit/checkpoint";
 const LATEST_NOTE_KEY: &str = "audit/checkpoint-note";
-/// Subtree hashes at this level and above are kept in memory (1/16 of the
-/// leaves: 62,500 hashes for a log of 10^6), so a proof reads at most a few
-/// low-level hashes from the store.
-const NODE_CACHE_LEVEL_MIN: u32 = 4;
+/// Subtree hashes at this level and above are stored, and kept in memory
+/// (1/16 of the leaves: 62,500 hashes for a log of 10^6); a proof
+/// recomputes the few it needs below it from at most 15 entries.
+pub const STORED_LEVEL_MIN: u32 = 4;
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -126,22 +133,32 @@ fn decode_hash(bytes: Option<Vec<u8>>) -> Result<Hash, AuditError> {
     bytes.and_then(|bytes| bytes.try_into().ok()).ok_or(AuditError::Corrupt("subtree hash"))
 }
 
-fn node_in(txn: &Txn<'_>, level: u32, index: u64) -> Result<Hash, AuditError> {
-    if level == 0 {
-        let entry = txn.get(&Key::audit_entry(index))?.ok_or(AuditError::Corrupt("entry"))?;
-        return Ok(merkle::leaf_hash(&entry));
+/// The log's right edge as `txn` sees it, for a log of `size` entries.
+fn frontier_in(txn: &Txn<'_>, size: u64) -> Result<Frontier, AuditError> {
+    match txn.get(&Key::meta(FRONTIER_KEY))? {
+        Some(bytes) => Frontier::of_bytes(size, &bytes).ok_or(AuditError::Corrupt("frontier")),
+        None if size == 0 => Ok(Frontier::default()),
+        None => Err(AuditError::Corrupt("frontier")),
     }
-    decode_hash(txn.get(&Key::audit_node(level, index))?)
 }
 
-/// Subtree hashes as a transaction sees them.
-struct TxnTree<'t, 'a>(&'t Txn<'a>);
+/// Adds `index` to the group at `key` if this batch wrote it, else starts
+/// the group there ([`records`]: a group's key is the first index of the
+/// record being written, so only this batch can have written it).
+fn group_append(txn: &mut Txn<'_>, key: Key, index: u64) {
+    let mut group = match txn.pending(&key) {
+        Some(Some(group)) => group.clone(),
+        _ => Vec::with_capacity(8),
+    };
+    group.extend_from_slice(&index.to_be_bytes());
+    txn.put(key, group);
+}
 
-impl SubtreeHashes for TxnTree<'_, '_> {
-    type Error = AuditError;
-    fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
-        node_in(self.0, level, index)
-    }
+/// The record of entries a batch is appending to.
+#[derive(Debug, Default)]
+struct OpenRecord {
+    batch_seq: u64,
+    first: u64,
 }
 
 /// Subtree hashes as committed in the store, upper levels from memory.
@@ -153,14 +170,13 @@ struct StoreTree<'s> {
 impl SubtreeHashes for StoreTree<'_> {
     type Error = AuditError;
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
-        if level >= NODE_CACHE_LEVEL_MIN
+        if level >= STORED_LEVEL_MIN
             && let Some(hash) = self.log.0.nodes.read().ok().and_then(|nodes| nodes.get(&(level, index)).copied())
         {
             return Ok(hash);
         }
-        if level == 0 {
-            let entry = self.store.get(&Key::audit_entry(index))?.ok_or(AuditError::Corrupt("entry"))?;
-            return Ok(merkle::leaf_hash(&entry));
+        if level < STORED_LEVEL_MIN {
+            return self.log.subtree_of_entries(self.store, level, index);
         }
         decode_hash(self.store.get(&Key::audit_node(level, index))?)
     }
@@ -188,7 +204,7 @@ struct Shared {
     latest_note: RwLock<String>,
     /// When (Unix seconds) a checkpoint was last kept in the history.
     history_secs: AtomicU64,
-    /// Complete subtree hashes at [`NODE_CACHE_LEVEL_MIN`] and above. They
+    /// Complete subtree hashes at [`STORED_LEVEL_MIN`] and above. They
     /// never change once complete, so the cache never needs invalidating.
     nodes: RwLock<HashMap<(u32, u64), Hash>>,
     /// Where a checkpoint is recorded before it is handed out; unset for a
@@ -196,6 +212,9 @@ struct Shared {
     publication: std::sync::OnceLock<published::Publication>,
     /// Set while the store is behind a published checkpoint.
     signing_refused: RwLock<Option<published::Rollback>>,
+    /// Where the current batch appends its entries (used on the commit
+    /// thread only; checked against the batch's writes before use).
+    open_record: Mutex<OpenRecord>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -259,6 +278,7 @@ impl AuditLog {
             nodes: RwLock::new(HashMap::new()),
             publication: std::sync::OnceLock::new(),
             signing_refused: RwLock::new(None),
+            open_record: Mutex::new(OpenRecord::default()),
         })))
     }
 
@@ -276,28 +296,29 @@ impl AuditLog {
         }
     }
 
-    /// Appends `event` in `txn`: stores its canonical bytes at the next
-    /// index, the subtree hashes the append completes, the new size, and the
-    /// subject and business markers. Once the batch is flushed, the durable
-    /// size and the node cache follow.
+    /// Appends `event` in `txn`: its canonical bytes go into the batch's
+    /// record at the next index, its index into the batch's groups of the
+    /// subject and business it names; the log's size and right edge move
+    /// on, and a subtree hash is stored if the append completes one of
+    /// [`STORED_LEVEL_MIN`] levels or more. Once the batch is flushed, the
+    /// durable size and the node cache follow.
     pub fn append(&self, txn: &mut Txn<'_>, event: &AuditEvent) -> Result<Appended, AuditError> {
         let bytes = event.to_bytes()?;
         let index = size_in(txn)?;
-        let leaf = merkle::leaf_hash(&bytes);
-        let completed = merkle::appended_subtrees(index, leaf, |level, at| node_in(txn, level, at))?;
-        // Level 0 is the leaf hash of the entry itself: not stored twice.
-        for (level, at, hash) in completed.iter().filter(|(level, _, _)| *level > 0) {
+        let mut frontier = frontier_in(txn, index)?;
+        let mut nodes = frontier.push(index, merkle::leaf_hash(&bytes));
+        nodes.retain(|(level, _, _)| *level >= STORED_LEVEL_MIN);
+        for (level, at, hash) in &nodes {
             txn.put(Key::audit_node(*level, *at), hash.to_vec());
         }
-        let nodes: Vec<(u32, u64, Hash)> =
-            completed.into_iter().filter(|(level, _, _)| *level >= NODE_CACHE_LEVEL_MIN).collect();
-        txn.put(Key::audit_entry(index), bytes);
+        txn.put(Key::meta(FRONTIER_KEY), frontier.to_bytes());
+        let first = self.record_append(txn, index, &bytes)?;
         txn.put(Key::meta(SIZE_KEY), (index + 1).to_be_bytes().to_vec());
         if let Some(subject) = event.subject {
-            txn.put(Key::audit_by_subject(subject.as_bytes(), index), Vec::new());
+            group_append(txn, Key::audit_by_subject(subject.as_bytes(), first), index);
         }
         if let Some(business) = &event.business {
-            txn.put(Key::audit_by_business(business, index), Vec::new());
+            group_append(txn, Key::audit_by_business(business, first), index);
         }
         let log = self.clone();
         txn.on_durable(move || {
@@ -307,6 +328,31 @@ impl AuditLog {
             }
         });
         Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone() })
+    }
+
+    /// Puts entry `index` into the record this batch appends to, or into a
+    /// new one that starts at it; returns the record's first index.
+    fn record_append(&self, txn: &mut Txn<'_>, index: u64, entry: &[u8]) -> Result<u64, AuditError> {
+        let mut open = self.0.open_record.lock().map_err(|_| AuditError::Corrupt("open record"))?;
+        if open.batch_seq == txn.batch_seq() && open.first < index && index - open.first < records::RECORD_ENTRIES_MAX {
+            let key = Key::audit_record(open.first);
+            // The record as this batch left it: a transaction that failed
+            // after extending it took its entries with it.
+            if let Some(Some(record)) = txn.pending(&key)
+                && record.len() + 4 + entry.len() <= records::RECORD_BYTES_MAX
+                && records::record_len(record) == Some(index - open.first)
+            {
+                let mut record = record.clone();
+                records::record_push(&mut record, entry);
+                txn.put(key, record);
+                return Ok(open.first);
+            }
+        }
+        *open = OpenRecord { batch_seq: txn.batch_seq(), first: index };
+        let mut record = Vec::with_capacity(4 + entry.len());
+        records::record_push(&mut record, entry);
+        txn.put(Key::audit_record(index), record);
+        Ok(index)
     }
 
     /// The function that ends every writing batch: if the batch appended,
@@ -351,7 +397,7 @@ impl AuditLog {
 
     /// Remembers a complete subtree hash if its level is cached.
     pub fn node_cache(&self, level: u32, index: u64, hash: &Hash) {
-        if level >= NODE_CACHE_LEVEL_MIN
+        if level >= STORED_LEVEL_MIN
             && let Ok(mut nodes) = self.0.nodes.write()
         {
             nodes.insert((level, index), *hash);
@@ -382,7 +428,7 @@ impl AuditLog {
         if !grown && !copy_wanted {
             return Ok(None);
         }
-        let root = merkle::root(&TxnTree(txn), size)?;
+        let root = frontier_in(txn, size)?.root();
         let note = self.0.signer.sign_checkpoint(&Checkpoint::new(self.0.origin.clone(), size, root))?;
         txn.put(Key::meta(LATEST_CHECKPOINT_KEY), size.to_be_bytes().to_vec());
         txn.put(Key::meta(LATEST_NOTE_KEY), note.clone().into_bytes());
@@ -455,23 +501,14 @@ impl AuditLog {
 
     /// The exact stored bytes of entry `index`, if it is durable.
     pub fn entry(&self, store: &Store, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
-        if index >= self.durable_size() {
-            return Ok(None);
-        }
-        Ok(store.get(&Key::audit_entry(index))?)
+        Ok(self.entries(store, index, 1)?.into_iter().next().map(|(_, bytes)| bytes))
     }
 
     /// Up to `limit` durable entries from `start` on, in index order.
     pub fn entries(&self, store: &Store, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
         let end = self.durable_size();
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let rows = store.scan_range(&Key::audit_entry(start), &Key::audit_entry(end), limit)?;
-        rows.into_iter()
-            .map(|(key, bytes)| entry_index(&key).map(|index| (index, bytes)))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(AuditError::Corrupt("entry key"))
+        let end = end.min(start.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)));
+        entries_between(store, start, end)
     }
 
     /// Up to `limit` durable entry indices of `subject` from `start` on.
@@ -498,6 +535,21 @@ impl AuditLog {
         self.indices_under(store, &prefix, start, limit)
     }
 
+    /// The hash of the subtree at `level` (below [`STORED_LEVEL_MIN`]),
+    /// `index`, recomputed from its entries.
+    fn subtree_of_entries(&self, store: &Store, level: u32, index: u64) -> Result<Hash, AuditError> {
+        let start = index << level;
+        let entries = entries_between(store, start, start + (1 << level))?;
+        if entries.len() != 1 << level {
+            return Err(AuditError::Corrupt("entry"));
+        }
+        let mut hashes: Vec<Hash> = entries.iter().map(|(_, bytes)| merkle::leaf_hash(bytes)).collect();
+        while hashes.len() > 1 {
+            hashes = hashes.chunks(2).map(|pair| merkle::node_hash(&pair[0], &pair[pair.len() - 1])).collect();
+        }
+        hashes.pop().ok_or(AuditError::Corrupt("entry"))
+    }
+
     /// The earliest checkpoint kept in the history whose tree contains entry
     /// `index` and is durable, recorded as published first if it is newer
     /// than every one recorded. `None` if there is none yet.
@@ -522,19 +574,53 @@ impl AuditLog {
 
     fn indices_under(&self, store: &Store, prefix: &Key, start: u64, limit: usize) -> Result<Vec<u64>, AuditError> {
         let end = self.durable_size();
-        let from = prefix.with_suffix(&start.to_be_bytes());
-        let to = prefix.with_suffix(&end.to_be_bytes());
-        let rows = store.scan_range(&from, &to, limit)?;
-        rows.iter()
-            .map(|(key, _)| prefix.suffix_of(key).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(AuditError::Corrupt("index marker"))
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after_start = prefix.with_suffix(&(start + 1).to_be_bytes());
+        // The last group keyed at or before `start`, then the groups after it.
+        let mut groups: Vec<(Vec<u8>, Vec<u8>)> = store.last_in(prefix, &after_start)?.into_iter().collect();
+        groups.extend(store.scan_range(&after_start, &prefix.with_suffix(&end.to_be_bytes()), limit)?);
+        let mut indices = Vec::new();
+        for (key, group) in groups {
+            let first = records::key_index(prefix, &key).ok_or(AuditError::Corrupt("index group key"))?;
+            let group = records::group_indices(first, &group).ok_or(AuditError::Corrupt("index group"))?;
+            indices.extend(group.into_iter().filter(|index| (start..end).contains(index)));
+            if indices.len() >= limit {
+                break;
+            }
+        }
+        indices.truncate(limit);
+        Ok(indices)
     }
 }
 
-/// The index in an audit entry key.
-fn entry_index(key: &[u8]) -> Option<u64> {
-    Key::audit_entries_all().suffix_of(key).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
+/// The stored entries with indices in `start..end`, in index order: from
+/// the record that holds `start` on.
+fn entries_between(store: &Store, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let all = Key::audit_records_all();
+    let after_start = Key::audit_record(start + 1);
+    let wanted = usize::try_from(end - start).unwrap_or(usize::MAX);
+    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = store.last_in(&all, &after_start)?.into_iter().collect();
+    // Each record holds one entry at least.
+    rows.extend(store.scan_range(&after_start, &Key::audit_record(end), wanted)?);
+    let mut entries = Vec::new();
+    for (key, record) in rows {
+        let first = records::key_index(&all, &key).ok_or(AuditError::Corrupt("entry record key"))?;
+        let record = records::record_entries(&record).ok_or(AuditError::Corrupt("entry record"))?;
+        for (index, bytes) in (first..).zip(record) {
+            if (start..end).contains(&index) {
+                entries.push((index, bytes.to_vec()));
+            }
+        }
+        if entries.len() >= wanted {
+            break;
+        }
+    }
+    Ok(entries)
 }
 
 /// The key of the newest signed checkpoint note. Every batch that appends

@@ -2,19 +2,26 @@
 //!
 //! Recomputes the Merkle tree from the stored entry bytes in one pass
 //! (keeping only the right edge, at most 64 hashes), and checks: every index
-//! from 0 to the stored size is present and nothing lies beyond it; every
+//! from 0 to the stored size is present and nothing lies beyond it; the
+//! stored right edge (format 3) is the recomputed one; every
 //! stored checkpoint is signed by the log's key, names the log's origin, and
 //! its root equals the recomputed root at its size. At [`Depth::Full`] it
 //! also checks that every entry is a canonical event and every stored
 //! subtree hash equals the recomputed one. The first failure is reported
 //! with the first index it implicates.
+//!
+//! It reads the entries of format 3 (records, [`super::records`]) and of
+//! format 2 (a key per entry), and a store between the two, whose oldest
+//! entries are in records and the rest not moved yet; so offline tools
+//! verify a store of either format without changing it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::AuditEvent;
 use super::checkpoint::NoteVerifier;
-use super::merkle::{self, Hash};
+use super::merkle::{self, Frontier, Hash};
+use super::records;
 use crate::store::{Key, Store, counter_decode};
 
 /// A log that verified.
@@ -40,40 +47,6 @@ pub struct VerifyFailure {
 
 fn failure(first_bad_index: Option<u64>, problem: impl Into<String>) -> VerifyFailure {
     VerifyFailure { first_bad_index, problem: problem.into() }
-}
-
-/// The right edge of a tree being built leaf by leaf: complete subtrees of
-/// strictly decreasing size, as (level, index, hash).
-#[derive(Debug, Default)]
-struct Frontier {
-    stack: Vec<(u32, u64, Hash)>,
-}
-
-impl Frontier {
-    /// Adds leaf `index`; returns every subtree that became complete.
-    fn push(&mut self, index: u64, leaf: Hash) -> Vec<(u32, u64, Hash)> {
-        let mut completed = vec![(0, index, leaf)];
-        let mut node = (0u32, index, leaf);
-        while let Some(&(level, left_index, left)) = self.stack.last() {
-            if level != node.0 {
-                break;
-            }
-            self.stack.pop();
-            node = (level + 1, left_index >> 1, merkle::node_hash(&left, &node.2));
-            completed.push(node);
-        }
-        self.stack.push(node);
-        completed
-    }
-
-    /// The root of the leaves pushed so far.
-    fn root(&self) -> Hash {
-        let mut hashes = self.stack.iter().rev().map(|&(_, _, hash)| hash);
-        match hashes.next() {
-            None => merkle::empty_root(),
-            Some(first) => hashes.fold(first, |right, left| merkle::node_hash(&left, &right)),
-        }
-    }
 }
 
 /// The problem reported when verification was asked to stop early.
@@ -173,13 +146,29 @@ pub fn verify_latest(
         .open_checkpoint(&text, origin)
         .map_err(|error| failure(None, format!("the latest checkpoint does not verify: {error}")))?;
     size_matches_checkpoint(size, Some(checkpoint.tree_size), false)?;
-    for index in [size.checked_sub(1), checkpoint.tree_size.checked_sub(1)].into_iter().flatten() {
-        if store.get(&Key::audit_entry(index)).map_err(io)?.is_none() {
-            return Err(failure(Some(index), format!("entry {index} is missing")));
+    // The last record ends exactly at the size.
+    let all = Key::audit_records_all();
+    let stored_end = match store.last_in(&all, &Key::from_prefix_end(&all)).map_err(io)? {
+        None => 0,
+        Some((key, record)) => {
+            let first = records::key_index(&all, &key).ok_or_else(|| failure(None, "a record key is malformed"))?;
+            let count = records::record_len(&record)
+                .ok_or_else(|| failure(Some(first), format!("the record of entries from {first} is malformed")))?;
+            first + count
         }
-    }
-    if store.get(&Key::audit_entry(size)).map_err(io)?.is_some() {
+    };
+    if stored_end > size {
         return Err(failure(Some(size), format!("entry {size} lies beyond the log size {size}")));
+    }
+    if stored_end < size {
+        return Err(failure(Some(stored_end), format!("entry {stored_end} is missing")));
+    }
+    let frontier = match store.get(&Key::meta(super::FRONTIER_KEY)).map_err(io)? {
+        Some(bytes) => Frontier::of_bytes(size, &bytes),
+        None => (size == 0).then(Frontier::default),
+    };
+    if frontier.is_none_or(|frontier| frontier.root() != checkpoint.root) {
+        return Err(failure(None, "the stored right edge of the tree does not match the latest checkpoint"));
     }
     let root = root_at(checkpoint.tree_size)
         .map_err(|error| failure(None, format!("the stored tree cannot be read: {error}")))?;
@@ -237,29 +226,23 @@ fn verify_pass(
         _ => Ok(()),
     };
 
-    // Point reads by index: on the embedded engine they cost a fraction of a range scan's
-    // per-entry cost, and a missing index shows up as a missing read.
     let end = if live { checkpoints.last_key_value().map_or(0, |(&covered, _)| covered) } else { size };
     let mut frontier = Frontier::default();
     check_checkpoint(&frontier, 0)?;
-    for index in 0..end {
-        if index % 4096 == 0 && stop.load(Ordering::Relaxed) {
-            return Err(failure(None, STOPPED));
-        }
-        let bytes = store
-            .get(&Key::audit_entry(index))
-            .map_err(io)?
-            .ok_or_else(|| failure(Some(index), format!("entry {index} is missing")))?;
-        let completed = frontier.push(index, merkle::leaf_hash(&bytes));
+    let mut check_entry = |index: u64, bytes: &[u8]| -> Result<(), VerifyFailure> {
+        let completed = frontier.push(index, merkle::leaf_hash(bytes));
         for (level, at, hash) in &completed {
             visit(*level, *at, hash);
         }
         if depth == Depth::Full {
-            AuditEvent::from_bytes(&bytes)
+            AuditEvent::from_bytes(bytes)
                 .map_err(|error| failure(Some(index), format!("entry {index} is not a valid event: {error}")))?;
             for (level, at, hash) in completed.into_iter().filter(|(level, _, _)| *level > 0) {
+                // Levels below the stored ones are recomputed when needed
+                // (format 2 stored them too: then they must match).
                 let stored = store.get(&Key::audit_node(level, at)).map_err(io)?;
-                if stored.as_deref() != Some(hash.as_slice()) {
+                let missing_allowed = level < super::STORED_LEVEL_MIN && stored.is_none();
+                if !missing_allowed && stored.as_deref() != Some(hash.as_slice()) {
                     return Err(failure(
                         Some(at << level),
                         format!("entry bytes do not match the stored tree at level {level}, index {at}"),
@@ -267,12 +250,90 @@ fn verify_pass(
                 }
             }
         }
-        check_checkpoint(&frontier, index + 1)?;
-    }
-    if !live && store.get(&Key::audit_entry(size)).map_err(io)?.is_some() {
-        return Err(failure(Some(size), format!("entry {size} lies beyond the log size {size}")));
+        check_checkpoint(&frontier, index + 1)
+    };
+    let in_records = entries_visit(store, end, live, stop, &mut check_entry)?;
+    if !live && in_records > 0 {
+        let stored = store.get(&Key::meta(super::FRONTIER_KEY)).map_err(io)?;
+        if stored.as_deref() != Some(frontier.to_bytes().as_slice()) {
+            return Err(failure(None, "the stored right edge of the tree does not match the entries"));
+        }
     }
     Ok(Verified { size: end, root: frontier.root(), checkpoints: checkpoints.len() })
+}
+
+/// Entries read per page of records.
+const RECORDS_PER_PAGE: usize = 64;
+
+/// Shows `visit` every entry from 0 to `end` in index order: those in
+/// records first, then those of format 2 not moved yet. Fails on a missing
+/// entry, a malformed record, and (unless `live`, where the log grows while
+/// it is read) an entry at or beyond `end`. Returns how many entries were
+/// in records.
+fn entries_visit(
+    store: &Store,
+    end: u64,
+    live: bool,
+    stop: &AtomicBool,
+    visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VerifyFailure>,
+) -> Result<u64, VerifyFailure> {
+    let beyond = |index: u64| failure(Some(index), format!("entry {index} lies beyond the log size {end}"));
+    let all = Key::audit_records_all();
+    let records_end = Key::from_prefix_end(&all);
+    let mut next = 0u64;
+    let mut from = Key::audit_record(0);
+    'pages: loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(failure(None, STOPPED));
+        }
+        let page = store.scan_range(&from, &records_end, RECORDS_PER_PAGE).map_err(io)?;
+        let Some((last, _)) = page.last() else { break };
+        from = Key::raw(last.iter().copied().chain([0]).collect());
+        for (key, record) in &page {
+            let first = records::key_index(&all, key).ok_or_else(|| failure(Some(next), "a record key is malformed"))?;
+            if first >= end && live {
+                break 'pages;
+            }
+            if first != next {
+                let problem = if first > next {
+                    format!("entry {next} is missing")
+                } else {
+                    format!("entry {first} is stored twice")
+                };
+                return Err(failure(Some(next.min(first)), problem));
+            }
+            let entries = records::record_entries(record)
+                .ok_or_else(|| failure(Some(first), format!("the record of entries from {first} is malformed")))?;
+            for entry in entries {
+                if next >= end {
+                    if live {
+                        break 'pages;
+                    }
+                    return Err(beyond(next));
+                }
+                visit(next, entry)?;
+                next += 1;
+            }
+        }
+    }
+    let in_records = next;
+    // Point reads by index: on the embedded engine they cost a fraction of
+    // a range scan's per-entry cost, and a missing index shows up as a
+    // missing read.
+    for index in next..end {
+        if index % 4096 == 0 && stop.load(Ordering::Relaxed) {
+            return Err(failure(None, STOPPED));
+        }
+        let bytes = store
+            .get(&Key::audit_entry_format_2(index))
+            .map_err(io)?
+            .ok_or_else(|| failure(Some(index), format!("entry {index} is missing")))?;
+        visit(index, &bytes)?;
+    }
+    if !live && store.get(&Key::audit_entry_format_2(end.max(in_records))).map_err(io)?.is_some() {
+        return Err(beyond(end));
+    }
+    Ok(in_records)
 }
 
 #[cfg(test)]

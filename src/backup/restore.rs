@@ -81,10 +81,17 @@ fn restore_into(
         return Err(BackupError::Changed);
     }
     backend.flush()?;
-    let (store, audit) = vault::store_open_checked(backend, keys)?;
+    // The log is verified as the backup holds it, in whichever format it
+    // was written; then the store moves to this build's format, which the
+    // restore's own event is appended in.
+    let (store, audit) = vault::store_open_checked(std::sync::Arc::clone(&backend), keys)?;
     let never = AtomicBool::new(false);
     let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
         .map_err(BackupError::AuditInvalid)?;
+    store.close()?;
+    drop(store);
+    vault::store_format_move(&*backend)?;
+    let (store, audit) = vault::store_open_checked(backend, keys)?;
     let checkpoint = audit.verifier().open_checkpoint(&trailer.note, audit.origin())?;
     if checkpoint.tree_size != verified.size || checkpoint.root != verified.root {
         return Err(BackupError::CheckpointMismatch { checkpoint: checkpoint.tree_size, log: verified.size });

@@ -165,7 +165,7 @@ mod tests {
         let mut cache = ReadCache::default();
         let mut reads = 0;
         for _ in 0..2 {
-            let _ = cache.get(Key::audit_entry(1).as_bytes(), || {
+            let _ = cache.get(Key::audit_record(1).as_bytes(), || {
                 reads += 1;
                 Ok::<_, ()>(None)
             });

@@ -217,6 +217,11 @@ impl Store {
         self.backend.scan(start.as_bytes(), end.as_bytes(), limit)
     }
 
+    /// The committed entry with the largest key in `start <= key < end`.
+    pub fn last_in(&self, start: &Key, end: &Key) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.backend.last(start.as_bytes(), end.as_bytes())
+    }
+
     /// One page of the committed entries under `prefix`, in key order: up to
     /// `limit` of those after `prefix ‖ after` (from the first when `after`
     /// is `None`), and whether more follow.

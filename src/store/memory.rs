@@ -223,6 +223,12 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.read_fault(start)?;
+        let applied = lock(&self.applied);
+        Ok(applied.range(start.to_vec()..end.to_vec()).next_back().map(|(key, value)| (key.clone(), value.clone())))
+    }
+
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         self.stuck()?;
         if self.fail_applies.load(Ordering::SeqCst) {

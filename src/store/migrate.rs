@@ -101,6 +101,9 @@ mod tests {
         fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<crate::store::Entries, StoreError> {
             self.inner.scan(start, end, limit)
         }
+        fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.inner.last(start, end)
+        }
         fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
             let ordering = std::sync::atomic::Ordering::SeqCst;
             self.applies_left
@@ -138,7 +141,7 @@ mod tests {
         }
         // Other spaces stay where they are.
         batch.insert(Key::subject(&ada).as_bytes().to_vec(), Some(b"record".to_vec()));
-        batch.insert(Key::audit_entry(7).as_bytes().to_vec(), Some(b"entry".to_vec()));
+        batch.insert(Key::audit_entry_format_2(7).as_bytes().to_vec(), Some(b"entry".to_vec()));
         backend.apply(&batch).unwrap();
 
         let mut heard = Vec::new();
@@ -148,7 +151,7 @@ mod tests {
             assert_eq!(backend.get(new.as_bytes()).unwrap(), Some(vec![u8::try_from(n).unwrap()]), "record {n}");
         }
         assert_eq!(backend.get(Key::subject(&ada).as_bytes()).unwrap(), Some(b"record".to_vec()));
-        assert_eq!(backend.get(Key::audit_entry(7).as_bytes()).unwrap(), Some(b"entry".to_vec()));
+        assert_eq!(backend.get(Key::audit_entry_format_2(7).as_bytes()).unwrap(), Some(b"entry".to_vec()));
         assert_eq!(backend.scan(&[0x00], &[0xFF], usize::MAX).unwrap().len(), 10);
         assert!(heard.is_empty());
         // A second run has nothing left to move.

@@ -104,6 +104,8 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` entries with `start <= key < end`, in key order.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// The entry with the largest key in `start <= key < end`, if any.
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
     /// Applies every write of `batch` atomically.
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
@@ -150,14 +152,19 @@ pub enum Space {
     Subjects = 0x02,
     /// Encryption counters per key.
     Counters = 0x05,
-    /// Audit entries: the exact leaf bytes, by index.
+    /// Audit entries of format 2, one key per index (moved to
+    /// [`Space::AuditRecords`] when a store moves to format 3).
     AuditEntries = 0x10,
-    /// Hashes of complete Merkle subtrees, by level and index.
+    /// Hashes of complete Merkle subtrees, by level and index (levels 4
+    /// and above; format 2 also kept levels 1 to 3).
     AuditNodes = 0x11,
     /// Signed checkpoints, by tree size.
     AuditCheckpoints = 0x12,
-    /// Index of audit entries by business.
+    /// Index of audit entries by business: groups of indices.
     AuditByBusiness = 0x14,
+    /// Audit entries in records of consecutive entries, by the index of
+    /// the first (`audit::records`).
+    AuditRecords = 0x15,
     /// Principals (businesses, auditors, the admin, customers) by role and id.
     Principals = 0x20,
     /// API client credentials by client id.
@@ -204,7 +211,8 @@ pub enum Part {
     Objections = 0x05,
     /// Access requests, by request id.
     Request = 0x06,
-    /// Markers of the audit entries that concern the subject, by index.
+    /// The indices of the audit entries that concern the subject, in
+    /// groups keyed by their first index (`audit::records`).
     AuditMarker = 0x10,
 }
 
@@ -291,14 +299,24 @@ impl Key {
         Self::new(Space::Counters, &[name.as_bytes()])
     }
 
-    /// The audit entry at `index`.
-    pub fn audit_entry(index: u64) -> Self {
+    /// The audit entry at `index` in format 2.
+    pub fn audit_entry_format_2(index: u64) -> Self {
         Self::new(Space::AuditEntries, &[&index.to_be_bytes()])
     }
 
-    /// The prefix of every audit entry.
-    pub fn audit_entries_all() -> Self {
+    /// The prefix of every audit entry of format 2.
+    pub fn audit_entries_format_2() -> Self {
         Self::new(Space::AuditEntries, &[])
+    }
+
+    /// The record of audit entries that starts at index `first`.
+    pub fn audit_record(first: u64) -> Self {
+        Self::new(Space::AuditRecords, &[&first.to_be_bytes()])
+    }
+
+    /// The prefix of every record of audit entries.
+    pub fn audit_records_all() -> Self {
+        Self::new(Space::AuditRecords, &[])
     }
 
     /// The hash of the complete subtree at `level`, `index`.
@@ -318,24 +336,24 @@ impl Key {
         Self::new(Space::AuditCheckpoints, &[])
     }
 
-    /// The marker that audit entry `index` concerns `subject`.
-    pub fn audit_by_subject(subject: &[u8; 16], index: u64) -> Self {
-        Self::of_subject(subject, Part::AuditMarker, &index.to_be_bytes())
+    /// The group of `subject`'s audit entry indices that starts at `first`.
+    pub fn audit_by_subject(subject: &[u8; 16], first: u64) -> Self {
+        Self::of_subject(subject, Part::AuditMarker, &first.to_be_bytes())
     }
 
-    /// The prefix of every audit entry marker of `subject`.
+    /// The prefix of every group of audit entry indices of `subject`.
     pub fn audit_by_subject_all(subject: &[u8; 16]) -> Self {
         Self::of_subject(subject, Part::AuditMarker, &[])
     }
 
-    /// The marker that audit entry `index` concerns `business`.
-    pub fn audit_by_business(business: &str, index: u64) -> Self {
+    /// The group of `business`'s audit entry indices that starts at `first`.
+    pub fn audit_by_business(business: &str, first: u64) -> Self {
         let name = business.as_bytes();
         let length = u8::try_from(name.len()).unwrap_or(u8::MAX);
-        Self::new(Space::AuditByBusiness, &[&[length], name, &index.to_be_bytes()])
+        Self::new(Space::AuditByBusiness, &[&[length], name, &first.to_be_bytes()])
     }
 
-    /// The prefix of every audit entry marker of `business`.
+    /// The prefix of every group of audit entry indices of `business`.
     pub fn audit_by_business_all(business: &str) -> Self {
         let name = business.as_bytes();
         let length = u8::try_from(name.len()).unwrap_or(u8::MAX);

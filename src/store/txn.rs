@@ -144,6 +144,14 @@ impl<'a> Txn<'a> {
         self.engine_read(read)
     }
 
+    /// The write to `key` waiting in this batch (this transaction's or an
+    /// earlier one's), if there is one: `Some(None)` for a delete. Never
+    /// asks the engine.
+    pub fn pending(&self, key: &Key) -> Option<&Option<Vec<u8>>> {
+        let bytes = key.as_bytes();
+        self.writes.get(bytes).or_else(|| self.batch.get(bytes))
+    }
+
     /// Counts a read the device refused: the engine may be failed for good
     /// (sled after an I/O error), which the commit thread then sees.
     fn engine_read<T>(&self, read: Result<T, StoreError>) -> Result<T, StoreError> {

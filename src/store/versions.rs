@@ -146,7 +146,7 @@ mod tests {
         let mut touched = Vec::new();
         let others = [
             Key::grant(&bob, "g"),
-            Key::audit_entry(7),
+            Key::audit_record(7),
             Key::client("c"),
             Key::audit_by_subject(&ada, 7),
             Key::request(&ada, "r"),
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn a_stamp_of_a_record_no_decision_reads_never_holds() {
         let versions = Versions::default();
-        assert!(!versions.unchanged(&[versions.stamp(&Key::audit_entry(1))]));
+        assert!(!versions.unchanged(&[versions.stamp(&Key::audit_record(1))]));
         assert!(!versions.unchanged(&[]), "no stamps prove nothing");
     }
 }
