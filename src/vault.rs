@@ -70,7 +70,9 @@ pub enum VaultError {
     #[error("data directory {0} holds no vault; production start-up does not create one (run `consentvault init`)")]
     NotInitialised(PathBuf),
     /// The store was written by a layout version this build does not know.
-    #[error("the store has format {found}, this build reads formats {FORMAT_SUBJECT_SPACES}, {FORMAT_ENTRY_KEYS} and {FORMAT_VERSION}")]
+    #[error(
+        "the store has format {found}, this build reads formats {FORMAT_SUBJECT_SPACES}, {FORMAT_ENTRY_KEYS} and {FORMAT_VERSION}"
+    )]
     Format {
         /// The version found.
         found: String,

@@ -141,7 +141,8 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
     assert_detected(&pristine_dir, "edit with its subtree hash rewritten to match", 0, |backend| {
         use consentvault::audit::merkle::{leaf_hash, node_hash};
         let edited = forged(&entry(backend, 20));
-        let mut hashes: Vec<_> = (16..32).map(|i| leaf_hash(&if i == 20 { edited.clone() } else { entry(backend, i) })).collect();
+        let mut hashes: Vec<_> =
+            (16..32).map(|i| leaf_hash(&if i == 20 { edited.clone() } else { entry(backend, i) })).collect();
         while hashes.len() > 1 {
             hashes = hashes.chunks(2).map(|pair| node_hash(&pair[0], &pair[1])).collect();
         }
@@ -156,8 +157,11 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
         write(backend, vec![(Key::audit_record(alone), None)]);
     });
     assert_detected(&pristine_dir, "truncate with a lowered size", alone, |backend| {
-        let mut changes: Vec<(Key, Option<Vec<u8>>)> =
-            records(backend).iter().filter(|(first, _)| *first >= alone).map(|(first, _)| (Key::audit_record(*first), None)).collect();
+        let mut changes: Vec<(Key, Option<Vec<u8>>)> = records(backend)
+            .iter()
+            .filter(|(first, _)| *first >= alone)
+            .map(|(first, _)| (Key::audit_record(*first), None))
+            .collect();
         changes.push((Key::meta("audit/size"), Some(alone.to_be_bytes().to_vec())));
         write(backend, changes);
     });
@@ -165,10 +169,7 @@ async fn tampered_logs_are_reported_with_their_first_bad_index_and_refused_at_st
         let forged_entry = forged(&entry(backend, 0));
         write(
             backend,
-            vec![
-                record_put(size, &[forged_entry]),
-                (Key::meta("audit/size"), Some((size + 1).to_be_bytes().to_vec())),
-            ],
+            vec![record_put(size, &[forged_entry]), (Key::meta("audit/size"), Some((size + 1).to_be_bytes().to_vec()))],
         );
     });
     assert_detected(&pristine_dir, "truncate of the last entry", size - 1, |backend| {

@@ -634,3 +634,144 @@ pub fn checkpoint_note_key() -> Key {
 pub fn size(store: &Store) -> Result<u64, AuditError> {
     Ok(counter_decode(store.get(&Key::meta(SIZE_KEY))?.as_deref())?)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::Services;
+    use merkle::MemoryTree;
+
+    fn event(n: usize, subject: SubjectId, padding: usize) -> AuditEvent {
+        let fields = vec![format!("field-{n}"), "x".repeat(padding)];
+        let mut event = AuditEvent::new(EventKind::DataRead, Actor::customer(subject), "2026-12-02T00:00:00Z")
+            .subject(subject)
+            .fields(fields);
+        event.business = Some(if n % 3 == 0 { "acme" } else { "globex" }.to_owned());
+        event
+    }
+
+    /// Appends `events` in one transaction; `fail` rejects it after the
+    /// appends. Returns each appended event's index and bytes.
+    async fn append_all(
+        core: &crate::core::Core,
+        events: Vec<AuditEvent>,
+        fail: bool,
+    ) -> Option<Vec<(u64, Vec<u8>, SubjectId)>> {
+        let log = core.audit().clone();
+        let committed = core
+            .store()
+            .commit(move |txn| {
+                let mut appended = Vec::new();
+                for event in &events {
+                    let index = log.append(txn, event).map_err(|_| "append")?.index();
+                    appended.push((index, event.to_bytes().unwrap(), event.subject.unwrap()));
+                }
+                if fail { Err("rejected after appending") } else { Ok(appended) }
+            })
+            .await;
+        committed.ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_appends_keep_every_entry_once_in_order_and_prove_like_a_tree_in_memory() {
+        let services = Services::new();
+        let core = Arc::clone(&services.core);
+        let subjects: Vec<SubjectId> = (1..=3u8).map(|n| SubjectId::from_bytes([n; 16])).collect();
+        let base = core.audit().durable_size();
+
+        // Concurrent transactions, so batches hold several; every fifth
+        // fails after appending, in the middle of a batch.
+        let mut tasks = Vec::new();
+        for task in 0..60usize {
+            let core = Arc::clone(&core);
+            let subject = subjects[task % 3];
+            tasks.push(tokio::spawn(async move {
+                let events = (0..1 + task % 3).map(|n| event(task * 10 + n, subject, task % 7 * 40)).collect();
+                append_all(&core, events, task % 5 == 4).await.map(|appended| (task, appended))
+            }));
+        }
+        let mut expected: Vec<(u64, Vec<u8>, SubjectId)> = Vec::new();
+        for task in tasks {
+            if let Some((task, appended)) = task.await.unwrap() {
+                assert_ne!(task % 5, 4, "a rejected transaction is not acknowledged");
+                expected.extend(appended);
+            }
+        }
+        // A transaction larger than a record, by count and by bytes.
+        let many = (0..300).map(|n| event(n, subjects[0], 0)).collect();
+        expected.extend(append_all(&core, many, false).await.unwrap());
+        let large = (0..7).map(|n| event(n, subjects[1], 10_000)).collect();
+        expected.extend(append_all(&core, large, false).await.unwrap());
+        expected.sort_by_key(|(index, _, _)| *index);
+
+        let store = core.store();
+        let log = core.audit();
+        let size = log.durable_size();
+        assert_eq!(size, base + expected.len() as u64, "every acknowledged append, no rejected one");
+        let indices: Vec<u64> = expected.iter().map(|(index, _, _)| *index).collect();
+        assert_eq!(indices, (base..size).collect::<Vec<_>>(), "indices are dense");
+
+        // Records: within their bounds, and some hold several entries.
+        let records = store.scan_prefix(&Key::audit_records_all(), usize::MAX).unwrap();
+        let mut shared = 0;
+        for (_, record) in &records {
+            let entries = records::record_entries(record).unwrap();
+            assert!(entries.len() as u64 <= records::RECORD_ENTRIES_MAX);
+            assert!(entries.len() == 1 || record.len() <= records::RECORD_BYTES_MAX);
+            shared += usize::from(entries.len() > 1);
+        }
+        assert!(shared > 0 && records.len() < expected.len(), "{} records", records.len());
+
+        // Entries read back from anywhere, in pages of any length.
+        let all = log.entries(store, 0, usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, size);
+        for (index, bytes, _) in &expected {
+            assert_eq!(&all[*index as usize].1, bytes);
+            assert_eq!(log.entry(store, *index).unwrap().as_ref(), Some(bytes));
+        }
+        for start in (0..size).step_by(7) {
+            let page = log.entries(store, start, 5).unwrap();
+            assert_eq!(page, all[start as usize..(start as usize + 5).min(all.len())].to_vec());
+        }
+        assert_eq!(log.entry(store, size).unwrap(), None);
+
+        // Each subject's and business's indices, from any start.
+        for subject in &subjects {
+            let mine: Vec<u64> =
+                expected.iter().filter(|(_, _, of)| of == subject).map(|(index, _, _)| *index).collect();
+            for start in (0..size).step_by(5) {
+                let from: Vec<u64> = mine.iter().copied().filter(|index| *index >= start).take(9).collect();
+                assert_eq!(log.indices_of_subject(store, *subject, start, 9).unwrap(), from, "start {start}");
+            }
+        }
+        let acme = |bytes: &[u8]| AuditEvent::from_bytes(bytes).unwrap().business.as_deref() == Some("acme");
+        let of_acme: Vec<u64> = all.iter().filter(|(_, bytes)| acme(bytes)).map(|(index, _)| *index).collect();
+        assert_eq!(log.indices_of_business(store, "acme", 0, usize::MAX).unwrap(), of_acme);
+
+        // Roots, inclusion and consistency proofs match a tree in memory.
+        let mut tree = MemoryTree::new();
+        let mut roots = vec![merkle::empty_root()];
+        for (_, bytes) in &all {
+            tree.push(bytes);
+            roots.push(tree.root());
+        }
+        for (n, root) in roots.iter().enumerate() {
+            assert_eq!(log.root(store, n as u64).unwrap(), *root, "root at {n}");
+        }
+        for index in 0..size {
+            let proof = log.inclusion_proof(store, index, size).unwrap();
+            assert_eq!(proof, merkle::inclusion_proof(&tree, index, size).unwrap(), "index {index}");
+        }
+        for old in (1..size).step_by(13) {
+            let proof = log.consistency_proof(store, old, size).unwrap();
+            assert_eq!(proof, merkle::consistency_proof(&tree, old, size).unwrap(), "old size {old}");
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let verified =
+            verify::verify_log(store, &log.verifier(), log.origin(), verify::Depth::Full, false, &|_, _, _| {}, &stop)
+                .unwrap();
+        assert_eq!((verified.size, verified.root), (size, tree.root()));
+    }
+}

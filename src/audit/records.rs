@@ -177,6 +177,76 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    use crate::audit::merkle::MemoryTree;
+    use crate::store::memory::{MemoryBackend, Stopping};
+
+    /// A log of `size` entries as format 2 stored it: an entry per key,
+    /// subtree hashes from level 1, a marker per entry of its subject.
+    fn format_2_log(backend: &dyn Backend, size: u64) -> MemoryTree {
+        let mut tree = MemoryTree::new();
+        let mut batch = WriteBatch::new();
+        for index in 0..size {
+            let entry = format!("entry {index} {}", "x".repeat((index % 50) as usize * 300)).into_bytes();
+            let leaf = merkle::leaf_hash(&entry);
+            let completed = merkle::appended_subtrees(index, leaf, |level, at| tree.subtree(level, at)).unwrap();
+            for (level, at, hash) in completed.into_iter().filter(|(level, _, _)| *level > 0) {
+                batch.insert(Key::audit_node(level, at).as_bytes().to_vec(), Some(hash.to_vec()));
+            }
+            tree.push(&entry);
+            batch.insert(Key::audit_entry_format_2(index).as_bytes().to_vec(), Some(entry));
+            batch.insert(Key::audit_by_subject(&[7; 16], index).as_bytes().to_vec(), Some(Vec::new()));
+        }
+        batch.insert(Key::meta(super::super::SIZE_KEY).as_bytes().to_vec(), Some(size.to_be_bytes().to_vec()));
+        backend.apply(&batch).unwrap();
+        tree
+    }
+
+    #[test]
+    fn a_format_2_log_moves_into_records_even_when_stopped_part_way() {
+        let size = 3 * MOVE_BATCH_KEYS as u64 + 77;
+        let backend = Stopping { inner: MemoryBackend::default(), applies_left: 3.into() };
+        let tree = format_2_log(&backend, size);
+        // The right edge and the first batch of entries apply, the next fails.
+        assert!(format_2_move(&backend, &mut |_| {}).is_err());
+        let records_all = Key::audit_records_all();
+        let in_records = |backend: &Stopping| {
+            let records = backend.scan(records_all.as_bytes(), &records_all.prefix_end(), usize::MAX).unwrap();
+            records.iter().map(|(_, record)| record_len(record).unwrap()).sum::<u64>()
+        };
+        let old = Key::audit_entries_format_2();
+        let left =
+            |backend: &Stopping| backend.scan(old.as_bytes(), &old.prefix_end(), usize::MAX).unwrap().len() as u64;
+        assert_eq!((in_records(&backend), left(&backend)), (MOVE_BATCH_KEYS as u64, size - MOVE_BATCH_KEYS as u64));
+
+        backend.applies_left.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        format_2_move(&backend, &mut |_| {}).unwrap();
+        assert_eq!((in_records(&backend), left(&backend)), (size, 0));
+        // Records are dense, within their bounds, and hold the same bytes.
+        let records = backend.scan(records_all.as_bytes(), &records_all.prefix_end(), usize::MAX).unwrap();
+        let mut next = 0;
+        for (key, record) in &records {
+            assert_eq!(key_index(&records_all, key), Some(next));
+            let entries = record_entries(record).unwrap();
+            assert!(entries.len() as u64 <= RECORD_ENTRIES_MAX);
+            assert!(entries.len() == 1 || record.len() <= RECORD_BYTES_MAX);
+            for entry in entries {
+                assert_eq!(merkle::leaf_hash(entry), tree.subtree(0, next).unwrap(), "entry {next}");
+                next += 1;
+            }
+        }
+        // The right edge gives the tree's root; low subtree hashes are
+        // gone, the rest and the markers stay.
+        let frontier = backend.get(Key::meta(super::super::FRONTIER_KEY).as_bytes()).unwrap().unwrap();
+        assert_eq!(Frontier::of_bytes(size, &frontier).unwrap().root(), tree.root());
+        let nodes = backend.scan(&[0x11], &[0x12], usize::MAX).unwrap();
+        assert!(nodes.iter().all(|(key, _)| u32::from(key[1]) >= super::super::STORED_LEVEL_MIN));
+        assert_eq!(nodes.len() as u64, (4..64).map(|level| size >> level).sum::<u64>());
+        let markers = Key::audit_by_subject_all(&[7; 16]);
+        assert_eq!(backend.scan(markers.as_bytes(), &markers.prefix_end(), usize::MAX).unwrap().len() as u64, size);
+        // A second run has nothing left to move.
+        assert_eq!(format_2_move(&backend, &mut |_| {}).unwrap(), 0);
+    }
+
     #[test]
     fn records_hold_entries_of_any_length_and_refuse_truncation() {
         let mut record = Vec::new();

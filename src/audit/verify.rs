@@ -290,7 +290,8 @@ fn entries_visit(
         let Some((last, _)) = page.last() else { break };
         from = Key::raw(last.iter().copied().chain([0]).collect());
         for (key, record) in &page {
-            let first = records::key_index(&all, key).ok_or_else(|| failure(Some(next), "a record key is malformed"))?;
+            let first =
+                records::key_index(&all, key).ok_or_else(|| failure(Some(next), "a record key is malformed"))?;
             if first >= end && live {
                 break 'pages;
             }

@@ -290,3 +290,33 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 }
+
+/// A store whose applies fail once `applies_left` have succeeded, as a
+/// crash would stop a move of the store's format.
+#[cfg(test)]
+pub(crate) struct Stopping {
+    pub inner: MemoryBackend,
+    pub applies_left: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl Backend for Stopping {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.last(start, end)
+    }
+    fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.applies_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .map_err(|_| StoreError::Engine("stopped".to_owned()))?;
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}

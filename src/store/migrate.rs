@@ -85,36 +85,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::memory::MemoryBackend;
-
-    /// A store whose applies fail once `applies_left` have succeeded, as a
-    /// crash would stop a move.
-    struct Stopping {
-        inner: MemoryBackend,
-        applies_left: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Backend for Stopping {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<crate::store::Entries, StoreError> {
-            self.inner.scan(start, end, limit)
-        }
-        fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-            self.inner.last(start, end)
-        }
-        fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-            let ordering = std::sync::atomic::Ordering::SeqCst;
-            self.applies_left
-                .fetch_update(ordering, ordering, |left| left.checked_sub(1))
-                .map_err(|_| StoreError::Engine("stopped".to_owned()))?;
-            self.inner.apply(batch)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-    }
+    use crate::store::memory::{MemoryBackend, Stopping};
 
     fn format_1(space: u8, subject: &[u8; 16], rest: &[u8]) -> Vec<u8> {
         [&[space][..], subject, rest].concat()
