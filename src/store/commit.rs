@@ -66,7 +66,7 @@ pub struct StoreStats {
     pub transactions: AtomicU64,
     /// Batches applied and flushed.
     pub batches: AtomicU64,
-    /// Time the commit thread spent writing batches out to the device
+    /// Time the syncer spent writing batches out to the device
     /// ([`Backend::write_out`]), in nanoseconds.
     pub flush_nanos: AtomicU64,
     /// Syncs made ([`Backend::sync`]), each covering every batch written
@@ -376,25 +376,33 @@ struct CommitContext<'a> {
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let (to_syncer, syncer_jobs) = mpsc::channel::<SyncJob>();
+    // The last batch the syncer answered.
+    let answered = AtomicU64::new(0);
     std::thread::scope(|scope| {
+        let answered = &answered;
         let syncer = std::thread::Builder::new()
             .name(SYNC_THREAD_NAME.to_owned())
-            .spawn_scoped(scope, move || sync_loop(context, &syncer_jobs));
+            .spawn_scoped(scope, move || sync_loop(context, &syncer_jobs, answered));
         if let Err(error) = syncer {
             tracing::error!(%error, "cannot start the sync thread; nothing can be committed");
             return;
         }
-        run_batches(context, receiver, &to_syncer);
+        run_batches(context, receiver, &to_syncer, answered);
         // Closing the channel ends the syncer once it has answered every
         // batch; the scope waits for it.
         drop(to_syncer);
     });
 }
 
-/// The commit thread proper: runs each batch's transactions, applies the
-/// batch and writes it out, then hands it to the syncer and goes on with the
-/// next batch while the device makes the previous one stable.
-fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_syncer: &mpsc::Sender<SyncJob>) {
+/// The commit thread proper: runs each batch's transactions and applies
+/// the batch, then hands it to the syncer and goes on with the next batch
+/// while the syncer writes the previous ones out and makes them stable.
+fn run_batches(
+    context: &CommitContext<'_>,
+    receiver: &mpsc::Receiver<Job>,
+    to_syncer: &mpsc::Sender<SyncJob>,
+    answered: &AtomicU64,
+) {
     let CommitContext { backend, healthy, sync_failed, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
     let txn_context = TxnContext { versions, stats, cache: Some(&cache) };
@@ -412,10 +420,17 @@ fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_s
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if !healthy.load(Ordering::Acquire) && recovery.due() && recovery.attempt(backend, stats, sync_failed) {
-            cache.borrow_mut().clear();
-            versions.all_changed();
-            healthy.store(true, Ordering::Release);
+        if !healthy.load(Ordering::Acquire) && recovery.due() {
+            // Every batch applied to the failed engine is answered before it
+            // is reopened, so none is written out by the reopened one.
+            while answered.load(Ordering::Acquire) != batch_seq {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if recovery.attempt(backend, stats, sync_failed) {
+                cache.borrow_mut().clear();
+                versions.all_changed();
+                healthy.store(true, Ordering::Release);
+            }
         }
         let Some(first) = first else { continue };
         batch_seq += 1;
@@ -464,11 +479,18 @@ fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_s
         let was_healthy = healthy.load(Ordering::Acquire);
         let outcome = match finalized {
             Err(error) => Err(error),
-            Ok(()) if batch.is_empty() && was_healthy => Ok(()),
-            Ok(()) => apply_and_write_out(backend, &batch, stats, || {
-                cache.borrow_mut().applied(&batch);
-                versions.publish_applied(&touched);
-            }),
+            Ok(()) if batch.is_empty() => Ok(()),
+            Ok(()) => {
+                let applying = Instant::now();
+                let applied = backend.apply(&batch);
+                if applied.is_ok() {
+                    cache.borrow_mut().applied(&batch);
+                    versions.publish_applied(&touched);
+                }
+                stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                applied
+            }
         };
         // A read the device refused leaves the engine suspect (sled keeps an
         // I/O error for every later call): the store recovers before going on.
@@ -505,13 +527,14 @@ fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_s
     }
 }
 
-/// A batch the commit thread has applied and written out, waiting for the
-/// device: its answers go out once a sync that began after it succeeds.
+/// A batch the commit thread has applied, waiting for the device: its
+/// answers go out once a write-out and a sync that began after it succeed.
 struct SyncJob {
     batch_seq: u64,
-    /// Whether the batch wrote anything out that a sync must make stable.
+    /// Whether the batch applied anything (or read from a failing store)
+    /// that must be written out and made stable.
     needs_sync: bool,
-    /// How running, applying and writing out went.
+    /// How running and applying went.
     outcome: Result<(), StoreError>,
     hooks: Vec<DurableHook>,
     completions: Vec<Completion>,
@@ -520,9 +543,10 @@ struct SyncJob {
     taps: Vec<BatchTap>,
 }
 
-/// The syncer: takes every batch written out so far, makes them stable
-/// with one [`Backend::sync`], and answers them in order. One sync covers
-/// all the batches that queued while the last one ran.
+/// The syncer: takes every batch applied so far, writes them out with one
+/// [`Backend::write_out`] and makes them stable with one [`Backend::sync`],
+/// and answers them in order. One write-out and sync cover all the batches
+/// that queued while the last ones ran, while the commit thread goes on.
 ///
 /// A failed sync is final for this process. After an `fdatasync` error the
 /// kernel may keep pages the device never took, marked clean: a later sync
@@ -530,9 +554,10 @@ struct SyncJob {
 /// disk. So every batch from then on fails, and the store does not recover
 /// by itself (`Store::is_healthy` stays false); the operator checks the
 /// device. A device that refuses a write (a full disk, a file-size limit)
-/// fails the write-out on the commit thread instead, before anything is
-/// cached, and that the store does recover from.
-fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
+/// fails the write-out instead, before the sync, and that the store does
+/// recover from: the commit thread reopens the engine once every batch
+/// applied to it is answered.
+fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>, answered: &AtomicU64) {
     let CommitContext { backend, healthy, sync_failed, stats, .. } = *context;
     let mut taps: Vec<BatchTap> = Vec::new();
     while let Ok(first) = jobs.recv() {
@@ -540,23 +565,11 @@ fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
         group.extend(jobs.try_iter());
         let synced = if sync_failed.load(Ordering::Acquire) {
             Err(StoreError::Unavailable("a sync failed earlier; nothing is acknowledged until a restart".to_owned()))
-        } else if group.iter().any(|job| job.needs_sync) {
-            let started = Instant::now();
-            let synced = backend.sync();
-            stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = &synced {
-                sync_failed.store(true, Ordering::Release);
-                healthy.store(false, Ordering::Release);
-                stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    %error,
-                    batches = group.len(),
-                    "sync failed: these batches are not acknowledged, and nothing more is until the vault is \
-                     restarted after the device is checked"
-                );
-            }
-            synced
+        } else if group.iter().any(|job| job.needs_sync) || !healthy.load(Ordering::Acquire) {
+            // While the store is failing, a batch of pure reads is not
+            // answered before a write-out succeeds: what it read may have
+            // been applied by a batch whose write-out failed.
+            write_out_and_sync(backend, healthy, sync_failed, stats, group.len())
         } else {
             Ok(())
         };
@@ -580,8 +593,46 @@ fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
             for completion in job.completions {
                 completion(outcome.clone().map(|()| Durable { batch_seq }));
             }
+            answered.store(batch_seq, Ordering::Release);
         }
     }
+}
+
+/// Writes out and syncs every batch applied so far, for a group of
+/// `batches`. A failed write-out leaves the store to recover; a failed sync
+/// is final ([`sync_loop`]).
+fn write_out_and_sync(
+    backend: &dyn Backend,
+    healthy: &AtomicBool,
+    sync_failed: &AtomicBool,
+    stats: &StoreStats,
+    batches: usize,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let written = backend.write_out();
+    stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+    if let Err(error) = written {
+        healthy.store(false, Ordering::Release);
+        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, batches, "write-out failed: these batches are not acknowledged");
+        return Err(error);
+    }
+    let started = Instant::now();
+    let synced = backend.sync();
+    stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+    stats.syncs.fetch_add(1, Ordering::Relaxed);
+    if let Err(error) = &synced {
+        sync_failed.store(true, Ordering::Release);
+        healthy.store(false, Ordering::Release);
+        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            %error,
+            batches,
+            "sync failed: these batches are not acknowledged, and nothing more is until the vault is restarted \
+             after the device is checked"
+        );
+    }
+    synced
 }
 
 /// Attempts to make a failed engine usable again, at most once per
@@ -660,25 +711,6 @@ const PROBE_KEY: &str = "store/recovery-probe";
 
 pub(super) fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Applies `batch`, calls `applied` once the engine holds it, and writes
-/// it out (the sync follows on the syncer).
-fn apply_and_write_out(
-    backend: &dyn Backend,
-    batch: &WriteBatch,
-    stats: &StoreStats,
-    applied: impl FnOnce(),
-) -> Result<(), StoreError> {
-    let applying = Instant::now();
-    backend.apply(batch)?;
-    applied();
-    stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
-    let started = Instant::now();
-    let written = backend.write_out();
-    stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    written
 }
 
 #[cfg(test)]
