@@ -83,7 +83,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "consentvault_commit_flush_seconds_total",
         "counter",
-        "Time the commit thread spent writing batches out to the device.",
+        "Time the syncer spent writing batches out to the device, off the commit thread.",
         seconds(&stats.flush_nanos),
     );
     metric(

@@ -146,10 +146,12 @@ fn frontier_in(txn: &Txn<'_>, size: u64) -> Result<Frontier, AuditError> {
 /// the group there ([`records`]: a group's key is the first index of the
 /// record being written, so only this batch can have written it).
 fn group_append(txn: &mut Txn<'_>, key: Key, index: u64) {
-    let mut group = match txn.pending(&key) {
-        Some(Some(group)) => group.clone(),
-        _ => Vec::with_capacity(8),
+    let earlier = match txn.pending(&key) {
+        Some(Some(group)) => group.as_slice(),
+        _ => &[],
     };
+    let mut group = Vec::with_capacity(earlier.len() + 8);
+    group.extend_from_slice(earlier);
     group.extend_from_slice(&index.to_be_bytes());
     txn.put(key, group);
 }
@@ -342,9 +344,11 @@ impl AuditLog {
                 && record.len() + 4 + entry.len() <= records::RECORD_BYTES_MAX
                 && records::record_len(record) == Some(index - open.first)
             {
-                let mut record = record.clone();
-                records::record_push(&mut record, entry);
-                txn.put(key, record);
+                // Sized once: the record is copied, never grown.
+                let mut extended = Vec::with_capacity(record.len() + 4 + entry.len());
+                extended.extend_from_slice(record);
+                records::record_push(&mut extended, entry);
+                txn.put(key, extended);
                 return Ok(open.first);
             }
         }
@@ -648,7 +652,7 @@ mod tests {
         let mut event = AuditEvent::new(EventKind::DataRead, Actor::customer(subject), "2026-12-02T00:00:00Z")
             .subject(subject)
             .fields(fields);
-        event.business = Some(if n % 3 == 0 { "acme" } else { "globex" }.to_owned());
+        event.business = Some(if n.is_multiple_of(3) { "acme" } else { "globex" }.to_owned());
         event
     }
 

@@ -262,6 +262,9 @@ fn verify_pass(
     Ok(Verified { size: end, root: frontier.root(), checkpoints: checkpoints.len() })
 }
 
+/// What sees each entry, by index, in [`entries_visit`].
+type EntryVisit<'a> = &'a mut dyn FnMut(u64, &[u8]) -> Result<(), VerifyFailure>;
+
 /// Entries read per page of records.
 const RECORDS_PER_PAGE: usize = 64;
 
@@ -275,7 +278,7 @@ fn entries_visit(
     end: u64,
     live: bool,
     stop: &AtomicBool,
-    visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VerifyFailure>,
+    visit: EntryVisit<'_>,
 ) -> Result<u64, VerifyFailure> {
     let beyond = |index: u64| failure(Some(index), format!("entry {index} lies beyond the log size {end}"));
     let all = Key::audit_records_all();

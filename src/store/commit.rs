@@ -218,7 +218,7 @@ impl Store {
     }
 
     /// The committed entry with the largest key in `start <= key < end`.
-    pub fn last_in(&self, start: &Key, end: &Key) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn last_in(&self, start: &Key, end: &Key) -> Result<Option<crate::store::Entry>, StoreError> {
         self.backend.last(start.as_bytes(), end.as_bytes())
     }
 

@@ -223,7 +223,7 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<crate::store::Entry>, StoreError> {
         self.read_fault(start)?;
         let applied = lock(&self.applied);
         Ok(applied.range(start.to_vec()..end.to_vec()).next_back().map(|(key, value)| (key.clone(), value.clone())))
@@ -307,7 +307,7 @@ impl Backend for Stopping {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         self.inner.scan(start, end, limit)
     }
-    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<crate::store::Entry>, StoreError> {
         self.inner.last(start, end)
     }
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {

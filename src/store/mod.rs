@@ -66,7 +66,9 @@ pub fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Backend>, StoreEr
 pub type WriteBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Stored entries as a scan returns them: (key, value) in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Entries = Vec<Entry>;
+/// One key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// Errors of the storage layer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -105,7 +107,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `limit` entries with `start <= key < end`, in key order.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// The entry with the largest key in `start <= key < end`, if any.
-    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Entry>, StoreError>;
     /// Applies every write of `batch` atomically.
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.

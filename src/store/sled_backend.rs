@@ -224,7 +224,7 @@ impl Backend for SledBackend {
         })
     }
 
-    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<crate::store::Entry>, StoreError> {
         self.with_db(|db| {
             let last = db.range(start..end).next_back().transpose().map_err(engine)?;
             Ok(last.map(|(key, value)| (key.to_vec(), value.to_vec())))

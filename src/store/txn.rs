@@ -174,6 +174,13 @@ impl<'a> Txn<'a> {
             Some(cache) => cache.borrow_mut().scan(prefix.as_bytes(), scan),
             None => scan(),
         })?;
+        let pending_under = |pending: &WriteBatch| {
+            let from = (std::ops::Bound::Included(prefix.as_bytes()), std::ops::Bound::Unbounded);
+            pending.range::<[u8], _>(from).next().is_some_and(|(key, _)| key.starts_with(prefix.as_bytes()))
+        };
+        if !pending_under(self.batch) && !pending_under(&self.writes) {
+            return Ok(stored);
+        }
         let mut merged: WriteBatch = stored.into_iter().map(|(key, value)| (key, Some(value))).collect();
         for pending in [self.batch, &self.writes] {
             for (key, value) in pending.range(prefix.as_bytes().to_vec()..) {
