@@ -6,7 +6,7 @@
 //! still verifies.
 //!
 //! The fixtures in `tests/fixtures/format-1` and `format-2` are backups made
-//! by such builds (`make.sh` there says how): three customers with data,
+//! by such builds (`tests/fixtures/make.sh` says how): three customers with data,
 //! two relationships each, a grant and a pending request, two reads by the
 //! business each, and an objection.
 

@@ -318,4 +318,33 @@ mod tests {
         assert_eq!(backend.get(b"acknowledged").unwrap().as_deref(), Some(&b"kept"[..]));
         assert!(!dir.path().join("snap.FFFFFFFFFFFFFFFF.generating").exists());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The last entry of a range, as the log's lookups of a record and
+        /// of a group ask for it, is the one a sorted map names, across
+        /// keys sled has split over many nodes and keys removed again.
+        #[test]
+        fn the_last_entry_of_a_range_is_the_one_a_sorted_map_names(
+            keys in proptest::collection::vec(proptest::collection::vec(0u8..4, 1..5), 1..300),
+            removed in proptest::collection::vec(0usize..300, 0..50),
+            ranges in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..5), proptest::collection::vec(0u8..5, 0..5)), 1..20),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+            let memory = crate::store::memory::MemoryBackend::default();
+            let mut batch: WriteBatch = keys.iter().map(|key| (key.clone(), Some(key.repeat(3)))).collect();
+            backend.apply(&batch).unwrap();
+            memory.apply(&batch).unwrap();
+            batch = removed.iter().filter_map(|n| keys.get(*n)).map(|key| (key.clone(), None)).collect();
+            backend.apply(&batch).unwrap();
+            memory.apply(&batch).unwrap();
+            for (start, end) in &ranges {
+                if start < end {
+                    proptest::prop_assert_eq!(backend.last(start, end).unwrap(), memory.last(start, end).unwrap());
+                }
+            }
+        }
+    }
 }
