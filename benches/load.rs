@@ -666,7 +666,7 @@ async fn load_wrk(subjects: usize, connections: usize, duration: Duration, round
 
     println!("\nwrk, 2 threads, {connections} connections, {} s per round, {subjects} subjects\n", duration.as_secs());
     println!(
-        "| workload | server | round | reads/s | p50 | p99 | failed | commit thread per read (run / apply) | syncer per read (write out / sync) |"
+        "| workload | server | round | reads/s | p50 | p99 | failed | commit thread per read (run / apply / write out) | syncer per read |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (workload, script) in [("one hot subject", &hot), (&*format!("{subjects} subjects at random"), &spread)] {
@@ -688,12 +688,12 @@ async fn load_wrk(subjects: usize, connections: usize, duration: Duration, round
             vault_p99 = vault_p99.max(run.p99_us);
             let (run_us, apply_us, write_us, sync_us) = before.per_read_micros(&after);
             println!(
-                "| {workload} | vault | {round} | {:.0} | {:.2} ms | {:.2} ms | {} | {run_us:.1} / {apply_us:.1} µs ({:.1} µs) | {write_us:.1} / {sync_us:.1} µs |",
+                "| {workload} | vault | {round} | {:.0} | {:.2} ms | {:.2} ms | {} | {run_us:.1} / {apply_us:.1} / {write_us:.1} µs ({:.1} µs) | {sync_us:.1} µs |",
                 run.reads_per_sec,
                 run.p50_us / 1e3,
                 run.p99_us / 1e3,
                 run.failed,
-                run_us + apply_us
+                run_us + apply_us + write_us
             );
         }
         println!(
@@ -798,7 +798,7 @@ impl CommitCounters {
     }
 
     /// The commit thread's time per transaction between `self` and `later`
-    /// (running, applying) and the syncer's (writing out, syncing), in µs.
+    /// (running, applying, writing out) and the syncer's, in µs.
     fn per_read_micros(&self, later: &Self) -> (f64, f64, f64, f64) {
         let transactions = (later.transactions - self.transactions).max(1.0);
         let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
@@ -811,21 +811,20 @@ impl CommitCounters {
     }
 
     /// What the commit thread spent per transaction between `self` and
-    /// `later`: running it and applying (µs), and transactions per batch;
-    /// what the syncer spent writing out and syncing; and where the scoped
-    /// reads were decided.
+    /// `later`: running it, applying, flushing (µs), and transactions per
+    /// batch; and where the scoped reads were decided.
     fn per_transaction(&self, later: &Self) -> String {
         let transactions = (later.transactions - self.transactions).max(1.0);
         let micros = |from: f64, to: f64| (to - from) * 1e6 / transactions;
         let at_commit = later.lookahead_reads - self.lookahead_reads;
         format!(
-            "commit thread per transaction: run {:.1} µs, apply {:.1} µs; {:.1} transactions per batch; \
-             syncer per transaction: write out {:.1} µs, sync {:.1} µs; {:.0} µs per sync, {:.1} transactions per sync; \
+            "commit thread per transaction: run {:.1} µs, apply {:.1} µs, write out {:.1} µs; {:.1} transactions per batch; \
+             syncer: {:.1} µs per transaction, {:.0} µs per sync, {:.1} transactions per sync; \
              reads decided on the commit thread: {at_commit} ({:.1} µs each), ahead: {} kept, {} redone",
             micros(self.execute_secs, later.execute_secs),
             micros(self.apply_secs, later.apply_secs),
-            transactions / (later.batches - self.batches).max(1.0),
             micros(self.flush_secs, later.flush_secs),
+            transactions / (later.batches - self.batches).max(1.0),
             micros(self.sync_secs, later.sync_secs),
             (later.sync_secs - self.sync_secs) * 1e6 / (later.syncs - self.syncs).max(1.0),
             transactions / (later.syncs - self.syncs).max(1.0),

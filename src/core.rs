@@ -26,6 +26,8 @@ pub struct Core {
     /// Set when the vault starts to close: background work stops at its next
     /// step and resumes at the next start.
     closing: AtomicBool,
+    /// How scoped reads were decided.
+    decisions: crate::metrics::ReadDecisions,
 }
 
 impl std::fmt::Debug for Core {
@@ -44,7 +46,13 @@ impl Core {
             policies: RwLock::new(Arc::new(policies)),
             clock: VaultClock::default(),
             closing: AtomicBool::new(false),
+            decisions: crate::metrics::ReadDecisions::default(),
         }
+    }
+
+    /// How scoped reads were decided, for `/metrics`.
+    pub fn decisions(&self) -> &crate::metrics::ReadDecisions {
+        &self.decisions
     }
 
     /// The store.

@@ -19,6 +19,7 @@ pub mod directory;
 pub mod files;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod principals;
 pub mod release;

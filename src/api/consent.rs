@@ -520,7 +520,7 @@ pub async fn requests_create(
     Json(body): Json<RequestCreate>,
 ) -> Result<Response, ApiError> {
     if let Err(wait) = state.vault.principals().limits().requests_per_business.take(&caller.business) {
-        return Err(ApiError::too_many(wait));
+        return Err(ApiError::too_many("access_requests_per_business", wait));
     }
     let request = state
         .vault

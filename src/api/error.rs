@@ -51,17 +51,17 @@ impl ApiError {
         )
     }
 
-    /// A 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
-    pub fn too_many(wait: std::time::Duration) -> Self {
-        Self(
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests",
-                "too many requests; wait before trying again",
-            ),
-            Some(wait),
-        )
+    /// A 429 `rate_limited` with `Retry-After` (whole seconds, at least 1),
+    /// from the limit `kind` names (counted in `/metrics`).
+    pub fn too_many(kind: &'static str, wait: std::time::Duration) -> Self {
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+            "too many requests; wait before trying again",
+        );
+        problem.limit = Some(kind);
+        Self(problem, Some(wait))
     }
 
     /// The uniform 401: the same whatever check failed.

@@ -42,7 +42,7 @@ async fn principal(parts: &Parts, state: &AppState, role: Role) -> Result<Princi
     // Principal ids are random 128-bit values, unique across roles, so the
     // id alone is the key (no allocation on every request).
     if let Err(wait) = state.principal_requests.take(&principal.id) {
-        return Err(ApiError::too_many(wait));
+        return Err(ApiError::too_many("requests_per_principal", wait));
     }
     if principal.role != role {
         return Err(ApiError::wrong_role(role));

@@ -39,19 +39,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text. Counters of the commit path and the
-/// audit log; ids and counts only, never a personal value.
+/// `GET /metrics`: Prometheus text (`docs/METRICS.md`): the HTTP surface,
+/// read decisions, the commit path, the audit log, keys, the build and the
+/// process. Counts and bounded labels only: never an id or a value.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    use std::fmt::Write;
     use std::sync::atomic::Ordering;
     let vault = &state.vault;
     let stats = vault.store().stats();
     let readiness = vault.readiness();
-    let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    };
+    let mut out = crate::metrics::Exposition::default();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| out.single(name, kind, help, value);
     let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
     let seconds = |nanos: &std::sync::atomic::AtomicU64| format!("{:.6}", nanos.load(Ordering::Relaxed) as f64 / 1e9);
     metric(
@@ -60,7 +58,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Transactions run on the commit path.",
         count(&stats.transactions),
     );
-    metric("consentvault_commit_batches_total", "counter", "Batches applied and flushed.", count(&stats.batches));
+    metric(
+        "consentvault_commit_batches_total",
+        "counter",
+        "Batches applied to the storage engine.",
+        count(&stats.batches),
+    );
     metric(
         "consentvault_commit_execute_seconds_total",
         "counter",
@@ -83,7 +86,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "consentvault_commit_flush_seconds_total",
         "counter",
-        "Time the syncer spent writing batches out to the device, off the commit thread.",
+        "Time the commit thread spent writing batches out to the device.",
         seconds(&stats.flush_nanos),
     );
     metric(
@@ -153,7 +156,36 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "1 while a key rotation is at work.",
         u8::from(vault.keys().rotation_is_running()).to_string(),
     );
-    let mut response = text.into_response();
+    let histograms = &stats.histograms;
+    out.histogram("consentvault_commit_batch_transactions", "Transactions per batch.", &histograms.batch_transactions);
+    out.histogram(
+        "consentvault_commit_apply_duration_seconds",
+        "Time to apply a batch to the storage engine.",
+        &histograms.apply_seconds,
+    );
+    out.histogram(
+        "consentvault_commit_sync_duration_seconds",
+        "Time to sync a group of written-out batches (fdatasync), off the commit thread.",
+        &histograms.sync_seconds,
+    );
+    let decisions = vault.core().decisions();
+    decisions.outcomes.write(
+        &mut out,
+        "consentvault_read_decisions_total",
+        "Scoped reads logged, by decision (allow, partial, deny).",
+        &["decision"],
+    );
+    decisions.withheld.write(
+        &mut out,
+        "consentvault_read_withheld_fields_total",
+        "Fields withheld from logged scoped reads, by reason code.",
+        &["reason"],
+    );
+    state.metrics.write(&mut out);
+    out.header("consentvault_build_info", "gauge", "The build that answers: always 1, its version as a label.");
+    out.labelled("consentvault_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    crate::metrics::process_write(&mut out);
+    let mut response = out.finish().into_response();
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -61,8 +61,8 @@ pub struct TokenResponse {
     expires_in: u64,
 }
 
-fn too_many(wait: std::time::Duration) -> Response {
-    ApiError::too_many(wait).into_response()
+fn too_many(kind: &'static str, wait: std::time::Duration) -> Response {
+    ApiError::too_many(kind, wait).into_response()
 }
 
 fn bad_credentials() -> ApiError {
@@ -111,11 +111,11 @@ pub async fn token_create(
     // made at once are limited exactly as attempts made one after another;
     // only a failure keeps its count.
     if let Err(wait) = limits.failures_per_client.take(&principal_key) {
-        return Ok(too_many(wait));
+        return Ok(too_many("token_failures_per_client", wait));
     }
     if let Err(wait) = limits.failures_per_address.take(&address_key) {
         limits.failures_per_client.refund(&principal_key);
-        return Ok(too_many(wait));
+        return Ok(too_many("token_failures_per_address", wait));
     }
     let issued = match attempt {
         Attempt::Client(client_id, secret) => state.vault.principals().token_for_client(&client_id, &secret),
@@ -207,7 +207,7 @@ pub async fn customers_create(
     Json(request): Json<SignupRequest>,
 ) -> Result<Response, ApiError> {
     if let Err(wait) = state.vault.principals().limits().signups_per_address.take(&Limits::address_key(peer.ip())) {
-        return Ok(too_many(wait));
+        return Ok(too_many("signups_per_address", wait));
     }
     let customer = state.vault.principals().customer_signup(&request.password).await?;
     Ok((StatusCode::CREATED, axum::Json(SignupResponse { customer_id: customer.to_string() })).into_response())

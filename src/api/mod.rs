@@ -15,6 +15,7 @@ pub mod guard;
 mod health;
 mod identity;
 mod me;
+pub mod observe;
 pub mod problem;
 
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Authenticated requests per principal.
     pub principal_requests: Arc<crate::auth::ratelimit::RateLimiter>,
+    /// What `/metrics` counts of the HTTP surface.
+    pub metrics: Arc<observe::HttpMetrics>,
 }
 
 /// Request ids: 128 random bits as hex, from the system generator.
@@ -79,7 +82,8 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     let per_sec = limits.principal_requests_per_sec;
     let principal_requests =
         Arc::new(crate::auth::ratelimit::RateLimiter::new(per_sec.saturating_mul(2), per_sec.saturating_mul(60)));
-    let state = AppState { vault, principal_requests };
+    let metrics = Arc::new(observe::HttpMetrics::default());
+    let state = AppState { vault, principal_requests, metrics: Arc::clone(&metrics) };
     let guard_state = state.clone();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
@@ -98,6 +102,7 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     let openapi = Arc::new(openapi);
     routes
         .route_layer(middleware::from_fn_with_state(queryless, refuse_undeclared_query))
+        .route_layer(middleware::from_fn(observe::route_mark))
         .layer(axum::Extension(openapi))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
@@ -114,6 +119,7 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout)),
         )
         .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(middleware::from_fn_with_state(metrics, observe::observe))
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))

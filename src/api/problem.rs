@@ -25,6 +25,20 @@ pub struct Problem {
     pub detail: String,
     /// A stable machine-readable code.
     pub code: &'static str,
+    /// For a 429: which limit refused (counted in `/metrics`, not sent).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub limit: Option<&'static str>,
+}
+
+/// What a problem response says of itself to the metrics layer: its code
+/// and, for a 429, the limit that refused.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemSent {
+    /// The problem's stable code.
+    pub code: &'static str,
+    /// The limit that refused, for a 429.
+    pub limit: Option<&'static str>,
 }
 
 impl Problem {
@@ -36,6 +50,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code,
+            limit: None,
         }
     }
 
@@ -75,6 +90,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
+        response.extensions_mut().insert(ProblemSent { code: self.code, limit: self.limit });
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response

@@ -279,6 +279,15 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Partial => "partial",
+            Self::Deny => "deny",
+        }
+    }
+
     /// Parses a wire name.
     pub fn parse(name: &str) -> Option<Self> {
         match name {

@@ -184,6 +184,13 @@ impl Consent {
             })
             .await?;
         let logged = self.core.audit().confirm(appended, &durable)?;
+        let decisions = self.core.decisions();
+        if let Some(decision) = decided.event.decision {
+            decisions.outcomes.inc(&[decision.as_str()]);
+        }
+        for withheld in &decided.event.reasons {
+            decisions.withheld.inc(&[&withheld.reason]);
+        }
         let ReadDecided { live_for_purpose, subject, sealed, withheld, grant_ids, .. } = decided;
         if !live_for_purpose {
             return Err(ConsentError::NoConsent);

@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::metrics::{COUNT_BUCKETS, Histogram, SECONDS_BUCKETS};
+
 use tokio::sync::oneshot;
 
 use super::cache::ReadCache;
@@ -66,7 +68,7 @@ pub struct StoreStats {
     pub transactions: AtomicU64,
     /// Batches applied and flushed.
     pub batches: AtomicU64,
-    /// Time the syncer spent writing batches out to the device
+    /// Time the commit thread spent writing batches out to the device
     /// ([`Backend::write_out`]), in nanoseconds.
     pub flush_nanos: AtomicU64,
     /// Syncs made ([`Backend::sync`]), each covering every batch written
@@ -103,6 +105,29 @@ pub struct StoreStats {
     /// Windows over which the engine's disk reads were judged cold or warm
     /// ([`Store::reads_cold`]).
     pub cold_windows_judged: AtomicU64,
+    /// Batch sizes and durations.
+    pub histograms: CommitHistograms,
+}
+
+/// The distributions of the commit path, for `/metrics`.
+#[derive(Debug)]
+pub struct CommitHistograms {
+    /// Transactions per batch.
+    pub batch_transactions: Histogram,
+    /// Time to apply a batch to the engine, in seconds.
+    pub apply_seconds: Histogram,
+    /// Time to sync a group of written-out batches, in seconds.
+    pub sync_seconds: Histogram,
+}
+
+impl Default for CommitHistograms {
+    fn default() -> Self {
+        Self {
+            batch_transactions: Histogram::new(COUNT_BUCKETS),
+            apply_seconds: Histogram::new(SECONDS_BUCKETS),
+            sync_seconds: Histogram::new(SECONDS_BUCKETS),
+        }
+    }
 }
 
 /// The store: committed reads, and the single commit path.
@@ -376,33 +401,25 @@ struct CommitContext<'a> {
 
 fn commit_loop(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>) {
     let (to_syncer, syncer_jobs) = mpsc::channel::<SyncJob>();
-    // The last batch the syncer answered.
-    let answered = AtomicU64::new(0);
     std::thread::scope(|scope| {
-        let answered = &answered;
         let syncer = std::thread::Builder::new()
             .name(SYNC_THREAD_NAME.to_owned())
-            .spawn_scoped(scope, move || sync_loop(context, &syncer_jobs, answered));
+            .spawn_scoped(scope, move || sync_loop(context, &syncer_jobs));
         if let Err(error) = syncer {
             tracing::error!(%error, "cannot start the sync thread; nothing can be committed");
             return;
         }
-        run_batches(context, receiver, &to_syncer, answered);
+        run_batches(context, receiver, &to_syncer);
         // Closing the channel ends the syncer once it has answered every
         // batch; the scope waits for it.
         drop(to_syncer);
     });
 }
 
-/// The commit thread proper: runs each batch's transactions and applies
-/// the batch, then hands it to the syncer and goes on with the next batch
-/// while the syncer writes the previous ones out and makes them stable.
-fn run_batches(
-    context: &CommitContext<'_>,
-    receiver: &mpsc::Receiver<Job>,
-    to_syncer: &mpsc::Sender<SyncJob>,
-    answered: &AtomicU64,
-) {
+/// The commit thread proper: runs each batch's transactions, applies the
+/// batch and writes it out, then hands it to the syncer and goes on with the
+/// next batch while the device makes the previous one stable.
+fn run_batches(context: &CommitContext<'_>, receiver: &mpsc::Receiver<Job>, to_syncer: &mpsc::Sender<SyncJob>) {
     let CommitContext { backend, healthy, sync_failed, stats, finalizer, versions, cold } = *context;
     let cache = RefCell::new(ReadCache::default());
     let txn_context = TxnContext { versions, stats, cache: Some(&cache) };
@@ -420,17 +437,10 @@ fn run_batches(
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if !healthy.load(Ordering::Acquire) && recovery.due() {
-            // Every batch applied to the failed engine is answered before it
-            // is reopened, so none is written out by the reopened one.
-            while answered.load(Ordering::Acquire) != batch_seq {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if recovery.attempt(backend, stats, sync_failed) {
-                cache.borrow_mut().clear();
-                versions.all_changed();
-                healthy.store(true, Ordering::Release);
-            }
+        if !healthy.load(Ordering::Acquire) && recovery.due() && recovery.attempt(backend, stats, sync_failed) {
+            cache.borrow_mut().clear();
+            versions.all_changed();
+            healthy.store(true, Ordering::Release);
         }
         let Some(first) = first else { continue };
         batch_seq += 1;
@@ -441,6 +451,7 @@ fn run_batches(
                 Err(_) => break,
             }
         }
+        stats.histograms.batch_transactions.observe(jobs.len() as f64);
         let mut batch = WriteBatch::new();
         let mut hooks: Vec<DurableHook> = Vec::new();
         let mut taps: Vec<BatchTap> = Vec::new();
@@ -479,18 +490,11 @@ fn run_batches(
         let was_healthy = healthy.load(Ordering::Acquire);
         let outcome = match finalized {
             Err(error) => Err(error),
-            Ok(()) if batch.is_empty() => Ok(()),
-            Ok(()) => {
-                let applying = Instant::now();
-                let applied = backend.apply(&batch);
-                if applied.is_ok() {
-                    cache.borrow_mut().applied(&batch);
-                    versions.publish_applied(&touched);
-                }
-                stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                applied
-            }
+            Ok(()) if batch.is_empty() && was_healthy => Ok(()),
+            Ok(()) => apply_and_write_out(backend, &batch, stats, || {
+                cache.borrow_mut().applied(&batch);
+                versions.publish_applied(&touched);
+            }),
         };
         // A read the device refused leaves the engine suspect (sled keeps an
         // I/O error for every later call): the store recovers before going on.
@@ -527,14 +531,13 @@ fn run_batches(
     }
 }
 
-/// A batch the commit thread has applied, waiting for the device: its
-/// answers go out once a write-out and a sync that began after it succeed.
+/// A batch the commit thread has applied and written out, waiting for the
+/// device: its answers go out once a sync that began after it succeeds.
 struct SyncJob {
     batch_seq: u64,
-    /// Whether the batch applied anything (or read from a failing store)
-    /// that must be written out and made stable.
+    /// Whether the batch wrote anything out that a sync must make stable.
     needs_sync: bool,
-    /// How running and applying went.
+    /// How running, applying and writing out went.
     outcome: Result<(), StoreError>,
     hooks: Vec<DurableHook>,
     completions: Vec<Completion>,
@@ -543,10 +546,9 @@ struct SyncJob {
     taps: Vec<BatchTap>,
 }
 
-/// The syncer: takes every batch applied so far, writes them out with one
-/// [`Backend::write_out`] and makes them stable with one [`Backend::sync`],
-/// and answers them in order. One write-out and sync cover all the batches
-/// that queued while the last ones ran, while the commit thread goes on.
+/// The syncer: takes every batch written out so far, makes them stable
+/// with one [`Backend::sync`], and answers them in order. One sync covers
+/// all the batches that queued while the last one ran.
 ///
 /// A failed sync is final for this process. After an `fdatasync` error the
 /// kernel may keep pages the device never took, marked clean: a later sync
@@ -554,10 +556,9 @@ struct SyncJob {
 /// disk. So every batch from then on fails, and the store does not recover
 /// by itself (`Store::is_healthy` stays false); the operator checks the
 /// device. A device that refuses a write (a full disk, a file-size limit)
-/// fails the write-out instead, before the sync, and that the store does
-/// recover from: the commit thread reopens the engine once every batch
-/// applied to it is answered.
-fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>, answered: &AtomicU64) {
+/// fails the write-out on the commit thread instead, before anything is
+/// cached, and that the store does recover from.
+fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
     let CommitContext { backend, healthy, sync_failed, stats, .. } = *context;
     let mut taps: Vec<BatchTap> = Vec::new();
     while let Ok(first) = jobs.recv() {
@@ -565,11 +566,24 @@ fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>, answer
         group.extend(jobs.try_iter());
         let synced = if sync_failed.load(Ordering::Acquire) {
             Err(StoreError::Unavailable("a sync failed earlier; nothing is acknowledged until a restart".to_owned()))
-        } else if group.iter().any(|job| job.needs_sync) || !healthy.load(Ordering::Acquire) {
-            // While the store is failing, a batch of pure reads is not
-            // answered before a write-out succeeds: what it read may have
-            // been applied by a batch whose write-out failed.
-            write_out_and_sync(backend, healthy, sync_failed, stats, group.len())
+        } else if group.iter().any(|job| job.needs_sync) {
+            let started = Instant::now();
+            let synced = backend.sync();
+            stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+            stats.histograms.sync_seconds.observe_duration(started.elapsed());
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = &synced {
+                sync_failed.store(true, Ordering::Release);
+                healthy.store(false, Ordering::Release);
+                stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    %error,
+                    batches = group.len(),
+                    "sync failed: these batches are not acknowledged, and nothing more is until the vault is \
+                     restarted after the device is checked"
+                );
+            }
+            synced
         } else {
             Ok(())
         };
@@ -593,46 +607,8 @@ fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>, answer
             for completion in job.completions {
                 completion(outcome.clone().map(|()| Durable { batch_seq }));
             }
-            answered.store(batch_seq, Ordering::Release);
         }
     }
-}
-
-/// Writes out and syncs every batch applied so far, for a group of
-/// `batches`. A failed write-out leaves the store to recover; a failed sync
-/// is final ([`sync_loop`]).
-fn write_out_and_sync(
-    backend: &dyn Backend,
-    healthy: &AtomicBool,
-    sync_failed: &AtomicBool,
-    stats: &StoreStats,
-    batches: usize,
-) -> Result<(), StoreError> {
-    let started = Instant::now();
-    let written = backend.write_out();
-    stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-    if let Err(error) = written {
-        healthy.store(false, Ordering::Release);
-        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%error, batches, "write-out failed: these batches are not acknowledged");
-        return Err(error);
-    }
-    let started = Instant::now();
-    let synced = backend.sync();
-    stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-    stats.syncs.fetch_add(1, Ordering::Relaxed);
-    if let Err(error) = &synced {
-        sync_failed.store(true, Ordering::Release);
-        healthy.store(false, Ordering::Release);
-        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            %error,
-            batches,
-            "sync failed: these batches are not acknowledged, and nothing more is until the vault is restarted \
-             after the device is checked"
-        );
-    }
-    synced
 }
 
 /// Attempts to make a failed engine usable again, at most once per
@@ -691,7 +667,7 @@ impl Recovery {
 /// to a file of its own, and its log grows by 512 KiB segments), so it
 /// needs that much room on the device; the store then has headroom for
 /// thousands of batches, not a handful.
-const PROBE_BYTES: usize = 4 << 20;
+pub(super) const PROBE_BYTES: usize = 4 << 20;
 
 /// Writes [`PROBE_BYTES`] under a key of its own, flushes, removes it and
 /// flushes again.
@@ -711,6 +687,26 @@ const PROBE_KEY: &str = "store/recovery-probe";
 
 pub(super) fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Applies `batch`, calls `applied` once the engine holds it, and writes
+/// it out (the sync follows on the syncer).
+fn apply_and_write_out(
+    backend: &dyn Backend,
+    batch: &WriteBatch,
+    stats: &StoreStats,
+    applied: impl FnOnce(),
+) -> Result<(), StoreError> {
+    let applying = Instant::now();
+    backend.apply(batch)?;
+    applied();
+    stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
+    stats.histograms.apply_seconds.observe_duration(applying.elapsed());
+    let started = Instant::now();
+    let written = backend.write_out();
+    stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    written
 }
 
 #[cfg(test)]

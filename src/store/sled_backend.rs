@@ -154,6 +154,21 @@ fn io_error(path: &Path, error: &std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {error}", path.display()))
 }
 
+/// How many more bytes the store's log may take: the free space of its file
+/// system and, under a file-size limit, what the limit leaves the log.
+/// `None` if it cannot be told.
+fn room(path: &Path) -> Option<u64> {
+    let stats = rustix::fs::statvfs(path).ok()?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+        None => Some(free),
+        Some(limit) => {
+            let log = std::fs::metadata(path.join("db")).map(|metadata| metadata.len()).unwrap_or(0);
+            Some(free.min(limit.saturating_sub(log)))
+        }
+    }
+}
+
 fn reopening() -> StoreError {
     StoreError::Unavailable("the store is being reopened after a storage failure".to_owned())
 }
@@ -278,6 +293,15 @@ impl Backend for SledBackend {
     /// device still refuses, the open fails and the store stays closed until
     /// the next attempt.
     fn recover(&self) -> Result<(), StoreError> {
+        // sled 0.34.7 can wait for ever on a log write that failed in a
+        // reopened database (the recovery probe's, on a device still full):
+        // nothing is reopened before the device has room for the probe.
+        let needed = 2 * super::commit::PROBE_BYTES as u64;
+        if let Some(room) = room(&self.path)
+            && room < needed
+        {
+            return Err(StoreError::Unavailable(format!("{room} bytes of room for the store; waiting for {needed}")));
+        }
         let failed = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         // The lock is not held while the old handle closes and the new one
