@@ -112,6 +112,8 @@ struct FileConfig {
     identity: IdentityFile,
     #[serde(default)]
     keys: KeysFile,
+    #[serde(default)]
+    limits: crate::principals::LimitSettings,
 }
 
 /// The `[keys]` table: when keys are replaced because they encrypted enough.
@@ -218,6 +220,19 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 }
 
+/// The `[limits]` table, each limit between 1 and 1,000,000.
+fn rate_limits(limits: crate::principals::LimitSettings) -> Result<crate::principals::LimitSettings, ConfigError> {
+    for (setting, rate) in limits.named() {
+        if !(1..=1_000_000).contains(&rate.burst) || !(1..=1_000_000).contains(&rate.per_minute) {
+            return Err(ConfigError::Invalid {
+                setting,
+                problem: "`burst` and `per_minute` must be between 1 and 1000000".to_owned(),
+            });
+        }
+    }
+    Ok(limits)
+}
+
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
     let Some(path) = path else { return Ok(FileConfig::default()) };
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -269,6 +284,7 @@ impl VaultConfig {
             issuer: file.identity.issuer.clone().unwrap_or(defaults.issuer),
             audience: file.identity.audience.clone().unwrap_or(defaults.audience),
             external,
+            limits: rate_limits(file.limits)?,
         };
         let policy_dir = match &policy_source {
             PolicySource::Dir(dir) => Some(dir.clone()),
@@ -383,6 +399,22 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_file_and_the_rest_keep_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vault.toml");
+        std::fs::write(&file, "[limits]\nsignups_per_address = { burst = 3, per_minute = 1 }\n").unwrap();
+        let args = ServeArgs {
+            vault: VaultArgs { config: Some(file), policies: Some(policies_dir()), ..VaultArgs::default() },
+            ..ServeArgs::default()
+        };
+        let limits = ServeConfig::from_args(&args).unwrap().vault.options.identity.limits;
+        let defaults = crate::principals::LimitSettings::default();
+        assert_eq!(limits.signups_per_address, crate::principals::Rate { burst: 3, per_minute: 1 });
+        assert_eq!(limits.sign_in_failures_per_client, defaults.sign_in_failures_per_client);
+        assert_eq!(limits.access_requests_per_business, defaults.access_requests_per_business);
+    }
+
+    #[test]
     fn invalid_settings_are_refused_with_their_name() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
@@ -390,6 +422,13 @@ mod tests {
             ("body_bytes_max = 1\n", "body_bytes_max"),
             ("request_timeout_secs = 0\n", "request_timeout_secs"),
             ("colour = \"blue\"\n", "colour"),
+            ("[limits]\nsignups_per_address = { burst = 0, per_minute = 10 }\n", "limits.signups_per_address"),
+            (
+                "[limits]\naccess_requests_per_business = { burst = 5, per_minute = 0 }\n",
+                "access_requests_per_business",
+            ),
+            ("[limits]\nsign_in_failures_per_client = { burst = 5 }\n", "per_minute"),
+            ("[limits]\nsignups = { burst = 5, per_minute = 5 }\n", "signups"),
         ];
         for (text, needle) in cases {
             let file = dir.path().join("bad.toml");

@@ -260,10 +260,10 @@ pub struct Tokens {
 impl Principals {
     /// The principal service over `core`; sign-ups create subjects through
     /// `subjects`.
-    pub fn new(core: Arc<Core>, subjects: Subjects, tokens: Tokens) -> Self {
+    pub fn new(core: Arc<Core>, subjects: Subjects, tokens: Tokens, limits: &LimitSettings) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let hashes = Arc::new(tokio::sync::Semaphore::new(cores));
-        Self { core, subjects, tokens: Arc::new(tokens), limits: Arc::default(), hashes }
+        Self { core, subjects, tokens: Arc::new(tokens), limits: Arc::new(Limits::new(limits)), hashes }
     }
 
     /// Sign-in and sign-up rate limits.
@@ -861,19 +861,73 @@ pub struct Limits {
     pub requests_per_business: crate::auth::ratelimit::RateLimiter,
 }
 
-impl Default for Limits {
+/// One limit: up to `burst` at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// How many at once, after a quiet while.
+    pub burst: u32,
+    /// How many more each minute.
+    pub per_minute: u32,
+}
+
+/// The limits on sign-up, sign-in and access requests (the `[limits]`
+/// table of the configuration file; `docs/SECURITY.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Customer sign-ups per client address.
+    pub signups_per_address: Rate,
+    /// Failed sign-ins per client id or customer id.
+    pub sign_in_failures_per_client: Rate,
+    /// Failed sign-ins per client address.
+    pub sign_in_failures_per_address: Rate,
+    /// Access requests per business.
+    pub access_requests_per_business: Rate,
+}
+
+impl Default for LimitSettings {
     fn default() -> Self {
-        use crate::auth::ratelimit::RateLimiter;
         Self {
-            failures_per_client: RateLimiter::new(5, 5),
-            failures_per_address: RateLimiter::new(20, 20),
-            signups_per_address: RateLimiter::new(10, 10),
-            requests_per_business: RateLimiter::new(30, 60),
+            signups_per_address: Rate { burst: 10, per_minute: 10 },
+            sign_in_failures_per_client: Rate { burst: 5, per_minute: 5 },
+            sign_in_failures_per_address: Rate { burst: 20, per_minute: 20 },
+            access_requests_per_business: Rate { burst: 30, per_minute: 60 },
         }
     }
 }
 
+impl LimitSettings {
+    /// Each limit by its name in the configuration file.
+    pub fn named(&self) -> [(&'static str, Rate); 4] {
+        [
+            ("limits.signups_per_address", self.signups_per_address),
+            ("limits.sign_in_failures_per_client", self.sign_in_failures_per_client),
+            ("limits.sign_in_failures_per_address", self.sign_in_failures_per_address),
+            ("limits.access_requests_per_business", self.access_requests_per_business),
+        ]
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::new(&LimitSettings::default())
+    }
+}
+
 impl Limits {
+    /// The limiters for `settings`.
+    pub fn new(settings: &LimitSettings) -> Self {
+        use crate::auth::ratelimit::RateLimiter;
+        let limiter = |rate: Rate| RateLimiter::new(rate.burst, rate.per_minute);
+        Self {
+            failures_per_client: limiter(settings.sign_in_failures_per_client),
+            failures_per_address: limiter(settings.sign_in_failures_per_address),
+            signups_per_address: limiter(settings.signups_per_address),
+            requests_per_business: limiter(settings.access_requests_per_business),
+        }
+    }
+
     /// The key of an address in the limiters.
     pub fn address_key(address: IpAddr) -> String {
         format!("addr:{address}")

@@ -53,7 +53,7 @@ impl Services {
         let keys = Keys::new(Arc::clone(&core), KeyConfig::default());
         let subjects = Subjects::new(Arc::clone(&core), keys.clone());
         let tokens = Tokens { issuer, verifier, cache: TokenCache::default() };
-        let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens);
+        let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &Default::default());
         let consent = Consent::new(Arc::clone(&core), principals.clone());
         let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
         Self { core, backend, keys, subjects, principals, consent, rights }

@@ -166,11 +166,18 @@ pub struct IdentityOptions {
     pub audience: String,
     /// External issuers whose tokens are trusted.
     pub external: Vec<TrustedIssuer>,
+    /// The limits on sign-up, sign-in and access requests.
+    pub limits: crate::principals::LimitSettings,
 }
 
 impl Default for IdentityOptions {
     fn default() -> Self {
-        Self { issuer: "consentvault".to_owned(), audience: "consentvault".to_owned(), external: Vec::new() }
+        Self {
+            issuer: "consentvault".to_owned(),
+            audience: "consentvault".to_owned(),
+            external: Vec::new(),
+            limits: crate::principals::LimitSettings::default(),
+        }
     }
 }
 
@@ -433,13 +440,14 @@ impl Vault {
             )));
         }
         let mut trusted = vec![own];
+        let limits = identity.limits;
         trusted.extend(identity.external);
         let core = Arc::new(Core::new(store, audit, Arc::new(keys), policies));
         let keys = Keys::new(Arc::clone(&core), key_config);
         let subjects = Subjects::new(Arc::clone(&core), keys.clone());
         let tokens =
             Tokens { issuer: token_issuer, verifier: TokenVerifier::new(trusted), cache: TokenCache::default() };
-        let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens);
+        let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &limits);
         let consent = Consent::new(Arc::clone(&core), principals.clone());
         let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
         let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone());

@@ -120,3 +120,19 @@ async fn every_metric_family_counts_the_traffic_that_drives_it() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_up_limit_is_the_one_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    std::fs::write(&config, "[limits]\nsignups_per_address = { burst = 2, per_minute = 1 }\n").unwrap();
+    let app = TestApp::start_with_config(Some(config)).await;
+    let anonymous = app.anonymous();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(anonymous.sign_up("a long enough password").await.0);
+    }
+    assert_eq!(statuses, [201, 201, 429]);
+    let (_, text) = anonymous.caller().text(Method::GET, "/metrics", None).await;
+    assert_eq!(sample(&text, r#"consentvault_rate_limited_total{limit="signups_per_address"}"#), Some(1.0));
+}
