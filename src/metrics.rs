@@ -61,18 +61,24 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn write(&self, out: &mut Exposition, name: &str, labels: &[(&str, &str)]) {
+    /// Writes its samples under `name` with `labels`.
+    pub fn write(&self, out: &mut Exposition, name: &str, labels: &[(&str, &str)]) {
         let mut cumulative = 0u64;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let le = format!("{bound}");
-            out.sample(&format!("{name}_bucket"), &[labels, &[("le", &le)]].concat(), cumulative);
+            out.labelled(&format!("{name}_bucket"), &[labels, &[("le", &le)]].concat(), cumulative);
         }
         let count = self.count();
-        out.sample(&format!("{name}_bucket"), &[labels, &[("le", "+Inf")]].concat(), count);
-        out.sample_f64(&format!("{name}_sum"), labels, f64::from_bits(self.sum.load(Ordering::Relaxed)));
-        out.sample(&format!("{name}_count"), labels, count);
+        out.labelled(&format!("{name}_bucket"), &[labels, &[("le", "+Inf")]].concat(), count);
+        out.labelled(&format!("{name}_sum"), labels, f64::from_bits(self.sum.load(Ordering::Relaxed)));
+        out.labelled(&format!("{name}_count"), labels, count);
     }
+}
+
+/// A family's key for `values`.
+fn owned(values: &[&str]) -> Vec<String> {
+    values.iter().map(|value| (*value).to_owned()).collect()
 }
 
 /// Counters under label values (a tuple of the family's labels).
@@ -89,13 +95,12 @@ impl CounterFamily {
 
     /// The count under `values` (0 if never counted).
     pub fn get(&self, values: &[&str]) -> u64 {
-        let key: Vec<String> = values.iter().map(|value| (*value).to_owned()).collect();
         let counters = self.counters.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        counters.get(&key).map_or(0, |counter| counter.load(Ordering::Relaxed))
+        counters.get(&owned(values)).map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
 
     fn counter(&self, values: &[&str]) -> Arc<AtomicU64> {
-        let key: Vec<String> = values.iter().map(|value| (*value).to_owned()).collect();
+        let key = owned(values);
         if let Some(counter) = self.counters.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
             return Arc::clone(counter);
         }
@@ -109,41 +114,7 @@ impl CounterFamily {
         let counters = self.counters.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (values, counter) in counters.iter() {
             let pairs: Vec<(&str, &str)> = labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
-            out.sample(name, &pairs, counter.load(Ordering::Relaxed));
-        }
-    }
-}
-
-/// Histograms under label values.
-#[derive(Debug)]
-pub struct HistogramFamily {
-    bounds: &'static [f64],
-    histograms: RwLock<BTreeMap<Vec<String>, Arc<Histogram>>>,
-}
-
-impl HistogramFamily {
-    /// An empty family whose histograms have `bounds`.
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, histograms: RwLock::default() }
-    }
-
-    /// The histogram of `values`.
-    pub fn of(&self, values: &[&str]) -> Arc<Histogram> {
-        let key: Vec<String> = values.iter().map(|value| (*value).to_owned()).collect();
-        if let Some(histogram) = self.histograms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
-            return Arc::clone(histogram);
-        }
-        let mut histograms = self.histograms.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(histograms.entry(key).or_insert_with(|| Arc::new(Histogram::new(self.bounds))))
-    }
-
-    /// Writes the family, with `labels` naming the values of each histogram.
-    pub fn write(&self, out: &mut Exposition, name: &str, help: &str, labels: &[&str]) {
-        out.header(name, "histogram", help);
-        let histograms = self.histograms.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (values, histogram) in histograms.iter() {
-            let pairs: Vec<(&str, &str)> = labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
-            histogram.write(out, name, &pairs);
+            out.labelled(name, &pairs, counter.load(Ordering::Relaxed));
         }
     }
 }
@@ -163,7 +134,7 @@ impl Exposition {
     /// A metric with one unlabelled sample.
     pub fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.header(name, kind, help);
-        let _ = writeln!(self.text, "{name} {value}");
+        self.labelled(name, &[], value);
     }
 
     /// A histogram without labels.
@@ -172,36 +143,21 @@ impl Exposition {
         histogram.write(self, name, &[]);
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
-        self.name_and_labels(name, labels);
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.name_and_labels(name, labels);
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    /// A labelled sample of a metric whose header is written.
+    /// A sample (labelled or not) of a metric whose header is written.
     pub fn labelled(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.name_and_labels(name, labels);
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    fn name_and_labels(&mut self, name: &str, labels: &[(&str, &str)]) {
         self.text.push_str(name);
-        if labels.is_empty() {
-            return;
-        }
-        self.text.push('{');
-        for (n, (label, value)) in labels.iter().enumerate() {
-            if n > 0 {
-                self.text.push(',');
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (n, (label, value)) in labels.iter().enumerate() {
+                if n > 0 {
+                    self.text.push(',');
+                }
+                let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.text, "{label}=\"{escaped}\"");
             }
-            let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            let _ = write!(self.text, "{label}=\"{escaped}\"");
+            self.text.push('}');
         }
-        self.text.push('}');
+        let _ = writeln!(self.text, " {value}");
     }
 
     /// The text written.

@@ -157,6 +157,33 @@ pub struct VaultOptions {
     pub key_limits: KeyLimits,
 }
 
+/// What a vault is made of once its keys are loaded and its store is open
+/// ([`Vault::open_backend`]).
+pub struct VaultParts {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The KEKs.
+    pub keys: KeyRing,
+    /// The storage engine.
+    pub backend: Arc<dyn Backend>,
+    /// The parsed policies.
+    pub policies: Policies,
+    /// The directory they were read from, for reloads (`None`: built in).
+    pub policy_dir: Option<PathBuf>,
+    /// The audit log's origin for a new vault (`None`: a unique default).
+    pub audit_origin: Option<String>,
+    /// Token issuing, trusted external issuers and the sign-in limits.
+    pub identity: IdentityOptions,
+    /// Where keys come from and when they are replaced.
+    pub key_config: KeyConfig,
+}
+
+impl std::fmt::Debug for VaultParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultParts").field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
 /// How the vault issues and trusts tokens.
 #[derive(Debug, Clone)]
 pub struct IdentityOptions {
@@ -370,17 +397,17 @@ impl Vault {
         // mend it: the key may already have been read by others.
         tighten_permissions(&data_dir)?;
         let publication = Some(data_dir.join(PUBLISHED_FILE));
-        let vault = Self::open_parts(
-            publication,
+        let parts = VaultParts {
             data_dir,
             keys,
             backend,
-            options.policies,
-            options.policy_dir,
-            options.audit_origin,
-            options.identity,
-            KeyConfig { source: Some(source), limits: options.key_limits },
-        )?;
+            policies: options.policies,
+            policy_dir: options.policy_dir,
+            audit_origin: options.audit_origin,
+            identity: options.identity,
+            key_config: KeyConfig { source: Some(source), limits: options.key_limits },
+        };
+        let vault = Self::open_parts(publication, parts)?;
         Ok((vault, opened))
     }
 
@@ -388,34 +415,14 @@ impl Vault {
     /// empty (tests use this with a fault-injecting in-memory backend).
     /// Verifies the audit log and refuses to open if it does not verify.
     /// Resumes a KEK rotation a restart interrupted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn open_backend(
-        data_dir: PathBuf,
-        keys: KeyRing,
-        backend: Arc<dyn Backend>,
-        policies: Policies,
-        policy_dir: Option<PathBuf>,
-        audit_origin: Option<String>,
-        identity: IdentityOptions,
-        key_config: KeyConfig,
-    ) -> Result<Arc<Self>, VaultError> {
-        Self::open_parts(None, data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config)
+    pub fn open_backend(parts: VaultParts) -> Result<Arc<Self>, VaultError> {
+        Self::open_parts(None, parts)
     }
 
     /// [`Vault::open_backend`], recording published checkpoints in the file
     /// at `publication` and comparing the store with it first.
-    #[allow(clippy::too_many_arguments)]
-    fn open_parts(
-        publication: Option<PathBuf>,
-        data_dir: PathBuf,
-        keys: KeyRing,
-        backend: Arc<dyn Backend>,
-        policies: Policies,
-        policy_dir: Option<PathBuf>,
-        audit_origin: Option<String>,
-        identity: IdentityOptions,
-        key_config: KeyConfig,
-    ) -> Result<Arc<Self>, VaultError> {
+    fn open_parts(publication: Option<PathBuf>, parts: VaultParts) -> Result<Arc<Self>, VaultError> {
+        let VaultParts { data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config } = parts;
         crate::auth::jwt_ring::install();
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;

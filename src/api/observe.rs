@@ -12,51 +12,83 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::problem::ProblemSent;
-use crate::metrics::{CounterFamily, Exposition, HistogramFamily, SECONDS_BUCKETS};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{CounterFamily, Exposition, Histogram, SECONDS_BUCKETS};
 
 /// The label of a request answered before it was routed (an unknown path,
 /// a method the path does not take, a refusal of every request).
 pub const UNROUTED: &str = "(unrouted)";
 
-/// The HTTP surface's counters.
+/// The status classes, in the order of [`RouteStats::classes`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A route template and a method.
+type RouteKey = (Arc<str>, &'static str);
+
+/// What one route template and method answered, and how fast.
 #[derive(Debug)]
+struct RouteStats {
+    /// Responses by status class ([`STATUS_CLASSES`]).
+    classes: [AtomicU64; 5],
+    /// Time until the response's head.
+    latency: Histogram,
+}
+
+/// The HTTP surface's counters.
+#[derive(Debug, Default)]
 pub struct HttpMetrics {
-    /// Requests by route, method and status class.
-    pub requests: CounterFamily,
-    /// Latency by route and method, until the response's head.
-    pub durations: HistogramFamily,
+    /// Requests by route template and method: found with one lookup per
+    /// request, without allocating.
+    routes: RwLock<BTreeMap<RouteKey, Arc<RouteStats>>>,
     /// 401s by problem code, and 403 `wrong_role`.
     pub auth_failures: CounterFamily,
     /// 429s by the limit that refused.
     pub rate_limited: CounterFamily,
 }
 
-impl Default for HttpMetrics {
-    fn default() -> Self {
-        Self {
-            requests: CounterFamily::default(),
-            durations: HistogramFamily::new(SECONDS_BUCKETS),
-            auth_failures: CounterFamily::default(),
-            rate_limited: CounterFamily::default(),
-        }
-    }
-}
-
 impl HttpMetrics {
+    fn route(&self, route: &Arc<str>, method: &'static str) -> Arc<RouteStats> {
+        let key = (Arc::clone(route), method);
+        if let Some(stats) = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            return Arc::clone(stats);
+        }
+        let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stats = routes.entry(key).or_insert_with(|| {
+            Arc::new(RouteStats { classes: Default::default(), latency: Histogram::new(SECONDS_BUCKETS) })
+        });
+        Arc::clone(stats)
+    }
+
     /// Writes every family.
     pub fn write(&self, out: &mut Exposition) {
-        self.requests.write(
-            out,
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.header(
             "consentvault_http_requests_total",
+            "counter",
             "HTTP requests answered, by route template, method and status class.",
-            &["route", "method", "status"],
         );
-        self.durations.write(
-            out,
+        for ((route, method), stats) in routes.iter() {
+            for (class, count) in STATUS_CLASSES.iter().zip(&stats.classes) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let labels = [("route", &**route), ("method", *method), ("status", *class)];
+                    out.labelled("consentvault_http_requests_total", &labels, count);
+                }
+            }
+        }
+        out.header(
             "consentvault_http_request_duration_seconds",
+            "histogram",
             "Time from a request's arrival to its response's head, by route template and method.",
-            &["route", "method"],
         );
+        for ((route, method), stats) in routes.iter() {
+            let labels = [("route", &**route), ("method", *method)];
+            stats.latency.write(out, "consentvault_http_request_duration_seconds", &labels);
+        }
+        drop(routes);
         self.auth_failures.write(
             out,
             "consentvault_auth_failures_total",
@@ -75,6 +107,11 @@ impl HttpMetrics {
 /// The route template of a response, set inside the router.
 #[derive(Debug, Clone)]
 struct RouteTemplate(Arc<str>);
+
+thread_local! {
+    /// [`UNROUTED`], shared, so counting it allocates nothing.
+    static UNROUTED_ROUTE: Arc<str> = Arc::from(UNROUTED);
+}
 
 /// Marks a routed request's response with its route template.
 pub(super) async fn route_mark(request: Request, next: Next) -> Response {
@@ -99,14 +136,9 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    }
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+fn status_class(status: StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
 }
 
 /// Counts and times every request.
@@ -115,9 +147,12 @@ pub(super) async fn observe(State(metrics): State<Arc<HttpMetrics>>, request: Re
     let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status();
-    let route = response.extensions().get::<RouteTemplate>().map_or(UNROUTED, |route| &route.0);
-    metrics.requests.inc(&[route, method, status_class(status)]);
-    metrics.durations.of(&[route, method]).observe_duration(started.elapsed());
+    let stats = match response.extensions().get::<RouteTemplate>() {
+        Some(route) => metrics.route(&route.0, method),
+        None => UNROUTED_ROUTE.with(|route| metrics.route(route, method)),
+    };
+    stats.classes[status_class(status)].fetch_add(1, Ordering::Relaxed);
+    stats.latency.observe_duration(started.elapsed());
     if let Some(sent) = response.extensions().get::<ProblemSent>() {
         match status {
             StatusCode::UNAUTHORIZED => metrics.auth_failures.inc(&[sent.code]),

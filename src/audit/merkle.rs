@@ -1032,4 +1032,26 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn frontier_roots_and_completed_subtrees_match_the_memory_tree() {
+        let mut frontier = Frontier::default();
+        let mut tree = MemoryTree::new();
+        assert_eq!(frontier.root(), empty_root());
+        for index in 0..70u64 {
+            let entry = index.to_be_bytes();
+            let leaf = leaf_hash(&entry);
+            let mut from_frontier = frontier.push(index, leaf);
+            let mut expected = appended_subtrees(index, leaf, |level, at| tree.subtree(level, at)).unwrap();
+            from_frontier.sort();
+            expected.sort();
+            assert_eq!(from_frontier, expected, "index {index}");
+            tree.push(&entry);
+            assert_eq!(frontier.root(), tree.root(), "size {}", index + 1);
+            // Stored and read back, or read off the tree, it is the same.
+            assert_eq!(Frontier::of_bytes(index + 1, &frontier.to_bytes()).as_ref(), Some(&frontier));
+            assert_eq!(Frontier::of_tree(&tree, index + 1).unwrap(), frontier);
+        }
+        assert_eq!(Frontier::of_bytes(70, &[0; 32]), None, "hashes that do not fit the size");
+    }
 }

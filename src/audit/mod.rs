@@ -32,7 +32,7 @@ pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventK
 
 use crate::crypto::{CryptoError, KeyRing};
 use crate::ids::SubjectId;
-use crate::store::{Durable, Key, Store, StoreError, Txn, WriteBatch, counter_decode};
+use crate::store::{Durable, Entries, Key, Store, StoreError, Txn, WriteBatch, counter_decode};
 use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
 use merkle::{Frontier, Hash, ProofError, SubtreeHashes};
 
@@ -581,12 +581,8 @@ impl AuditLog {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
-        let after_start = prefix.with_suffix(&(start + 1).to_be_bytes());
-        // The last group keyed at or before `start`, then the groups after it.
-        let mut groups: Vec<(Vec<u8>, Vec<u8>)> = store.last_in(prefix, &after_start)?.into_iter().collect();
-        groups.extend(store.scan_range(&after_start, &prefix.with_suffix(&end.to_be_bytes()), limit)?);
         let mut indices = Vec::new();
-        for (key, group) in groups {
+        for (key, group) in covering(store, prefix, start, end, limit)? {
             let first = records::key_index(prefix, &key).ok_or(AuditError::Corrupt("index group key"))?;
             let group = records::group_indices(first, &group).ok_or(AuditError::Corrupt("index group"))?;
             indices.extend(group.into_iter().filter(|index| (start..end).contains(index)));
@@ -599,6 +595,16 @@ impl AuditLog {
     }
 }
 
+/// The rows under `prefix` keyed by an index (u64) that can hold indices
+/// from `start` to `end` ([`records`]: a record or a group): the last keyed
+/// at or before `start`, then up to `limit` keyed after it and before `end`.
+fn covering(store: &Store, prefix: &Key, start: u64, end: u64, limit: usize) -> Result<Entries, AuditError> {
+    let after_start = prefix.with_suffix(&(start + 1).to_be_bytes());
+    let mut rows: Entries = store.last_in(prefix, &after_start)?.into_iter().collect();
+    rows.extend(store.scan_range(&after_start, &prefix.with_suffix(&end.to_be_bytes()), limit)?);
+    Ok(rows)
+}
+
 /// The stored entries with indices in `start..end`, in index order: from
 /// the record that holds `start` on.
 fn entries_between(store: &Store, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
@@ -606,13 +612,10 @@ fn entries_between(store: &Store, start: u64, end: u64) -> Result<Vec<(u64, Vec<
         return Ok(Vec::new());
     }
     let all = Key::audit_records_all();
-    let after_start = Key::audit_record(start + 1);
     let wanted = usize::try_from(end - start).unwrap_or(usize::MAX);
-    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = store.last_in(&all, &after_start)?.into_iter().collect();
-    // Each record holds one entry at least.
-    rows.extend(store.scan_range(&after_start, &Key::audit_record(end), wanted)?);
     let mut entries = Vec::new();
-    for (key, record) in rows {
+    // Each record holds one entry at least.
+    for (key, record) in covering(store, &all, start, end, wanted)? {
         let first = records::key_index(&all, &key).ok_or(AuditError::Corrupt("entry record key"))?;
         let record = records::record_entries(&record).ok_or(AuditError::Corrupt("entry record"))?;
         for (index, bytes) in (first..).zip(record) {

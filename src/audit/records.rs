@@ -37,34 +37,35 @@ pub fn record_push(record: &mut Vec<u8>, entry: &[u8]) {
     record.extend_from_slice(entry);
 }
 
+/// The entries of an encoded record, in order; `Err(())` in place of the
+/// rest if it is malformed.
+fn record_walk(record: &[u8]) -> impl Iterator<Item = Result<&[u8], ()>> {
+    let mut rest = Some(record);
+    std::iter::from_fn(move || {
+        let current = rest.take().filter(|current| !current.is_empty())?;
+        let split = current.split_first_chunk::<4>().and_then(|(length, tail)| {
+            let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
+            (length <= tail.len()).then(|| tail.split_at(length))
+        });
+        Some(
+            split
+                .map(|(entry, tail)| {
+                    rest = Some(tail);
+                    entry
+                })
+                .ok_or(()),
+        )
+    })
+}
+
 /// The entries of an encoded record, or `None` if it is malformed.
 pub fn record_entries(record: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut entries = Vec::new();
-    let mut rest = record;
-    while !rest.is_empty() {
-        let (length, tail) = rest.split_first_chunk::<4>()?;
-        let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
-        if length > tail.len() {
-            return None;
-        }
-        let (entry, tail) = tail.split_at(length);
-        entries.push(entry);
-        rest = tail;
-    }
-    Some(entries)
+    record_walk(record).collect::<Result<_, _>>().ok()
 }
 
 /// How many entries an encoded record holds, or `None` if it is malformed.
 pub fn record_len(record: &[u8]) -> Option<u64> {
-    let mut count = 0u64;
-    let mut rest = record;
-    while !rest.is_empty() {
-        let (length, tail) = rest.split_first_chunk::<4>()?;
-        let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
-        rest = tail.get(length..)?;
-        count += 1;
-    }
-    Some(count)
+    record_walk(record).try_fold(0u64, |count, entry| entry.ok().map(|_| count + 1))
 }
 
 /// The indices of the group keyed by `first` (none below it), or `None`

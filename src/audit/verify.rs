@@ -339,32 +339,3 @@ fn entries_visit(
     }
     Ok(in_records)
 }
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::audit::merkle::MemoryTree;
-
-    #[test]
-    fn frontier_roots_and_completed_subtrees_match_the_memory_tree() {
-        let mut frontier = Frontier::default();
-        let mut tree = MemoryTree::new();
-        assert_eq!(frontier.root(), merkle::empty_root());
-        for index in 0..70u64 {
-            let entry = index.to_be_bytes();
-            let leaf = merkle::leaf_hash(&entry);
-            let mut from_frontier = frontier.push(index, leaf);
-            let mut expected = merkle::appended_subtrees(index, leaf, |level, at| {
-                use crate::audit::merkle::SubtreeHashes;
-                tree.subtree(level, at)
-            })
-            .unwrap();
-            from_frontier.sort();
-            expected.sort();
-            assert_eq!(from_frontier, expected, "index {index}");
-            tree.push(&entry);
-            assert_eq!(frontier.root(), tree.root(), "size {}", index + 1);
-        }
-    }
-}

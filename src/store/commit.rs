@@ -569,8 +569,9 @@ fn sync_loop(context: &CommitContext<'_>, jobs: &mpsc::Receiver<SyncJob>) {
         } else if group.iter().any(|job| job.needs_sync) {
             let started = Instant::now();
             let synced = backend.sync();
-            stats.sync_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);
-            stats.histograms.sync_seconds.observe_duration(started.elapsed());
+            let synced_in = nanos_since(started);
+            stats.sync_nanos.fetch_add(synced_in, Ordering::Relaxed);
+            stats.histograms.sync_seconds.observe(synced_in as f64 / 1e9);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = &synced {
                 sync_failed.store(true, Ordering::Release);
@@ -700,8 +701,9 @@ fn apply_and_write_out(
     let applying = Instant::now();
     backend.apply(batch)?;
     applied();
-    stats.apply_nanos.fetch_add(nanos_since(applying), Ordering::Relaxed);
-    stats.histograms.apply_seconds.observe_duration(applying.elapsed());
+    let applied_in = nanos_since(applying);
+    stats.apply_nanos.fetch_add(applied_in, Ordering::Relaxed);
+    stats.histograms.apply_seconds.observe(applied_in as f64 / 1e9);
     let started = Instant::now();
     let written = backend.write_out();
     stats.flush_nanos.fetch_add(nanos_since(started), Ordering::Relaxed);

@@ -59,8 +59,17 @@ pub fn memory_vault(backend: Arc<consentvault::store::memory::MemoryBackend>) ->
     let kek = zeroize::Zeroizing::new(consentvault::crypto::random_bytes(&rng).unwrap());
     let keys = consentvault::crypto::KeyRing::new(vec![(1, kek)]).unwrap();
     let policies = policies_load(&policies_dir()).unwrap();
-    Vault::open_backend("memory".into(), keys, backend, policies, None, None, Default::default(), Default::default())
-        .unwrap()
+    Vault::open_backend(consentvault::vault::VaultParts {
+        data_dir: "memory".into(),
+        keys,
+        backend,
+        policies,
+        policy_dir: None,
+        audit_origin: None,
+        identity: Default::default(),
+        key_config: Default::default(),
+    })
+    .unwrap()
 }
 
 /// Through the library: a business registered for marketing and a customer
