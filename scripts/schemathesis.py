@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Schemathesis against the running vault, as every role.
 
-Starts `consentvault serve` (the binary named by CONSENTVAULT_BIN, else
-<CARGO_TARGET_DIR or target>/debug/consentvault) on a temporary data directory and port, sets up
+Starts `consentvault serve` (scripts/served_vault.py), sets up
 an admin, a business, an auditor and a customer with data, a relationship
 and a grant, then runs Schemathesis (the `st` command of the virtualenv this
 script runs under) against /v1/openapi.json once per role, with that role's
@@ -18,7 +17,6 @@ operation: CONSENTVAULT_SCHEMATHESIS_EXAMPLES (default 30).
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +24,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import served_vault
+
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance,ignored_auth,unsupported_method"
 
 
@@ -46,29 +45,12 @@ def token(base, body):
 
 
 def main():
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    binary = os.environ.get("CONSENTVAULT_BIN", str(target / "debug" / "consentvault"))
     examples = os.environ.get("CONSENTVAULT_SCHEMATHESIS_EXAMPLES", "30")
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     work = Path(tempfile.mkdtemp(prefix="consentvault-schemathesis-"))
-    data_dir = work / "data"
-    server = subprocess.Popen(
-        [binary, "serve", "--data-dir", str(data_dir), "--policies", str(ROOT / "policies"),
-         "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=open(work / "server.log", "w"), text=True,
-        env={**os.environ, "CONSENTVAULT_LOG": "warn"},
-    )
+    server, base, data_dir = served_vault.start(work)
     failed = []
     try:
-        base = None
-        for line in server.stdout:
-            match = re.match(r"listening on (http://\S+)", line)
-            if match:
-                base = match.group(1)
-                break
-        if base is None:
-            sys.exit("the server did not start; see " + str(work / "server.log"))
-
         credentials = json.loads((data_dir / "admin-credentials.json").read_text())
         admin = token(base, {"grant_type": "client_credentials", **credentials})
         business = request(base, "POST", "/v1/admin/businesses", admin,
@@ -111,8 +93,7 @@ def main():
             if subprocess.run(command, cwd=work).returncode != 0:
                 failed.append(role)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        served_vault.stop(server)
     if failed:
         sys.exit("schemathesis found failures as: " + ", ".join(failed))
     shutil.rmtree(work, ignore_errors=True)

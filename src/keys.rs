@@ -155,7 +155,7 @@ pub(crate) fn kek_counter(kek_version: u32) -> Key {
 }
 
 /// When keys are replaced because they encrypted enough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyLimits {
     /// DEK wraps under one KEK before a rotation starts on its own.
     pub kek_wraps_max: u64,
@@ -307,7 +307,6 @@ pub struct KeyStatus {
     /// DEK wraps counted per KEK version (keyed by the version, as text).
     pub wraps: std::collections::BTreeMap<String, u64>,
     /// The limits in force.
-    #[schema(value_type = Object)]
     pub limits: KeyLimits,
     /// The latest rotation, if any.
     pub rotation: Option<Rotation>,

@@ -37,7 +37,7 @@ use crate::store::Key;
 use crate::subjects::Subjects;
 
 /// The answer to an erasure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ErasureReceipt {
     /// Always true: the subject is erased (now or before).
     pub erased: bool,
@@ -45,6 +45,40 @@ pub struct ErasureReceipt {
     pub audit_index: u64,
     /// A signed checkpoint whose tree contains that event.
     pub checkpoint: String,
+}
+
+/// Everything the vault holds about a customer, for the customer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Export {
+    /// The customer's id.
+    #[schema(value_type = String)]
+    pub subject: SubjectId,
+    /// Her field values.
+    #[schema(value_type = crate::policy::FieldValues)]
+    pub data: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Her connections to businesses.
+    pub relationships: Vec<Relationship>,
+    /// The access requests made to her.
+    pub access_requests: Vec<AccessRequest>,
+    /// Her grants, each with its signed receipt.
+    pub grants: Vec<ExportedGrant>,
+    /// The purposes she objects to.
+    pub objections: Vec<String>,
+    /// Every read of her data.
+    pub access_log: Vec<crate::consent::AccessLogItem>,
+}
+
+/// A grant in an export, with its status at export time and its receipt.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExportedGrant {
+    /// The stored grant (times in Unix seconds).
+    pub grant: GrantRecord,
+    /// Where it stands now.
+    pub status: GrantStatus,
+    /// Its consent receipt.
+    pub receipt: crate::consent::ConsentReceipt,
+    /// The receipt's JSON text as a C2SP signed note.
+    pub signed_receipt: String,
 }
 
 /// Why a subject is erased: the `cause` its audit events carry.
@@ -275,14 +309,14 @@ impl Rights {
     /// (opened through the audited read), relationships, access requests,
     /// grants with signed receipts, objections and the access log. Recorded
     /// as `data.exported`.
-    pub async fn subject_export(&self, subject: SubjectId) -> Result<serde_json::Value, ConsentError> {
+    pub async fn subject_export(&self, subject: SubjectId) -> Result<Export, ConsentError> {
         let data = self.subjects.data_read_own(subject).await?;
         let grants = self.consent.grants(subject)?;
         let mut grant_items = Vec::with_capacity(grants.len());
         for grant in grants {
             let (receipt, signed_note) = self.consent.grant_receipt(subject, &grant.grant_id)?;
             let status = grant.status(self.core.clock().now_secs());
-            grant_items.push(serde_json::json!({"grant": grant, "status": status, "receipt": receipt, "signed_receipt": signed_note}));
+            grant_items.push(ExportedGrant { grant, status, receipt, signed_receipt: signed_note });
         }
         let mut access_log = Vec::new();
         let mut from = 0;
@@ -301,14 +335,14 @@ impl Rights {
         let (appended, durable) =
             self.core.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await?;
         self.core.audit().confirm(appended, &durable)?;
-        Ok(serde_json::json!({
-            "subject": subject,
-            "data": data,
-            "relationships": self.consent.relationships(subject)?,
-            "access_requests": self.consent.requests_of_customer(subject)?,
-            "grants": grant_items,
-            "objections": self.consent.objections(subject)?,
-            "access_log": access_log,
-        }))
+        Ok(Export {
+            subject,
+            data,
+            relationships: self.consent.relationships(subject)?,
+            access_requests: self.consent.requests_of_customer(subject)?,
+            grants: grant_items,
+            objections: self.consent.objections(subject)?,
+            access_log,
+        })
     }
 }

@@ -801,7 +801,7 @@ pub enum PolicyReloadError {
 }
 
 /// The result of a readiness check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// The store answers reads and the last flush succeeded.
     pub store: bool,

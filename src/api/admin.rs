@@ -39,6 +39,7 @@ pub struct BusinessItem {
     purposes: Vec<String>,
     client_id: String,
     disabled: bool,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -62,6 +63,7 @@ pub struct AuditorItem {
     name: String,
     client_id: String,
     disabled: bool,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -84,7 +86,7 @@ pub struct PrincipalPage<T> {
     cursor: Option<String>,
 }
 
-async fn create(
+async fn create<T: From<NewClient> + Serialize>(
     state: &AppState,
     caller: &AdminCaller,
     role: Role,
@@ -92,22 +94,38 @@ async fn create(
     purposes: Vec<String>,
 ) -> Result<Response, ApiError> {
     let created = state.vault.principals().client_create(&caller.0.actor(), role, name, purposes).await?;
-    Ok((StatusCode::CREATED, axum::Json(credentials_body(role, created))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(T::from(created))).into_response())
 }
 
-/// Credentials shown once: the principal's id under its role's name
-/// (`business_id`, `auditor_id`), the client id and the secret.
-pub fn credentials_body(role: Role, credentials: NewClient) -> serde_json::Value {
-    let id_name = match role {
-        Role::Business => "business_id",
-        Role::Auditor => "auditor_id",
-        _ => "principal_id",
-    };
-    serde_json::json!({
-        id_name: credentials.id,
-        "client_id": credentials.client_id,
-        "client_secret": credentials.client_secret,
-    })
+/// A business's credentials, shown once: at registration and when it
+/// rotates its secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BusinessCredentials {
+    business_id: String,
+    client_id: String,
+    /// Shown only in this answer; the vault keeps a hash.
+    client_secret: String,
+}
+
+impl From<NewClient> for BusinessCredentials {
+    fn from(client: NewClient) -> Self {
+        Self { business_id: client.id, client_id: client.client_id, client_secret: client.client_secret }
+    }
+}
+
+/// An auditor's credentials, shown once, at registration.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditorCredentials {
+    auditor_id: String,
+    client_id: String,
+    /// Shown only in this answer; the vault keeps a hash.
+    client_secret: String,
+}
+
+impl From<NewClient> for AuditorCredentials {
+    fn from(client: NewClient) -> Self {
+        Self { auditor_id: client.id, client_id: client.client_id, client_secret: client.client_secret }
+    }
 }
 
 fn list<T: From<PrincipalRecord>>(
@@ -132,14 +150,14 @@ async fn disable<T: From<PrincipalRecord>>(
     Ok(axum::Json(record.into()))
 }
 
-#[utoipa::path(post, path = "/v1/admin/businesses", tag = "admin", request_body = BusinessCreate, security(("bearer" = [])), responses((status = 201, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "A business of that name is registered", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A purpose the policies do not define", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/businesses", tag = "admin", request_body = BusinessCreate, security(("bearer" = [])), responses((status = 201, description = "The business and its credentials (the secret shown once)", body = BusinessCredentials), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "A business of that name is registered", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A purpose the policies do not define", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/businesses`.
 pub async fn businesses_create(
     caller: AdminCaller,
     State(state): State<AppState>,
     Json(body): Json<BusinessCreate>,
 ) -> Result<Response, ApiError> {
-    create(&state, &caller, Role::Business, &body.name, body.purposes).await
+    create::<BusinessCredentials>(&state, &caller, Role::Business, &body.name, body.purposes).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/businesses", tag = "admin", params(PageParams), security(("bearer" = [])), responses((status = 200, body = PrincipalPage<BusinessItem>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
@@ -162,14 +180,14 @@ pub async fn businesses_disable(
     disable(&state, &caller, Role::Business, &id).await
 }
 
-#[utoipa::path(post, path = "/v1/admin/auditors", tag = "admin", request_body = AuditorCreate, security(("bearer" = [])), responses((status = 201, description = "auditor_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/auditors", tag = "admin", request_body = AuditorCreate, security(("bearer" = [])), responses((status = 201, description = "The auditor and its credentials (the secret shown once)", body = AuditorCredentials), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/admin/auditors`.
 pub async fn auditors_create(
     caller: AdminCaller,
     State(state): State<AppState>,
     Json(body): Json<AuditorCreate>,
 ) -> Result<Response, ApiError> {
-    create(&state, &caller, Role::Auditor, &body.name, Vec::new()).await
+    create::<AuditorCredentials>(&state, &caller, Role::Auditor, &body.name, Vec::new()).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/auditors", tag = "admin", params(PageParams), security(("bearer" = [])), responses((status = 200, body = PrincipalPage<AuditorItem>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
@@ -194,19 +212,34 @@ pub async fn auditors_disable(
 
 /// `POST /v1/admin/policies/reload`: re-read the policy directory. An
 /// invalid file changes nothing and is named, with its line, in the answer.
-#[utoipa::path(post, path = "/v1/admin/policies/reload", tag = "admin", security(("bearer" = [])), responses((status = 200, description = "The policies now in force", body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/admin/policies/reload", tag = "admin", security(("bearer" = [])), responses((status = 200, description = "The policies now in force", body = PoliciesLoaded), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub async fn policies_reload(
     caller: AdminCaller,
     State(state): State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<PoliciesLoaded>, ApiError> {
     let policies = state.vault.policies_reload(&caller.0.actor()).await?;
-    Ok(axum::Json(serde_json::json!({
-        "sha256": policies.sha256,
-        "fields": policies.catalogue.fields().count(),
-        "purposes": policies.rules.purposes.len(),
-        "deny_rules": policies.rules.deny.len(),
-        "duration_caps": policies.rules.duration_caps.len(),
-    })))
+    Ok(axum::Json(PoliciesLoaded {
+        sha256: policies.sha256.clone(),
+        fields: policies.catalogue.fields().count(),
+        purposes: policies.rules.purposes.len(),
+        deny_rules: policies.rules.deny.len(),
+        duration_caps: policies.rules.duration_caps.len(),
+    }))
+}
+
+/// The policies a reload put in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoliciesLoaded {
+    /// The hash of the policy files, as the log names them.
+    sha256: String,
+    /// Fields in the catalogue.
+    fields: usize,
+    /// Purposes defined.
+    purposes: usize,
+    /// Deny rules.
+    deny_rules: usize,
+    /// Duration caps.
+    duration_caps: usize,
 }
 
 /// The keys: the current KEK version, the loaded and destroyed versions,

@@ -67,12 +67,16 @@ pub struct EntriesQuery {
     /// Only events about this business.
     business: Option<String>,
     /// Only events of this kind (`data.read`, ...).
+    #[param(value_type = Option<EventKind>)]
     kind: Option<String>,
     /// Only reads with this decision (`allow`, `partial`, `deny`).
+    #[param(value_type = Option<Decision>)]
     decision: Option<String>,
     /// Only events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Only events before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
     /// Page size (default 100, at most 1000).
     limit: Option<usize>,
@@ -84,6 +88,9 @@ pub struct EntriesQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryItem {
     index: u64,
+    /// The event, parsed (`GET /v1/audit/entries/{index}` gives its exact
+    /// bytes, the leaf input).
+    #[schema(value_type = AuditEvent)]
     entry: serde_json::Value,
 }
 
@@ -202,7 +209,7 @@ pub async fn entries_list(
     Ok(Json(EntriesPage { items, cursor: next.map(|next| cursor_encode("audit", next)) }))
 }
 
-#[utoipa::path(get, path = "/v1/audit/entries/{index}", tag = "audit", params(("index" = u64, Path, description = "Entry index")), security(("bearer" = [])), responses((status = 200, description = "The exact stored bytes of the entry", body = Object, content_type = "application/json"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such entry", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/audit/entries/{index}", tag = "audit", params(("index" = u64, Path, description = "Entry index")), security(("bearer" = [])), responses((status = 200, description = "The exact stored bytes of the entry: the leaf input of the Merkle tree, which is canonical JSON of an `AuditEvent`", body = inline(EntryBytes), content_type = "application/octet-stream"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such entry", body = Problem, content_type = "application/problem+json")))]
 /// `GET /v1/audit/entries/{index}`: the exact stored bytes of one entry.
 pub async fn entries_get(
     _auditor: AuditorCaller,
@@ -212,12 +219,30 @@ pub async fn entries_get(
     match state.vault.audit().entry(state.vault.store(), index)? {
         Some(bytes) => {
             let mut response = bytes.into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // Bytes, not a document to re-encode: a client hashes exactly
+            // these to check a proof.
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             Ok(response)
         }
         None => Err(ApiError::no_such_entry(index)),
     }
 }
+
+/// The exact bytes of an entry, as the API description names them.
+#[derive(Debug)]
+pub struct EntryBytes;
+
+impl utoipa::PartialSchema for EntryBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EntryBytes {}
 
 /// Parameters of `GET /v1/audit/proof/inclusion`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

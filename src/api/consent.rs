@@ -21,6 +21,7 @@ pub struct RelationshipView {
     relationship_id: String,
     business_id: String,
     pairwise_id: String,
+    #[schema(format = DateTime)]
     connected_at: String,
     /// Whether the customer blocked this business from asking her for access.
     requests_blocked: bool,
@@ -86,15 +87,30 @@ pub async fn relationships_create(
     Ok((StatusCode::CREATED, axum::Json(RelationshipView::from(relationship))).into_response())
 }
 
+/// The answer to a disconnection.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RelationshipEnded {
+    relationship_id: String,
+    status: Ended,
+}
+
+/// What a disconnection leaves of the relationship.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ended {
+    /// The relationship ended; its grants were revoked.
+    Ended,
+}
+
 /// `DELETE /v1/me/relationships/{id}`: disconnect, revoking its grants.
-#[utoipa::path(delete, path = "/v1/me/relationships/{id}", tag = "customer", params(("id" = String, Path, description = "Relationship id")), security(("bearer" = [])), responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/me/relationships/{id}", tag = "customer", params(("id" = String, Path, description = "Relationship id")), security(("bearer" = [])), responses((status = 200, body = RelationshipEnded), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn relationships_delete(
     caller: CustomerCaller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<RelationshipEnded>, ApiError> {
     let relationship = state.vault.consent().relationship_end(caller.subject, &record_id(&id, "relationship")?).await?;
-    Ok(axum::Json(serde_json::json!({"relationship_id": relationship.relationship_id, "status": "ended"})))
+    Ok(axum::Json(RelationshipEnded { relationship_id: relationship.relationship_id.into(), status: Ended::Ended }))
 }
 
 /// The body of `PATCH /v1/me/relationships/{id}`.
@@ -128,9 +144,12 @@ pub struct GrantView {
     business_id: String,
     purposes: Vec<String>,
     fields: Vec<String>,
+    /// When the grant starts (RFC 3339).
+    #[schema(format = DateTime)]
     starts_at: String,
+    /// When it ends: the window is half-open, live until just before this.
+    #[schema(format = DateTime)]
     expires_at: String,
-    #[schema(value_type = String)]
     status: GrantStatus,
     audit_index: u64,
 }
@@ -180,7 +199,7 @@ pub async fn grants_list(
 }
 
 /// `POST /v1/me/grants`: grant a business access directly.
-#[utoipa::path(post, path = "/v1/me/grants", tag = "customer", request_body = GrantCreate, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/me/grants", tag = "customer", request_body = GrantCreate, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such business, or not connected to it", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Refused by policy (`policy_violation`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn grants_create(
     caller: CustomerCaller,
     State(state): State<AppState>,
@@ -252,6 +271,7 @@ pub async fn objections_put(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Connected {
     pairwise_id: String,
+    #[schema(format = DateTime)]
     connected_at: String,
 }
 
@@ -284,11 +304,14 @@ pub struct ReadParams {
 /// The answer to a scoped read.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReadAnswer {
-    #[schema(value_type = Object)]
+    /// The released fields.
+    #[schema(value_type = crate::policy::FieldValues)]
     data: std::collections::BTreeMap<String, serde_json::Value>,
-    #[schema(value_type = Vec<Object>)]
+    /// Every requested field not released, with the reason.
     withheld: Vec<crate::audit::Withheld>,
+    /// The grants the released fields rely on.
     grant_ids: Vec<String>,
+    /// The audit index of this decision.
     audit_index: u64,
 }
 
@@ -364,11 +387,22 @@ pub struct AccessLogParams {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccessLogEntry {
     #[serde(flatten)]
-    #[schema(value_type = Object)]
     item: crate::consent::AccessLogItem,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
-    inclusion_proof: Option<serde_json::Value>,
+    inclusion_proof: Option<EntryInclusion>,
+}
+
+/// An access-log entry's inclusion proof: the exact entry bytes (the leaf
+/// input, base64) and the audit path to the root of the page's checkpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EntryInclusion {
+    /// The size of the tree the proof leads to (the checkpoint's).
+    tree_size: u64,
+    /// The exact stored entry bytes, base64.
+    #[schema(format = Byte)]
+    entry: String,
+    /// The audit path, leaf to root, each hash base64.
+    hashes: Vec<String>,
 }
 
 /// The access log page.
@@ -409,11 +443,11 @@ pub async fn access_log(
                 let hashes = vault.audit().inclusion_proof(vault.store(), item.audit_index, size)?;
                 // The exact entry bytes, so the customer can hash the leaf.
                 let entry = vault.audit().entry(vault.store(), item.audit_index)?.unwrap_or_default();
-                Some(serde_json::json!({
-                    "tree_size": size,
-                    "entry": STANDARD.encode(entry),
-                    "hashes": hashes.iter().map(|hash| STANDARD.encode(hash)).collect::<Vec<_>>(),
-                }))
+                Some(EntryInclusion {
+                    tree_size: size,
+                    entry: STANDARD.encode(entry),
+                    hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
+                })
             }
             _ => None,
         };
@@ -463,9 +497,12 @@ pub struct RequestView {
     justification: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     benefit: Option<String>,
-    #[schema(value_type = String)]
     status: crate::consent::requests::RequestStatus,
+    /// When the business asked.
+    #[schema(format = DateTime)]
     created_at: String,
+    /// When the request lapses unanswered.
+    #[schema(format = DateTime)]
     expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -512,8 +549,15 @@ pub struct RequestCreate {
     benefit: Option<String>,
 }
 
+/// The answer to a new access request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RequestCreated {
+    request_id: String,
+    status: crate::consent::requests::RequestStatus,
+}
+
 /// `POST /v1/access-requests`: ask a connected customer for access.
-#[utoipa::path(post, path = "/v1/access-requests", tag = "business", request_body = RequestCreate, security(("bearer" = [])), responses((status = 201, body = Object), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 429, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/access-requests", tag = "business", request_body = RequestCreate, security(("bearer" = [])), responses((status = 201, body = RequestCreated), (status = 404, description = "No customer connected under that pairwise id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The customer objects to a purpose (`objected`), blocked this business's requests (`requests_blocked`), or has too many pending (`too_many_pending_requests`)", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Refused by policy (`policy_violation`)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many requests by this business (`Retry-After`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn requests_create(
     caller: BusinessCaller,
     State(state): State<AppState>,
@@ -535,8 +579,8 @@ pub async fn requests_create(
             body.benefit,
         )
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(serde_json::json!({"request_id": request.request_id, "status": "pending"})))
-        .into_response())
+    let created = RequestCreated { request_id: request.request_id.into(), status: request.status };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// `GET /v1/access-requests`: the requests I made.
@@ -602,7 +646,7 @@ pub struct Approval {
 }
 
 /// `POST /v1/me/access-requests/{id}/approve`.
-#[utoipa::path(post, path = "/v1/me/access-requests/{id}/approve", tag = "customer", params(("id" = String, Path, description = "Request id")), request_body = Approval, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/me/access-requests/{id}/approve", tag = "customer", params(("id" = String, Path, description = "Request id")), request_body = Approval, security(("bearer" = [])), responses((status = 201, body = GrantView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, description = "The narrowed grant is refused by policy (`policy_violation`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn my_requests_approve(
     caller: CustomerCaller,
     State(state): State<AppState>,
@@ -650,7 +694,6 @@ pub struct ChangesParams {
 /// A page of the change feed; `cursor` is always given, to poll from.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChangesPage {
-    #[schema(value_type = Vec<Object>)]
     items: Vec<crate::consent::GrantChange>,
     cursor: String,
 }
@@ -673,8 +716,7 @@ pub async fn grant_changes(
 /// A consent receipt and its signature.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptAnswer {
-    #[schema(value_type = Object)]
-    receipt: serde_json::Value,
+    receipt: crate::consent::ConsentReceipt,
     /// The receipt's JSON text as a C2SP signed note, signed with the key at
     /// `/v1/audit/public-key`.
     signed_note: String,

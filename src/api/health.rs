@@ -4,18 +4,33 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use super::problem::Problem;
 
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers")))]
-/// `GET /healthz`: the process answers.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The answer of a probe.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    status: &'static str,
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready to serve"), (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json")))]
+/// The answer of a readiness probe that passed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    status: &'static str,
+    /// Each check, all passed.
+    checks: crate::vault::Readiness,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers", body = Health)))]
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready to serve", body = Ready), (status = 503, description = "Not ready (`not_ready` names the failing checks), or the store is behind a published checkpoint (`store_rolled_back`)", body = Problem, content_type = "application/problem+json")))]
 /// `GET /readyz`: the store is open and flushing, and keys are loaded.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.vault.readiness();
@@ -23,7 +38,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         return super::rolled_back(&rollback).into_response();
     }
     if readiness.is_ready() {
-        Json(json!({"status": "ready", "checks": readiness})).into_response()
+        Json(Ready { status: "ready", checks: readiness }).into_response()
     } else {
         let failed: Vec<&str> = [("store", readiness.store), ("keys", readiness.keys), ("audit", readiness.audit)]
             .into_iter()

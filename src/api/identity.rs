@@ -26,22 +26,25 @@ pub struct SecretRotation {
 /// secret, proving it holds the current one. The new one is shown once, in
 /// this answer; the old one, and every token issued under it (this
 /// request's too), stop working at once.
-#[utoipa::path(post, path = "/v1/credentials/rotate", tag = "business", request_body = SecretRotation, security(("bearer" = [])), responses((status = 200, description = "business_id, client_id, client_secret (shown once)", body = Object), (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token, or not the current client secret", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/credentials/rotate", tag = "business", request_body = SecretRotation, security(("bearer" = [])), responses((status = 200, description = "The new credentials (the secret shown once)", body = super::admin::BusinessCredentials), (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token, or not the current client secret", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 pub async fn credentials_rotate(
     caller: super::guard::BusinessCaller,
     State(state): State<AppState>,
     Json(body): Json<SecretRotation>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<super::admin::BusinessCredentials>, ApiError> {
     let role = crate::auth::Role::Business;
     let actor = caller.principal.actor();
     let rotated = state.vault.principals().secret_rotate(&actor, role, &caller.business, &body.client_secret).await?;
-    Ok(axum::Json(super::admin::credentials_body(role, rotated)))
+    Ok(axum::Json(rotated.into()))
 }
 
 /// The body of `POST /v1/token`, as JSON or as a form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// `client_credentials` (with `client_id` and `client_secret`) or
+    /// `password` (with `username`, the customer id, and `password`).
+    #[schema(value_type = GrantType)]
     grant_type: String,
     #[serde(default)]
     client_id: Option<String>,
@@ -51,6 +54,29 @@ pub struct TokenRequest {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+}
+
+/// The grant types the token endpoint takes. The request carries the name
+/// as text, so an unknown one is answered `unsupported_grant_type` (RFC 6749
+/// §5.2) rather than as a malformed body.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum GrantType {
+    /// A business, auditor or admin client's id and secret.
+    ClientCredentials,
+    /// A customer's id and password (the built-in identity).
+    Password,
+}
+
+impl GrantType {
+    /// The grant type named `name` on the wire.
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "client_credentials" => Some(Self::ClientCredentials),
+            "password" => Some(Self::Password),
+            _ => None,
+        }
+    }
 }
 
 /// A token response (RFC 6749 §5.1).
@@ -73,7 +99,7 @@ fn missing(name: &str) -> ApiError {
     ApiError::invalid_body(format!("`{name}` is required"))
 }
 
-#[utoipa::path(post, path = "/v1/token", tag = "identity", request_body(content = TokenRequest, description = "JSON or application/x-www-form-urlencoded"), responses((status = 200, body = TokenResponse), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Invalid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/token", tag = "identity", request_body(description = "As JSON or as an `application/x-www-form-urlencoded` form (RFC 6749)", content((TokenRequest = "application/json"), (TokenRequest = "application/x-www-form-urlencoded"))), responses((status = 200, body = TokenResponse), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Invalid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
 /// `POST /v1/token`: `client_credentials` for businesses, auditors and the
 /// admin; `password` for customers of the built-in identity.
 pub async fn token_create(
@@ -90,18 +116,18 @@ pub async fn token_create(
         .await
         .map_err(|rejection| ApiError::body_rejected(rejection.status(), rejection.body_text()))?;
     let token_request: TokenRequest = if form { serde_urlencoded_form(&body)? } else { json_body(&headers, &body)? };
-    let (principal_key, attempt) = match token_request.grant_type.as_str() {
-        "client_credentials" => {
+    let (principal_key, attempt) = match GrantType::parse(&token_request.grant_type) {
+        Some(GrantType::ClientCredentials) => {
             let client_id = token_request.client_id.ok_or_else(|| missing("client_id"))?;
             let secret = token_request.client_secret.ok_or_else(|| missing("client_secret"))?;
             (format!("client:{client_id}"), Attempt::Client(client_id, secret))
         }
-        "password" => {
+        Some(GrantType::Password) => {
             let username = token_request.username.ok_or_else(|| missing("username"))?;
             let password = token_request.password.ok_or_else(|| missing("password"))?;
             (format!("customer:{username}"), Attempt::Password(username, password))
         }
-        _ => {
+        None => {
             return Err(ApiError::unsupported_grant_type());
         }
     };

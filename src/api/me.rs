@@ -17,6 +17,7 @@ use super::problem::Problem;
 /// `GET /v1/me/data` answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DataView {
+    #[schema(value_type = crate::policy::FieldValues)]
     data: std::collections::BTreeMap<String, Value>,
 }
 
@@ -48,7 +49,7 @@ pub async fn data_get(caller: CustomerCaller, State(state): State<AppState>) -> 
     Ok(axum::Json(DataView { data }))
 }
 
-#[utoipa::path(put, path = "/v1/me/data", tag = "customer", request_body(content = Object, description = "field name → value, every field in the catalogue"), security(("bearer" = [])), responses((status = 200, body = Stored), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/v1/me/data", tag = "customer", request_body(content = crate::policy::FieldValues, description = "Field values by catalogue field name; all are stored, or none"), security(("bearer" = [])), responses((status = 200, body = Stored), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]
 /// `PUT /v1/me/data`: store several fields at once (all or none).
 pub async fn data_merge(
     caller: CustomerCaller,
@@ -94,7 +95,7 @@ pub struct EraseConfirm {
 
 /// `DELETE /v1/me`: erase me (crypto-shredding). Answers with an erasure
 /// receipt naming the audit index and a checkpoint that covers it.
-#[utoipa::path(delete, path = "/v1/me", tag = "customer", request_body = EraseConfirm, security(("bearer" = [])), responses((status = 200, description = "erased, audit_index, checkpoint", body = Object), (status = 400, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/me", tag = "customer", request_body = EraseConfirm, security(("bearer" = [])), responses((status = 200, description = "The erasure receipt: the audit index of the erasure and a signed checkpoint covering it", body = crate::rights::ErasureReceipt), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn me_erase(
     caller: CustomerCaller,
     State(state): State<AppState>,
@@ -116,7 +117,7 @@ pub async fn me_erase(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "data, relationships, access_requests, grants (with signed receipts), objections, access_log: JSON by default, a self-contained HTML page when `Accept` prefers text/html", content(
-            (Object = "application/json"),
+            (crate::rights::Export = "application/json"),
             (String = "text/html")
         )),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
@@ -140,6 +141,7 @@ pub async fn me_export(
     let document = state.vault.rights().subject_export(caller.subject).await?;
     let mut response = match form {
         ExportForm::Html => {
+            let document = serde_json::to_value(&document).map_err(|error| ApiError::internal(&error))?;
             let mut response = export_html::render(&document).into_response();
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

@@ -8,6 +8,7 @@
 mod admin;
 mod audit;
 mod consent;
+mod describe;
 pub mod error;
 pub mod export_html;
 pub mod extract;
@@ -97,7 +98,7 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
             tracing::info_span!("request", method = %request.method(), route, request_id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    let (routes, openapi) = api_routes().split_for_parts();
+    let (routes, openapi) = api_parts();
     let queryless = Arc::new(QuerylessRoutes::of(&openapi));
     let openapi = Arc::new(openapi);
     routes
@@ -407,17 +408,28 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::keys_rotate))
 }
 
-/// The OpenAPI document of this API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+/// The routes and their description, with the conventions every route
+/// follows (`describe.rs`) applied to the description.
+fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut openapi) = api_routes().split_for_parts();
+    describe::conventions(&mut openapi);
+    (routes, openapi)
 }
 
-/// `GET /v1/openapi.json`: this document.
+/// The OpenAPI document of this API, with field values not yet typed by a
+/// catalogue (a vault serves it typed by its own, at `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_parts().1
+}
+
+/// `GET /v1/openapi.json`: this document, with the customer's field values
+/// typed as the field catalogue in force types them.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
 async fn openapi_get(
+    axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
 ) -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json((*doc).clone())
+    axum::Json(describe::with_catalogue(&doc, &state.vault.policies().catalogue))
 }
 
 /// Gives every error response that has no problem document one, so clients

@@ -18,7 +18,7 @@ pub const EVENT_FORMAT_VERSION: u8 = 1;
 pub const EVENT_BYTES_MAX: usize = 16 * 1024;
 
 /// Every kind of event the log records. The wire name is the dotted string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventKind {
     /// A subject (customer record) was created, with its data key.
     #[serde(rename = "subject.created")]
@@ -139,7 +139,7 @@ impl EventKind {
 }
 
 /// Who acted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A customer acting on their own record.
@@ -239,7 +239,7 @@ impl Related {
 }
 
 /// The actor of an event: a role and an id (the vault itself has none).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Actor {
     /// The actor's id within its role.
@@ -267,7 +267,7 @@ impl Actor {
 }
 
 /// The outcome of a read decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Every requested field was released.
@@ -300,18 +300,19 @@ impl Decision {
 }
 
 /// A requested field that was not released, with a stable reason code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Withheld {
     /// The field name (always a catalogue name).
     pub field: String,
     /// The reason code (`field_not_granted`, `objection`, ...).
+    #[schema(value_type = crate::policy::engine::ReasonCode)]
     pub reason: String,
 }
 
 /// One audit event. Field order here is the lexicographic key order of the
 /// canonical JSON, so serialising this struct is the canonical form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     /// Who acted.
@@ -339,8 +340,10 @@ pub struct AuditEvent {
     pub related: BTreeMap<String, String>,
     /// The subject concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>)]
     pub subject: Option<SubjectId>,
     /// When it happened (RFC 3339, UTC, whole seconds).
+    #[schema(format = DateTime)]
     pub time: String,
     /// The event format version.
     pub v: u8,

@@ -12,11 +12,12 @@ use crate::ids::{BusinessId, GrantId, PairwiseId, SubjectId};
 use crate::store::Key;
 
 /// One read of a customer's data, as the customer sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AccessLogItem {
     /// Where the event is in the audit log.
     pub audit_index: u64,
     /// When (RFC 3339).
+    #[schema(format = DateTime)]
     pub time: String,
     /// Who read: `business`, or `customer` for the customer's own reads.
     pub role: crate::audit::Role,
@@ -49,7 +50,7 @@ pub struct BusinessGrant {
 }
 
 /// One change a business learns of, so it can delete its copies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct GrantChange {
     /// What happened.
     pub change: GrantChangeKind,
@@ -59,6 +60,7 @@ pub struct GrantChange {
     /// The customer, by this business's pairwise id.
     pub pairwise_id: Option<String>,
     /// When (RFC 3339).
+    #[schema(format = DateTime)]
     pub time: String,
     /// Where the event is in the audit log.
     pub audit_index: u64,

@@ -38,7 +38,7 @@ mod revoke;
 pub use feeds::{AccessLogItem, BusinessGrant, GrantChange};
 
 pub(crate) use grants::grant_write;
-pub use receipts::RECEIPT_JURISDICTION;
+pub use receipts::{ConsentReceipt, RECEIPT_JURISDICTION, ReceiptController, ReceiptPurpose, ReceiptService};
 pub(crate) use revoke::grant_end_in;
 pub use revoke::{GrantChangeKind, GrantEnd};
 
@@ -131,16 +131,20 @@ pub(crate) fn corrupt(what: &'static str) -> StoreError {
 }
 
 /// A customer's connection to a business.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Relationship {
     /// The relationship id.
+    #[schema(value_type = String)]
     pub relationship_id: RelationshipId,
     /// The business.
+    #[schema(value_type = String)]
     pub business_id: BusinessId,
     /// How the business sees the customer; different for every business.
+    #[schema(value_type = String)]
     pub pairwise_id: PairwiseId,
     /// When the customer connected (RFC 3339).
+    #[schema(format = DateTime)]
     pub connected_at: String,
     /// Whether the customer has blocked this business from asking her for
     /// access (she stays connected, and its grants stay as they are).
@@ -149,7 +153,7 @@ pub struct Relationship {
 }
 
 /// Grant status on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantStatus {
     /// Live (or not yet started).
@@ -161,12 +165,14 @@ pub enum GrantStatus {
 }
 
 /// A stored grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRecord {
     /// The grant id.
+    #[schema(value_type = String)]
     pub grant_id: GrantId,
     /// The business it is given to.
+    #[schema(value_type = String)]
     pub business_id: BusinessId,
     /// The purposes it covers.
     pub purposes: Vec<String>,
@@ -185,6 +191,7 @@ pub struct GrantRecord {
     /// stored before this was recorded carry it in their `grant.created`
     /// event instead: [`Consent::grant_pairwise`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub pairwise_id: Option<PairwiseId>,
 }
 

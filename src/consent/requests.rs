@@ -22,7 +22,7 @@ pub const REQUEST_TTL_DAYS: i64 = 30;
 pub const TEXT_BYTES_MAX: usize = 1000;
 
 /// Where a request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestStatus {
     /// Waiting for the customer.
@@ -38,14 +38,17 @@ pub enum RequestStatus {
 /// A stored access request. The texts are the business's words to the
 /// customer; they are not personal data of the customer and are never
 /// written to the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRequest {
     /// The request id.
+    #[schema(value_type = String)]
     pub request_id: RequestId,
     /// The business asking.
+    #[schema(value_type = String)]
     pub business_id: BusinessId,
     /// How the business knows the customer.
+    #[schema(value_type = String)]
     pub pairwise_id: PairwiseId,
     /// Purposes asked for.
     pub purposes: Vec<String>,
@@ -69,6 +72,7 @@ pub struct AccessRequest {
     pub reason: Option<String>,
     /// The grant an approval created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub grant_id: Option<GrantId>,
 }
 

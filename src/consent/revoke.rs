@@ -63,7 +63,7 @@ impl GrantEnd {
 }
 
 /// What the business's change feed says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantChangeKind {
     /// A grant was given.

@@ -10,6 +10,10 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
 
 use super::PolicyError;
 
@@ -380,6 +384,90 @@ fn depth(value: &Value) -> usize {
         Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
         _ => 0,
     }
+}
+
+// The API description of field values: how each value type reads to a
+// client, so that a generated client types a customer's data field by field.
+
+/// A customer's field values by catalogue field name, as the API
+/// description names them. Its own schema is the one before a catalogue is
+/// known; the document a vault serves has [`Catalogue::values_schema`] of
+/// the catalogue in force instead.
+#[derive(Debug)]
+pub struct FieldValues;
+
+impl utoipa::PartialSchema for FieldValues {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some("Field values by catalogue field name; each value is checked against its field's type."))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FieldValues {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("FieldValues")
+    }
+}
+
+impl Catalogue {
+    /// The schema of field values under this catalogue: one optional
+    /// property per field, typed as the catalogue types it.
+    pub fn values_schema(&self) -> Schema {
+        let mut object = ObjectBuilder::new().description(Some(
+            "Field values by catalogue field name, each typed as the field catalogue in force types it; \
+         a name outside the catalogue is refused on writes.",
+        ));
+        for field in self.fields() {
+            object = object.property(&field.name, value_schema(&field.value_type, &field.description));
+        }
+        object.build().into()
+    }
+}
+
+fn value_schema(value_type: &ValueType, description: &str) -> Schema {
+    let text = |format: Option<KnownFormat>, pattern: Option<&str>| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(format.map(SchemaFormat::KnownFormat))
+            .pattern(pattern)
+            .min_length(Some(1))
+    };
+    let builder = match value_type {
+        ValueType::String | ValueType::Language => text(None, None),
+        ValueType::Email => text(Some(KnownFormat::Email), None),
+        ValueType::Phone => text(None, Some(r"^[0-9+\-(). ]+$")),
+        ValueType::Date => text(Some(KnownFormat::Date), None),
+        ValueType::Country => text(None, Some("^[A-Z]{2}$")),
+        ValueType::Boolean => ObjectBuilder::new().schema_type(Type::Boolean),
+        ValueType::Integer => {
+            ObjectBuilder::new().schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        }
+        ValueType::Enum(values) => ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.clone())),
+        ValueType::StringList => {
+            let item = text(None, None).build();
+            return ArrayBuilder::new().items(item).description(Some(description)).build().into();
+        }
+        ValueType::PostalAddress => {
+            let line = || text(None, None).build();
+            let lines = ArrayBuilder::new().items(line()).build();
+            ObjectBuilder::new()
+                .property("lines", lines)
+                .required("lines")
+                .property("locality", line())
+                .property("region", line())
+                .property("postal_code", line())
+                .property("country", text(None, Some("^[A-Z]{2}$")).build())
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        }
+        ValueType::Json => {
+            let object = ObjectBuilder::new().schema_type(Type::Object).build();
+            let array = ArrayBuilder::new().items(RefOr::T(Schema::default())).build();
+            return OneOfBuilder::new().item(object).item(array).description(Some(description)).build().into();
+        }
+    };
+    builder.description(Some(description)).build().into()
 }
 
 #[cfg(test)]

@@ -42,6 +42,21 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The code of every reason but [`Reason::Rule`], which names its rule
+    /// (`rule:<id>`): the reason codes an API client can match on.
+    pub const FIXED_CODES: &[&str] = &[
+        "unknown_field",
+        "unknown_purpose",
+        "no_relationship",
+        "objection",
+        "category_not_allowed",
+        "grant_revoked",
+        "grant_expired",
+        "field_not_granted",
+        "purpose_not_granted",
+        "no_consent",
+    ];
+
     /// The stable reason code.
     pub fn code(&self) -> String {
         match self {
@@ -59,6 +74,51 @@ impl Reason {
         }
     }
 }
+
+/// A reason code as the API description names it: one of
+/// [`FixedReasonCode`], or `rule:<id>` naming the organisation rule that
+/// denied the field.
+#[derive(Debug)]
+pub struct ReasonCode;
+
+/// The reason codes that name no rule ([`Reason::FIXED_CODES`]), as the API
+/// description names them.
+#[derive(Debug)]
+pub struct FixedReasonCode;
+
+impl utoipa::PartialSchema for ReasonCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let rule = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^rule:.+$")).build();
+        OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("FixedReasonCode"))
+            .item(rule)
+            .description(Some(
+                "Why a requested field was withheld: a fixed code, or `rule:<id>` for an organisation rule",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ReasonCode {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        use utoipa::PartialSchema;
+        schemas.push(("FixedReasonCode".to_owned(), FixedReasonCode::schema()));
+    }
+}
+
+impl utoipa::PartialSchema for FixedReasonCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Reason::FIXED_CODES.iter().copied()))
+            .description(Some("A reason code that names no rule"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FixedReasonCode {}
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -284,6 +344,44 @@ mod tests {
     use super::*;
     use crate::policy::PolicyTexts;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_reason_but_a_rule_has_its_code_among_the_fixed_codes() {
+        let reasons = [
+            Reason::UnknownField,
+            Reason::UnknownPurpose,
+            Reason::NoRelationship,
+            Reason::Objection,
+            Reason::CategoryNotAllowed,
+            Reason::Rule("r".to_owned()),
+            Reason::GrantRevoked,
+            Reason::GrantExpired,
+            Reason::FieldNotGranted,
+            Reason::PurposeNotGranted,
+            Reason::NoConsent,
+        ];
+        let mut fixed = 0;
+        for reason in reasons {
+            // A new variant fails to compile here until it is listed above.
+            match &reason {
+                Reason::Rule(id) => assert_eq!(reason.code(), format!("rule:{id}")),
+                Reason::UnknownField
+                | Reason::UnknownPurpose
+                | Reason::NoRelationship
+                | Reason::Objection
+                | Reason::CategoryNotAllowed
+                | Reason::GrantRevoked
+                | Reason::GrantExpired
+                | Reason::FieldNotGranted
+                | Reason::PurposeNotGranted
+                | Reason::NoConsent => {
+                    assert!(Reason::FIXED_CODES.contains(&reason.code().as_str()), "{reason}");
+                    fixed += 1;
+                }
+            }
+        }
+        assert_eq!(fixed, Reason::FIXED_CODES.len());
+    }
 
     fn shipped() -> Policies {
         let texts = PolicyTexts {

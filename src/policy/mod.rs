@@ -11,7 +11,7 @@ pub mod purposes;
 
 use std::path::Path;
 
-pub use catalogue::{Catalogue, FieldError, FieldSpec, Sensitivity, ValueType};
+pub use catalogue::{Catalogue, FieldError, FieldSpec, FieldValues, Sensitivity, ValueType};
 
 pub use purposes::{DenyRule, DurationCap, Purpose, Retention, Rules};
 
