@@ -17,6 +17,11 @@ use crate::vault::{KEY_FILE, Opened, Vault, VaultError, policies_load};
 #[derive(Debug, Parser)]
 #[command(name = "consentvault", version, about)]
 struct Cli {
+    /// How the result is written on stdout: `text`, or `json` (one object,
+    /// with `"ok"`). Messages and progress go to stderr either way; the exit
+    /// codes are in docs/CLI.md.
+    #[arg(long, global = true, value_enum, default_value_t, env = "CONSENTVAULT_FORMAT")]
+    format: Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +88,7 @@ enum KeysCommand {
     /// through its control socket, or rotates a stopped one itself; shows
     /// progress, and follows a rotation already under way.
     Rotate(VaultArgs),
-    /// Print the state of the keys and the latest rotation as JSON.
+    /// Show the state of the keys and the latest rotation.
     Status(VaultArgs),
 }
 
@@ -110,12 +115,123 @@ enum PolicyCommand {
     },
 }
 
+/// How a command writes its result on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A line for people.
+    #[default]
+    Text,
+    /// One JSON object: `"ok": true` and the result's members, or
+    /// `"ok": false` and `error` (`code`, `exit_code`, `message`).
+    Json,
+}
+
+/// The exit codes (`docs/CLI.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The command did what it was asked.
+    Success = 0,
+    /// It failed (storage, a file, the running vault refused, ...).
+    Failed = 1,
+    /// Its flags or configuration are wrong (clap uses 2 for bad flags too).
+    Usage = 2,
+    /// The audit log does not verify, or the store is behind a checkpoint
+    /// the vault published.
+    NotVerified = 3,
+    /// A running vault holds the data directory.
+    InUse = 4,
+    /// There is no vault where the command expects one.
+    NoVault = 5,
+}
+
+/// A command's result: a line for people, an object for scripts.
+#[derive(Debug)]
+struct Outcome {
+    text: String,
+    json: serde_json::Value,
+}
+
+impl Outcome {
+    fn new(text: impl Into<String>, json: serde_json::Value) -> Self {
+        Self { text: text.into(), json }
+    }
+}
+
+/// Why a command failed: what to tell the operator, a stable code and the
+/// exit code.
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(exit: Exit, code: &'static str, message: impl Into<String>) -> Self {
+        Self { exit, code, message: message.into() }
+    }
+
+    fn failed(message: impl std::fmt::Display) -> Self {
+        Self::new(Exit::Failed, "failed", message.to_string())
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(error: crate::config::ConfigError) -> Self {
+        Self::new(Exit::Usage, "invalid_configuration", error.to_string())
+    }
+}
+
+impl From<VaultError> for Failure {
+    fn from(error: VaultError) -> Self {
+        use crate::store::StoreError;
+        let (exit, code) = match &error {
+            VaultError::NoVault(_) | VaultError::NotAVault(_) | VaultError::NotInitialised(_) => {
+                (Exit::NoVault, "no_vault")
+            }
+            VaultError::Store(StoreError::InUse(_)) => (Exit::InUse, "vault_in_use"),
+            VaultError::AuditInvalid(_) => (Exit::NotVerified, "audit_log_invalid"),
+            VaultError::RolledBack(_) => (Exit::NotVerified, "store_rolled_back"),
+            VaultError::KeyMismatch(_) | VaultError::KeysMissing { .. } | VaultError::Key(_) => {
+                (Exit::Failed, "key_mismatch")
+            }
+            VaultError::Policy(_) | VaultError::InvalidOrigin(_) | VaultError::Identity(_) => {
+                (Exit::Usage, "invalid_configuration")
+            }
+            _ => (Exit::Failed, "failed"),
+        };
+        Self::new(exit, code, error.to_string())
+    }
+}
+
+impl From<crate::backup::BackupError> for Failure {
+    fn from(error: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError;
+        match error {
+            BackupError::Vault(error) => error.into(),
+            BackupError::AuditInvalid(_) => Self::new(Exit::NotVerified, "audit_log_invalid", error.to_string()),
+            BackupError::Store(crate::store::StoreError::InUse(_)) => {
+                Self::new(Exit::InUse, "vault_in_use", error.to_string())
+            }
+            BackupError::TargetNotEmpty(_) => Self::new(Exit::Usage, "target_not_empty", error.to_string()),
+            error => Self::failed(error),
+        }
+    }
+}
+
+impl From<control::ControlError> for Failure {
+    fn from(error: control::ControlError) -> Self {
+        Self::new(Exit::Failed, "server_refused", error.to_string())
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.format;
     let result = match cli.command {
         Command::Init(args) => init(&args),
-        Command::Serve(args) => serve(&args),
+        Command::Serve(args) => serve(&args, format),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
         Command::Audit { command: AuditCommand::AcceptRollback(args) } => audit_accept_rollback(&args),
@@ -124,122 +240,202 @@ pub fn run() -> ExitCode {
         Command::Keys { command: KeysCommand::Rotate(args) } => keys_rotate(&args),
         Command::Keys { command: KeysCommand::Status(args) } => keys_status(&args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("consentvault: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    report(format, result)
 }
 
-fn init(args: &VaultArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
+/// Writes the result: on stdout the line or the object, on stderr the
+/// failure's message; and returns the exit code.
+#[allow(clippy::print_stdout)]
+fn report(format: Format, result: Result<Outcome, Failure>) -> ExitCode {
+    let (exit, json) = match result {
+        Ok(outcome) => {
+            if format == Format::Text && !outcome.text.is_empty() {
+                println!("{}", outcome.text);
+            }
+            let mut json = outcome.json;
+            if let Some(object) = json.as_object_mut() {
+                object.insert("ok".to_owned(), true.into());
+            }
+            (Exit::Success, json)
+        }
+        Err(failure) => {
+            eprintln!("consentvault: {}", failure.message);
+            let error = serde_json::json!({
+                "code": failure.code,
+                "exit_code": failure.exit as u8,
+                "message": failure.message,
+            });
+            (failure.exit, serde_json::json!({"ok": false, "error": error}))
+        }
+    };
+    // `serve` wrote its object when it began to listen.
+    if format == Format::Json && !json.is_null() {
+        println!("{json}");
+    }
+    ExitCode::from(exit as u8)
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal; `what`
+/// names the unit counted.
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({elapsed}, {eta} left)")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_message(what.to_owned())
+}
+
+fn init(args: &VaultArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(args)?;
     let options = &config.options;
-    Vault::init(&options.data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())
-        .map_err(|e| e.to_string())?;
-    eprintln!("consentvault: created a vault in {}", options.data_dir.display());
-    if options.key_source.is_none() {
+    Vault::init(&options.data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())?;
+    let key_file = options.key_source.is_none().then(|| options.data_dir.join(KEY_FILE));
+    if let Some(key_file) = &key_file {
         eprintln!(
             "consentvault: key-encryption key written to {} (mode 0600); keep it secret and back it up apart from the data",
-            options.data_dir.join(KEY_FILE).display()
+            key_file.display()
         );
     }
-    Ok(())
+    let data_dir = options.data_dir.display().to_string();
+    Ok(Outcome::new(
+        format!("ok: created a vault in {data_dir}"),
+        serde_json::json!({"data_dir": data_dir, "key_file": key_file}),
+    ))
 }
 
-fn policy_check(dir: &std::path::Path) -> Result<(), String> {
-    let policies = policies_load(dir).map_err(|e| e.to_string())?;
-    let retention = match policies.rules.retention {
-        Some(rule) => format!("retention: erase customers inactive for {} days", rule.erase_inactive_after_days),
+fn policy_check(dir: &std::path::Path) -> Result<Outcome, Failure> {
+    let policies =
+        policies_load(dir).map_err(|error| Failure::new(Exit::Usage, "invalid_policy", error.to_string()))?;
+    let retention_days = policies.rules.retention.map(|rule| rule.erase_inactive_after_days);
+    let retention = match retention_days {
+        Some(days) => format!("retention: erase customers inactive for {days} days"),
         None => "retention: off".to_owned(),
     };
-    eprintln!(
-        "consentvault: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps, {retention}; sha256 {})",
-        dir.display(),
+    let counts = (
         policies.catalogue.fields().count(),
         policies.rules.purposes.len(),
         policies.rules.deny.len(),
         policies.rules.duration_caps.len(),
-        policies.sha256
     );
-    Ok(())
+    Ok(Outcome::new(
+        format!(
+            "ok: {} is valid ({} fields, {} purposes, {} deny rules, {} duration caps, {retention}; sha256 {})",
+            dir.display(),
+            counts.0,
+            counts.1,
+            counts.2,
+            counts.3,
+            policies.sha256
+        ),
+        serde_json::json!({
+            "dir": dir,
+            "fields": counts.0,
+            "purposes": counts.1,
+            "deny_rules": counts.2,
+            "duration_caps": counts.3,
+            "retention_days": retention_days,
+            "sha256": policies.sha256,
+        }),
+    ))
 }
 
-fn audit_verify(args: &VaultArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
-    match Vault::verify_offline(&config.options) {
+fn audit_verify(args: &VaultArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(args)?;
+    let bar = progress_bar("audit entries verified");
+    let verified = Vault::verify_offline(&config.options, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    match verified {
         Ok(verified) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "ok: size {} root {} ({} checkpoints verified)",
-                    verified.size,
-                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, verified.root),
-                    verified.checkpoints
-                );
-            }
-            Ok(())
+            let root = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, verified.root);
+            Ok(Outcome::new(
+                format!("ok: size {} root {root} ({} checkpoints verified)", verified.size, verified.checkpoints),
+                serde_json::json!({"size": verified.size, "root": root, "checkpoints": verified.checkpoints}),
+            ))
         }
         Err(VaultError::AuditInvalid(failure)) => {
-            #[allow(clippy::print_stdout)]
-            {
-                match failure.first_bad_index {
-                    Some(index) => println!("first bad index: {index}"),
-                    None => println!("first bad index: unknown"),
-                }
-            }
-            Err(format!("the audit log does not verify: {}", failure.problem))
+            let at = failure.first_bad_index.map_or_else(|| "unknown".to_owned(), |index| index.to_string());
+            Err(Failure::new(
+                Exit::NotVerified,
+                "audit_log_invalid",
+                format!("the audit log does not verify: {} (first bad index: {at})", failure.problem),
+            ))
         }
-        Err(error) => Err(error.to_string()),
+        Err(VaultError::Store(crate::store::StoreError::InUse(_))) => Err(Failure::new(
+            Exit::InUse,
+            "vault_in_use",
+            format!(
+                "a vault is running on {}: `audit verify` reads the store alone; stop the server (its log is \
+                 verified at every start), or verify it while it runs as an auditor, with the checkpoints and \
+                 proofs under /v1/audit/",
+                config.options.data_dir.display()
+            ),
+        )),
+        Err(error) => Err(error.into()),
     }
 }
 
-fn audit_accept_rollback(args: &VaultArgs) -> Result<(), String> {
+fn audit_accept_rollback(args: &VaultArgs) -> Result<Outcome, Failure> {
     let vault = vault_open_existing(args)?;
     let Some(rollback) = vault.rollback() else {
-        vault.close().map_err(|e| e.to_string())?;
-        return Err(VaultError::NoRollback.to_string());
+        vault.close().map_err(Failure::failed)?;
+        return Err(Failure::new(Exit::Failed, "no_rollback", VaultError::NoRollback.to_string()));
     };
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::failed(format!("runtime: {error}")))?;
     let accepted = runtime.block_on(vault.rollback_accept());
-    vault.close().map_err(|e| e.to_string())?;
-    let index = accepted.map_err(|e| e.to_string())?;
+    vault.close().map_err(Failure::failed)?;
+    let index = accepted.map_err(Failure::failed)?;
     eprintln!("consentvault: accepted: {rollback}");
-    eprintln!("consentvault: recorded as audit entry {index} (vault.rollback_accepted); the vault serves again");
-    Ok(())
+    Ok(Outcome::new(
+        format!("ok: recorded as audit entry {index} (vault.rollback_accepted); the vault serves again"),
+        serde_json::json!({"rollback": rollback.to_string(), "audit_index": index}),
+    ))
 }
 
-fn backup(args: &BackupArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(&args.vault).map_err(|e| e.to_string())?;
+fn backup(args: &BackupArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(&args.vault)?;
     let options = &config.options;
-    let out = std::path::absolute(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let out = std::path::absolute(&args.out).map_err(|e| Failure::failed(format!("{}: {e}", args.out.display())))?;
     let chunk_keys = args.chunk_keys;
     if !(1..=crate::backup::CHUNK_KEYS_MAX).contains(&chunk_keys) {
-        return Err(format!("--chunk-keys must be between 1 and {}", crate::backup::CHUNK_KEYS_MAX));
+        return Err(Failure::new(
+            Exit::Usage,
+            "invalid_flag",
+            format!("--chunk-keys must be between 1 and {}", crate::backup::CHUNK_KEYS_MAX),
+        ));
     }
+    let bar = progress_bar("keys backed up");
+    let show = |progress: &crate::backup::Progress| {
+        bar.set_length(progress.keys_total.max(progress.keys));
+        bar.set_position(progress.keys);
+    };
     let request = control::Request::Backup { out: out.clone(), chunk_keys: Some(chunk_keys) };
     let online = control::request(&options.data_dir, &request, &mut |progress| {
-        eprintln!("consentvault: backup progress {progress}");
-    })
-    .map_err(|e| e.to_string())?;
-    let summary: BackupSummary = match online {
-        Some(result) => {
-            serde_json::from_value(result).map_err(|e| format!("unexpected answer from the server: {e}"))?
+        if let Ok(progress) = serde_json::from_value::<crate::backup::Progress>(progress.clone()) {
+            show(&progress);
         }
+    })?;
+    let summary: BackupSummary = match online {
+        Some(result) => serde_json::from_value(result)
+            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
         None => {
-            let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes).map_err(|e| {
-                format!("{e} (no server answers on {}/{})", options.data_dir.display(), control::SOCKET_FILE)
-            })?;
-            let summary = crate::backup::write(&store, &out, chunk_keys, &mut |_| {}).map_err(|e| e.to_string())?;
-            store.close().map_err(|e| e.to_string())?;
-            summary
+            let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
+            let summary = crate::backup::write(&store, &out, chunk_keys, &mut |progress| show(&progress));
+            store.close().map_err(Failure::failed)?;
+            summary?
         }
     };
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
+    bar.finish_and_clear();
+    eprintln!(
+        "consentvault: the backup is sealed; restoring it needs the key-encryption key, which is not in it: back up the key file apart"
+    );
+    Ok(Outcome::new(
+        format!(
             "ok: wrote {}: {} records ({} chunks, {} redo batches), {} bytes, sha256 {}; audit log size {} root {}",
             summary.file.display(),
             summary.records,
@@ -249,54 +445,75 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
             summary.sha256,
             summary.audit_size,
             summary.audit_root
-        );
-    }
-    eprintln!(
-        "consentvault: the backup is sealed; restoring it needs the key-encryption key, which is not in it: back up the key file apart"
-    );
-    Ok(())
+        ),
+        serde_json::to_value(&summary).map_err(Failure::failed)?,
+    ))
 }
 
-fn restore(args: &RestoreArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(&args.vault).map_err(|e| e.to_string())?;
-    let summary = crate::backup::restore(&args.input, &config.options).map_err(|e| e.to_string())?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "ok: restored {} into {}: audit log size {} root {} verified against the backup's checkpoint; vault.restored recorded at index {}",
+fn restore(args: &RestoreArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(&args.vault)?;
+    let options = &config.options;
+    let bar = progress_bar(crate::backup::RESTORE_WRITE);
+    let summary = crate::backup::restore(&args.input, options, &|step, done, total| {
+        if bar.message() != step {
+            bar.set_message(step);
+        }
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let summary = summary?;
+    let data_dir = options.data_dir.display();
+    // The key is never in a backup: say where the restored vault finds it.
+    let key_hint = match &options.key_source {
+        Some(crate::crypto::KeySource::File(path)) if *path == options.data_dir.join(KEY_FILE) => String::new(),
+        Some(crate::crypto::KeySource::File(path)) => format!(
+            "the key-encryption key is not in {data_dir}: start the vault with --kek-file {} \
+             (or copy it to {data_dir}/{KEY_FILE}, mode 0600, if the key may live beside the data)",
+            path.display()
+        ),
+        Some(_) => "the key-encryption key is not in {data_dir}: start the vault with the same CONSENTVAULT_KEK"
+            .replace("{data_dir}", &data_dir.to_string()),
+        None => String::new(),
+    };
+    if !key_hint.is_empty() {
+        eprintln!("consentvault: {key_hint}");
+    }
+    Ok(Outcome::new(
+        format!(
+            "ok: restored {} into {data_dir}: audit log size {} root {} verified against the backup's checkpoint; vault.restored recorded at index {}",
             args.input.display(),
-            config.options.data_dir.display(),
             summary.audit_size,
             summary.audit_root,
             summary.restored_index
-        );
-    }
-    Ok(())
+        ),
+        serde_json::json!({
+            "input": args.input,
+            "data_dir": options.data_dir,
+            "records": summary.records,
+            "audit_size": summary.audit_size,
+            "audit_root": summary.audit_root,
+            "restored_index": summary.restored_index,
+            "key_hint": (!key_hint.is_empty()).then_some(key_hint),
+        }),
+    ))
 }
 
 /// Opens the existing vault `args` name (never creates one).
-fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, String> {
-    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
-    let data_dir = config.options.data_dir.clone();
-    if !data_dir.join(crate::vault::STORE_DIR).is_dir() {
-        return Err(VaultError::NotAVault(data_dir).to_string());
-    }
-    Vault::open(config.options)
-        .map(|(vault, _)| vault)
-        .map_err(|e| format!("{e} (no server answers on {}/{})", data_dir.display(), control::SOCKET_FILE))
+fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, Failure> {
+    let config = VaultConfig::from_args(args)?;
+    crate::vault::vault_exists(&config.options.data_dir)?;
+    Ok(Vault::open(config.options).map(|(vault, _)| vault)?)
 }
 
-fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} DEKs rewrapped ({elapsed}) {msg}")
-            .map_err(|e| e.to_string())?,
-    );
+fn keys_rotate(args: &VaultArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(args)?;
+    let bar = progress_bar("DEKs rewrapped");
     let mut show = |status: &crate::keys::KeyStatus| {
         if let Some(rotation) = &status.rotation {
             bar.set_length(rotation.deks_total.max(rotation.deks_rewrapped));
             bar.set_position(rotation.deks_rewrapped);
-            bar.set_message(format!("to version {}", rotation.target_version));
+            bar.set_message(format!("DEKs rewrapped to version {}", rotation.target_version));
         }
     };
     // A running vault rotates itself (it holds the store); ask it.
@@ -305,12 +522,11 @@ fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
         if let Ok(status) = serde_json::from_value::<crate::keys::KeyStatus>(progress.clone()) {
             show(&status);
         }
-    });
-    let status = match online {
-        Ok(Some(result)) => {
-            serde_json::from_value(result).map_err(|e| format!("unexpected answer from the server: {e}"))
-        }
-        Ok(None) => {
+    })?;
+    let status: crate::keys::KeyStatus = match online {
+        Some(result) => serde_json::from_value(result)
+            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
+        None => {
             let vault = vault_open_existing(args)?;
             let outcome = vault
                 .keys()
@@ -321,89 +537,149 @@ fn keys_rotate(args: &VaultArgs) -> Result<(), String> {
                     crate::keys::KeyError::InProgress => Ok(()),
                     error => Err(error),
                 })
-                .and_then(|_| crate::keys::rotation_follow(vault.keys(), &mut show))
-                .map_err(|e| e.to_string());
-            vault.close().map_err(|e| e.to_string())?;
-            outcome
+                .and_then(|()| crate::keys::rotation_follow(vault.keys(), &mut show));
+            vault.close().map_err(Failure::failed)?;
+            outcome.map_err(Failure::failed)?
         }
-        Err(error) => Err(error.to_string()),
     };
-    match status {
-        Ok(status) => {
-            bar.finish();
-            let rotation = status.rotation.ok_or("no rotation recorded")?;
-            eprintln!(
-                "consentvault: rotation finished: key-encryption key version {} current; version(s) {:?} destroyed and removed from the key file",
-                rotation.target_version, rotation.retiring_versions
-            );
-            Ok(())
-        }
-        Err(error) => {
-            bar.abandon();
-            Err(error)
-        }
-    }
+    bar.finish_and_clear();
+    let rotation = status.rotation.ok_or_else(|| Failure::failed("no rotation recorded"))?;
+    eprintln!(
+        "consentvault: back up the key file now: backups written before this rotation need the destroyed version(s) {:?}, which a copy of the key file from before it still holds",
+        rotation.retiring_versions
+    );
+    Ok(Outcome::new(
+        format!(
+            "ok: rotation finished: key-encryption key version {} current; version(s) {:?} destroyed and removed from the key file",
+            rotation.target_version, rotation.retiring_versions
+        ),
+        serde_json::to_value(&rotation).map_err(Failure::failed)?,
+    ))
 }
 
-fn keys_status(args: &VaultArgs) -> Result<(), String> {
-    let config = VaultConfig::from_args(args).map_err(|e| e.to_string())?;
-    let online = control::request(&config.options.data_dir, &control::Request::KeysStatus, &mut |_| {})
-        .map_err(|e| e.to_string())?;
-    let status = match online {
-        Some(status) => status,
+fn keys_status(args: &VaultArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(args)?;
+    let online = control::request(&config.options.data_dir, &control::Request::KeysStatus, &mut |_| {})?;
+    let status: crate::keys::KeyStatus = match online {
+        Some(status) => serde_json::from_value(status)
+            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
         None => {
             let vault = vault_open_existing(args)?;
-            let status = vault.keys().key_status().map_err(|e| e.to_string());
-            vault.close().map_err(|e| e.to_string())?;
-            serde_json::to_value(status?).map_err(|e| e.to_string())?
+            let status = vault.keys().key_status();
+            vault.close().map_err(Failure::failed)?;
+            status.map_err(Failure::failed)?
         }
     };
-    let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{text}");
-    }
-    Ok(())
+    let rotation = match &status.rotation {
+        Some(rotation) => format!(
+            "; latest rotation to version {}: {:?}, {}/{} DEKs rewrapped",
+            rotation.target_version, rotation.state, rotation.deks_rewrapped, rotation.deks_total
+        ),
+        None => String::new(),
+    };
+    Ok(Outcome::new(
+        format!(
+            "key-encryption key version {} current; loaded {:?}; destroyed {:?}; from {}{rotation}",
+            status.current_version, status.loaded_versions, status.destroyed_versions, status.source
+        ),
+        serde_json::to_value(&status).map_err(Failure::failed)?,
+    ))
 }
 
-fn serve(args: &ServeArgs) -> Result<(), String> {
-    let config = ServeConfig::from_args(args).map_err(|e| e.to_string())?;
+fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
+    let config = ServeConfig::from_args(args)?;
     telemetry::init(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Failure::failed)?;
     runtime.block_on(async {
-        let application = Application::build(&config).await.map_err(|e| e.to_string())?;
-        let data_dir = &config.vault.options.data_dir;
-        if application.opened() == Opened::Initialised {
-            announce_new_vault(&config);
-        }
-        if let Some(path) = application.admin_credentials() {
-            tracing::warn!(path = %path.display(), "admin credentials written");
-            eprintln!(
-                "consentvault: the admin client's credentials are in {} (mode 0600);\n\
-                 exchange them at POST /v1/token (grant_type=client_credentials) for an admin token",
-                path.display()
-            );
-        }
+        let application = Application::build(&config).await.map_err(|error| match error {
+            crate::server::StartError::Vault(error) => error.into(),
+            error => Failure::failed(error),
+        })?;
         if config.vault.policy_source == PolicySource::BuiltIn {
             tracing::warn!("no policy directory found; using the built-in default policies");
         }
+        let data_dir = &config.vault.options.data_dir;
+        let base = format!("http://{}", application.address());
         tracing::info!(address = %application.address(), data_dir = %data_dir.display(), "consentvault serving");
-        // Scripts and tests read this line to learn the bound port.
-        #[allow(clippy::print_stdout)]
-        {
-            println!("listening on http://{}", application.address());
+        let text_log = config.log_format == crate::config::LogFormat::Text;
+        if application.opened() == Opened::Initialised {
+            announce_new_vault(&config, text_log);
         }
-        application.run(shutdown_signal()).await.map_err(|e| e.to_string())
+        next_steps(&base, application.admin_credentials(), text_log);
+        // Scripts and tests read this line (or object) to learn the bound port.
+        #[allow(clippy::print_stdout)]
+        match format {
+            Format::Text => println!("listening on {base}"),
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "ok": true,
+                    "listening": base,
+                    "data_dir": data_dir,
+                    "openapi": format!("{base}/v1/openapi.json"),
+                    "admin_credentials": application.admin_credentials(),
+                })
+            ),
+        }
+        application.run(shutdown_signal()).await.map_err(Failure::failed)?;
+        // The object above was the result; nothing more on stdout.
+        Ok(Outcome::new("", serde_json::Value::Null))
     })
 }
 
-fn announce_new_vault(config: &ServeConfig) {
+/// What to do next, paste-ready: the admin token, the API description and
+/// the quick start. On stderr in text logs, one log event in JSON logs.
+fn next_steps(base: &str, admin_credentials: Option<&std::path::Path>, text_log: bool) {
+    let token = match admin_credentials {
+        Some(path) => format!(
+            "curl -s -X POST {base}/v1/token -H 'Content-Type: application/json' -d @{}",
+            shell_quoted(&path.display().to_string())
+        ),
+        None => format!("POST {base}/v1/token with grant_type=client_credentials and the admin client's id and secret"),
+    };
+    if !text_log {
+        tracing::info!(
+            admin_token = %token,
+            openapi = %format!("{base}/v1/openapi.json"),
+            quick_start = "README.md, \"Quick start\"",
+            "next steps"
+        );
+        return;
+    }
+    let mut steps = format!(
+        "consentvault: serving on {base}. Next:\n  \
+         an admin token:  {token}\n  \
+         the API:         {base}/v1/openapi.json\n  \
+         the quick start: README.md, \"Quick start\"\n"
+    );
+    if let Some(path) = admin_credentials {
+        steps.push_str(&format!(
+            "  {} holds the admin client's secret (mode 0600): move it to a secret store once you have signed in.\n",
+            path.display()
+        ));
+    }
+    eprint!("{steps}");
+}
+
+/// `text` as one shell word.
+fn shell_quoted(text: &str) -> String {
+    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+fn announce_new_vault(config: &ServeConfig, text_log: bool) {
     let data_dir = config.vault.options.data_dir.display();
     let key = match &config.vault.options.key_source {
         None => format!("A development key-encryption key was written to {data_dir}/{KEY_FILE} (mode 0600)."),
         Some(_) => "The configured key-encryption key was bound to it.".to_owned(),
     };
-    tracing::warn!(data_dir = %data_dir, "initialised a new vault (development default)");
+    tracing::warn!(data_dir = %data_dir, "initialised a new vault (development default); {key} Anyone holding that key and this directory can read the data");
+    if !text_log {
+        return;
+    }
     eprintln!(
         "\n==================================================================\n\
          consentvault: INITIALISED A NEW VAULT in {data_dir}\n\

@@ -319,10 +319,7 @@ impl ServeConfig {
         let file = read_file_config(args.vault.config.as_deref())?;
         let vault = VaultConfig::resolve(&args.vault, &file)?;
         let listen_text = args.listen.clone().or(file.listen.clone()).unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
-            setting: "listen",
-            problem: format!("`{listen_text}` is not an address like 127.0.0.1:8200"),
-        })?;
+        let listen = listen_resolve(&listen_text)?;
         let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(BODY_BYTES_MAX_DEFAULT);
         if !(1024..=64 * 1024 * 1024).contains(&body_bytes_max) {
             return Err(ConfigError::Invalid {
@@ -371,10 +368,44 @@ impl ServeConfig {
     }
 }
 
+/// The socket address `text` names: an IP address and port, or a host
+/// name (`localhost:8200`) and port, resolved now; of a name's addresses,
+/// the first IPv4 one (what `localhost` means to most clients), else the
+/// first.
+fn listen_resolve(text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    let invalid = |problem: String| ConfigError::Invalid { setting: "listen", problem };
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let addresses: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|error| {
+            invalid(format!("`{text}` is not an address like 127.0.0.1:8200 or localhost:8200 ({error})"))
+        })?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| invalid(format!("`{text}` names no address")))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn listen_takes_a_host_name_as_well_as_an_address() {
+        assert_eq!(listen_resolve("localhost:8200").unwrap(), "127.0.0.1:8200".parse().unwrap());
+        assert_eq!(listen_resolve("[::1]:8200").unwrap(), "[::1]:8200".parse().unwrap());
+        assert_eq!(listen_resolve("127.0.0.1:0").unwrap(), "127.0.0.1:0".parse().unwrap());
+        for wrong in ["nowhere", "localhost", "localhost:http-ish", "127.0.0.1:99999"] {
+            assert!(matches!(listen_resolve(wrong), Err(ConfigError::Invalid { setting: "listen", .. })), "{wrong}");
+        }
+    }
 
     fn policies_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")

@@ -87,14 +87,31 @@ pub(crate) fn destroyed_key(version: u32) -> Key {
 pub(crate) fn destroyed_in(
     scan: impl FnOnce(&Key) -> Result<crate::store::Entries, StoreError>,
 ) -> Result<Vec<u32>, StoreError> {
-    let prefix = Key::meta("kek-destroyed/");
+    versions_in("kek-destroyed/", "destroyed key record", scan)
+}
+
+/// The KEK versions the store holds a check of (every version it was ever
+/// sealed under, destroyed ones included), read through `scan`.
+pub(crate) fn checked_in(
+    scan: impl FnOnce(&Key) -> Result<crate::store::Entries, StoreError>,
+) -> Result<Vec<u32>, StoreError> {
+    versions_in("kek-check/", "key check record", scan)
+}
+
+/// The versions named by the meta keys under `name`, in order.
+fn versions_in(
+    name: &str,
+    what: &'static str,
+    scan: impl FnOnce(&Key) -> Result<crate::store::Entries, StoreError>,
+) -> Result<Vec<u32>, StoreError> {
+    let prefix = Key::meta(name);
     let mut versions = Vec::new();
     for (key, _) in scan(&prefix)? {
         let version = prefix
             .suffix_of(&key)
             .and_then(|text| std::str::from_utf8(text).ok())
             .and_then(|text| text.parse().ok())
-            .ok_or(StoreError::Corrupt { what: "destroyed key record" })?;
+            .ok_or(StoreError::Corrupt { what })?;
         versions.push(version);
     }
     versions.sort_unstable();

@@ -163,6 +163,10 @@ struct CustomerRecord {
 #[derive(Deserialize, zeroize::ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 struct AdminCredentials {
+    /// `client_credentials`: the file is a token request as it stands.
+    #[serde(default)]
+    #[allow(dead_code)]
+    grant_type: Option<String>,
     client_id: String,
     client_secret: String,
 }
@@ -416,7 +420,9 @@ impl Principals {
             Err(error) => return Err(io(error)),
         }
         let text = zeroize::Zeroizing::new(
+            // A token request as it stands: `curl -d @admin-credentials.json`.
             serde_json::to_string_pretty(&serde_json::json!({
+                "grant_type": "client_credentials",
                 "client_id": prepared.credentials.client_id,
                 "client_secret": prepared.credentials.client_secret,
             }))

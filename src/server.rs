@@ -116,29 +116,35 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the vault and binds the listen address.
+    /// Binds the listen address and opens the vault.
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
         file_size_limit_watch();
+        // Bound before the vault is opened: a start that cannot listen (the
+        // port is in use) leaves nothing behind, no key, store or admin
+        // credentials, and the next start is a first start, with its banner.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { address: config.listen, source })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind { address: config.listen, source })?;
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
         // A store behind a checkpoint the vault published is served only
         // its probes, which say so; nothing is written until an operator
         // decides (`Vault::rollback`).
-        let admin_credentials = if vault.rollback().is_none() {
-            let admin_credentials = vault.principals().admin_bootstrap(vault.data_dir()).await?;
+        if vault.rollback().is_none() {
+            if let Some(path) = vault.principals().admin_bootstrap(vault.data_dir()).await? {
+                tracing::warn!(path = %path.display(), "admin credentials written");
+            }
             vault.policies_loaded_at_start().await.map_err(|error| StartError::Vault(VaultError::Audit(error)))?;
             // Subjects stored before activity was recorded get a record now,
             // so the retention rule counts their inactivity from this start.
             vault.sweep().activity_backfill().await.map_err(StartError::Activity)?;
             // Businesses registered before names were unique keep theirs.
             vault.principals().name_index_backfill().await.map_err(StartError::Names)?;
-            admin_credentials
-        } else {
-            None
-        };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind { address: config.listen, source })?;
-        let address = listener.local_addr().map_err(|source| StartError::Bind { address: config.listen, source })?;
+        }
+        // Shown at every start while the file is still where the first
+        // start wrote it, so a hint missed once is not lost.
+        let admin_credentials =
+            Some(vault.data_dir().join(crate::principals::ADMIN_CREDENTIALS_FILE)).filter(|path| path.is_file());
         let limits = Limits {
             body_bytes_max: config.body_bytes_max,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
@@ -169,7 +175,8 @@ impl Application {
         self.opened
     }
 
-    /// Where the admin credentials were written, if this start created them.
+    /// The admin credentials file, while it is still in the data directory
+    /// (an operator moves it to a secret store once the admin can sign in).
     pub fn admin_credentials(&self) -> Option<&std::path::Path> {
         self.admin_credentials.as_deref()
     }

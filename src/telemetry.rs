@@ -11,8 +11,15 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. Does nothing if one is already installed
 /// (as in tests that run several servers in one process).
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = filter_of(std::env::var("CONSENTVAULT_LOG").ok().as_deref());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colour only for a person at a terminal: a file or a collector gets
+    // the text without escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let _already_installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

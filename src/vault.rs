@@ -63,6 +63,13 @@ pub enum VaultError {
     /// The data directory is not empty but holds no vault.
     #[error("data directory {0} is not empty and holds no vault; choose an empty or a vault directory")]
     NotAVault(PathBuf),
+    /// A command that works on an existing vault found none: the directory
+    /// is missing or empty.
+    #[error(
+        "there is no vault in {0}: the directory is missing or empty; create one with `consentvault init --data-dir {0}` \
+         (or `consentvault serve`, which creates one on first start), or name the vault's directory with --data-dir"
+    )]
+    NoVault(PathBuf),
     /// `init` was asked to create a vault where one exists.
     #[error("data directory {0} already holds a vault")]
     AlreadyInitialised(PathBuf),
@@ -80,10 +87,23 @@ pub enum VaultError {
     /// The key file or environment key is unusable.
     #[error(transparent)]
     Key(#[from] KeyFileError),
-    /// None of the loaded KEKs is the one this store was sealed with, or one
-    /// of them differs from the stored check.
-    #[error("key-encryption key version {0} does not match this data directory")]
+    /// A loaded KEK differs from the stored check of its version.
+    #[error(
+        "key-encryption key version {0} is not the one this store was sealed with; use the key file that belongs to this data directory"
+    )]
     KeyMismatch(u32),
+    /// None of the loaded KEKs is a version the store is sealed under.
+    #[error(
+        "the store is sealed under key-encryption key version(s) {sealed:?}, and the key file holds version(s) {loaded:?}; \
+         a rotation made after this store (or backup) was written destroys the versions before it: use the key file \
+         as it was when the store was written (back it up with every backup)"
+    )]
+    KeysMissing {
+        /// The versions the store is sealed under and that were not destroyed.
+        sealed: Vec<u32>,
+        /// The versions the key file or environment holds.
+        loaded: Vec<u32>,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -339,6 +359,19 @@ pub(crate) fn tighten_permissions(data_dir: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// Whether `data_dir` holds a vault, for a command that works on an
+/// existing one: a missing or empty directory is [`VaultError::NoVault`], a
+/// directory with something else in it [`VaultError::NotAVault`].
+pub fn vault_exists(data_dir: &Path) -> Result<(), VaultError> {
+    if data_dir.join(STORE_DIR).is_dir() {
+        Ok(())
+    } else if is_empty_dir(data_dir)? {
+        Err(VaultError::NoVault(data_dir.to_owned()))
+    } else {
+        Err(VaultError::NotAVault(data_dir.to_owned()))
+    }
+}
+
 impl Vault {
     /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
     /// (unless `key_source` names another) and an empty store bound to it.
@@ -557,17 +590,22 @@ impl Vault {
     }
 
     /// Verifies the audit log of a vault that is not running, changing
-    /// nothing: `consentvault audit verify`.
-    pub fn verify_offline(options: &VaultOptions) -> Result<Verified, VaultError> {
-        if !options.data_dir.join(STORE_DIR).is_dir() {
-            return Err(VaultError::NotAVault(options.data_dir.clone()));
-        }
+    /// nothing: `consentvault audit verify`. `progress` hears how many
+    /// entries of how many are verified.
+    pub fn verify_offline(options: &VaultOptions, progress: &dyn Fn(u64, u64)) -> Result<Verified, VaultError> {
+        vault_exists(&options.data_dir)?;
         let keys = load_key_ring(&key_source_of(options), options.production)?;
         let backend =
             crate::store::open(&StoreConfig::embedded(&options.data_dir.join(STORE_DIR), options.store_cache_bytes))?;
         let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
-        let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
+        let size = audit.durable_size();
+        let visit = |level: u32, at: u64, _: &crate::audit::merkle::Hash| {
+            if level == 0 {
+                progress(at + 1, size);
+            }
+        };
+        let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
             .map_err(VaultError::AuditInvalid)
             .and_then(|verified| {
                 let path = options.data_dir.join(PUBLISHED_FILE);
@@ -590,9 +628,7 @@ impl Vault {
     /// (`consentvault backup` copies sealed bytes and needs none). Checks
     /// that the directory holds a store of this build's format.
     pub fn store_open_offline(data_dir: &Path, cache_bytes: u64) -> Result<Store, VaultError> {
-        if !data_dir.join(STORE_DIR).is_dir() {
-            return Err(VaultError::NotAVault(data_dir.to_owned()));
-        }
+        vault_exists(data_dir)?;
         let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), cache_bytes))?;
         check_format(&*backend)?;
         Ok(Store::new(backend)?)
@@ -1016,7 +1052,10 @@ fn bind_keys(backend: &dyn Backend, keys: &KeyRing, writable: bool) -> Result<()
         }
     }
     if !bound {
-        return Err(VaultError::KeyMismatch(keys.current_version()));
+        let checked =
+            crate::keys::checked_in(|prefix| backend.scan(prefix.as_bytes(), &prefix.prefix_end(), usize::MAX))?;
+        let sealed: Vec<u32> = checked.into_iter().filter(|version| !destroyed.contains(version)).collect();
+        return Err(VaultError::KeysMissing { sealed, loaded: keys.versions() });
     }
     if writable && !new_checks.is_empty() {
         backend.apply(&new_checks)?;

@@ -58,7 +58,7 @@ fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnO
     let (ok, stdout, stderr) = common::audit_verify(&dir);
     assert!(!ok, "{name}: audit verify must fail");
     assert!(
-        stdout.contains(&format!("first bad index: {first_bad}")),
+        stderr.contains(&format!("first bad index: {first_bad}")),
         "{name}: expected first bad index {first_bad}\nstdout: {stdout}\nstderr: {stderr}"
     );
     assert_server_refuses(&dir, name);

@@ -212,7 +212,7 @@ async fn restore_refuses_an_occupied_target_a_wrong_key_and_a_missing_key() {
     let target = dir.path().join("target");
     let refused = restore(&file, &target, Some(&other.join("kek.key")));
     assert!(!refused.status.success());
-    assert!(text(&refused.stderr).contains("does not match this data directory"), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("is not the one this store was sealed with"), "{}", text(&refused.stderr));
     assert!(!target.exists(), "a restore refused for its key leaves nothing behind");
 
     let refused = restore(&file, &target, None);
@@ -240,7 +240,10 @@ async fn a_backup_needs_the_key_versions_it_was_taken_under_and_a_rotation_retir
     let target = dir.path().join("before-with-new-key");
     let refused = restore(&before_rotation, &target, Some(&kek));
     assert!(!refused.status.success());
-    assert!(text(&refused.stderr).contains("does not match this data directory"), "{}", text(&refused.stderr));
+    // The message names the version the backup needs and the one offered.
+    let message = text(&refused.stderr);
+    assert!(message.contains("sealed under key-encryption key version(s) [1]"), "{message}");
+    assert!(message.contains("the key file holds version(s) [2]"), "{message}");
     assert!(!target.exists());
     let target = dir.path().join("before-with-kept-key");
     let restored = restore(&before_rotation, &target, Some(&old_key_copy));

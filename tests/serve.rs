@@ -170,7 +170,7 @@ fn a_key_that_does_not_match_the_data_directory_is_refused() {
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let other_key = "1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
     let error = ServerProcess::start(&data_dir, &[], &[("CONSENTVAULT_KEK", other_key)]).err().unwrap();
-    assert!(error.contains("does not match this data directory"), "{error}");
+    assert!(error.contains("is not the one this store was sealed with"), "{error}");
     assert!(!error.contains(other_key), "errors must not quote key material");
 }
 
@@ -203,21 +203,21 @@ fn init_refuses_an_existing_vault_and_a_foreign_directory() {
 fn policy_check_accepts_the_shipped_policies_and_names_the_line_of_a_mistake() {
     let ok = binary().args(["policy", "check"]).arg(common::policies_dir()).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stderr).contains("retention: off"), "the shipped rules leave retention off");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("retention: off"), "the shipped rules leave retention off");
     let dir = tempfile::tempdir().unwrap();
     let policies = common::policies_copy(dir.path());
     let rules = std::fs::read_to_string(policies.join("rules.toml")).unwrap();
     std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 730\n"))
         .unwrap();
     let on = binary().args(["policy", "check"]).arg(&policies).output().unwrap();
-    let stderr = String::from_utf8_lossy(&on.stderr);
-    assert!(on.status.success() && stderr.contains("erase customers inactive for 730 days"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&on.stdout);
+    assert!(on.status.success() && stdout.contains("erase customers inactive for 730 days"), "{stdout}");
     let lines = rules.lines().count();
     std::fs::write(policies.join("rules.toml"), format!("{rules}\n[retention]\nerase_inactive_after_days = 0\n"))
         .unwrap();
     let zero = binary().args(["policy", "check"]).arg(&policies).output().unwrap();
     let stderr = String::from_utf8_lossy(&zero.stderr);
-    assert!(!zero.status.success(), "{stderr}");
+    assert_eq!(zero.status.code(), Some(2), "an invalid policy is a usage error: {stderr}");
     assert!(
         stderr.contains(&format!("rules.toml:{}:", lines + 2)) && stderr.contains("erase_inactive_after_days"),
         "{stderr}"
@@ -638,8 +638,8 @@ async fn a_store_behind_a_published_checkpoint_is_refused_until_restored_or_acce
 
     // The operator accepts it; the log says so, and the vault serves again.
     let accepted = common::binary(["audit", "accept-rollback", "--data-dir", data_dir.to_str().unwrap()]);
-    let said = String::from_utf8_lossy(&accepted.stderr).into_owned();
-    assert!(accepted.status.success(), "{said}");
+    let said = String::from_utf8_lossy(&accepted.stdout).into_owned();
+    assert!(accepted.status.success(), "{said}{}", String::from_utf8_lossy(&accepted.stderr));
     assert!(said.contains("vault.rollback_accepted"), "{said}");
     let again = common::binary(["audit", "accept-rollback", "--data-dir", data_dir.to_str().unwrap()]);
     assert!(!again.status.success(), "nothing left to accept");

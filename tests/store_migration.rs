@@ -142,7 +142,7 @@ async fn moved_at_serve(from: &str) {
     assert!(succeeded(&binary([OsStr::new("init"), "--data-dir".as_ref(), other.as_ref()])));
     let other_kek = other.join("kek.key");
     let refused = ServerProcess::start(&data_dir, &["--kek-file", other_kek.to_str().unwrap()], &[]).err().unwrap();
-    assert!(refused.contains("does not match this data directory"), "{refused}");
+    assert!(refused.contains("is not the one this store was sealed with"), "{refused}");
     assert_eq!(stored_keys(&data_dir), (format, keys), "a refused start moved nothing");
 
     let server = ServerProcess::start(&data_dir, &[], &[]).unwrap();

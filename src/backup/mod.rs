@@ -54,7 +54,7 @@ mod restore;
 mod writer;
 
 pub use format::read;
-pub use restore::{RestoreSummary, restore};
+pub use restore::{RESTORE_VERIFY, RESTORE_WRITE, RestoreProgress, RestoreSummary, restore};
 pub use writer::{BackupSummary, Progress, write};
 
 use std::path::{Path, PathBuf};

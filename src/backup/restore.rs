@@ -27,10 +27,25 @@ pub struct RestoreSummary {
     pub restored_index: u64,
 }
 
+/// How far a restore has got, for a progress display: `step` is
+/// [`RESTORE_WRITE`] (records of the file written to the store) or
+/// [`RESTORE_VERIFY`] (entries of the restored log verified), with how many
+/// of how many.
+pub type RestoreProgress<'a> = &'a dyn Fn(&'static str, u64, u64);
+
+/// The step of a restore that writes the file's records.
+pub const RESTORE_WRITE: &str = "records written";
+/// The step of a restore that verifies the restored audit log.
+pub const RESTORE_VERIFY: &str = "audit entries verified";
+
 /// Restores the backup at `input` into `options.data_dir`, which must be
 /// empty or missing, with the KEK `options.key_source` names. Nothing is
 /// left behind on failure.
-pub fn restore(input: &Path, options: &VaultOptions) -> Result<RestoreSummary, BackupError> {
+pub fn restore(
+    input: &Path,
+    options: &VaultOptions,
+    progress: RestoreProgress<'_>,
+) -> Result<RestoreSummary, BackupError> {
     let target = &options.data_dir;
     if !vault::is_empty_dir(target)? {
         return Err(BackupError::TargetNotEmpty(target.clone()));
@@ -42,13 +57,14 @@ pub fn restore(input: &Path, options: &VaultOptions) -> Result<RestoreSummary, B
     let created = !target.exists();
     vault::create_private_dir(target)?;
     let staging = target.join(RESTORING_DIR);
-    let restored = restore_into(input, &staging, &keys, &checked, options.store_cache_bytes).and_then(|summary| {
-        let store_dir = target.join(STORE_DIR);
-        std::fs::rename(&staging, &store_dir).map_err(io(&store_dir))?;
-        crate::files::sync_parent(&store_dir).map_err(io(&store_dir))?;
-        File::open(target).and_then(|dir| dir.sync_all()).map_err(io(target))?;
-        Ok(summary)
-    });
+    let restored =
+        restore_into(input, &staging, &keys, &checked, options.store_cache_bytes, progress).and_then(|summary| {
+            let store_dir = target.join(STORE_DIR);
+            std::fs::rename(&staging, &store_dir).map_err(io(&store_dir))?;
+            crate::files::sync_parent(&store_dir).map_err(io(&store_dir))?;
+            File::open(target).and_then(|dir| dir.sync_all()).map_err(io(target))?;
+            Ok(summary)
+        });
     match restored {
         Ok(summary) => Ok(summary),
         Err(error) => {
@@ -69,13 +85,18 @@ fn restore_into(
     keys: &crate::crypto::KeyRing,
     checked: &Trailer,
     cache_bytes: u64,
+    progress: RestoreProgress<'_>,
 ) -> Result<RestoreSummary, BackupError> {
     let backend = crate::store::open(&crate::store::StoreConfig::embedded(staging, cache_bytes))?;
     let mut batch = WriteBatch::new();
+    let mut written = 0;
     let trailer = read(input, &mut |writes| {
         batch.clear();
         batch.extend(writes);
-        Ok(backend.apply(&batch)?)
+        backend.apply(&batch)?;
+        written += 1;
+        progress(RESTORE_WRITE, written, checked.records);
+        Ok(())
     })?;
     if trailer != *checked {
         return Err(BackupError::Changed);
@@ -86,7 +107,13 @@ fn restore_into(
     // restore's own event is appended in.
     let (store, audit) = vault::store_open_checked(std::sync::Arc::clone(&backend), keys)?;
     let never = AtomicBool::new(false);
-    let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &|_, _, _| {}, &never)
+    let size = audit.durable_size();
+    let visit = |level: u32, at: u64, _: &crate::audit::merkle::Hash| {
+        if level == 0 {
+            progress(RESTORE_VERIFY, at + 1, size);
+        }
+    };
+    let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
         .map_err(BackupError::AuditInvalid)?;
     store.close()?;
     drop(store);

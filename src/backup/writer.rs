@@ -25,6 +25,13 @@ pub struct Progress {
     pub records: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Keys of the store read so far.
+    #[serde(default)]
+    pub keys: u64,
+    /// Keys in the store when the backup began (writes go on meanwhile, so
+    /// `keys` may end a little above or below it).
+    #[serde(default)]
+    pub keys_total: u64,
 }
 
 /// A finished backup.
@@ -95,6 +102,7 @@ pub fn write(
     let started = std::time::Instant::now();
     let chunk_keys = chunk_keys.clamp(1, CHUNK_KEYS_MAX);
     let mut writer = BackupWriter::create(out)?;
+    writer.keys_total = store.keys_count()?;
     let (sender, feed) = mpsc::channel::<Feed>();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tap = Some(tap_new(sender.clone(), Arc::clone(&stop)));
@@ -182,6 +190,9 @@ struct BackupWriter {
     records: u64,
     chunks: u64,
     redo_batches: u64,
+    /// Keys read from the store, and how many it held at the start.
+    keys: u64,
+    keys_total: u64,
     /// The latest checkpoint note as of the last record written.
     note: Option<Vec<u8>>,
     note_key: Vec<u8>,
@@ -212,6 +223,8 @@ impl BackupWriter {
             records: 0,
             chunks: 0,
             redo_batches: 0,
+            keys: 0,
+            keys_total: 0,
             note: None,
             note_key: checkpoint_note_key().as_bytes().to_vec(),
             ended: false,
@@ -223,7 +236,7 @@ impl BackupWriter {
     }
 
     fn progress(&self) -> Progress {
-        Progress { records: self.records, bytes: self.bytes }
+        Progress { records: self.records, bytes: self.bytes, keys: self.keys, keys_total: self.keys_total }
     }
 
     fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), BackupError> {
@@ -238,6 +251,7 @@ impl BackupWriter {
         for item in feed {
             match item {
                 Feed::Chunk(entries) => {
+                    self.keys += entries.len() as u64;
                     let writes = entries.iter().map(|(key, value)| (key.as_slice(), Some(value.as_slice())));
                     self.writes(KIND_CHUNK, writes)?;
                 }

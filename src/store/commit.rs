@@ -227,6 +227,12 @@ impl Store {
         self.finalizer.set(finalizer).is_ok()
     }
 
+    /// How many keys the store holds, at about this moment (a progress
+    /// total: writes go on meanwhile).
+    pub fn keys_count(&self) -> Result<u64, StoreError> {
+        self.backend.keys_count()
+    }
+
     /// The committed value at `key` (outside any transaction).
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.backend.get(key.as_bytes())

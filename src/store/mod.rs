@@ -83,6 +83,10 @@ pub enum StoreError {
     /// carries on by itself once the device takes writes again.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Another process holds the store: a vault is running on this data
+    /// directory.
+    #[error("the store at {0} is in use by another process: a vault is running on this data directory; stop it first")]
+    InUse(std::path::PathBuf),
     /// The commit thread has stopped (the store is shutting down or a previous
     /// fault stopped it); nothing more can be committed.
     #[error("the commit path is closed")]
@@ -123,6 +127,19 @@ pub trait Backend: Send + Sync + 'static {
     /// they go on. [`Backend::flush`] by default.
     fn sync(&self) -> Result<(), StoreError> {
         self.flush()
+    }
+    /// How many keys are applied, for a progress total: by default counted
+    /// through `scan`, a page at a time.
+    fn keys_count(&self) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        let mut start = Vec::new();
+        loop {
+            let page = self.scan(&start, &[], 10_000)?;
+            count += page.len() as u64;
+            let Some((last, _)) = page.last().filter(|_| page.len() == 10_000) else { return Ok(count) };
+            start = last.clone();
+            start.push(0);
+        }
     }
     /// Bytes the storage device has read so far for the calling thread (not
     /// served from the OS page cache), if the engine can tell: asked on the

@@ -198,9 +198,10 @@ impl SledBackend {
             match config.open() {
                 Ok(db) => return Ok(db),
                 // sled reports the lock as `Other` with this text.
-                Err(sled::Error::Io(error))
-                    if error.to_string().contains("could not acquire lock") && attempts < 100 =>
-                {
+                Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
+                    if attempts == 100 {
+                        return Err(StoreError::InUse(path.to_owned()));
+                    }
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -225,6 +226,10 @@ impl SledBackend {
 }
 
 impl Backend for SledBackend {
+    fn keys_count(&self) -> Result<u64, StoreError> {
+        self.with_db(|db| Ok(db.len() as u64))
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_db(|db| Ok(db.get(key).map_err(engine)?.map(|value| value.to_vec())))
     }
