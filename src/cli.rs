@@ -601,6 +601,8 @@ fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
         let data_dir = &config.vault.options.data_dir;
         let base = format!("http://{}", application.address());
         tracing::info!(address = %application.address(), data_dir = %data_dir.display(), "consentvault serving");
+        // Installed before anything says the vault listens.
+        let shutdown = shutdown_signal();
         let text_log = config.log_format == crate::config::LogFormat::Text;
         if application.opened() == Opened::Initialised {
             announce_new_vault(&config, text_log);
@@ -621,7 +623,7 @@ fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
                 })
             ),
         }
-        application.run(shutdown_signal()).await.map_err(Failure::failed)?;
+        application.run(shutdown).await.map_err(Failure::failed)?;
         // The object above was the result; nothing more on stdout.
         Ok(Outcome::new("", serde_json::Value::Null))
     })

@@ -393,9 +393,9 @@ async fn the_cli_rotates_a_stopped_vault_and_the_log_still_verifies() {
     let rotated = run(&["keys", "rotate"]);
     let stderr = String::from_utf8_lossy(&rotated.stderr);
     assert!(rotated.status.success(), "{stderr}");
-    assert!(stderr.contains("version 2"), "{stderr}");
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("version 2"), "{stderr}");
     assert_eq!(key_file_versions(&data_dir), vec!["2"]);
-    let status = run(&["keys", "status"]);
+    let status = run(&["keys", "status", "--format", "json"]);
     assert!(status.status.success());
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["destroyed_versions"], json!([1]));
@@ -431,14 +431,14 @@ async fn the_cli_rotates_a_running_vault_through_its_control_socket() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&rotated.stderr);
     assert!(rotated.status.success(), "{stderr}");
-    assert!(stderr.contains("version 2 current"), "{stderr}");
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("version 2 current"), "{stderr}");
 
     // The serving process did it: its key file, its memory, its audit log.
     assert_eq!(key_file_versions(&data_dir), vec!["2"]);
     let (_, keys) = roles::get(&client, format!("{base}/v1/admin/keys"), &admin).await;
     assert_eq!((keys["loaded_versions"].clone(), keys["rotation"]["cause"].clone()), (json!([2]), json!("cli")));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(["keys", "status", "--data-dir"])
+        .args(["keys", "status", "--format", "json", "--data-dir"])
         .arg(&data_dir)
         .output()
         .unwrap();
