@@ -743,8 +743,17 @@ impl Principals {
         if let Some(principal) = self.token_cache().get(token, now) {
             return Ok(principal);
         }
-        let verified = self.token_verifier().verify(token, now).map_err(|error| match error {
+        let verified = match self.token_verifier().verify(token, now) {
+            // A key the fetched set lacks: the provider may have rotated.
+            // This request waits for one fetch (rate-limited per issuer).
+            Err(TokenError::KeyNotCached(issuer)) if self.token_verifier().refresh(&issuer).await => {
+                self.token_verifier().verify(token, now)
+            }
+            verified => verified,
+        }
+        .map_err(|error| match error {
             TokenError::Invalid(reason) => PrincipalError::BadToken(reason),
+            TokenError::KeyNotCached(_) => PrincipalError::BadToken("a key the issuer's fetched keys lack"),
             other => PrincipalError::Token(other),
         })?;
         // Taken before the record is read: a disable or rotation that lands

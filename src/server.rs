@@ -127,6 +127,9 @@ impl Application {
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
         let address = listener.local_addr().map_err(|source| StartError::Bind { address: config.listen, source })?;
         let (vault, opened) = Vault::open(config.vault.options.clone())?;
+        // External issuers' keys fetched over HTTP: a provider that does not
+        // answer is logged, and its tokens are refused until it does.
+        vault.principals().token_verifier().refresh_all().await;
         // A store behind a checkpoint the vault published is served only
         // its probes, which say so; nothing is written until an operator
         // decides (`Vault::rollback`).

@@ -1107,3 +1107,143 @@ async fn registration_refuses_undefined_purposes_and_taken_names_and_lists_busin
     assert_eq!(page["items"].as_array().unwrap().len() + 1, page_after["items"].as_array().unwrap().len());
     assert!(page_after["items"].as_array().unwrap().iter().any(|item| item["auditor_id"] == auditor.id.as_str()));
 }
+
+/// A small OpenID provider on loopback: a discovery document and a JWKS the
+/// test changes; it counts the JWKS fetches.
+struct Provider {
+    base: String,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Provider {
+    /// Serves discovery naming `issuer` (its own address when `None`).
+    async fn start(issuer: Option<&str>) -> Self {
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let discovery = json!({"issuer": issuer.unwrap_or(&base), "jwks_uri": format!("{base}/jwks"),
+            "id_token_signing_alg_values_supported": ["EdDSA"]});
+        let (served_keys, counted) = (std::sync::Arc::clone(&keys), std::sync::Arc::clone(&fetches));
+        let app = axum::Router::new()
+            .route("/.well-known/openid-configuration", get(move || async move { axum::Json(discovery) }))
+            .route(
+                "/jwks",
+                get(move || async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    axum::Json(json!({"keys": served_keys.lock().unwrap().clone()}))
+                }),
+            );
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { base, keys, fetches, server }
+    }
+
+    fn publish(&self, keys: &[(&str, &ed25519_dalek::SigningKey)]) {
+        *self.keys.lock().unwrap() = keys
+            .iter()
+            .map(|(kid, key)| {
+                json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+                    "x": URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes())})
+            })
+            .collect();
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The vault's configuration trusting `issuer` by discovery over plain
+/// HTTP on loopback, with `refresh_min_secs` and `max_age_secs`.
+fn discovery_config(
+    dir: &std::path::Path,
+    issuer: &str,
+    refresh_min_secs: u64,
+    max_age_secs: u64,
+) -> std::path::PathBuf {
+    let config = dir.join("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[identity.external]]\nissuer = {issuer:?}\naudience = \"consentvault\"\nalgorithm = \"EdDSA\"\n\
+             discovery = true\ninsecure_http = true\nrefresh_min_secs = {refresh_min_secs}\n\
+             max_age_secs = {max_age_secs}\nroles = [\"customer\"]\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_found_by_discovery_is_trusted_refreshed_on_a_new_kid_and_refused_while_unreachable() {
+    let provider = Provider::start(None).await;
+    let key_a = ed25519_dalek::SigningKey::from_bytes(&[21u8; 32]);
+    provider.publish(&[("a", &key_a)]);
+    let dir = tempfile::tempdir().unwrap();
+    // One fetch a second at most; fetched keys trusted for three seconds.
+    let (refresh_min, max_age) = (std::time::Duration::from_secs(1), 3);
+    let app = TestApp::start_with_config(Some(discovery_config(dir.path(), &provider.base, 1, max_age))).await;
+    assert_eq!(provider.fetches(), 1, "the keys are fetched at start");
+
+    let issuer = provider.base.clone();
+    let mut jti = 0;
+    let mut token = |kid: &str, key: &ed25519_dalek::SigningKey| {
+        // A new jti each time: the vault's token cache must not answer.
+        jti += 1;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = json!({"iss": issuer, "aud": "consentvault", "sub": "grace@idp", "role": "customer",
+            "exp": now + 300, "nbf": now, "iat": now, "jti": format!("t{jti}")});
+        mint(key, &json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid}), &claims)
+    };
+    let status = |token: String| {
+        let caller = app.bearer(&token);
+        async move { caller.get("/v1/me/data").await.0 }
+    };
+    assert_eq!(status(token("a", &key_a)).await, 200);
+
+    // The provider rotates to a new key: the first token under it brings
+    // one fetch, and is accepted.
+    tokio::time::sleep(refresh_min).await;
+    let key_b = ed25519_dalek::SigningKey::from_bytes(&[22u8; 32]);
+    provider.publish(&[("a", &key_a), ("b", &key_b)]);
+    assert_eq!(status(token("b", &key_b)).await, 200);
+    assert_eq!(provider.fetches(), 2);
+
+    // Made-up kids within the interval cost the provider nothing more.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[23u8; 32]);
+    for kid in ["x1", "x2", "x3"] {
+        assert_eq!(status(token(kid, &stranger)).await, 401);
+    }
+    assert_eq!(provider.fetches(), 2, "at most one fetch per interval");
+    // A known kid with another key's signature is still refused.
+    assert_eq!(status(token("a", &stranger)).await, 401);
+
+    // The provider goes away: cached keys serve until they are too old,
+    // then its tokens are refused (401, never a 5xx) until it answers again.
+    provider.server.abort();
+    tokio::time::sleep(refresh_min).await;
+    assert_eq!(status(token("c", &stranger)).await, 401, "a fetch that fails refuses");
+    assert_eq!(status(token("a", &key_a)).await, 200, "cached keys serve within max_age");
+    tokio::time::sleep(std::time::Duration::from_secs(max_age)).await;
+    assert_eq!(status(token("a", &key_a)).await, 401, "keys past max_age serve nothing without a fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_that_names_another_issuer_is_not_trusted() {
+    let provider = Provider::start(Some("https://elsewhere.example.test")).await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[24u8; 32]);
+    provider.publish(&[("a", &key)]);
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with_config(Some(discovery_config(dir.path(), &provider.base, 1, 3600))).await;
+    assert_eq!(provider.fetches(), 0, "its JWKS is never fetched");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"iss": provider.base, "aud": "consentvault", "sub": "mallory@idp", "role": "customer",
+        "exp": now + 300, "nbf": now, "iat": now, "jti": "m1"});
+    let token = mint(&key, &json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "a"}), &claims);
+    assert_eq!(app.bearer(&token).get("/v1/me/data").await.0, 401);
+}

@@ -1,17 +1,28 @@
 //! Trusted external issuers (an organisation's OIDC provider), configured
-//! with their issuer, audience, one algorithm, and a public key (PEM) or a
-//! JWKS file. Keys are read from files at start-up only: nothing in a token
-//! can make the vault fetch a key.
+//! with their issuer, audience, one algorithm, and where their keys are: a
+//! public key (PEM) or a JWKS file, read at start-up, or the provider
+//! itself, by OpenID Connect Discovery or at a JWKS URL, fetched and
+//! refreshed (`oidc.rs`). Only the configuration names where keys come
+//! from: nothing in a token can make the vault fetch from elsewhere.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::Role;
+use super::oidc::{KeySource, RemoteKeys, RemoteSettings};
 use super::token::{IssuerKey, TokenError, TrustedIssuer};
+
+/// Least seconds between two fetches of an issuer's remote keys, unless
+/// configured.
+pub const REFRESH_MIN_SECS_DEFAULT: u64 = 30;
+/// Seconds fetched keys are trusted, unless configured.
+pub const MAX_AGE_SECS_DEFAULT: u64 = 3600;
 
 /// One `[[identity.external]]` entry of the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +40,30 @@ pub struct ExternalIssuerConfig {
     /// A JWKS file; each key is looked up by its `kid`.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// `true`: the keys are found by OpenID Connect Discovery from
+    /// `issuer` (`{issuer}/.well-known/openid-configuration`, its
+    /// `jwks_uri`), fetched at start and again for an unknown `kid`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// A JWKS URL, fetched at start and again for an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Least seconds between two fetches of remote keys (default 30): an
+    /// unknown `kid` within that time is refused without a fetch.
+    #[serde(default)]
+    pub refresh_min_secs: Option<u64>,
+    /// Seconds fetched keys are trusted (default 3600); older, they serve
+    /// nothing until a fetch succeeds.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+    /// Allow `http://` URLs for discovery and keys: a provider on loopback,
+    /// in development only (logged as a warning at every fetch start).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// PEM file of CA certificates trusted for the provider's HTTPS, besides
+    /// the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The claim holding the role (default `role`).
     #[serde(default = "role_claim_default")]
     pub role_claim: String,
@@ -69,6 +104,30 @@ impl ExternalIssuerConfig {
     /// Reads the key files and builds the trusted issuer.
     pub fn load(&self) -> Result<TrustedIssuer, TokenError> {
         let algorithm = algorithm(&self.algorithm)?;
+        let remote = match (&self.public_key_pem, &self.jwks_file, self.discovery, &self.jwks_url) {
+            (None, None, true, None) => Some(KeySource::Discovery),
+            (None, None, false, Some(url)) => Some(KeySource::Jwks(url.clone())),
+            (_, _, false, None) => None,
+            _ => {
+                return Err(TokenError::Key(format!(
+                    "issuer {}: give exactly one of public_key_pem, jwks_file, jwks_url and discovery = true",
+                    self.issuer
+                )));
+            }
+        };
+        if let Some(source) = remote {
+            let settings = RemoteSettings {
+                issuer: self.issuer.clone(),
+                source,
+                algorithm,
+                refresh_min: Duration::from_secs(self.refresh_min_secs.unwrap_or(REFRESH_MIN_SECS_DEFAULT)),
+                max_age: Duration::from_secs(self.max_age_secs.unwrap_or(MAX_AGE_SECS_DEFAULT).max(1)),
+                insecure_http: self.insecure_http,
+                ca_pem: self.ca_file.as_deref().map(read).transpose()?,
+            };
+            let remote = RemoteKeys::new(settings)?;
+            return self.trusted(HashMap::new(), Some(Arc::new(remote)));
+        }
         let keys = match (&self.public_key_pem, &self.jwks_file) {
             (Some(pem), None) => {
                 let bytes = read(pem)?;
@@ -101,11 +160,19 @@ impl ExternalIssuerConfig {
             }
             _ => {
                 return Err(TokenError::Key(format!(
-                    "issuer {}: give exactly one of public_key_pem and jwks_file",
+                    "issuer {}: give exactly one of public_key_pem, jwks_file, jwks_url and discovery = true",
                     self.issuer
                 )));
             }
         };
+        self.trusted(keys, None)
+    }
+
+    fn trusted(
+        &self,
+        keys: HashMap<Option<String>, IssuerKey>,
+        remote: Option<Arc<RemoteKeys>>,
+    ) -> Result<TrustedIssuer, TokenError> {
         if self.roles.is_empty() {
             return Err(TokenError::Key(format!("issuer {}: `roles` is empty", self.issuer)));
         }
@@ -117,6 +184,7 @@ impl ExternalIssuerConfig {
             subject_claim: self.subject_claim.clone(),
             roles: self.roles.clone(),
             own: false,
+            remote,
         })
     }
 }

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod external;
 pub mod jwt_ring;
+pub mod oidc;
 pub mod ratelimit;
 pub mod token;
 

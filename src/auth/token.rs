@@ -62,6 +62,11 @@ pub enum TokenError {
     /// An issuer's key material could not be loaded.
     #[error("issuer key: {0}")]
     Key(String),
+    /// The token names a key that the issuer's fetched set, as cached, does
+    /// not hold (or the cache is too old to serve): fetching the set again
+    /// may find it (`TokenVerifier::refresh`).
+    #[error("invalid token: a key the cached set of issuer {0} does not hold")]
+    KeyNotCached(String),
 }
 
 fn invalid(reason: &'static str) -> TokenError {
@@ -233,6 +238,9 @@ pub struct TrustedIssuer {
     pub roles: Vec<Role>,
     /// Whether this is the vault's own issuer.
     pub own: bool,
+    /// Keys fetched over HTTP (discovery or a JWKS URL), looked up instead
+    /// of `keys`.
+    pub remote: Option<std::sync::Arc<super::oidc::RemoteKeys>>,
 }
 
 impl TrustedIssuer {
@@ -247,6 +255,7 @@ impl TrustedIssuer {
             subject_claim: "sub".to_owned(),
             roles: vec![Role::Customer, Role::Business, Role::Auditor, Role::Admin],
             own: true,
+            remote: None,
         }
     }
 }
@@ -309,7 +318,8 @@ fn segment_object(segment: &str) -> Result<serde_json::Map<String, Value>, Token
     Ok(map)
 }
 
-fn algorithm_name(algorithm: Algorithm) -> &'static str {
+/// The `alg` text of `algorithm`.
+pub(super) fn algorithm_name(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::HS256 => "HS256",
         Algorithm::ES256 => "ES256",
@@ -333,6 +343,25 @@ impl TokenVerifier {
     /// A verifier trusting `issuers`.
     pub fn new(issuers: Vec<TrustedIssuer>) -> Self {
         Self { issuers: issuers.into_iter().map(|issuer| (issuer.issuer.clone(), issuer)).collect() }
+    }
+
+    /// Fetches the keys of the issuer named `issuer` again, if they are
+    /// fetched over HTTP and the last try is old enough; returns whether
+    /// fresh keys are cached now.
+    pub async fn refresh(&self, issuer: &str) -> bool {
+        match self.issuers.get(issuer).and_then(|issuer| issuer.remote.as_ref()) {
+            Some(remote) => remote.refresh().await,
+            None => false,
+        }
+    }
+
+    /// Fetches the keys of every issuer whose keys come over HTTP (at
+    /// start); an unreachable provider is logged, and its tokens are refused
+    /// until a later fetch succeeds.
+    pub async fn refresh_all(&self) {
+        for remote in self.issuers.values().filter_map(|issuer| issuer.remote.as_ref()) {
+            remote.refresh().await;
+        }
     }
 
     /// Checks `token` at time `now` (Unix seconds).
@@ -360,7 +389,10 @@ impl TokenVerifier {
             Some(Value::String(kid)) if kid.len() <= KID_BYTES_MAX => Some(kid.clone()),
             Some(_) => return Err(invalid("kid is not a short string")),
         };
-        let key = issuer.keys.get(&kid).ok_or(invalid("unknown kid"))?;
+        let key = match &issuer.remote {
+            Some(remote) => remote.key(&kid).ok_or_else(|| TokenError::KeyNotCached(issuer.issuer.clone()))?,
+            None => issuer.keys.get(&kid).cloned().ok_or(invalid("unknown kid"))?,
+        };
         let alg = header.get("alg").and_then(Value::as_str).ok_or(invalid("alg missing"))?;
         // Exactly the key's algorithm, compared as text: no family matching,
         // no `none`, no case games.
