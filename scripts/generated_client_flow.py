@@ -2,7 +2,8 @@
 description (scripts/generated_client.py), with typed access only: every
 body is a generated model, every answer is narrowed to its model (the
 success's or the problem document's) before use, and mypy --strict checks
-this file against the generated package. Nothing here reads a raw dict.
+this file against the generated package. No answer of the API is read as a
+raw dict (only the admin credentials file is, as JSON).
 
 Usage: generated_client_flow.py BASE_URL ADMIN_CREDENTIALS_FILE
 """

@@ -23,7 +23,7 @@ def start(work):
         [binary(), "serve", "--data-dir", str(data_dir), "--policies", str(ROOT / "policies"),
          "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=open(work / "server.log", "w"), text=True,
-        env={**os.environ, "CONSENTVAULT_LOG": "warn"},
+        env={**os.environ, "CONSENTVAULT_LOG": "warn", "CONSENTVAULT_FORMAT": "text"},
     )
     for line in server.stdout:
         match = re.match(r"listening on (http://\S+)", line)

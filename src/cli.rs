@@ -192,9 +192,9 @@ impl From<VaultError> for Failure {
             VaultError::Store(StoreError::InUse(_)) => (Exit::InUse, "vault_in_use"),
             VaultError::AuditInvalid(_) => (Exit::NotVerified, "audit_log_invalid"),
             VaultError::RolledBack(_) => (Exit::NotVerified, "store_rolled_back"),
-            VaultError::KeyMismatch(_) | VaultError::KeysMissing { .. } | VaultError::Key(_) => {
-                (Exit::Failed, "key_mismatch")
-            }
+            VaultError::KeyMismatch(_) | VaultError::KeysMissing { .. } => (Exit::Failed, "key_mismatch"),
+            VaultError::Key(_) => (Exit::Failed, "key_unusable"),
+            VaultError::AlreadyInitialised(_) => (Exit::Failed, "already_initialised"),
             VaultError::Policy(_) | VaultError::InvalidOrigin(_) | VaultError::Identity(_) => {
                 (Exit::Usage, "invalid_configuration")
             }
@@ -221,13 +221,36 @@ impl From<crate::backup::BackupError> for Failure {
 
 impl From<control::ControlError> for Failure {
     fn from(error: control::ControlError) -> Self {
-        Self::new(Exit::Failed, "server_refused", error.to_string())
+        let code = match error {
+            control::ControlError::Failed(_) => "server_refused",
+            _ => "control_socket",
+        };
+        Self::new(Exit::Failed, code, error.to_string())
+    }
+}
+
+/// Asks the vault running on `data_dir` to carry out `request` through its
+/// control socket (its progress lines go to `progress`), or, when none
+/// runs, does the work itself with `offline`.
+fn online_or<T: serde::de::DeserializeOwned>(
+    data_dir: &std::path::Path,
+    request: &control::Request,
+    progress: &mut dyn FnMut(&serde_json::Value),
+    offline: impl FnOnce() -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    match control::request(data_dir, request, progress)? {
+        Some(answer) => serde_json::from_value(answer)
+            .map_err(|error| Failure::failed(format!("unexpected answer from the server: {error}"))),
+        None => offline(),
     }
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let format = cli.format;
     let result = match cli.command {
         Command::Init(args) => init(&args),
@@ -241,6 +264,27 @@ pub fn run() -> ExitCode {
         Command::Keys { command: KeysCommand::Status(args) } => keys_status(&args),
     };
     report(format, result)
+}
+
+/// Flags clap refused: its own text, or with `--format json` (flag or
+/// environment) one object saying so; `--help` and `--version` as clap
+/// writes them.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || matches!(error.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+    {
+        error.exit();
+    }
+    let arguments: Vec<String> = std::env::args().collect();
+    let json = arguments.windows(2).any(|pair| pair[0] == "--format" && pair[1] == "json")
+        || arguments.iter().any(|argument| argument == "--format=json")
+        || std::env::var("CONSENTVAULT_FORMAT").is_ok_and(|format| format == "json");
+    if !json {
+        error.exit();
+    }
+    let message = error.kind().as_str().unwrap_or("invalid command line").to_owned();
+    report(Format::Json, Err(Failure::new(Exit::Usage, "usage", format!("{message}: {}", error.render()))))
 }
 
 /// Writes the result: on stdout the line or the object, on stderr the
@@ -283,6 +327,8 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
     indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr())
         .with_style(style)
         .with_message(what.to_owned())
+        // Cleared however the command ends, an early error included.
+        .with_finish(indicatif::ProgressFinish::AndClear)
 }
 
 fn init(args: &VaultArgs) -> Result<Outcome, Failure> {
@@ -400,7 +446,8 @@ fn audit_accept_rollback(args: &VaultArgs) -> Result<Outcome, Failure> {
 fn backup(args: &BackupArgs) -> Result<Outcome, Failure> {
     let config = VaultConfig::from_args(&args.vault)?;
     let options = &config.options;
-    let out = std::path::absolute(&args.out).map_err(|e| Failure::failed(format!("{}: {e}", args.out.display())))?;
+    let out =
+        std::path::absolute(&args.out).map_err(|error| Failure::failed(format!("{}: {error}", args.out.display())))?;
     let chunk_keys = args.chunk_keys;
     if !(1..=crate::backup::CHUNK_KEYS_MAX).contains(&chunk_keys) {
         return Err(Failure::new(
@@ -415,21 +462,17 @@ fn backup(args: &BackupArgs) -> Result<Outcome, Failure> {
         bar.set_position(progress.keys);
     };
     let request = control::Request::Backup { out: out.clone(), chunk_keys: Some(chunk_keys) };
-    let online = control::request(&options.data_dir, &request, &mut |progress| {
+    let on_line = |progress: &serde_json::Value| {
         if let Ok(progress) = serde_json::from_value::<crate::backup::Progress>(progress.clone()) {
             show(&progress);
         }
-    })?;
-    let summary: BackupSummary = match online {
-        Some(result) => serde_json::from_value(result)
-            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
-        None => {
-            let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
-            let summary = crate::backup::write(&store, &out, chunk_keys, &mut |progress| show(&progress));
-            store.close().map_err(Failure::failed)?;
-            summary?
-        }
     };
+    let summary: BackupSummary = online_or(&options.data_dir, &request, &mut { on_line }, || {
+        let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
+        let summary = crate::backup::write(&store, &out, chunk_keys, &mut |progress| show(&progress));
+        store.close().map_err(Failure::failed)?;
+        Ok(summary?)
+    })?;
     bar.finish_and_clear();
     eprintln!(
         "consentvault: the backup is sealed; restoring it needs the key-encryption key, which is not in it: back up the key file apart"
@@ -472,8 +515,9 @@ fn restore(args: &RestoreArgs) -> Result<Outcome, Failure> {
              (or copy it to {data_dir}/{KEY_FILE}, mode 0600, if the key may live beside the data)",
             path.display()
         ),
-        Some(_) => "the key-encryption key is not in {data_dir}: start the vault with the same CONSENTVAULT_KEK"
-            .replace("{data_dir}", &data_dir.to_string()),
+        Some(_) => {
+            format!("the key-encryption key is not in {data_dir}: start the vault with the same CONSENTVAULT_KEK")
+        }
         None => String::new(),
     };
     if !key_hint.is_empty() {
@@ -509,7 +553,7 @@ fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, Failur
 fn keys_rotate(args: &VaultArgs) -> Result<Outcome, Failure> {
     let config = VaultConfig::from_args(args)?;
     let bar = progress_bar("DEKs rewrapped");
-    let mut show = |status: &crate::keys::KeyStatus| {
+    let show = |status: &crate::keys::KeyStatus| {
         if let Some(rotation) = &status.rotation {
             bar.set_length(rotation.deks_total.max(rotation.deks_rewrapped));
             bar.set_position(rotation.deks_rewrapped);
@@ -517,16 +561,13 @@ fn keys_rotate(args: &VaultArgs) -> Result<Outcome, Failure> {
         }
     };
     // A running vault rotates itself (it holds the store); ask it.
-    let request = control::Request::KeysRotate;
-    let online = control::request(&config.options.data_dir, &request, &mut |progress| {
+    let on_line = |progress: &serde_json::Value| {
         if let Ok(status) = serde_json::from_value::<crate::keys::KeyStatus>(progress.clone()) {
             show(&status);
         }
-    })?;
-    let status: crate::keys::KeyStatus = match online {
-        Some(result) => serde_json::from_value(result)
-            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
-        None => {
+    };
+    let status: crate::keys::KeyStatus =
+        online_or(&config.options.data_dir, &control::Request::KeysRotate, &mut { on_line }, || {
             let vault = vault_open_existing(args)?;
             let outcome = vault
                 .keys()
@@ -537,11 +578,10 @@ fn keys_rotate(args: &VaultArgs) -> Result<Outcome, Failure> {
                     crate::keys::KeyError::InProgress => Ok(()),
                     error => Err(error),
                 })
-                .and_then(|()| crate::keys::rotation_follow(vault.keys(), &mut show));
+                .and_then(|()| crate::keys::rotation_follow(vault.keys(), &mut |status| show(status)));
             vault.close().map_err(Failure::failed)?;
-            outcome.map_err(Failure::failed)?
-        }
-    };
+            outcome.map_err(Failure::failed)
+        })?;
     bar.finish_and_clear();
     let rotation = status.rotation.ok_or_else(|| Failure::failed("no rotation recorded"))?;
     eprintln!(
@@ -559,17 +599,13 @@ fn keys_rotate(args: &VaultArgs) -> Result<Outcome, Failure> {
 
 fn keys_status(args: &VaultArgs) -> Result<Outcome, Failure> {
     let config = VaultConfig::from_args(args)?;
-    let online = control::request(&config.options.data_dir, &control::Request::KeysStatus, &mut |_| {})?;
-    let status: crate::keys::KeyStatus = match online {
-        Some(status) => serde_json::from_value(status)
-            .map_err(|e| Failure::failed(format!("unexpected answer from the server: {e}")))?,
-        None => {
+    let status: crate::keys::KeyStatus =
+        online_or(&config.options.data_dir, &control::Request::KeysStatus, &mut |_| {}, || {
             let vault = vault_open_existing(args)?;
             let status = vault.keys().key_status();
             vault.close().map_err(Failure::failed)?;
-            status.map_err(Failure::failed)?
-        }
-    };
+            status.map_err(Failure::failed)
+        })?;
     let rotation = match &status.rotation {
         Some(rotation) => format!(
             "; latest rotation to version {}: {:?}, {}/{} DEKs rewrapped",
@@ -633,9 +669,14 @@ fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
 /// the quick start. On stderr in text logs, one log event in JSON logs.
 fn next_steps(base: &str, admin_credentials: Option<&std::path::Path>, text_log: bool) {
     let token = match admin_credentials {
-        Some(path) => format!(
+        Some(path) if is_token_request(path) => format!(
             "curl -s -X POST {base}/v1/token -H 'Content-Type: application/json' -d @{}",
             shell_quoted(&path.display().to_string())
+        ),
+        // Written before the file carried its grant type.
+        Some(path) => format!(
+            "POST {base}/v1/token with grant_type=client_credentials and the client_id and client_secret in {}",
+            path.display()
         ),
         None => format!("POST {base}/v1/token with grant_type=client_credentials and the admin client's id and secret"),
     };
@@ -661,6 +702,14 @@ fn next_steps(base: &str, admin_credentials: Option<&std::path::Path>, text_log:
         ));
     }
     eprint!("{steps}");
+}
+
+/// Whether the admin credentials file at `path` is a token request as it
+/// stands (files written by earlier versions lack the grant type).
+fn is_token_request(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path).map(zeroize::Zeroizing::new) else { return false };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .is_ok_and(|request| request["grant_type"] == "client_credentials")
 }
 
 /// `text` as one shell word.

@@ -273,6 +273,12 @@ impl VaultConfig {
         let defaults = IdentityOptions::default();
         let mut external = Vec::new();
         for issuer in &file.identity.external {
+            if issuer.insecure_http && production {
+                return Err(ConfigError::Invalid {
+                    setting: "identity.external",
+                    problem: format!("issuer {}: insecure_http is refused in production", issuer.issuer),
+                });
+            }
             external.push(
                 issuer.load().map_err(|error| ConfigError::Invalid {
                     setting: "identity.external",

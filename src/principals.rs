@@ -767,7 +767,7 @@ impl Principals {
                 return Err(PrincipalError::BadToken("erased customer"));
             }
         }
-        self.token_cache().insert(token, principal.clone(), verified.expires_at, now, generation);
+        self.token_cache().insert(token, principal.clone(), verified.cache_until, now, generation);
         Ok(principal)
     }
 

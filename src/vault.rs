@@ -600,11 +600,8 @@ impl Vault {
         let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
         let size = audit.durable_size();
-        let visit = |level: u32, at: u64, _: &crate::audit::merkle::Hash| {
-            if level == 0 {
-                progress(at + 1, size);
-            }
-        };
+        let counted = |done| progress(done, size);
+        let visit = crate::audit::verify::entries_counted(&counted);
         let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
             .map_err(VaultError::AuditInvalid)
             .and_then(|verified| {

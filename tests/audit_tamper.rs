@@ -55,8 +55,8 @@ fn assert_detected(pristine: &Path, name: &str, first_bad: u64, tamper: impl FnO
         tamper(&backend);
         backend.flush().unwrap();
     }
-    let (ok, stdout, stderr) = common::audit_verify(&dir);
-    assert!(!ok, "{name}: audit verify must fail");
+    let (code, stdout, stderr) = common::audit_verify_code(&dir);
+    assert_eq!(code, Some(3), "{name}: audit verify must fail with the exit code of a log that does not verify");
     assert!(
         stderr.contains(&format!("first bad index: {first_bad}")),
         "{name}: expected first bad index {first_bad}\nstdout: {stdout}\nstderr: {stderr}"

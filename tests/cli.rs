@@ -17,7 +17,11 @@ use serde_json::Value;
 
 fn command<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_consentvault"));
-    command.args(args).env_remove("CONSENTVAULT_KEK").env_remove("CONSENTVAULT_DATA_DIR");
+    command
+        .args(args)
+        .env_remove("CONSENTVAULT_KEK")
+        .env_remove("CONSENTVAULT_DATA_DIR")
+        .env_remove("CONSENTVAULT_FORMAT");
     command
 }
 
@@ -57,22 +61,22 @@ fn used_vault(data_dir: &Path) {
 fn every_command_writes_one_json_object_with_format_json() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let d = data_dir.to_str().unwrap();
+    let data = data_dir.to_str().unwrap();
 
-    let created = ok(["init", "--data-dir", d]);
-    assert_eq!(created["data_dir"], d);
+    let created = ok(["init", "--data-dir", data]);
+    assert_eq!(created["data_dir"], data);
     assert_eq!(created["key_file"], data_dir.join("kek.key").to_str().unwrap());
     let checked = ok([OsStr::new("policy"), "check".as_ref(), policies_dir().as_os_str()]);
     assert!(checked["fields"].as_u64().unwrap() > 0 && checked["sha256"].as_str().unwrap().len() == 64);
 
     used_vault(&data_dir);
-    let verified = ok(["audit", "verify", "--data-dir", d]);
+    let verified = ok(["audit", "verify", "--data-dir", data]);
     assert!(verified["size"].as_u64().unwrap() > 0 && verified["checkpoints"].as_u64().unwrap() > 0);
-    let status = ok(["keys", "status", "--data-dir", d]);
+    let status = ok(["keys", "status", "--data-dir", data]);
     assert_eq!(status["current_version"], 1);
 
     let file = dir.path().join("vault.backup");
-    let backup = ok(["backup", "--data-dir", d, "--out", file.to_str().unwrap()]);
+    let backup = ok(["backup", "--data-dir", data, "--out", file.to_str().unwrap()]);
     assert!(backup["records"].as_u64().unwrap() > 0 && backup["sha256"].as_str().is_some());
     let target = dir.path().join("restored");
     let kek = data_dir.join("kek.key");
@@ -90,11 +94,11 @@ fn every_command_writes_one_json_object_with_format_json() {
     let hint = restored["key_hint"].as_str().unwrap();
     assert!(hint.contains(&format!("--kek-file {}", kek.display())), "{hint}");
 
-    let rotated = ok(["keys", "rotate", "--data-dir", d]);
+    let rotated = ok(["keys", "rotate", "--data-dir", data]);
     assert_eq!(rotated["target_version"], 2);
     assert_eq!(rotated["state"], "finished");
 
-    let (code, refused, stderr) = json_run(["audit", "accept-rollback", "--data-dir", d]);
+    let (code, refused, stderr) = json_run(["audit", "accept-rollback", "--data-dir", data]);
     assert_eq!(code, 1);
     assert_eq!(refused["error"]["code"], "no_rollback");
     assert_eq!(refused["error"]["exit_code"], 1);
@@ -118,6 +122,10 @@ fn exit_codes_and_messages_say_what_is_wrong_and_what_to_do() {
     assert_eq!((code, &object["error"]["code"]), (5, &Value::from("no_vault")));
     assert!(stderr.contains("there is no vault in") && stderr.contains("consentvault init --data-dir"), "{stderr}");
     assert!(!stderr.contains("is not empty"), "{stderr}");
+
+    let (code, object, stderr) = json_run(["audit", "verify", "--no-such-flag"]);
+    assert_eq!((code, &object["error"]["code"]), (2, &Value::from("usage")));
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
 
     let (code, object, _) = json_run(["serve", "--listen", "nowhere", "--data-dir", missing.to_str().unwrap()]);
     assert_eq!((code, &object["error"]["code"]), (2, &Value::from("invalid_configuration")));

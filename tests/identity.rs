@@ -1185,8 +1185,8 @@ async fn an_issuer_found_by_discovery_is_trusted_refreshed_on_a_new_kid_and_refu
     let key_a = ed25519_dalek::SigningKey::from_bytes(&[21u8; 32]);
     provider.publish(&[("a", &key_a)]);
     let dir = tempfile::tempdir().unwrap();
-    // One fetch a second at most; fetched keys trusted for three seconds.
-    let (refresh_min, max_age) = (std::time::Duration::from_secs(1), 3);
+    // One fetch a second at most; fetched keys trusted for five seconds.
+    let (refresh_min, max_age) = (std::time::Duration::from_secs(1), 5);
     let app = TestApp::start_with_config(Some(discovery_config(dir.path(), &provider.base, 1, max_age))).await;
     assert_eq!(provider.fetches(), 1, "the keys are fetched at start");
 
@@ -1225,6 +1225,8 @@ async fn an_issuer_found_by_discovery_is_trusted_refreshed_on_a_new_kid_and_refu
 
     // The provider goes away: cached keys serve until they are too old,
     // then its tokens are refused (401, never a 5xx) until it answers again.
+    // A key it publishes as it goes away is never fetched: refused.
+    provider.publish(&[("a", &key_a), ("b", &key_b), ("c", &stranger)]);
     provider.server.abort();
     tokio::time::sleep(refresh_min).await;
     assert_eq!(status(token("c", &stranger)).await, 401, "a fetch that fails refuses");

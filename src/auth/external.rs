@@ -104,24 +104,36 @@ impl ExternalIssuerConfig {
     /// Reads the key files and builds the trusted issuer.
     pub fn load(&self) -> Result<TrustedIssuer, TokenError> {
         let algorithm = algorithm(&self.algorithm)?;
+        let not_one = || {
+            TokenError::Key(format!(
+                "issuer {}: give exactly one of public_key_pem, jwks_file, jwks_url and discovery = true",
+                self.issuer
+            ))
+        };
         let remote = match (&self.public_key_pem, &self.jwks_file, self.discovery, &self.jwks_url) {
             (None, None, true, None) => Some(KeySource::Discovery),
             (None, None, false, Some(url)) => Some(KeySource::Jwks(url.clone())),
             (_, _, false, None) => None,
-            _ => {
+            _ => return Err(not_one()),
+        };
+        if let Some(source) = remote {
+            let refresh_min_secs = self.refresh_min_secs.unwrap_or(REFRESH_MIN_SECS_DEFAULT);
+            let max_age_secs = self.max_age_secs.unwrap_or(MAX_AGE_SECS_DEFAULT);
+            // A zero interval would let every made-up kid cost the provider a
+            // fetch; a cache that ages out before it may be refreshed would
+            // refuse every token of the issuer for a while.
+            if refresh_min_secs == 0 || max_age_secs <= refresh_min_secs {
                 return Err(TokenError::Key(format!(
-                    "issuer {}: give exactly one of public_key_pem, jwks_file, jwks_url and discovery = true",
+                    "issuer {}: refresh_min_secs must be at least 1, and max_age_secs larger than it",
                     self.issuer
                 )));
             }
-        };
-        if let Some(source) = remote {
             let settings = RemoteSettings {
                 issuer: self.issuer.clone(),
                 source,
                 algorithm,
-                refresh_min: Duration::from_secs(self.refresh_min_secs.unwrap_or(REFRESH_MIN_SECS_DEFAULT)),
-                max_age: Duration::from_secs(self.max_age_secs.unwrap_or(MAX_AGE_SECS_DEFAULT).max(1)),
+                refresh_min: Duration::from_secs(refresh_min_secs),
+                max_age: Duration::from_secs(max_age_secs),
                 insecure_http: self.insecure_http,
                 ca_pem: self.ca_file.as_deref().map(read).transpose()?,
             };
@@ -158,12 +170,7 @@ impl ExternalIssuerConfig {
                 }
                 keys
             }
-            _ => {
-                return Err(TokenError::Key(format!(
-                    "issuer {}: give exactly one of public_key_pem, jwks_file, jwks_url and discovery = true",
-                    self.issuer
-                )));
-            }
+            _ => return Err(not_one()),
         };
         self.trusted(keys, None)
     }

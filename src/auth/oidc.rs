@@ -93,6 +93,12 @@ impl RemoteKeys {
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .https_only(!settings.insecure_http)
+            // Straight to the provider the operator named: no proxy from
+            // the environment sees or changes the keys.
+            .no_proxy()
+            // Fetches are rare: a fresh connection each time, so a provider
+            // that went away is found gone, not reached on an idle socket.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("consentvault/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &settings.ca_pem {
             for certificate in reqwest::Certificate::from_pem_bundle(pem)
@@ -106,12 +112,28 @@ impl RemoteKeys {
         Ok(Self { settings, client, cached: RwLock::default(), fetching: tokio::sync::Mutex::new(()) })
     }
 
-    /// The key `kid` names, if the cache holds it and is not older than
-    /// `max_age`.
-    pub fn key(&self, kid: &Option<String>) -> Option<IssuerKey> {
-        let cached = self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fresh = cached.fetched_at.is_some_and(|at| at.elapsed() < self.settings.max_age);
-        if fresh { cached.keys.get(kid).cloned() } else { None }
+    /// The key `kid` names and how much longer the cache may serve it, if
+    /// the cache holds it and is not older than `max_age`.
+    pub fn key(&self, kid: &Option<String>) -> Option<(IssuerKey, Duration)> {
+        let cached = self.cached();
+        let age = cached.fetched_at?.elapsed();
+        let left = self.settings.max_age.checked_sub(age).filter(|left| !left.is_zero())?;
+        cached.keys.get(kid).map(|key| (key.clone(), left))
+    }
+
+    /// The one algorithm the issuer's keys are used with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.settings.algorithm
+    }
+
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
+        // The cache is replaced whole under the lock, so a panic elsewhere
+        // cannot leave it half written.
+        self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cached> {
+        self.cached.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fetches the keys again, unless a fetch was tried less than
@@ -121,7 +143,7 @@ impl RemoteKeys {
         let asked_at = Instant::now();
         let _one = self.fetching.lock().await;
         {
-            let cached = self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cached = self.cached();
             // Another request fetched while this one waited: use its keys.
             if cached.fetched_at.is_some_and(|at| at >= asked_at) {
                 return true;
@@ -130,12 +152,15 @@ impl RemoteKeys {
                 return false;
             }
         }
-        self.cached.write().unwrap_or_else(std::sync::PoisonError::into_inner).attempted_at = Some(Instant::now());
+        self.cached_mut().attempted_at = Some(Instant::now());
         let issuer = &self.settings.issuer;
+        if self.settings.insecure_http {
+            tracing::warn!(issuer = %issuer, "insecure_http: fetching the external issuer's keys over plain HTTP");
+        }
         match self.fetch().await {
             Ok(keys) => {
                 tracing::info!(issuer = %issuer, keys = keys.len(), "external issuer's keys fetched");
-                let mut cached = self.cached.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut cached = self.cached_mut();
                 cached.keys = keys;
                 cached.fetched_at = Some(Instant::now());
                 true
@@ -156,7 +181,7 @@ impl RemoteKeys {
                     .map_err(|error| format!("{url}: not a discovery document: {error}"))?;
                 // OpenID Connect Discovery 1.0 §4.3: exactly the issuer asked.
                 if discovery.issuer != self.settings.issuer {
-                    return Err(format!("{url} names the issuer `{}`, not this one", discovery.issuer));
+                    return Err(format!("{url} names the issuer {:?}, not this one", discovery.issuer));
                 }
                 url_check(&discovery.jwks_uri, self.settings.insecure_http).map_err(|error| error.to_string())?;
                 discovery.jwks_uri
@@ -181,11 +206,6 @@ impl RemoteKeys {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
-    }
-
-    /// The issuer these keys are of.
-    pub fn issuer(&self) -> &str {
-        &self.settings.issuer
     }
 }
 

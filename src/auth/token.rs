@@ -273,6 +273,9 @@ pub struct VerifiedToken {
     pub subject: String,
     /// When it expires (Unix seconds).
     pub expires_at: u64,
+    /// Until when its check may be reused (Unix seconds): its expiry, or
+    /// earlier when its key was fetched over HTTP and will be too old then.
+    pub cache_until: u64,
     /// For the vault's own client tokens, the version of the client secret
     /// it was issued under (0 for every other token).
     pub secret_version: u32,
@@ -359,9 +362,13 @@ impl TokenVerifier {
     /// start); an unreachable provider is logged, and its tokens are refused
     /// until a later fetch succeeds.
     pub async fn refresh_all(&self) {
-        for remote in self.issuers.values().filter_map(|issuer| issuer.remote.as_ref()) {
-            remote.refresh().await;
+        // At once: one provider that does not answer delays start-up by
+        // its timeout, not by every provider's.
+        let mut fetches = tokio::task::JoinSet::new();
+        for remote in self.issuers.values().filter_map(|issuer| issuer.remote.clone()) {
+            fetches.spawn(async move { remote.refresh().await });
         }
+        while fetches.join_next().await.is_some() {}
     }
 
     /// Checks `token` at time `now` (Unix seconds).
@@ -389,11 +396,19 @@ impl TokenVerifier {
             Some(Value::String(kid)) if kid.len() <= KID_BYTES_MAX => Some(kid.clone()),
             Some(_) => return Err(invalid("kid is not a short string")),
         };
-        let key = match &issuer.remote {
-            Some(remote) => remote.key(&kid).ok_or_else(|| TokenError::KeyNotCached(issuer.issuer.clone()))?,
-            None => issuer.keys.get(&kid).cloned().ok_or(invalid("unknown kid"))?,
-        };
         let alg = header.get("alg").and_then(Value::as_str).ok_or(invalid("alg missing"))?;
+        // Keys fetched over HTTP stay cached only as long as the fetch is
+        // trusted; a token with another algorithm never brings a fetch.
+        let (key, cache_left) = match &issuer.remote {
+            Some(remote) if alg != algorithm_name(remote.algorithm()) => {
+                return Err(invalid("alg is not the key's algorithm"));
+            }
+            Some(remote) => remote
+                .key(&kid)
+                .map(|(key, left)| (key, Some(left)))
+                .ok_or_else(|| TokenError::KeyNotCached(issuer.issuer.clone()))?,
+            None => (issuer.keys.get(&kid).cloned().ok_or(invalid("unknown kid"))?, None),
+        };
         // Exactly the key's algorithm, compared as text: no family matching,
         // no `none`, no case games.
         if alg != algorithm_name(key.algorithm) {
@@ -450,12 +465,14 @@ impl TokenVerifier {
             }
             Some(_) => 0,
         };
+        let cache_until = cache_left.map_or(exp, |left| exp.min(now.saturating_add(left.as_secs())));
         Ok(VerifiedToken {
             issuer: issuer.issuer.clone(),
             own: issuer.own,
             role,
             subject: subject.to_owned(),
             expires_at: exp,
+            cache_until,
             secret_version,
         })
     }

@@ -108,11 +108,8 @@ fn restore_into(
     let (store, audit) = vault::store_open_checked(std::sync::Arc::clone(&backend), keys)?;
     let never = AtomicBool::new(false);
     let size = audit.durable_size();
-    let visit = |level: u32, at: u64, _: &crate::audit::merkle::Hash| {
-        if level == 0 {
-            progress(RESTORE_VERIFY, at + 1, size);
-        }
-    };
+    let counted = |done| progress(RESTORE_VERIFY, done, size);
+    let visit = crate::audit::verify::entries_counted(&counted);
     let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
         .map_err(BackupError::AuditInvalid)?;
     store.close()?;

@@ -165,10 +165,11 @@ impl Consent {
             expires_at: rfc3339(grant.expires_at),
             audit_index: grant.audit_index,
         };
-        // Through serde_json's map, which orders members by key: the
-        // canonical form that is signed.
-        let canonical = serde_json::to_value(&receipt).map_err(|_| corrupt("receipt"))?;
-        let text = format!("{}\n", serde_json::to_string(&canonical).map_err(|_| corrupt("receipt"))?);
+        // Members in key order at every level: the same receipt always
+        // has the same signed text.
+        let value = serde_json::to_value(&receipt).map_err(|_| corrupt("receipt"))?;
+        let canonical = crate::policy::catalogue::json_canonical(&value).map_err(|_| corrupt("receipt"))?;
+        let text = format!("{}\n", String::from_utf8(canonical).map_err(|_| corrupt("receipt"))?);
         let signed = self.core.audit().signer().sign_note(&text)?;
         Ok((receipt, signed))
     }

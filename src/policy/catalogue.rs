@@ -225,13 +225,31 @@ impl Catalogue {
         let spec = self.field(name).ok_or_else(|| FieldError::Unknown { field: truncated(name) })?;
         let invalid = |reason| FieldError::Invalid { field: name.to_owned(), reason };
         check_type(&spec.value_type, value).map_err(invalid)?;
-        // serde_json's map is ordered by key, so this encoding is canonical.
-        let bytes = serde_json::to_vec(value).map_err(|_| invalid("value cannot be encoded"))?;
+        let bytes = json_canonical(value).map_err(|_| invalid("value cannot be encoded"))?;
         if bytes.len() > spec.max_bytes as usize {
             return Err(FieldError::TooLarge { field: name.to_owned(), max_bytes: spec.max_bytes });
         }
         Ok(bytes)
     }
+}
+
+/// `value` as canonical JSON: object members in key order at every level,
+/// whether or not serde_json keeps insertion order (its `preserve_order`
+/// feature, which another crate in a build can switch on), so the same value
+/// always has the same bytes.
+pub fn json_canonical(value: &Value) -> Result<Vec<u8>, serde_json::Error> {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_by(|left, right| left.0.cmp(right.0));
+                Value::Object(members.into_iter().map(|(name, inner)| (name.clone(), sorted(inner))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sorted(value))
 }
 
 impl From<TypeName> for ValueType {
@@ -474,6 +492,13 @@ fn value_schema(value_type: &ValueType, description: &str) -> Schema {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn canonical_json_orders_members_by_key_at_every_level() {
+        let value: Value = serde_json::from_str(r#"{"b": [{"z": 1, "a": 2}], "a": {"d": null, "c": true}}"#).unwrap();
+        let bytes = json_canonical(&value).unwrap();
+        assert_eq!(String::from_utf8(bytes).unwrap(), r#"{"a":{"c":true,"d":null},"b":[{"a":2,"z":1}]}"#);
+    }
     use serde_json::json;
 
     const SHIPPED: &str = include_str!("../../policies/fields.toml");

@@ -98,6 +98,7 @@ pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> s
         .args(args)
         .env_remove("CONSENTVAULT_KEK")
         .env_remove("CONSENTVAULT_DATA_DIR")
+        .env_remove("CONSENTVAULT_FORMAT")
         .output()
         .unwrap()
 }
@@ -117,16 +118,23 @@ pub fn restore(input: &Path, target: &Path, kek: Option<&Path>) -> std::process:
 /// Runs `consentvault audit verify` on a stopped vault with the shipped
 /// policies; returns (success, stdout, stderr).
 pub fn audit_verify(data_dir: &Path) -> (bool, String, String) {
+    let (code, stdout, stderr) = audit_verify_code(data_dir);
+    (code == Some(0), stdout, stderr)
+}
+
+/// [`audit_verify`], with the exit code (`docs/CLI.md`).
+pub fn audit_verify_code(data_dir: &Path) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_consentvault"))
         .args(["audit", "verify", "--data-dir"])
         .arg(data_dir)
         .arg("--policies")
         .arg(policies_dir())
         .env_remove("CONSENTVAULT_KEK")
+        .env_remove("CONSENTVAULT_FORMAT")
         .output()
         .unwrap();
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
@@ -253,6 +261,7 @@ impl ServerProcess {
             .args(extra)
             .env("CONSENTVAULT_LOG", "debug")
             .env_remove("CONSENTVAULT_KEK")
+            .env_remove("CONSENTVAULT_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
