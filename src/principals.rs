@@ -610,24 +610,7 @@ impl Principals {
     /// Signs up a customer of the built-in identity: a new subject with its
     /// key, and the password hash, in one transaction.
     pub async fn customer_signup(&self, password: &str) -> Result<SubjectId, PrincipalError> {
-        if password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX {
-            return Err(PrincipalError::Invalid(format!(
-                "`password` must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters"
-            )));
-        }
-        let salt = SaltString::encode_b64(&random_bytes::<16>(self.core.keys().rng())?)
-            .map_err(|_| PrincipalError::Hashing)?;
-        let password = zeroize::Zeroizing::new(password.to_owned());
-        // Argon2id takes tens of milliseconds of CPU: keep it off the
-        // async workers, and at most one per core at a time.
-        let permit = self.hashes.acquire().await.map_err(|_| PrincipalError::Hashing)?;
-        let hash = tokio::task::spawn_blocking(move || {
-            argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string())
-        })
-        .await
-        .map_err(|_| PrincipalError::Hashing)?
-        .map_err(|_| PrincipalError::Hashing)?;
-        drop(permit);
+        let hash = self.password_hash("password", password).await?;
         let new_subject = self.subjects.subject_prepare()?;
         let subject = new_subject.id();
         let now = self.core.clock().rfc3339();
@@ -656,6 +639,63 @@ impl Principals {
         Ok(subject)
     }
 
+    /// The Argon2id hash of a new password, checked for length (`member`
+    /// names it in the error).
+    async fn password_hash(&self, member: &str, password: &str) -> Result<String, PrincipalError> {
+        if password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX {
+            return Err(PrincipalError::Invalid(format!(
+                "`{member}` must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters"
+            )));
+        }
+        let salt = SaltString::encode_b64(&random_bytes::<16>(self.core.keys().rng())?)
+            .map_err(|_| PrincipalError::Hashing)?;
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        // Argon2id takes tens of milliseconds of CPU: keep it off the
+        // async workers, and at most one per core at a time.
+        let permit = self.hashes.acquire().await.map_err(|_| PrincipalError::Hashing)?;
+        let hash = tokio::task::spawn_blocking(move || {
+            argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string())
+        })
+        .await
+        .map_err(|_| PrincipalError::Hashing)?
+        .map_err(|_| PrincipalError::Hashing)?;
+        drop(permit);
+        Ok(hash)
+    }
+
+    /// Replaces a customer's password, proving the current one; recorded as
+    /// `principal.secret_rotated`. Tokens already issued end at their
+    /// expiry; the caller ends the customer's sessions.
+    pub async fn password_change(&self, subject: SubjectId, current: &str, new: &str) -> Result<(), PrincipalError> {
+        let customer_id = subject.to_string();
+        self.password_verify(&customer_id, current).await?;
+        let hash = self.password_hash("new_password", new).await?;
+        let now = self.core.clock().rfc3339();
+        let event = AuditEvent::new(EventKind::PrincipalSecretRotated, Actor::customer(subject), &now)
+            .subject(subject)
+            .related(Related::Principal(crate::audit::Role::Customer), customer_id.clone());
+        let key = principal_key(Role::Customer, &customer_id);
+        let log = self.core.audit().clone();
+        let (appended, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let mut record: CustomerRecord = txn
+                    .get(&key)?
+                    .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| record_error("customer")))
+                    .transpose()?
+                    .ok_or(PrincipalError::BadCredentials)?;
+                record.password_argon2 = hash;
+                txn.put(key, serde_json::to_vec(&record).map_err(|_| record_error("customer"))?);
+                Ok::<_, PrincipalError>(log.append(txn, &event)?)
+            })
+            .await?;
+        self.core.audit().confirm(appended, &durable)?;
+        self.token_cache().forget_principal(&customer_id);
+        tracing::info!(%subject, "customer password changed");
+        Ok(())
+    }
+
     /// Issues a token for a client's credentials.
     pub fn token_for_client(&self, client_id: &str, client_secret: &str) -> Result<IssuedToken, PrincipalError> {
         let client: ClientRecord = match self.core.store().get(&Key::client(client_id))? {
@@ -681,6 +721,20 @@ impl Principals {
 
     /// Issues a token for a customer's password.
     pub async fn token_for_password(&self, customer_id: &str, password: &str) -> Result<IssuedToken, PrincipalError> {
+        self.password_sign_in(customer_id, password).await?;
+        self.token_issue(Role::Customer, customer_id, 0)
+    }
+
+    /// Checks a customer's password and records the sign-in as activity;
+    /// the subject it signs in as.
+    pub async fn password_sign_in(&self, customer_id: &str, password: &str) -> Result<SubjectId, PrincipalError> {
+        self.password_verify(customer_id, password).await?;
+        self.sign_in_record(customer_id).await?;
+        customer_id.parse().map_err(|_| PrincipalError::BadCredentials)
+    }
+
+    /// Whether `password` is the enabled customer `customer_id`'s.
+    async fn password_verify(&self, customer_id: &str, password: &str) -> Result<(), PrincipalError> {
         if password.len() > PASSWORD_BYTES_MAX || customer_id.parse::<SubjectId>().is_err() {
             return Err(PrincipalError::BadCredentials);
         }
@@ -710,8 +764,7 @@ impl Principals {
         if !(matches && known && enabled) {
             return Err(PrincipalError::BadCredentials);
         }
-        self.sign_in_record(customer_id).await?;
-        self.token_issue(Role::Customer, customer_id, 0)
+        Ok(())
     }
 
     /// Records a customer's sign-in as activity (for the retention rule);

@@ -57,7 +57,7 @@ pub struct Export {
     #[schema(value_type = crate::policy::FieldValues)]
     pub data: std::collections::BTreeMap<String, serde_json::Value>,
     /// Her connections to businesses.
-    pub relationships: Vec<Relationship>,
+    pub relationships: Vec<ExportedRelationship>,
     /// The access requests made to her.
     pub access_requests: Vec<AccessRequest>,
     /// Her grants, each with its signed receipt.
@@ -68,9 +68,21 @@ pub struct Export {
     pub access_log: Vec<crate::consent::AccessLogItem>,
 }
 
+/// A relationship in an export, with the business's name.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExportedRelationship {
+    /// The stored relationship.
+    #[serde(flatten)]
+    pub relationship: Relationship,
+    /// The business's registered name.
+    pub business_name: Option<String>,
+}
+
 /// A grant in an export, with its status at export time and its receipt.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExportedGrant {
+    /// The business's registered name.
+    pub business_name: Option<String>,
     /// The stored grant (times in Unix seconds).
     pub grant: GrantRecord,
     /// Where it stands now.
@@ -305,6 +317,11 @@ impl Rights {
 }
 
 impl Rights {
+    /// The registered name of business `id`.
+    fn business_name(&self, id: &crate::ids::BusinessId) -> Result<Option<String>, ConsentError> {
+        Ok(self.principals.principal(crate::auth::Role::Business, id.as_ref())?.map(|record| record.name))
+    }
+
     /// Everything the vault holds about `subject`, for the subject: data
     /// (opened through the audited read), relationships, access requests,
     /// grants with signed receipts, objections and the access log. Recorded
@@ -316,7 +333,8 @@ impl Rights {
         for grant in grants {
             let (receipt, signed_note) = self.consent.grant_receipt(subject, &grant.grant_id)?;
             let status = grant.status(self.core.clock().now_secs());
-            grant_items.push(ExportedGrant { grant, status, receipt, signed_receipt: signed_note });
+            let business_name = self.business_name(&grant.business_id)?;
+            grant_items.push(ExportedGrant { business_name, grant, status, receipt, signed_receipt: signed_note });
         }
         let mut access_log = Vec::new();
         let mut from = 0;
@@ -328,6 +346,14 @@ impl Rights {
                 None => break,
             }
         }
+        let relationships: Result<Vec<ExportedRelationship>, ConsentError> = self
+            .consent
+            .relationships(subject)?
+            .into_iter()
+            .map(|relationship| {
+                Ok(ExportedRelationship { business_name: self.business_name(&relationship.business_id)?, relationship })
+            })
+            .collect();
         let event = AuditEvent::new(EventKind::DataExported, Actor::customer(subject), &self.core.clock().rfc3339())
             .subject(subject)
             .fields(data.keys().cloned().collect());
@@ -338,7 +364,7 @@ impl Rights {
         Ok(Export {
             subject,
             data,
-            relationships: self.consent.relationships(subject)?,
+            relationships: relationships?,
             access_requests: self.consent.requests_of_customer(subject)?,
             grants: grant_items,
             objections: self.consent.objections(subject)?,

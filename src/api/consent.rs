@@ -20,6 +20,9 @@ use crate::ids::PairwiseId;
 pub struct RelationshipView {
     relationship_id: String,
     business_id: String,
+    /// The business's registered name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    business_name: Option<String>,
     pairwise_id: String,
     #[schema(format = DateTime)]
     connected_at: String,
@@ -27,11 +30,12 @@ pub struct RelationshipView {
     requests_blocked: bool,
 }
 
-impl From<Relationship> for RelationshipView {
-    fn from(r: Relationship) -> Self {
+impl RelationshipView {
+    fn new(r: Relationship, business_name: Option<String>) -> Self {
         Self {
             relationship_id: r.relationship_id.into(),
             business_id: r.business_id.into(),
+            business_name,
             pairwise_id: r.pairwise_id.into(),
             connected_at: r.connected_at,
             requests_blocked: r.requests_blocked,
@@ -45,6 +49,26 @@ impl From<Relationship> for RelationshipView {
 pub struct Items<T> {
     items: Vec<T>,
     cursor: Option<String>,
+}
+
+/// `page` with the name of each item's business (`business_of`), for views
+/// a customer reads: she sees businesses by name, not by id.
+fn with_business_names<T>(
+    state: &AppState,
+    page: Page<T>,
+    business_of: impl Fn(&T) -> &crate::ids::BusinessId,
+) -> Result<Page<(T, Option<String>)>, ApiError> {
+    let mut named = Vec::with_capacity(page.items.len());
+    for item in page.items {
+        let name = business_name(state, business_of(&item))?;
+        named.push((item, name));
+    }
+    Ok(Page { items: named, next: page.next })
+}
+
+/// The registered name of business `id`.
+pub(super) fn business_name(state: &AppState, id: &crate::ids::BusinessId) -> Result<Option<String>, ApiError> {
+    Ok(state.vault.principals().principal(crate::auth::Role::Business, id.as_ref())?.map(|record| record.name))
 }
 
 /// The answer for `page` of the listing `kind`, each item shown by `view`.
@@ -72,7 +96,8 @@ pub async fn relationships_list(
     const KIND: &str = "my-relationships";
     let page =
         state.vault.consent().relationships_page(caller.subject, paging.after(KIND)?.as_ref(), paging.limit()?)?;
-    Ok(items(page, KIND, RelationshipView::from))
+    let page = with_business_names(&state, page, |relationship| &relationship.business_id)?;
+    Ok(items(page, KIND, |(relationship, name)| RelationshipView::new(relationship, name)))
 }
 
 /// `POST /v1/me/relationships`: connect to a business.
@@ -84,7 +109,8 @@ pub async fn relationships_create(
 ) -> Result<Response, ApiError> {
     let relationship =
         state.vault.consent().relationship_create(caller.subject, &record_id(&body.business_id, "business")?).await?;
-    Ok((StatusCode::CREATED, axum::Json(RelationshipView::from(relationship))).into_response())
+    let name = business_name(&state, &relationship.business_id)?;
+    Ok((StatusCode::CREATED, axum::Json(RelationshipView::new(relationship, name))).into_response())
 }
 
 /// The answer to a disconnection.
@@ -134,7 +160,8 @@ pub async fn relationships_update(
     let id = record_id(&id, "relationship")?;
     let relationship =
         state.vault.consent().relationship_requests_block(caller.subject, &id, body.requests_blocked).await?;
-    Ok(axum::Json(relationship.into()))
+    let name = business_name(&state, &relationship.business_id)?;
+    Ok(axum::Json(RelationshipView::new(relationship, name)))
 }
 
 /// A grant on the wire.
@@ -142,6 +169,9 @@ pub async fn relationships_update(
 pub struct GrantView {
     grant_id: String,
     business_id: String,
+    /// The business's registered name (in the customer's views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    business_name: Option<String>,
     purposes: Vec<String>,
     fields: Vec<String>,
     /// When the grant starts (RFC 3339).
@@ -159,12 +189,19 @@ fn time_text(secs: i64) -> String {
 }
 
 impl GrantView {
+    /// The view with its business's name.
+    fn named(mut self, business_name: Option<String>) -> Self {
+        self.business_name = business_name;
+        self
+    }
+
     /// The view of `grant` at `now` (Unix seconds, the vault's clock).
     fn new(grant: GrantRecord, now: i64) -> Self {
         let status = grant.status(now);
         Self {
             grant_id: grant.grant_id.into(),
             business_id: grant.business_id.into(),
+            business_name: None,
             purposes: grant.purposes,
             fields: grant.fields,
             starts_at: time_text(grant.starts_at),
@@ -195,7 +232,8 @@ pub async fn grants_list(
     const KIND: &str = "my-grants";
     let page = state.vault.consent().grants_page(caller.subject, paging.after(KIND)?.as_ref(), paging.limit()?)?;
     let now = state.vault.core().clock().now_secs();
-    Ok(items(page, KIND, |grant| GrantView::new(grant, now)))
+    let page = with_business_names(&state, page, |grant| &grant.business_id)?;
+    Ok(items(page, KIND, |(grant, name)| GrantView::new(grant, now).named(name)))
 }
 
 /// `POST /v1/me/grants`: grant a business access directly.
@@ -216,7 +254,9 @@ pub async fn grants_create(
             body.duration_days,
         )
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
+    let name = business_name(&state, &grant.business_id)?;
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()).named(name)))
+        .into_response())
 }
 
 /// `GET /v1/me/grants/{id}`.
@@ -227,7 +267,8 @@ pub async fn grants_get(
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
     let grant = state.vault.consent().grant(caller.subject, &record_id(&id, "grant")?)?;
-    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
+    let name = business_name(&state, &grant.business_id)?;
+    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()).named(name)))
 }
 
 /// `DELETE /v1/me/grants/{id}`: revoke, effective immediately.
@@ -238,7 +279,8 @@ pub async fn grants_revoke(
     Path(id): Path<String>,
 ) -> Result<axum::Json<GrantView>, ApiError> {
     let grant = state.vault.consent().grant_revoke(caller.subject, &record_id(&id, "grant")?).await?;
-    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs())))
+    let name = business_name(&state, &grant.business_id)?;
+    Ok(axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()).named(name)))
 }
 
 /// Objections on the wire.
@@ -622,18 +664,8 @@ pub async fn my_requests_list(
         paging.limit()?,
     )?;
     let now = state.vault.core().clock().now_secs();
-    let mut named = Vec::with_capacity(page.items.len());
-    for request in page.items {
-        let name = state
-            .vault
-            .principals()
-            .principal(crate::auth::Role::Business, &request.business_id)?
-            .map(|record| record.name);
-        named.push((request, name));
-    }
-    Ok(items(Page { items: named, next: page.next }, KIND, |(request, name)| {
-        RequestView::new(request, now, false, name)
-    }))
+    let page = with_business_names(&state, page, |request| &request.business_id)?;
+    Ok(items(page, KIND, |(request, name)| RequestView::new(request, now, false, name)))
 }
 
 /// The body of an approval: every member optional, each a narrowing.
@@ -659,7 +691,9 @@ pub async fn my_requests_approve(
         duration_days: body.duration_days,
     };
     let grant = state.vault.consent().request_approve(caller.subject, &record_id(&id, "request")?, narrowing).await?;
-    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()))).into_response())
+    let name = business_name(&state, &grant.business_id)?;
+    Ok((StatusCode::CREATED, axum::Json(GrantView::new(grant, state.vault.core().clock().now_secs()).named(name)))
+        .into_response())
 }
 
 /// The body of a denial.

@@ -182,6 +182,13 @@ impl From<AuditError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem this error answers with.
+    pub fn problem(&self) -> &Problem {
+        &self.0
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.0.status == StatusCode::UNAUTHORIZED.as_u16();

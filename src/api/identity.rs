@@ -185,7 +185,7 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenRequest, ApiError> {
 }
 
 /// Splits an `application/x-www-form-urlencoded` body into decoded pairs.
-fn url_form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
+pub(super) fn url_form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
     let text = std::str::from_utf8(body).ok()?;
     let decode = |part: &str| -> Option<String> {
         let mut bytes = Vec::with_capacity(part.len());

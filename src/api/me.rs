@@ -104,7 +104,43 @@ pub async fn me_erase(
     if body.confirm != "erase" {
         return Err(ApiError::erasure_unconfirmed());
     }
-    Ok(axum::Json(state.vault.rights().subject_erase(caller.subject).await?))
+    let receipt = state.vault.rights().subject_erase(caller.subject).await?;
+    // Her privacy-center sessions end with her.
+    state.sessions.end_subject(caller.subject);
+    Ok(axum::Json(receipt))
+}
+
+/// The body of `POST /v1/me/password`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// The password now.
+    current_password: String,
+    /// The new one (12 to 1024 characters).
+    new_password: String,
+}
+
+/// The answer to a password change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PasswordChanged {
+    /// Always true.
+    changed: bool,
+}
+
+/// `POST /v1/me/password`: a customer of the built-in identity replaces her
+/// password, proving the current one; her privacy-center sessions end.
+/// Recorded as `principal.secret_rotated`.
+#[utoipa::path(post, path = "/v1/me/password", tag = "customer", request_body = PasswordChange, security(("bearer" = [])), responses((status = 200, body = PasswordChanged), (status = 401, description = "Missing or invalid token, or not the current password", body = Problem, content_type = "application/problem+json")))]
+pub async fn password_change(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<PasswordChange>,
+) -> Result<axum::Json<PasswordChanged>, ApiError> {
+    let current = zeroize::Zeroizing::new(body.current_password);
+    let new = zeroize::Zeroizing::new(body.new_password);
+    state.vault.principals().password_change(caller.subject, &current, &new).await?;
+    state.sessions.end_subject(caller.subject);
+    Ok(axum::Json(PasswordChanged { changed: true }))
 }
 
 /// `GET /v1/me/export`: everything held about me, in one document: JSON by

@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit;
+pub mod center;
 mod consent;
 mod describe;
 pub mod error;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub principal_requests: Arc<crate::auth::ratelimit::RateLimiter>,
     /// What `/metrics` counts of the HTTP surface.
     pub metrics: Arc<observe::HttpMetrics>,
+    /// The privacy center's sessions.
+    pub sessions: Arc<crate::auth::session::Sessions>,
 }
 
 /// Request ids: 128 random bits as hex, from the system generator.
@@ -84,7 +87,8 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     let principal_requests =
         Arc::new(crate::auth::ratelimit::RateLimiter::new(per_sec.saturating_mul(2), per_sec.saturating_mul(60)));
     let metrics = Arc::new(observe::HttpMetrics::default());
-    let state = AppState { vault, principal_requests, metrics: Arc::clone(&metrics) };
+    let sessions = Arc::new(crate::auth::session::Sessions::default());
+    let state = AppState { vault, principal_requests, metrics: Arc::clone(&metrics), sessions };
     let guard_state = state.clone();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
@@ -104,6 +108,8 @@ pub fn router(vault: Arc<Vault>, limits: Limits) -> Router {
     routes
         .route_layer(middleware::from_fn_with_state(queryless, refuse_undeclared_query))
         .route_layer(middleware::from_fn(observe::route_mark))
+        // The privacy center's pages (HTML, outside the API description).
+        .merge(center::routes().route_layer(middleware::from_fn(observe::route_mark)))
         .layer(axum::Extension(openapi))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Problem::for_status(StatusCode::METHOD_NOT_ALLOWED) })
@@ -286,6 +292,7 @@ pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
         identity::SecretRotation,
         me::FieldPut,
         me::EraseConfirm,
+        me::PasswordChange,
         serde_json::Map<String, serde_json::Value>,
     );
     let Ok(uri) = format!("/?{query}").parse::<axum::http::Uri>() else { return };
@@ -369,6 +376,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::access_log))
         .routes(routes!(consent::grants_receipt))
         .routes(routes!(me::me_erase))
+        .routes(routes!(me::password_change))
         .routes(routes!(me::me_export))
         .routes(routes!(consent::my_requests_list))
         .routes(routes!(consent::my_requests_approve))

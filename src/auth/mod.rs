@@ -10,6 +10,7 @@ pub mod external;
 pub mod jwt_ring;
 pub mod oidc;
 pub mod ratelimit;
+pub mod session;
 pub mod token;
 
 use serde::{Deserialize, Serialize};

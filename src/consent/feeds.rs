@@ -24,6 +24,9 @@ pub struct AccessLogItem {
     /// The business, for reads by a business.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub business_id: Option<String>,
+    /// Its registered name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_name: Option<String>,
     /// The purpose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
@@ -76,18 +79,27 @@ impl Consent {
         limit: usize,
     ) -> Result<(Vec<AccessLogItem>, Option<u64>), ConsentError> {
         let indices = self.core.audit().indices_of_subject(self.core.store(), subject, from, EVENT_SCAN_MAX)?;
-        self.events_at(&indices, limit, |index, event| {
+        let (mut items, next) = self.events_at(&indices, limit, |index, event| {
             (event.kind == EventKind::DataRead).then_some(AccessLogItem {
                 audit_index: index,
                 time: event.time,
                 role: event.actor.role,
                 business_id: event.business,
+                business_name: None,
                 purpose: event.purpose,
                 fields: event.fields,
                 decision: event.decision,
                 withheld: event.reasons,
             })
-        })
+        })?;
+        // She reads who read her data by name.
+        for item in &mut items {
+            if let Some(id) = &item.business_id {
+                item.business_name =
+                    self.principals.principal(crate::auth::Role::Business, id)?.map(|record| record.name);
+            }
+        }
+        Ok((items, next))
     }
 
     /// Reads the events at `indices` (one bounded window of markers) and
