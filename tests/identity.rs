@@ -226,6 +226,9 @@ fn operations() -> Vec<Operation> {
         op("GET", "/v1/me/objections", CUSTOMER, |_| call("/v1/me/objections")),
         op("PUT", "/v1/me/objections", CUSTOMER, |_| call_with("/v1/me/objections", json!({"purposes": []}))),
         op("GET", "/v1/me/access-log", CUSTOMER, |_| call("/v1/me/access-log?proofs=true")),
+        op("POST", "/v1/me/password", CUSTOMER, |_| {
+            call_with("/v1/me/password", json!({"current_password": roles::PASSWORD, "new_password": roles::PASSWORD}))
+        }),
         op("GET", "/v1/relationships", BUSINESS, |_| call("/v1/relationships")),
         op("GET", "/v1/grants", BUSINESS, |_| call("/v1/grants")),
         op("GET", "/v1/access-requests", BUSINESS, |_| call("/v1/access-requests")),

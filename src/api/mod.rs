@@ -445,10 +445,11 @@ async fn openapi_get(
 async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    // Problem documents, and the privacy center's pages, which say what is
+    // wrong in HTML, stay as they are.
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| {
+        value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()) || value.as_bytes().starts_with(b"text/html")
+    });
     if (status.is_client_error() || status.is_server_error()) && !is_problem {
         let mut replaced = Problem::for_status(status).into_response();
         for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {

@@ -68,6 +68,7 @@ pub fn routes() -> Router<AppState> {
         .route("/password", get(password_page).post(password_change))
         .route("/assets/center.css", get(|| async { asset("text/css; charset=utf-8", pages::CENTER_CSS) }))
         .route("/assets/verify.js", get(|| async { asset("text/javascript; charset=utf-8", pages::VERIFY_JS) }))
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", pages::ICON_SVG) }))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -77,9 +78,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CENTER_CSP));
+    // A page with a policy of its own (the readable export) keeps it.
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(CENTER_CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Same-origin requests carry the origin (a form post's `Origin`, which
+    // `form_check` compares); nothing is sent to other sites.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
@@ -210,8 +214,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
 fn form_check(headers: &HeaderMap, session: Option<&Session>, form: &Form) -> Result<(), Refusal> {
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
-    if let (Some(origin), Some(host)) = (origin, host) {
-        let same = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
+    // A browser names the page a form came from; another site's page, or
+    // one that hides its origin (`null`), is refused. A client without an
+    // `Origin` (no browser) still needs the session's token.
+    if let Some(origin) = origin {
+        let same = host.is_some() && origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == host;
         if !same {
             return Err(forbidden_form().into());
         }
@@ -401,7 +408,8 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
         .filter(|grant| grant.status(now) == crate::consent::GrantStatus::Active)
         .collect();
     let (reads, _) = vault.consent().access_log(subject, 0, 1000).map_err(failed)?;
-    let latest: Vec<_> = reads.iter().rev().take(5).collect();
+    // Her own looks at her data are in the access log; here, the businesses'.
+    let latest: Vec<_> = reads.iter().rev().filter(|read| read.business_id.is_some()).take(5).collect();
     let names =
         business_names(&state, pending.iter().map(|r| &r.business_id).chain(live.iter().map(|g| &g.business_id)))?;
     let body = html! {
@@ -432,9 +440,9 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
             }
         }
         section {
-            h2 { "Latest reads of your data" }
+            h2 { "Latest reads by businesses" }
             @if latest.is_empty() {
-                p { "Nobody has read your data." }
+                p { "No business has read your data." }
             } @else {
                 ul {
                     @for read in latest {
@@ -473,22 +481,21 @@ fn business_names<'a>(
 /// One read, as a sentence.
 fn read_sentence(read: &crate::consent::AccessLogItem) -> Markup {
     use crate::audit::Decision;
-    let who = match (&read.business_name, read.role) {
-        (Some(name), _) => name.clone(),
-        (None, crate::audit::Role::Customer) => "You".to_owned(),
-        (None, _) => "A business no longer registered".to_owned(),
-    };
+    if read.role == crate::audit::Role::Customer {
+        let what = if read.fields.is_empty() { "nothing was stored".to_owned() } else { read.fields.join(", ") };
+        return html! { (readable_time(&read.time)) ": " strong { "You" } " looked at your data (" (what) ")" };
+    }
+    let who = read.business_name.clone().unwrap_or_else(|| "A business no longer registered".to_owned());
     let outcome = match read.decision {
         Some(Decision::Allow) => "and got",
-        Some(Decision::Partial) => "and got part:",
-        Some(Decision::Deny) => "and was refused",
-        None => "",
+        Some(Decision::Partial) => "and got only",
+        Some(Decision::Deny) | None => "and was refused",
     };
     html! {
-        (readable_time(&read.time)) ": " strong { (who) } " read "
-        @if let Some(purpose) = &read.purpose { "for " (purpose) " " }
-        (outcome) " "
-        @if !read.fields.is_empty() { (read.fields.join(", ")) }
+        (readable_time(&read.time)) ": " strong { (who) } " asked"
+        @if let Some(purpose) = &read.purpose { " for " (purpose) }
+        " " (outcome)
+        @if !read.fields.is_empty() { " " (read.fields.join(", ")) }
     }
 }
 
@@ -525,11 +532,14 @@ async fn requests_page(
                     form method="post" action={ "/requests/" (id) "/approve" } {
                         (csrf(session))
                         fieldset {
-                            legend { "Share only what you want" }
+                            legend { "Share only the data you want" }
                             @for field in &request.fields {
                                 @let input_id = format!("{id}-field-{field}");
                                 div.choice { input type="checkbox" id=(input_id) name="fields" value=(field) checked; label for=(input_id) { (field_words(&policies.catalogue, field)) } }
                             }
+                        }
+                        fieldset {
+                            legend { "Only for" }
                             @for purpose in &request.purposes {
                                 @let input_id = format!("{id}-purpose-{purpose}");
                                 div.choice { input type="checkbox" id=(input_id) name="purposes" value=(purpose) checked; label for=(input_id) { (purpose_words(&policies, purpose)) } }
@@ -618,10 +628,11 @@ async fn sharing_page(
                     @let status = grant.status(now);
                     @let id = grant.grant_id.to_string();
                     article.grant {
-                        p {
-                            (grant.fields.iter().map(|f| policies.catalogue.field(f).map_or(f.clone(), |s| s.description.clone())).collect::<Vec<_>>().join(", "))
-                            " for "
-                            (grant.purposes.iter().map(|p| policies.rules.purposes.get(p).map_or(p.clone(), |s| s.description.clone())).collect::<Vec<_>>().join(", "))
+                        dl {
+                            dt { "Data" }
+                            dd { ul { @for field in &grant.fields { li { (field_words(&policies.catalogue, field)) } } } }
+                            dt { "For" }
+                            dd { ul { @for purpose in &grant.purposes { li { (purpose_words(&policies, purpose)) } } } }
                         }
                         p.small {
                             @match status {
@@ -1039,6 +1050,8 @@ async fn export_readable(State(state): State<AppState>, caller: SessionCaller) -
     let mut response = super::export_html::render(&document).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(super::export_html::CONTENT_SECURITY_POLICY));
     Ok(response)
 }
 

@@ -56,6 +56,7 @@ pub fn layout(title: &str, session: Option<&Session>, section: Section, notice: 
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Privacy center" }
                 link rel="stylesheet" href="/assets/center.css";
+                link rel="icon" href="/favicon.ico" type="image/svg+xml";
             }
             body {
                 header {
@@ -76,7 +77,7 @@ pub fn layout(title: &str, session: Option<&Session>, section: Section, notice: 
                         }
                         form.sign-out method="post" action="/sign-out" {
                             input type="hidden" name="csrf" value=(session.csrf);
-                            button type="submit" { "Sign out" }
+                            button.secondary type="submit" { "Sign out" }
                         }
                     }
                 }
@@ -115,20 +116,20 @@ pub fn field_words(catalogue: &Catalogue, field: &str) -> Markup {
 
 /// An RFC 3339 time as people read it: `2 December 2026, 06:30 UTC`.
 pub fn readable_time(rfc3339: &str) -> String {
-    let format = time::macros::format_description!("[day padding:none] [month repr:long] [year], [hour]:[minute] UTC");
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .ok()
-        .and_then(|at| at.to_offset(time::UtcOffset::UTC).format(&format).ok())
+        .and_then(readable)
         .unwrap_or_else(|| rfc3339.to_owned())
 }
 
 /// A time in Unix seconds as people read it.
 pub fn readable_secs(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs).ok().and_then(readable).unwrap_or_else(|| secs.to_string())
+}
+
+fn readable(at: time::OffsetDateTime) -> Option<String> {
     let format = time::macros::format_description!("[day padding:none] [month repr:long] [year], [hour]:[minute] UTC");
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|at| at.format(&format).ok())
-        .unwrap_or_else(|| secs.to_string())
+    at.to_offset(time::UtcOffset::UTC).format(&format).ok()
 }
 
 /// The sign-in or sign-up form, with a message when the last try failed.
@@ -230,6 +231,9 @@ pub fn value_input(id: &str, value_type: &ValueType, value: Option<&serde_json::
 
 /// The script of the access-log page (served from `/assets/verify.js`).
 pub const VERIFY_JS: &str = include_str!("verify.js");
+
+/// The center's icon: a shield.
+pub const ICON_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\"><path d=\"M16 2 4 7v8c0 7 5 12 12 15 7-3 12-8 12-15V7z\" fill=\"#0b5cad\"/><path d=\"m10 16 4 4 8-8\" stroke=\"#fff\" stroke-width=\"3\" fill=\"none\"/></svg>";
 
 /// The style sheet of every page (served from `/assets/center.css`).
 pub const CENTER_CSS: &str = include_str!("center.css");

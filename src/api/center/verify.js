@@ -60,7 +60,10 @@
 
   // A C2SP signed note: the body, a blank line, then "— name base64" lines.
   async function checkpointVerified(note, verifierKey) {
-    const [name, keyHash, keyText] = verifierKey.trim().split("+");
+    // name+hash+base64: the base64 may hold '+' itself.
+    const text = verifierKey.trim();
+    const first = text.indexOf("+"), second = text.indexOf("+", first + 1);
+    const [name, keyHash, keyText] = [text.slice(0, first), text.slice(first + 1, second), text.slice(second + 1)];
     const key = bytes(keyText);
     if (key.length !== 33 || key[0] !== 1) return null;
     const split = note.indexOf("\n\n");
