@@ -1,0 +1,212 @@
+//! The privacy center over plain HTTP, as an attacker would try it: the
+//! session cookie's attributes, the pages' security headers, forms without
+//! their token or from another origin, sign-in guessing, a session after a
+//! password change or erasure, and a second customer's session. The whole
+//! flow in a real browser is `scripts/browser-test`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::app::TestApp;
+use common::roles;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, ORIGIN, SET_COOKIE};
+use serde_json::json;
+
+/// A client that does not follow redirects, so each answer is seen.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Signs `customer_id` in; returns the session cookie's value and the whole
+/// `Set-Cookie` line.
+async fn sign_in(base: &str, customer_id: &str) -> (String, String) {
+    let answer = client()
+        .post(format!("{base}/sign-in"))
+        .form(&[("customer_id", customer_id), ("password", roles::PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{}", answer.text().await.unwrap());
+    let line = answer.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let value = line.split(';').next().unwrap().strip_prefix("cv_session=").unwrap().to_owned();
+    (value, line)
+}
+
+async fn page(base: &str, path: &str, session: &str) -> (StatusCode, String) {
+    let answer = client().get(format!("{base}{path}")).header("cookie", format!("cv_session={session}")).send().await;
+    let answer = answer.unwrap();
+    let status = answer.status();
+    let location = answer.headers().get(LOCATION).map(|value| value.to_str().unwrap().to_owned());
+    (status, location.unwrap_or(answer.text().await.unwrap()))
+}
+
+fn csrf_of(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_and_the_pages_carry_their_protections() {
+    let app = TestApp::start().await;
+    let base = app.anonymous().caller().base_url().to_owned();
+    let customer = app.customer().await;
+    let (session, line) = sign_in(&base, &customer.id).await;
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(line.contains(attribute), "{line}");
+    }
+    assert!(!line.contains("Secure"), "plain HTTP gets no Secure cookie: {line}");
+    let behind_tls = client()
+        .post(format!("{base}/sign-in"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("customer_id", customer.id.as_str()), ("password", roles::PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert!(behind_tls.headers()[SET_COOKIE].to_str().unwrap().contains("; Secure"));
+
+    let answer = client().get(format!("{base}/")).header("cookie", format!("cv_session={session}")).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let headers = answer.headers().clone();
+    let policy = headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(headers[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    let text = answer.text().await.unwrap();
+    assert!(text.contains(&customer.id), "the home page names her id");
+    assert!(!text.contains("<script>") && !text.contains("http://") && !text.contains("https://"), "nothing from elsewhere");
+
+    // Signed out or never signed in: the sign-in page, nothing else.
+    for (cookie, path) in [("", "/"), ("made-up", "/sharing"), ("", "/access-log/proofs")] {
+        let (status, location) = page(&base, path, cookie).await;
+        assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/sign-in"), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_without_its_token_or_from_another_origin_changes_nothing() {
+    let app = TestApp::start().await;
+    let base = app.anonymous().caller().base_url().to_owned();
+    let customer = app.customer().await;
+    let (session, _) = sign_in(&base, &customer.id).await;
+    let (_, objections_page) = page(&base, "/objections", &session).await;
+    let csrf = csrf_of(&objections_page);
+    let post = |form: Vec<(&'static str, String)>, origin: Option<&'static str>| {
+        let mut request = client()
+            .post(format!("{base}/objections"))
+            .header("cookie", format!("cv_session={session}"))
+            .form(&form);
+        if let Some(origin) = origin {
+            request = request.header(ORIGIN, origin);
+        }
+        request.send()
+    };
+    let refused = [
+        (vec![("purposes", "marketing".to_owned())], None),
+        (vec![("purposes", "marketing".to_owned()), ("csrf", "forged".to_owned())], None),
+        (vec![("purposes", "marketing".to_owned()), ("csrf", csrf.clone())], Some("https://evil.example")),
+        (vec![("purposes", "marketing".to_owned()), ("csrf", csrf.clone())], Some("null")),
+    ];
+    for (form, origin) in refused {
+        let answer = post(form, origin).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{origin:?}");
+        assert!(answer.text().await.unwrap().contains("Nothing was changed"));
+    }
+    assert_eq!(customer.objections().await.1["purposes"], json!([]), "nothing changed");
+    let same_origin = base.strip_prefix("http://").map(|host| format!("http://{host}")).unwrap();
+    let accepted = client()
+        .post(format!("{base}/objections"))
+        .header("cookie", format!("cv_session={session}"))
+        .header(ORIGIN, same_origin)
+        .form(&[("purposes", "marketing"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(customer.objections().await.1["purposes"], json!(["marketing"]), "the real form works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_at_a_password_change_and_at_erasure_and_guessing_is_limited() {
+    let app = TestApp::start().await;
+    let base = app.anonymous().caller().base_url().to_owned();
+    let customer = app.customer().await;
+    let (first, _) = sign_in(&base, &customer.id).await;
+    let (second, _) = sign_in(&base, &customer.id).await;
+    // A password change through the API ends every session of hers.
+    let (status, changed) = customer
+        .caller()
+        .post("/v1/me/password", &json!({"current_password": roles::PASSWORD, "new_password": roles::PASSWORD}))
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    for session in [&first, &second] {
+        assert_eq!(page(&base, "/", session).await.1, "/sign-in");
+    }
+    let (status, wrong) = customer
+        .caller()
+        .post("/v1/me/password", &json!({"current_password": "not my password at all", "new_password": "x".repeat(12)}))
+        .await;
+    assert_eq!(status, 401, "{wrong}");
+
+    // Erased through the API: her session opens nothing.
+    let (session, _) = sign_in(&base, &customer.id).await;
+    let (status, _) = customer.caller().delete("/v1/me", Some(&json!({"confirm": "erase"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(page(&base, "/data", &session).await.1, "/sign-in");
+
+    // Guessing a password is limited as at the token endpoint.
+    let other = app.customer().await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let answer = client()
+            .post(format!("{base}/sign-in"))
+            .form(&[("customer_id", other.id.as_str()), ("password", "a wrong guess, again")])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses.first(), Some(&401));
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sees_businesses_by_name_and_nobody_elses_records() {
+    let app = TestApp::start().await;
+    let base = app.anonymous().caller().base_url().to_owned();
+    let business = app.business("Acme Pizza", &["order-fulfilment", "marketing"]).await;
+    let ada = app.customer().await;
+    let (status, relationship) = ada.connect(&business.id).await;
+    assert_eq!(status, 201, "{relationship}");
+    assert_eq!(relationship["business_name"], "Acme Pizza");
+    let (status, grant) = ada
+        .grant(&json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}))
+        .await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(grant["business_name"], "Acme Pizza");
+    let (_, relationships) = ada.relationships().await;
+    assert_eq!(relationships["items"][0]["business_name"], "Acme Pizza");
+
+    let (ada_session, _) = sign_in(&base, &ada.id).await;
+    let (_, sharing) = page(&base, "/sharing", &ada_session).await;
+    assert!(sharing.contains("Acme Pizza") && !sharing.contains(&business.id), "names, not ids");
+
+    // Bob's session: her grant is not his to see, download or revoke.
+    let bob = app.customer().await;
+    let (bob_session, _) = sign_in(&base, &bob.id).await;
+    let grant_id = grant["grant_id"].as_str().unwrap();
+    let (_, bob_sharing) = page(&base, "/sharing", &bob_session).await;
+    assert!(!bob_sharing.contains("Acme Pizza"));
+    assert_eq!(page(&base, &format!("/sharing/{grant_id}/receipt"), &bob_session).await.0, StatusCode::NOT_FOUND);
+    let answer = client()
+        .post(format!("{base}/sharing/{grant_id}/revoke"))
+        .header("cookie", format!("cv_session={bob_session}"))
+        .form(&[("csrf", csrf_of(&bob_sharing))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    assert_eq!(ada.grant_get(grant_id).await.1["status"], "active", "her grant stands");
+}
