@@ -66,7 +66,8 @@ async fn the_session_cookie_and_the_pages_carry_their_protections() {
         .unwrap();
     assert!(behind_tls.headers()[SET_COOKIE].to_str().unwrap().contains("; Secure"));
 
-    let answer = client().get(format!("{base}/")).header("cookie", format!("cv_session={session}")).send().await.unwrap();
+    let answer =
+        client().get(format!("{base}/")).header("cookie", format!("cv_session={session}")).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     let headers = answer.headers().clone();
     let policy = headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
@@ -76,7 +77,10 @@ async fn the_session_cookie_and_the_pages_carry_their_protections() {
     assert!(headers[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
     let text = answer.text().await.unwrap();
     assert!(text.contains(&customer.id), "the home page names her id");
-    assert!(!text.contains("<script>") && !text.contains("http://") && !text.contains("https://"), "nothing from elsewhere");
+    assert!(
+        !text.contains("<script>") && !text.contains("http://") && !text.contains("https://"),
+        "nothing from elsewhere"
+    );
 
     // Signed out or never signed in: the sign-in page, nothing else.
     for (cookie, path) in [("", "/"), ("made-up", "/sharing"), ("", "/access-log/proofs")] {
@@ -94,10 +98,8 @@ async fn a_form_without_its_token_or_from_another_origin_changes_nothing() {
     let (_, objections_page) = page(&base, "/objections", &session).await;
     let csrf = csrf_of(&objections_page);
     let post = |form: Vec<(&'static str, String)>, origin: Option<&'static str>| {
-        let mut request = client()
-            .post(format!("{base}/objections"))
-            .header("cookie", format!("cv_session={session}"))
-            .form(&form);
+        let mut request =
+            client().post(format!("{base}/objections")).header("cookie", format!("cv_session={session}")).form(&form);
         if let Some(origin) = origin {
             request = request.header(ORIGIN, origin);
         }
@@ -182,7 +184,9 @@ async fn a_customer_sees_businesses_by_name_and_nobody_elses_records() {
     assert_eq!(status, 201, "{relationship}");
     assert_eq!(relationship["business_name"], "Acme Pizza");
     let (status, grant) = ada
-        .grant(&json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}))
+        .grant(
+            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
+        )
         .await;
     assert_eq!(status, 201, "{grant}");
     assert_eq!(grant["business_name"], "Acme Pizza");

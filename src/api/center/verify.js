@@ -96,7 +96,8 @@
     if (seen && seen.origin === checkpoint.origin) {
       const old = BigInt(seen.size);
       if (old > checkpoint.size) {
-        said += ` It is SMALLER than the one this browser saw before (${old} entries).`;
+        say(said + ` It is SMALLER than the one this browser saw before (${old} entries): entries were removed.`);
+        return;
       } else {
         const proof = await (await fetch(`/access-log/consistency?old_size=${old}&new_size=${checkpoint.size}`, { credentials: "same-origin" })).json();
         const ok = await consistent(old, bytes(seen.root), checkpoint.size, checkpoint.root, (proof.hashes || []).map(bytes));
