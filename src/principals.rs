@@ -46,6 +46,10 @@ pub enum PrincipalError {
     /// A rotation named a current client secret that is not the one held.
     #[error("the current client secret given is not this client's")]
     WrongSecret,
+    /// Too many wrong passwords for this customer lately (the sign-in
+    /// limit); try again after the wait.
+    #[error("too many attempts; try again in {} s", .0.as_secs().max(1))]
+    TooManyAttempts(std::time::Duration),
     /// The token is not acceptable (expired, forged, of a disabled or
     /// unknown principal...).
     #[error("invalid token: {0}")]
@@ -668,7 +672,18 @@ impl Principals {
     /// expiry; the caller ends the customer's sessions.
     pub async fn password_change(&self, subject: SubjectId, current: &str, new: &str) -> Result<(), PrincipalError> {
         let customer_id = subject.to_string();
-        self.password_verify(&customer_id, current).await?;
+        // Counted as sign-in failures are: a stolen session or token must
+        // not guess the current password at will.
+        let attempts = &self.limits().failures_per_client;
+        let attempt_key = format!("customer:{customer_id}");
+        attempts.take(&attempt_key).map_err(PrincipalError::TooManyAttempts)?;
+        match self.password_verify(&customer_id, current).await {
+            Err(PrincipalError::BadCredentials) => return Err(PrincipalError::BadCredentials),
+            other => {
+                attempts.refund(&attempt_key);
+                other?;
+            }
+        }
         let hash = self.password_hash("new_password", new).await?;
         let now = self.core.clock().rfc3339();
         let event = AuditEvent::new(EventKind::PrincipalSecretRotated, Actor::customer(subject), &now)

@@ -172,6 +172,15 @@ async fn sessions_end_at_a_password_change_and_at_erasure_and_guessing_is_limite
     }
     assert_eq!(statuses.first(), Some(&401));
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+
+    // So is guessing the current password with her token.
+    let third = app.customer().await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let body = json!({"current_password": "another wrong guess", "new_password": "y".repeat(12)});
+        statuses.push(third.caller().post("/v1/me/password", &body).await.0);
+    }
+    assert_eq!((statuses.first(), statuses.last()), (Some(&401), Some(&429)), "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,7 @@ impl From<crate::principals::PrincipalError> for ApiError {
             }
             PrincipalError::BadCredentials | PrincipalError::BadToken(_) => Self::unauthorized(),
             PrincipalError::WrongSecret => Self::invalid_credentials(),
+            PrincipalError::TooManyAttempts(wait) => Self::too_many("token_failures_per_client", wait),
             PrincipalError::Store(error) => error.into(),
             PrincipalError::Audit(error) => Self::failed_audit(error),
             error @ (PrincipalError::CredentialsFile { .. }

@@ -128,8 +128,10 @@ pub struct PasswordChanged {
 }
 
 /// `POST /v1/me/password`: a customer of the built-in identity replaces her
-/// password, proving the current one; her privacy-center sessions end.
-/// Recorded as `principal.secret_rotated`.
+/// password, proving the current one; her privacy-center sessions end, and
+/// tokens already issued end at their expiry. Wrong current passwords count
+/// as failed sign-ins (429 beyond the limit). Recorded as
+/// `principal.secret_rotated`.
 #[utoipa::path(post, path = "/v1/me/password", tag = "customer", request_body = PasswordChange, security(("bearer" = [])), responses((status = 200, body = PasswordChanged), (status = 401, description = "Missing or invalid token, or not the current password", body = Problem, content_type = "application/problem+json")))]
 pub async fn password_change(
     caller: CustomerCaller,

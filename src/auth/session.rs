@@ -23,6 +23,9 @@ pub const SESSION_LIFETIME_MAX: Duration = Duration::from_secs(12 * 60 * 60);
 /// Most sessions held at once; beyond, the expired ones are dropped, then
 /// the oldest.
 const SESSIONS_MAX: usize = 100_000;
+/// Most sessions one customer holds; a new one beyond ends her oldest, so
+/// one account cannot crowd out everyone else's.
+pub const SESSIONS_PER_SUBJECT_MAX: usize = 16;
 
 /// A live session, as a request sees it.
 #[derive(Clone, PartialEq, Eq)]
@@ -77,6 +80,17 @@ impl Sessions {
         let session = Session { subject, csrf: random_text(rng)? };
         let now = Instant::now();
         let mut entries = self.entries();
+        let mut hers: Vec<([u8; 32], Instant)> = entries
+            .iter()
+            .filter(|(_, entry)| entry.session.subject == subject)
+            .map(|(key, entry)| (*key, entry.started))
+            .collect();
+        if hers.len() >= SESSIONS_PER_SUBJECT_MAX {
+            hers.sort_by_key(|(_, started)| *started);
+            for (key, _) in &hers[..=hers.len() - SESSIONS_PER_SUBJECT_MAX] {
+                entries.remove(key);
+            }
+        }
         if entries.len() >= SESSIONS_MAX {
             entries.retain(|_, entry| Self::live(entry, now));
             if entries.len() >= SESSIONS_MAX
@@ -141,5 +155,19 @@ mod tests {
         sessions.end_subject(ada);
         assert_eq!(sessions.get(&second), None);
         assert_eq!(sessions.get(&third).map(|session| session.subject), Some(bob));
+    }
+
+    #[test]
+    fn one_customer_holds_a_bounded_number_of_sessions_and_a_new_one_ends_her_oldest() {
+        let sessions = Sessions::default();
+        let rng = ring::rand::SystemRandom::new();
+        let ada: SubjectId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let bob: SubjectId = "fedcba9876543210fedcba9876543210".parse().unwrap();
+        let (bobs, _) = sessions.start(bob, &rng).unwrap();
+        let cookies: Vec<String> =
+            (0..=SESSIONS_PER_SUBJECT_MAX).map(|_| sessions.start(ada, &rng).unwrap().0).collect();
+        assert_eq!(sessions.get(&cookies[0]), None, "her oldest ended");
+        assert!(cookies[1..].iter().all(|cookie| sessions.get(cookie).is_some()));
+        assert!(sessions.get(&bobs).is_some(), "nobody else's");
     }
 }

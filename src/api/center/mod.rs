@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::session::{SESSION_IDLE, Session};
+use crate::auth::session::Session;
 use crate::ids::SubjectId;
 use pages::{Section, csrf, field_words, layout, purpose_words, readable_secs, readable_time};
 
@@ -128,10 +128,16 @@ fn see_other(path: &str) -> Response {
 
 /// A signed-in customer, from the session cookie; pages redirect to the
 /// sign-in page without one.
-#[derive(Debug)]
 pub struct SessionCaller {
     cookie: String,
     session: Session,
+}
+
+impl std::fmt::Debug for SessionCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the cookie: it is the session.
+        f.debug_struct("SessionCaller").field("session", &self.session).finish_non_exhaustive()
+    }
 }
 
 impl SessionCaller {
@@ -256,15 +262,17 @@ fn problem_page(error: &ApiError) -> Response {
     (status, page(layout(problem.title, None, Section::None, None, body))).into_response()
 }
 
-/// The session cookie for `value`, living as long as a session may idle;
+/// The session cookie for `value`: a browser-session cookie (the vault ends
+/// the session itself, idle or old), or, with `ended`, one that clears it;
 /// `Secure` when the request came over TLS (as a proxy in front says).
-fn session_cookie(headers: &HeaderMap, value: &str, max_age_secs: u64) -> HeaderValue {
+fn session_cookie(headers: &HeaderMap, value: &str, ended: bool) -> HeaderValue {
     let secure = headers
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
         .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
     let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{}{}",
+        if ended { "; Max-Age=0" } else { "" },
         if secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("cv_session=; Max-Age=0"))
@@ -274,7 +282,7 @@ fn signed_in(state: &AppState, headers: &HeaderMap, subject: SubjectId, to: &str
     match state.sessions.start(subject, state.vault.core().keys().rng()) {
         Ok((cookie, _)) => {
             let mut response = see_other(to);
-            response.headers_mut().insert(header::SET_COOKIE, session_cookie(headers, &cookie, SESSION_IDLE.as_secs()));
+            response.headers_mut().insert(header::SET_COOKIE, session_cookie(headers, &cookie, false));
             response
         }
         Err(error) => problem_page(&ApiError::internal(&error)),
@@ -383,7 +391,7 @@ async fn sign_out(State(state): State<AppState>, caller: SessionCaller, headers:
     form_check(&headers, Some(&caller.session), &form)?;
     state.sessions.end(&caller.cookie);
     let mut response = see_other("/sign-in");
-    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&headers, "", 0));
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&headers, "", true));
     Ok(response)
 }
 
@@ -407,9 +415,8 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
         .into_iter()
         .filter(|grant| grant.status(now) == crate::consent::GrantStatus::Active)
         .collect();
-    let (reads, _) = vault.consent().access_log(subject, 0, 1000).map_err(failed)?;
     // Her own looks at her data are in the access log; here, the businesses'.
-    let latest: Vec<_> = reads.iter().rev().filter(|read| read.business_id.is_some()).take(5).collect();
+    let (latest, _) = latest_reads(&state, subject, 5, |read| read.business_id.is_some())?;
     let names =
         business_names(&state, pending.iter().map(|r| &r.business_id).chain(live.iter().map(|g| &g.business_id)))?;
     let body = html! {
@@ -445,7 +452,7 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
                 p { "No business has read your data." }
             } @else {
                 ul {
-                    @for read in latest {
+                    @for read in latest.iter().rev() {
                         li { (read_sentence(read)) }
                     }
                 }
@@ -454,6 +461,38 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
         }
     };
     Ok(page(layout("Your privacy", Some(&caller.session), Section::Home, notice.text(), body)))
+}
+
+/// Reads shown at most on the access-log page (the export holds them all).
+const READS_SHOWN_MAX: usize = 200;
+
+/// The latest `keep` reads of `subject`'s data that `pick` keeps, oldest
+/// first, and how many reads there are in all. Walks her whole access log:
+/// the log is read forward, and the page shows its end.
+fn latest_reads(
+    state: &AppState,
+    subject: SubjectId,
+    keep: usize,
+    pick: impl Fn(&crate::consent::AccessLogItem) -> bool,
+) -> Result<(Vec<crate::consent::AccessLogItem>, u64), Refusal> {
+    let mut latest = std::collections::VecDeque::with_capacity(keep + 1);
+    let (mut from, mut total) = (0, 0u64);
+    loop {
+        let (items, next) = state.vault.consent().access_log(subject, from, 1000).map_err(failed)?;
+        for item in items {
+            total += 1;
+            if pick(&item) {
+                latest.push_back(item);
+                if latest.len() > keep {
+                    latest.pop_front();
+                }
+            }
+        }
+        match next {
+            Some(next) => from = next,
+            None => return Ok((latest.into(), total)),
+        }
+    }
 }
 
 /// Names of businesses by id, looked up once per page.
@@ -848,16 +887,20 @@ async fn objections_save(
 // ----- access log -----------------------------------------------------------
 
 async fn access_log_page(State(state): State<AppState>, caller: SessionCaller) -> PageResult {
-    let (reads, _) = state.vault.consent().access_log(caller.subject(), 0, 1000).map_err(failed)?;
+    let (reads, total) = latest_reads(&state, caller.subject(), READS_SHOWN_MAX, |_| true)?;
     let policies = state.vault.policies();
     let body = html! {
         p { "Every read of your data is written in a tamper-evident log. Your browser checks each entry below against the log's signed checkpoint; "
             strong { "verified" } " means the entry is in the log the vault signed, unchanged." }
         p #checkpoint-status role="status" { "Checking the proofs…" }
         @if reads.is_empty() { p { "Nobody has read your data." } }
+        @if total > reads.len() as u64 {
+            p.small { "The latest " (reads.len()) " of " (total) " reads; " a href="/export" { "your export" } " holds them all." }
+        }
         ol.log reversed {
             @for read in reads.iter().rev() {
-                li data-index=(read.audit_index) {
+                li data-index=(read.audit_index) data-business=(read.business_id.clone().unwrap_or_default())
+                    data-fields=(read.fields.join(",")) data-time=(read.time) {
                     p { (read_sentence(read)) }
                     p.small {
                         @if let Some(purpose) = &read.purpose { (purpose_words(&policies, purpose)) ". " }
@@ -879,7 +922,7 @@ async fn access_log_proofs(State(state): State<AppState>, caller: SessionCaller)
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     let vault = &state.vault;
-    let (reads, _) = vault.consent().access_log(caller.subject(), 0, 1000).map_err(failed)?;
+    let (reads, _) = latest_reads(&state, caller.subject(), READS_SHOWN_MAX, |_| true)?;
     let checkpoint = vault.audit().checkpoint_latest().map_err(failed)?;
     let size = checkpoint.lines().nth(1).and_then(|line| line.parse::<u64>().ok()).unwrap_or(0);
     let mut items = Vec::new();
@@ -1091,7 +1134,7 @@ async fn erase(State(state): State<AppState>, caller: SessionCaller, headers: He
         p { a href=(encoded) download="erasure-receipt.json" { "Download the receipt" } }
     };
     let mut response = page(layout("Erased", None, Section::None, None, body));
-    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&headers, "", 0));
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&headers, "", true));
     Ok(response)
 }
 

@@ -92,8 +92,14 @@
     const checkpoint = await checkpointVerified(proofs.checkpoint, proofs.verifier_key);
     if (!checkpoint) { say("The log's checkpoint does NOT verify against the vault's key."); return; }
     let said = `Checkpoint of ${checkpoint.origin}, ${checkpoint.size} entries: signature verified.`;
+    // The first checkpoint this browser verifies pins the log's name and
+    // key; a later one under another name or key is not this log.
     const seen = JSON.parse(localStorage.getItem("consentvault-checkpoint") || "null");
-    if (seen && seen.origin === checkpoint.origin) {
+    if (seen && (seen.origin !== checkpoint.origin || seen.key !== proofs.verifier_key)) {
+      say(said + " But the log's name or signing key is NOT the one this browser verified before: nothing is marked.");
+      return;
+    }
+    if (seen && BigInt(seen.size) > 0n) {
       const old = BigInt(seen.size);
       if (old > checkpoint.size) {
         say(said + ` It is SMALLER than the one this browser saw before (${old} entries): entries were removed.`);
@@ -107,14 +113,25 @@
       }
     }
     const root = btoa(String.fromCharCode(...checkpoint.root));
-    localStorage.setItem("consentvault-checkpoint", JSON.stringify({ origin: checkpoint.origin, size: checkpoint.size.toString(), root }));
+    localStorage.setItem("consentvault-checkpoint",
+      JSON.stringify({ origin: checkpoint.origin, key: proofs.verifier_key, size: checkpoint.size.toString(), root }));
     for (const item of proofs.items) {
-      const row = document.querySelector(`li[data-index="${item.index}"] .proof`);
+      const entry = document.querySelector(`li[data-index="${item.index}"]`);
+      const row = entry && entry.querySelector(".proof");
       if (!row) continue;
-      const leaf = await sha256(concat(Uint8Array.of(0), bytes(item.entry)));
+      const entryBytes = bytes(item.entry);
+      const leaf = await sha256(concat(Uint8Array.of(0), entryBytes));
       const computed = await inclusionRoot(BigInt(item.index), checkpoint.size, leaf, item.hashes.map(bytes));
-      const ok = computed !== null && same(computed, checkpoint.root);
-      row.textContent = ok ? "verified" : "NOT verified";
+      const included = computed !== null && same(computed, checkpoint.root);
+      // What the row says must be what the verified entry says.
+      let agrees = false;
+      try {
+        const event = JSON.parse(new TextDecoder().decode(entryBytes));
+        agrees = event.kind === "data.read" && (event.business || "") === entry.dataset.business &&
+          (event.fields || []).join(",") === entry.dataset.fields && event.time === entry.dataset.time;
+      } catch (_) { agrees = false; }
+      const ok = included && agrees;
+      row.textContent = ok ? "verified" : (included ? "NOT verified: the log says otherwise" : "NOT verified");
       row.className = ok ? "proof verified" : "proof failed";
     }
     say(said);
