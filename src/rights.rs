@@ -71,11 +71,32 @@ pub struct Export {
 /// A relationship in an export, with the business's name.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExportedRelationship {
-    /// The stored relationship.
-    #[serde(flatten)]
-    pub relationship: Relationship,
+    /// The relationship id.
+    pub relationship_id: String,
+    /// The business.
+    pub business_id: String,
     /// The business's registered name.
     pub business_name: Option<String>,
+    /// How the business sees her.
+    pub pairwise_id: String,
+    /// When she connected (RFC 3339).
+    #[schema(format = DateTime)]
+    pub connected_at: String,
+    /// Whether she has stopped the business asking her for access.
+    pub requests_blocked: bool,
+}
+
+impl ExportedRelationship {
+    fn new(relationship: Relationship, business_name: Option<String>) -> Self {
+        Self {
+            relationship_id: relationship.relationship_id.to_string(),
+            business_id: relationship.business_id.to_string(),
+            business_name,
+            pairwise_id: relationship.pairwise_id.to_string(),
+            connected_at: relationship.connected_at,
+            requests_blocked: relationship.requests_blocked,
+        }
+    }
 }
 
 /// A grant in an export, with its status at export time and its receipt.
@@ -351,7 +372,8 @@ impl Rights {
             .relationships(subject)?
             .into_iter()
             .map(|relationship| {
-                Ok(ExportedRelationship { business_name: self.business_name(&relationship.business_id)?, relationship })
+                let name = self.business_name(&relationship.business_id)?;
+                Ok(ExportedRelationship::new(relationship, name))
             })
             .collect();
         let event = AuditEvent::new(EventKind::DataExported, Actor::customer(subject), &self.core.clock().rfc3339())
