@@ -238,6 +238,31 @@ fn form_check(headers: &HeaderMap, session: Option<&Session>, form: &Form) -> Re
     Ok(())
 }
 
+/// A form posted by a signed-in customer, checked (origin, CSRF token)
+/// before the handler sees it.
+struct Posted {
+    caller: SessionCaller,
+    form: Form,
+}
+
+impl axum::extract::FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let caller = SessionCaller::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let form = Form::from_request(axum::extract::Request::from_parts(parts, body), state).await?;
+        form_check(&headers, Some(&caller.session), &form).map_err(IntoResponse::into_response)?;
+        Ok(Self { caller, form })
+    }
+}
+
+/// The record id `text` names, or the not-found page.
+fn parsed<Id: std::str::FromStr>(text: &str, what: &str) -> Result<Id, Refusal> {
+    super::extract::record_id(text, what).map_err(|error| problem_page(&error).into())
+}
+
 fn same_bytes(left: &[u8], right: &[u8]) -> bool {
     left.len() == right.len() && left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
@@ -387,8 +412,7 @@ async fn sign_up(
     }
 }
 
-async fn sign_out(State(state): State<AppState>, caller: SessionCaller, headers: HeaderMap, form: Form) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap, Posted { caller, .. }: Posted) -> PageResult {
     state.sessions.end(&caller.cookie);
     let mut response = see_other("/sign-in");
     response.headers_mut().insert(header::SET_COOKIE, session_cookie(&headers, "", true));
@@ -605,13 +629,10 @@ async fn requests_page(
 
 async fn request_approve(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Posted { caller, form }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let request_id = super::extract::record_id(&id, "request").map_err(|e| problem_page(&e))?;
+    let request_id = parsed(&id, "request")?;
     let duration_days = match form.one("duration_days").filter(|days| !days.is_empty()) {
         Some(days) => Some(
             days.parse::<u32>()
@@ -630,13 +651,10 @@ async fn request_approve(
 
 async fn request_deny(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Posted { caller, form }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let request_id = super::extract::record_id(&id, "request").map_err(|e| problem_page(&e))?;
+    let request_id = parsed(&id, "request")?;
     let reason = form.one("reason").map(str::trim).filter(|reason| !reason.is_empty()).map(str::to_owned);
     state.vault.consent().request_deny(caller.subject(), &request_id, reason).await.map_err(failed)?;
     Ok(see_other("/requests?notice=denied"))
@@ -695,7 +713,7 @@ async fn sharing_page(
 }
 
 async fn revoke_page(State(state): State<AppState>, caller: SessionCaller, Path(id): Path<String>) -> PageResult {
-    let grant_id = super::extract::record_id(&id, "grant").map_err(|e| problem_page(&e))?;
+    let grant_id = parsed(&id, "grant")?;
     let grant = state.vault.consent().grant(caller.subject(), &grant_id).map_err(failed)?;
     let names = business_names(&state, std::iter::once(&grant.business_id))?;
     let body = html! {
@@ -709,21 +727,14 @@ async fn revoke_page(State(state): State<AppState>, caller: SessionCaller, Path(
     Ok(page(layout("Revoke this grant?", Some(&caller.session), Section::Sharing, None, body)))
 }
 
-async fn revoke(
-    State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Form,
-) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let grant_id = super::extract::record_id(&id, "grant").map_err(|e| problem_page(&e))?;
+async fn revoke(State(state): State<AppState>, Path(id): Path<String>, Posted { caller, .. }: Posted) -> PageResult {
+    let grant_id = parsed(&id, "grant")?;
     state.vault.consent().grant_revoke(caller.subject(), &grant_id).await.map_err(failed)?;
     Ok(see_other("/sharing?notice=revoked"))
 }
 
 async fn receipt_download(State(state): State<AppState>, caller: SessionCaller, Path(id): Path<String>) -> PageResult {
-    let grant_id = super::extract::record_id(&id, "grant").map_err(|e| problem_page(&e))?;
+    let grant_id = parsed(&id, "grant")?;
     let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject(), &grant_id).map_err(failed)?;
     let document = serde_json::json!({
         "receipt": receipt,
@@ -799,41 +810,28 @@ async fn businesses_page(
     Ok(page(layout("Businesses", Some(session), Section::Businesses, notice.text(), body)))
 }
 
-async fn connect(
-    State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Form,
-) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let business = super::extract::record_id(&id, "business").map_err(|e| problem_page(&e))?;
+async fn connect(State(state): State<AppState>, Path(id): Path<String>, Posted { caller, .. }: Posted) -> PageResult {
+    let business = parsed(&id, "business")?;
     state.vault.consent().relationship_create(caller.subject(), &business).await.map_err(failed)?;
     Ok(see_other("/businesses?notice=connected"))
 }
 
 async fn disconnect(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Posted { caller, .. }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let relationship = super::extract::record_id(&id, "relationship").map_err(|e| problem_page(&e))?;
+    let relationship = parsed(&id, "relationship")?;
     state.vault.consent().relationship_end(caller.subject(), &relationship).await.map_err(failed)?;
     Ok(see_other("/businesses?notice=disconnected"))
 }
 
 async fn requests_block(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Posted { caller, form }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
-    let relationship = super::extract::record_id(&id, "relationship").map_err(|e| problem_page(&e))?;
+    let relationship = parsed(&id, "relationship")?;
     let blocked = form.one("blocked") == Some("true");
     state
         .vault
@@ -873,13 +871,7 @@ async fn objections_page(
     Ok(page(layout("Objections", Some(&caller.session), Section::Objections, notice.text(), body)))
 }
 
-async fn objections_save(
-    State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
-    form: Form,
-) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
+async fn objections_save(State(state): State<AppState>, Posted { caller, form }: Posted) -> PageResult {
     state.vault.consent().objections_set(caller.subject(), form.all("purposes")).await.map_err(failed)?;
     Ok(see_other("/objections?notice=objections"))
 }
@@ -1039,12 +1031,9 @@ fn form_value(value_type: &crate::policy::ValueType, form: &Form) -> Result<serd
 
 async fn data_save(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(field): Path<String>,
-    form: Form,
+    Posted { caller, form }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
     let policies = state.vault.policies();
     let spec = policies.catalogue.field(&field).ok_or_else(|| failed(ApiError::not_found("field")))?;
     let value = form_value(&spec.value_type, &form).map_err(|e| problem_page(&e))?;
@@ -1055,12 +1044,9 @@ async fn data_save(
 
 async fn data_delete(
     State(state): State<AppState>,
-    caller: SessionCaller,
-    headers: HeaderMap,
     Path(field): Path<String>,
-    form: Form,
+    Posted { caller, .. }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
     let actor = crate::audit::Actor::customer(caller.subject());
     state.vault.subjects().data_delete(&actor, caller.subject(), &field).await.map_err(failed)?;
     Ok(see_other("/data?notice=deleted"))
@@ -1113,8 +1099,7 @@ async fn erase_page(caller: SessionCaller) -> Response {
     page(layout("Erase my account", Some(&caller.session), Section::Export, None, body))
 }
 
-async fn erase(State(state): State<AppState>, caller: SessionCaller, headers: HeaderMap, form: Form) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
+async fn erase(State(state): State<AppState>, headers: HeaderMap, Posted { caller, form }: Posted) -> PageResult {
     if form.one("confirm") != Some("erase") {
         return Err(failed(ApiError::erasure_unconfirmed()).into());
     }
@@ -1166,11 +1151,9 @@ fn password_form(session: &Session, error: Option<&str>) -> Markup {
 
 async fn password_change(
     State(state): State<AppState>,
-    caller: SessionCaller,
     headers: HeaderMap,
-    form: Form,
+    Posted { caller, form }: Posted,
 ) -> PageResult {
-    form_check(&headers, Some(&caller.session), &form)?;
     let current = zeroize::Zeroizing::new(form.one("current_password").unwrap_or_default().to_owned());
     let new = zeroize::Zeroizing::new(form.one("new_password").unwrap_or_default().to_owned());
     let error = match state.vault.principals().password_change(caller.subject(), &current, &new).await {
