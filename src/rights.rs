@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{Actor, AuditEvent, EventKind, Related};
+use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
 use crate::consent::requests::{AccessRequest, RequestStatus};
 use crate::consent::{
     Consent, ConsentError, GrantEnd, GrantRecord, GrantStatus, Relationship, decode, encode, grant_end_in,
@@ -45,6 +45,10 @@ pub struct ErasureReceipt {
     pub audit_index: u64,
     /// A signed checkpoint whose tree contains that event.
     pub checkpoint: String,
+    /// The `subject.erased` entry and its inclusion proof in that
+    /// checkpoint's tree: with the checkpoint and the vault's public key,
+    /// enough to prove the erasure after the account is gone.
+    pub inclusion_proof: crate::audit::EntryProof,
 }
 
 /// Everything the vault holds about a customer, for the customer.
@@ -208,7 +212,7 @@ impl Rights {
             Erasure::Skipped => return Err(ConsentError::NotFound("subject")),
         };
         let checkpoint = self.core.checkpoint_now().await?;
-        Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint })
+        self.erasure_receipt(index, checkpoint)
     }
 
     /// The one erasure transaction, shared by `DELETE /v1/me` and the
@@ -329,11 +333,19 @@ impl Rights {
     /// audit index and the earliest kept checkpoint covering it (`None` while
     /// the erasure is not yet durable or no kept checkpoint covers it).
     fn erasure_receipt_stored(&self, index: u64) -> Result<Option<ErasureReceipt>, ConsentError> {
-        Ok(self.core.audit().checkpoint_covering(self.core.store(), index)?.map(|checkpoint| ErasureReceipt {
-            erased: true,
-            audit_index: index,
-            checkpoint,
-        }))
+        self.core
+            .audit()
+            .checkpoint_covering(self.core.store(), index)?
+            .map(|checkpoint| self.erasure_receipt(index, checkpoint))
+            .transpose()
+    }
+
+    /// The receipt of the erasure at `index`, under `checkpoint` (which
+    /// covers it), with the entry's inclusion proof in its tree.
+    fn erasure_receipt(&self, index: u64, checkpoint: String) -> Result<ErasureReceipt, ConsentError> {
+        let size = crate::audit::checkpoint_size(&checkpoint).ok_or(AuditError::Corrupt("checkpoint"))?;
+        let inclusion_proof = self.core.audit().entry_proof(self.core.store(), index, size)?;
+        Ok(ErasureReceipt { erased: true, audit_index: index, checkpoint, inclusion_proof })
     }
 }
 

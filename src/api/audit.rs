@@ -298,6 +298,23 @@ pub async fn proof_consistency(
     State(state): State<AppState>,
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
+    consistency(&state, &query)
+}
+
+#[utoipa::path(get, path = "/v1/me/proof/consistency", tag = "customer", params(ConsistencyQuery), security(("bearer" = [])), responses((status = 200, body = ConsistencyProof)))]
+/// `GET /v1/me/proof/consistency?old_size=&new_size=`: the same proof for a
+/// customer, so she can check that a checkpoint she holds (from a receipt,
+/// her access log or her erasure receipt) is a prefix of a later one.
+pub async fn my_proof_consistency(
+    _customer: super::guard::CustomerCaller,
+    State(state): State<AppState>,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    consistency(&state, &query)
+}
+
+/// The consistency proof `query` asks for.
+pub(super) fn consistency(state: &AppState, query: &ConsistencyQuery) -> Result<Json<ConsistencyProof>, ApiError> {
     let hashes = state.vault.audit().consistency_proof(state.vault.store(), query.old_size, query.new_size)?;
     Ok(Json(ConsistencyProof {
         old_size: query.old_size,

@@ -431,20 +431,7 @@ pub struct AccessLogEntry {
     #[serde(flatten)]
     item: crate::consent::AccessLogItem,
     #[serde(skip_serializing_if = "Option::is_none")]
-    inclusion_proof: Option<EntryInclusion>,
-}
-
-/// An access-log entry's inclusion proof: the exact entry bytes (the leaf
-/// input, base64) and the audit path to the root of the page's checkpoint.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EntryInclusion {
-    /// The size of the tree the proof leads to (the checkpoint's).
-    tree_size: u64,
-    /// The exact stored entry bytes, base64.
-    #[schema(format = Byte)]
-    entry: String,
-    /// The audit path, leaf to root, each hash base64.
-    hashes: Vec<String>,
+    inclusion_proof: Option<crate::audit::EntryProof>,
 }
 
 /// The access log page.
@@ -465,15 +452,13 @@ pub async fn access_log(
     State(state): State<AppState>,
     Query(params): Query<AccessLogParams>,
 ) -> Result<axum::Json<AccessLogPage>, ApiError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
     let limit = page_limit(params.limit, 100, 100)?;
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("access", cursor)).transpose()?.unwrap_or(0);
     let vault = &state.vault;
     let (log, next) = vault.consent().access_log(caller.subject, from, limit)?;
     let (checkpoint, tree_size) = if params.proofs.unwrap_or(false) {
         let note = vault.audit().checkpoint_latest()?;
-        let size = note.lines().nth(1).and_then(|line| line.parse::<u64>().ok()).unwrap_or(0);
+        let size = crate::audit::checkpoint_size(&note).unwrap_or(0);
         (Some(note), Some(size))
     } else {
         (None, None)
@@ -482,14 +467,7 @@ pub async fn access_log(
     for item in log {
         let inclusion_proof = match tree_size {
             Some(size) if item.audit_index < size => {
-                let hashes = vault.audit().inclusion_proof(vault.store(), item.audit_index, size)?;
-                // The exact entry bytes, so the customer can hash the leaf.
-                let entry = vault.audit().entry(vault.store(), item.audit_index)?.unwrap_or_default();
-                Some(EntryInclusion {
-                    tree_size: size,
-                    entry: STANDARD.encode(entry),
-                    hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
-                })
+                Some(vault.audit().entry_proof(vault.store(), item.audit_index, size)?)
             }
             _ => None,
         };

@@ -377,6 +377,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::grants_receipt))
         .routes(routes!(me::me_erase))
         .routes(routes!(me::password_change))
+        .routes(routes!(audit::my_proof_consistency))
         .routes(routes!(me::me_export))
         .routes(routes!(consent::my_requests_list))
         .routes(routes!(consent::my_requests_approve))

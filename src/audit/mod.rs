@@ -36,6 +36,27 @@ use crate::store::{Durable, Entries, Key, Store, StoreError, Txn, WriteBatch, co
 use checkpoint::{Checkpoint, KeyError, NoteError, NoteSigner, NoteVerifier};
 use merkle::{Frontier, Hash, ProofError, SubtreeHashes};
 
+/// The tree size a checkpoint's text names (its second line).
+pub fn checkpoint_size(note: &str) -> Option<u64> {
+    note.lines().nth(1)?.parse().ok()
+}
+
+/// An entry with its inclusion proof: its exact bytes (the leaf input) and
+/// the audit path from its leaf to the root of the tree of `tree_size`
+/// (RFC 9162 §2.1.3), base64.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct EntryProof {
+    /// The entry's index.
+    pub index: u64,
+    /// The size of the tree the path leads to (a checkpoint's).
+    pub tree_size: u64,
+    /// The exact stored entry bytes, base64.
+    #[schema(format = Byte)]
+    pub entry: String,
+    /// The audit path, leaf to root, each hash base64.
+    pub hashes: Vec<String>,
+}
+
 /// The label of the checkpoint signing key sealed under the KEK.
 pub(crate) const SIGNING_KEY_LABEL: &str = "audit-signing-key";
 const SIZE_KEY: &str = "audit/size";
@@ -470,7 +491,7 @@ impl AuditLog {
     /// is newer than every checkpoint recorded.
     fn hand_out(&self, note: String) -> Result<String, AuditError> {
         let Some(publication) = self.0.publication.get() else { return Ok(note) };
-        let size = note.lines().nth(1).and_then(|size| size.parse().ok()).ok_or(AuditError::Corrupt("checkpoint"))?;
+        let size = checkpoint_size(&note).ok_or(AuditError::Corrupt("checkpoint"))?;
         publication.record(&note, size).map_err(|error| {
             AuditError::from(StoreError::Unavailable(format!("cannot record the published checkpoint: {error}")))
         })?;
@@ -489,6 +510,22 @@ impl AuditLog {
     pub fn inclusion_proof(&self, store: &Store, index: u64, tree_size: u64) -> Result<Vec<Hash>, AuditError> {
         self.check_durable(tree_size)?;
         merkle::inclusion_proof(&StoreTree { store, log: self }, index, tree_size).map_err(proof_error)
+    }
+
+    /// Entry `index` with its inclusion proof in the tree of `tree_size`, in
+    /// the form people and their tools check: the exact bytes and the audit
+    /// path, base64.
+    pub fn entry_proof(&self, store: &Store, index: u64, tree_size: u64) -> Result<EntryProof, AuditError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let hashes = self.inclusion_proof(store, index, tree_size)?;
+        let entry = self.entry(store, index)?.ok_or(AuditError::Corrupt("entry under a checkpoint"))?;
+        Ok(EntryProof {
+            index,
+            tree_size,
+            entry: STANDARD.encode(entry),
+            hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
+        })
     }
 
     /// The consistency proof between the trees of `old_size` and `new_size`.

@@ -14,6 +14,14 @@
 //
 // Without -key the verifier key is fetched from the vault; an auditor who
 // holds the key already should pass it, so the vault cannot swap it.
+//
+// A customer checks what she holds the same way, with her own token:
+//
+//	auditor-go -customer -vault URL -token "$CUSTOMER_TOKEN" -key KEY -old CHECKPOINT_FILE
+//	    (the vault's current checkpoint extends the one she kept)
+//	auditor-go -receipt ERASURE_RECEIPT.json -key KEY
+//	    (offline: her erasure is in the log the receipt's checkpoint signs,
+//	    after her account is gone)
 package main
 
 import (
@@ -38,7 +46,58 @@ var (
 	token = flag.String("token", "", "auditor bearer token")
 	key   = flag.String("key", "", "signed-note verifier key (default: fetched from the vault)")
 	old   = flag.String("old", "", "a file holding an earlier signed checkpoint to prove consistency from")
+	// A customer's token reaches her own consistency proofs, not the entries.
+	customer = flag.Bool("customer", false, "with a customer's token: only prove -old consistent with the current checkpoint")
+	receipt  = flag.String("receipt", "", "an erasure receipt (JSON) to check offline, with -key")
 )
+
+// checkReceipt verifies an erasure receipt with nothing but the key: its
+// checkpoint's signature, and its entry's inclusion proof in that tree; the
+// entry must be a subject.erased event.
+func checkReceipt(path string, verifiers note.Verifiers) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r struct {
+		AuditIndex     int64  `json:"audit_index"`
+		Checkpoint     string `json:"checkpoint"`
+		InclusionProof struct {
+			Index    int64    `json:"index"`
+			TreeSize int64    `json:"tree_size"`
+			Entry    string   `json:"entry"`
+			Hashes   []string `json:"hashes"`
+		} `json:"inclusion_proof"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("receipt: %w", err)
+	}
+	signed, err := open([]byte(r.Checkpoint), verifiers)
+	if err != nil {
+		return fmt.Errorf("receipt checkpoint: %w", err)
+	}
+	proof := r.InclusionProof
+	if proof.Index != r.AuditIndex || proof.TreeSize != signed.size {
+		return errors.New("receipt: the proof is not for its entry in its checkpoint's tree")
+	}
+	entry, err := base64.StdEncoding.DecodeString(proof.Entry)
+	if err != nil {
+		return fmt.Errorf("receipt entry: %w", err)
+	}
+	var event struct{ Kind string }
+	if err := json.Unmarshal(entry, &event); err != nil || event.Kind != "subject.erased" {
+		return errors.New("receipt: the entry is not a subject.erased event")
+	}
+	auditPath, err := hashes(proof.Hashes)
+	if err != nil {
+		return err
+	}
+	if err := tlog.CheckRecord(auditPath, signed.size, signed.root, proof.Index, tlog.RecordHash(entry)); err != nil {
+		return fmt.Errorf("receipt: entry %d: %w", proof.Index, err)
+	}
+	fmt.Printf("erasure verified: entry %d in %s size %d\n", proof.Index, signed.origin, signed.size)
+	return nil
+}
 
 func fetch(path string, auth bool) ([]byte, error) {
 	request, err := http.NewRequest("GET", *vault+path, nil)
@@ -119,6 +178,12 @@ func run() error {
 		return fmt.Errorf("verifier key: %w", err)
 	}
 	verifiers := note.VerifierList(verifier)
+	if *receipt != "" {
+		if strings.TrimSpace(*key) == "" {
+			return errors.New("-receipt needs -key: the receipt is checked against the key you hold")
+		}
+		return checkReceipt(*receipt, verifiers)
+	}
 
 	signed, err := fetch("/v1/audit/checkpoint", false)
 	if err != nil {
@@ -148,7 +213,10 @@ func run() error {
 		}
 	}
 
-	for index := int64(0); index < current.size; index++ {
+	if *customer && *old == "" {
+		return errors.New("-customer needs -old")
+	}
+	for index := int64(0); !*customer && index < current.size; index++ {
 		entry, err := fetch(fmt.Sprintf("/v1/audit/entries/%d", index), true)
 		if err != nil {
 			return err
@@ -174,7 +242,11 @@ func run() error {
 		query := url.Values{}
 		query.Set("old_size", strconv.FormatInt(earlier.size, 10))
 		query.Set("new_size", strconv.FormatInt(current.size, 10))
-		body, err := fetch("/v1/audit/proof/consistency?"+query.Encode(), true)
+		proofPath := "/v1/audit/proof/consistency?"
+		if *customer {
+			proofPath = "/v1/me/proof/consistency?"
+		}
+		body, err := fetch(proofPath+query.Encode(), true)
 		if err != nil {
 			return err
 		}
@@ -190,6 +262,9 @@ func run() error {
 			return fmt.Errorf("consistency %d -> %d: %w", earlier.size, current.size, err)
 		}
 		fmt.Printf("consistent: %d -> %d\n", earlier.size, current.size)
+		if *customer {
+			return nil
+		}
 	}
 	fmt.Printf("verified: %s size %d, %d inclusion proofs\n", current.origin, current.size, current.size)
 	return nil

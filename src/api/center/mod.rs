@@ -911,21 +911,13 @@ async fn access_log_page(State(state): State<AppState>, caller: SessionCaller) -
 /// The proofs the access-log page checks: the signed checkpoint, the
 /// verifier key, and each entry's exact bytes and audit path.
 async fn access_log_proofs(State(state): State<AppState>, caller: SessionCaller) -> PageResult {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
     let vault = &state.vault;
     let (reads, _) = latest_reads(&state, caller.subject(), READS_SHOWN_MAX, |_| true)?;
     let checkpoint = vault.audit().checkpoint_latest().map_err(failed)?;
-    let size = checkpoint.lines().nth(1).and_then(|line| line.parse::<u64>().ok()).unwrap_or(0);
+    let size = crate::audit::checkpoint_size(&checkpoint).unwrap_or(0);
     let mut items = Vec::new();
     for read in reads.iter().filter(|read| read.audit_index < size) {
-        let hashes = vault.audit().inclusion_proof(vault.store(), read.audit_index, size).map_err(failed)?;
-        let entry = vault.audit().entry(vault.store(), read.audit_index).map_err(failed)?.unwrap_or_default();
-        items.push(serde_json::json!({
-            "index": read.audit_index,
-            "entry": STANDARD.encode(entry),
-            "hashes": hashes.iter().map(|hash| STANDARD.encode(hash)).collect::<Vec<_>>(),
-        }));
+        items.push(vault.audit().entry_proof(vault.store(), read.audit_index, size).map_err(failed)?);
     }
     let body = serde_json::json!({
         "checkpoint": checkpoint,
@@ -936,36 +928,14 @@ async fn access_log_proofs(State(state): State<AppState>, caller: SessionCaller)
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsistencyQuery {
-    old_size: u64,
-    new_size: u64,
-}
-
 /// A consistency proof between two sizes of the log, for the page to check
 /// that the checkpoint it sees extends the one it saw before.
 async fn access_log_consistency(
     State(state): State<AppState>,
     _caller: SessionCaller,
-    Query(query): Query<ConsistencyQuery>,
+    Query(query): Query<super::audit::ConsistencyQuery>,
 ) -> PageResult {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    let vault = &state.vault;
-    let durable = vault.audit().durable_size();
-    if query.old_size > query.new_size || query.new_size > durable {
-        return Err(
-            failed(ApiError::invalid_query("invalid_query", "0 <= old_size <= new_size <= the log's size")).into()
-        );
-    }
-    let hashes = vault.audit().consistency_proof(vault.store(), query.old_size, query.new_size).map_err(failed)?;
-    let body = serde_json::json!({
-        "old_size": query.old_size,
-        "new_size": query.new_size,
-        "hashes": hashes.iter().map(|hash| STANDARD.encode(hash)).collect::<Vec<_>>(),
-    });
-    Ok(axum::Json(body).into_response())
+    Ok(super::audit::consistency(&state, &query).map_err(|error| problem_page(&error))?.into_response())
 }
 
 // ----- data -----------------------------------------------------------------
