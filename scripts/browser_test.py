@@ -29,6 +29,7 @@ from pathlib import Path
 import served_vault
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
@@ -115,11 +116,21 @@ def shoot(driver, shots, name):
     driver.set_window_size(1280, 900)
 
 
+def next_page(driver, act):
+    """Runs `act` (a click that navigates) and waits until a new document has
+    replaced this one and finished loading: the old one carries a mark the
+    new one lacks. Errors while the browser is between documents are waited
+    out."""
+    driver.execute_script("window.consentvaultOldPage = true")
+    act()
+    loaded = "return window.consentvaultOldPage === undefined && document.readyState === 'complete'"
+    WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(lambda d: d.execute_script(loaded))
+
+
 def submit(driver, form_selector):
-    """Submits the form and waits until the page it leads to has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, form_selector + " button[type=submit]").click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    """Submits the form and waits for the page it leads to."""
+    button = driver.find_element(By.CSS_SELECTOR, form_selector + " button[type=submit]")
+    next_page(driver, button.click)
 
 
 def main():
@@ -239,9 +250,7 @@ def main():
 
         # She revokes; the business's next read is refused, and she sees it.
         driver.get(base + "/sharing")
-        page = driver.find_element(By.TAG_NAME, "html")
-        driver.find_element(By.LINK_TEXT, "Revoke").click()
-        wait.until(expected_conditions.staleness_of(page))
+        next_page(driver, driver.find_element(By.LINK_TEXT, "Revoke").click)
         shoot(driver, shots, "revoke")
         submit(driver, f"form[action='/sharing/{grant['grant_id']}/revoke']")
         check("Revoked" in driver.find_element(By.CSS_SELECTOR, ".notice").text, "revoked")
