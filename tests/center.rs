@@ -12,7 +12,7 @@ use common::app::TestApp;
 use common::roles;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, ORIGIN, SET_COOKIE};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A client that does not follow redirects, so each answer is seen.
 fn client() -> reqwest::Client {
@@ -222,4 +222,54 @@ async fn a_customer_sees_businesses_by_name_and_nobody_elses_records() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::NOT_FOUND);
     assert_eq!(ada.grant_get(grant_id).await.1["status"], "active", "her grant stands");
+}
+
+/// Every event about her, not only reads, comes with an inclusion proof that
+/// leads to the signed checkpoint given, and nobody else's event is among
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_about_her_is_listed_with_an_inclusion_proof_that_verifies() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use consentvault::audit::merkle::{leaf_hash, verify_inclusion};
+    let app = TestApp::start().await;
+    let business = app.business("Acme Pizza", &["order-fulfilment", "marketing"]).await;
+    let ada = app.customer().await;
+    let bob = app.customer().await;
+    assert_eq!(bob.data_put(&json!({"email": "bob@example.org"})).await.0, 200);
+    assert_eq!(ada.data_put(&json!({"email": "ada@example.org"})).await.0, 200);
+    assert_eq!(ada.connect(&business.id).await.0, 201);
+    let (_, grant) = ada
+        .grant(
+            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
+        )
+        .await;
+    assert_eq!(ada.revoke(grant["grant_id"].as_str().unwrap()).await.0, 200);
+
+    let (status, page) = ada.caller().get("/v1/me/events?proofs=true").await;
+    assert_eq!(status, 200, "{page}");
+    let checkpoint = page["checkpoint"].as_str().unwrap();
+    let mut lines = checkpoint.lines().skip(1);
+    let size: u64 = lines.next().unwrap().parse().unwrap();
+    let root: [u8; 32] = STANDARD.decode(lines.next().unwrap()).unwrap().try_into().unwrap();
+    let mut kinds = Vec::new();
+    for item in page["items"].as_array().unwrap() {
+        let event = &item["event"];
+        assert_eq!(event["subject"], ada.id, "only events about her: {event}");
+        let proof = &item["inclusion_proof"];
+        let entry = STANDARD.decode(proof["entry"].as_str().unwrap()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&entry).unwrap(), *event, "the proof is of this event");
+        let hashes: Vec<[u8; 32]> = proof["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hash| STANDARD.decode(hash.as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        let index = item["audit_index"].as_u64().unwrap();
+        verify_inclusion(&leaf_hash(&entry), index, size, &hashes, &root).unwrap();
+        kinds.push(event["kind"].as_str().unwrap().to_owned());
+    }
+    for kind in ["subject.created", "data.written", "relationship.created", "grant.created", "grant.revoked"] {
+        assert!(kinds.iter().any(|seen| seen == kind), "{kind} missing from {kinds:?}");
+    }
 }

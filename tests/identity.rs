@@ -226,6 +226,7 @@ fn operations() -> Vec<Operation> {
         op("GET", "/v1/me/objections", CUSTOMER, |_| call("/v1/me/objections")),
         op("PUT", "/v1/me/objections", CUSTOMER, |_| call_with("/v1/me/objections", json!({"purposes": []}))),
         op("GET", "/v1/me/access-log", CUSTOMER, |_| call("/v1/me/access-log?proofs=true")),
+        op("GET", "/v1/me/events", CUSTOMER, |_| call("/v1/me/events?proofs=true")),
         op("GET", "/v1/me/proof/consistency", CUSTOMER, |_| call("/v1/me/proof/consistency?old_size=1&new_size=1")),
         op("POST", "/v1/me/password", CUSTOMER, |_| {
             call_with("/v1/me/password", json!({"current_password": roles::PASSWORD, "new_password": roles::PASSWORD}))

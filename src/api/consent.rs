@@ -413,7 +413,8 @@ fn shortened(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// The query of `GET /v1/me/access-log`.
+/// The query of the customer's own log listings (`GET /v1/me/access-log`,
+/// `GET /v1/me/events`).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogParams {
@@ -475,6 +476,53 @@ pub async fn access_log(
     }
     let cursor = next.map(|next| cursor_encode("access", next));
     Ok(axum::Json(AccessLogPage { items, cursor, checkpoint }))
+}
+
+/// One event about the customer, with its proof when asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventItem {
+    audit_index: u64,
+    /// The event as the log holds it (ids, names and codes; never a value).
+    event: crate::audit::AuditEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inclusion_proof: Option<crate::audit::EntryProof>,
+}
+
+/// A page of the events about the customer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    items: Vec<EventItem>,
+    cursor: Option<String>,
+    /// With `proofs=true`: the signed checkpoint the proofs lead to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<String>,
+}
+
+/// `GET /v1/me/events`: every event about me in the audit log (grants and
+/// their ends, requests, relationships, objections, data written, read and
+/// exported), with inclusion proofs on request (`proofs=true`) against the
+/// signed checkpoint given.
+#[utoipa::path(get, path = "/v1/me/events", tag = "customer", params(AccessLogParams), security(("bearer" = [])), responses((status = 200, body = EventsPage)))]
+pub async fn my_events(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Query(params): Query<AccessLogParams>,
+) -> Result<axum::Json<EventsPage>, ApiError> {
+    let limit = page_limit(params.limit, 100, 100)?;
+    let from = params.cursor.as_deref().map(|cursor| cursor_decode("events", cursor)).transpose()?.unwrap_or(0);
+    let vault = &state.vault;
+    let (events, next) = vault.consent().events_about(caller.subject, from, limit)?;
+    let checkpoint = params.proofs.unwrap_or(false).then(|| vault.audit().checkpoint_latest()).transpose()?;
+    let tree_size = checkpoint.as_deref().and_then(crate::audit::checkpoint_size);
+    let mut items = Vec::with_capacity(events.len());
+    for (audit_index, event) in events {
+        let inclusion_proof = match tree_size {
+            Some(size) if audit_index < size => Some(vault.audit().entry_proof(vault.store(), audit_index, size)?),
+            _ => None,
+        };
+        items.push(EventItem { audit_index, event, inclusion_proof });
+    }
+    Ok(axum::Json(EventsPage { items, cursor: next.map(|next| cursor_encode("events", next)), checkpoint }))
 }
 
 /// A grant given to the calling business.

@@ -374,6 +374,7 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::grants_get, consent::grants_revoke))
         .routes(routes!(consent::objections_get, consent::objections_put))
         .routes(routes!(consent::access_log))
+        .routes(routes!(consent::my_events))
         .routes(routes!(consent::grants_receipt))
         .routes(routes!(me::me_erase))
         .routes(routes!(me::password_change))

@@ -70,6 +70,20 @@ pub struct GrantChange {
 }
 
 impl Consent {
+    /// Every event about `subject` from index `from` on (her data written,
+    /// read, exported; her relationships, requests, grants and their ends;
+    /// her objections; her erasure): up to `limit`, with their indices, and
+    /// the index to continue from if there may be more.
+    pub fn events_about(
+        &self,
+        subject: SubjectId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, AuditEvent)>, Option<u64>), ConsentError> {
+        let indices = self.core.audit().indices_of_subject(self.core.store(), subject, from, EVENT_SCAN_MAX)?;
+        self.events_at(&indices, limit, |index, event| Some((index, event)))
+    }
+
     /// Reads of `subject`'s data from index `from` on: up to `limit` items,
     /// and the index to continue from if there may be more.
     pub fn access_log(
