@@ -69,6 +69,9 @@ pub struct GrantChange {
     pub audit_index: u64,
 }
 
+/// An event and its index in the audit log.
+pub type IndexedEvent = (u64, AuditEvent);
+
 impl Consent {
     /// Every event about `subject` from index `from` on (her data written,
     /// read, exported; her relationships, requests, grants and their ends;
@@ -79,7 +82,7 @@ impl Consent {
         subject: SubjectId,
         from: u64,
         limit: usize,
-    ) -> Result<(Vec<(u64, AuditEvent)>, Option<u64>), ConsentError> {
+    ) -> Result<(Vec<IndexedEvent>, Option<u64>), ConsentError> {
         let indices = self.core.audit().indices_of_subject(self.core.store(), subject, from, EVENT_SCAN_MAX)?;
         self.events_at(&indices, limit, |index, event| Some((index, event)))
     }
