@@ -457,25 +457,25 @@ pub async fn access_log(
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("access", cursor)).transpose()?.unwrap_or(0);
     let vault = &state.vault;
     let (log, next) = vault.consent().access_log(caller.subject, from, limit)?;
-    let (checkpoint, tree_size) = if params.proofs.unwrap_or(false) {
-        let note = vault.audit().checkpoint_latest()?;
-        let size = crate::audit::checkpoint_size(&note).unwrap_or(0);
-        (Some(note), Some(size))
-    } else {
-        (None, None)
-    };
-    let mut items = Vec::with_capacity(log.len());
-    for item in log {
-        let inclusion_proof = match tree_size {
-            Some(size) if item.audit_index < size => {
-                Some(vault.audit().entry_proof(vault.store(), item.audit_index, size)?)
-            }
-            _ => None,
-        };
-        items.push(AccessLogEntry { item, inclusion_proof });
-    }
+    let (checkpoint, proofs) = proofs_of(&state, params.proofs, log.iter().map(|item| item.audit_index))?;
+    let items =
+        log.into_iter().zip(proofs).map(|(item, inclusion_proof)| AccessLogEntry { item, inclusion_proof }).collect();
     let cursor = next.map(|next| cursor_encode("access", next));
     Ok(axum::Json(AccessLogPage { items, cursor, checkpoint }))
+}
+
+/// With `proofs` asked for, the latest checkpoint and each index's proof in
+/// its tree; otherwise nothing, and no proof for any index.
+fn proofs_of(
+    state: &AppState,
+    proofs: Option<bool>,
+    indices: impl ExactSizeIterator<Item = u64>,
+) -> Result<(Option<String>, Vec<Option<crate::audit::EntryProof>>), ApiError> {
+    if !proofs.unwrap_or(false) {
+        return Ok((None, (0..indices.len()).map(|_| None).collect()));
+    }
+    let (checkpoint, proofs) = state.vault.audit().entry_proofs_latest(state.vault.store(), indices)?;
+    Ok((Some(checkpoint), proofs))
 }
 
 /// One event about the customer, with its proof when asked for.
@@ -512,16 +512,12 @@ pub async fn my_events(
     let from = params.cursor.as_deref().map(|cursor| cursor_decode("events", cursor)).transpose()?.unwrap_or(0);
     let vault = &state.vault;
     let (events, next) = vault.consent().events_about(caller.subject, from, limit)?;
-    let checkpoint = params.proofs.unwrap_or(false).then(|| vault.audit().checkpoint_latest()).transpose()?;
-    let tree_size = checkpoint.as_deref().and_then(crate::audit::checkpoint_size);
-    let mut items = Vec::with_capacity(events.len());
-    for (audit_index, event) in events {
-        let inclusion_proof = match tree_size {
-            Some(size) if audit_index < size => Some(vault.audit().entry_proof(vault.store(), audit_index, size)?),
-            _ => None,
-        };
-        items.push(EventItem { audit_index, event, inclusion_proof });
-    }
+    let (checkpoint, proofs) = proofs_of(&state, params.proofs, events.iter().map(|(index, _)| *index))?;
+    let items = events
+        .into_iter()
+        .zip(proofs)
+        .map(|((audit_index, event), inclusion_proof)| EventItem { audit_index, event, inclusion_proof })
+        .collect();
     Ok(axum::Json(EventsPage { items, cursor: next.map(|next| cursor_encode("events", next)), checkpoint }))
 }
 

@@ -528,6 +528,23 @@ impl AuditLog {
         })
     }
 
+    /// The latest checkpoint and, for each of `indices`, its entry and
+    /// inclusion proof in that checkpoint's tree (`None` for an index past
+    /// it): what a customer checks her own entries with.
+    pub fn entry_proofs_latest(
+        &self,
+        store: &Store,
+        indices: impl IntoIterator<Item = u64>,
+    ) -> Result<(String, Vec<Option<EntryProof>>), AuditError> {
+        let checkpoint = self.checkpoint_latest()?;
+        let size = checkpoint_size(&checkpoint).ok_or(AuditError::Corrupt("checkpoint"))?;
+        let proofs = indices
+            .into_iter()
+            .map(|index| (index < size).then(|| self.entry_proof(store, index, size)).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok((checkpoint, proofs))
+    }
+
     /// The consistency proof between the trees of `old_size` and `new_size`.
     pub fn consistency_proof(&self, store: &Store, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
         self.check_durable(new_size)?;

@@ -913,15 +913,11 @@ async fn access_log_page(State(state): State<AppState>, caller: SessionCaller) -
 async fn access_log_proofs(State(state): State<AppState>, caller: SessionCaller) -> PageResult {
     let vault = &state.vault;
     let (reads, _) = latest_reads(&state, caller.subject(), READS_SHOWN_MAX, |_| true)?;
-    let checkpoint = vault.audit().checkpoint_latest().map_err(failed)?;
-    let size = crate::audit::checkpoint_size(&checkpoint).unwrap_or(0);
-    let mut items = Vec::new();
-    for read in reads.iter().filter(|read| read.audit_index < size) {
-        items.push(vault.audit().entry_proof(vault.store(), read.audit_index, size).map_err(failed)?);
-    }
+    let indices = reads.iter().map(|read| read.audit_index);
+    let (checkpoint, proofs) = vault.audit().entry_proofs_latest(vault.store(), indices).map_err(failed)?;
+    let items: Vec<_> = proofs.into_iter().flatten().collect();
     let body = serde_json::json!({
         "checkpoint": checkpoint,
-        "tree_size": size,
         "verifier_key": vault.audit().verifier_key(),
         "items": items,
     });
