@@ -72,6 +72,17 @@ struct BackupArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The stopped vault, or the key for --backup.
+    #[command(flatten)]
+    vault: VaultArgs,
+    /// Replay this backup file instead of the data directory (it is
+    /// written to a temporary store, verified, replayed and removed).
+    #[arg(long, value_name = "FILE")]
+    backup: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct RestoreArgs {
     /// The new data directory (empty or missing), keys and policies.
     #[command(flatten)]
@@ -98,6 +109,13 @@ enum AuditCommand {
     /// checkpoint, and that the store holds every checkpoint the vault
     /// published; the vault must not be running.
     Verify(VaultArgs),
+    /// Replay the log from its first entry and prove that every read that
+    /// released a field was covered, at its position, by a live grant under
+    /// the policies then in force (docs/AUDIT.md). Verifies the log first.
+    /// On a stopped vault's data directory, or on a backup (--backup, with
+    /// the key-encryption key it was sealed under). Exits with 3 at the
+    /// first violation, naming its index.
+    Replay(ReplayArgs),
     /// Go on from a store that is behind a checkpoint this vault published
     /// (a power cut on a device that lied about its cache, an older copy put
     /// back) instead of restoring a backup: records the decision in the log
@@ -164,11 +182,14 @@ struct Failure {
     exit: Exit,
     code: &'static str,
     message: String,
+    /// What the command found before it failed (a replay's summary), shown
+    /// as a result would be.
+    found: Option<Box<Outcome>>,
 }
 
 impl Failure {
     fn new(exit: Exit, code: &'static str, message: impl Into<String>) -> Self {
-        Self { exit, code, message: message.into() }
+        Self { exit, code, message: message.into(), found: None }
     }
 
     fn failed(message: impl std::fmt::Display) -> Self {
@@ -257,6 +278,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve(&args, format),
         Command::Policy { command: PolicyCommand::Check { dir } } => policy_check(&dir),
         Command::Audit { command: AuditCommand::Verify(args) } => audit_verify(&args),
+        Command::Audit { command: AuditCommand::Replay(args) } => audit_replay(&args),
         Command::Audit { command: AuditCommand::AcceptRollback(args) } => audit_accept_rollback(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
@@ -303,13 +325,24 @@ fn report(format: Format, result: Result<Outcome, Failure>) -> ExitCode {
             (Exit::Success, json)
         }
         Err(failure) => {
+            let mut json = serde_json::json!({});
+            if let Some(found) = failure.found.map(|found| *found) {
+                if format == Format::Text && !found.text.is_empty() {
+                    println!("{}", found.text);
+                }
+                json = found.json;
+            }
             eprintln!("consentvault: {}", failure.message);
             let error = serde_json::json!({
                 "code": failure.code,
                 "exit_code": failure.exit as u8,
                 "message": failure.message,
             });
-            (failure.exit, serde_json::json!({"ok": false, "error": error}))
+            if let Some(object) = json.as_object_mut() {
+                object.insert("ok".to_owned(), false.into());
+                object.insert("error".to_owned(), error);
+            }
+            (failure.exit, json)
         }
     };
     // `serve` wrote its object when it began to listen.
@@ -420,6 +453,52 @@ fn audit_verify(args: &VaultArgs) -> Result<Outcome, Failure> {
             ),
         )),
         Err(error) => Err(error.into()),
+    }
+}
+
+fn audit_replay(args: &ReplayArgs) -> Result<Outcome, Failure> {
+    let config = VaultConfig::from_args(&args.vault)?;
+    let bar = progress_bar("audit entries replayed");
+    let step = |step: &str, done, total| {
+        if bar.message() != step {
+            bar.set_message(step.to_owned());
+        }
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let replayed = match &args.backup {
+        Some(backup) => crate::backup::replay(backup, &config.options, &std::env::temp_dir(), &step)
+            .map(|replayed| (replayed.audit_size, replayed.summary))
+            .map_err(Failure::from),
+        None => Vault::replay_offline(&config.options, &step).map_err(Failure::from),
+    };
+    bar.finish_and_clear();
+    let (size, summary) = replayed?;
+    let policies = summary.policies.len();
+    let text = format!(
+        "{size} entries verified; replayed {}: {} reads released {} fields, each covered by a live grant under the \
+         policies then in force; {} reads released nothing; {} reads by customers of their own data; {} reads not \
+         checked (format 1); {} grants created, {} ended; {policies} policy versions",
+        summary.entries,
+        summary.reads_released,
+        summary.fields_released,
+        summary.reads_denied,
+        summary.reads_own,
+        summary.reads_unchecked,
+        summary.grants_created,
+        summary.grants_ended,
+    );
+    let json = serde_json::json!({"size": size, "replay": summary});
+    match &summary.violation {
+        None => Ok(Outcome::new(format!("ok: {text}"), json)),
+        Some(violation) => Err(Failure {
+            found: Some(Box::new(Outcome::new(text, json))),
+            ..Failure::new(
+                Exit::NotVerified,
+                "replay_violation",
+                format!("the log does not justify a read: {violation}"),
+            )
+        }),
     }
 }
 

@@ -621,6 +621,23 @@ impl Vault {
         verified
     }
 
+    /// Replays the log of a vault that is not running (`consentvault audit
+    /// replay`), after [`Vault::verify_offline`]: returns the log's size
+    /// and what the replay found. `progress` hears each step (`audit
+    /// entries verified`, then `audit entries replayed`), done and total.
+    pub fn replay_offline(
+        options: &VaultOptions,
+        progress: &dyn Fn(&str, u64, u64),
+    ) -> Result<(u64, crate::audit::replay::ReplaySummary), VaultError> {
+        let verified = Self::verify_offline(options, &|done, total| progress("audit entries verified", done, total))?;
+        let store = Self::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
+        let size = verified.size;
+        let summary =
+            crate::audit::replay_store(&store, size, &|done| progress(crate::backup::REPLAY_STEP, done, size));
+        store.close()?;
+        Ok((size, summary?))
+    }
+
     /// Opens the store of a vault that is not running without its keys
     /// (`consentvault backup` copies sealed bytes and needs none). Checks
     /// that the directory holds a store of this build's format.
@@ -698,18 +715,26 @@ impl Vault {
         Ok(policies)
     }
 
-    /// Records that `policies` were loaded.
+    /// Records that `policies` were loaded, and stores their bundle under
+    /// its SHA-256 in the same batch unless an earlier load stored it: every
+    /// version of the policies a decision was made under is in the store,
+    /// content-addressed, for a replay.
     async fn policy_event(&self, actor: &Actor, policies: &Policies, cause: &str) -> Result<(), AuditError> {
         let event = AuditEvent::new(EventKind::PolicyLoaded, actor.clone(), &self.core.clock().rfc3339())
             .related(Related::PolicySha256, &policies.sha256)
             .related(Related::Cause, cause);
         let log = self.core.audit().clone();
-        let (appended, durable) = self.core.store().commit_durable(move |txn| log.append(txn, &event)).await.map_err(
-            |error| match error {
-                crate::store::CommitError::Rejected(error) => error,
-                crate::store::CommitError::Store(error) => AuditError::Store(error),
-            },
-        )?;
+        let (key, bundle) = (Key::audit_policy(&policies.sha256), policies.bundle().to_vec());
+        let committed = self.core.store().commit_durable(move |txn| {
+            if !txn.contains(&key)? {
+                txn.put(key, bundle);
+            }
+            log.append(txn, &event)
+        });
+        let (appended, durable) = committed.await.map_err(|error| match error {
+            crate::store::CommitError::Rejected(error) => error,
+            crate::store::CommitError::Store(error) => AuditError::Store(error),
+        })?;
         self.core.audit().confirm(appended, &durable)?;
         Ok(())
     }

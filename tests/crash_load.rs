@@ -975,7 +975,7 @@ async fn verify_read_events(ctx: &Ctx) {
             && event["purpose"] == PURPOSE
             && event["decision"] == decision
             && fields == released
-            && event["related"]["grant_ids"] == read.grant_ids.join(",").as_str();
+            && event["grants"] == serde_json::json!(read.grant_ids);
         if !same {
             ctx.problem(format!(
                 "the read at {} released {:?} of {} through {:?}; its event is {event}",

@@ -263,6 +263,11 @@ fn operations() -> Vec<Operation> {
         op("GET", "/v1/audit/proof/consistency", AUDITOR, |_| {
             call("/v1/audit/proof/consistency?old_size=1&new_size=1")
         }),
+        op("GET", "/v1/audit/replay", AUDITOR, |_| call("/v1/audit/replay")),
+        op("GET", "/v1/audit/policies/{sha256}", AUDITOR, |_| {
+            // The shipped policies, which the server under test loaded.
+            call(format!("/v1/audit/policies/{}", consentvault::policy::Policies::built_in().sha256))
+        }),
         op("GET", "/v1/admin/businesses", ADMIN, |_| call("/v1/admin/businesses")),
         op("POST", "/v1/admin/businesses", ADMIN, |_| {
             call_with("/v1/admin/businesses", json!({"name": "Shop", "purposes": ["marketing"]}))

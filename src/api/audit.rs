@@ -322,3 +322,76 @@ pub(super) fn consistency(state: &AppState, query: &ConsistencyQuery) -> Result<
         hashes: hashes.iter().map(|hash| STANDARD.encode(hash)).collect(),
     }))
 }
+
+/// A replay of the log up to the latest checkpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayReport {
+    /// The signed checkpoint whose tree was replayed, whole.
+    checkpoint: String,
+    /// Its size: the entries replayed unless a violation stopped the replay.
+    tree_size: u64,
+    /// What the replay found; `violation` is set at the first read the log
+    /// does not justify.
+    replay: crate::audit::replay::ReplaySummary,
+}
+
+#[utoipa::path(get, path = "/v1/audit/replay", tag = "audit", security(("bearer" = [])), responses((status = 200, description = "The log replayed from its first entry to the latest checkpoint, every read that released a field decided again under the policies then in force (docs/AUDIT.md); a violation is a finding, not an error", body = ReplayReport)))]
+/// `GET /v1/audit/replay`: the compliance replay, run by the vault over the
+/// log up to its latest checkpoint. An auditor can run the same rules
+/// themselves over the entries and `GET /v1/audit/policies/{sha256}`.
+pub async fn replay(_auditor: AuditorCaller, State(state): State<AppState>) -> Result<Json<ReplayReport>, ApiError> {
+    let vault = std::sync::Arc::clone(&state.vault);
+    let replayed = tokio::task::spawn_blocking(move || {
+        let checkpoint = vault.audit().checkpoint_latest()?;
+        let tree_size =
+            crate::audit::checkpoint_size(&checkpoint).ok_or(crate::audit::AuditError::Corrupt("checkpoint"))?;
+        let replay = crate::audit::replay_store(vault.store(), tree_size, &|_| {})?;
+        Ok::<_, crate::audit::AuditError>(ReplayReport { checkpoint, tree_size, replay })
+    })
+    .await
+    .map_err(|error| ApiError::internal(&error))??;
+    Ok(Json(replayed))
+}
+
+/// A version of the policies, as the vault stored it when it was loaded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyBundleAnswer {
+    /// Its SHA-256 (hex), over the three texts as docs/AUDIT.md says: the
+    /// value `policy.loaded` events name.
+    sha256: String,
+    /// The field catalogue (`fields.toml`).
+    #[serde(rename = "fields.toml")]
+    fields_toml: String,
+    /// The purposes (`purposes.toml`).
+    #[serde(rename = "purposes.toml")]
+    purposes_toml: String,
+    /// The organisation rules (`rules.toml`).
+    #[serde(rename = "rules.toml")]
+    rules_toml: String,
+}
+
+#[utoipa::path(get, path = "/v1/audit/policies/{sha256}", tag = "audit", params(("sha256" = String, Path, description = "The SHA-256 (hex) a `policy.loaded` event names")), security(("bearer" = [])), responses((status = 200, body = PolicyBundleAnswer), (status = 404, description = "No policies with this SHA-256 are held", body = Problem, content_type = "application/problem+json")))]
+/// `GET /v1/audit/policies/{sha256}`: the policy files of one version, by
+/// the content address the log names them by.
+pub async fn policies_get(
+    _auditor: AuditorCaller,
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+) -> Result<Json<PolicyBundleAnswer>, ApiError> {
+    let well_formed = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !well_formed {
+        return Err(ApiError::invalid_query("invalid_sha256", "the SHA-256 is 64 lowercase hex digits"));
+    }
+    let bundle = state
+        .vault
+        .store()
+        .get(&crate::store::Key::audit_policy(&sha256))?
+        .ok_or_else(|| ApiError::not_found("policy version"))?;
+    let policies = crate::policy::Policies::from_bundle(std::path::Path::new("stored policies"), &bundle)
+        .map_err(|error| ApiError::internal(&error))?;
+    if policies.sha256 != sha256 {
+        return Err(ApiError::internal(&"a stored policy bundle is not the one its address names"));
+    }
+    let [fields_toml, purposes_toml, rules_toml] = policies.texts().map(str::to_owned);
+    Ok(Json(PolicyBundleAnswer { sha256, fields_toml, purposes_toml, rules_toml }))
+}

@@ -404,6 +404,8 @@ fn auditor_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::entries_get))
         .routes(routes!(audit::proof_inclusion))
         .routes(routes!(audit::proof_consistency))
+        .routes(routes!(audit::replay))
+        .routes(routes!(audit::policies_get))
 }
 
 /// The operator's routes; none touches personal data.

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::SubjectId;
 
-/// Version of the event format, stored in every event as `v`.
-pub const EVENT_FORMAT_VERSION: u8 = 1;
+/// Version of the event format, stored in every event as `v`. Format 2
+/// added what a replay needs (`grants`, `purposes`, `requested`, `window`,
+/// and a grant's `receipt_id`); a format 1 entry has none of them and reads
+/// back as it was written.
+pub const EVENT_FORMAT_VERSION: u8 = 2;
 /// Largest stored event, in bytes; an event is ids and names only, so
 /// anything larger is a bug, and is refused rather than stored.
 pub const EVENT_BYTES_MAX: usize = 16 * 1024;
@@ -161,7 +164,8 @@ pub enum Role {
 pub enum Related {
     /// A grant's id.
     GrantId,
-    /// The grants a read relied on, comma-separated.
+    /// The grants a read relied on, comma-separated (format 1; format 2
+    /// lists them in `grants`).
     GrantIds,
     /// An access request's id.
     RequestId,
@@ -172,8 +176,11 @@ pub enum Related {
     /// Why it happened (`disconnect`, `erasure`, `retention`, `expired`,
     /// `reload`, `encryption_limit`, ...).
     Cause,
-    /// Purposes, comma-separated.
+    /// Purposes, comma-separated (format 1; format 2 lists them in
+    /// `purposes`).
     Purposes,
+    /// The id of the consent receipt issued with a grant.
+    ReceiptId,
     /// How many requested field names were not in the catalogue.
     UnknownFields,
     /// The principal created or disabled, under its role's name.
@@ -216,6 +223,7 @@ impl Related {
             Self::PairwiseId => "pairwise_id",
             Self::Cause => "cause",
             Self::Purposes => "purposes",
+            Self::ReceiptId => "receipt_id",
             Self::UnknownFields => "unknown_fields",
             Self::Principal(Role::Customer) => "customer",
             Self::Principal(Role::Business) => "business",
@@ -310,6 +318,19 @@ pub struct Withheld {
     pub reason: String,
 }
 
+/// A grant's window: live from `starts_at` up to, not including,
+/// `expires_at` (RFC 3339, UTC, whole seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// The first second the grant is no longer live.
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// The first second the grant is live.
+    #[schema(format = DateTime)]
+    pub starts_at: String,
+}
+
 /// One audit event. Field order here is the lexicographic key order of the
 /// canonical JSON, so serialising this struct is the canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -326,11 +347,18 @@ pub struct AuditEvent {
     /// Field names concerned (written, deleted, released, granted).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub fields: Vec<String>,
+    /// The grants a read relied on, in the order of `fields` first covered.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub grants: Vec<String>,
     /// What happened.
     pub kind: EventKind,
     /// The purpose concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub purpose: Option<String>,
+    /// The purposes concerned: a grant's, a request's, or the customer's
+    /// objections after the change.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub purposes: Vec<String>,
     /// Per withheld field, the reason code.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub reasons: Vec<Withheld>,
@@ -338,6 +366,9 @@ pub struct AuditEvent {
     /// `policy_sha256`, ...).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub related: BTreeMap<String, String>,
+    /// The catalogue fields a read asked for (released or not).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub requested: Vec<String>,
     /// The subject concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(value_type = Option<String>)]
@@ -347,6 +378,9 @@ pub struct AuditEvent {
     pub time: String,
     /// The event format version.
     pub v: u8,
+    /// A grant's window.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub window: Option<Window>,
 }
 
 /// An event that cannot be stored or a stored entry that cannot be read.
@@ -371,13 +405,17 @@ impl AuditEvent {
             business: None,
             decision: None,
             fields: Vec::new(),
+            grants: Vec::new(),
             kind,
             purpose: None,
+            purposes: Vec::new(),
             reasons: Vec::new(),
             related: BTreeMap::new(),
+            requested: Vec::new(),
             subject: None,
             time: time.to_owned(),
             v: EVENT_FORMAT_VERSION,
+            window: None,
         }
     }
 
@@ -439,7 +477,7 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(
             text,
-            r#"{"actor":{"id":"b1","role":"business"},"fields":["email"],"kind":"data.read","related":{"grant_id":"g1"},"subject":"01010101010101010101010101010101","time":"2026-11-23T19:00:00Z","v":1}"#
+            r#"{"actor":{"id":"b1","role":"business"},"fields":["email"],"kind":"data.read","related":{"grant_id":"g1"},"subject":"01010101010101010101010101010101","time":"2026-11-23T19:00:00Z","v":2}"#
         );
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
@@ -447,6 +485,26 @@ mod tests {
         sorted.sort();
         assert_eq!(keys, sorted);
         assert_eq!(AuditEvent::from_bytes(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn format_2_members_sort_into_place_and_format_1_entries_still_read() {
+        let mut event = AuditEvent::new(EventKind::GrantCreated, Actor::system(), "2026-11-23T19:00:00Z");
+        event.grants = vec!["g".to_owned()];
+        event.purposes = vec!["marketing".to_owned()];
+        event.requested = vec!["email".to_owned()];
+        event.window = Some(Window { expires_at: "b".to_owned(), starts_at: "a".to_owned() });
+        let bytes = event.to_bytes().unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(AuditEvent::from_bytes(&bytes).unwrap(), event);
+        let format_1 = r#"{"actor":{"id":"c","role":"customer"},"business":"b","fields":["email"],"kind":"grant.created","related":{"grant_id":"g","purposes":"marketing,order-fulfilment"},"time":"2026-11-23T19:00:00Z","v":1}"#;
+        let read = AuditEvent::from_bytes(format_1.as_bytes()).unwrap();
+        assert_eq!(read.v, 1);
+        assert_eq!(read.to_bytes().unwrap(), format_1.as_bytes());
     }
 
     #[test]

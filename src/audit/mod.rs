@@ -22,13 +22,14 @@ mod event;
 pub mod merkle;
 pub mod published;
 pub mod records;
+pub mod replay;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Related, Role, Withheld};
+pub use event::{Actor, AuditEvent, Decision, EVENT_BYTES_MAX, EventError, EventKind, Related, Role, Window, Withheld};
 
 use crate::crypto::{CryptoError, KeyRing};
 use crate::ids::SubjectId;
@@ -682,6 +683,39 @@ fn entries_between(store: &Store, start: u64, end: u64) -> Result<Vec<(u64, Vec<
         }
     }
     Ok(entries)
+}
+
+/// Entries replayed per read of the store.
+const REPLAY_CHUNK: u64 = 1_024;
+
+/// Replays the first `size` entries of the log in `store` (see
+/// [`replay::replay`]), with the policy bundles the store holds; `progress`
+/// hears how many entries are done. Needs no key: the entries and bundles
+/// are stored in clear (a backup loaded into memory can be replayed).
+pub fn replay_store(store: &Store, size: u64, progress: &dyn Fn(u64)) -> Result<replay::ReplaySummary, AuditError> {
+    let bundle_of = |sha256: &str| store.get(&Key::audit_policy(sha256)).ok().flatten();
+    let mut next = 0;
+    let mut chunk = std::collections::VecDeque::new();
+    let entries = std::iter::from_fn(|| {
+        if chunk.is_empty() && next < size {
+            match entries_between(store, next, size.min(next + REPLAY_CHUNK)) {
+                Ok(read) if read.first().is_some_and(|(index, _)| *index == next) => {
+                    next += read.len() as u64;
+                    chunk.extend(read);
+                }
+                Ok(_) => {
+                    next = size;
+                    return Some(Err(AuditError::Corrupt("entry record")));
+                }
+                Err(error) => {
+                    next = size;
+                    return Some(Err(error));
+                }
+            }
+        }
+        chunk.pop_front().map(Ok)
+    });
+    replay::replay(entries, &bundle_of, progress)
 }
 
 /// The key of the newest signed checkpoint note. Every batch that appends

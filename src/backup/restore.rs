@@ -87,39 +87,8 @@ fn restore_into(
     cache_bytes: u64,
     progress: RestoreProgress<'_>,
 ) -> Result<RestoreSummary, BackupError> {
-    let backend = crate::store::open(&crate::store::StoreConfig::embedded(staging, cache_bytes))?;
-    let mut batch = WriteBatch::new();
-    let mut written = 0;
-    let trailer = read(input, &mut |writes| {
-        batch.clear();
-        batch.extend(writes);
-        backend.apply(&batch)?;
-        written += 1;
-        progress(RESTORE_WRITE, written, checked.records);
-        Ok(())
-    })?;
-    if trailer != *checked {
-        return Err(BackupError::Changed);
-    }
-    backend.flush()?;
-    // The log is verified as the backup holds it, in whichever format it
-    // was written; then the store moves to this build's format, which the
-    // restore's own event is appended in.
-    let (store, audit) = vault::store_open_checked(std::sync::Arc::clone(&backend), keys)?;
-    let never = AtomicBool::new(false);
-    let size = audit.durable_size();
-    let counted = |done| progress(RESTORE_VERIFY, done, size);
-    let visit = crate::audit::verify::entries_counted(&counted);
-    let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
-        .map_err(BackupError::AuditInvalid)?;
-    store.close()?;
-    drop(store);
-    vault::store_format_move(&*backend)?;
-    let (store, audit) = vault::store_open_checked(backend, keys)?;
-    let checkpoint = audit.verifier().open_checkpoint(&trailer.note, audit.origin())?;
-    if checkpoint.tree_size != verified.size || checkpoint.root != verified.root {
-        return Err(BackupError::CheckpointMismatch { checkpoint: checkpoint.tree_size, log: verified.size });
-    }
+    let Loaded { store, audit, trailer, checkpoint } =
+        load_verified(input, staging, keys, checked, cache_bytes, progress)?;
     let root = base64::engine::general_purpose::STANDARD.encode(checkpoint.root);
     let event = AuditEvent::new(
         EventKind::VaultRestored,
@@ -143,6 +112,101 @@ fn restore_into(
             CommitError::Store(error) => BackupError::Store(error),
         })?;
     store.close()?;
-    tracing::info!(records = trailer.records, audit_size = verified.size, "backup restored");
+    tracing::info!(records = trailer.records, audit_size = checkpoint.tree_size, "backup restored");
     Ok(RestoreSummary { records: trailer.records, audit_size: checkpoint.tree_size, audit_root: root, restored_index })
 }
+
+/// A backup written into a store and verified.
+struct Loaded {
+    store: crate::store::Store,
+    audit: crate::audit::AuditLog,
+    trailer: Trailer,
+    checkpoint: crate::audit::checkpoint::Checkpoint,
+}
+
+/// Writes the backup at `input` into a new store at `staging`, verifies the
+/// whole log (as the backup holds it, in whichever format it was written)
+/// and that the trailer's checkpoint covers exactly that log, and moves the
+/// store to this build's format.
+fn load_verified(
+    input: &Path,
+    staging: &Path,
+    keys: &crate::crypto::KeyRing,
+    checked: &Trailer,
+    cache_bytes: u64,
+    progress: RestoreProgress<'_>,
+) -> Result<Loaded, BackupError> {
+    let backend = crate::store::open(&crate::store::StoreConfig::embedded(staging, cache_bytes))?;
+    let mut batch = WriteBatch::new();
+    let mut written = 0;
+    let trailer = read(input, &mut |writes| {
+        batch.clear();
+        batch.extend(writes);
+        backend.apply(&batch)?;
+        written += 1;
+        progress(RESTORE_WRITE, written, checked.records);
+        Ok(())
+    })?;
+    if trailer != *checked {
+        return Err(BackupError::Changed);
+    }
+    backend.flush()?;
+    let (store, audit) = vault::store_open_checked(std::sync::Arc::clone(&backend), keys)?;
+    let never = AtomicBool::new(false);
+    let size = audit.durable_size();
+    let counted = |done| progress(RESTORE_VERIFY, done, size);
+    let visit = crate::audit::verify::entries_counted(&counted);
+    let verified = verify_log(&store, &audit.verifier(), audit.origin(), Depth::Full, false, &visit, &never)
+        .map_err(BackupError::AuditInvalid)?;
+    store.close()?;
+    drop(store);
+    vault::store_format_move(&*backend)?;
+    let (store, audit) = vault::store_open_checked(backend, keys)?;
+    let checkpoint = audit.verifier().open_checkpoint(&trailer.note, audit.origin())?;
+    if checkpoint.tree_size != verified.size || checkpoint.root != verified.root {
+        return Err(BackupError::CheckpointMismatch { checkpoint: checkpoint.tree_size, log: verified.size });
+    }
+    Ok(Loaded { store, audit, trailer, checkpoint })
+}
+
+/// A backup replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReplay {
+    /// The backed-up log's size (the trailer's checkpoint, which was
+    /// checked to cover exactly the log replayed).
+    pub audit_size: u64,
+    /// What the replay found.
+    pub summary: crate::audit::replay::ReplaySummary,
+}
+
+/// Replays the log of the backup at `input` (`consentvault audit replay
+/// --backup`): written into a temporary store in `scratch` (removed after),
+/// verified whole with the KEK `options.key_source` names, then replayed.
+/// `progress` hears the steps of a restore, then [`REPLAY_STEP`].
+pub fn replay(
+    input: &Path,
+    options: &VaultOptions,
+    scratch: &Path,
+    progress: RestoreProgress<'_>,
+) -> Result<BackupReplay, BackupError> {
+    let source = options.key_source.clone().ok_or(BackupError::NoKey)?;
+    let keys = load_key_ring(&source, options.production).map_err(VaultError::Key)?;
+    let checked = read(input, &mut |_| Ok(()))?;
+    let staging = scratch.join(format!("consentvault-replay-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    let replayed = load_verified(input, &staging, &keys, &checked, options.store_cache_bytes, progress).and_then(
+        |Loaded { store, checkpoint, .. }| {
+            let size = checkpoint.tree_size;
+            let summary = crate::audit::replay_store(&store, size, &|done| progress(REPLAY_STEP, done, size));
+            store.close()?;
+            Ok(BackupReplay { audit_size: size, summary: summary? })
+        },
+    );
+    let _ = std::fs::remove_dir_all(&staging);
+    replayed
+}
+
+/// The step of a replay that replays entries.
+pub const REPLAY_STEP: &str = "audit entries replayed";

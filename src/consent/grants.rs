@@ -8,6 +8,7 @@ use super::{
     decode, encode, grant_end_in,
 };
 use crate::audit::{Actor, AuditEvent, EventKind, Related};
+use crate::core::VaultClock;
 use crate::ids::{BusinessId, GrantId, RequestId, SubjectId};
 use crate::policy::engine::{self};
 use crate::store::{Key, StoreError, Txn};
@@ -109,8 +110,12 @@ impl Consent {
             AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.core.clock().rfc3339())
                 .subject(subject)
                 .fields(grant.fields.clone())
-                .related(Related::GrantId, &grant.grant_id)
-                .related(Related::Purposes, grant.purposes.join(","));
+                .related(Related::GrantId, &grant.grant_id);
+        event.purposes = grant.purposes.clone();
+        event.window = Some(crate::audit::Window {
+            expires_at: VaultClock::rfc3339_at(grant.expires_at),
+            starts_at: VaultClock::rfc3339_at(grant.starts_at),
+        });
         if let Some(request_id) = request_id {
             event = event.related(Related::RequestId, request_id);
         }
@@ -181,10 +186,10 @@ impl Consent {
         let mut purposes = purposes;
         purposes.sort();
         purposes.dedup();
-        let event =
+        let mut event =
             AuditEvent::new(EventKind::ObjectionChanged, Actor::customer(subject), &self.core.clock().rfc3339())
-                .subject(subject)
-                .related(Related::Purposes, purposes.join(","));
+                .subject(subject);
+        event.purposes = purposes.clone();
         let log = self.core.audit().clone();
         let stored = encode(&purposes, "objections")?;
         let now_secs = self.core.clock().now_secs();

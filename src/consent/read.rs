@@ -111,9 +111,9 @@ fn read_decide(
     if unknown > 0 {
         event.related.insert(Related::UnknownFields.as_str().to_owned(), unknown.to_string());
     }
-    if !grant_ids.is_empty() {
-        event.related.insert(Related::GrantIds.as_str().to_owned(), grant_ids.join(","));
-    }
+    event.grants = grant_ids.clone();
+    // What a replay decides again: the catalogue fields asked for, in order.
+    event.requested = requested.iter().filter(|field| policies.catalogue.field(field).is_some()).cloned().collect();
     let sealed = match subject {
         Some(subject) if live_for_purpose => Some(sealed_in(txn, subject, &released)?),
         _ => None,

@@ -185,8 +185,8 @@ impl Consent {
                 )
                 .subject(subject)
                 .fields(stored.fields.clone())
-                .related(Related::RequestId, &stored.request_id)
-                .related(Related::Purposes, stored.purposes.join(","));
+                .related(Related::RequestId, &stored.request_id);
+                event.purposes = stored.purposes.clone();
                 event.business = Some(stored.business_id.to_string());
                 txn.put(Key::request(subject.as_bytes(), &stored.request_id), encode(&stored, "request")?);
                 txn.put(

@@ -184,6 +184,9 @@ pub enum Space {
     /// Audit entries in records of consecutive entries, by the index of
     /// the first (`audit::records`).
     AuditRecords = 0x15,
+    /// Policy bundles by their SHA-256 (hex), each stored once, in the
+    /// batch of the first `policy.loaded` event that names it.
+    AuditPolicies = 0x16,
     /// Principals (businesses, auditors, the admin, customers) by role and id.
     Principals = 0x20,
     /// API client credentials by client id.
@@ -281,6 +284,11 @@ impl Key {
     /// A key in `part` of `subject`'s records.
     pub(crate) fn of_subject(subject: &[u8; 16], part: Part, rest: &[u8]) -> Self {
         Self::new(Space::SubjectRecords, &[subject, &[part as u8], rest])
+    }
+
+    /// The policy bundle whose SHA-256 is `sha256` (hex).
+    pub fn audit_policy(sha256: &str) -> Self {
+        Self::new(Space::AuditPolicies, &[sha256.as_bytes()])
     }
 
     /// A vault-wide setting.

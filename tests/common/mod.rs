@@ -124,8 +124,20 @@ pub fn audit_verify(data_dir: &Path) -> (bool, String, String) {
 
 /// [`audit_verify`], with the exit code (`docs/CLI.md`).
 pub fn audit_verify_code(data_dir: &Path) -> (Option<i32>, String, String) {
+    audit_command(data_dir, "verify")
+}
+
+/// Runs `consentvault audit replay` on a stopped vault with the shipped
+/// policies: it verifies the log, then replays it; returns the exit code,
+/// stdout and stderr.
+pub fn audit_replay(data_dir: &Path) -> (Option<i32>, String, String) {
+    audit_command(data_dir, "replay")
+}
+
+/// Runs `consentvault audit <command>` on a stopped vault.
+fn audit_command(data_dir: &Path, command: &str) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_consentvault"))
-        .args(["audit", "verify", "--data-dir"])
+        .args(["audit", command, "--data-dir"])
         .arg(data_dir)
         .arg("--policies")
         .arg(policies_dir())
