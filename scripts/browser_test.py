@@ -225,7 +225,7 @@ def main():
         check(grant["business_name"] == "Acme Pizza", "the API names the business beside its id")
         session = driver.get_cookie("cv_session")["value"]
         status, headers, text = http(base, "GET", f"/sharing/{grant['grant_id']}/receipt", cookie=session)
-        check(status == 200 and json.loads(text)["receipt"]["grantId"] == grant["grant_id"], "receipt download")
+        check(status == 200 and json.loads(text)["records"][0]["receipt"]["grantId"] == grant["grant_id"], "receipt download")
 
         # A form without its CSRF token changes nothing.
         status, _, _ = http(base, "POST", "/objections", cookie=session, form={"purposes": ["marketing"]})

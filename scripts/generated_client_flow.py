@@ -60,6 +60,7 @@ from consentvault_client.models import (
     Problem,
     ReadAnswer,
     ReceiptAnswer,
+    ReceiptRecordType,
     RelationshipCreate,
     RelationshipView,
     RequestCreate,
@@ -190,7 +191,9 @@ def main() -> None:
     # Her receipt is typed, and so is the change feed the business follows.
     receipt = expect(grants_receipt.sync_detailed(grant.grant_id, client=customer).parsed, ReceiptAnswer)
     check(receipt.receipt.pii_principal_id == relationship.pairwise_id, "the receipt names her pairwise id")
-    check(receipt.receipt.status == GrantStatus.ACTIVE, "the receipt's grant is active")
+    check(receipt.receipt.record_type == ReceiptRecordType.GIVEN, "the receipt records the consent given")
+    check(receipt.receipt.justification == "Send our monthly offers", "the receipt carries why the business asked")
+    check(receipt.later == [], "nothing has ended the consent yet")
     changes = expect(grant_changes.sync_detailed(client=business_client).parsed, ChangesPage)
     check([change.change for change in changes.items] == [GrantChangeKind.CREATED], "the grant in the feed")
 

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod consent;
 pub mod control;
+pub mod controller;
 pub mod core;
 pub mod crypto;
 pub mod directory;

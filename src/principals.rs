@@ -142,6 +142,9 @@ pub struct PrincipalRecord {
     /// version they were issued under.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub secret_version: u32,
+    /// For businesses, its controller details, once registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<crate::controller::ControllerDetails>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -187,6 +190,7 @@ struct PreparedClient {
     role: Role,
     name: String,
     purposes: Vec<String>,
+    controller: Option<crate::controller::ControllerDetails>,
     credentials: NewClient,
 }
 
@@ -303,12 +307,50 @@ impl Principals {
         name: &str,
         purposes: Vec<String>,
     ) -> Result<NewClient, PrincipalError> {
-        let prepared = self.client_prepare(role, name, purposes)?;
+        let prepared = self.client_prepare(role, name, purposes, None)?;
         self.client_commit(actor, prepared).await
     }
 
+    /// Registers a business with its controller details (which its consent
+    /// receipts name), audited as `principal.created` by `actor`.
+    pub async fn business_register(
+        &self,
+        actor: &Actor,
+        name: &str,
+        purposes: Vec<String>,
+        controller: Option<crate::controller::ControllerDetails>,
+    ) -> Result<NewClient, PrincipalError> {
+        let controller =
+            controller.map(|details| details.checked()).transpose().map_err(|e| PrincipalError::Invalid(e.0))?;
+        let prepared = self.client_prepare(Role::Business, name, purposes, controller)?;
+        self.client_commit(actor, prepared).await
+    }
+
+    /// Replaces a business's controller details; receipts issued from now
+    /// on name the new ones (those issued before are never changed).
+    /// Audited as `principal.changed`.
+    pub async fn business_controller_set(
+        &self,
+        actor: &Actor,
+        id: &str,
+        controller: crate::controller::ControllerDetails,
+    ) -> Result<PrincipalRecord, PrincipalError> {
+        let controller = controller.checked().map_err(|e| PrincipalError::Invalid(e.0))?;
+        self.principal_change(actor, Role::Business, id, EventKind::PrincipalChanged, move |_, record| {
+            record.controller = Some(controller);
+            Ok(())
+        })
+        .await
+    }
+
     /// Checks the request and makes the ids and secret of a new client.
-    fn client_prepare(&self, role: Role, name: &str, purposes: Vec<String>) -> Result<PreparedClient, PrincipalError> {
+    fn client_prepare(
+        &self,
+        role: Role,
+        name: &str,
+        purposes: Vec<String>,
+        controller: Option<crate::controller::ControllerDetails>,
+    ) -> Result<PreparedClient, PrincipalError> {
         if role == Role::Customer {
             return Err(PrincipalError::Invalid("customers sign up; they are not clients".to_owned()));
         }
@@ -331,12 +373,12 @@ impl Principals {
             client_id: self.core.random_id()?,
             client_secret: secret(&self.core)?,
         };
-        Ok(PreparedClient { role, name, purposes, credentials })
+        Ok(PreparedClient { role, name, purposes, controller, credentials })
     }
 
     /// Stores a prepared client with its `principal.created` event.
     async fn client_commit(&self, actor: &Actor, prepared: PreparedClient) -> Result<NewClient, PrincipalError> {
-        let PreparedClient { role, name, purposes, credentials } = prepared;
+        let PreparedClient { role, name, purposes, controller, credentials } = prepared;
         let id = credentials.id.clone();
         let now = self.core.clock().rfc3339();
         let client = ClientRecord {
@@ -355,6 +397,7 @@ impl Principals {
             disabled: false,
             created_at: now.clone(),
             secret_version: 0,
+            controller,
         };
         let mut event = AuditEvent::new(EventKind::PrincipalCreated, actor.clone(), &now)
             .related(Related::Principal(role.audit_role()), &id);
@@ -405,7 +448,7 @@ impl Principals {
         if !self.principals(Role::Admin, None, 1)?.0.is_empty() {
             return Ok(None);
         }
-        let mut prepared = self.client_prepare(Role::Admin, "admin", Vec::new())?;
+        let mut prepared = self.client_prepare(Role::Admin, "admin", Vec::new(), None)?;
         let path = data_dir.join(ADMIN_CREDENTIALS_FILE);
         let io = |source: std::io::Error| PrincipalError::CredentialsFile { path: path.clone(), source };
         match std::fs::read(&path) {

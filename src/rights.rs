@@ -112,10 +112,9 @@ pub struct ExportedGrant {
     pub grant: GrantRecord,
     /// Where it stands now.
     pub status: GrantStatus,
-    /// Its consent receipt.
-    pub receipt: crate::consent::ConsentReceipt,
-    /// The receipt's JSON text as a C2SP signed note.
-    pub signed_receipt: String,
+    /// The signed records issued for it: its consent receipt, then the
+    /// record of its end (none for a grant made before receipts were kept).
+    pub receipts: Vec<crate::consent::SignedReceipt>,
 }
 
 /// Why a subject is erased: the `cause` its audit events carry.
@@ -364,10 +363,13 @@ impl Rights {
         let grants = self.consent.grants(subject)?;
         let mut grant_items = Vec::with_capacity(grants.len());
         for grant in grants {
-            let (receipt, signed_note) = self.consent.grant_receipt(subject, &grant.grant_id)?;
+            let receipts = match self.consent.grant_receipts(subject, &grant.grant_id) {
+                Err(ConsentError::NotFound(_)) => Vec::new(),
+                other => other?,
+            };
             let status = grant.status(self.core.clock().now_secs());
             let business_name = self.business_name(&grant.business_id)?;
-            grant_items.push(ExportedGrant { business_name, grant, status, receipt, signed_receipt: signed_note });
+            grant_items.push(ExportedGrant { business_name, grant, status, receipts });
         }
         let mut access_log = Vec::new();
         let mut from = 0;

@@ -275,6 +275,13 @@ fn operations() -> Vec<Operation> {
         op("POST", "/v1/admin/businesses/{id}/disable", ADMIN, |f| {
             call(format!("/v1/admin/businesses/{}/disable", f.business_to_disable))
         }),
+        op("PUT", "/v1/admin/businesses/{id}/controller", ADMIN, |f| {
+            let controller = json!({"contact": "Data protection officer", "email": "privacy@shop.example",
+                "phone": "+44 20 7946 0000", "privacy_notice_url": "https://shop.example/privacy",
+                "address": {"street_address": "1 High Street", "locality": "London", "postal_code": "N1 9GU",
+                "country": "GB"}});
+            call_with(format!("/v1/admin/businesses/{}/controller", f.business_id), controller)
+        }),
         op("GET", "/v1/admin/auditors", ADMIN, |_| call("/v1/admin/auditors")),
         op("POST", "/v1/admin/auditors", ADMIN, |_| call_with("/v1/admin/auditors", json!({"name": "External audit"}))),
         op("POST", "/v1/admin/auditors/{id}/disable", ADMIN, |f| {

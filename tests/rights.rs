@@ -59,7 +59,8 @@ async fn export_holds_everything_and_erasure_leaves_nothing_reachable() {
     let text = export.to_string();
     assert!(text.contains(CANARY) && text.contains("+44 20 7946 0001"), "{export}");
     assert!(text.contains(&pairwise) && text.contains(&grant_id), "{export}");
-    assert!(text.contains("signed_receipt"), "{export}");
+    assert_eq!(export["grants"][0]["receipts"][0]["receipt"]["recordType"], "given", "{export}");
+    assert!(export["grants"][0]["receipts"][0]["signed_note"].is_string(), "{export}");
     assert!(text.contains(&business_id), "the export names who read the data: {export}");
 
     // Erasure needs an explicit confirmation; without it nothing changes.
@@ -186,7 +187,7 @@ async fn the_html_export_is_the_same_document_escaped_and_audited_once_per_expor
         page.contains(CANARY) && page.contains(&pairwise) && page.contains(&grant_id) && page.contains(&business_id)
     );
     assert!(page.contains(&format!("<td>{read_index}</td>")), "the access log shows audit indices");
-    assert!(page.contains("receipt-") && page.contains("signed receipt"), "grants come with their receipts");
+    assert!(page.contains("(given)</summary>") && page.contains("Signed receipts"), "grants come with their receipts");
     for heading in ["My data", "Relationships", "Access requests", "Grants", "Objections", "Access log"] {
         assert!(page.contains(&format!("<h2>{heading}</h2>")), "{heading}");
     }

@@ -234,10 +234,11 @@ async fn moved_at_serve(from: &str) {
         .filter(|key| key.get(1..17) == Some(&erased_subject.as_bytes()[..]))
         .filter_map(|key| Part::of(key))
         .collect();
-    // Revoked grants, closed requests and access-log markers stay (ids
-    // only); the key, the values, relationships and objections are gone.
+    // Revoked grants, their signed receipts, closed requests and access-log
+    // markers stay (ids only); the key, the values, relationships and
+    // objections are gone.
     assert!(erased_records.contains(&Part::AuditMarker) && erased_records.contains(&Part::Grant));
-    let kept = [Part::Grant, Part::Request, Part::AuditMarker];
+    let kept = [Part::Grant, Part::Receipt, Part::Request, Part::AuditMarker];
     assert!(erased_records.iter().all(|part| kept.contains(part)), "{erased_records:?}");
     assert!(verified());
 

@@ -22,6 +22,10 @@ use crate::principals::{NewClient, PrincipalRecord};
 pub struct BusinessCreate {
     name: String,
     purposes: Vec<String>,
+    /// How to reach the business about personal data; its consent receipts
+    /// name it by these (Kantara CR v1.1 asks for every one).
+    #[serde(default)]
+    controller: Option<crate::controller::ControllerDetails>,
 }
 
 /// The body of `POST /v1/admin/auditors`.
@@ -41,6 +45,8 @@ pub struct BusinessItem {
     disabled: bool,
     #[schema(format = DateTime)]
     created_at: String,
+    /// Its controller details, once registered.
+    controller: Option<crate::controller::ControllerDetails>,
 }
 
 impl From<PrincipalRecord> for BusinessItem {
@@ -52,6 +58,7 @@ impl From<PrincipalRecord> for BusinessItem {
             client_id: record.client_id,
             disabled: record.disabled,
             created_at: record.created_at,
+            controller: record.controller,
         }
     }
 }
@@ -157,7 +164,23 @@ pub async fn businesses_create(
     State(state): State<AppState>,
     Json(body): Json<BusinessCreate>,
 ) -> Result<Response, ApiError> {
-    create::<BusinessCredentials>(&state, &caller, Role::Business, &body.name, body.purposes).await
+    let principals = state.vault.principals();
+    let created = principals.business_register(&caller.0.actor(), &body.name, body.purposes, body.controller).await?;
+    Ok((StatusCode::CREATED, axum::Json(BusinessCredentials::from(created))).into_response())
+}
+
+#[utoipa::path(put, path = "/v1/admin/businesses/{id}/controller", tag = "admin", params(("id" = String, Path, description = "Business id")), request_body = crate::controller::ControllerDetails, security(("bearer" = [])), responses((status = 200, body = BusinessItem), (status = 404, description = "No such principal", body = Problem, content_type = "application/problem+json")))]
+/// `PUT /v1/admin/businesses/{id}/controller`: replaces the business's
+/// controller details. Receipts issued from now on name them; those issued
+/// before never change.
+pub async fn businesses_controller_put(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<crate::controller::ControllerDetails>,
+) -> Result<axum::Json<BusinessItem>, ApiError> {
+    let record = state.vault.principals().business_controller_set(&caller.0.actor(), &id, body).await?;
+    Ok(axum::Json(record.into()))
 }
 
 #[utoipa::path(get, path = "/v1/admin/businesses", tag = "admin", params(PageParams), security(("bearer" = [])), responses((status = 200, body = PrincipalPage<BusinessItem>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Token of another role", body = Problem, content_type = "application/problem+json")))]

@@ -769,23 +769,35 @@ pub async fn grant_changes(
     Ok(axum::Json(ChangesPage { items, cursor }))
 }
 
-/// A consent receipt and its signature.
+/// A grant's consent receipt and the records issued since.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptAnswer {
+    /// The receipt of the consent, exactly as issued when the grant was
+    /// made (it never changes).
     receipt: crate::consent::ConsentReceipt,
     /// The receipt's JSON text as a C2SP signed note, signed with the key at
     /// `/v1/audit/public-key`.
     signed_note: String,
     verifier_key: String,
+    /// Records issued since, each signed and referring to the receipt: the
+    /// withdrawal or expiry of the consent.
+    later: Vec<crate::consent::SignedReceipt>,
 }
 
-/// `GET /v1/me/grants/{id}/receipt`: a signed consent receipt (Kantara CR v1.1 fields).
-#[utoipa::path(get, path = "/v1/me/grants/{id}/receipt", tag = "customer", params(("id" = String, Path, description = "Grant id")), security(("bearer" = [])), responses((status = 200, body = ReceiptAnswer), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// `GET /v1/me/grants/{id}/receipt`: the grant's signed consent receipt
+/// (Kantara Consent Receipt v1.1), and the record of its end if it ended.
+#[utoipa::path(get, path = "/v1/me/grants/{id}/receipt", tag = "customer", params(("id" = String, Path, description = "Grant id")), security(("bearer" = [])), responses((status = 200, body = ReceiptAnswer), (status = 404, description = "No such grant, or one made before receipts were kept", body = Problem, content_type = "application/problem+json")))]
 pub async fn grants_receipt(
     caller: CustomerCaller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ReceiptAnswer>, ApiError> {
-    let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject, &record_id(&id, "grant")?)?;
-    Ok(axum::Json(ReceiptAnswer { receipt, signed_note, verifier_key: state.vault.audit().verifier_key() }))
+    let mut records = state.vault.consent().grant_receipts(caller.subject, &record_id(&id, "grant")?)?.into_iter();
+    let first = records.next().ok_or_else(|| ApiError::not_found("receipt"))?;
+    Ok(axum::Json(ReceiptAnswer {
+        receipt: first.receipt,
+        signed_note: first.signed_note,
+        verifier_key: state.vault.audit().verifier_key(),
+        later: records.collect(),
+    }))
 }

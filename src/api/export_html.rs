@@ -232,7 +232,17 @@ pub fn render(document: &Value) -> String {
         .iter()
         .map(|item| {
             let grant = &item["grant"];
-            let receipt = &item["receipt"];
+            let receipts: String = items(item, "receipts")
+                .iter()
+                .map(|record| {
+                    format!(
+                        "<details><summary>{} ({})</summary><pre>{}</pre></details>",
+                        text(&record["receipt"]["consentReceiptID"]),
+                        text(&record["receipt"]["recordType"]),
+                        text(&record["signed_note"])
+                    )
+                })
+                .collect();
             vec![
                 text(&grant["grant_id"]),
                 text(&grant["business_id"]),
@@ -242,12 +252,7 @@ pub fn render(document: &Value) -> String {
                 time(&grant["expires_at"]),
                 text(&item["status"]),
                 text(&grant["audit_index"]),
-                format!(
-                    "{} ({})<details><summary>signed receipt</summary><pre>{}</pre></details>",
-                    text(&receipt["consentReceiptID"]),
-                    text(&receipt["status"]),
-                    text(&item["signed_receipt"])
-                ),
+                receipts,
             ]
         })
         .collect();
@@ -256,7 +261,7 @@ pub fn render(document: &Value) -> String {
         "grants",
         "Grants",
         "Your consents: which business may use which fields, for what, until when; each with its signed receipt.",
-        &["Grant", "Business", "Purposes", "Fields", "From", "Until", "Status", "Audit index", "Receipt (status)"],
+        &["Grant", "Business", "Purposes", "Fields", "From", "Until", "Status", "Audit index", "Signed receipts"],
         grants,
     );
 
@@ -357,8 +362,9 @@ mod tests {
                                  "created_at": 0, "expires_at": 86400, "reason": hostile}],
             "grants": [{"grant": {"grant_id": "g", "business_id": "b", "purposes": ["marketing"], "fields": ["email"],
                                   "starts_at": 0, "expires_at": 1, "audit_index": 7},
-                        "status": "active", "receipt": {"consentReceiptID": "receipt-g", "status": "active"},
-                        "signed_receipt": hostile}],
+                        "status": "active",
+                        "receipts": [{"receipt": {"consentReceiptID": hostile, "recordType": "given"},
+                                      "signed_note": hostile}]}],
             "objections": [hostile],
             "access_log": [{"audit_index": 9, "time": "t", "role": "business", "business_id": hostile,
                             "purpose": "marketing", "fields": [], "decision": "deny",
@@ -369,7 +375,7 @@ mod tests {
         assert!(!page.contains("'y'"), "{page}");
         assert_eq!(
             page.matches("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;").count(),
-            10,
+            11,
             "{page}"
         );
         for id in ["data", "relationships", "access-requests", "grants", "objections", "access-log"] {

@@ -281,6 +281,7 @@ pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
     bodies!(
         admin::BusinessCreate,
         admin::AuditorCreate,
+        crate::controller::ControllerDetails,
         consent::RelationshipCreate,
         consent::GrantCreate,
         consent::Objections,
@@ -413,6 +414,7 @@ fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(admin::businesses_list, admin::businesses_create))
         .routes(routes!(admin::businesses_disable))
+        .routes(routes!(admin::businesses_controller_put))
         .routes(routes!(admin::auditors_list, admin::auditors_create))
         .routes(routes!(admin::auditors_disable))
         .routes(routes!(admin::policies_reload))

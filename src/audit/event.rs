@@ -88,6 +88,10 @@ pub enum EventKind {
     /// A principal was disabled; its tokens stop working.
     #[serde(rename = "principal.disabled")]
     PrincipalDisabled,
+    /// A principal's registration changed (a business's controller
+    /// details).
+    #[serde(rename = "principal.changed")]
+    PrincipalChanged,
     /// A principal's client secret was replaced; the old one, and every
     /// token issued under it, stopped working.
     #[serde(rename = "principal.secret_rotated")]
@@ -129,6 +133,7 @@ impl EventKind {
             Self::PolicyLoaded => "policy.loaded",
             Self::PrincipalCreated => "principal.created",
             Self::PrincipalDisabled => "principal.disabled",
+            Self::PrincipalChanged => "principal.changed",
             Self::PrincipalSecretRotated => "principal.secret_rotated",
             Self::VaultRestored => "vault.restored",
             Self::VaultRollbackAccepted => "vault.rollback_accepted",
@@ -541,6 +546,7 @@ mod tests {
             EventKind::PolicyLoaded,
             EventKind::PrincipalCreated,
             EventKind::PrincipalDisabled,
+            EventKind::PrincipalChanged,
             EventKind::PrincipalSecretRotated,
             EventKind::VaultRestored,
             EventKind::VaultRollbackAccepted,

@@ -4,12 +4,12 @@
 //! sweep that records the end of grants whose window closed.
 
 use super::{
-    Consent, ConsentError, DAY_SECS, GrantEnd, GrantRecord, GrantStatus, Page, Relationship, corrupt, customer_acts_in,
-    decode, encode, grant_end_in,
+    Consent, ConsentError, ConsentReceipt, DAY_SECS, GrantEnd, GrantRecord, GrantStatus, Page, Relationship,
+    RequestTerms, corrupt, customer_acts_in, decode, encode, grant_end_in, receipt_issue_in,
 };
 use crate::audit::{Actor, AuditEvent, EventKind, Related};
 use crate::core::VaultClock;
-use crate::ids::{BusinessId, GrantId, RequestId, SubjectId};
+use crate::ids::{BusinessId, GrantId, SubjectId};
 use crate::policy::engine::{self};
 use crate::store::{Key, StoreError, Txn};
 
@@ -22,6 +22,7 @@ pub(crate) fn grant_write(
     subject: SubjectId,
     mut grant: GrantRecord,
     event: &AuditEvent,
+    receipt: ConsentReceipt,
 ) -> Result<(crate::audit::Appended, u64), ConsentError> {
     let Some(relationship) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? else {
         return Err(ConsentError::Invalid("connect to the business before granting it access".to_owned()));
@@ -33,6 +34,8 @@ pub(crate) fn grant_write(
     let index = appended.index();
     grant.audit_index = index;
     grant.pairwise_id = Some(relationship.pairwise_id.clone());
+    grant.receipt_ids = vec![receipt.consent_receipt_id.clone()];
+    receipt_issue_in(txn, log, subject, receipt, &relationship.pairwise_id, index)?;
     txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&grant, "grant")?);
     txn.put(Key::grant_of_business(&grant.business_id, &grant.grant_id), subject.to_string().into_bytes());
     txn.put(Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id), Vec::new());
@@ -64,7 +67,7 @@ impl Consent {
         fields: Vec<String>,
         duration_days: u32,
     ) -> Result<GrantRecord, ConsentError> {
-        let (grant, event) = self.grant_prepare(subject, business, purposes, fields, duration_days, None)?;
+        let (grant, event, receipt) = self.grant_prepare(subject, business, purposes, fields, duration_days, None)?;
         let log = self.core.audit().clone();
         let stored = grant.clone();
         let ((appended, index), durable) = self
@@ -74,15 +77,15 @@ impl Consent {
                 // The grant starts at the vault clock's now: that is the
                 // activity time.
                 customer_acts_in(txn, subject, stored.starts_at)?;
-                grant_write(txn, &log, subject, stored, &event)
+                grant_write(txn, &log, subject, stored, &event, receipt)
             })
             .await?;
         self.core.audit().confirm(appended, &durable)?;
         Ok(GrantRecord { audit_index: index, ..grant })
     }
 
-    /// Checks a grant against the policies and makes its record and
-    /// `grant.created` event (not yet stored).
+    /// Checks a grant against the policies and makes its record, its
+    /// `grant.created` event and the draft of its receipt (not yet stored).
     pub(crate) fn grant_prepare(
         &self,
         subject: SubjectId,
@@ -90,8 +93,8 @@ impl Consent {
         purposes: Vec<String>,
         fields: Vec<String>,
         duration_days: u32,
-        request_id: Option<&RequestId>,
-    ) -> Result<(GrantRecord, AuditEvent), ConsentError> {
+        request: Option<RequestTerms<'_>>,
+    ) -> Result<(GrantRecord, AuditEvent, ConsentReceipt), ConsentError> {
         let registered = self.business_purposes(business)?;
         engine::check_grant(&self.core.policies(), business, &registered, &purposes, &fields, duration_days)?;
         let now = self.core.clock().now_secs();
@@ -105,22 +108,26 @@ impl Consent {
             revoked_at: None,
             audit_index: 0,
             pairwise_id: None,
+            receipt_ids: Vec::new(),
         };
+        let receipt_id = self.core.random_id()?;
+        let receipt = self.receipt_draft(business, &grant, &receipt_id, request.clone())?;
         let mut event =
             AuditEvent::new(EventKind::GrantCreated, Actor::customer(subject), &self.core.clock().rfc3339())
                 .subject(subject)
                 .fields(grant.fields.clone())
-                .related(Related::GrantId, &grant.grant_id);
+                .related(Related::GrantId, &grant.grant_id)
+                .related(Related::ReceiptId, &receipt_id);
         event.purposes = grant.purposes.clone();
         event.window = Some(crate::audit::Window {
             expires_at: VaultClock::rfc3339_at(grant.expires_at),
             starts_at: VaultClock::rfc3339_at(grant.starts_at),
         });
-        if let Some(request_id) = request_id {
-            event = event.related(Related::RequestId, request_id);
+        if let Some(terms) = &request {
+            event = event.related(Related::RequestId, terms.request_id);
         }
         event.business = Some(business.to_string());
-        Ok((grant, event))
+        Ok((grant, event, receipt))
     }
 
     /// The customer's grants.

@@ -38,7 +38,11 @@ mod revoke;
 pub use feeds::{AccessLogItem, BusinessGrant, GrantChange};
 
 pub(crate) use grants::grant_write;
-pub use receipts::{ConsentReceipt, RECEIPT_JURISDICTION, ReceiptController, ReceiptPurpose, ReceiptService};
+pub use receipts::{
+    ConsentReceipt, RECEIPT_JURISDICTION, RECEIPT_VERSION, ReceiptAddress, ReceiptController, ReceiptHistoryItem,
+    ReceiptPurpose, ReceiptRecordType, ReceiptService, SignedReceipt,
+};
+pub(crate) use receipts::{RequestTerms, receipt_end_in, receipt_issue_in};
 pub(crate) use revoke::grant_end_in;
 pub use revoke::{GrantChangeKind, GrantEnd};
 
@@ -193,6 +197,11 @@ pub struct GrantRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub pairwise_id: Option<PairwiseId>,
+    /// The signed records issued for it (`GET /v1/me/grants/{id}/receipt`):
+    /// the receipt of the consent, then the record of its end. Empty for a
+    /// grant made before receipts were stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipt_ids: Vec<String>,
 }
 
 impl GrantRecord {

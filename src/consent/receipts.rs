@@ -1,40 +1,68 @@
-//! Consent receipts: a grant as Kantara Consent Receipt v1.1 fields in
-//! canonical JSON, signed as a C2SP signed note with the vault's audit key,
-//! for the customer to keep.
+//! Consent receipts: the record of a grant the customer keeps. Each is a
+//! Kantara Consent Receipt v1.1 (valid against its JSON schema), with the
+//! ISO/IEC TS 27560 record fields that fit (record type, legal basis,
+//! notice version, recipients, retention, event history) and what she
+//! agreed to: the justification and benefit the business gave.
+//!
+//! A receipt is issued in the transaction that creates the grant, signed as
+//! a C2SP signed note with the vault's audit key (`/v1/audit/public-key`)
+//! and stored once; it is never changed. When the grant ends (revoked,
+//! expired, or by a disconnect or erasure) a second signed record is issued
+//! in the transaction that ends it, referring to the first.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Consent, ConsentError, corrupt};
-use crate::clock;
-use crate::ids::{GrantId, SubjectId};
+use super::{Consent, ConsentError, GrantEnd, GrantRecord, corrupt};
+use crate::audit::AuditLog;
+use crate::core::VaultClock;
+use crate::ids::{BusinessId, GrantId, SubjectId};
+use crate::store::{Key, Txn};
 
 /// The jurisdiction receipts name: the vault is built to GDPR's terms
 /// (special categories are Art. 9 data).
 pub const RECEIPT_JURISDICTION: &str = "EU";
+/// The Kantara Consent Receipt version receipts follow.
+pub const RECEIPT_VERSION: &str = "KI-CR-v1.1.0";
 
-/// A consent receipt: the Kantara Consent Receipt v1.1 members, and the
-/// grant's own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// What a receipt records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptRecordType {
+    /// Consent was given: the grant was created.
+    Given,
+    /// Consent was withdrawn: revoked by her, or ended by a disconnect or
+    /// an erasure.
+    Withdrawn,
+    /// The grant's window closed.
+    Expired,
+}
+
+/// A consent receipt: the Kantara Consent Receipt v1.1 members, then the
+/// ISO/IEC TS 27560 record fields and the grant's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsentReceipt {
     /// `KI-CR-v1.1.0`.
-    pub version: &'static str,
+    pub version: String,
     /// The jurisdiction the vault is built to.
-    pub jurisdiction: &'static str,
+    pub jurisdiction: String,
     /// When the consent was given, Unix seconds.
     pub consent_timestamp: i64,
     /// How the consent was collected.
-    pub collection_method: &'static str,
-    /// This receipt's id.
+    pub collection_method: String,
+    /// This record's id.
     #[serde(rename = "consentReceiptID")]
     pub consent_receipt_id: String,
-    /// The language of the receipt's texts.
-    pub language: &'static str,
-    /// The customer, by the business's pairwise id.
+    /// The signed-note verifier key the record is signed under.
+    pub public_key: String,
+    /// The language of the record's texts.
+    pub language: String,
+    /// The customer, by the business's pairwise id (never her own id).
     pub pii_principal_id: String,
-    /// The business.
+    /// The business, with its controller details.
     pub pii_controllers: Vec<ReceiptController>,
-    /// The policies in force, by their hash.
+    /// The business's privacy notice, or the vault's policies by hash if
+    /// the business registered none.
     pub policy_url: String,
     /// What the business does with the data, per purpose.
     pub services: Vec<ReceiptService>,
@@ -42,32 +70,112 @@ pub struct ConsentReceipt {
     pub sensitive: bool,
     /// The special-category fields covered.
     pub spi_cat: Vec<String>,
-    /// The fields covered.
-    pub fields: Vec<String>,
+    /// Given, withdrawn or expired (ISO/IEC TS 27560: the record's event).
+    pub record_type: ReceiptRecordType,
+    /// When this record was issued (RFC 3339).
+    #[schema(format = DateTime)]
+    pub issued_at: String,
+    /// For a withdrawal or expiry, the id of the receipt of the consent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_to: Option<String>,
     /// The grant.
     pub grant_id: String,
-    /// Where the grant stands now.
-    pub status: super::GrantStatus,
-    /// When the grant ends (RFC 3339).
+    /// The access request she approved, if the grant came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The fields covered.
+    pub fields: Vec<String>,
+    /// When the grant became live (RFC 3339).
+    #[schema(format = DateTime)]
+    pub starts_at: String,
+    /// When it stops being live, unless withdrawn before (RFC 3339).
     #[schema(format = DateTime)]
     pub expires_at: String,
-    /// The audit index of the grant's creation.
+    /// Why the business asked, in its words, as she saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// What she gets, in the business's words, as she saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benefit: Option<String>,
+    /// The legal basis of the processing.
+    pub legal_basis: Vec<String>,
+    /// The policies in force when the record was issued (their SHA-256,
+    /// as `policy.loaded` names them).
+    pub notice_version: String,
+    /// Who receives the data.
+    pub recipients: Vec<String>,
+    /// How long the consent, and the business's use of the data under it,
+    /// lasts.
+    pub retention: String,
+    /// The audit index of the event this record is about.
     pub audit_index: u64,
+    /// The consent's events up to this record, oldest first.
+    pub history: Vec<ReceiptHistoryItem>,
 }
 
-/// The business a receipt names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// One event of a consent's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReceiptHistoryItem {
+    /// What happened.
+    pub record_type: ReceiptRecordType,
+    /// When (RFC 3339).
+    #[schema(format = DateTime)]
+    pub time: String,
+    /// Its audit event.
+    pub audit_index: u64,
+    /// The record issued for it.
+    #[serde(rename = "consentReceiptID")]
+    pub consent_receipt_id: String,
+}
+
+/// The business a receipt names (a Kantara `piiControllers` item).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReceiptController {
     /// Its name.
     pub pii_controller: String,
-    /// Its id.
+    /// Whether it acts for another controller (never, here).
+    pub on_behalf: bool,
+    /// Whom to contact about personal data.
+    pub contact: String,
+    /// Its postal address.
+    pub address: ReceiptAddress,
+    /// Where to write about personal data.
+    pub email: String,
+    /// Its phone number.
+    pub phone: String,
+    /// Its privacy notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii_controller_url: Option<String>,
+    /// Its id in the vault.
     pub business_id: String,
+    /// Whether the business had registered its controller details; if not,
+    /// `contact` is its name and the other details are empty.
+    pub details_registered: bool,
+}
+
+/// A postal address, in schema.org `PostalAddress` terms.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReceiptAddress {
+    /// Street and number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub street_address: Option<String>,
+    /// Town or city.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_locality: Option<String>,
+    /// Postal code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_country: Option<String>,
 }
 
 /// The business's service, as a receipt names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReceiptService {
     /// Its name.
     pub service: String,
@@ -76,101 +184,258 @@ pub struct ReceiptService {
 }
 
 /// One purpose of a receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReceiptPurpose {
     /// What the purpose is, in words.
     pub purpose: String,
     /// The purpose's name and its DPV term.
     pub purpose_category: Vec<String>,
     /// `EXPLICIT`.
-    pub consent_type: &'static str,
+    pub consent_type: String,
     /// The categories of the fields covered.
     pub pii_category: Vec<String>,
     /// Whether it is the service's primary purpose.
     pub primary_purpose: bool,
     /// When the consent ends.
     pub termination: String,
-    /// Whether the data goes to third parties.
+    /// Whether the data goes to third parties (never: only the business
+    /// reads it).
     pub third_party_disclosure: bool,
 }
 
+/// A receipt and its signed note (the receipt's canonical JSON, signed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SignedReceipt {
+    /// The receipt.
+    pub receipt: ConsentReceipt,
+    /// Its JSON text, members sorted at every level, as a C2SP signed note
+    /// signed with the key at `/v1/audit/public-key`.
+    pub signed_note: String,
+}
+
+/// What the access request a grant comes from said.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestTerms<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) justification: &'a str,
+    pub(crate) benefit: Option<&'a str>,
+}
+
+/// Signs `receipt` as a note and stores it under `subject`.
+fn receipt_store_in(
+    txn: &mut Txn<'_>,
+    log: &AuditLog,
+    subject: SubjectId,
+    receipt: &ConsentReceipt,
+) -> Result<(), ConsentError> {
+    // Members in key order at every level: the text a verifier sees is the
+    // canonical form of the JSON.
+    let value = serde_json::to_value(receipt).map_err(|_| corrupt("receipt"))?;
+    let canonical = crate::policy::catalogue::json_canonical(&value).map_err(|_| corrupt("receipt"))?;
+    let text = format!("{}\n", String::from_utf8(canonical).map_err(|_| corrupt("receipt"))?);
+    let signed = log.signer().sign_note(&text)?;
+    txn.put(Key::receipt(subject.as_bytes(), &receipt.consent_receipt_id), signed.into_bytes());
+    Ok(())
+}
+
+/// The receipt a stored signed note holds.
+fn receipt_of_note(note: &str) -> Result<ConsentReceipt, ConsentError> {
+    // The text is one line of JSON; the signature lines follow a blank line.
+    let text = note.split_once("\n\n").map(|(text, _)| text).ok_or(corrupt("receipt"))?;
+    Ok(serde_json::from_str(text).map_err(|_| corrupt("receipt"))?)
+}
+
+/// Issues the receipt of a new grant in `txn`: `draft` (made by
+/// [`Consent::receipt_draft`]) with the pairwise id the business knows her
+/// by and the audit index of the `grant.created` event, signed and stored.
+pub(crate) fn receipt_issue_in(
+    txn: &mut Txn<'_>,
+    log: &AuditLog,
+    subject: SubjectId,
+    mut draft: ConsentReceipt,
+    pairwise_id: &str,
+    audit_index: u64,
+) -> Result<(), ConsentError> {
+    draft.pii_principal_id = pairwise_id.to_owned();
+    draft.audit_index = audit_index;
+    draft.history = vec![ReceiptHistoryItem {
+        record_type: ReceiptRecordType::Given,
+        time: draft.issued_at.clone(),
+        audit_index,
+        consent_receipt_id: draft.consent_receipt_id.clone(),
+    }];
+    receipt_store_in(txn, log, subject, &draft)
+}
+
+/// Issues the record of `grant`'s end in `txn`, referring to its first
+/// receipt, for the event at `audit_index` at `time`; returns its id, or
+/// `None` for a grant made before receipts were issued.
+pub(crate) fn receipt_end_in(
+    txn: &mut Txn<'_>,
+    log: &AuditLog,
+    subject: SubjectId,
+    grant: &GrantRecord,
+    end: GrantEnd,
+    time: &str,
+    audit_index: u64,
+) -> Result<Option<String>, ConsentError> {
+    let Some(first_id) = grant.receipt_ids.first() else { return Ok(None) };
+    let note = txn.get(&Key::receipt(subject.as_bytes(), first_id))?.ok_or(corrupt("receipt"))?;
+    let first = receipt_of_note(std::str::from_utf8(&note).map_err(|_| corrupt("receipt"))?)?;
+    let record_type = if end == GrantEnd::Expired { ReceiptRecordType::Expired } else { ReceiptRecordType::Withdrawn };
+    let id = format!("{first_id}-{}", if end == GrantEnd::Expired { "expired" } else { "withdrawn" });
+    let mut record = first.clone();
+    record.consent_receipt_id = id.clone();
+    record.record_type = record_type;
+    record.issued_at = time.to_owned();
+    record.refers_to = Some(first.consent_receipt_id.clone());
+    record.audit_index = audit_index;
+    record.public_key = log.verifier_key();
+    let ended = match end.cause() {
+        Some(cause) => format!("ended at {time} ({cause})"),
+        None if end == GrantEnd::Expired => format!("expired at {time}"),
+        None => format!("withdrawn at {time}"),
+    };
+    for service in &mut record.services {
+        for purpose in &mut service.purposes {
+            purpose.termination = ended.clone();
+        }
+    }
+    record.retention = format!("none: the consent {ended}; the business may no longer read data under it");
+    record.history.push(ReceiptHistoryItem {
+        record_type,
+        time: time.to_owned(),
+        audit_index,
+        consent_receipt_id: id.clone(),
+    });
+    receipt_store_in(txn, log, subject, &record)?;
+    Ok(Some(id))
+}
+
 impl Consent {
-    /// A consent receipt for one of the customer's grants, shaped on the
-    /// Kantara Consent Receipt v1.1 fields, as canonical JSON, and the same
-    /// text signed as a C2SP signed note with the vault's audit key (verify
-    /// it with the key at `/v1/audit/public-key`).
-    pub fn grant_receipt(
+    /// The receipt of `grant` as far as it is known before its transaction:
+    /// the business's name and controller details, the purposes in words,
+    /// the policies in force, and the request's justification and benefit.
+    /// [`receipt_issue_in`] completes it.
+    pub(crate) fn receipt_draft(
         &self,
-        subject: SubjectId,
-        grant_id: &GrantId,
-    ) -> Result<(ConsentReceipt, String), ConsentError> {
-        let grant = self
-            .grants(subject)?
-            .into_iter()
-            .find(|g| g.grant_id == *grant_id)
-            .ok_or(ConsentError::NotFound("grant"))?;
-        let business = self.principals.principal(crate::auth::Role::Business, &grant.business_id)?;
-        let controller = business.map(|b| b.name).unwrap_or_else(|| grant.business_id.to_string());
-        let rfc3339 = |secs: i64| {
-            time::OffsetDateTime::from_unix_timestamp(secs).map(clock::rfc3339).unwrap_or_else(|_| secs.to_string())
-        };
+        business: &BusinessId,
+        grant: &GrantRecord,
+        receipt_id: &str,
+        request: Option<RequestTerms<'_>>,
+    ) -> Result<ConsentReceipt, ConsentError> {
+        let record = self.principals.principal(crate::auth::Role::Business, business)?;
+        let name = record.as_ref().map_or_else(|| business.to_string(), |record| record.name.clone());
+        let details = record.and_then(|record| record.controller);
         let policies = self.core.policies();
         let catalogue = &policies.catalogue;
         let categories: std::collections::BTreeSet<String> =
             grant.fields.iter().filter_map(|f| catalogue.field(f)).map(|f| f.category.clone()).collect();
-        let sensitive: Vec<&str> = grant
+        let special: Vec<String> = grant
             .fields
             .iter()
             .filter(|f| catalogue.field(f).is_some_and(|spec| spec.sensitivity == crate::policy::Sensitivity::Special))
-            .map(String::as_str)
+            .cloned()
             .collect();
+        let expires_at = VaultClock::rfc3339_at(grant.expires_at);
         let purposes = grant
             .purposes
             .iter()
-            .map(|purpose| {
+            .enumerate()
+            .map(|(position, purpose)| {
                 let spec = policies.rules.purposes.get(purpose);
                 ReceiptPurpose {
                     purpose: spec.map_or(purpose.clone(), |p| p.description.clone()),
                     purpose_category: vec![purpose.clone(), spec.map_or(String::new(), |p| p.dpv.clone())],
-                    consent_type: "EXPLICIT",
+                    consent_type: "EXPLICIT".to_owned(),
                     pii_category: categories.iter().cloned().collect(),
-                    primary_purpose: false,
-                    termination: format!("on revocation, or at {}", rfc3339(grant.expires_at)),
+                    primary_purpose: position == 0,
+                    termination: format!("on withdrawal, or at {expires_at}"),
                     third_party_disclosure: false,
                 }
             })
             .collect();
-        let receipt = ConsentReceipt {
-            version: "KI-CR-v1.1.0",
-            jurisdiction: RECEIPT_JURISDICTION,
-            consent_timestamp: grant.starts_at,
-            collection_method: "consentvault grant",
-            consent_receipt_id: format!("receipt-{}", grant.grant_id),
-            language: "en",
-            // The business's own name for her, not her customer id (her
-            // login), so two businesses shown her receipts cannot link them.
-            pii_principal_id: self.grant_pairwise(&grant)?.to_string(),
-            pii_controllers: vec![ReceiptController {
-                pii_controller: controller.clone(),
-                business_id: grant.business_id.to_string(),
-            }],
-            policy_url: format!("urn:consentvault:policies:{}", policies.sha256),
-            services: vec![ReceiptService { service: controller, purposes }],
-            sensitive: !sensitive.is_empty(),
-            spi_cat: sensitive.into_iter().map(str::to_owned).collect(),
-            fields: grant.fields.clone(),
-            grant_id: grant.grant_id.to_string(),
-            status: grant.status(self.core.clock().now_secs()),
-            expires_at: rfc3339(grant.expires_at),
-            audit_index: grant.audit_index,
+        let mut legal_basis = vec!["GDPR Art. 6(1)(a): consent".to_owned()];
+        if !special.is_empty() {
+            legal_basis.push("GDPR Art. 9(2)(a): explicit consent to special-category data".to_owned());
+        }
+        let controller = ReceiptController {
+            pii_controller: name.clone(),
+            on_behalf: false,
+            contact: details.as_ref().map_or_else(|| name.clone(), |d| d.contact.clone()),
+            address: details.as_ref().map_or_else(ReceiptAddress::default, |d| ReceiptAddress {
+                street_address: Some(d.address.street_address.clone()),
+                address_locality: Some(d.address.locality.clone()),
+                postal_code: Some(d.address.postal_code.clone()),
+                address_country: Some(d.address.country.clone()),
+            }),
+            email: details.as_ref().map_or_else(String::new, |d| d.email.clone()),
+            phone: details.as_ref().map_or_else(String::new, |d| d.phone.clone()),
+            pii_controller_url: details.as_ref().map(|d| d.privacy_notice_url.clone()),
+            business_id: business.to_string(),
+            details_registered: details.is_some(),
         };
-        // Members in key order at every level: the same receipt always
-        // has the same signed text.
-        let value = serde_json::to_value(&receipt).map_err(|_| corrupt("receipt"))?;
-        let canonical = crate::policy::catalogue::json_canonical(&value).map_err(|_| corrupt("receipt"))?;
-        let text = format!("{}\n", String::from_utf8(canonical).map_err(|_| corrupt("receipt"))?);
-        let signed = self.core.audit().signer().sign_note(&text)?;
-        Ok((receipt, signed))
+        let issued_at = VaultClock::rfc3339_at(grant.starts_at);
+        Ok(ConsentReceipt {
+            version: RECEIPT_VERSION.to_owned(),
+            jurisdiction: RECEIPT_JURISDICTION.to_owned(),
+            consent_timestamp: grant.starts_at,
+            collection_method: match &request {
+                Some(terms) => format!("the customer approved access request {} in consentvault", terms.request_id),
+                None => "the customer granted access in consentvault".to_owned(),
+            },
+            consent_receipt_id: receipt_id.to_owned(),
+            public_key: self.core.audit().verifier_key(),
+            language: "en".to_owned(),
+            // Completed in the transaction: the business's own name for
+            // her, not her customer id (her login), so two businesses shown
+            // her receipts cannot link them.
+            pii_principal_id: String::new(),
+            policy_url: details.as_ref().map_or_else(
+                || format!("urn:consentvault:policies:{}", policies.sha256),
+                |d| d.privacy_notice_url.clone(),
+            ),
+            pii_controllers: vec![controller],
+            services: vec![ReceiptService { service: name.clone(), purposes }],
+            sensitive: !special.is_empty(),
+            spi_cat: special,
+            record_type: ReceiptRecordType::Given,
+            issued_at,
+            refers_to: None,
+            grant_id: grant.grant_id.to_string(),
+            request_id: request.as_ref().map(|terms| terms.request_id.to_owned()),
+            fields: grant.fields.clone(),
+            starts_at: VaultClock::rfc3339_at(grant.starts_at),
+            expires_at: expires_at.clone(),
+            justification: request.as_ref().map(|terms| terms.justification.to_owned()),
+            benefit: request.as_ref().and_then(|terms| terms.benefit.map(str::to_owned)),
+            legal_basis,
+            notice_version: policies.sha256.clone(),
+            recipients: vec![name],
+            retention: format!("until {expires_at}, or until she withdraws consent if sooner"),
+            audit_index: 0,
+            history: Vec::new(),
+        })
+    }
+
+    /// Every record issued for one of the customer's grants, as stored and
+    /// signed: the receipt of the consent first, then the record of its
+    /// end, if it ended. [`ConsentError::NotFound`] for another customer's
+    /// grant, or one made before receipts were issued.
+    pub fn grant_receipts(&self, subject: SubjectId, grant_id: &GrantId) -> Result<Vec<SignedReceipt>, ConsentError> {
+        let grant = self.grant(subject, grant_id)?;
+        if grant.receipt_ids.is_empty() {
+            return Err(ConsentError::NotFound("receipt"));
+        }
+        grant
+            .receipt_ids
+            .iter()
+            .map(|id| {
+                let note = self.core.store().get(&Key::receipt(subject.as_bytes(), id))?.ok_or(corrupt("receipt"))?;
+                let signed_note = String::from_utf8(note).map_err(|_| corrupt("receipt"))?;
+                Ok(SignedReceipt { receipt: receipt_of_note(&signed_note)?, signed_note })
+            })
+            .collect()
     }
 }

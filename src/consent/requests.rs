@@ -280,8 +280,13 @@ impl Consent {
             ));
         }
         let (purposes, fields, duration_days) = narrowed(&request, narrowing)?;
-        let (grant, grant_event) =
-            self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(request_id))?;
+        let terms = super::RequestTerms {
+            request_id: request_id.as_str(),
+            justification: &request.justification,
+            benefit: request.benefit.as_deref(),
+        };
+        let (grant, grant_event, receipt) =
+            self.grant_prepare(subject, &request.business_id, purposes, fields, duration_days, Some(terms))?;
         let log = self.core.audit().clone();
         let time = self.core.clock().rfc3339();
         let stored_grant = grant.clone();
@@ -297,7 +302,7 @@ impl Consent {
                 if let Some(purpose) = stored_grant.purposes.iter().find(|purpose| objections.contains(purpose)) {
                     return Err(RequestRefused::Objected(purpose.clone()).into());
                 }
-                let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event)?;
+                let (first, index) = grant_write(txn, &log, subject, stored_grant.clone(), &grant_event, receipt)?;
                 request.status = RequestStatus::Approved;
                 request.grant_id = Some(stored_grant.grant_id.clone());
                 txn.put(key, encode(&request, "request")?);

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use super::{ConsentError, GrantRecord, Relationship, decode, encode};
+use super::{ConsentError, GrantRecord, Relationship, decode, encode, receipt_end_in};
 use crate::audit::{Actor, Appended, AuditEvent, AuditLog, EventKind, Related};
 use crate::ids::SubjectId;
 use crate::store::{Key, Txn};
@@ -114,13 +114,18 @@ pub(crate) fn grant_end_in(
 ) -> Result<Appended, ConsentError> {
     if end != GrantEnd::Expired {
         grant.revoked_at = Some(now);
-        txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&*grant, "grant")?);
     }
     let mut event = grant_event(txn, end.kind(), actor, time, subject, grant)?;
     if let Some(cause) = end.cause() {
         event = event.related(Related::Cause, cause);
     }
-    Ok(log.append(txn, &event)?)
+    let appended = log.append(txn, &event)?;
+    // The signed record of the end, referring to the consent's receipt.
+    if let Some(id) = receipt_end_in(txn, log, subject, grant, end, time, appended.index())? {
+        grant.receipt_ids.push(id);
+    }
+    txn.put(Key::grant(subject.as_bytes(), &grant.grant_id), encode(&*grant, "grant")?);
+    Ok(appended)
 }
 
 /// The event of a change to `grant`: its id, the business, and the pairwise

@@ -233,14 +233,25 @@ pub enum Part {
     Objections = 0x05,
     /// Access requests, by request id.
     Request = 0x06,
+    /// Signed consent receipts, by receipt id: each written once, never
+    /// changed.
+    Receipt = 0x07,
     /// The indices of the audit entries that concern the subject, in
     /// groups keyed by their first index (`audit::records`).
     AuditMarker = 0x10,
 }
 
 impl Part {
-    const ALL: [Part; 7] =
-        [Part::Key, Part::Value, Part::Relationship, Part::Grant, Part::Objections, Part::Request, Part::AuditMarker];
+    const ALL: [Part; 8] = [
+        Part::Key,
+        Part::Value,
+        Part::Relationship,
+        Part::Grant,
+        Part::Objections,
+        Part::Request,
+        Part::Receipt,
+        Part::AuditMarker,
+    ];
 
     /// The parts a consent decision reads: what a decision made ahead is
     /// stamped on (`versions.rs`) and what the commit thread caches
@@ -491,6 +502,11 @@ impl Key {
     /// Access request `request` of `subject`.
     pub fn request(subject: &[u8; 16], request: &str) -> Self {
         Self::of_subject(subject, Part::Request, request.as_bytes())
+    }
+
+    /// Consent receipt `receipt` of `subject` (a signed note).
+    pub fn receipt(subject: &[u8; 16], receipt: &str) -> Self {
+        Self::of_subject(subject, Part::Receipt, receipt.as_bytes())
     }
 
     /// Every access request of `subject`.

@@ -639,7 +639,14 @@ impl TestApp {
 
     /// Registers a business for `purposes` and signs it in.
     pub async fn business(&self, name: &str, purposes: &[&str]) -> Business {
-        let (status, created) = self.admin.business_register(name, purposes).await;
+        self.business_with(&json!({"name": name, "purposes": purposes})).await
+    }
+
+    /// Registers a business with the registration `body` (`name`,
+    /// `purposes`, `controller`) and signs it in.
+    pub async fn business_with(&self, body: &Value) -> Business {
+        let name = body["name"].as_str().unwrap().to_owned();
+        let (status, created) = self.admin.caller.post("/v1/admin/businesses", body).await;
         assert_eq!(status, 201, "registering business {name}: {created}");
         let (id, client_id, secret) = credentials(&created, "business_id");
         let token = roles::client_token(&self.client, &self.base, &client_id, &secret).await;

@@ -735,10 +735,9 @@ async fn revoke(State(state): State<AppState>, Path(id): Path<String>, Posted { 
 
 async fn receipt_download(State(state): State<AppState>, caller: SessionCaller, Path(id): Path<String>) -> PageResult {
     let grant_id = parsed(&id, "grant")?;
-    let (receipt, signed_note) = state.vault.consent().grant_receipt(caller.subject(), &grant_id).map_err(failed)?;
+    let records = state.vault.consent().grant_receipts(caller.subject(), &grant_id).map_err(failed)?;
     let document = serde_json::json!({
-        "receipt": receipt,
-        "signed_note": signed_note,
+        "records": records,
         "verifier_key": state.vault.audit().verifier_key(),
     });
     Ok(download(&format!("consent-receipt-{id}.json"), &document))
