@@ -633,7 +633,7 @@ impl Vault {
         let store = Self::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
         let size = verified.size;
         let summary =
-            crate::audit::replay_store(&store, size, &|done| progress(crate::backup::REPLAY_STEP, done, size));
+            crate::audit::replay_store(&store, size, &|done| progress(crate::audit::replay::REPLAY_STEP, done, size));
         store.close()?;
         Ok((size, summary?))
     }

@@ -22,6 +22,10 @@ use crate::ids::SubjectId;
 use crate::policy::Policies;
 use crate::policy::engine::{self, FieldDecision, GrantView, ReadQuery, Reason};
 
+/// The step of `consentvault audit replay` that replays entries, as its
+/// progress names it.
+pub const REPLAY_STEP: &str = "audit entries replayed";
+
 /// The rule a violation breaks; the wire name is the snake-case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -54,9 +54,7 @@ mod restore;
 mod writer;
 
 pub use format::read;
-pub use restore::{
-    BackupReplay, REPLAY_STEP, RESTORE_VERIFY, RESTORE_WRITE, RestoreProgress, RestoreSummary, replay, restore,
-};
+pub use restore::{BackupReplay, RESTORE_VERIFY, RESTORE_WRITE, RestoreProgress, RestoreSummary, replay, restore};
 pub use writer::{BackupSummary, Progress, write};
 
 use std::path::{Path, PathBuf};

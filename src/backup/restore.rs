@@ -182,7 +182,7 @@ pub struct BackupReplay {
 /// Replays the log of the backup at `input` (`consentvault audit replay
 /// --backup`): written into a temporary store in `scratch` (removed after),
 /// verified whole with the KEK `options.key_source` names, then replayed.
-/// `progress` hears the steps of a restore, then [`REPLAY_STEP`].
+/// `progress` hears the steps of a restore, then [`crate::audit::replay::REPLAY_STEP`].
 pub fn replay(
     input: &Path,
     options: &VaultOptions,
@@ -199,7 +199,9 @@ pub fn replay(
     let replayed = load_verified(input, &staging, &keys, &checked, options.store_cache_bytes, progress).and_then(
         |Loaded { store, checkpoint, .. }| {
             let size = checkpoint.tree_size;
-            let summary = crate::audit::replay_store(&store, size, &|done| progress(REPLAY_STEP, done, size));
+            let summary = crate::audit::replay_store(&store, size, &|done| {
+                progress(crate::audit::replay::REPLAY_STEP, done, size)
+            });
             store.close()?;
             Ok(BackupReplay { audit_size: size, summary: summary? })
         },
@@ -207,6 +209,3 @@ pub fn replay(
     let _ = std::fs::remove_dir_all(&staging);
     replayed
 }
-
-/// The step of a replay that replays entries.
-pub const REPLAY_STEP: &str = "audit entries replayed";
