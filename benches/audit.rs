@@ -26,6 +26,7 @@ fn options(dir: &std::path::Path) -> VaultOptions {
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
+        webhooks: Default::default(),
     }
 }
 

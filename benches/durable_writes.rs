@@ -45,6 +45,7 @@ async fn run(work: Work, writers: usize, duration: Duration) {
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
+        webhooks: Default::default(),
     };
     let (vault, _) = Vault::open(options).unwrap();
     let mut subjects = Vec::new();

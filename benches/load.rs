@@ -107,6 +107,7 @@ fn vault_options(data_dir: &Path) -> VaultOptions {
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
+        webhooks: Default::default(),
     }
 }
 

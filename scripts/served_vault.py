@@ -1,5 +1,5 @@
 """A vault served for the outside checks (scripts/schemathesis.py,
-scripts/generated_client.py): the real binary (CONSENTVAULT_BIN, else
+scripts/generated_client.py, scripts/standard_webhooks.py): the real binary (CONSENTVAULT_BIN, else
 <CARGO_TARGET_DIR or target>/debug/consentvault) on a temporary data
 directory and port 0, with the shipped policies."""
 
@@ -16,12 +16,12 @@ def binary():
     return os.environ.get("CONSENTVAULT_BIN", str(target / "debug" / "consentvault"))
 
 
-def start(work):
-    """Starts a vault in `work`; returns the process, its base URL and its data directory."""
+def start(work, extra=()):
+    """Starts a vault in `work`, with `extra` arguments; returns the process, its base URL and its data directory."""
     data_dir = work / "data"
     server = subprocess.Popen(
         [binary(), "serve", "--data-dir", str(data_dir), "--policies", str(ROOT / "policies"),
-         "--listen", "127.0.0.1:0"],
+         "--listen", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE, stderr=open(work / "server.log", "w"), text=True,
         env={**os.environ, "CONSENTVAULT_LOG": "warn", "CONSENTVAULT_FORMAT": "text"},
     )

@@ -114,6 +114,39 @@ struct FileConfig {
     keys: KeysFile,
     #[serde(default)]
     limits: crate::principals::LimitSettings,
+    #[serde(default)]
+    webhooks: crate::webhooks::WebhookSettings,
+}
+
+/// The `[webhooks]` table, checked: bounded retries and timeouts, and the
+/// insecure switches refused in production and warned about otherwise.
+fn webhook_settings(
+    settings: &crate::webhooks::WebhookSettings,
+    production: bool,
+) -> Result<crate::webhooks::WebhookSettings, ConfigError> {
+    let range = |setting: &'static str, value: u64, low: u64, high: u64| {
+        if (low..=high).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { setting, problem: format!("must be between {low} and {high}") })
+        }
+    };
+    range("webhooks.retry_initial_secs", settings.retry_initial_secs, 1, 3_600)?;
+    range("webhooks.attempts_max", u64::from(settings.attempts_max), 1, 100)?;
+    range("webhooks.failures_to_disable", u64::from(settings.failures_to_disable), 1, 10_000)?;
+    range("webhooks.timeout_secs", settings.timeout_secs, 1, 60)?;
+    for (setting, on) in [
+        ("webhooks.insecure_allow_http", settings.insecure_allow_http),
+        ("webhooks.insecure_allow_private", settings.insecure_allow_private),
+    ] {
+        if on && production {
+            return Err(ConfigError::Invalid { setting, problem: "is refused in production".to_owned() });
+        }
+        if on {
+            tracing::warn!(setting, "insecure: webhooks may reach what the SSRF rule protects");
+        }
+    }
+    Ok(settings.clone())
 }
 
 /// The `[keys]` table: when keys are replaced because they encrypted enough.
@@ -309,6 +342,7 @@ impl VaultConfig {
                 kek_wraps_max: encryption_limit("keys.kek_wraps_max", file.keys.kek_wraps_max)?,
                 dek_seals_max: encryption_limit("keys.dek_seals_max", file.keys.dek_seals_max)?,
             },
+            webhooks: webhook_settings(&file.webhooks, production)?,
         };
         Ok(Self { options, policy_source })
     }

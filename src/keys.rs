@@ -776,6 +776,17 @@ impl Keys {
                 resealed.push((key, sealed, again));
             }
         }
+        // Webhook secrets come and go while the rotation runs: one replaced
+        // or removed meanwhile was sealed under the target already, or is
+        // gone, and is left as it is.
+        let mut webhook_resealed = Vec::new();
+        for (key, label) in crate::webhooks::Webhooks::sealed_secrets(self.core.store())? {
+            let Some(sealed) = self.core.store().get(&key)? else { continue };
+            if KeyRing::secret_kek_version(&sealed) != Some(target) {
+                let again = keys.secret_reseal(&label, &sealed)?;
+                webhook_resealed.push((key, sealed, again));
+            }
+        }
         let log = self.core.audit().clone();
         let now = self.core.clock().rfc3339();
         let finished = step_event(actor, &now, "finished", &rotation);
@@ -787,6 +798,11 @@ impl Keys {
                     return Err(StoreError::Corrupt { what: "sealed secret changed during rotation" }.into());
                 }
                 txn.put(key, new);
+            }
+            for (key, old, new) in webhook_resealed {
+                if txn.get(&key)?.as_deref() == Some(old.as_slice()) {
+                    txn.put(key, new);
+                }
             }
             let finished_index = log.append(txn, &finished)?.index();
             for version in &retiring {

@@ -33,3 +33,4 @@ pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod vault;
+pub mod webhooks;

@@ -221,10 +221,22 @@ impl Application {
                 }
             }
         });
+        // Webhook messages the outbox holds, delivered until the vault
+        // closes; what is not delivered by then is sent after the next start.
+        let webhooks = self.vault.webhooks().clone();
+        let serving = self.vault.rollback().is_none();
+        let deliverer = tokio::spawn(async move {
+            if serving {
+                webhooks.run().await;
+            }
+        });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));
         serve_connections(self.listener, self.router, self.header_read_timeout, shutdown).await;
         reloader.abort();
         sweeper.abort();
+        deliverer.abort();
+        // An attempt in flight is cut off; its message stays in the outbox.
+        let _ = deliverer.await;
         // Removes the socket: no new command reaches a closing vault.
         drop(control);
         self.vault.close().map_err(std::io::Error::other)

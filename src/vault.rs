@@ -30,6 +30,7 @@ use crate::rights::Rights;
 use crate::store::{Backend, Key, Store, StoreConfig, StoreError};
 use crate::subjects::Subjects;
 use crate::sweep::Sweep;
+use crate::webhooks::Webhooks;
 use crate::{clock, crypto};
 
 /// The name of the key file inside a data directory.
@@ -175,6 +176,8 @@ pub struct VaultOptions {
     pub identity: IdentityOptions,
     /// When keys are replaced because they encrypted enough.
     pub key_limits: KeyLimits,
+    /// How webhooks are delivered.
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// What a vault is made of once its keys are loaded and its store is open
@@ -196,6 +199,8 @@ pub struct VaultParts {
     pub identity: IdentityOptions,
     /// Where keys come from and when they are replaced.
     pub key_config: KeyConfig,
+    /// How webhooks are delivered.
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl std::fmt::Debug for VaultParts {
@@ -249,6 +254,7 @@ pub struct Vault {
     consent: Consent,
     rights: Rights,
     sweep: Sweep,
+    webhooks: Webhooks,
     /// The full recomputation of the log that runs after start-up.
     audit_status: Arc<Mutex<AuditStatus>>,
     verifier: Mutex<Option<JoinHandle<()>>>,
@@ -439,6 +445,7 @@ impl Vault {
             audit_origin: options.audit_origin,
             identity: options.identity,
             key_config: KeyConfig { source: Some(source), limits: options.key_limits },
+            webhooks: options.webhooks,
         };
         let vault = Self::open_parts(publication, parts)?;
         Ok((vault, opened))
@@ -455,7 +462,8 @@ impl Vault {
     /// [`Vault::open_backend`], recording published checkpoints in the file
     /// at `publication` and comparing the store with it first.
     fn open_parts(publication: Option<PathBuf>, parts: VaultParts) -> Result<Arc<Self>, VaultError> {
-        let VaultParts { data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config } = parts;
+        let VaultParts { data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config, webhooks } =
+            parts;
         crate::auth::jwt_ring::install();
         if backend.get(Key::meta("format").as_bytes())?.is_none() {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
@@ -491,6 +499,10 @@ impl Vault {
         let consent = Consent::new(Arc::clone(&core), principals.clone());
         let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
         let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone());
+        let webhooks = Webhooks::new(Arc::clone(&core), webhooks);
+        // Every event a business must hear of queues its messages in the
+        // transaction that appends it.
+        core.audit().observe(webhooks.observer());
         let vault = Arc::new(Self {
             data_dir,
             policy_dir,
@@ -501,6 +513,7 @@ impl Vault {
             consent,
             rights,
             sweep,
+            webhooks,
             audit_status: Arc::new(Mutex::new(AuditStatus::Verifying)),
             verifier: Mutex::new(None),
             rollback: Mutex::new(rollback.clone()),
@@ -686,6 +699,11 @@ impl Vault {
     /// The background sweep.
     pub fn sweep(&self) -> &Sweep {
         &self.sweep
+    }
+
+    /// Webhook endpoints and the delivery of their messages.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// The store.

@@ -66,6 +66,10 @@ struct Fixtures {
     pairwise: String,
     request_to_approve: String,
     request_to_deny: String,
+    /// The audit index of a grant's creation (an event about the business).
+    grant_event_index: u64,
+    webhook_endpoint: String,
+    webhook_to_delete: String,
 }
 
 /// `answer[name]` of a 201 answer, or a panic that says what was made.
@@ -111,6 +115,17 @@ impl Fixtures {
         };
         let request_to_approve = ask(pairwise.clone()).await;
         let request_to_deny = ask(pairwise.clone()).await;
+        let (status, granted) = customer.grant_get(&grant_to_read).await;
+        assert_eq!(status, 200, "{granted}");
+        let grant_event_index = granted["audit_index"].as_u64().unwrap();
+        // Registered last, so no message waits for them.
+        let endpoint = |url: &'static str| async move {
+            let (status, created) = business.caller().post("/v1/webhooks", &json!({"url": url})).await;
+            assert_eq!(status, 201, "registering a webhook endpoint: {created}");
+            created["endpoint"]["endpoint_id"].as_str().unwrap().to_owned()
+        };
+        let webhook_endpoint = endpoint("https://hooks.shop.example/consentvault").await;
+        let webhook_to_delete = endpoint("https://hooks.shop.example/old").await;
         Self {
             admin_client_id: admin.client_id.clone(),
             admin_client_secret: admin.client_secret.clone(),
@@ -126,6 +141,9 @@ impl Fixtures {
             pairwise,
             request_to_approve,
             request_to_deny,
+            grant_event_index,
+            webhook_endpoint,
+            webhook_to_delete,
         }
     }
 }
@@ -257,6 +275,22 @@ fn operations() -> Vec<Operation> {
         op("GET", "/v1/subjects/{pairwise_id}/data", BUSINESS, |f| {
             call(format!("/v1/subjects/{}/data?purpose=marketing", f.pairwise))
         }),
+        op("GET", "/v1/webhooks", BUSINESS, |_| call("/v1/webhooks")),
+        op("POST", "/v1/webhooks", BUSINESS, |_| {
+            call_with("/v1/webhooks", json!({"url": "https://hooks.shop.example/new"}))
+        }),
+        op("GET", "/v1/webhooks/{id}", BUSINESS, |f| call(format!("/v1/webhooks/{}", f.webhook_endpoint))),
+        op("DELETE", "/v1/webhooks/{id}", BUSINESS, |f| call(format!("/v1/webhooks/{}", f.webhook_to_delete))),
+        op("POST", "/v1/webhooks/{id}/enable", BUSINESS, |f| {
+            call(format!("/v1/webhooks/{}/enable", f.webhook_endpoint))
+        }),
+        op("POST", "/v1/webhooks/{id}/secret", BUSINESS, |f| {
+            call(format!("/v1/webhooks/{}/secret", f.webhook_endpoint))
+        }),
+        op("GET", "/v1/webhooks/{id}/deliveries", BUSINESS, |f| {
+            call(format!("/v1/webhooks/{}/deliveries", f.webhook_endpoint))
+        }),
+        op("GET", "/v1/events/{index}/proof", BUSINESS, |f| call(format!("/v1/events/{}/proof", f.grant_event_index))),
         op("GET", "/v1/audit/entries", AUDITOR, |_| call("/v1/audit/entries")),
         op("GET", "/v1/audit/entries/{index}", AUDITOR, |_| call("/v1/audit/entries/0")),
         op("GET", "/v1/audit/proof/inclusion", AUDITOR, |_| call("/v1/audit/proof/inclusion?index=0&tree_size=1")),

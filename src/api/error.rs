@@ -364,6 +364,23 @@ impl From<crate::vault::PolicyReloadError> for ApiError {
     }
 }
 
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(error: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError;
+        match error {
+            WebhookError::Invalid(detail) => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_webhook", "Invalid webhook endpoint", detail)
+            }
+            WebhookError::NotFound => Self::not_found("webhook endpoint"),
+            WebhookError::TooMany => {
+                Self::client(StatusCode::CONFLICT, "too_many_endpoints", "Too many endpoints", error.to_string())
+            }
+            WebhookError::Store(error) => error.into(),
+            WebhookError::Crypto(error) => Self::internal(&error),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         match error {

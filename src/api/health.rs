@@ -196,6 +196,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Fields withheld from logged scoped reads, by reason code.",
         &["reason"],
     );
+    vault.webhooks().deliveries_counted().write(
+        &mut out,
+        "consentvault_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome (delivered, failed, given_up).",
+        &["outcome"],
+    );
     state.metrics.write(&mut out);
     out.header("consentvault_build_info", "gauge", "The build that answers: always 1, its version as a label.");
     out.labelled("consentvault_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);

@@ -19,6 +19,7 @@ mod identity;
 mod me;
 pub mod observe;
 pub mod problem;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,6 +283,7 @@ pub fn fuzz_request_parsing(bytes: &[u8], query: &str) {
         admin::BusinessCreate,
         admin::AuditorCreate,
         crate::controller::ControllerDetails,
+        webhooks::EndpointCreate,
         consent::RelationshipCreate,
         consent::GrantCreate,
         consent::Objections,
@@ -396,6 +398,12 @@ fn business_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::requests_get))
         .routes(routes!(consent::subjects_data))
         .routes(routes!(identity::credentials_rotate))
+        .routes(routes!(webhooks::webhooks_list, webhooks::webhooks_create))
+        .routes(routes!(webhooks::webhooks_get, webhooks::webhooks_delete))
+        .routes(routes!(webhooks::webhooks_enable))
+        .routes(routes!(webhooks::webhooks_secret_rotate))
+        .routes(routes!(webhooks::webhooks_deliveries))
+        .routes(routes!(webhooks::events_proof))
 }
 
 /// The auditor's view of the audit log.

@@ -239,7 +239,14 @@ struct Shared {
     /// Where the current batch appends its entries (used on the commit
     /// thread only; checked against the batch's writes before use).
     open_record: Mutex<OpenRecord>,
+    /// Sees every event as it is appended, in its transaction.
+    observer: std::sync::OnceLock<Observer>,
 }
+
+/// What sees every appended event in the transaction that appends it, with
+/// its index: its writes commit with the event or not at all (the webhook
+/// outbox). An `Err` fails the transaction.
+pub type Observer = Box<dyn Fn(&mut Txn<'_>, &AuditEvent, u64) -> Result<(), StoreError> + Send + Sync>;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -303,7 +310,14 @@ impl AuditLog {
             publication: std::sync::OnceLock::new(),
             signing_refused: RwLock::new(None),
             open_record: Mutex::new(OpenRecord::default()),
+            observer: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Installs the observer every later append calls (once; a second is
+    /// ignored and reported as `false`).
+    pub fn observe(&self, observer: Observer) -> bool {
+        self.0.observer.set(observer).is_ok()
     }
 
     /// Records every checkpoint handed out from now on in the file at
@@ -343,6 +357,9 @@ impl AuditLog {
         }
         if let Some(business) = &event.business {
             group_append(txn, Key::audit_by_business(business, first), index);
+        }
+        if let Some(observe) = self.0.observer.get() {
+            observe(txn, event, index)?;
         }
         let log = self.clone();
         txn.on_durable(move || {

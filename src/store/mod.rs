@@ -196,6 +196,11 @@ pub enum Space {
     /// Business names, folded (see `principals`), to the business's id: a
     /// name is registered once.
     PrincipalNames = 0x23,
+    /// Webhook endpoints by business and endpoint id (`webhooks`).
+    WebhookEndpoints = 0x24,
+    /// Webhook signing secrets by endpoint id, sealed under the KEK: the
+    /// current one, and the one a rotation replaced while it stays valid.
+    WebhookSecrets = 0x25,
     /// Pairwise ids by business, while the relationship lasts.
     Pairwise = 0x31,
     /// Grant ids by business, to the subject.
@@ -208,6 +213,12 @@ pub enum Space {
     RequestExpiry = 0x39,
     /// Subjects by the time of their last activity, for the retention sweep.
     SubjectActivity = 0x3A,
+    /// Webhook messages waiting to be delivered, by the audit index of the
+    /// event they announce and the endpoint: written in the batch of that
+    /// event, removed once delivered or given up.
+    WebhookOutbox = 0x50,
+    /// Webhook delivery attempts, by endpoint, time and audit index.
+    WebhookDeliveries = 0x51,
     /// Everything kept about one subject but its record, side by side:
     /// subject id, then the [`Part`], then the part's own key. A business's
     /// scoped read decides on, releases and logs into one place in the
@@ -295,6 +306,51 @@ impl Key {
     /// A key in `part` of `subject`'s records.
     pub(crate) fn of_subject(subject: &[u8; 16], part: Part, rest: &[u8]) -> Self {
         Self::new(Space::SubjectRecords, &[subject, &[part as u8], rest])
+    }
+
+    /// Webhook endpoint `endpoint` of `business`.
+    pub fn webhook_endpoint(business: &str, endpoint: &str) -> Self {
+        let length = u8::try_from(business.len()).unwrap_or(u8::MAX);
+        Self::new(Space::WebhookEndpoints, &[&[length], business.as_bytes(), endpoint.as_bytes()])
+    }
+
+    /// Every webhook endpoint of `business`.
+    pub fn webhook_endpoints_of(business: &str) -> Self {
+        let length = u8::try_from(business.len()).unwrap_or(u8::MAX);
+        Self::new(Space::WebhookEndpoints, &[&[length], business.as_bytes()])
+    }
+
+    /// The sealed signing secret of webhook endpoint `endpoint`; `previous`
+    /// for the one a rotation replaced.
+    pub fn webhook_secret(endpoint: &str, previous: bool) -> Self {
+        Self::new(Space::WebhookSecrets, &[endpoint.as_bytes(), &[u8::from(previous)]])
+    }
+
+    /// Every sealed webhook secret.
+    pub fn webhook_secrets_all() -> Self {
+        Self::new(Space::WebhookSecrets, &[])
+    }
+
+    /// A webhook message for `endpoint` announcing the event at `index`.
+    pub fn webhook_message(index: u64, endpoint: &str) -> Self {
+        Self::new(Space::WebhookOutbox, &[&index.to_be_bytes(), endpoint.as_bytes()])
+    }
+
+    /// Every webhook message waiting.
+    pub fn webhook_outbox_all() -> Self {
+        Self::new(Space::WebhookOutbox, &[])
+    }
+
+    /// A delivery attempt to `endpoint` at `time` (Unix seconds) of the
+    /// message announcing the event at `index`.
+    pub fn webhook_delivery(endpoint: &str, time: i64, index: u64, attempt: u32) -> Self {
+        let time = u64::try_from(time).unwrap_or(0).to_be_bytes();
+        Self::new(Space::WebhookDeliveries, &[endpoint.as_bytes(), &time, &index.to_be_bytes(), &attempt.to_be_bytes()])
+    }
+
+    /// Every delivery attempt to `endpoint`.
+    pub fn webhook_deliveries_of(endpoint: &str) -> Self {
+        Self::new(Space::WebhookDeliveries, &[endpoint.as_bytes()])
     }
 
     /// The policy bundle whose SHA-256 is `sha256` (hex).

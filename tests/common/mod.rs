@@ -44,6 +44,7 @@ pub fn vault_options(data_dir: &Path, policy_dir: &Path) -> VaultOptions {
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
+        webhooks: Default::default(),
     }
 }
 
@@ -68,6 +69,7 @@ pub fn memory_vault(backend: Arc<consentvault::store::memory::MemoryBackend>) ->
         audit_origin: None,
         identity: Default::default(),
         key_config: Default::default(),
+        webhooks: Default::default(),
     })
     .unwrap()
 }

@@ -1,0 +1,350 @@
+//! Delivering the outbox: each due message is sent to its endpoint, signed
+//! per Standard Webhooks, and the attempt recorded in one transaction with
+//! what follows from it (the message removed, rescheduled or given up; the
+//! endpoint's failure count, and its disabling).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{
+    Delivery, DeliveryOutcome, Endpoint, EndpointStatus, Message, WebhookError, Webhooks, decode, encode, secret_label,
+    signature,
+};
+use crate::core::VaultClock;
+use crate::store::Key;
+
+/// Messages read from the outbox per pass.
+const PASS_MESSAGES_MAX: usize = 256;
+/// Deliveries in flight at once.
+const IN_FLIGHT_MAX: usize = 8;
+/// The longest wait between retries.
+const RETRY_WAIT_MAX_SECS: u64 = 6 * 3_600;
+/// How often the worker looks for due messages when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Whether `address` is one the vault may send to: not loopback,
+/// unspecified, private, shared (carrier-grade NAT), link-local,
+/// documentation, benchmarking, reserved, broadcast or multicast; for IPv6
+/// also not unique-local, and an IPv4-mapped address is judged as IPv4.
+pub fn address_is_public(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return address_is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || first == 0x0064)
+        }
+    }
+}
+
+/// What one attempt came to.
+struct Attempted {
+    status_code: Option<u16>,
+    error: Option<String>,
+}
+
+impl Attempted {
+    fn delivered(&self) -> bool {
+        self.status_code.is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+impl Webhooks {
+    /// Runs the delivery worker until the task is dropped: a pass whenever
+    /// a batch queued messages, and every second for retries that came due.
+    pub async fn run(&self) {
+        loop {
+            if let Err(error) = self.deliver_due().await {
+                tracing::error!(%error, "webhook delivery pass failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    /// One pass: sends every message that is due to an enabled endpoint,
+    /// up to [`PASS_MESSAGES_MAX`], and records each attempt. Returns how
+    /// many were attempted.
+    pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
+        let now = self.core.clock().now_secs();
+        let rows = self.core.store().scan_prefix(&Key::webhook_outbox_all(), PASS_MESSAGES_MAX)?;
+        let mut due = Vec::new();
+        for (_, bytes) in rows {
+            let message: Message = decode(&bytes, "webhook message")?;
+            if message.next_attempt_at > now {
+                continue;
+            }
+            let Some(endpoint) =
+                self.core.store().get(&Key::webhook_endpoint(&message.business_id, &message.endpoint_id))?
+            else {
+                continue;
+            };
+            let endpoint: Endpoint = decode(&endpoint, "webhook endpoint")?;
+            if endpoint.status == EndpointStatus::Enabled {
+                due.push((endpoint, message));
+            }
+        }
+        let attempted = due.len();
+        // One task per endpoint, which sends its messages one after another
+        // in audit order; endpoints side by side.
+        let mut by_endpoint: Vec<(Endpoint, Vec<Message>)> = Vec::new();
+        for (endpoint, message) in due {
+            match by_endpoint.iter_mut().find(|(known, _)| known.endpoint_id == endpoint.endpoint_id) {
+                Some((_, messages)) => messages.push(message),
+                None => by_endpoint.push((endpoint, vec![message])),
+            }
+        }
+        let mut in_flight = tokio::task::JoinSet::new();
+        for (endpoint, messages) in by_endpoint {
+            let keys = self.signing_keys(&endpoint, now)?;
+            let settings = std::sync::Arc::clone(&self.settings);
+            in_flight.spawn(async move {
+                let mut sent = Vec::with_capacity(messages.len());
+                for message in messages {
+                    let outcome = send(&settings, &endpoint, &message, &keys).await;
+                    sent.push((message, outcome));
+                }
+                sent
+            });
+            while in_flight.len() >= IN_FLIGHT_MAX {
+                if let Some(Ok(sent)) = in_flight.join_next().await {
+                    self.record_all(sent).await?;
+                }
+            }
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            if let Ok(sent) = joined {
+                self.record_all(sent).await?;
+            }
+        }
+        Ok(attempted)
+    }
+
+    /// The keys an endpoint's messages are signed with now: its secret, and
+    /// the one a rotation replaced while that still signs.
+    fn signing_keys(&self, endpoint: &Endpoint, now: i64) -> Result<Vec<Zeroizing<Vec<u8>>>, WebhookError> {
+        let label = secret_label(&endpoint.endpoint_id);
+        let store = self.core.store();
+        let current = store
+            .get(&Key::webhook_secret(&endpoint.endpoint_id, false))?
+            .ok_or(crate::store::StoreError::Corrupt { what: "webhook secret" })?;
+        let mut keys = vec![self.core.keys().secret_open(&label, &current)?];
+        let previous_live = endpoint
+            .previous_secret_until
+            .as_deref()
+            .and_then(|until| time::OffsetDateTime::parse(until, &time::format_description::well_known::Rfc3339).ok());
+        if previous_live.is_some_and(|until| now < until.unix_timestamp())
+            && let Some(previous) = store.get(&Key::webhook_secret(&endpoint.endpoint_id, true))?
+        {
+            keys.push(self.core.keys().secret_open(&label, &previous)?);
+        }
+        Ok(keys)
+    }
+
+    /// Records the attempts one endpoint's task made.
+    async fn record_all(&self, sent: Vec<(Message, Attempted)>) -> Result<(), WebhookError> {
+        for (message, outcome) in sent {
+            self.record(message, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// Records an attempt and what follows from it, in one transaction.
+    async fn record(&self, message: Message, attempted: Attempted) -> Result<(), WebhookError> {
+        let now = self.core.clock().now_secs();
+        let settings = std::sync::Arc::clone(&self.settings);
+        let delivered = attempted.delivered();
+        let outcome = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                let key = Key::webhook_message(message.audit_index, &message.endpoint_id);
+                let endpoint_key = Key::webhook_endpoint(&message.business_id, &message.endpoint_id);
+                // Deleted with its endpoint while it was being sent.
+                let (Some(_), Some(endpoint)) = (txn.get(&key)?, txn.get(&endpoint_key)?) else {
+                    return Ok(None);
+                };
+                let mut endpoint: Endpoint = decode(&endpoint, "webhook endpoint")?;
+                let mut message = message;
+                message.attempts += 1;
+                let mut delivery = Delivery {
+                    message_id: message.message_id.clone(),
+                    notice: message.notice,
+                    audit_index: message.audit_index,
+                    attempt: message.attempts,
+                    time: VaultClock::rfc3339_at(now),
+                    outcome: DeliveryOutcome::Delivered,
+                    status_code: attempted.status_code,
+                    error: attempted.error,
+                    next_attempt_at: None,
+                    endpoint_disabled: false,
+                };
+                if delivered {
+                    endpoint.failures_in_a_row = 0;
+                    txn.delete(&key);
+                } else {
+                    endpoint.failures_in_a_row += 1;
+                    if message.attempts >= settings.attempts_max {
+                        delivery.outcome = DeliveryOutcome::GivenUp;
+                        txn.delete(&key);
+                    } else {
+                        let wait = settings
+                            .retry_initial_secs
+                            .saturating_mul(1 << (message.attempts - 1).min(20))
+                            .min(RETRY_WAIT_MAX_SECS);
+                        message.next_attempt_at = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+                        delivery.outcome = DeliveryOutcome::Failed;
+                        delivery.next_attempt_at = Some(VaultClock::rfc3339_at(message.next_attempt_at));
+                        txn.put(key, encode(&message, "webhook message")?);
+                    }
+                    if endpoint.failures_in_a_row >= settings.failures_to_disable
+                        && endpoint.status == EndpointStatus::Enabled
+                    {
+                        endpoint.status = EndpointStatus::Disabled;
+                        endpoint.disabled_reason = Some(format!(
+                            "disabled at {} after {} failed attempts in a row",
+                            VaultClock::rfc3339_at(now),
+                            endpoint.failures_in_a_row
+                        ));
+                        delivery.endpoint_disabled = true;
+                    }
+                }
+                txn.put(endpoint_key, encode(&endpoint, "webhook endpoint")?);
+                let log_key = Key::webhook_delivery(&message.endpoint_id, now, message.audit_index, message.attempts);
+                txn.put(log_key, encode(&delivery, "webhook delivery")?);
+                Ok::<_, WebhookError>(Some(delivery.outcome))
+            })
+            .await?
+            .0;
+        if let Some(outcome) = outcome {
+            self.deliveries.inc(&[match outcome {
+                DeliveryOutcome::Delivered => "delivered",
+                DeliveryOutcome::Failed => "failed",
+                DeliveryOutcome::GivenUp => "given_up",
+            }]);
+        }
+        Ok(())
+    }
+}
+
+/// Sends `message` to `endpoint`, signed with `keys`. Never follows a
+/// redirect or uses a proxy; connects only to an address the rule allows,
+/// the one it checked.
+async fn send(
+    settings: &super::WebhookSettings,
+    endpoint: &Endpoint,
+    message: &Message,
+    keys: &[Zeroizing<Vec<u8>>],
+) -> Attempted {
+    let failed = |error: String| Attempted { status_code: None, error: Some(error) };
+    let Ok(url) = reqwest::Url::parse(&endpoint.url) else { return failed("the URL does not parse".to_owned()) };
+    let allowed_scheme = url.scheme() == "https" || (url.scheme() == "http" && settings.insecure_allow_http);
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return failed("the URL names no host".to_owned());
+    };
+    if !allowed_scheme {
+        return failed("refused: the URL does not use https".to_owned());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((bare.as_str(), port)).await {
+        Ok(found) => found.collect(),
+        Err(_) => return failed(format!("{host} does not resolve")),
+    };
+    if addresses.is_empty() {
+        return failed(format!("{host} does not resolve"));
+    }
+    if !settings.insecure_allow_private && addresses.iter().any(|address| !address_is_public(address.ip())) {
+        return failed(format!("refused: {host} resolves to an address that is not public"));
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(settings.timeout_secs))
+        .resolve_to_addrs(&bare, &addresses)
+        .user_agent(concat!("consentvault/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let Ok(client) = client else { return failed("no HTTP client".to_owned()) };
+    let body = json!({"type": message.notice, "timestamp": message.time, "data": message.data}).to_string();
+    let timestamp = crate::clock::now().unix_timestamp();
+    let signature = signature::signature_header(keys, &message.message_id, timestamp, body.as_bytes());
+    let sent = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &message.message_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let error = (!(200..300).contains(&status)).then(|| format!("the endpoint answered {status}"));
+            Attempted { status_code: Some(status), error }
+        }
+        Err(error) if error.is_timeout() => failed("timed out".to_owned()),
+        Err(error) if error.is_connect() => failed("could not connect".to_owned()),
+        Err(_) => failed("the request failed".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_allowed() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!address_is_public(private.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(address_is_public(public.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))), "{public}");
+        }
+    }
+}
