@@ -393,3 +393,50 @@ async fn the_ssrf_rule_refuses_endpoints_that_are_not_public() {
     assert!(log["items"][0]["error"].as_str().unwrap().contains("not public"), "{log}");
     assert!(receiver.received().is_empty(), "nothing reached the loopback receiver");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiry_and_an_erasure_are_announced_and_the_erasure_names_no_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with_config(Some(config(dir.path(), 100))).await;
+    let receiver = Receiver::start().await;
+    let business = app.business("Acme Pizza", &["marketing"]).await;
+    let (_, created) = business.caller().post("/v1/webhooks", &json!({"url": receiver.url()})).await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let customer = app.customer().await;
+    assert_eq!(customer.data_put(&json!({"email": "erasure-canary-77aa@example.org"})).await.0, 200);
+    let (_, relationship) = customer.connect(&business.id).await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let grant = |days: u32| json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": days});
+    let (_, short) = customer.grant(&grant(30)).await;
+    let (_, long) = customer.grant(&grant(90)).await;
+    // Past the short grant's window, the sweep records its expiry.
+    let expires_at = time::OffsetDateTime::parse(
+        short["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    app.vault().insecure_pin_clock_secs(Some(expires_at));
+    assert_eq!(app.vault().consent().grants_expire().await.unwrap(), 1);
+    // She erases herself (the clock still where it was moved, as the
+    // vault's clock never goes back): the live grant is revoked, and the
+    // business is told to erase its copies.
+    let (status, _) = customer.erase().await;
+    assert_eq!(status, 200);
+    app.vault().insecure_pin_clock_secs(None);
+    let received = receiver.until("five messages", |got| got.len() >= 5).await;
+    let mut bodies: Vec<Value> = received.iter().map(body).collect();
+    bodies.sort_by_key(|body| body["data"]["audit_index"].as_u64());
+    let types: Vec<&str> = bodies.iter().map(|body| body["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["grant.created", "grant.created", "grant.expired", "grant.revoked", "customer.erased"]);
+    assert_eq!(bodies[2]["data"]["grant_id"], short["grant_id"]);
+    assert_eq!(bodies[3]["data"]["grant_id"], long["grant_id"]);
+    assert_eq!(bodies[3]["data"]["cause"], "erasure");
+    assert_eq!(bodies[4]["data"]["cause"], "erasure");
+    assert!(bodies.iter().all(|body| body["data"]["pairwise_id"] == pairwise.as_str()));
+    for received in &received {
+        assert!(signed_with(received, &secret));
+        let text = String::from_utf8_lossy(&received.body);
+        assert!(!text.contains("77aa") && !text.contains(&customer.id), "{text}");
+    }
+}
