@@ -229,6 +229,31 @@ async fn a_business_gets_signed_notices_of_grants_and_her_corrections_each_with_
     let (_, feed) = business.grant_changes(None).await;
     let created_index = feed["items"][0]["audit_index"].clone();
     assert_eq!(created_index, body(&received[0])["data"]["audit_index"]);
+
+    // A KEK rotation reseals the endpoint's secret: messages after it are
+    // signed with the same secret.
+    let admin = app.admin();
+    let (status, started) = admin.keys_rotate().await;
+    assert_eq!(status, 202, "{started}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, keys) = admin.keys().await;
+        if keys["rotation"]["state"] == "finished" && keys["rotation_running"] == false {
+            assert_eq!(keys["destroyed_versions"], json!([1]), "{keys}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation did not finish: {keys}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let customer = app.customer().await;
+    customer.connect(&business.id).await;
+    customer
+        .grant(
+            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
+        )
+        .await;
+    let after = receiver.until("a message after the rotation", |got| got.len() > types.len()).await;
+    assert!(signed_with(after.last().unwrap(), &secret), "the secret survived the KEK rotation");
 }
 
 #[tokio::test(flavor = "multi_thread")]

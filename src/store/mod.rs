@@ -213,8 +213,8 @@ pub enum Space {
     RequestExpiry = 0x39,
     /// Subjects by the time of their last activity, for the retention sweep.
     SubjectActivity = 0x3A,
-    /// Webhook messages waiting to be delivered, by the audit index of the
-    /// event they announce and the endpoint: written in the batch of that
+    /// Webhook messages waiting to be delivered, by endpoint and the audit
+    /// index of the event they announce: written in the batch of that
     /// event, removed once delivered or given up.
     WebhookOutbox = 0x50,
     /// Webhook delivery attempts, by endpoint, time and audit index.
@@ -332,13 +332,20 @@ impl Key {
     }
 
     /// A webhook message for `endpoint` announcing the event at `index`.
-    pub fn webhook_message(index: u64, endpoint: &str) -> Self {
-        Self::new(Space::WebhookOutbox, &[&index.to_be_bytes(), endpoint.as_bytes()])
+    pub fn webhook_message(endpoint: &str, index: u64) -> Self {
+        let length = u8::try_from(endpoint.len()).unwrap_or(u8::MAX);
+        Self::new(Space::WebhookOutbox, &[&[length], endpoint.as_bytes(), &index.to_be_bytes()])
     }
 
-    /// Every webhook message waiting.
-    pub fn webhook_outbox_all() -> Self {
-        Self::new(Space::WebhookOutbox, &[])
+    /// Every webhook message waiting for `endpoint`, in audit order.
+    pub fn webhook_messages_of(endpoint: &str) -> Self {
+        let length = u8::try_from(endpoint.len()).unwrap_or(u8::MAX);
+        Self::new(Space::WebhookOutbox, &[&[length], endpoint.as_bytes()])
+    }
+
+    /// Every webhook endpoint, of every business.
+    pub fn webhook_endpoints_all() -> Self {
+        Self::new(Space::WebhookEndpoints, &[])
     }
 
     /// A delivery attempt to `endpoint` at `time` (Unix seconds) of the

@@ -16,8 +16,8 @@ use super::{
 use crate::core::VaultClock;
 use crate::store::Key;
 
-/// Messages read from the outbox per pass.
-const PASS_MESSAGES_MAX: usize = 256;
+/// Messages read from one endpoint's queue per pass.
+const ENDPOINT_MESSAGES_MAX: usize = 64;
 /// Deliveries in flight at once.
 const IN_FLIGHT_MAX: usize = 8;
 /// The longest wait between retries.
@@ -89,26 +89,26 @@ impl Webhooks {
         }
     }
 
-    /// One pass: sends every message that is due to an enabled endpoint,
-    /// up to [`PASS_MESSAGES_MAX`], and records each attempt. Returns how
-    /// many were attempted.
+    /// One pass: sends the messages that are due to each enabled endpoint,
+    /// up to [`ENDPOINT_MESSAGES_MAX`] of each, and records each attempt.
+    /// Returns how many were attempted.
     pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
         let now = self.core.clock().now_secs();
-        let rows = self.core.store().scan_prefix(&Key::webhook_outbox_all(), PASS_MESSAGES_MAX)?;
+        let store = self.core.store();
+        // Endpoint by endpoint, so one whose messages pile up (disabled, or
+        // failing) never holds back another's.
         let mut due = Vec::new();
-        for (_, bytes) in rows {
-            let message: Message = decode(&bytes, "webhook message")?;
-            if message.next_attempt_at > now {
+        for (_, bytes) in store.scan_prefix(&Key::webhook_endpoints_all(), usize::MAX)? {
+            let endpoint: Endpoint = decode(&bytes, "webhook endpoint")?;
+            if endpoint.status != EndpointStatus::Enabled {
                 continue;
             }
-            let Some(endpoint) =
-                self.core.store().get(&Key::webhook_endpoint(&message.business_id, &message.endpoint_id))?
-            else {
-                continue;
-            };
-            let endpoint: Endpoint = decode(&endpoint, "webhook endpoint")?;
-            if endpoint.status == EndpointStatus::Enabled {
-                due.push((endpoint, message));
+            let rows = store.scan_prefix(&Key::webhook_messages_of(&endpoint.endpoint_id), ENDPOINT_MESSAGES_MAX)?;
+            for (_, bytes) in rows {
+                let message: Message = decode(&bytes, "webhook message")?;
+                if message.next_attempt_at <= now {
+                    due.push((endpoint.clone(), message));
+                }
             }
         }
         let attempted = due.len();
@@ -123,7 +123,15 @@ impl Webhooks {
         }
         let mut in_flight = tokio::task::JoinSet::new();
         for (endpoint, messages) in by_endpoint {
-            let keys = self.signing_keys(&endpoint, now)?;
+            // An endpoint whose secret cannot be opened is skipped, not the
+            // whole pass: the others are still served.
+            let keys = match self.signing_keys(&endpoint, now) {
+                Ok(keys) => keys,
+                Err(error) => {
+                    tracing::error!(endpoint = %endpoint.endpoint_id, %error, "webhook secret unusable; not sent");
+                    continue;
+                }
+            };
             let settings = std::sync::Arc::clone(&self.settings);
             in_flight.spawn(async move {
                 let mut sent = Vec::with_capacity(messages.len());
@@ -185,7 +193,7 @@ impl Webhooks {
             .core
             .store()
             .commit_durable(move |txn| {
-                let key = Key::webhook_message(message.audit_index, &message.endpoint_id);
+                let key = Key::webhook_message(&message.endpoint_id, message.audit_index);
                 let endpoint_key = Key::webhook_endpoint(&message.business_id, &message.endpoint_id);
                 // Deleted with its endpoint while it was being sent.
                 let (Some(_), Some(endpoint)) = (txn.get(&key)?, txn.get(&endpoint_key)?) else {

@@ -441,11 +441,8 @@ impl Webhooks {
                 txn.delete(&key);
                 txn.delete(&Key::webhook_secret(&id, false));
                 txn.delete(&Key::webhook_secret(&id, true));
-                for (row, bytes) in txn.scan_prefix(&Key::webhook_outbox_all())? {
-                    let message: Message = decode(&bytes, "webhook message")?;
-                    if message.endpoint_id == id {
-                        txn.delete(&Key::raw(row));
-                    }
+                for (row, _) in txn.scan_prefix(&Key::webhook_messages_of(&id))? {
+                    txn.delete(&Key::raw(row));
                 }
                 for (row, _) in txn.scan_prefix(&Key::webhook_deliveries_of(&id))? {
                     txn.delete(&Key::raw(row));
@@ -475,11 +472,9 @@ impl Webhooks {
 
     /// Messages waiting for `business`'s endpoints.
     pub fn waiting(&self, business: &BusinessId) -> Result<usize, WebhookError> {
-        let rows = self.core.store().scan_prefix(&Key::webhook_outbox_all(), usize::MAX)?;
         let mut count = 0;
-        for (_, bytes) in rows {
-            let message: Message = decode(&bytes, "webhook message")?;
-            count += usize::from(message.business_id == business.as_str());
+        for endpoint in self.endpoints(business)? {
+            count += self.core.store().scan_prefix(&Key::webhook_messages_of(&endpoint.endpoint_id), usize::MAX)?.len();
         }
         Ok(count)
     }

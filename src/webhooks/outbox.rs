@@ -160,7 +160,7 @@ pub(super) fn outbox_in(
                 attempts: 0,
                 next_attempt_at: 0,
             };
-            txn.put(Key::webhook_message(index, &endpoint.endpoint_id), encode(&message, "webhook message")?);
+            txn.put(Key::webhook_message(&endpoint.endpoint_id, index), encode(&message, "webhook message")?);
             queued = true;
         }
     }
