@@ -90,7 +90,7 @@ impl Webhooks {
     }
 
     /// One pass: sends the messages that are due to each enabled endpoint,
-    /// up to [`ENDPOINT_MESSAGES_MAX`] of each, and records each attempt.
+    /// up to 64 of each, and records each attempt.
     /// Returns how many were attempted.
     pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
         let now = self.core.clock().now_secs();
