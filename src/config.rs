@@ -135,6 +135,14 @@ fn webhook_settings(
     range("webhooks.attempts_max", u64::from(settings.attempts_max), 1, 100)?;
     range("webhooks.failures_to_disable", u64::from(settings.failures_to_disable), 1, 10_000)?;
     range("webhooks.timeout_secs", settings.timeout_secs, 1, 60)?;
+    if settings.failures_to_disable > settings.attempts_max {
+        return Err(ConfigError::Invalid {
+            setting: "webhooks.failures_to_disable",
+            problem: "must be at most webhooks.attempts_max: an endpoint that keeps failing is disabled, its \
+                      messages kept, before any message is given up"
+                .to_owned(),
+        });
+    }
     for (setting, on) in [
         ("webhooks.insecure_allow_http", settings.insecure_allow_http),
         ("webhooks.insecure_allow_private", settings.insecure_allow_private),

@@ -262,10 +262,21 @@ impl Rights {
                 }
                 for (_, bytes) in txn.scan_prefix(&Key::grants_of(subject.as_bytes()))? {
                     let mut grant: GrantRecord = decode(&bytes, "grant")?;
-                    txn.delete(&Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id));
-                    if grant.status(now) == GrantStatus::Active {
-                        let actor = actor.clone();
-                        appended.push(grant_end_in(txn, &log, subject, &mut grant, grant_end, actor, now, &time)?);
+                    let marker = Key::grant_expiry(grant.expires_at, subject.as_bytes(), &grant.grant_id);
+                    let unswept = txn.contains(&marker)?;
+                    txn.delete(&marker);
+                    match grant.status(now) {
+                        GrantStatus::Active => {
+                            let actor = actor.clone();
+                            appended.push(grant_end_in(txn, &log, subject, &mut grant, grant_end, actor, now, &time)?);
+                        }
+                        // Its window closed before the sweep recorded it:
+                        // recorded now, as the sweep would have.
+                        GrantStatus::Expired if unswept => {
+                            let (end, system) = (GrantEnd::Expired, Actor::system());
+                            appended.push(grant_end_in(txn, &log, subject, &mut grant, end, system, now, &time)?);
+                        }
+                        _ => {}
                     }
                 }
                 for (request_key, bytes) in txn.scan_prefix(&Key::requests_of(subject.as_bytes()))? {

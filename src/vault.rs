@@ -728,31 +728,38 @@ impl Vault {
         let dir = self.policy_dir.clone().ok_or(PolicyReloadError::BuiltIn)?;
         let policies = Arc::new(policies_load(&dir).map_err(PolicyReloadError::Invalid)?);
         self.policy_event(actor, &policies, "reload").await.map_err(PolicyReloadError::Audit)?;
-        self.core.policies_replace(Arc::clone(&policies));
         tracing::info!(sha256 = %policies.sha256, "policies reloaded");
         Ok(policies)
     }
 
-    /// Records that `policies` were loaded, and stores their bundle under
-    /// its SHA-256 in the same batch unless an earlier load stored it: every
+    /// Records that `policies` were loaded, stores their bundle under its
+    /// SHA-256 in the same batch unless an earlier load stored it (every
     /// version of the policies a decision was made under is in the store,
-    /// content-addressed, for a replay.
-    async fn policy_event(&self, actor: &Actor, policies: &Policies, cause: &str) -> Result<(), AuditError> {
+    /// content-addressed, for a replay), and puts them in force in that
+    /// transaction, on the commit thread: every read that commits after the
+    /// `policy.loaded` event is decided under them, every read before it
+    /// under the old ones (`consent::read` checks at commit). If the commit
+    /// fails, the policies in force before are put back.
+    async fn policy_event(&self, actor: &Actor, policies: &Arc<Policies>, cause: &str) -> Result<(), AuditError> {
         let event = AuditEvent::new(EventKind::PolicyLoaded, actor.clone(), &self.core.clock().rfc3339())
             .related(Related::PolicySha256, &policies.sha256)
             .related(Related::Cause, cause);
         let log = self.core.audit().clone();
         let (key, bundle) = (Key::audit_policy(&policies.sha256), policies.bundle().to_vec());
+        let (core, new, before) = (Arc::clone(&self.core), Arc::clone(policies), self.core.policies());
         let committed = self.core.store().commit_durable(move |txn| {
             if !txn.contains(&key)? {
                 txn.put(key, bundle);
             }
-            log.append(txn, &event)
+            let appended = log.append(txn, &event)?;
+            core.policies_replace(new);
+            Ok(appended)
         });
-        let (appended, durable) = committed.await.map_err(|error| match error {
-            crate::store::CommitError::Rejected(error) => error,
-            crate::store::CommitError::Store(error) => AuditError::Store(error),
-        })?;
+        let (appended, durable) =
+            committed.await.inspect_err(|_| self.core.policies_replace(before)).map_err(|error| match error {
+                crate::store::CommitError::Rejected(error) => error,
+                crate::store::CommitError::Store(error) => AuditError::Store(error),
+            })?;
         self.core.audit().confirm(appended, &durable)?;
         Ok(())
     }

@@ -330,6 +330,11 @@ pub struct ReplayReport {
     checkpoint: String,
     /// Its size: the entries replayed unless a violation stopped the replay.
     tree_size: u64,
+    /// Whether the vault's full verification of its stored log (every entry
+    /// rehashed, every checkpoint checked), which starts at start-up, has
+    /// finished and passed. The replay trusts the entries; an auditor who
+    /// does not trust the vault verifies them with the proofs.
+    log_verified: bool,
     /// What the replay found; `violation` is set at the first read the log
     /// does not justify.
     replay: crate::audit::replay::ReplaySummary,
@@ -346,7 +351,8 @@ pub async fn replay(_auditor: AuditorCaller, State(state): State<AppState>) -> R
         let tree_size =
             crate::audit::checkpoint_size(&checkpoint).ok_or(crate::audit::AuditError::Corrupt("checkpoint"))?;
         let replay = crate::audit::replay_store(vault.store(), tree_size, &|_| {})?;
-        Ok::<_, crate::audit::AuditError>(ReplayReport { checkpoint, tree_size, replay })
+        let log_verified = matches!(vault.audit_status(), crate::vault::AuditStatus::Verified);
+        Ok::<_, crate::audit::AuditError>(ReplayReport { checkpoint, tree_size, log_verified, replay })
     })
     .await
     .map_err(|error| ApiError::internal(&error))??;

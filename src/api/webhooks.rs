@@ -217,12 +217,19 @@ pub async fn events_proof(
     let proof = proofs.pop().flatten().ok_or_else(|| ApiError::not_found("event about this business"))?;
     let bytes = STANDARD.decode(&proof.entry).map_err(|error| ApiError::internal(&error))?;
     let event = AuditEvent::from_bytes(&bytes).map_err(|error| ApiError::internal(&error))?;
-    // Its own events, and the customer's corrections and deletions of
-    // fields it was granted (which its `data.*` messages name); another
-    // business's event, or nobody's, gets the same answer as none.
-    let about = match (event.kind, event.subject) {
-        (EventKind::DataWritten | EventKind::DataDeleted, Some(subject)) => {
-            state.vault.consent().business_was_granted(subject, &caller.business, &event.fields)?
+    // Its own events, and the customer's corrections and deletions it was
+    // told of (its `data.*` notices), with only the field names it was told;
+    // another business's event, or nobody's, gets the same answer as none.
+    let mut fields = event.fields;
+    let about = match event.kind {
+        EventKind::DataWritten | EventKind::DataDeleted => {
+            match state.vault.store().get(&crate::store::Key::data_notice(&caller.business, index))? {
+                Some(told) => {
+                    fields = serde_json::from_slice(&told).map_err(|error| ApiError::internal(&error))?;
+                    true
+                }
+                None => false,
+            }
         }
         _ => event.business.as_deref() == Some(caller.business.as_str()),
     };
@@ -236,7 +243,7 @@ pub async fn events_proof(
         actor_role: event.actor.role,
         purpose: event.purpose,
         purposes: event.purposes,
-        fields: event.fields,
+        fields,
         window: event.window,
         decision: event.decision,
         related: event

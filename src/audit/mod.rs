@@ -405,7 +405,12 @@ impl AuditLog {
     pub fn finalizer(&self) -> crate::store::Finalizer {
         let log = self.clone();
         Box::new(move |txn: &mut Txn<'_>| {
-            log.checkpoint_in(txn, false).map(drop).map_err(|error| StoreError::Engine(format!("checkpoint: {error}")))
+            log.checkpoint_in(txn, false).map(drop).map_err(|error| match error {
+                // A storage failure stays one (a full disk is a 503 that
+                // recovers by itself, not an internal error).
+                AuditError::Store(error) => error,
+                other => StoreError::Engine(format!("checkpoint: {other}")),
+            })
         })
     }
 

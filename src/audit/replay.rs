@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::event::{AuditEvent, Decision, EventKind, Related, Role};
+use super::event::{AuditEvent, EventKind, Related, Role};
 use crate::ids::SubjectId;
 use crate::policy::Policies;
 use crate::policy::engine::{self, FieldDecision, GrantView, ReadQuery, Reason};
@@ -215,15 +215,16 @@ impl<'a> Replay<'a> {
         }
         match event.kind {
             EventKind::PolicyLoaded => {
-                if let Some(sha256) = event.related_value(Related::PolicySha256) {
-                    if !self.summary.policies.iter().any(|seen| seen == sha256) {
-                        self.summary.policies.push(sha256.to_owned());
-                    }
-                    self.in_force = match self.parsed.get(sha256) {
-                        Some(policies) => InForce::Loaded(Arc::clone(policies)),
-                        None => InForce::Named(sha256.to_owned()),
-                    };
+                let sha256 = event.related_value(Related::PolicySha256).ok_or_else(|| {
+                    violation(ViolationRule::Malformed, "a policy.loaded that names no policy_sha256".to_owned())
+                })?;
+                if !self.summary.policies.iter().any(|seen| seen == sha256) {
+                    self.summary.policies.push(sha256.to_owned());
                 }
+                self.in_force = match self.parsed.get(sha256) {
+                    Some(policies) => InForce::Loaded(Arc::clone(policies)),
+                    None => InForce::Named(sha256.to_owned()),
+                };
             }
             EventKind::RelationshipCreated | EventKind::RelationshipEnded => {
                 if let (Some(subject), Some(business)) = (event.subject, event.business.clone()) {
@@ -327,7 +328,8 @@ impl<'a> Replay<'a> {
         event: &AuditEvent,
         violation: &dyn Fn(ViolationRule, String) -> Violation,
     ) -> Result<(), Violation> {
-        if event.fields.is_empty() || event.decision == Some(Decision::Deny) {
+        // `fields` are the released fields, whatever `decision` says.
+        if event.fields.is_empty() {
             self.summary.reads_denied += 1;
             return Ok(());
         }
@@ -481,7 +483,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::audit::{Actor, Window};
+    use crate::audit::{Actor, Decision, Window};
 
     const ALICE: [u8; 16] = [1; 16];
     const BOB: [u8; 16] = [2; 16];

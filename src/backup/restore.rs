@@ -2,6 +2,7 @@
 //! written beside its final name, verified with the KEK, recorded, renamed.
 
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -192,10 +193,12 @@ pub fn replay(
     let source = options.key_source.clone().ok_or(BackupError::NoKey)?;
     let keys = load_key_ring(&source, options.production).map_err(VaultError::Key)?;
     let checked = read(input, &mut |_| Ok(()))?;
-    let staging = scratch.join(format!("consentvault-replay-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
+    // A new directory of the owner's only, under a name nobody can guess:
+    // the store it holds links subject ids to businesses, and nobody else
+    // may put anything in it between the check and the replay.
+    let suffix: [u8; 16] = crate::crypto::random_bytes(keys.rng()).map_err(VaultError::Crypto)?;
+    let staging = scratch.join(format!("consentvault-replay-{}", crate::ids::hex(&suffix)));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(&staging))?;
     let replayed = load_verified(input, &staging, &keys, &checked, options.store_cache_bytes, progress).and_then(
         |Loaded { store, checkpoint, .. }| {
             let size = checkpoint.tree_size;

@@ -309,21 +309,6 @@ impl Consent {
             .ok_or_else(|| corrupt("grant pairwise id").into())
     }
 
-    /// Whether `business` was ever granted one of `fields` of `subject`
-    /// (by a grant live or ended): a correction or deletion of them
-    /// concerns it (GDPR Art. 19).
-    pub fn business_was_granted(
-        &self,
-        subject: SubjectId,
-        business: &BusinessId,
-        fields: &[String],
-    ) -> Result<bool, ConsentError> {
-        Ok(self
-            .grants(subject)?
-            .iter()
-            .any(|grant| grant.business_id == *business && grant.fields.iter().any(|field| fields.contains(field))))
-    }
-
     /// The record at `key`, decoded as `what`; `NotFound(what)` if there is
     /// none.
     fn record<T: serde::de::DeserializeOwned>(&self, key: &Key, what: &'static str) -> Result<T, ConsentError> {

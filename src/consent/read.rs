@@ -166,17 +166,24 @@ impl Consent {
         let ahead = self.scoped_read_ahead(&policies, &ask).await;
         let log = self.core.audit().clone();
         let vclock = self.core.clock().clone();
+        let core = Arc::clone(&self.core);
         let ((decided, appended), durable) = self
             .core
             .store()
             .commit_durable(move |txn| {
-                // The time of the decision is the time of its commit.
+                // The time of the decision is the time of its commit, and so
+                // are the policies: a reload puts its policies in force in
+                // the transaction of its `policy.loaded` event, on this
+                // thread, so a read logged after that event is decided under
+                // them (what the replay checks).
                 let now = vclock.now_secs();
+                let in_force = core.policies();
+                let same_policies = in_force.sha256 == policies.sha256;
                 let decided = match ahead {
-                    Some((stamps, decided)) if txn.ahead_holds(&stamps, decided.now == now) => decided,
+                    Some((stamps, decided)) if same_policies && txn.ahead_holds(&stamps, decided.now == now) => decided,
                     _ => txn.lookahead(|txn| {
                         let subject = Self::pairwise_subject(txn, &ask.business, &ask.pairwise)?;
-                        read_decide(txn, &policies, &ask, subject, now)
+                        read_decide(txn, &in_force, &ask, subject, now)
                     })?,
                 };
                 let appended = log.append(txn, &decided.event)?;

@@ -222,20 +222,27 @@ pub(crate) struct RequestTerms<'a> {
     pub(crate) benefit: Option<&'a str>,
 }
 
-/// Signs `receipt` as a note and stores it under `subject`.
+/// Signs `receipt` as a note and stores it under `subject`, naming the key
+/// it is signed with.
 fn receipt_store_in(
     txn: &mut Txn<'_>,
     log: &AuditLog,
     subject: SubjectId,
-    receipt: &ConsentReceipt,
+    receipt: &mut ConsentReceipt,
 ) -> Result<(), ConsentError> {
+    receipt.public_key = log.verifier_key();
     // Members in key order at every level: the text a verifier sees is the
     // canonical form of the JSON.
-    let value = serde_json::to_value(receipt).map_err(|_| corrupt("receipt"))?;
+    let value = serde_json::to_value(&*receipt).map_err(|_| corrupt("receipt"))?;
     let canonical = crate::policy::catalogue::json_canonical(&value).map_err(|_| corrupt("receipt"))?;
     let text = format!("{}\n", String::from_utf8(canonical).map_err(|_| corrupt("receipt"))?);
     let signed = log.signer().sign_note(&text)?;
-    txn.put(Key::receipt(subject.as_bytes(), &receipt.consent_receipt_id), signed.into_bytes());
+    let key = Key::receipt(subject.as_bytes(), &receipt.consent_receipt_id);
+    // Issued once: a record is never replaced.
+    if txn.contains(&key)? {
+        return Err(ConsentError::Invalid(format!("consent record {} was issued already", receipt.consent_receipt_id)));
+    }
+    txn.put(key, signed.into_bytes());
     Ok(())
 }
 
@@ -265,7 +272,7 @@ pub(crate) fn receipt_issue_in(
         audit_index,
         consent_receipt_id: draft.consent_receipt_id.clone(),
     }];
-    receipt_store_in(txn, log, subject, &draft)
+    receipt_store_in(txn, log, subject, &mut draft)
 }
 
 /// Issues the record of `grant`'s end in `txn`, referring to its first
@@ -291,7 +298,6 @@ pub(crate) fn receipt_end_in(
     record.issued_at = time.to_owned();
     record.refers_to = Some(first.consent_receipt_id.clone());
     record.audit_index = audit_index;
-    record.public_key = log.verifier_key();
     let ended = match end.cause() {
         Some(cause) => format!("ended at {time} ({cause})"),
         None if end == GrantEnd::Expired => format!("expired at {time}"),
@@ -309,7 +315,7 @@ pub(crate) fn receipt_end_in(
         audit_index,
         consent_receipt_id: id.clone(),
     });
-    receipt_store_in(txn, log, subject, &record)?;
+    receipt_store_in(txn, log, subject, &mut record)?;
     Ok(Some(id))
 }
 

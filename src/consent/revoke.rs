@@ -142,7 +142,13 @@ fn grant_event(
     let mut event = AuditEvent::new(kind, actor, time).subject(subject).related(Related::GrantId, &grant.grant_id);
     if let Some(bytes) = txn.get(&Key::relationship(subject.as_bytes(), &grant.business_id))? {
         let relationship: Relationship = decode(&bytes, "relationship")?;
-        event = event.related(Related::PairwiseId, &relationship.pairwise_id);
+        // Only the id the grant was given under: after a disconnect and a
+        // new connection, an old grant's end must not tie the old id to
+        // the new one.
+        let given_under = grant.pairwise_id.as_ref().is_none_or(|given| *given == relationship.pairwise_id);
+        if given_under {
+            event = event.related(Related::PairwiseId, &relationship.pairwise_id);
+        }
     }
     event.business = Some(grant.business_id.to_string());
     Ok(event)

@@ -357,6 +357,11 @@ impl Store {
             }
             Box::new(move |flushed: Result<Durable, StoreError>| {
                 reply(match (outcome, flushed) {
+                    // A batch that could not be made durable ran on a store
+                    // that was failing: what a transaction in it read may be
+                    // half of a failed write, so its refusal is not trusted
+                    // and the storage failure is the answer.
+                    (Err(CommitError::Rejected(_)), Err(error)) => Err(CommitError::Store(error)),
                     (Err(error), _) => Err(error),
                     (Ok(value), Ok(durable)) => Ok((value, durable)),
                     (Ok(_), Err(error)) => Err(CommitError::Store(error)),

@@ -219,6 +219,9 @@ pub enum Space {
     WebhookOutbox = 0x50,
     /// Webhook delivery attempts, by endpoint, time and audit index.
     WebhookDeliveries = 0x51,
+    /// The corrections and deletions each business was told of (GDPR
+    /// Art. 19), by business and audit index: the field names it was told.
+    DataNotices = 0x52,
     /// Everything kept about one subject but its record, side by side:
     /// subject id, then the [`Part`], then the part's own key. A business's
     /// scoped read decides on, releases and logs into one place in the
@@ -353,6 +356,12 @@ impl Key {
     pub fn webhook_delivery(endpoint: &str, time: i64, index: u64, attempt: u32) -> Self {
         let time = u64::try_from(time).unwrap_or(0).to_be_bytes();
         Self::new(Space::WebhookDeliveries, &[endpoint.as_bytes(), &time, &index.to_be_bytes(), &attempt.to_be_bytes()])
+    }
+
+    /// The Art. 19 notice `business` got of the event at `index`.
+    pub fn data_notice(business: &str, index: u64) -> Self {
+        let length = u8::try_from(business.len()).unwrap_or(u8::MAX);
+        Self::new(Space::DataNotices, &[&[length], business.as_bytes(), &index.to_be_bytes()])
     }
 
     /// Every delivery attempt to `endpoint`.

@@ -47,17 +47,36 @@ pub fn address_is_public(address: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return address_is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4
+            // address, judged as such.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return address_is_public(embedded(segments[6], segments[7]));
+            }
+            if segments[0] == 0x2002 {
+                return address_is_public(embedded(segments[1], segments[2]));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // IPv4-compatible (::/96) and everything else under ::/16.
+                || first == 0
+                // Unique local, link-local and the old site-local.
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
-                || first == 0x0064)
+                || (first & 0xffc0) == 0xfec0
+                // Discard-only (100::/64) and documentation (2001:db8::/32).
+                || segments[..4] == [0x0100, 0, 0, 0]
+                || (first == 0x2001 && segments[1] == 0x0db8))
         }
     }
 }
@@ -103,12 +122,15 @@ impl Webhooks {
             if endpoint.status != EndpointStatus::Enabled {
                 continue;
             }
+            // First in, first out: the oldest message waits for its retry,
+            // and the ones after it wait behind it.
             let rows = store.scan_prefix(&Key::webhook_messages_of(&endpoint.endpoint_id), ENDPOINT_MESSAGES_MAX)?;
             for (_, bytes) in rows {
                 let message: Message = decode(&bytes, "webhook message")?;
-                if message.next_attempt_at <= now {
-                    due.push((endpoint.clone(), message));
+                if message.next_attempt_at > now {
+                    break;
                 }
+                due.push((endpoint.clone(), message));
             }
         }
         let attempted = due.len();
@@ -137,7 +159,12 @@ impl Webhooks {
                 let mut sent = Vec::with_capacity(messages.len());
                 for message in messages {
                     let outcome = send(&settings, &endpoint, &message, &keys).await;
+                    let failed = !outcome.delivered();
                     sent.push((message, outcome));
+                    // The rest wait behind the one that failed.
+                    if failed {
+                        break;
+                    }
                 }
                 sent
             });
@@ -171,7 +198,14 @@ impl Webhooks {
         if previous_live.is_some_and(|until| now < until.unix_timestamp())
             && let Some(previous) = store.get(&Key::webhook_secret(&endpoint.endpoint_id, true))?
         {
-            keys.push(self.core.keys().secret_open(&label, &previous)?);
+            // The old secret is a courtesy during a rotation: if it no
+            // longer opens, the new one alone signs.
+            match self.core.keys().secret_open(&label, &previous) {
+                Ok(previous) => keys.push(previous),
+                Err(error) => {
+                    tracing::warn!(endpoint = %endpoint.endpoint_id, %error, "previous webhook secret unusable");
+                }
+            }
         }
         Ok(keys)
     }
@@ -348,10 +382,25 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "2001:db8::1",
+            "::127.0.0.1",
+            "::a00:1",
+            "fec0::1",
+            "100::1",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
         ] {
             assert!(!address_is_public(private.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(address_is_public(public.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))), "{public}");
         }
     }

@@ -55,7 +55,9 @@ pub struct WebhookSettings {
     /// The wait before the first retry, in seconds; each later retry waits
     /// twice the one before, up to six hours.
     pub retry_initial_secs: u64,
-    /// Attempts per message before it is given up (recorded as such).
+    /// Attempts per message before it is given up (recorded as such). At
+    /// least `failures_to_disable`: an endpoint that keeps failing is
+    /// disabled, its messages kept, before any is given up.
     pub attempts_max: u32,
     /// Failed attempts in a row after which an endpoint is disabled.
     pub failures_to_disable: u32,
@@ -73,8 +75,8 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             retry_initial_secs: 10,
-            attempts_max: 12,
-            failures_to_disable: 24,
+            attempts_max: 15,
+            failures_to_disable: 10,
             timeout_secs: 10,
             insecure_allow_http: false,
             insecure_allow_private: false,
@@ -389,13 +391,21 @@ impl Webhooks {
         Ok(changed)
     }
 
-    /// Enables an endpoint again: its waiting messages are sent at once.
+    /// Enables an endpoint again: its waiting messages are due at once,
+    /// their attempts counted afresh.
     pub async fn endpoint_enable(&self, business: &BusinessId, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
+        let id = endpoint_id.to_owned();
         let (endpoint, ()) = self
-            .endpoint_change(business, endpoint_id, |_, endpoint| {
+            .endpoint_change(business, endpoint_id, move |txn, endpoint| {
                 endpoint.status = EndpointStatus::Enabled;
                 endpoint.failures_in_a_row = 0;
                 endpoint.disabled_reason = None;
+                for (row, bytes) in txn.scan_prefix(&Key::webhook_messages_of(&id))? {
+                    let mut message: Message = decode(&bytes, "webhook message")?;
+                    message.next_attempt_at = 0;
+                    message.attempts = 0;
+                    txn.put(Key::raw(row), encode(&message, "webhook message")?);
+                }
                 Ok(())
             })
             .await?;
@@ -414,11 +424,15 @@ impl Webhooks {
         let sealed = self.core.keys().secret_seal(&secret_label(endpoint_id), &key)?;
         let until = VaultClock::rfc3339_at(self.core.clock().now_secs() + PREVIOUS_SECRET_SECS);
         let id = endpoint_id.to_owned();
+        let core = Arc::clone(&self.core);
         let (endpoint, ()) = self
             .endpoint_change(business, endpoint_id, move |txn, endpoint| {
                 let current =
                     txn.get(&Key::webhook_secret(&id, false))?.ok_or(StoreError::Corrupt { what: "webhook secret" })?;
-                txn.put(Key::webhook_secret(&id, true), current);
+                // Sealed again under the KEK in force now, so a KEK rotation
+                // already past its scan of the secrets leaves it readable.
+                let previous = core.keys().secret_reseal(&secret_label(&id), &current)?;
+                txn.put(Key::webhook_secret(&id, true), previous);
                 txn.put(Key::webhook_secret(&id, false), sealed);
                 endpoint.previous_secret_until = Some(until);
                 Ok(())

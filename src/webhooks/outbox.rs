@@ -147,6 +147,12 @@ pub(super) fn outbox_in(
     let notices = notices_of(txn, event, index)?;
     let mut queued = false;
     for (business, notice, data) in notices {
+        // What the business was told of the customer's change, whether or
+        // not it has an endpoint (it may poll): the event is then its to
+        // prove (`GET /v1/events/{index}/proof`), and only those field names.
+        if matches!(notice, NoticeType::DataCorrected | NoticeType::DataDeleted) {
+            txn.put(Key::data_notice(&business, index), encode(&data["fields"], "data notice")?);
+        }
         for (_, bytes) in txn.scan_prefix(&Key::webhook_endpoints_of(&business))? {
             let endpoint: Endpoint = decode(&bytes, "webhook endpoint")?;
             let message = Message {
