@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::app::TestApp;
+use common::app::{Business, Customer, TestApp};
 use common::tlog;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -120,6 +120,18 @@ fn signed_with(received: &Received, secret: &str) -> bool {
     signed.extend_from_slice(&received.body);
     let expected = format!("v1,{}", STANDARD.encode(hmac_sha256(&key, &signed)));
     received.signature.split(' ').any(|signature| signature == expected)
+}
+
+/// Connects `customer` to `business` and grants it her e-mail for
+/// marketing for `days`; returns the grant.
+async fn connect_and_grant(customer: &Customer, business: &Business, days: u32) -> Value {
+    let (status, relationship) = customer.connect(&business.id).await;
+    assert_eq!(status, 201, "{relationship}");
+    let body =
+        json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": days});
+    let (status, grant) = customer.grant(&body).await;
+    assert_eq!(status, 201, "{grant}");
+    grant
 }
 
 fn body(received: &Received) -> Value {
@@ -248,12 +260,7 @@ async fn a_business_gets_signed_notices_of_grants_and_her_corrections_each_with_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let customer = app.customer().await;
-    customer.connect(&business.id).await;
-    customer
-        .grant(
-            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
-        )
-        .await;
+    connect_and_grant(&customer, &business, 30).await;
     let after = receiver.until("a message after the rotation", |got| got.len() > types.len()).await;
     assert!(signed_with(after.last().unwrap(), &secret), "the secret survived the KEK rotation");
 }
@@ -269,12 +276,7 @@ async fn a_failing_endpoint_is_retried_then_disabled_and_gets_every_message_once
     let secret = created["secret"].as_str().unwrap().to_owned();
     let endpoint_id = created["endpoint"]["endpoint_id"].as_str().unwrap().to_owned();
     let customer = app.customer().await;
-    customer.connect(&business.id).await;
-    let (_, grant) = customer
-        .grant(
-            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 90}),
-        )
-        .await;
+    let grant = connect_and_grant(&customer, &business, 90).await;
 
     // Retried with the same id, then the endpoint is disabled after four
     // failures in a row.
@@ -402,12 +404,7 @@ async fn the_ssrf_rule_refuses_endpoints_that_are_not_public() {
     assert_eq!(status, 201, "{created}");
     let endpoint_id = created["endpoint"]["endpoint_id"].as_str().unwrap();
     let customer = app.customer().await;
-    customer.connect(&business.id).await;
-    customer
-        .grant(
-            &json!({"business_id": business.id, "purposes": ["marketing"], "fields": ["email"], "duration_days": 30}),
-        )
-        .await;
+    connect_and_grant(&customer, &business, 30).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let log = loop {
         let (_, log) = business.caller().get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await;
