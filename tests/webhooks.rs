@@ -134,6 +134,20 @@ async fn connect_and_grant(customer: &Customer, business: &Business, days: u32) 
     grant
 }
 
+/// The endpoint's delivery log once it holds `count` attempts (waiting up
+/// to 30 s).
+async fn deliveries_recorded(business: &Business, endpoint_id: &str, count: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, log) = business.caller().get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await;
+        if log["items"].as_array().is_some_and(|items| items.len() >= count) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{count} deliveries were never recorded: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn body(received: &Received) -> Value {
     serde_json::from_slice(&received.body).unwrap()
 }
@@ -234,8 +248,9 @@ async fn a_business_gets_signed_notices_of_grants_and_her_corrections_each_with_
     let corrected = body(&received[1])["data"]["audit_index"].as_u64().unwrap();
     assert_eq!(other.caller().get(&format!("/v1/events/{corrected}/proof")).await.0, 404, "nor her correction");
 
-    // The delivery log.
-    let (_, log) = business.caller().get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await;
+    // The delivery log (the receiver has a message before the vault
+    // records its delivery).
+    let log = deliveries_recorded(&business, &endpoint_id, types.len()).await;
     let items = log["items"].as_array().unwrap();
     assert_eq!(items.len(), types.len(), "{log}");
     assert!(items.iter().all(|item| item["outcome"] == "delivered" && item["status_code"] == 200), "{log}");
@@ -263,6 +278,16 @@ async fn a_business_gets_signed_notices_of_grants_and_her_corrections_each_with_
     connect_and_grant(&customer, &business, 30).await;
     let after = receiver.until("a message after the rotation", |got| got.len() > types.len()).await;
     assert!(signed_with(after.last().unwrap(), &secret), "the secret survived the KEK rotation");
+
+    // The delivery log keeps 30 days of attempts.
+    deliveries_recorded(&business, &endpoint_id, after.len()).await;
+    let webhooks = app.vault().webhooks();
+    assert_eq!(webhooks.deliveries_prune().await.unwrap(), 0, "nothing is old yet");
+    let now = consentvault::clock::now().unix_timestamp();
+    app.vault().insecure_pin_clock_secs(Some(now + consentvault::webhooks::DELIVERY_LOG_KEPT_SECS + 60));
+    assert_eq!(webhooks.deliveries_prune().await.unwrap(), after.len());
+    let (_, log) = business.caller().get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await;
+    assert_eq!(log["items"], json!([]), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,6 +24,12 @@ const IN_FLIGHT_MAX: usize = 8;
 const RETRY_WAIT_MAX_SECS: u64 = 6 * 3_600;
 /// How often the worker looks for due messages when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long a delivery log keeps an attempt.
+pub const DELIVERY_LOG_KEPT_SECS: i64 = 30 * 86_400;
+/// How often delivery logs are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Attempts removed per transaction when pruning.
+const PRUNE_BATCH: usize = 1_000;
 
 /// Whether `address` is one the vault may send to: not loopback,
 /// unspecified, private, shared (carrier-grade NAT), link-local,
@@ -97,9 +103,16 @@ impl Webhooks {
     /// Runs the delivery worker until the task is dropped: a pass whenever
     /// a batch queued messages, and every second for retries that came due.
     pub async fn run(&self) {
+        let mut pruned_at: Option<std::time::Instant> = None;
         loop {
             if let Err(error) = self.deliver_due().await {
                 tracing::error!(%error, "webhook delivery pass failed");
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                pruned_at = Some(std::time::Instant::now());
+                if let Err(error) = self.deliveries_prune().await {
+                    tracing::error!(%error, "pruning webhook delivery logs failed");
+                }
             }
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -208,6 +221,38 @@ impl Webhooks {
             }
         }
         Ok(keys)
+    }
+
+    /// Removes the attempts older than [`DELIVERY_LOG_KEPT_SECS`] from every
+    /// endpoint's delivery log, a bounded number per transaction so the
+    /// commit thread is never held long. Returns how many it removed.
+    pub async fn deliveries_prune(&self) -> Result<usize, WebhookError> {
+        let before = self.core.clock().now_secs() - DELIVERY_LOG_KEPT_SECS;
+        let store = self.core.store();
+        let mut removed = 0;
+        for (_, bytes) in store.scan_prefix(&Key::webhook_endpoints_all(), usize::MAX)? {
+            let endpoint: Endpoint = decode(&bytes, "webhook endpoint")?;
+            let prefix = Key::webhook_deliveries_of(&endpoint.endpoint_id);
+            let end = Key::webhook_delivery(&endpoint.endpoint_id, before, 0, 0);
+            loop {
+                let old = store.scan_range(&prefix, &end, PRUNE_BATCH)?;
+                if old.is_empty() {
+                    break;
+                }
+                removed += old.len();
+                let keys: Vec<Vec<u8>> = old.into_iter().map(|(key, _)| key).collect();
+                self.core
+                    .store()
+                    .commit(move |txn| {
+                        for key in keys {
+                            txn.delete(&Key::raw(key));
+                        }
+                        Ok::<_, WebhookError>(())
+                    })
+                    .await?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Records the attempts one endpoint's task made.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use deliver::address_is_public;
+pub use deliver::{DELIVERY_LOG_KEPT_SECS, address_is_public};
 pub use outbox::NoticeType;
 
 use crate::core::{Core, VaultClock};
