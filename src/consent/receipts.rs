@@ -277,7 +277,8 @@ pub(crate) fn receipt_issue_in(
 
 /// Issues the record of `grant`'s end in `txn`, referring to its first
 /// receipt, for the event at `audit_index` at `time`; returns its id, or
-/// `None` for a grant made before receipts were issued.
+/// `None` for a grant made before receipts were issued or whose end was
+/// recorded already.
 pub(crate) fn receipt_end_in(
     txn: &mut Txn<'_>,
     log: &AuditLog,
@@ -288,6 +289,12 @@ pub(crate) fn receipt_end_in(
     audit_index: u64,
 ) -> Result<Option<String>, ConsentError> {
     let Some(first_id) = grant.receipt_ids.first() else { return Ok(None) };
+    // Its end has a record already: only a clock pinned back
+    // (`Vault::insecure_pin_clock_secs`) makes an ended grant end again, and
+    // the first end stands.
+    if grant.receipt_ids.len() > 1 {
+        return Ok(None);
+    }
     let note = txn.get(&Key::receipt(subject.as_bytes(), first_id))?.ok_or(corrupt("receipt"))?;
     let first = receipt_of_note(std::str::from_utf8(&note).map_err(|_| corrupt("receipt"))?)?;
     let record_type = if end == GrantEnd::Expired { ReceiptRecordType::Expired } else { ReceiptRecordType::Withdrawn };
