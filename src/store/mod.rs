@@ -346,6 +346,11 @@ impl Key {
         Self::new(Space::WebhookOutbox, &[&[length], endpoint.as_bytes()])
     }
 
+    /// Every webhook message waiting, for every endpoint.
+    pub fn webhook_outbox_all() -> Self {
+        Self::new(Space::WebhookOutbox, &[])
+    }
+
     /// Every webhook endpoint, of every business.
     pub fn webhook_endpoints_all() -> Self {
         Self::new(Space::WebhookEndpoints, &[])

@@ -127,18 +127,27 @@ impl Webhooks {
     pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
         let now = self.core.clock().now_secs();
         let store = self.core.store();
-        // Endpoint by endpoint, so one whose messages pile up (disabled, or
-        // failing) never holds back another's.
+        // Queue by queue, visiting only endpoints that have messages (an
+        // idle vault reads one empty range), so one whose messages pile up
+        // (disabled, or failing) never holds back another's.
         let mut due = Vec::new();
-        for (_, bytes) in store.scan_prefix(&Key::webhook_endpoints_all(), usize::MAX)? {
-            let endpoint: Endpoint = decode(&bytes, "webhook endpoint")?;
+        let outbox_end = Key::from_prefix_end(&Key::webhook_outbox_all());
+        let mut from = Key::webhook_outbox_all();
+        while let Some((_, head)) = store.scan_range(&from, &outbox_end, 1)?.pop() {
+            let head: Message = decode(&head, "webhook message")?;
+            let queue = Key::webhook_messages_of(&head.endpoint_id);
+            from = Key::from_prefix_end(&queue);
+            let endpoint = store.get(&Key::webhook_endpoint(&head.business_id, &head.endpoint_id))?;
+            let Some(endpoint) = endpoint.map(|bytes| decode::<Endpoint>(&bytes, "webhook endpoint")).transpose()?
+            else {
+                continue;
+            };
             if endpoint.status != EndpointStatus::Enabled {
                 continue;
             }
             // First in, first out: the oldest message waits for its retry,
             // and the ones after it wait behind it.
-            let rows = store.scan_prefix(&Key::webhook_messages_of(&endpoint.endpoint_id), ENDPOINT_MESSAGES_MAX)?;
-            for (_, bytes) in rows {
+            for (_, bytes) in store.scan_prefix(&queue, ENDPOINT_MESSAGES_MAX)? {
                 let message: Message = decode(&bytes, "webhook message")?;
                 if message.next_attempt_at > now {
                     break;

@@ -61,6 +61,10 @@ pub enum NoticeType {
 
 /// Whom `event` concerns, and what each is told: `(business, type, data)`.
 fn notices_of(txn: &Txn<'_>, event: &AuditEvent, index: u64) -> Result<Vec<(String, NoticeType, Value)>, StoreError> {
+    // Every append comes here, reads first among them: they leave at once.
+    if event.kind == EventKind::DataRead {
+        return Ok(Vec::new());
+    }
     let pairwise = event.related_value(Related::PairwiseId);
     let cause = event.related_value(Related::Cause);
     let grant = |kind: NoticeType| -> Vec<(String, NoticeType, Value)> {
