@@ -210,6 +210,29 @@ text_id_type!(
     /// A business's access request to a customer.
     RequestId
 );
+text_id_type!(
+    /// An item of a customer's inbox: a message from a business, one she
+    /// wrote, or a notice from the vault. Its first 16 digits are the time
+    /// it was made, counted down from `u64::MAX`, so the inbox, kept in id
+    /// order, lists the newest first; the other 16 are random.
+    MessageId
+);
+
+impl MessageId {
+    /// A fresh id for an item made at `time_secs` (Unix seconds).
+    pub fn at(time_secs: i64, rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
+        let countdown = u64::MAX - u64::try_from(time_secs).unwrap_or(0);
+        let random = random_bytes::<8>(rng)?;
+        Ok(Self(format!("{countdown:016x}{}", hex(&random))))
+    }
+
+    /// The id of the vault's notice of the audit event at `index`, made at
+    /// `time_secs`: one notice per event, so the index is unique.
+    pub fn of_notice(time_secs: i64, index: u64) -> Self {
+        let countdown = u64::MAX - u64::try_from(time_secs).unwrap_or(0);
+        Self(format!("{countdown:016x}{index:016x}"))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -853,21 +853,30 @@ impl Keys {
         let old_record = self.core.store().get(&key)?.ok_or(KeyError::NoSubject)?;
         let record = KeyRecord::decode(old_record.clone())?;
         let replacement = self.core.keys().dek_replace(subject.as_bytes(), &record.wrapped)?;
-        let prefix = Key::values_of(subject.as_bytes());
+        // Field values, and message texts sealed under the same DEK, each
+        // with the name its AAD binds it to.
+        let prefixes = [Key::values_of(subject.as_bytes()), Key::message_texts_of(subject.as_bytes())];
         let mut values = Vec::new();
-        for (value_key, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
-            let field = prefix
-                .suffix_of(&value_key)
-                .and_then(|name| std::str::from_utf8(name).ok())
-                .ok_or(StoreError::Corrupt { what: "value key" })?
-                .to_owned();
-            let resealed = replacement.reseal(
-                self.core.keys().rng(),
-                subject.as_bytes(),
-                &field,
-                &crate::crypto::Sealed::from_bytes(bytes.clone()),
-            )?;
-            values.push((field, bytes, resealed));
+        for (at, prefix) in prefixes.iter().enumerate() {
+            for (value_key, bytes) in self.core.store().scan_prefix(prefix, usize::MAX)? {
+                let name = prefix
+                    .suffix_of(&value_key)
+                    .and_then(|name| std::str::from_utf8(name).ok())
+                    .ok_or(StoreError::Corrupt { what: "value key" })?
+                    .to_owned();
+                let (place, label) = if at == 0 {
+                    (Key::value(subject.as_bytes(), &name), name)
+                } else {
+                    (Key::message_text(subject.as_bytes(), &name), crate::release::message_label(&name))
+                };
+                let resealed = replacement.reseal(
+                    self.core.keys().rng(),
+                    subject.as_bytes(),
+                    &label,
+                    &crate::crypto::Sealed::from_bytes(bytes.clone()),
+                )?;
+                values.push((place, bytes, resealed));
+            }
         }
         let wrapped = replacement.wrapped().clone();
         let kek_version = wrapped.kek_version().ok_or(CryptoError::Malformed("wrapped key header"))?;
@@ -887,10 +896,12 @@ impl Keys {
                     return Err(KeyError::KeyChanged);
                 }
                 let mut present = 0usize;
-                for (_, bytes) in txn.scan_prefix(&prefix)? {
-                    present += 1;
-                    if !values.iter().any(|(_, old, _)| *old == bytes) {
-                        return Err(KeyError::KeyChanged);
+                for prefix in &prefixes {
+                    for (_, bytes) in txn.scan_prefix(prefix)? {
+                        present += 1;
+                        if !values.iter().any(|(_, old, _)| *old == bytes) {
+                            return Err(KeyError::KeyChanged);
+                        }
                     }
                 }
                 if present != values.len() {
@@ -898,8 +909,8 @@ impl Keys {
                 }
                 txn.put(key, KeyRecord { wrapped, seals }.encode());
                 txn.counter_add(kek_counter(kek_version), 1)?;
-                for (field, _, resealed) in values {
-                    txn.put_sealed(Key::value(subject.as_bytes(), &field), resealed);
+                for (place, _, resealed) in values {
+                    txn.put_sealed(place, resealed);
                 }
                 Ok(log.append(txn, &event)?)
             })

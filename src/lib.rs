@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod contact;
 pub mod control;
 pub mod controller;
 pub mod core;

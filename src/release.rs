@@ -104,16 +104,7 @@ pub(crate) fn release(
     if sealed.values.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let record = sealed.key_record.ok_or(StoreError::Corrupt { what: "values without a key record" })?;
-    let dek = match dek_of_record(core.keys(), subject, record) {
-        // A KEK rotation rewrapped the record and destroyed the KEK it was
-        // under since the read's commit: the stored record now holds the
-        // same DEK under the new KEK.
-        Err(KeyError::Crypto(CryptoError::UnknownKekVersion(_))) => {
-            dek_stored(core, subject)?.ok_or(StoreError::Corrupt { what: "values without a key record" })?
-        }
-        outcome => outcome?,
-    };
+    let dek = dek_of_read(core, subject, sealed.key_record)?;
     let mut data = BTreeMap::new();
     for (field, value) in sealed.values {
         if !logged.covers(subject, &field) {
@@ -128,6 +119,86 @@ pub(crate) fn release(
         data.insert(field, value);
     }
     Ok(data)
+}
+
+/// The DEK a read's key record holds.
+fn dek_of_read(core: &Core, subject: SubjectId, record: Option<Vec<u8>>) -> Result<crate::crypto::Dek, ReleaseError> {
+    let record = record.ok_or(StoreError::Corrupt { what: "values without a key record" })?;
+    Ok(match dek_of_record(core.keys(), subject, record) {
+        // A KEK rotation rewrapped the record and destroyed the KEK it was
+        // under since the read's commit: the stored record now holds the
+        // same DEK under the new KEK.
+        Err(KeyError::Crypto(CryptoError::UnknownKekVersion(_))) => {
+            dek_stored(core, subject)?.ok_or(StoreError::Corrupt { what: "values without a key record" })?
+        }
+        outcome => outcome?,
+    })
+}
+
+/// The name a message's text is sealed under (the AAD's field), so a
+/// sealed text moved to another message, or to a field, does not open.
+pub(crate) fn message_label(message: &str) -> String {
+    format!("message:{message}")
+}
+
+/// Message texts taken in a read's transaction, with the subject's key
+/// record as that transaction saw it, for [`release_messages`].
+#[derive(Debug)]
+pub(crate) struct SealedMessages {
+    key_record: Option<Vec<u8>>,
+    texts: Vec<(String, Sealed)>,
+}
+
+impl SealedMessages {
+    /// The messages taken, in order.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.texts.iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
+/// The sealed texts of `messages` in `subject`'s inbox (those that have
+/// one), and its key record, as `txn` sees them.
+pub(crate) fn sealed_messages_in(
+    txn: &Txn<'_>,
+    subject: SubjectId,
+    messages: &[String],
+) -> Result<SealedMessages, StoreError> {
+    let mut texts = Vec::new();
+    for message in messages {
+        if let Some(bytes) = txn.get(Key::message_text(subject.as_bytes(), message).key())? {
+            texts.push((message.clone(), Sealed::from_bytes(bytes)));
+        }
+    }
+    let key_record = if texts.is_empty() { None } else { txn.get(&Key::dek(subject.as_bytes()))? };
+    Ok(SealedMessages { key_record, texts })
+}
+
+/// Opens message texts taken in a read's transaction, for the reader (the
+/// customer, or the business she wrote to): needs the proof that the
+/// read's `message.read` event is on disk, and opens only the messages it
+/// names. Each text is the JSON document it was sealed as.
+pub(crate) fn release_messages(
+    core: &Core,
+    logged: &Logged,
+    subject: SubjectId,
+    sealed: SealedMessages,
+) -> Result<BTreeMap<String, Value>, ReleaseError> {
+    if sealed.texts.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let dek = dek_of_read(core, subject, sealed.key_record)?;
+    let mut texts = BTreeMap::new();
+    for (message, text) in sealed.texts {
+        if !logged.covers_message(subject, &message) {
+            return Err(ReleaseError::NotCovered);
+        }
+        #[allow(clippy::disallowed_methods)] // The release itself.
+        let plaintext = dek.open(subject.as_bytes(), &message_label(&message), &text)?;
+        let text: Value =
+            serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what: "message encoding" })?;
+        texts.insert(message, text);
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]

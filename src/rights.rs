@@ -324,6 +324,10 @@ impl Rights {
                 record.erased_at = Some(time.clone());
                 record.erasure_index = Some(erased.index());
                 txn.put(key, record_encode(&record)?);
+                // Her inbox, messages and preferences, and her own webhook
+                // endpoints (last: with any notice this erasure queued).
+                crate::contact::erase_in(txn, subject)?;
+                crate::webhooks::Webhooks::owner_erase_in(txn, &crate::webhooks::Webhooks::customer_owner(subject))?;
                 let index = erased.index();
                 appended.push(erased);
                 Ok((appended, Erasure::Done(index)))

@@ -3,7 +3,8 @@
 //! past their time are closed (`access_request.closed`, `cause: expired`),
 //! and, when the policies set a retention rule, customers inactive for longer
 //! than it allows are erased through the same erasure as `DELETE /v1/me`
-//! (`cause: retention`, actor `system`).
+//! (`cause: retention`, actor `system`). Customers are told of their
+//! grants that end within a week (`grant.expiring`, `contact`).
 //!
 //! Each part works from an index ordered by time (expiry or last activity),
 //! so a sweep reads only what is due, a bounded number at a time, and
@@ -12,6 +13,7 @@
 use std::sync::Arc;
 
 use crate::consent::{Consent, ConsentError};
+use crate::contact::Contact;
 use crate::core::Core;
 use crate::directory::{ACTIVITY_RESOLUTION_SECS, subject_activity_in, subjects_page};
 use crate::ids::SubjectId;
@@ -35,6 +37,8 @@ pub struct Swept {
     pub requests_expired: usize,
     /// Customers erased by the retention rule.
     pub subjects_erased: usize,
+    /// Grants whose customer was told they end soon.
+    pub grants_announced: usize,
 }
 
 /// The background sweep over consent (expiries) and rights (retention).
@@ -43,12 +47,14 @@ pub struct Sweep {
     core: Arc<Core>,
     consent: Consent,
     rights: Rights,
+    contact: Contact,
 }
 
 impl Sweep {
-    /// The sweep over `core`, closing what `consent` and `rights` keep.
-    pub fn new(core: Arc<Core>, consent: Consent, rights: Rights) -> Self {
-        Self { core, consent, rights }
+    /// The sweep over `core`, closing what `consent` and `rights` keep and
+    /// announcing ends through `contact`.
+    pub fn new(core: Arc<Core>, consent: Consent, rights: Rights, contact: Contact) -> Self {
+        Self { core, consent, rights, contact }
     }
 
     /// Runs every part of the sweep once. A failing part is logged and does
@@ -66,6 +72,10 @@ impl Sweep {
         match self.retention_sweep().await {
             Ok(count) => swept.subjects_erased = count,
             Err(error) => tracing::error!(%error, "retention sweep failed"),
+        }
+        match self.contact.expiry_notices().await {
+            Ok(count) => swept.grants_announced = count,
+            Err(error) => tracing::error!(%error, "grant expiry notices failed"),
         }
         swept
     }

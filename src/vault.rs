@@ -30,6 +30,7 @@ use crate::rights::Rights;
 use crate::store::{Backend, Key, Store, StoreConfig, StoreError};
 use crate::subjects::Subjects;
 use crate::sweep::Sweep;
+use crate::contact::Contact;
 use crate::webhooks::Webhooks;
 use crate::{clock, crypto};
 
@@ -255,6 +256,7 @@ pub struct Vault {
     rights: Rights,
     sweep: Sweep,
     webhooks: Webhooks,
+    contact: Contact,
     /// The full recomputation of the log that runs after start-up.
     audit_status: Arc<Mutex<AuditStatus>>,
     verifier: Mutex<Option<JoinHandle<()>>>,
@@ -498,11 +500,13 @@ impl Vault {
         let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &limits);
         let consent = Consent::new(Arc::clone(&core), principals.clone());
         let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
-        let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone());
+        let contact = Contact::new(Arc::clone(&core), keys.clone());
+        let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone(), contact.clone());
         let webhooks = Webhooks::new(Arc::clone(&core), webhooks);
-        // Every event a business must hear of queues its messages in the
-        // transaction that appends it.
-        core.audit().observe(webhooks.observer());
+        // Every event a business or customer must hear of queues its
+        // messages, and her inbox notice, in the transaction that appends it.
+        let notices = contact.clone();
+        core.audit().observe(webhooks.observer(Box::new(move |txn, event, index| notices.notices_in(txn, event, index))));
         let vault = Arc::new(Self {
             data_dir,
             policy_dir,
@@ -514,6 +518,7 @@ impl Vault {
             rights,
             sweep,
             webhooks,
+            contact,
             audit_status: Arc::new(Mutex::new(AuditStatus::Verifying)),
             verifier: Mutex::new(None),
             rollback: Mutex::new(rollback.clone()),
@@ -704,6 +709,11 @@ impl Vault {
     /// Webhook endpoints and the delivery of their messages.
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
+    }
+
+    /// Contact: preferences, messages, inboxes and notices.
+    pub fn contact(&self) -> &Contact {
+        &self.contact
     }
 
     /// The store.

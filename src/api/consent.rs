@@ -47,8 +47,8 @@ impl RelationshipView {
 /// on the last).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Items<T> {
-    items: Vec<T>,
-    cursor: Option<String>,
+    pub(super) items: Vec<T>,
+    pub(super) cursor: Option<String>,
 }
 
 /// `page` with the name of each item's business (`business_of`), for views

@@ -329,6 +329,44 @@ impl From<crate::consent::ConsentError> for ApiError {
     }
 }
 
+impl From<crate::contact::ContactError> for ApiError {
+    fn from(error: crate::contact::ContactError) -> Self {
+        use crate::contact::ContactError;
+        match error {
+            ContactError::Invalid(detail) => Self::invalid_body(detail),
+            ContactError::NotFound(what) => Self::not_found(what),
+            ContactError::Refused { refusal, audit_index } => {
+                let told = refusal.told();
+                let detail = match told {
+                    crate::contact::Told::NotConnected => "no connected customer has this pairwise id",
+                    crate::contact::Told::NotAccepted => "the customer does not take this message from you",
+                    crate::contact::Told::NotNow => "the customer takes no messages now; try again later",
+                    crate::contact::Told::CapReached => {
+                        "you reached the number of messages the customer takes from you in a period"
+                    }
+                };
+                let mut problem = Problem::new(StatusCode::FORBIDDEN, "message_refused", "Message refused", detail);
+                problem.reason = Some(told.as_str());
+                problem.audit_index = Some(audit_index);
+                Self(problem, None)
+            }
+            ContactError::TooMany(wait) => Self::too_many("messages", wait),
+            // An erased customer's token stops working; a change that raced
+            // the erasure gets the same uniform 401.
+            ContactError::SubjectErased => Self::unauthorized(),
+            ContactError::Consent(error) => error.into(),
+            ContactError::Key(error) => error.into(),
+            ContactError::Store(error) | ContactError::Release(crate::release::ReleaseError::Store(error)) => {
+                error.into()
+            }
+            ContactError::Audit(error) => Self::failed_audit(error),
+            error @ (ContactError::KeyExhausted | ContactError::Release(_) | ContactError::Crypto(_)) => {
+                Self::internal(&error)
+            }
+        }
+    }
+}
+
 impl From<crate::keys::KeyError> for ApiError {
     fn from(error: crate::keys::KeyError) -> Self {
         use crate::keys::KeyError;

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 pub mod center;
 mod consent;
+mod contact;
 mod describe;
 pub mod error;
 pub mod export_html;
@@ -364,6 +365,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::public_key))
         .routes(routes!(identity::token_create))
         .routes(routes!(identity::customers_create))
+        .routes(routes!(contact::message_kinds))
 }
 
 /// The customer's own data (`/v1/me/...`).
@@ -386,6 +388,16 @@ fn customer_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::my_requests_list))
         .routes(routes!(consent::my_requests_approve))
         .routes(routes!(consent::my_requests_deny))
+        .routes(routes!(contact::inbox_list))
+        .routes(routes!(contact::inbox_delete))
+        .routes(routes!(contact::inbox_reply))
+        .routes(routes!(contact::messages_write))
+        .routes(routes!(contact::contact_get, contact::contact_put))
+        .routes(routes!(webhooks::me_webhooks_list, webhooks::me_webhooks_create))
+        .routes(routes!(webhooks::me_webhooks_delete))
+        .routes(routes!(webhooks::me_webhooks_enable))
+        .routes(routes!(webhooks::me_webhooks_deliveries))
+        .routes(routes!(webhooks::me_webhooks_secret_rotate))
 }
 
 /// Business routes: connected customers and the scoped read.
@@ -397,6 +409,8 @@ fn business_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::requests_list, consent::requests_create))
         .routes(routes!(consent::requests_get))
         .routes(routes!(consent::subjects_data))
+        .routes(routes!(contact::messages_send))
+        .routes(routes!(contact::replies_list))
         .routes(routes!(identity::credentials_rotate))
         .routes(routes!(webhooks::webhooks_list, webhooks::webhooks_create))
         .routes(routes!(webhooks::webhooks_get, webhooks::webhooks_delete))

@@ -25,6 +25,14 @@ pub struct Problem {
     pub detail: String,
     /// A stable machine-readable code.
     pub code: &'static str,
+    /// A refused message (`message_refused`): why, coarsely
+    /// (`not_connected`, `not_accepted`, `not_now`, `cap_reached`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The audit index of the decision the problem reports, if it was
+    /// logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_index: Option<u64>,
     /// For a 429: which limit refused (counted in `/metrics`, not sent).
     #[serde(skip)]
     #[schema(ignore)]
@@ -50,6 +58,8 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code,
+            reason: None,
+            audit_index: None,
             limit: None,
         }
     }

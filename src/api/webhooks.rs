@@ -1,5 +1,6 @@
-//! A business's webhook routes: its endpoints (secrets shown once), their
-//! delivery logs, and inclusion proofs of the events its messages name.
+//! Webhook routes: a business's endpoints (secrets shown once), their
+//! delivery logs, and inclusion proofs of the events its messages name; and
+//! the same endpoints for a customer's own notices (`/v1/me/webhooks`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, PageParams, Path, Query, cursor_encode};
-use super::guard::BusinessCaller;
+use super::guard::{BusinessCaller, CustomerCaller};
 #[allow(unused_imports)]
 use super::problem::Problem;
 use crate::audit::{AuditEvent, EventKind, Role};
@@ -125,6 +126,16 @@ pub async fn webhooks_deliveries(
     Path(id): Path<String>,
     Query(paging): Query<PageParams>,
 ) -> Result<axum::Json<DeliveryPage>, ApiError> {
+    deliveries_page(&state, &caller.business, &id, &paging)
+}
+
+/// A page of the delivery log of `owner`'s endpoint `id`.
+fn deliveries_page(
+    state: &AppState,
+    owner: &str,
+    id: &str,
+    paging: &PageParams,
+) -> Result<axum::Json<DeliveryPage>, ApiError> {
     const KIND: &str = "deliveries";
     let after: Option<String> = paging.after(KIND)?;
     let after = after
@@ -136,7 +147,7 @@ pub async fn webhooks_deliveries(
                 .ok_or_else(|| ApiError::invalid_query("invalid_cursor", "the cursor is not one this listing gave"))
         })
         .transpose()?;
-    let page = state.vault.webhooks().deliveries(&caller.business, &id, after.as_deref(), paging.limit()?)?;
+    let page = state.vault.webhooks().deliveries(owner, id, after.as_deref(), paging.limit()?)?;
     let cursor = page.next.map(|next| cursor_encode(KIND, crate::ids::hex(&next)));
     Ok(axum::Json(DeliveryPage { items: page.items, cursor }))
 }
@@ -260,4 +271,75 @@ pub async fn events_proof(
         hashes: proof.hashes,
         event,
     }))
+}
+
+#[utoipa::path(post, path = "/v1/me/webhooks", tag = "customer", request_body = EndpointCreate, security(("bearer" = [])), responses((status = 201, description = "The endpoint and its secret (shown once)", body = EndpointWithSecret), (status = 409, description = "As many endpoints as one may have", body = Problem, content_type = "application/problem+json")))]
+/// `POST /v1/me/webhooks`: registers an endpoint for the vault's notices to
+/// me (access requests, grants ending, special-category reads, messages).
+pub async fn me_webhooks_create(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Json(body): Json<EndpointCreate>,
+) -> Result<Response, ApiError> {
+    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
+    let (endpoint, secret) = state.vault.webhooks().endpoint_create(&owner, &body.url, body.description).await?;
+    let answer = EndpointWithSecret { endpoint, secret: secret.to_string() };
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/me/webhooks", tag = "customer", security(("bearer" = [])), responses((status = 200, body = EndpointList)))]
+/// `GET /v1/me/webhooks`: my endpoints.
+pub async fn me_webhooks_list(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+) -> Result<axum::Json<EndpointList>, ApiError> {
+    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
+    Ok(axum::Json(EndpointList { items: state.vault.webhooks().endpoints(&owner)? }))
+}
+
+#[utoipa::path(delete, path = "/v1/me/webhooks/{id}", tag = "customer", params(("id" = String, Path, description = "Endpoint id")), security(("bearer" = [])), responses((status = 204, description = "Removed, with its waiting messages and delivery log"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// `DELETE /v1/me/webhooks/{id}`: removes one of my endpoints.
+pub async fn me_webhooks_delete(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
+    state.vault.webhooks().endpoint_delete(&owner, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/me/webhooks/{id}/enable", tag = "customer", params(("id" = String, Path, description = "Endpoint id")), security(("bearer" = [])), responses((status = 200, description = "Enabled; the messages that waited are sent", body = Endpoint), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// `POST /v1/me/webhooks/{id}/enable`: enables one of my endpoints the
+/// vault disabled after repeated failure.
+pub async fn me_webhooks_enable(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>, ApiError> {
+    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
+    Ok(axum::Json(state.vault.webhooks().endpoint_enable(&owner, &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/me/webhooks/{id}/deliveries", tag = "customer", params(("id" = String, Path, description = "Endpoint id"), PageParams), security(("bearer" = [])), responses((status = 200, body = DeliveryPage), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// `GET /v1/me/webhooks/{id}/deliveries`: my endpoint's delivery log.
+pub async fn me_webhooks_deliveries(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(paging): Query<PageParams>,
+) -> Result<axum::Json<DeliveryPage>, ApiError> {
+    deliveries_page(&state, &crate::webhooks::Webhooks::customer_owner(caller.subject), &id, &paging)
+}
+
+#[utoipa::path(post, path = "/v1/me/webhooks/{id}/secret", tag = "customer", params(("id" = String, Path, description = "Endpoint id")), security(("bearer" = [])), responses((status = 200, description = "The new secret (shown once); the old one signs beside it for 24 hours", body = EndpointWithSecret), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// `POST /v1/me/webhooks/{id}/secret`: rotates my endpoint's secret.
+pub async fn me_webhooks_secret_rotate(
+    caller: CustomerCaller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
+    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
+    let (endpoint, secret) = state.vault.webhooks().secret_rotate(&owner, &id).await?;
+    Ok(axum::Json(EndpointWithSecret { endpoint, secret: secret.to_string() }))
 }

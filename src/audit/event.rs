@@ -101,6 +101,31 @@ pub enum EventKind {
     /// hash and the backup file's SHA-256).
     #[serde(rename = "vault.restored")]
     VaultRestored,
+    /// A business's message was delivered to a customer's inbox
+    /// (`related`: `message_id`, `message_kind`, `pairwise_id`; `purpose`
+    /// the kind's). The text is sealed in her inbox, never logged.
+    #[serde(rename = "message.delivered")]
+    MessageDelivered,
+    /// A business's message was refused (`related.cause` says why:
+    /// `not_connected`, `blocked`, `kind_not_allowed`, `objection`,
+    /// `cap_reached`, `quiet_hours`, `inbox_full`, `unknown_kind`).
+    #[serde(rename = "message.refused")]
+    MessageRefused,
+    /// The customer wrote to a business: a reply (`related.in_reply_to`)
+    /// or feedback.
+    #[serde(rename = "message.sent")]
+    MessageSent,
+    /// Message texts were opened for a reader: the customer (her inbox) or
+    /// a business (her replies to it). `messages` names them.
+    #[serde(rename = "message.read")]
+    MessageRead,
+    /// The customer changed her contact preferences for a business.
+    #[serde(rename = "contact.changed")]
+    ContactChanged,
+    /// The vault told the customer a grant of hers ends soon
+    /// (`related.grant_id`).
+    #[serde(rename = "grant.expiring")]
+    GrantExpiring,
     /// An operator accepted that the store is behind a checkpoint the vault
     /// had published (`related` names the size published and the size
     /// held): the vault signs again from what it holds.
@@ -137,6 +162,12 @@ impl EventKind {
             Self::PrincipalSecretRotated => "principal.secret_rotated",
             Self::VaultRestored => "vault.restored",
             Self::VaultRollbackAccepted => "vault.rollback_accepted",
+            Self::MessageDelivered => "message.delivered",
+            Self::MessageRefused => "message.refused",
+            Self::MessageSent => "message.sent",
+            Self::MessageRead => "message.read",
+            Self::ContactChanged => "contact.changed",
+            Self::GrantExpiring => "grant.expiring",
         }
     }
 
@@ -215,6 +246,22 @@ pub enum Related {
     PublishedSize,
     /// The size of the log the store held.
     HeldSize,
+    /// A message's id.
+    MessageId,
+    /// A message's kind (`message_kinds` in the policies).
+    MessageKind,
+    /// The message a customer's message answers.
+    InReplyTo,
+    /// Contact preferences after a change: the kinds taken,
+    /// comma-separated.
+    ContactKinds,
+    /// Contact preferences after a change: the cap (`5/week`).
+    ContactCap,
+    /// Contact preferences after a change: quiet hours (`22:00-07:00
+    /// Europe/Paris`), or `none`.
+    QuietHours,
+    /// Contact preferences after a change: the channel.
+    Channel,
 }
 
 impl Related {
@@ -247,6 +294,13 @@ impl Related {
             Self::RequestsBlocked => "requests_blocked",
             Self::PublishedSize => "published_size",
             Self::HeldSize => "held_size",
+            Self::MessageId => "message_id",
+            Self::MessageKind => "message_kind",
+            Self::InReplyTo => "in_reply_to",
+            Self::ContactKinds => "contact_kinds",
+            Self::ContactCap => "contact_cap",
+            Self::QuietHours => "quiet_hours",
+            Self::Channel => "channel",
         }
     }
 }
@@ -357,6 +411,9 @@ pub struct AuditEvent {
     pub grants: Vec<String>,
     /// What happened.
     pub kind: EventKind,
+    /// The messages whose texts a `message.read` opened (ids only).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub messages: Vec<String>,
     /// The purpose concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub purpose: Option<String>,
@@ -412,6 +469,7 @@ impl AuditEvent {
             fields: Vec::new(),
             grants: Vec::new(),
             kind,
+            messages: Vec::new(),
             purpose: None,
             purposes: Vec::new(),
             reasons: Vec::new(),

@@ -117,6 +117,7 @@ pub struct Appended {
     batch_seq: u64,
     subject: Option<SubjectId>,
     fields: Vec<String>,
+    messages: Vec<String>,
 }
 
 impl Appended {
@@ -133,6 +134,7 @@ pub struct Logged {
     index: u64,
     subject: Option<SubjectId>,
     fields: Vec<String>,
+    messages: Vec<String>,
 }
 
 impl Logged {
@@ -144,6 +146,12 @@ impl Logged {
     /// Whether the logged event released `field` of `subject`.
     pub fn covers(&self, subject: SubjectId, field: &str) -> bool {
         self.subject == Some(subject) && self.fields.iter().any(|f| f == field)
+    }
+
+    /// Whether the logged event (a `message.read`) opened message
+    /// `message` of `subject`.
+    pub fn covers_message(&self, subject: SubjectId, message: &str) -> bool {
+        self.subject == Some(subject) && self.messages.iter().any(|m| m == message)
     }
 }
 
@@ -334,6 +342,12 @@ impl AuditLog {
         }
     }
 
+    /// The index the next event appended in `txn` takes, for records that
+    /// name their event and are written beside it.
+    pub fn next_index_in(&self, txn: &Txn<'_>) -> Result<u64, AuditError> {
+        size_in(txn)
+    }
+
     /// Appends `event` in `txn`: its canonical bytes go into the batch's
     /// record at the next index, its index into the batch's groups of the
     /// subject and business it names; the log's size and right edge move
@@ -368,7 +382,10 @@ impl AuditLog {
                 log.node_cache(*level, *at, hash);
             }
         });
-        Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject, fields: event.fields.clone() })
+        Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject,
+            fields: event.fields.clone(),
+            messages: event.messages.clone(),
+        })
     }
 
     /// Puts entry `index` into the record this batch appends to, or into a
@@ -440,7 +457,12 @@ impl AuditLog {
         if appended.batch_seq != durable.batch_seq() {
             return Err(AuditError::NotDurable);
         }
-        Ok(Logged { index: appended.index, subject: appended.subject, fields: appended.fields })
+        Ok(Logged {
+            index: appended.index,
+            subject: appended.subject,
+            fields: appended.fields,
+            messages: appended.messages,
+        })
     }
 
     /// Remembers a complete subtree hash if its level is cached.

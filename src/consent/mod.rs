@@ -263,7 +263,8 @@ fn grants_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<GrantRecord>, Stor
     txn.scan_prefix(&Key::grants_of(subject.as_bytes()))?.iter().map(|(_, bytes)| decode(bytes, "grant")).collect()
 }
 
-fn objections_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<String>, StoreError> {
+/// The purposes `subject` objects to, as `txn` sees them.
+pub(crate) fn objections_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<String>, StoreError> {
     Ok(match txn.get(&Key::objections(subject.as_bytes()))? {
         Some(bytes) => decode(&bytes, "objections")?,
         None => Vec::new(),

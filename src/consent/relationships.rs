@@ -115,6 +115,9 @@ impl Consent {
                 }
                 txn.delete(&key);
                 txn.delete(&Key::pairwise(&ended.business_id, &ended.pairwise_id));
+                // Her contact preferences go with the relationship: a new
+                // connection starts from the defaults.
+                txn.delete(&Key::contact_preferences(subject.as_bytes(), &ended.business_id));
                 let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
                     .subject(subject)
                     .related(Related::RelationshipId, &ended.relationship_id)

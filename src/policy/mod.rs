@@ -13,7 +13,7 @@ use std::path::Path;
 
 pub use catalogue::{Catalogue, FieldError, FieldSpec, FieldValues, Sensitivity, ValueType};
 
-pub use purposes::{DenyRule, DurationCap, Purpose, Retention, Rules};
+pub use purposes::{DenyRule, DurationCap, MessageKind, Purpose, Retention, Rules};
 
 /// The file that holds the field catalogue, inside the policy directory.
 pub const CATALOGUE_FILE: &str = "fields.toml";

@@ -59,12 +59,29 @@ pub struct DurationCap {
     pub max_days: u32,
 }
 
+/// A kind of message a business may send a connected customer
+/// (`[message_kinds.<name>]` in `purposes.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageKind {
+    /// The kind's name (`service`).
+    pub name: String,
+    /// What such a message is about, for customers.
+    pub description: String,
+    /// The purpose it serves: a customer who objects to it takes none.
+    pub purpose: String,
+    /// Whether a customer who has set no preferences takes it.
+    pub default: bool,
+}
+
 /// The retention rule: customers inactive for longer are erased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Days without activity after which the vault erases a customer.
     pub erase_inactive_after_days: u32,
 }
+
+/// The longest message kind name, in bytes.
+pub const MESSAGE_KIND_BYTES_MAX: usize = 40;
 
 /// Pending access requests one business may have waiting for one customer
 /// when the rules say nothing (`[requests] pending_per_customer_max`).
@@ -77,6 +94,9 @@ const PENDING_PER_CUSTOMER_LIMIT: u32 = 100;
 pub struct Rules {
     /// Purposes by name.
     pub purposes: BTreeMap<String, Purpose>,
+    /// Kinds of message businesses may send, by name (none when
+    /// `purposes.toml` defines none: then no business can send any).
+    pub message_kinds: BTreeMap<String, MessageKind>,
     /// Deny rules, in file order.
     pub deny: Vec<DenyRule>,
     /// Duration caps, in file order.
@@ -92,6 +112,17 @@ pub struct Rules {
 #[serde(deny_unknown_fields)]
 struct PurposesFile {
     purposes: BTreeMap<String, toml::Spanned<PurposeEntry>>,
+    #[serde(default)]
+    message_kinds: BTreeMap<String, toml::Spanned<MessageKindEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageKindEntry {
+    description: String,
+    purpose: String,
+    #[serde(default)]
+    default: bool,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +230,27 @@ impl Rules {
             });
         }
 
+        let mut message_kinds = BTreeMap::new();
+        for (name, entry) in parsed.message_kinds {
+            let line = PolicyError::line_of(purposes_text, entry.span().start);
+            let problem = |problem: String| PolicyError { file: purposes_file.to_owned(), line, problem };
+            let entry = entry.into_inner();
+            if !is_identifier(&name) || name.len() > MESSAGE_KIND_BYTES_MAX {
+                return Err(problem(format!(
+                    "message kind `{name}` must match [a-z][a-z0-9_-]* and be at most {MESSAGE_KIND_BYTES_MAX} bytes"
+                )));
+            }
+            if entry.description.trim().is_empty() {
+                return Err(problem(format!("message kind `{name}`: description must say what it is about")));
+            }
+            if !purposes.contains_key(&entry.purpose) {
+                return Err(problem(format!("message kind `{name}`: unknown purpose `{}`", entry.purpose)));
+            }
+            let kind =
+                MessageKind { name: name.clone(), description: entry.description, purpose: entry.purpose, default: entry.default };
+            message_kinds.insert(name, kind);
+        }
+
         let parsed: RulesFile =
             toml::from_str(rules_text).map_err(|error| PolicyError::from_toml(rules_file, rules_text, &error))?;
         let mut ids = std::collections::BTreeSet::new();
@@ -287,7 +339,7 @@ impl Rules {
                 max
             }
         };
-        Ok(Self { purposes, deny, duration_caps, retention, requests_pending_per_customer_max })
+        Ok(Self { purposes, message_kinds, deny, duration_caps, retention, requests_pending_per_customer_max })
     }
 
     /// The longest grant for `purpose`, in days, after every cap.

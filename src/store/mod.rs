@@ -250,13 +250,22 @@ pub enum Part {
     /// Signed consent receipts, by receipt id: each written once, never
     /// changed.
     Receipt = 0x07,
+    /// Contact preferences, by business id (`contact`).
+    Contact = 0x08,
+    /// Inbox items: messages from businesses, her own messages to them and
+    /// the vault's notices, by message id (newest first: see
+    /// `contact::MessageId`).
+    Inbox = 0x09,
+    /// Message texts, sealed under the subject's DEK like field values, by
+    /// message id.
+    MessageText = 0x0A,
     /// The indices of the audit entries that concern the subject, in
     /// groups keyed by their first index (`audit::records`).
     AuditMarker = 0x10,
 }
 
 impl Part {
-    const ALL: [Part; 8] = [
+    const ALL: [Part; 11] = [
         Part::Key,
         Part::Value,
         Part::Relationship,
@@ -264,6 +273,9 @@ impl Part {
         Part::Objections,
         Part::Request,
         Part::Receipt,
+        Part::Contact,
+        Part::Inbox,
+        Part::MessageText,
         Part::AuditMarker,
     ];
 
@@ -407,6 +419,37 @@ impl Key {
     /// The prefix of every sealed value of one subject.
     pub fn values_of(subject: &[u8; 16]) -> Self {
         Self::of_subject(subject, Part::Value, &[])
+    }
+
+    /// The sealed text of one message in a subject's inbox; a value like a
+    /// field's, sealed under the subject's DEK.
+    pub fn message_text(subject: &[u8; 16], message: &str) -> ValueKey {
+        ValueKey(Self::of_subject(subject, Part::MessageText, message.as_bytes()))
+    }
+
+    /// The prefix of every sealed message text of one subject.
+    pub fn message_texts_of(subject: &[u8; 16]) -> Self {
+        Self::of_subject(subject, Part::MessageText, &[])
+    }
+
+    /// One item of a subject's inbox.
+    pub fn inbox_item(subject: &[u8; 16], message: &str) -> Self {
+        Self::of_subject(subject, Part::Inbox, message.as_bytes())
+    }
+
+    /// Every item of a subject's inbox, newest first.
+    pub fn inbox_of(subject: &[u8; 16]) -> Self {
+        Self::of_subject(subject, Part::Inbox, &[])
+    }
+
+    /// A subject's contact preferences for one business.
+    pub fn contact_preferences(subject: &[u8; 16], business: &str) -> Self {
+        Self::of_subject(subject, Part::Contact, business.as_bytes())
+    }
+
+    /// Every contact preference of one subject.
+    pub fn contact_preferences_of(subject: &[u8; 16]) -> Self {
+        Self::of_subject(subject, Part::Contact, &[])
     }
 
     /// The encryption counter of a key, by name.

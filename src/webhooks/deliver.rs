@@ -137,7 +137,7 @@ impl Webhooks {
             let head: Message = decode(&head, "webhook message")?;
             let queue = Key::webhook_messages_of(&head.endpoint_id);
             from = Key::from_prefix_end(&queue);
-            let endpoint = store.get(&Key::webhook_endpoint(&head.business_id, &head.endpoint_id))?;
+            let endpoint = store.get(&Key::webhook_endpoint(&head.owner, &head.endpoint_id))?;
             let Some(endpoint) = endpoint.map(|bytes| decode::<Endpoint>(&bytes, "webhook endpoint")).transpose()?
             else {
                 continue;
@@ -282,7 +282,7 @@ impl Webhooks {
             .store()
             .commit_durable(move |txn| {
                 let key = Key::webhook_message(&message.endpoint_id, message.audit_index);
-                let endpoint_key = Key::webhook_endpoint(&message.business_id, &message.endpoint_id);
+                let endpoint_key = Key::webhook_endpoint(&message.owner, &message.endpoint_id);
                 // Deleted with its endpoint while it was being sent.
                 let (Some(_), Some(endpoint)) = (txn.get(&key)?, txn.get(&endpoint_key)?) else {
                     return Ok(None);

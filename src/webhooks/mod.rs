@@ -1,6 +1,11 @@
 //! Signed notices to businesses: webhooks per the Standard Webhooks
-//! specification, for grant changes and for the customer's corrections and
-//! erasures (GDPR Art. 19).
+//! specification, for grant changes, for the customer's corrections and
+//! erasures (GDPR Art. 19) and her messages; and to customers who register
+//! endpoints of their own, for the vault's notices to them (`contact`).
+//!
+//! An endpoint has an **owner**: a business (its id) or a customer
+//! ([`Webhooks::customer_owner`]); every operation names the owner, so no
+//! one reaches another's endpoints.
 //!
 //! A business registers endpoints (an `https` URL each, with a `whsec_`
 //! secret it is shown once and can rotate). Every audit event a business
@@ -35,10 +40,10 @@ pub use outbox::NoticeType;
 
 use crate::core::{Core, VaultClock};
 use crate::crypto::CryptoError;
-use crate::ids::BusinessId;
+use crate::ids::SubjectId;
 use crate::store::{CommitError, Key, StoreError};
 
-/// Endpoints one business may register.
+/// Endpoints one business, or one customer, may register.
 pub const ENDPOINTS_PER_BUSINESS_MAX: usize = 10;
 /// Longest endpoint URL, in bytes.
 const URL_BYTES_MAX: usize = 2_000;
@@ -129,7 +134,10 @@ struct Message {
     /// `webhook-id`: the same on every attempt.
     message_id: String,
     endpoint_id: String,
-    business_id: String,
+    /// The endpoint's owner ([`Webhooks::customer_owner`] for a customer's);
+    /// stored under the name it had when only businesses had endpoints.
+    #[serde(rename = "business_id")]
+    owner: String,
     /// The message's `type`.
     notice: NoticeType,
     /// The audit index of the event it announces.
@@ -195,11 +203,11 @@ pub enum WebhookError {
     /// long); the text says why.
     #[error("{0}")]
     Invalid(String),
-    /// No such endpoint for this business.
+    /// No such endpoint for this owner.
     #[error("no such webhook endpoint")]
     NotFound,
-    /// The business has [`ENDPOINTS_PER_BUSINESS_MAX`] endpoints already.
-    #[error("a business may register at most {ENDPOINTS_PER_BUSINESS_MAX} webhook endpoints")]
+    /// The owner has [`ENDPOINTS_PER_BUSINESS_MAX`] endpoints already.
+    #[error("at most {ENDPOINTS_PER_BUSINESS_MAX} webhook endpoints may be registered")]
     TooMany,
     /// The store failed.
     #[error(transparent)]
@@ -235,10 +243,42 @@ fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreE
     serde_json::to_vec(value).map_err(|_| StoreError::Corrupt { what })
 }
 
+/// A message for an owner's endpoints that an event warrants beyond what
+/// the outbox itself derives (the customer's notices, from `contact`).
+#[derive(Debug, Clone)]
+pub struct OwnerNotice {
+    /// Whose endpoints get it.
+    pub owner: String,
+    /// Its type.
+    pub notice: NoticeType,
+    /// Its `data`: ids and names, never a value.
+    pub data: serde_json::Value,
+}
+
+/// What else an appended event warrants for endpoints, decided in its
+/// transaction (which it may also write to).
+pub type ExtraNotices =
+    Box<dyn Fn(&mut crate::store::Txn<'_>, &crate::audit::AuditEvent, u64) -> Result<Vec<OwnerNotice>, StoreError> + Send + Sync>;
+
 /// The label a webhook secret is sealed under: the endpoint's id, so a
 /// sealed secret moved to another endpoint does not open.
 fn secret_label(endpoint_id: &str) -> String {
     format!("webhook-secret:{endpoint_id}")
+}
+
+/// Removes the endpoint at `key` (id `endpoint_id`), its secrets, its
+/// waiting messages and its delivery log in `txn`.
+fn endpoint_remove_in(txn: &mut crate::store::Txn<'_>, key: &Key, endpoint_id: &str) -> Result<(), StoreError> {
+    txn.delete(key);
+    txn.delete(&Key::webhook_secret(endpoint_id, false));
+    txn.delete(&Key::webhook_secret(endpoint_id, true));
+    for (row, _) in txn.scan_prefix(&Key::webhook_messages_of(endpoint_id))? {
+        txn.delete(&Key::raw(row));
+    }
+    for (row, _) in txn.scan_prefix(&Key::webhook_deliveries_of(endpoint_id))? {
+        txn.delete(&Key::raw(row));
+    }
+    Ok(())
 }
 
 /// Webhook endpoints, the outbox and its delivery. Cheap to clone.
@@ -274,10 +314,30 @@ impl Webhooks {
     }
 
     /// The audit log observer that writes the outbox (install it with
-    /// [`crate::audit::AuditLog::observe`]).
-    pub fn observer(&self) -> crate::audit::Observer {
+    /// [`crate::audit::AuditLog::observe`]); `extra` adds the messages an
+    /// event warrants for customers' endpoints.
+    pub fn observer(&self, extra: ExtraNotices) -> crate::audit::Observer {
         let wake = Arc::clone(&self.wake);
-        Box::new(move |txn, event, index| outbox::outbox_in(txn, event, index, &wake))
+        Box::new(move |txn, event, index| {
+            let extra = extra(txn, event, index)?;
+            outbox::outbox_in(txn, event, index, extra, &wake)
+        })
+    }
+
+    /// The owner name of `subject`'s own endpoints: distinct from every
+    /// business id (which is 32 hexadecimal digits).
+    pub fn customer_owner(subject: SubjectId) -> String {
+        format!("customer:{subject}")
+    }
+
+    /// Removes every endpoint of `owner`, their secrets, waiting messages
+    /// and delivery logs, in `txn` (a customer's erasure).
+    pub(crate) fn owner_erase_in(txn: &mut crate::store::Txn<'_>, owner: &str) -> Result<(), StoreError> {
+        for (key, bytes) in txn.scan_prefix(&Key::webhook_endpoints_of(owner))? {
+            let endpoint: Endpoint = decode(&bytes, "webhook endpoint")?;
+            endpoint_remove_in(txn, &Key::raw(key), &endpoint.endpoint_id)?;
+        }
+        Ok(())
     }
 
     /// Checks an endpoint URL against the rule: `https` (or `http` if the
@@ -312,11 +372,11 @@ impl Webhooks {
         Ok(parsed.to_string())
     }
 
-    /// Registers an endpoint for `business`; returns it and its secret,
+    /// Registers an endpoint for `owner`; returns it and its secret,
     /// shown this once.
     pub async fn endpoint_create(
         &self,
-        business: &BusinessId,
+        owner: &str,
         url: &str,
         description: Option<String>,
     ) -> Result<(Endpoint, Zeroizing<String>), WebhookError> {
@@ -340,43 +400,43 @@ impl Webhooks {
             previous_secret_until: None,
         };
         let stored = endpoint.clone();
-        let business_id = business.to_string();
+        let owner_key = owner.to_owned();
         self.core
             .store()
             .commit_durable(move |txn| {
-                if txn.scan_prefix(&Key::webhook_endpoints_of(&business_id))?.len() >= ENDPOINTS_PER_BUSINESS_MAX {
+                if txn.scan_prefix(&Key::webhook_endpoints_of(&owner_key))?.len() >= ENDPOINTS_PER_BUSINESS_MAX {
                     return Err(WebhookError::TooMany);
                 }
-                txn.put(Key::webhook_endpoint(&business_id, &stored.endpoint_id), encode(&stored, "webhook endpoint")?);
+                txn.put(Key::webhook_endpoint(&owner_key, &stored.endpoint_id), encode(&stored, "webhook endpoint")?);
                 txn.put(Key::webhook_secret(&stored.endpoint_id, false), sealed);
                 Ok(())
             })
             .await?;
-        tracing::info!(business = %business, endpoint = %endpoint.endpoint_id, "webhook endpoint registered");
+        tracing::info!(owner = %owner, endpoint = %endpoint.endpoint_id, "webhook endpoint registered");
         Ok((endpoint, signature::secret_text(&key)))
     }
 
-    /// The business's endpoints.
-    pub fn endpoints(&self, business: &BusinessId) -> Result<Vec<Endpoint>, WebhookError> {
-        let rows = self.core.store().scan_prefix(&Key::webhook_endpoints_of(business), ENDPOINTS_PER_BUSINESS_MAX)?;
+    /// The owner's endpoints.
+    pub fn endpoints(&self, owner: &str) -> Result<Vec<Endpoint>, WebhookError> {
+        let rows = self.core.store().scan_prefix(&Key::webhook_endpoints_of(owner), ENDPOINTS_PER_BUSINESS_MAX)?;
         Ok(rows.iter().map(|(_, bytes)| decode(bytes, "webhook endpoint")).collect::<Result<_, _>>()?)
     }
 
-    /// One of the business's endpoints.
-    pub fn endpoint(&self, business: &BusinessId, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
+    /// One of the owner's endpoints.
+    pub fn endpoint(&self, owner: &str, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
         let bytes =
-            self.core.store().get(&Key::webhook_endpoint(business, endpoint_id))?.ok_or(WebhookError::NotFound)?;
+            self.core.store().get(&Key::webhook_endpoint(owner, endpoint_id))?.ok_or(WebhookError::NotFound)?;
         Ok(decode(&bytes, "webhook endpoint")?)
     }
 
-    /// Changes one of the business's endpoints in a transaction.
+    /// Changes one of the owner's endpoints in a transaction.
     async fn endpoint_change<T: Send + 'static>(
         &self,
-        business: &BusinessId,
+        owner: &str,
         endpoint_id: &str,
         change: impl FnOnce(&mut crate::store::Txn<'_>, &mut Endpoint) -> Result<T, WebhookError> + Send + 'static,
     ) -> Result<(Endpoint, T), WebhookError> {
-        let key = Key::webhook_endpoint(business, endpoint_id);
+        let key = Key::webhook_endpoint(owner, endpoint_id);
         let (changed, _) = self
             .core
             .store()
@@ -393,10 +453,10 @@ impl Webhooks {
 
     /// Enables an endpoint again: its waiting messages are due at once,
     /// their attempts counted afresh.
-    pub async fn endpoint_enable(&self, business: &BusinessId, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
+    pub async fn endpoint_enable(&self, owner: &str, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
         let id = endpoint_id.to_owned();
         let (endpoint, ()) = self
-            .endpoint_change(business, endpoint_id, move |txn, endpoint| {
+            .endpoint_change(owner, endpoint_id, move |txn, endpoint| {
                 endpoint.status = EndpointStatus::Enabled;
                 endpoint.failures_in_a_row = 0;
                 endpoint.disabled_reason = None;
@@ -417,7 +477,7 @@ impl Webhooks {
     /// one signs beside it for [`PREVIOUS_SECRET_SECS`].
     pub async fn secret_rotate(
         &self,
-        business: &BusinessId,
+        owner: &str,
         endpoint_id: &str,
     ) -> Result<(Endpoint, Zeroizing<String>), WebhookError> {
         let key: [u8; signature::SECRET_BYTES] = crate::crypto::random_bytes(self.core.keys().rng())?;
@@ -426,7 +486,7 @@ impl Webhooks {
         let id = endpoint_id.to_owned();
         let core = Arc::clone(&self.core);
         let (endpoint, ()) = self
-            .endpoint_change(business, endpoint_id, move |txn, endpoint| {
+            .endpoint_change(owner, endpoint_id, move |txn, endpoint| {
                 let current =
                     txn.get(&Key::webhook_secret(&id, false))?.ok_or(StoreError::Corrupt { what: "webhook secret" })?;
                 // Sealed again under the KEK in force now, so a KEK rotation
@@ -443,8 +503,8 @@ impl Webhooks {
 
     /// Removes an endpoint, its secrets, its waiting messages and its
     /// delivery log.
-    pub async fn endpoint_delete(&self, business: &BusinessId, endpoint_id: &str) -> Result<(), WebhookError> {
-        let key = Key::webhook_endpoint(business, endpoint_id);
+    pub async fn endpoint_delete(&self, owner: &str, endpoint_id: &str) -> Result<(), WebhookError> {
+        let key = Key::webhook_endpoint(owner, endpoint_id);
         let id = endpoint_id.to_owned();
         self.core
             .store()
@@ -452,15 +512,7 @@ impl Webhooks {
                 if txn.get(&key)?.is_none() {
                     return Err(WebhookError::NotFound);
                 }
-                txn.delete(&key);
-                txn.delete(&Key::webhook_secret(&id, false));
-                txn.delete(&Key::webhook_secret(&id, true));
-                for (row, _) in txn.scan_prefix(&Key::webhook_messages_of(&id))? {
-                    txn.delete(&Key::raw(row));
-                }
-                for (row, _) in txn.scan_prefix(&Key::webhook_deliveries_of(&id))? {
-                    txn.delete(&Key::raw(row));
-                }
+                endpoint_remove_in(txn, &key, &id)?;
                 Ok(())
             })
             .await?;
@@ -471,12 +523,12 @@ impl Webhooks {
     /// (a key a previous page returned).
     pub fn deliveries(
         &self,
-        business: &BusinessId,
+        owner: &str,
         endpoint_id: &str,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<DeliveryPage, WebhookError> {
-        self.endpoint(business, endpoint_id)?;
+        self.endpoint(owner, endpoint_id)?;
         let prefix = Key::webhook_deliveries_of(endpoint_id);
         let (rows, more) = self.core.store().scan_page(&prefix, after, limit)?;
         let next = if more { rows.last().and_then(|(key, _)| prefix.suffix_of(key)).map(<[u8]>::to_vec) } else { None };
@@ -484,10 +536,10 @@ impl Webhooks {
         Ok(DeliveryPage { items, next })
     }
 
-    /// Messages waiting for `business`'s endpoints.
-    pub fn waiting(&self, business: &BusinessId) -> Result<usize, WebhookError> {
+    /// Messages waiting for `owner`'s endpoints.
+    pub fn waiting(&self, owner: &str) -> Result<usize, WebhookError> {
         let mut count = 0;
-        for endpoint in self.endpoints(business)? {
+        for endpoint in self.endpoints(owner)? {
             count += self.core.store().scan_prefix(&Key::webhook_messages_of(&endpoint.endpoint_id), usize::MAX)?.len();
         }
         Ok(count)

@@ -1,14 +1,15 @@
 //! The outbox: which events a business hears of, and the messages they
-//! become, written in the transaction that appends the event.
+//! become (with the customer's notices `contact` adds), written in the
+//! transaction that appends the event.
 //!
-//! A message carries ids, field names and purposes, never a value. The
-//! business is named by nothing but its endpoints; the customer only by the
-//! pairwise id that business knows her by.
+//! A message carries ids, field names and purposes, never a value or a
+//! message text. The business is named by nothing but its endpoints; the
+//! customer, to a business, only by the pairwise id it knows her by.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Endpoint, Message, decode, encode};
+use super::{Endpoint, Message, OwnerNotice, decode, encode};
 use crate::audit::{AuditEvent, EventKind, Related, Role};
 use crate::store::{Key, StoreError, Txn};
 
@@ -57,6 +58,23 @@ pub enum NoticeType {
     /// copies you hold (GDPR Art. 17 and 19).
     #[serde(rename = "data.deleted")]
     DataDeleted,
+    /// The customer wrote to the business (a reply or feedback): read it
+    /// at `GET /v1/subjects/{pairwise_id}/replies`.
+    #[serde(rename = "message.received")]
+    MessageReceived,
+    /// To a customer: a business asked her for access.
+    #[serde(rename = "access_request.created")]
+    AccessRequestCreated,
+    /// To a customer: a grant of hers ends soon.
+    #[serde(rename = "grant.expiring")]
+    GrantExpiring,
+    /// To a customer: a business read special-category data of hers.
+    #[serde(rename = "special_data.read")]
+    SpecialDataRead,
+    /// To a customer who chose the webhook channel for that business: its
+    /// message is in her inbox.
+    #[serde(rename = "message.delivered")]
+    MessageDelivered,
 }
 
 /// Whom `event` concerns, and what each is told: `(business, type, data)`.
@@ -97,6 +115,18 @@ fn notices_of(txn: &Txn<'_>, event: &AuditEvent, index: u64) -> Result<Vec<(Stri
                 data["cause"] = json!(cause);
             }
             vec![(business.clone(), kind, data)]
+        }
+        EventKind::MessageSent => {
+            let Some(business) = &event.business else { return Ok(Vec::new()) };
+            let mut data = json!({
+                "audit_index": index,
+                "message_id": event.related_value(Related::MessageId),
+                "pairwise_id": pairwise,
+            });
+            if let Some(replied) = event.related_value(Related::InReplyTo) {
+                data["in_reply_to"] = json!(replied);
+            }
+            vec![(business.clone(), NoticeType::MessageReceived, data)]
         }
         EventKind::DataWritten | EventKind::DataDeleted if event.actor.role == Role::Customer => {
             let kind =
@@ -140,15 +170,18 @@ fn data_notices(
 }
 
 /// The audit log's observer: queues one message per endpoint of each
-/// business `event` concerns, in the transaction that appends it, and wakes
-/// the delivery worker once that transaction's batch is durable.
+/// business `event` concerns, and of each owner `extra` names, in the
+/// transaction that appends it, and wakes the delivery worker once that
+/// transaction's batch is durable.
 pub(super) fn outbox_in(
     txn: &mut Txn<'_>,
     event: &AuditEvent,
     index: u64,
+    extra: Vec<OwnerNotice>,
     wake: &std::sync::Arc<tokio::sync::Notify>,
 ) -> Result<(), StoreError> {
-    let notices = notices_of(txn, event, index)?;
+    let mut notices = notices_of(txn, event, index)?;
+    notices.extend(extra.into_iter().map(|notice| (notice.owner, notice.notice, notice.data)));
     let mut queued = false;
     for (business, notice, data) in notices {
         // What the business was told of the customer's change, whether or
@@ -162,7 +195,7 @@ pub(super) fn outbox_in(
             let message = Message {
                 message_id: format!("msg_{index}_{}", endpoint.endpoint_id),
                 endpoint_id: endpoint.endpoint_id.clone(),
-                business_id: business.clone(),
+                owner: business.clone(),
                 notice,
                 audit_index: index,
                 time: event.time.clone(),

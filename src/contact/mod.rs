@@ -1,0 +1,420 @@
+//! Contact on the customer's terms: her preferences per business (which
+//! kinds of message, how many per period, quiet hours, channel), messages
+//! businesses send her through the vault, what she writes back, and the
+//! vault's own notices to her, all kept in her inbox.
+//!
+//! A business reaches a connected customer only here, by the pairwise id it
+//! knows her by: it never holds an address. Every delivery decision is made
+//! by the pure [`decide`] in the sending transaction and logged
+//! (`message.delivered` or `message.refused`, with the exact reason); the
+//! business is told only delivered, or refused with a coarse reason.
+//!
+//! **Architecture Invariant:** a message's text is sealed under the
+//! customer's DEK like a field value (`Key::message_text`, the AAD naming
+//! the message), never logged, and opened only by
+//! [`release::release_messages`](crate::release::release_messages) with the
+//! proof that a `message.read` naming it is on disk. Erasure destroys the
+//! DEK and removes her inbox, so her messages go with her.
+
+pub mod decide;
+mod messages;
+mod notices;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use decide::{INBOX_ITEMS_MAX, Refusal, Told};
+pub use messages::{Delivery, InboxPage, InboxView, Item, ItemType, Recipient, Reply, Text};
+pub use notices::{EXPIRY_NOTICE_SECS, NoticeKind};
+
+use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
+use crate::auth::ratelimit::RateLimiter;
+use crate::consent::{ConsentError, Relationship};
+use crate::core::Core;
+use crate::crypto::CryptoError;
+use crate::ids::{RelationshipId, SubjectId};
+use crate::keys::{KeyError, Keys};
+use crate::policy::Policies;
+use crate::release::ReleaseError;
+use crate::store::{CommitError, Key, StoreError, Txn};
+
+/// Longest message title, in characters.
+pub const TITLE_CHARS_MAX: usize = 120;
+/// Longest message body, in bytes.
+pub const BODY_BYTES_MAX: usize = 4_000;
+/// The most messages a customer may take from one business in a period.
+pub const CAP_MESSAGES_MAX: u32 = 100;
+/// Messages one business may send (delivered or not) in a burst, and per
+/// minute after it, whatever its customers' caps.
+pub const SENDS_BURST: u32 = 60;
+/// See [`SENDS_BURST`].
+pub const SENDS_PER_MINUTE: u32 = 600;
+/// Messages one customer may write (replies and feedback) in a burst, and
+/// per minute after it.
+pub const WRITES_BURST: u32 = 10;
+/// See [`WRITES_BURST`].
+pub const WRITES_PER_MINUTE: u32 = 30;
+
+/// Errors of contact. None carries a message text or a personal value.
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    /// The request is invalid; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such relationship, message or business (for this caller).
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The message was refused (logged at `audit_index`).
+    #[error("the message was refused: {}", .refusal.told().as_str())]
+    Refused {
+        /// Why, exactly (the business is told [`Refusal::told`]).
+        refusal: Refusal,
+        /// The audit index of the refusal.
+        audit_index: u64,
+    },
+    /// Too many messages sent or written: wait this long.
+    #[error("too many messages")]
+    TooMany(std::time::Duration),
+    /// The customer was erased (or never existed) by the time the change
+    /// committed; nothing changed.
+    #[error("the customer was erased")]
+    SubjectErased,
+    /// The customer's DEK sealed as many values as it may; it is replaced
+    /// and the message sealed again.
+    #[error("the data key reached its encryption limit")]
+    KeyExhausted,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit append failed; nothing changed and nothing was read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Texts could not be opened.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// A text could not be sealed, or an id drawn.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The customer's key could not be read or replaced.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A relationship or business could not be read.
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+}
+
+impl From<CommitError<ContactError>> for ContactError {
+    fn from(error: CommitError<ContactError>) -> Self {
+        match error {
+            CommitError::Rejected(error) => error,
+            CommitError::Store(error) => Self::Store(error),
+        }
+    }
+}
+
+/// The period a cap counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// The last 24 hours.
+    Day,
+    /// The last 7 days.
+    Week,
+    /// The last 30 days.
+    Month,
+}
+
+impl Period {
+    /// Its length in seconds.
+    pub fn secs(self) -> i64 {
+        match self {
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+            Self::Month => 30 * 86_400,
+        }
+    }
+
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// How many messages one business may deliver to her per period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    /// Messages per period (0 to 100; 0 takes none).
+    pub messages: u32,
+    /// The period, counted back from the moment of sending.
+    pub period: Period,
+}
+
+/// When she takes no messages, on her wall clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// First quiet minute (`HH:MM`).
+    pub from: String,
+    /// First minute that is not quiet (`HH:MM`); before `from` to wrap
+    /// midnight.
+    pub to: String,
+    /// Her time zone (IANA name, `Europe/Paris`); daylight saving applies.
+    pub time_zone: String,
+}
+
+/// How she hears of a business's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// In her inbox only (the API and the privacy center).
+    Inbox,
+    /// In her inbox, and announced to her own webhook endpoints
+    /// (`message.delivered`, ids only).
+    Webhook,
+}
+
+impl Channel {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbox => "inbox",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// A customer's contact preferences for one business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// The kinds of message she takes from this business
+    /// (`message_kinds` in the policies).
+    pub kinds: Vec<String>,
+    /// How many messages per period.
+    pub cap: Cap,
+    /// When she takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+    /// How she hears of them.
+    pub channel: Channel,
+    /// When she last set them (RFC 3339); absent while they are the
+    /// defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+}
+
+/// The default cap: five messages a week.
+pub const CAP_DEFAULT: Cap = Cap { messages: 5, period: Period::Week };
+
+impl Preferences {
+    /// What she takes before she sets anything: the kinds the policies mark
+    /// `default` (service messages), five a week, no quiet hours, inbox.
+    pub fn defaults(policies: &Policies) -> Self {
+        let kinds = policies.rules.message_kinds.values().filter(|kind| kind.default).map(|kind| kind.name.clone());
+        Self {
+            kinds: kinds.collect(),
+            cap: CAP_DEFAULT,
+            quiet_hours: None,
+            channel: Channel::Inbox,
+            updated_at: None,
+        }
+    }
+
+    /// Checks preferences she sends against the policies and the limits;
+    /// returns them in canonical form (kinds sorted, without repeats).
+    pub fn checked(mut self, policies: &Policies) -> Result<Self, ContactError> {
+        let invalid = |detail: String| ContactError::Invalid(detail);
+        self.kinds.sort();
+        self.kinds.dedup();
+        if let Some(unknown) = self.kinds.iter().find(|kind| !policies.rules.message_kinds.contains_key(*kind)) {
+            return Err(invalid(format!("`{}` is not a message kind of the policies", shortened(unknown))));
+        }
+        if self.cap.messages > CAP_MESSAGES_MAX {
+            return Err(invalid(format!("`cap.messages` must be 0 to {CAP_MESSAGES_MAX}")));
+        }
+        if let Some(quiet) = &self.quiet_hours {
+            let (Some(from), Some(to)) = (decide::wall_time(&quiet.from), decide::wall_time(&quiet.to)) else {
+                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must be times like 22:00".to_owned()));
+            };
+            if from == to {
+                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must differ".to_owned()));
+            }
+            if quiet.time_zone.len() > 64 || jiff::tz::TimeZone::get(&quiet.time_zone).is_err() {
+                return Err(invalid(format!(
+                    "`quiet_hours.time_zone`: `{}` is not a time zone name like Europe/Paris",
+                    shortened(&quiet.time_zone)
+                )));
+            }
+        }
+        self.updated_at = None;
+        Ok(self)
+    }
+}
+
+/// At most 64 characters of a caller's text, for an error message.
+fn shortened(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// Her preferences for `business` as `txn` sees them: stored, or the
+/// defaults.
+fn preferences_in(
+    txn: &Txn<'_>,
+    policies: &Policies,
+    subject: SubjectId,
+    business: &str,
+) -> Result<Preferences, StoreError> {
+    match txn.get(&Key::contact_preferences(subject.as_bytes(), business))? {
+        Some(bytes) => decode(&bytes, "contact preferences"),
+        None => Ok(Preferences::defaults(policies)),
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt { what })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+/// Removes everything contact keeps about `subject` in `txn`: preferences,
+/// inbox items and sealed texts (the erasure, which destroys her DEK in the
+/// same transaction).
+pub(crate) fn erase_in(txn: &mut Txn<'_>, subject: SubjectId) -> Result<(), StoreError> {
+    for prefix in [
+        Key::contact_preferences_of(subject.as_bytes()),
+        Key::inbox_of(subject.as_bytes()),
+        Key::message_texts_of(subject.as_bytes()),
+    ] {
+        for (key, _) in txn.scan_prefix(&prefix)? {
+            txn.delete(&Key::raw(key));
+        }
+    }
+    Ok(())
+}
+
+/// Contact: preferences, messages, the inbox and notices. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Contact {
+    core: Arc<Core>,
+    keys: Keys,
+    /// Messages each business may send.
+    sends: Arc<RateLimiter>,
+    /// Messages each customer may write.
+    writes: Arc<RateLimiter>,
+}
+
+impl Contact {
+    /// The contact service over `core`; `keys` replaces a DEK at its limit.
+    pub fn new(core: Arc<Core>, keys: Keys) -> Self {
+        Self {
+            core,
+            keys,
+            sends: Arc::new(RateLimiter::new(SENDS_BURST, SENDS_PER_MINUTE)),
+            writes: Arc::new(RateLimiter::new(WRITES_BURST, WRITES_PER_MINUTE)),
+        }
+    }
+
+    /// Her relationship with id `relationship_id`.
+    fn relationship(&self, subject: SubjectId, relationship_id: &RelationshipId) -> Result<Relationship, ContactError> {
+        let prefix = Key::relationships_of(subject.as_bytes());
+        for (_, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
+            let relationship: Relationship = decode(&bytes, "relationship")?;
+            if relationship.relationship_id == *relationship_id {
+                return Ok(relationship);
+            }
+        }
+        Err(ContactError::NotFound("relationship"))
+    }
+
+    /// Her preferences for the business of one relationship (the defaults
+    /// until she sets them).
+    pub fn preferences(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+    ) -> Result<(Relationship, Preferences), ContactError> {
+        let relationship = self.relationship(subject, relationship_id)?;
+        let key = Key::contact_preferences(subject.as_bytes(), &relationship.business_id);
+        let preferences = match self.core.store().get(&key)? {
+            Some(bytes) => decode(&bytes, "contact preferences")?,
+            None => Preferences::defaults(&self.core.policies()),
+        };
+        Ok((relationship, preferences))
+    }
+
+    /// Her preferences for every business she is connected to, in business
+    /// id order.
+    pub fn preferences_all(&self, subject: SubjectId) -> Result<Vec<(Relationship, Preferences)>, ContactError> {
+        let prefix = Key::relationships_of(subject.as_bytes());
+        let mut all = Vec::new();
+        for (_, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
+            let relationship: Relationship = decode(&bytes, "relationship")?;
+            all.push(self.preferences(subject, &relationship.relationship_id)?);
+        }
+        Ok(all)
+    }
+
+    /// Sets her preferences for the business of one relationship; recorded
+    /// as `contact.changed` with what they now are.
+    pub async fn preferences_set(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+        preferences: Preferences,
+    ) -> Result<Preferences, ContactError> {
+        let policies = self.core.policies();
+        let mut preferences = preferences.checked(&policies)?;
+        let relationship = self.relationship(subject, relationship_id)?;
+        let time = self.core.clock().rfc3339();
+        preferences.updated_at = Some(time.clone());
+        let quiet = match &preferences.quiet_hours {
+            Some(quiet) => format!("{}-{} {}", quiet.from, quiet.to, quiet.time_zone),
+            None => "none".to_owned(),
+        };
+        let mut event = AuditEvent::new(EventKind::ContactChanged, Actor::customer(subject), &time)
+            .subject(subject)
+            .related(Related::RelationshipId, &relationship.relationship_id)
+            .related(Related::ContactKinds, preferences.kinds.join(","))
+            .related(Related::ContactCap, format!("{}/{}", preferences.cap.messages, preferences.cap.period.as_str()))
+            .related(Related::QuietHours, quiet)
+            .related(Related::Channel, preferences.channel.as_str());
+        event.business = Some(relationship.business_id.to_string());
+        let log = self.core.audit().clone();
+        let now_secs = self.core.clock().now_secs();
+        let stored = preferences.clone();
+        let (appended, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| {
+                live_customer_in(txn, subject, now_secs)?;
+                let key = Key::relationship(subject.as_bytes(), &relationship.business_id);
+                let current: Option<Relationship> =
+                    txn.get(&key)?.map(|bytes| decode(&bytes, "relationship")).transpose()?;
+                if current.is_none_or(|current| current.relationship_id != relationship.relationship_id) {
+                    return Err(ContactError::NotFound("relationship"));
+                }
+                let key = Key::contact_preferences(subject.as_bytes(), &relationship.business_id);
+                txn.put(key, encode(&stored, "contact preferences")?);
+                Ok(log.append(txn, &event)?)
+            })
+            .await?;
+        self.core.audit().confirm(appended, &durable)?;
+        Ok(preferences)
+    }
+}
+
+/// The check every transaction the customer makes here runs first: she is
+/// live (an erasure that committed first wins), and her activity is
+/// recorded for the retention rule.
+fn live_customer_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<(), ContactError> {
+    if crate::directory::subject_activity_in(txn, subject, now_secs)? { Ok(()) } else { Err(ContactError::SubjectErased) }
+}
