@@ -29,6 +29,7 @@ use crate::consent::requests::{AccessRequest, RequestStatus};
 use crate::consent::{
     Consent, ConsentError, GrantEnd, GrantRecord, GrantStatus, Relationship, decode, encode, grant_end_in,
 };
+use crate::contact::{Contact, InboxView, Preferences};
 use crate::core::Core;
 use crate::directory::{record_decode, record_encode};
 use crate::ids::SubjectId;
@@ -70,6 +71,22 @@ pub struct Export {
     pub objections: Vec<String>,
     /// Every read of her data.
     pub access_log: Vec<crate::consent::AccessLogItem>,
+    /// Her inbox: messages from businesses with their texts, what she
+    /// wrote, the vault's notices (opening the texts is logged).
+    pub inbox: Vec<InboxView>,
+    /// Her contact preferences, per business she is connected to.
+    pub contact_preferences: Vec<ExportedContact>,
+}
+
+/// Contact preferences in an export, with the business's name.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExportedContact {
+    /// The business.
+    pub business_id: String,
+    /// The business's registered name.
+    pub business_name: Option<String>,
+    /// What she takes from it.
+    pub preferences: Preferences,
 }
 
 /// A relationship in an export, with the business's name.
@@ -182,12 +199,24 @@ pub struct Rights {
     subjects: Subjects,
     principals: Principals,
     consent: Consent,
+    contact: Contact,
+}
+
+/// Why an export failed. None carries a personal value.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Her data, consent records or access log could not be read.
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    /// Her inbox could not be read.
+    #[error(transparent)]
+    Contact(#[from] crate::contact::ContactError),
 }
 
 impl Rights {
     /// The rights service over `core` and the services it gathers from.
-    pub fn new(core: Arc<Core>, subjects: Subjects, principals: Principals, consent: Consent) -> Self {
-        Self { core, subjects, principals, consent }
+    pub fn new(core: Arc<Core>, subjects: Subjects, principals: Principals, consent: Consent, contact: Contact) -> Self {
+        Self { core, subjects, principals, consent, contact }
     }
 
     /// Erases `subject` at the customer's request. Idempotent: erasing an
@@ -371,10 +400,10 @@ impl Rights {
 
     /// Everything the vault holds about `subject`, for the subject: data
     /// (opened through the audited read), relationships, access requests,
-    /// grants with signed receipts, objections and the access log. Recorded
-    /// as `data.exported`.
-    pub async fn subject_export(&self, subject: SubjectId) -> Result<Export, ConsentError> {
-        let data = self.subjects.data_read_own(subject).await?;
+    /// grants with signed receipts, objections, the access log, her inbox
+    /// and contact preferences. Recorded as `data.exported`.
+    pub async fn subject_export(&self, subject: SubjectId) -> Result<Export, ExportError> {
+        let data = self.subjects.data_read_own(subject).await.map_err(ConsentError::from)?;
         let grants = self.consent.grants(subject)?;
         let mut grant_items = Vec::with_capacity(grants.len());
         for grant in grants {
@@ -405,13 +434,31 @@ impl Rights {
                 Ok(ExportedRelationship::new(relationship, name))
             })
             .collect();
+        let mut inbox = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.contact.inbox(subject, after.as_ref(), crate::contact::INBOX_ITEMS_MAX).await?;
+            inbox.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let mut contact_preferences = Vec::new();
+        for (relationship, preferences) in self.contact.preferences_all(subject)? {
+            contact_preferences.push(ExportedContact {
+                business_name: self.business_name(&relationship.business_id)?,
+                business_id: relationship.business_id.to_string(),
+                preferences,
+            });
+        }
         let event = AuditEvent::new(EventKind::DataExported, Actor::customer(subject), &self.core.clock().rfc3339())
             .subject(subject)
             .fields(data.keys().cloned().collect());
         let log = self.core.audit().clone();
         let (appended, durable) =
-            self.core.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await?;
-        self.core.audit().confirm(appended, &durable)?;
+            self.core.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await.map_err(ConsentError::from)?;
+        self.core.audit().confirm(appended, &durable).map_err(ConsentError::from)?;
         Ok(Export {
             subject,
             data,
@@ -420,6 +467,8 @@ impl Rights {
             grants: grant_items,
             objections: self.consent.objections(subject)?,
             access_log,
+            inbox,
+            contact_preferences,
         })
     }
 }

@@ -499,8 +499,9 @@ impl Vault {
             Tokens { issuer: token_issuer, verifier: TokenVerifier::new(trusted), cache: TokenCache::default() };
         let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &limits);
         let consent = Consent::new(Arc::clone(&core), principals.clone());
-        let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone());
         let contact = Contact::new(Arc::clone(&core), keys.clone());
+        let rights =
+            Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone(), contact.clone());
         let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone(), contact.clone());
         let webhooks = Webhooks::new(Arc::clone(&core), webhooks);
         // Every event a business or customer must hear of queues its

@@ -367,6 +367,15 @@ impl From<crate::contact::ContactError> for ApiError {
     }
 }
 
+impl From<crate::rights::ExportError> for ApiError {
+    fn from(error: crate::rights::ExportError) -> Self {
+        match error {
+            crate::rights::ExportError::Consent(error) => error.into(),
+            crate::rights::ExportError::Contact(error) => error.into(),
+        }
+    }
+}
+
 impl From<crate::keys::KeyError> for ApiError {
     fn from(error: crate::keys::KeyError) -> Self {
         use crate::keys::KeyError;

@@ -537,6 +537,13 @@ impl Contact {
         Ok(InboxPage { items, next, audit_index })
     }
 
+    /// Her inbox items, newest first, without their texts (nothing is
+    /// opened, so nothing is logged): for counts and summaries.
+    pub fn inbox_items(&self, subject: SubjectId) -> Result<Vec<Item>, ContactError> {
+        let rows = self.core.store().scan_prefix(&Key::inbox_of(subject.as_bytes()), INBOX_ITEMS_MAX * 2)?;
+        Ok(rows.iter().map(|(_, bytes)| decode(bytes, "inbox item")).collect::<Result<_, _>>()?)
+    }
+
     /// Removes one item and its text from her inbox.
     pub async fn inbox_delete(&self, subject: SubjectId, message: &MessageId) -> Result<(), ContactError> {
         let now_secs = self.core.clock().now_secs();

@@ -10,6 +10,7 @@
 //! form carries the session's CSRF token, and a cross-origin `Origin` is
 //! refused. Pages load nothing from elsewhere (`default-src 'self'`).
 
+mod inbox;
 mod pages;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,12 @@ pub fn routes() -> Router<AppState> {
         .route("/businesses/{id}/connect", post(connect))
         .route("/relationships/{id}/disconnect", post(disconnect))
         .route("/relationships/{id}/requests", post(requests_block))
+        .route("/inbox", get(inbox::inbox_page))
+        .route("/inbox/write", post(inbox::inbox_write))
+        .route("/inbox/{id}/reply", post(inbox::inbox_reply))
+        .route("/inbox/{id}/delete", post(inbox::inbox_delete))
+        .route("/contact", get(inbox::contact_page))
+        .route("/contact/{id}", post(inbox::contact_save))
         .route("/objections", get(objections_page).post(objections_save))
         .route("/access-log", get(access_log_page))
         .route("/access-log/proofs", get(access_log_proofs))
@@ -102,12 +109,16 @@ const NOTICES: &[(&str, &str)] = &[
     ("revoked", "Revoked: from now on the business is refused."),
     ("connected", "Connected: the business can now ask you for access."),
     ("disconnected", "Disconnected: its grants are revoked."),
-    ("blocked", "The business can no longer ask you for access."),
-    ("unblocked", "The business may ask you for access again."),
+    ("blocked", "The business can no longer ask you for access or send you messages."),
+    ("unblocked", "The business may ask you for access and send you messages again."),
     ("objections", "Your objections are saved."),
     ("saved", "Saved."),
     ("deleted", "Deleted."),
     ("password", "Your password is changed; other sessions are signed out."),
+    ("replied", "Your reply is sent."),
+    ("written", "Your message is sent."),
+    ("message_deleted", "Deleted from your inbox."),
+    ("contact", "Your contact preferences are saved."),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,6 +450,7 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
         .into_iter()
         .filter(|grant| grant.status(now) == crate::consent::GrantStatus::Active)
         .collect();
+    let inbox = vault.contact().inbox_items(subject).map_err(failed)?;
     // Her own looks at her data are in the access log; here, the businesses'.
     let (latest, _) = latest_reads(&state, subject, 5, |read| read.business_id.is_some())?;
     let names =
@@ -455,6 +467,15 @@ async fn home(State(state): State<AppState>, caller: SessionCaller, Query(notice
                         li { strong { (names.name(&request.business_id)) } " asks for access. " a href="/requests" { "Answer" } }
                     }
                 }
+            }
+        }
+        section {
+            h2 { "Inbox" }
+            @if inbox.is_empty() {
+                p { "Nothing in your inbox." }
+            } @else {
+                p { (inbox.len()) " " (if inbox.len() == 1 { "item" } else { "items" }) " in your inbox, the latest from "
+                    (inbox.first().map(|item| readable_time(&item.time)).unwrap_or_default()) ". " a href="/inbox" { "Open your inbox" } }
             }
         }
         section {
@@ -793,9 +814,10 @@ async fn businesses_page(
                                     button.secondary type="submit" { "Let it ask me again" }
                                 } @else {
                                     input type="hidden" name="blocked" value="true";
-                                    button.secondary type="submit" { "Stop it asking me" }
+                                    button.secondary type="submit" { "Block it (no requests, no messages)" }
                                 }
                             }
+                            p.small { a href="/contact" { "What it may send you" } }
                             form.inline method="post" action={ "/relationships/" (relationship.relationship_id) "/disconnect" } {
                                 (csrf(session)) button.secondary type="submit" { "Disconnect (revokes its grants)" }
                             }

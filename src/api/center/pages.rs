@@ -13,6 +13,8 @@ use crate::policy::{Catalogue, Policies, ValueType};
 pub enum Section {
     /// What needs her attention.
     Home,
+    /// Messages, notices, contact preferences.
+    Inbox,
     /// Access requests.
     Requests,
     /// Grants, by business.
@@ -33,8 +35,9 @@ pub enum Section {
     None,
 }
 
-const SECTIONS: [(Section, &str, &str); 9] = [
+const SECTIONS: [(Section, &str, &str); 10] = [
     (Section::Home, "/", "Home"),
+    (Section::Inbox, "/inbox", "Inbox"),
     (Section::Requests, "/requests", "Requests"),
     (Section::Sharing, "/sharing", "Sharing"),
     (Section::Businesses, "/businesses", "Businesses"),
