@@ -215,7 +215,13 @@ pub enum ExportError {
 
 impl Rights {
     /// The rights service over `core` and the services it gathers from.
-    pub fn new(core: Arc<Core>, subjects: Subjects, principals: Principals, consent: Consent, contact: Contact) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        subjects: Subjects,
+        principals: Principals,
+        consent: Consent,
+        contact: Contact,
+    ) -> Self {
         Self { core, subjects, principals, consent, contact }
     }
 
@@ -456,8 +462,12 @@ impl Rights {
             .subject(subject)
             .fields(data.keys().cloned().collect());
         let log = self.core.audit().clone();
-        let (appended, durable) =
-            self.core.store().commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?)).await.map_err(ConsentError::from)?;
+        let (appended, durable) = self
+            .core
+            .store()
+            .commit_durable(move |txn| Ok::<_, ConsentError>(log.append(txn, &event)?))
+            .await
+            .map_err(ConsentError::from)?;
         self.core.audit().confirm(appended, &durable).map_err(ConsentError::from)?;
         Ok(Export {
             subject,

@@ -21,6 +21,7 @@ use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, EventKind, Related};
 use crate::auth::cache::TokenCache;
 use crate::auth::token::{TOKEN_KEY, TOKEN_KEY_LABEL, TokenIssuer, TokenVerifier, TrustedIssuer};
 use crate::consent::Consent;
+use crate::contact::Contact;
 use crate::core::Core;
 use crate::crypto::{KeyFileError, KeyRing, KeySource, load_key_ring, write_new_key_file};
 use crate::keys::{KeyConfig, KeyLimits, Keys, destroyed_in, key_check_key};
@@ -30,7 +31,6 @@ use crate::rights::Rights;
 use crate::store::{Backend, Key, Store, StoreConfig, StoreError};
 use crate::subjects::Subjects;
 use crate::sweep::Sweep;
-use crate::contact::Contact;
 use crate::webhooks::Webhooks;
 use crate::{clock, crypto};
 
@@ -506,8 +506,7 @@ impl Vault {
         let webhooks = Webhooks::new(Arc::clone(&core), webhooks);
         // Every event a business or customer must hear of queues its
         // messages, and her inbox notice, in the transaction that appends it.
-        let notices = contact.clone();
-        core.audit().observe(webhooks.observer(Box::new(move |txn, event, index| notices.notices_in(txn, event, index))));
+        core.audit().observe(webhooks.observer(contact.notices()));
         let vault = Arc::new(Self {
             data_dir,
             policy_dir,

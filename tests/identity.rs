@@ -70,6 +70,13 @@ struct Fixtures {
     grant_event_index: u64,
     webhook_endpoint: String,
     webhook_to_delete: String,
+    /// Messages in the customer's inbox from the business.
+    message_to_answer: String,
+    message_to_delete: String,
+    /// The relationship whose contact preferences are read and set.
+    relationship: String,
+    my_webhook_endpoint: String,
+    my_webhook_to_delete: String,
 }
 
 /// `answer[name]` of a 201 answer, or a panic that says what was made.
@@ -124,8 +131,34 @@ impl Fixtures {
             assert_eq!(status, 201, "registering a webhook endpoint: {created}");
             created["endpoint"]["endpoint_id"].as_str().unwrap().to_owned()
         };
+        let message = || async {
+            created(
+                "sending a message",
+                business.message(&pairwise, "service", "Your order", "It left.").await,
+                "message_id",
+            )
+        };
+        let message_to_answer = message().await;
+        let message_to_delete = message().await;
+        let (status, relationships) = customer.relationships().await;
+        assert_eq!(status, 200, "{relationships}");
+        let relationship = relationships["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["business_id"] == business.id.as_str())
+            .and_then(|r| r["relationship_id"].as_str())
+            .unwrap()
+            .to_owned();
         let webhook_endpoint = endpoint("https://hooks.shop.example/consentvault").await;
         let webhook_to_delete = endpoint("https://hooks.shop.example/old").await;
+        let my_endpoint = |url: &'static str| async move {
+            let (status, created) = customer.caller().post("/v1/me/webhooks", &json!({"url": url})).await;
+            assert_eq!(status, 201, "registering a customer's webhook endpoint: {created}");
+            created["endpoint"]["endpoint_id"].as_str().unwrap().to_owned()
+        };
+        let my_webhook_endpoint = my_endpoint("https://hooks.ada.example/vault").await;
+        let my_webhook_to_delete = my_endpoint("https://hooks.ada.example/old").await;
         Self {
             admin_client_id: admin.client_id.clone(),
             admin_client_secret: admin.client_secret.clone(),
@@ -144,6 +177,11 @@ impl Fixtures {
             grant_event_index,
             webhook_endpoint,
             webhook_to_delete,
+            message_to_answer,
+            message_to_delete,
+            relationship,
+            my_webhook_endpoint,
+            my_webhook_to_delete,
         }
     }
 }
@@ -291,6 +329,44 @@ fn operations() -> Vec<Operation> {
             call(format!("/v1/webhooks/{}/deliveries", f.webhook_endpoint))
         }),
         op("GET", "/v1/events/{index}/proof", BUSINESS, |f| call(format!("/v1/events/{}/proof", f.grant_event_index))),
+        op("GET", "/v1/message-kinds", Anyone, |_| call("/v1/message-kinds")),
+        op("POST", "/v1/subjects/{pairwise_id}/messages", BUSINESS, |f| {
+            let body = json!({"kind": "service", "title": "Your order", "body": "It has left the warehouse."});
+            call_with(format!("/v1/subjects/{}/messages", f.pairwise), body)
+        }),
+        op("GET", "/v1/me/inbox", CUSTOMER, |_| call("/v1/me/inbox")),
+        op("POST", "/v1/me/inbox/{message_id}/reply", CUSTOMER, |f| {
+            call_with(format!("/v1/me/inbox/{}/reply", f.message_to_answer), json!({"body": "Thank you."}))
+        }),
+        op("DELETE", "/v1/me/inbox/{message_id}", CUSTOMER, |f| call(format!("/v1/me/inbox/{}", f.message_to_delete))),
+        op("POST", "/v1/me/messages", CUSTOMER, |f| {
+            call_with("/v1/me/messages", json!({"business_id": f.business_id, "body": "Great service."}))
+        }),
+        op("GET", "/v1/subjects/{pairwise_id}/replies", BUSINESS, |f| {
+            call(format!("/v1/subjects/{}/replies", f.pairwise))
+        }),
+        op("GET", "/v1/me/relationships/{id}/contact", CUSTOMER, |f| {
+            call(format!("/v1/me/relationships/{}/contact", f.relationship))
+        }),
+        op("PUT", "/v1/me/relationships/{id}/contact", CUSTOMER, |f| {
+            let body = json!({"kinds": ["service", "feedback"], "cap": {"messages": 10, "period": "week"},
+                              "channel": "inbox"});
+            call_with(format!("/v1/me/relationships/{}/contact", f.relationship), body)
+        }),
+        op("GET", "/v1/me/webhooks", CUSTOMER, |_| call("/v1/me/webhooks")),
+        op("POST", "/v1/me/webhooks", CUSTOMER, |_| {
+            call_with("/v1/me/webhooks", json!({"url": "https://hooks.ada.example/new"}))
+        }),
+        op("DELETE", "/v1/me/webhooks/{id}", CUSTOMER, |f| call(format!("/v1/me/webhooks/{}", f.my_webhook_to_delete))),
+        op("POST", "/v1/me/webhooks/{id}/enable", CUSTOMER, |f| {
+            call(format!("/v1/me/webhooks/{}/enable", f.my_webhook_endpoint))
+        }),
+        op("POST", "/v1/me/webhooks/{id}/secret", CUSTOMER, |f| {
+            call(format!("/v1/me/webhooks/{}/secret", f.my_webhook_endpoint))
+        }),
+        op("GET", "/v1/me/webhooks/{id}/deliveries", CUSTOMER, |f| {
+            call(format!("/v1/me/webhooks/{}/deliveries", f.my_webhook_endpoint))
+        }),
         op("GET", "/v1/audit/entries", AUDITOR, |_| call("/v1/audit/entries")),
         op("GET", "/v1/audit/entries/{index}", AUDITOR, |_| call("/v1/audit/entries/0")),
         op("GET", "/v1/audit/proof/inclusion", AUDITOR, |_| call("/v1/audit/proof/inclusion?index=0&tree_size=1")),

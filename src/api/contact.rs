@@ -49,9 +49,9 @@ pub async fn messages_send(
     Path(pairwise): Path<String>,
     Json(body): Json<MessageSend>,
 ) -> Result<Response, ApiError> {
-    let pairwise: PairwiseId = pairwise
-        .parse()
-        .map_err(|_| ApiError::invalid_query("invalid_query", "the pairwise id is not 32 lowercase hexadecimal digits"))?;
+    let pairwise: PairwiseId = pairwise.parse().map_err(|_| {
+        ApiError::invalid_query("invalid_query", "the pairwise id is not 32 lowercase hexadecimal digits")
+    })?;
     let delivery =
         state.vault.contact().message_send(&caller.business, &pairwise, &body.kind, body.title, body.body).await?;
     Ok((StatusCode::CREATED, axum::Json(MessageSent { status: "delivered", delivery })).into_response())
@@ -175,8 +175,11 @@ pub async fn messages_write(
     Json(body): Json<FeedbackWrite>,
 ) -> Result<Response, ApiError> {
     let business: BusinessId = record_id(&body.business_id, "relationship")?;
-    let delivery =
-        state.vault.contact().message_write(caller.subject, Recipient::Business(business), body.title, body.body).await?;
+    let delivery = state
+        .vault
+        .contact()
+        .message_write(caller.subject, Recipient::Business(business), body.title, body.body)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(delivery)).into_response())
 }
 

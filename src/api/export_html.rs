@@ -309,6 +309,57 @@ pub fn render(document: &Value) -> String {
         &["Audit index", "Time", "Who", "Business", "Purpose", "Fields released", "Decision", "Withheld (reason)"],
         access_log,
     );
+
+    let inbox = items(document, "inbox")
+        .iter()
+        .map(|item| {
+            let title = item.pointer("/text/title").map(text).unwrap_or_default();
+            let body = item.pointer("/text/body").map(text).unwrap_or_default();
+            vec![
+                text(&item["time"]),
+                text(&item["type"]),
+                text(&item["business_id"]),
+                text(item.get("kind").or_else(|| item.get("notice")).unwrap_or(&Value::Null)),
+                title,
+                body,
+                text(&item["audit_index"]),
+            ]
+        })
+        .collect();
+    section(
+        &mut out,
+        "inbox",
+        "Inbox",
+        "Messages businesses sent you, what you wrote to them, and the vault's notices to you.",
+        &["Time", "Type", "Business", "Kind", "Title", "Text", "Audit index"],
+        inbox,
+    );
+
+    let contact = items(document, "contact_preferences")
+        .iter()
+        .map(|item| {
+            let preferences = &item["preferences"];
+            let quiet = preferences
+                .get("quiet_hours")
+                .filter(|quiet| !quiet.is_null())
+                .map(|quiet| format!("{}–{} {}", text(&quiet["from"]), text(&quiet["to"]), text(&quiet["time_zone"])));
+            vec![
+                text(&item["business_id"]),
+                text(&preferences["kinds"]),
+                format!("{} a {}", text(&preferences["cap"]["messages"]), text(&preferences["cap"]["period"])),
+                quiet.unwrap_or_default(),
+                text(&preferences["channel"]),
+            ]
+        })
+        .collect();
+    section(
+        &mut out,
+        "contact",
+        "Contact preferences",
+        "What each business you are connected to may send you.",
+        &["Business", "Kinds", "At most", "Quiet hours", "Channel"],
+        contact,
+    );
     out.push_str("</body></html>\n");
     out
 }

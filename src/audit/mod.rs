@@ -382,7 +382,10 @@ impl AuditLog {
                 log.node_cache(*level, *at, hash);
             }
         });
-        Ok(Appended { index, batch_seq: txn.batch_seq(), subject: event.subject,
+        Ok(Appended {
+            index,
+            batch_seq: txn.batch_seq(),
+            subject: event.subject,
             fields: event.fields.clone(),
             messages: event.messages.clone(),
         })

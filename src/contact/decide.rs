@@ -224,10 +224,13 @@ mod tests {
         assert_eq!(check(&prefs, |s| s.inbox_items = INBOX_ITEMS_MAX), Err(Refusal::InboxFull));
         // A block outranks everything, and the business learns only coarse
         // reasons.
-        assert_eq!(check(&prefs, |s| {
-            s.blocked = true;
-            s.delivered_in_period = 9;
-        }), Err(Refusal::Blocked));
+        assert_eq!(
+            check(&prefs, |s| {
+                s.blocked = true;
+                s.delivered_in_period = 9;
+            }),
+            Err(Refusal::Blocked)
+        );
         assert_eq!(Refusal::Objection.told(), Told::NotAccepted);
         assert_eq!(Refusal::KindNotAllowed.told(), Told::NotAccepted);
         assert_eq!(Refusal::Blocked.told(), Told::NotAccepted);

@@ -307,9 +307,11 @@ impl Contact {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ContactError>>,
     {
-        let subject = self.core.store().get(&Key::pairwise(business, pairwise))?.and_then(|bytes| {
-            String::from_utf8(bytes).ok().and_then(|text| text.parse::<SubjectId>().ok())
-        });
+        let subject = self
+            .core
+            .store()
+            .get(&Key::pairwise(business, pairwise))?
+            .and_then(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse::<SubjectId>().ok()));
         match subject {
             Some(subject) => self.with_key_room(subject, attempt).await,
             // Nobody to seal for: the attempt refuses and logs it.
@@ -335,9 +337,10 @@ impl Contact {
             .core
             .store()
             .commit_durable(move |txn| {
-                let mut event = AuditEvent::new(EventKind::MessageRefused, Actor::new(Role::Business, &*business), &time)
-                    .related(Related::PairwiseId, &pairwise)
-                    .related(Related::MessageKind, &kind.name);
+                let mut event =
+                    AuditEvent::new(EventKind::MessageRefused, Actor::new(Role::Business, &*business), &time)
+                        .related(Related::PairwiseId, &pairwise)
+                        .related(Related::MessageKind, &kind.name);
                 event.business = Some(business.to_string());
                 event.purpose = Some(kind.purpose.clone());
                 let subject = txn
@@ -511,8 +514,8 @@ impl Contact {
                 let appended = if sealed.ids().is_empty() {
                     None
                 } else {
-                    let mut event = AuditEvent::new(EventKind::MessageRead, Actor::customer(subject), &time)
-                        .subject(subject);
+                    let mut event =
+                        AuditEvent::new(EventKind::MessageRead, Actor::customer(subject), &time).subject(subject);
                     event.messages = sealed.ids();
                     Some(log.append(txn, &event)?)
                 };

@@ -218,13 +218,7 @@ impl Preferences {
     /// `default` (service messages), five a week, no quiet hours, inbox.
     pub fn defaults(policies: &Policies) -> Self {
         let kinds = policies.rules.message_kinds.values().filter(|kind| kind.default).map(|kind| kind.name.clone());
-        Self {
-            kinds: kinds.collect(),
-            cap: CAP_DEFAULT,
-            quiet_hours: None,
-            channel: Channel::Inbox,
-            updated_at: None,
-        }
+        Self { kinds: kinds.collect(), cap: CAP_DEFAULT, quiet_hours: None, channel: Channel::Inbox, updated_at: None }
     }
 
     /// Checks preferences she sends against the policies and the limits;
@@ -416,5 +410,9 @@ impl Contact {
 /// live (an erasure that committed first wins), and her activity is
 /// recorded for the retention rule.
 fn live_customer_in(txn: &mut Txn<'_>, subject: SubjectId, now_secs: i64) -> Result<(), ContactError> {
-    if crate::directory::subject_activity_in(txn, subject, now_secs)? { Ok(()) } else { Err(ContactError::SubjectErased) }
+    if crate::directory::subject_activity_in(txn, subject, now_secs)? {
+        Ok(())
+    } else {
+        Err(ContactError::SubjectErased)
+    }
 }

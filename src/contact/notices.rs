@@ -48,95 +48,113 @@ fn event_secs(event: &AuditEvent, fallback: i64) -> i64 {
 }
 
 impl Contact {
-    /// The audit log's observer for customers: writes the inbox notice an
-    /// event warrants in the transaction that appends it, and returns the
-    /// webhook messages her own endpoints get for it.
-    pub fn notices_in(&self, txn: &mut Txn<'_>, event: &AuditEvent, index: u64) -> Result<Vec<OwnerNotice>, StoreError> {
-        let (Some(subject), Some(business)) = (event.subject, event.business.as_deref()) else { return Ok(Vec::new()) };
-        let time_secs = event_secs(event, self.core.clock().now_secs());
-        let (notice, webhook, mut data) = match event.kind {
-            EventKind::AccessRequestCreated => (
-                Some(NoticeKind::AccessRequest),
-                NoticeType::AccessRequestCreated,
-                json!({"request_id": event.related_value(Related::RequestId), "purposes": event.purposes}),
-            ),
-            EventKind::GrantExpiring => (
-                Some(NoticeKind::GrantExpiring),
-                NoticeType::GrantExpiring,
-                json!({
-                    "grant_id": event.related_value(Related::GrantId),
-                    "expires_at": event.window.as_ref().map(|window| &window.expires_at),
-                }),
-            ),
-            EventKind::DataRead
-                if event.actor.role == Role::Business
-                    && matches!(event.decision, Some(Decision::Allow | Decision::Partial)) =>
-            {
-                let policies = self.core.policies();
-                let special: Vec<&String> = event
-                    .fields
-                    .iter()
-                    .filter(|field| {
-                        policies.catalogue.field(field).is_some_and(|spec| spec.sensitivity == Sensitivity::Special)
-                    })
-                    .collect();
-                if special.is_empty() {
-                    return Ok(Vec::new());
-                }
-                (
-                    Some(NoticeKind::SpecialRead),
-                    NoticeType::SpecialDataRead,
-                    json!({"purpose": event.purpose, "fields": special}),
-                )
-            }
-            EventKind::MessageDelivered => {
-                let preferences = preferences_in(txn, &self.core.policies(), subject, business)?;
-                if preferences.channel != Channel::Webhook {
-                    return Ok(Vec::new());
-                }
-                (
-                    None,
-                    NoticeType::MessageDelivered,
-                    json!({
-                        "message_id": event.related_value(Related::MessageId),
-                        "kind": event.related_value(Related::MessageKind),
-                    }),
-                )
-            }
-            _ => return Ok(Vec::new()),
-        };
-        if let Some(notice) = notice
-            && items_in(txn, subject)?.len() < INBOX_ITEMS_MAX
-        {
-            // One notice per event: its index makes its id.
-            let mut item = Item::new(MessageId::of_notice(time_secs, index), ItemType::Notice, time_secs, index);
-            item.notice = Some(notice);
-            item.business_id = business.parse::<BusinessId>().ok();
-            match notice {
-                NoticeKind::AccessRequest => {
-                    item.about_id = event.related_value(Related::RequestId).map(str::to_owned);
-                    item.fields = event.fields.clone();
-                    item.purpose = event.purposes.first().cloned();
-                }
-                NoticeKind::GrantExpiring => {
-                    item.about_id = event.related_value(Related::GrantId).map(str::to_owned);
-                    item.expires_at = event.window.as_ref().map(|window| window.expires_at.clone());
-                }
-                NoticeKind::SpecialRead => {
-                    item.purpose = event.purpose.clone();
-                    item.fields = data["fields"]
-                        .as_array()
-                        .map(|fields| fields.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
-                        .unwrap_or_default();
-                }
-            }
-            txn.put(Key::inbox_item(subject.as_bytes(), &item.message_id), encode(&item, "inbox item")?);
-        }
-        data["audit_index"] = json!(index);
-        data["business_id"] = json!(business);
-        Ok(vec![OwnerNotice { owner: Webhooks::customer_owner(subject), notice: webhook, data }])
+    /// The part of the audit log's observer that concerns customers (for
+    /// [`Webhooks::observer`]): writes the inbox notice an event warrants in
+    /// the transaction that appends it, and returns the webhook messages her
+    /// own endpoints get for it. It holds the core weakly: the core holds
+    /// the observer.
+    pub fn notices(&self) -> crate::webhooks::ExtraNotices {
+        let core = std::sync::Arc::downgrade(&self.core);
+        Box::new(move |txn, event, index| match core.upgrade() {
+            Some(core) => notices_in(&core, txn, event, index),
+            None => Ok(Vec::new()),
+        })
     }
+}
 
+/// See [`Contact::notices`].
+fn notices_in(
+    core: &crate::core::Core,
+    txn: &mut Txn<'_>,
+    event: &AuditEvent,
+    index: u64,
+) -> Result<Vec<OwnerNotice>, StoreError> {
+    let (Some(subject), Some(business)) = (event.subject, event.business.as_deref()) else { return Ok(Vec::new()) };
+    let time_secs = event_secs(event, core.clock().now_secs());
+    let (notice, webhook, mut data) = match event.kind {
+        EventKind::AccessRequestCreated => (
+            Some(NoticeKind::AccessRequest),
+            NoticeType::AccessRequestCreated,
+            json!({"request_id": event.related_value(Related::RequestId), "purposes": event.purposes}),
+        ),
+        EventKind::GrantExpiring => (
+            Some(NoticeKind::GrantExpiring),
+            NoticeType::GrantExpiring,
+            json!({
+                "grant_id": event.related_value(Related::GrantId),
+                "expires_at": event.window.as_ref().map(|window| &window.expires_at),
+            }),
+        ),
+        EventKind::DataRead
+            if event.actor.role == Role::Business
+                && matches!(event.decision, Some(Decision::Allow | Decision::Partial)) =>
+        {
+            let policies = core.policies();
+            let special: Vec<&String> = event
+                .fields
+                .iter()
+                .filter(|field| {
+                    policies.catalogue.field(field).is_some_and(|spec| spec.sensitivity == Sensitivity::Special)
+                })
+                .collect();
+            if special.is_empty() {
+                return Ok(Vec::new());
+            }
+            (
+                Some(NoticeKind::SpecialRead),
+                NoticeType::SpecialDataRead,
+                json!({"purpose": event.purpose, "fields": special}),
+            )
+        }
+        EventKind::MessageDelivered => {
+            let preferences = preferences_in(txn, &core.policies(), subject, business)?;
+            if preferences.channel != Channel::Webhook {
+                return Ok(Vec::new());
+            }
+            (
+                None,
+                NoticeType::MessageDelivered,
+                json!({
+                    "message_id": event.related_value(Related::MessageId),
+                    "kind": event.related_value(Related::MessageKind),
+                }),
+            )
+        }
+        _ => return Ok(Vec::new()),
+    };
+    if let Some(notice) = notice
+        && items_in(txn, subject)?.len() < INBOX_ITEMS_MAX
+    {
+        // One notice per event: its index makes its id.
+        let mut item = Item::new(MessageId::of_notice(time_secs, index), ItemType::Notice, time_secs, index);
+        item.notice = Some(notice);
+        item.business_id = business.parse::<BusinessId>().ok();
+        match notice {
+            NoticeKind::AccessRequest => {
+                item.about_id = event.related_value(Related::RequestId).map(str::to_owned);
+                item.fields = event.fields.clone();
+                item.purpose = event.purposes.first().cloned();
+            }
+            NoticeKind::GrantExpiring => {
+                item.about_id = event.related_value(Related::GrantId).map(str::to_owned);
+                item.expires_at = event.window.as_ref().map(|window| window.expires_at.clone());
+            }
+            NoticeKind::SpecialRead => {
+                item.purpose = event.purpose.clone();
+                item.fields = data["fields"]
+                    .as_array()
+                    .map(|fields| fields.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+            }
+        }
+        txn.put(Key::inbox_item(subject.as_bytes(), &item.message_id), encode(&item, "inbox item")?);
+    }
+    data["audit_index"] = json!(index);
+    data["business_id"] = json!(business);
+    Ok(vec![OwnerNotice { owner: Webhooks::customer_owner(subject), notice: webhook, data }])
+}
+
+impl Contact {
     /// Tells customers of their grants that end within
     /// [`EXPIRY_NOTICE_SECS`]: one `grant.expiring` event per live grant,
     /// whose notice reaches her inbox and her webhook endpoints. Walks the
@@ -163,8 +181,13 @@ impl Contact {
         let time = VaultClock::rfc3339_at(now);
         let (appended, durable) = store
             .commit_durable(move |txn| {
+                // A sweep that ran meanwhile announced up to here already.
+                let through = txn.get(&Key::meta(EXPIRY_CURSOR))?;
                 let mut appended = Vec::new();
                 for (key, _) in &markers {
+                    if through.as_ref().is_some_and(|through| key <= through) {
+                        continue;
+                    }
                     let suffix = prefix.suffix_of(key).ok_or(StoreError::Corrupt { what: "expiry marker" })?;
                     let (Some(subject), Some(grant_id)) = (suffix.get(8..24), suffix.get(24..)) else {
                         return Err(ContactError::Store(StoreError::Corrupt { what: "expiry marker" }));
@@ -172,11 +195,17 @@ impl Contact {
                     let subject = SubjectId::from_bytes(
                         subject.try_into().map_err(|_| StoreError::Corrupt { what: "expiry marker" })?,
                     );
-                    let grant_id = std::str::from_utf8(grant_id).map_err(|_| StoreError::Corrupt { what: "expiry marker" })?;
+                    let grant_id =
+                        std::str::from_utf8(grant_id).map_err(|_| StoreError::Corrupt { what: "expiry marker" })?;
                     let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), grant_id))? else { continue };
                     let grant: GrantRecord = decode(&bytes, "grant")?;
-                    // A grant revoked, or not yet started, is not announced.
-                    if grant.status(now) != GrantStatus::Active || grant.starts_at > now {
+                    // A grant revoked, not yet started, or given for less than
+                    // the notice period (she chose its end days before), is
+                    // not announced.
+                    if grant.status(now) != GrantStatus::Active
+                        || grant.starts_at > now
+                        || grant.expires_at - grant.starts_at <= EXPIRY_NOTICE_SECS
+                    {
                         continue;
                     }
                     let mut event = AuditEvent::new(EventKind::GrantExpiring, Actor::system(), &time)
@@ -189,7 +218,9 @@ impl Contact {
                     });
                     appended.push(log.append(txn, &event)?);
                 }
-                txn.put(Key::meta(EXPIRY_CURSOR), last);
+                if through.as_ref().is_none_or(|through| last > *through) {
+                    txn.put(Key::meta(EXPIRY_CURSOR), last);
+                }
                 Ok::<_, ContactError>(appended)
             })
             .await?;

@@ -246,8 +246,12 @@ impl Rules {
             if !purposes.contains_key(&entry.purpose) {
                 return Err(problem(format!("message kind `{name}`: unknown purpose `{}`", entry.purpose)));
             }
-            let kind =
-                MessageKind { name: name.clone(), description: entry.description, purpose: entry.purpose, default: entry.default };
+            let kind = MessageKind {
+                name: name.clone(),
+                description: entry.description,
+                purpose: entry.purpose,
+                default: entry.default,
+            };
             message_kinds.insert(name, kind);
         }
 

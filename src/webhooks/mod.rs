@@ -257,8 +257,11 @@ pub struct OwnerNotice {
 
 /// What else an appended event warrants for endpoints, decided in its
 /// transaction (which it may also write to).
-pub type ExtraNotices =
-    Box<dyn Fn(&mut crate::store::Txn<'_>, &crate::audit::AuditEvent, u64) -> Result<Vec<OwnerNotice>, StoreError> + Send + Sync>;
+pub type ExtraNotices = Box<
+    dyn Fn(&mut crate::store::Txn<'_>, &crate::audit::AuditEvent, u64) -> Result<Vec<OwnerNotice>, StoreError>
+        + Send
+        + Sync,
+>;
 
 /// The label a webhook secret is sealed under: the endpoint's id, so a
 /// sealed secret moved to another endpoint does not open.
@@ -424,8 +427,7 @@ impl Webhooks {
 
     /// One of the owner's endpoints.
     pub fn endpoint(&self, owner: &str, endpoint_id: &str) -> Result<Endpoint, WebhookError> {
-        let bytes =
-            self.core.store().get(&Key::webhook_endpoint(owner, endpoint_id))?.ok_or(WebhookError::NotFound)?;
+        let bytes = self.core.store().get(&Key::webhook_endpoint(owner, endpoint_id))?.ok_or(WebhookError::NotFound)?;
         Ok(decode(&bytes, "webhook endpoint")?)
     }
 

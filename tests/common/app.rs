@@ -340,6 +340,26 @@ impl Customer {
     pub async fn erase(&self) -> (u16, Value) {
         self.caller.delete("/v1/me", Some(&json!({"confirm": "erase"}))).await
     }
+
+    /// `GET /v1/me/inbox` (first page).
+    pub async fn inbox(&self) -> (u16, Value) {
+        self.caller.get("/v1/me/inbox").await
+    }
+
+    /// `PUT /v1/me/relationships/{id}/contact`.
+    pub async fn contact_put(&self, relationship_id: &str, preferences: &Value) -> (u16, Value) {
+        self.caller.put(&format!("/v1/me/relationships/{relationship_id}/contact"), preferences).await
+    }
+
+    /// `POST /v1/me/inbox/{id}/reply`.
+    pub async fn reply(&self, message_id: &str, body: &str) -> (u16, Value) {
+        self.caller.post(&format!("/v1/me/inbox/{message_id}/reply"), &json!({"body": body})).await
+    }
+
+    /// `POST /v1/me/messages`: feedback to a connected business.
+    pub async fn write(&self, business_id: &str, body: &str) -> (u16, Value) {
+        self.caller.post("/v1/me/messages", &json!({"business_id": business_id, "body": body})).await
+    }
 }
 
 /// A business registered by the admin, signed in with its client credentials.
@@ -392,6 +412,17 @@ impl Business {
             pairs.push(("fields", fields.as_str()));
         }
         self.caller.get(&with_query(&format!("/v1/subjects/{pairwise_id}/data"), &pairs)).await
+    }
+
+    /// `POST /v1/subjects/{pairwise_id}/messages`.
+    pub async fn message(&self, pairwise_id: &str, kind: &str, title: &str, body: &str) -> (u16, Value) {
+        let message = json!({"kind": kind, "title": title, "body": body});
+        self.caller.post(&format!("/v1/subjects/{pairwise_id}/messages"), &message).await
+    }
+
+    /// `GET /v1/subjects/{pairwise_id}/replies` (first page).
+    pub async fn replies(&self, pairwise_id: &str) -> (u16, Value) {
+        self.caller.get(&format!("/v1/subjects/{pairwise_id}/replies")).await
     }
 
     /// `GET /v1/grants`: grants given to this business.

@@ -8,7 +8,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::pages::{Section, csrf, field_words, layout, purpose_words, readable_time};
-use super::{AppState, NoticeQuery, PageResult, Posted, SessionCaller, business_names, failed, page, parsed, see_other};
+use super::{
+    AppState, NoticeQuery, PageResult, Posted, SessionCaller, business_names, failed, page, parsed, see_other,
+};
 use crate::contact::{
     BODY_BYTES_MAX, CAP_MESSAGES_MAX, Cap, Channel, INBOX_ITEMS_MAX, InboxView, ItemType, NoticeKind, Period,
     Preferences, QuietHours, Recipient,
