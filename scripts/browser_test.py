@@ -6,8 +6,9 @@ Starts `consentvault serve` (scripts/served_vault.py); a business is
 registered and acts over the API; a customer uses only the pages: she signs
 up, stores her data, connects, approves a request with narrowing, sees the
 business's read by its name marked verified by the page's own proof check,
-revokes, sees the next read refused, signs out, signs in and erases her
-account. Also: a form posted without its CSRF token changes nothing; a
+revokes, sees the next read refused, reads the business's message in her
+inbox and replies, takes offers on her contact page, signs out, signs in and
+erases her account. Also: a form posted without its CSRF token changes nothing; a
 second customer's session can neither see nor act on her grant; the session
 of an erased customer is refused.
 
@@ -260,6 +261,48 @@ def main():
         denied = f"li[data-index='{refused_index(base, customer_id)}']"
         wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, denied + " .proof"), "verified"))
         check("was refused" in driver.find_element(By.CSS_SELECTOR, denied).text, "the refused read is shown")
+
+        # The business writes to her through the vault; she reads it in her
+        # inbox, beside the vault's notice of its request, and replies.
+        status, sent = api(base, "POST", f"/v1/subjects/{pairwise}/messages", acme,
+                           {"kind": "service", "title": "Your order is on its way",
+                            "body": "The courier left at 18:40.\nRing twice."})
+        check(status == 201 and sent["status"] == "delivered", f"message: {status} {sent}")
+        message_id = sent["message_id"]
+        driver.get(base + "/inbox")
+        item = driver.find_element(By.ID, f"m-{message_id}").text
+        check("Acme Pizza" in item and "Your order is on its way" in item and "Ring twice." in item,
+              f"the message by the business's name: {item!r}")
+        check("Acme Pizza asks you for access" in driver.page_source, "the notice of its request, in words")
+        check(business["business_id"] not in driver.find_element(By.TAG_NAME, "main").text, "no bare id in the inbox")
+        shoot(driver, shots, "inbox")
+        driver.find_element(By.ID, f"reply-{message_id}").send_keys("Thank you, see you at eight.")
+        submit(driver, f"form[action='/inbox/{message_id}/reply']")
+        check("reply is sent" in driver.find_element(By.CSS_SELECTOR, ".notice").text, "reply sent")
+        driver.find_element(By.CSS_SELECTOR, "details.write summary").click()
+        driver.find_element(By.ID, "write-body").send_keys("The pizza was cold.")
+        submit(driver, "form[action='/inbox/write']")
+        check("message is sent" in driver.find_element(By.CSS_SELECTOR, ".notice").text, "feedback sent")
+        status, replies = api(base, "GET", f"/v1/subjects/{pairwise}/replies", acme)
+        bodies = [reply["text"]["body"] for reply in replies["items"]]
+        check(status == 200 and bodies == ["The pizza was cold.", "Thank you, see you at eight."],
+              f"the business reads her reply and feedback: {status} {replies}")
+        check("ada@example.org" not in json.dumps(replies), "and never her address")
+
+        # Offers are refused until she takes them on her contact page.
+        offer = {"kind": "offers", "title": "Two for one", "body": "Tuesdays only."}
+        status, refused_offer = api(base, "POST", f"/v1/subjects/{pairwise}/messages", acme, offer)
+        check(status == 403 and refused_offer["reason"] == "not_accepted", f"offer refused: {status} {refused_offer}")
+        status, mine = api(base, "GET", "/v1/me/relationships", customer_token(base, customer_id))
+        relationship_id = mine["items"][0]["relationship_id"]
+        driver.get(base + "/contact")
+        check("Acme Pizza" in driver.find_element(By.TAG_NAME, "main").text, "preferences by business name")
+        shoot(driver, shots, "contact")
+        driver.find_element(By.ID, f"kind-{relationship_id}-offers").click()
+        submit(driver, f"form[action='/contact/{relationship_id}']")
+        check("contact preferences are saved" in driver.find_element(By.CSS_SELECTOR, ".notice").text, "saved")
+        status, taken = api(base, "POST", f"/v1/subjects/{pairwise}/messages", acme, offer)
+        check(status == 201, f"the offer is delivered once she takes offers: {status} {taken}")
 
         driver.get(base + "/export")
         shoot(driver, shots, "export")

@@ -212,25 +212,38 @@ text_id_type!(
 );
 text_id_type!(
     /// An item of a customer's inbox: a message from a business, one she
-    /// wrote, or a notice from the vault. Its first 16 digits are the time
-    /// it was made, counted down from `u64::MAX`, so the inbox, kept in id
-    /// order, lists the newest first; the other 16 are random.
+    /// wrote, or a notice from the vault. Its first 16 digits count down
+    /// from `u64::MAX` the time it was made (seconds, shifted left 20 bits,
+    /// with a sequence number in the low 20 bits that orders items made in
+    /// the same second), so the inbox, kept in id order, lists the newest
+    /// first; the other 16 are random, or a notice's audit index.
     MessageId
 );
 
+/// Bits of a [`MessageId`]'s time part that hold the sequence number.
+const MESSAGE_SEQUENCE_BITS: u32 = 20;
+
 impl MessageId {
-    /// A fresh id for an item made at `time_secs` (Unix seconds).
-    pub fn at(time_secs: i64, rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
-        let countdown = u64::MAX - u64::try_from(time_secs).unwrap_or(0);
+    /// The time part: `time_secs` and the sequence number `sequence`,
+    /// counted down.
+    fn countdown(time_secs: i64, sequence: u64) -> u64 {
+        let secs = u64::try_from(time_secs).unwrap_or(0);
+        let order = (secs << MESSAGE_SEQUENCE_BITS) | (sequence & ((1 << MESSAGE_SEQUENCE_BITS) - 1));
+        u64::MAX - order
+    }
+
+    /// A fresh id for an item made at `time_secs` (Unix seconds), the
+    /// `sequence`-th its maker made (later items have larger numbers).
+    pub fn at(time_secs: i64, sequence: u64, rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
         let random = random_bytes::<8>(rng)?;
-        Ok(Self(format!("{countdown:016x}{}", hex(&random))))
+        Ok(Self(format!("{:016x}{}", Self::countdown(time_secs, sequence), hex(&random))))
     }
 
     /// The id of the vault's notice of the audit event at `index`, made at
-    /// `time_secs`: one notice per event, so the index is unique.
-    pub fn of_notice(time_secs: i64, index: u64) -> Self {
-        let countdown = u64::MAX - u64::try_from(time_secs).unwrap_or(0);
-        Self(format!("{countdown:016x}{index:016x}"))
+    /// `time_secs` as its maker's `sequence`-th item: one notice per event,
+    /// so the index makes it unique.
+    pub fn of_notice(time_secs: i64, sequence: u64, index: u64) -> Self {
+        Self(format!("{:016x}{index:016x}", Self::countdown(time_secs, sequence)))
     }
 }
 
@@ -238,6 +251,21 @@ impl MessageId {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn inbox_ids_sort_newest_first_within_a_second_too() {
+        let rng = ring::rand::SystemRandom::new();
+        let made = [(100, 0), (100, 1), (100, 2), (101, 3), (102, 4)];
+        let ids: Vec<String> =
+            made.iter().map(|&(secs, sequence)| MessageId::at(secs, sequence, &rng).unwrap().to_string()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(sorted, newest_first);
+        let notice = MessageId::of_notice(101, 5, 42);
+        assert!(ids[3] > notice.to_string() && notice.to_string() > ids[4], "a notice sorts by its time too");
+        assert!(notice.to_string().parse::<MessageId>().is_ok());
+    }
 
     #[test]
     fn ids_round_trip_through_text_and_json() {

@@ -867,7 +867,7 @@ impl Keys {
                 let (place, label) = if at == 0 {
                     (Key::value(subject.as_bytes(), &name), name)
                 } else {
-                    (Key::message_text(subject.as_bytes(), &name), crate::release::message_label(&name))
+                    (Key::message_text(subject.as_bytes(), &name), crate::crypto::message_label(&name))
                 };
                 let resealed = replacement.reseal(
                     self.core.keys().rng(),

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::audit::Logged;
 use crate::core::Core;
-use crate::crypto::{CryptoError, Sealed};
+use crate::crypto::{CryptoError, Sealed, message_label};
 use crate::ids::SubjectId;
 use crate::keys::{KeyError, dek_of_record, dek_stored};
 use crate::store::{Key, StoreError, Txn};
@@ -133,12 +133,6 @@ fn dek_of_read(core: &Core, subject: SubjectId, record: Option<Vec<u8>>) -> Resu
         }
         outcome => outcome?,
     })
-}
-
-/// The name a message's text is sealed under (the AAD's field), so a
-/// sealed text moved to another message, or to a field, does not open.
-pub(crate) fn message_label(message: &str) -> String {
-    format!("message:{message}")
 }
 
 /// Message texts taken in a read's transaction, with the subject's key

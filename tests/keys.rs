@@ -293,6 +293,59 @@ async fn a_dek_at_its_seal_limit_is_replaced_and_every_value_still_opens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sealed_under_a_dek_that_is_replaced_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = start_with_limits(&data_dir, "dek_seals_max = 16").await;
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = roles::admin_token(&client, &base, &data_dir).await;
+    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+    let (_, token) = roles::customer(&client, &base).await;
+    let relationship = roles::connect(&client, &base, &token, &business_id).await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
+    let contact = format!("{base}/v1/me/relationships/{}/contact", relationship["relationship_id"].as_str().unwrap());
+    let preferences = json!({"kinds": ["service"], "cap": {"messages": 50, "period": "day"}, "channel": "inbox"});
+    let (status, set) = send(&client, Method::PUT, contact, Some(&token), Some(preferences)).await;
+    assert_eq!(status, 200, "{set}");
+    // Each round seals three messages and a reply, and she deletes two of
+    // the messages: 24 seals in 6 rounds, while she never holds more than
+    // 14 texts (a DEK must be able to reseal all she holds and still seal).
+    let (mut kept, mut replies_sent) = (Vec::new(), 0);
+    for round in 0..6 {
+        let mut sent_ids = Vec::new();
+        for n in 0..3 {
+            let body = json!({"kind": "service", "title": format!("Order {round}.{n}"), "body": format!("Parcel {round}.{n} left.")});
+            let url = format!("{base}/v1/subjects/{pairwise}/messages");
+            let (status, sent) = roles::post(&client, url, Some(&business), body).await;
+            assert_eq!(status, 201, "{sent}");
+            sent_ids.push(sent["message_id"].as_str().unwrap().to_owned());
+        }
+        let url = format!("{base}/v1/me/inbox/{}/reply", sent_ids[0]);
+        let (status, reply) = roles::post(&client, url, Some(&token), json!({"body": format!("Thanks {round}")})).await;
+        assert_eq!(status, 201, "{reply}");
+        replies_sent += 1;
+        for id in &sent_ids[1..] {
+            let url = format!("{base}/v1/me/inbox/{id}");
+            assert_eq!(send(&client, Method::DELETE, url, Some(&token), None).await.0, 204);
+        }
+        kept.push(format!("Parcel {round}.0 left."));
+    }
+    let (status, inbox) = roles::get(&client, format!("{base}/v1/me/inbox"), &token).await;
+    assert_eq!(status, 200, "{inbox}");
+    let bodies: Vec<&str> =
+        inbox["items"].as_array().unwrap().iter().filter_map(|item| item["text"]["body"].as_str()).collect();
+    assert_eq!(bodies.len(), 12, "{inbox}");
+    assert!(kept.iter().all(|body| bodies.contains(&body.as_str())), "{bodies:?}");
+    let (status, replies) = roles::get(&client, format!("{base}/v1/subjects/{pairwise}/replies"), &business).await;
+    assert_eq!((status, replies["items"].as_array().unwrap().len()), (200, replies_sent), "{replies}");
+    let replaced = audit_kinds(&client, &base, &auditor, "key.rotated").await;
+    assert!(replaced.iter().filter(|entry| entry["related"]["step"] == "dek_replaced").count() >= 1, "{replaced:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_prepared_before_a_rotation_and_stored_after_it_is_under_the_new_kek() {
     let dir = tempfile::tempdir().unwrap();
     let (vault, _) = common::open_vault(&dir.path().join("data"));

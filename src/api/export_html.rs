@@ -420,16 +420,22 @@ mod tests {
             "access_log": [{"audit_index": 9, "time": "t", "role": "business", "business_id": hostile,
                             "purpose": "marketing", "fields": [], "decision": "deny",
                             "withheld": [{"field": "email", "reason": hostile}]}],
+            "inbox": [{"message_id": "m", "type": "message", "business_id": "b", "kind": "service", "time": "t",
+                       "time_secs": 0, "audit_index": 3, "text": {"title": hostile, "body": hostile}}],
+            "contact_preferences": [{"business_id": hostile, "business_name": "n",
+                                     "preferences": {"kinds": ["service"], "cap": {"messages": 5, "period": "week"},
+                                                     "channel": "inbox"}}],
         });
         let page = render(&document);
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("'y'"), "{page}");
         assert_eq!(
             page.matches("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;").count(),
-            11,
+            14,
             "{page}"
         );
-        for id in ["data", "relationships", "access-requests", "grants", "objections", "access-log"] {
+        for id in ["data", "relationships", "access-requests", "grants", "objections", "access-log", "inbox", "contact"]
+        {
             assert!(page.contains(&format!("<section id=\"{id}\">")), "{id}");
         }
         assert!(page.contains("1970-01-02T00:00:00Z"), "request times are shown as dates: {page}");
@@ -438,6 +444,6 @@ mod tests {
     #[test]
     fn an_empty_section_says_so() {
         let page = render(&json!({"subject": "0123", "data": {}}));
-        assert_eq!(page.matches("<p class=\"none\">None.</p>").count(), 6);
+        assert_eq!(page.matches("<p class=\"none\">None.</p>").count(), 8);
     }
 }

@@ -12,9 +12,10 @@ use super::{Contact, ContactError, INBOX_ITEMS_MAX, Refusal, decode, encode, liv
 use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
 use crate::consent::Relationship;
 use crate::core::VaultClock;
+use crate::crypto::message_label;
 use crate::ids::{BusinessId, MessageId, PairwiseId, SubjectId};
 use crate::keys::{KeyRecord, dek_of_record};
-use crate::release::{message_label, release_messages, sealed_messages_in};
+use crate::release::{release_messages, sealed_messages_in};
 use crate::store::{Key, StoreError, Txn};
 
 /// What an inbox item is.
@@ -329,7 +330,7 @@ impl Contact {
     ) -> Result<Result<Delivery, (Refusal, u64)>, ContactError> {
         let now_secs = self.core.clock().now_secs();
         let time = VaultClock::rfc3339_at(now_secs);
-        let message_id = MessageId::at(now_secs, self.core.keys().rng())?;
+        let message_id = MessageId::at(now_secs, self.next_sequence(), self.core.keys().rng())?;
         let log = self.core.audit().clone();
         let contact = self.clone();
         let (business, pairwise, kind, text) = (business.clone(), pairwise.clone(), kind.clone(), text.clone());
@@ -429,7 +430,7 @@ impl Contact {
     ) -> Result<Delivery, ContactError> {
         let now_secs = self.core.clock().now_secs();
         let time = VaultClock::rfc3339_at(now_secs);
-        let message_id = MessageId::at(now_secs, self.core.keys().rng())?;
+        let message_id = MessageId::at(now_secs, self.next_sequence(), self.core.keys().rng())?;
         let log = self.core.audit().clone();
         let contact = self.clone();
         let (recipient, text, id) = (recipient.clone(), text.clone(), message_id.clone());

@@ -304,6 +304,9 @@ pub struct Contact {
     sends: Arc<RateLimiter>,
     /// Messages each customer may write.
     writes: Arc<RateLimiter>,
+    /// Counts the inbox items this vault made, to order those made in the
+    /// same second ([`crate::ids::MessageId`]).
+    sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Contact {
@@ -314,7 +317,13 @@ impl Contact {
             keys,
             sends: Arc::new(RateLimiter::new(SENDS_BURST, SENDS_PER_MINUTE)),
             writes: Arc::new(RateLimiter::new(WRITES_BURST, WRITES_PER_MINUTE)),
+            sequence: Arc::default(),
         }
+    }
+
+    /// The next inbox item's sequence number.
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Her relationship with id `relationship_id`.

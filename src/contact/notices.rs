@@ -55,8 +55,9 @@ impl Contact {
     /// the observer.
     pub fn notices(&self) -> crate::webhooks::ExtraNotices {
         let core = std::sync::Arc::downgrade(&self.core);
+        let sequence = std::sync::Arc::clone(&self.sequence);
         Box::new(move |txn, event, index| match core.upgrade() {
-            Some(core) => notices_in(&core, txn, event, index),
+            Some(core) => notices_in(&core, &sequence, txn, event, index),
             None => Ok(Vec::new()),
         })
     }
@@ -65,6 +66,7 @@ impl Contact {
 /// See [`Contact::notices`].
 fn notices_in(
     core: &crate::core::Core,
+    sequence: &std::sync::atomic::AtomicU64,
     txn: &mut Txn<'_>,
     event: &AuditEvent,
     index: u64,
@@ -126,7 +128,8 @@ fn notices_in(
         && items_in(txn, subject)?.len() < INBOX_ITEMS_MAX
     {
         // One notice per event: its index makes its id.
-        let mut item = Item::new(MessageId::of_notice(time_secs, index), ItemType::Notice, time_secs, index);
+        let order = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut item = Item::new(MessageId::of_notice(time_secs, order, index), ItemType::Notice, time_secs, index);
         item.notice = Some(notice);
         item.business_id = business.parse::<BusinessId>().ok();
         match notice {

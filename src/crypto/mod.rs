@@ -487,6 +487,13 @@ impl fmt::Debug for WrappedDek {
     }
 }
 
+/// The name a message's text is sealed under, in the place of a field name
+/// in the AAD (`message:<id>`): a sealed text moved to another message, or
+/// to a field (whose names never hold `:`), does not open.
+pub fn message_label(message: &str) -> String {
+    format!("message:{message}")
+}
+
 /// An unwrapped data-encryption key. Zeroized on drop, never printed.
 #[derive(Debug)]
 pub struct Dek {
