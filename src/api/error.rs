@@ -20,7 +20,17 @@ const STORAGE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(
 
 /// An error on its way to the client.
 #[derive(Debug)]
-pub struct ApiError(Problem, Option<std::time::Duration>);
+pub struct ApiError(Problem, Option<RetryAfterSecs>);
+
+/// A `Retry-After` in whole seconds, at least 1.
+#[derive(Debug, Clone, Copy)]
+struct RetryAfterSecs(u32);
+
+impl From<std::time::Duration> for RetryAfterSecs {
+    fn from(wait: std::time::Duration) -> Self {
+        Self(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX))
+    }
+}
 
 impl ApiError {
     /// A client error with a stable code.
@@ -47,7 +57,7 @@ impl ApiError {
                 "the vault cannot write to its storage now; the request was not acknowledged (it may or may not \
                  have been applied) and no data was released; try again shortly",
             ),
-            Some(STORAGE_RETRY_AFTER),
+            Some(STORAGE_RETRY_AFTER.into()),
         )
     }
 
@@ -61,7 +71,7 @@ impl ApiError {
             "too many requests; wait before trying again",
         );
         problem.limit = Some(kind);
-        Self(problem, Some(wait))
+        Self(problem, Some(wait.into()))
     }
 
     /// The uniform 401: the same whatever check failed.
@@ -194,8 +204,8 @@ impl IntoResponse for ApiError {
         let unauthorized = self.0.status == StatusCode::UNAUTHORIZED.as_u16();
         let retry_after = self.1;
         let mut response = self.0.into_response();
-        if let Some(wait) = retry_after
-            && let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        if let Some(RetryAfterSecs(wait)) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&wait.to_string())
         {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
         }
@@ -346,8 +356,7 @@ impl From<crate::contact::ContactError> for ApiError {
                     }
                 };
                 let mut problem = Problem::new(StatusCode::FORBIDDEN, "message_refused", "Message refused", detail);
-                problem.reason = Some(told.as_str());
-                problem.audit_index = Some(audit_index);
+                problem.decided = Some(Box::new(super::problem::Decided { reason: told.as_str(), audit_index }));
                 Self(problem, None)
             }
             ContactError::TooMany(wait) => Self::too_many("messages", wait),

@@ -25,18 +25,25 @@ pub struct Problem {
     pub detail: String,
     /// A stable machine-readable code.
     pub code: &'static str,
-    /// A refused message (`message_refused`): why, coarsely
-    /// (`not_connected`, `not_accepted`, `not_now`, `cap_reached`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// The audit index of the decision the problem reports, if it was
-    /// logged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit_index: Option<u64>,
+    /// A decision the problem reports, logged: `reason` and `audit_index`
+    /// members (boxed: most problems have none, and errors stay small).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub decided: Option<Box<Decided>>,
     /// For a 429: which limit refused (counted in `/metrics`, not sent).
     #[serde(skip)]
     #[schema(ignore)]
     pub limit: Option<&'static str>,
+}
+
+/// A logged decision a problem reports (a refused message).
+#[derive(Debug, Clone, Serialize)]
+pub struct Decided {
+    /// Why, coarsely (`not_connected`, `not_accepted`, `not_now`,
+    /// `cap_reached`).
+    pub reason: &'static str,
+    /// The audit index of the decision.
+    pub audit_index: u64,
 }
 
 /// What a problem response says of itself to the metrics layer: its code
@@ -58,8 +65,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code,
-            reason: None,
-            audit_index: None,
+            decided: None,
             limit: None,
         }
     }
