@@ -273,3 +273,83 @@ async fn every_event_about_her_is_listed_with_an_inclusion_proof_that_verifies()
         assert!(kinds.iter().any(|seen| seen == kind), "{kind} missing from {kinds:?}");
     }
 }
+
+/// The inbox shows what a business wrote as text, never as markup; another
+/// customer's session can neither read, answer nor delete her messages; a
+/// contact form without its token changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_escapes_what_businesses_write_and_nobody_reaches_anothers_messages() {
+    let app = TestApp::start().await;
+    let base = app.anonymous().caller().base_url().to_owned();
+    let business = app.business("Acme Pizza", &["order-fulfilment", "marketing"]).await;
+    let ada = app.customer().await;
+    let (_, relationship) = ada.connect(&business.id).await;
+    let pairwise = relationship["pairwise_id"].as_str().unwrap();
+    let hostile = "<script>alert(\"inbox\")</script> & 'more'";
+    let (status, sent) = business.message(pairwise, "service", hostile, hostile).await;
+    assert_eq!(status, 201, "{sent}");
+    let message_id = sent["message_id"].as_str().unwrap();
+
+    let (ada_session, _) = sign_in(&base, &ada.id).await;
+    let (status, inbox) = page(&base, "/inbox", &ada_session).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!inbox.contains("<script>alert"), "markup from a business reached the page");
+    assert!(inbox.contains("&lt;script&gt;alert(&quot;inbox&quot;)&lt;/script&gt; &amp; 'more'"), "{inbox}");
+    assert!(inbox.contains("Acme Pizza") && !inbox.contains(&business.id), "names, not ids");
+
+    let bob = app.customer().await;
+    let (bob_session, _) = sign_in(&base, &bob.id).await;
+    let (_, bob_inbox) = page(&base, "/inbox", &bob_session).await;
+    assert!(!bob_inbox.contains("alert(&quot;inbox") && !bob_inbox.contains(message_id), "her message is in his inbox");
+    let csrf = csrf_of(&bob_inbox);
+    for action in ["reply", "delete"] {
+        let answer = client()
+            .post(format!("{base}/inbox/{message_id}/{action}"))
+            .header("cookie", format!("cv_session={bob_session}"))
+            .form(&[("csrf", csrf.as_str()), ("body", "not yours")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{action}");
+    }
+    assert_eq!(business.replies(pairwise).await.1["items"], json!([]), "nothing was written in her name");
+
+    // Her contact form without its token: refused, nothing changed.
+    let relationship_id = relationship["relationship_id"].as_str().unwrap();
+    let answer = client()
+        .post(format!("{base}/contact/{relationship_id}"))
+        .header("cookie", format!("cv_session={ada_session}"))
+        .form(&[("kinds", "offers"), ("cap_messages", "9"), ("cap_period", "day"), ("channel", "inbox")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let (_, contact) = ada.caller().get(&format!("/v1/me/relationships/{relationship_id}/contact")).await;
+    assert_eq!(contact["preferences"]["kinds"], json!(["service"]), "{contact}");
+    // With it, saved.
+    let (_, contact_page) = page(&base, "/contact", &ada_session).await;
+    let answer = client()
+        .post(format!("{base}/contact/{relationship_id}"))
+        .header("cookie", format!("cv_session={ada_session}"))
+        .form(&[
+            ("csrf", csrf_of(&contact_page).as_str()),
+            ("kinds", "offers"),
+            ("kinds", "service"),
+            ("cap_messages", "9"),
+            ("cap_period", "day"),
+            ("quiet_from", "22:00"),
+            ("quiet_to", "07:30"),
+            ("time_zone", "Europe/Paris"),
+            ("channel", "webhook"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let (_, contact) = ada.caller().get(&format!("/v1/me/relationships/{relationship_id}/contact")).await;
+    let preferences = &contact["preferences"];
+    assert_eq!(preferences["kinds"], json!(["offers", "service"]), "{contact}");
+    assert_eq!(preferences["cap"], json!({"messages": 9, "period": "day"}));
+    assert_eq!(preferences["quiet_hours"], json!({"from": "22:00", "to": "07:30", "time_zone": "Europe/Paris"}));
+    assert_eq!(preferences["channel"], "webhook");
+}

@@ -65,6 +65,10 @@ async fn refused(business: &Business, auditor: &Auditor, pairwise: &str, kind: &
     assert_eq!(event["related"]["cause"], logged, "{event}");
     assert_eq!(event["related"]["message_kind"], kind, "{event}");
     assert_eq!(event["business"], business.id.as_str(), "{event}");
+    // The proof a business may fetch of its own event tells it no more.
+    let (status, proof) = business.caller().get(&format!("/v1/events/{}/proof", problem["audit_index"])).await;
+    assert_eq!(status, 200, "{proof}");
+    assert_eq!(proof["event"]["related"]["cause"], told, "{proof}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,7 +26,8 @@ pub struct RelationshipView {
     pairwise_id: String,
     #[schema(format = DateTime)]
     connected_at: String,
-    /// Whether the customer blocked this business from asking her for access.
+    /// Whether the customer blocked this business: no access requests, no
+    /// messages.
     requests_blocked: bool,
 }
 
@@ -143,13 +144,14 @@ pub async fn relationships_delete(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RelationshipChange {
-    /// `true`: the business may no longer ask her for access (she stays
-    /// connected, its grants stay); `false`: it may again.
+    /// `true`: the business may no longer ask her for access nor send her
+    /// messages (she stays connected, its grants stay); `false`: it may
+    /// again.
     requests_blocked: bool,
 }
 
-/// `PATCH /v1/me/relationships/{id}`: block or unblock the business's
-/// access requests without disconnecting.
+/// `PATCH /v1/me/relationships/{id}`: block or unblock the business (its
+/// access requests and messages) without disconnecting.
 #[utoipa::path(patch, path = "/v1/me/relationships/{id}", tag = "customer", params(("id" = String, Path, description = "Relationship id")), request_body = RelationshipChange, security(("bearer" = [])), responses((status = 200, body = RelationshipView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn relationships_update(
     caller: CustomerCaller,

@@ -184,7 +184,7 @@ pub struct EventForBusiness {
 }
 
 /// The names under `related` a business may see.
-const RELATED_SHOWN: [crate::audit::Related; 8] = [
+const RELATED_SHOWN: [crate::audit::Related; 11] = [
     crate::audit::Related::GrantId,
     crate::audit::Related::GrantIds,
     crate::audit::Related::RequestId,
@@ -193,6 +193,9 @@ const RELATED_SHOWN: [crate::audit::Related; 8] = [
     crate::audit::Related::PairwiseId,
     crate::audit::Related::Cause,
     crate::audit::Related::RequestsBlocked,
+    crate::audit::Related::MessageId,
+    crate::audit::Related::MessageKind,
+    crate::audit::Related::InReplyTo,
 ];
 
 /// An inclusion proof of an event about the business.
@@ -242,6 +245,8 @@ pub async fn events_proof(
                 None => false,
             }
         }
+        // Her contact preferences are hers: the business is never told them.
+        EventKind::ContactChanged => false,
         _ => event.business.as_deref() == Some(caller.business.as_str()),
     };
     if !about {
@@ -261,6 +266,15 @@ pub async fn events_proof(
             .related
             .into_iter()
             .filter(|(name, _)| RELATED_SHOWN.iter().any(|shown| shown.as_str() == name))
+            .map(|(name, value)| match (event.kind, name.as_str()) {
+                // A refused message's exact cause is hers; the business is
+                // told the coarse reason, as when it sent the message.
+                (EventKind::MessageRefused, "cause") => {
+                    let told = crate::contact::Refusal::parse(&value).map_or("not_accepted", |r| r.told().as_str());
+                    (name, told.to_owned())
+                }
+                _ => (name, value),
+            })
             .collect(),
     };
     Ok(axum::Json(BusinessEventProof {

@@ -150,8 +150,9 @@ pub struct Relationship {
     /// When the customer connected (RFC 3339).
     #[schema(format = DateTime)]
     pub connected_at: String,
-    /// Whether the customer has blocked this business from asking her for
-    /// access (she stays connected, and its grants stay as they are).
+    /// Whether the customer has blocked this business: it may neither ask
+    /// her for access nor send her messages (she stays connected, and its
+    /// grants stay as they are).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requests_blocked: bool,
 }

@@ -67,6 +67,21 @@ impl Refusal {
         }
     }
 
+    /// The refusal a logged `related.cause` names.
+    pub fn parse(code: &str) -> Option<Self> {
+        [
+            Self::NotConnected,
+            Self::Blocked,
+            Self::Objection,
+            Self::KindNotAllowed,
+            Self::QuietHours,
+            Self::CapReached,
+            Self::InboxFull,
+        ]
+        .into_iter()
+        .find(|refusal| refusal.as_str() == code)
+    }
+
     /// What the business is told.
     pub fn told(self) -> Told {
         match self {

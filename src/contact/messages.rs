@@ -308,12 +308,7 @@ impl Contact {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ContactError>>,
     {
-        let subject = self
-            .core
-            .store()
-            .get(&Key::pairwise(business, pairwise))?
-            .and_then(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse::<SubjectId>().ok()));
-        match subject {
+        match subject_of(self.core.store().get(&Key::pairwise(business, pairwise))?) {
             Some(subject) => self.with_key_room(subject, attempt).await,
             // Nobody to seal for: the attempt refuses and logs it.
             None => attempt().await,
@@ -344,9 +339,7 @@ impl Contact {
                         .related(Related::MessageKind, &kind.name);
                 event.business = Some(business.to_string());
                 event.purpose = Some(kind.purpose.clone());
-                let subject = txn
-                    .get(&Key::pairwise(&business, &pairwise))?
-                    .and_then(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse::<SubjectId>().ok()));
+                let subject = subject_of(txn.get(&Key::pairwise(&business, &pairwise))?);
                 let relationship: Option<Relationship> = match subject {
                     Some(subject) => txn
                         .get(&Key::relationship(subject.as_bytes(), &business))?
@@ -587,9 +580,7 @@ impl Contact {
             .core
             .store()
             .commit_durable(move |txn| {
-                let subject = txn
-                    .get(&Key::pairwise(&business, &pairwise))?
-                    .and_then(|bytes| String::from_utf8(bytes).ok().and_then(|text| text.parse::<SubjectId>().ok()))
+                let subject = subject_of(txn.get(&Key::pairwise(&business, &pairwise))?)
                     .ok_or(ContactError::NotFound("customer"))?;
                 let mut items: Vec<Item> = items_in(txn, subject)?
                     .into_iter()
@@ -639,6 +630,11 @@ impl Contact {
         }
         Ok((replies, next))
     }
+}
+
+/// The subject a pairwise index entry names, if it names one.
+fn subject_of(entry: Option<Vec<u8>>) -> Option<SubjectId> {
+    String::from_utf8(entry?).ok()?.parse().ok()
 }
 
 /// A released text, decoded.

@@ -327,7 +327,11 @@ impl Contact {
     }
 
     /// Her relationship with id `relationship_id`.
-    fn relationship(&self, subject: SubjectId, relationship_id: &RelationshipId) -> Result<Relationship, ContactError> {
+    pub fn relationship(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+    ) -> Result<Relationship, ContactError> {
         let prefix = Key::relationships_of(subject.as_bytes());
         for (_, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
             let relationship: Relationship = decode(&bytes, "relationship")?;

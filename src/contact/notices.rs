@@ -72,7 +72,6 @@ fn notices_in(
     index: u64,
 ) -> Result<Vec<OwnerNotice>, StoreError> {
     let (Some(subject), Some(business)) = (event.subject, event.business.as_deref()) else { return Ok(Vec::new()) };
-    let time_secs = event_secs(event, core.clock().now_secs());
     let (notice, webhook, mut data) = match event.kind {
         EventKind::AccessRequestCreated => (
             Some(NoticeKind::AccessRequest),
@@ -128,6 +127,7 @@ fn notices_in(
         && items_in(txn, subject)?.len() < INBOX_ITEMS_MAX
     {
         // One notice per event: its index makes its id.
+        let time_secs = event_secs(event, core.clock().now_secs());
         let order = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut item = Item::new(MessageId::of_notice(time_secs, order, index), ItemType::Notice, time_secs, index);
         item.notice = Some(notice);

@@ -60,9 +60,9 @@ pub(super) async fn inbox_page(
                 form method="post" action="/inbox/write" {
                     (csrf(session))
                     label for="write-business" { "To" }
-                    select #write-business name="business_id" required {
+                    select #write-business name="relationship_id" required {
                         @for relationship in &relationships {
-                            option value=(relationship.business_id) { (names.name(&relationship.business_id)) }
+                            option value=(relationship.relationship_id) { (names.name(&relationship.business_id)) }
                         }
                     }
                     label for="write-body" { "Your message" }
@@ -180,7 +180,9 @@ pub(super) async fn inbox_reply(
 
 /// `POST /inbox/write`: feedback to a business she is connected to.
 pub(super) async fn inbox_write(State(state): State<AppState>, Posted { caller, form }: Posted) -> PageResult {
-    let business = parsed(form.one("business_id").unwrap_or_default(), "relationship")?;
+    let relationship: crate::ids::RelationshipId =
+        parsed(form.one("relationship_id").unwrap_or_default(), "relationship")?;
+    let business = state.vault.contact().relationship(caller.subject(), &relationship).map_err(failed)?.business_id;
     let body = form.one("body").unwrap_or_default().to_owned();
     state
         .vault
