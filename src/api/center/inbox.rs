@@ -139,9 +139,9 @@ fn item_markup(
 fn notice_sentence(item: &crate::contact::Item, business: &str, policies: &Policies) -> Markup {
     match item.notice {
         Some(NoticeKind::AccessRequest) => html! {
-            strong { (business) } " asks you for access"
-            @if let Some(purpose) = &item.purpose { " for " (purpose_words(policies, purpose)) }
-            ". " a href="/requests" { "Answer" }
+            strong { (business) } " asks you for access."
+            @if let Some(purpose) = &item.purpose { " Purpose: " (purpose_words(policies, purpose)) "." }
+            " " a href="/requests" { "Answer" }
         },
         Some(NoticeKind::GrantExpiring) => html! {
             "What you share with " strong { (business) } " ends on "
@@ -154,8 +154,9 @@ fn notice_sentence(item: &crate::contact::Item, business: &str, policies: &Polic
                 @if at > 0 { ", " }
                 (field_words(&policies.catalogue, field))
             }
-            @if let Some(purpose) = &item.purpose { ", for " (purpose_words(policies, purpose)) }
-            ". " a href="/access-log" { "See the access log" }
+            "."
+            @if let Some(purpose) = &item.purpose { " Purpose: " (purpose_words(policies, purpose)) "." }
+            " " a href="/access-log" { "See the access log" }
         },
         None => html! { "A notice." },
     }
