@@ -137,6 +137,12 @@ async fn messages_she_does_not_take_are_refused_logged_and_kept_out_of_her_inbox
         assert_eq!(status, 201, "{sent}");
     }
     refused(&business, &auditor, &pairwise, "service", "cap_reached", "cap_reached").await;
+    // Deleting a message she got does not reset the cap.
+    let offer = inbox(&customer).await.into_iter().find(|item| item["kind"] == "offers").unwrap();
+    let (status, _) =
+        customer.caller().delete(&format!("/v1/me/inbox/{}", offer["message_id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 204);
+    refused(&business, &auditor, &pairwise, "service", "cap_reached", "cap_reached").await;
 
     // Quiet hours around now, on her wall clock in UTC.
     let now = app.vault().core().clock().now_secs();
@@ -165,10 +171,22 @@ async fn messages_she_does_not_take_are_refused_logged_and_kept_out_of_her_inbox
     refused(&business, &auditor, &pairwise, "service", "not_connected", "not_connected").await;
     refused(&business, &auditor, &"0".repeat(32), "service", "not_connected", "not_connected").await;
 
-    // Only the two offers reached her.
+    // Only the two offers reached her (and she deleted one).
     let messages: Vec<Value> = inbox(&customer).await.into_iter().filter(|item| item["type"] == "message").collect();
-    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages.len(), 1, "{messages:#?}");
     assert!(messages.iter().all(|m| m["kind"] == "offers"));
+
+    // Operators count the decisions, never who or what.
+    let (status, metrics) = app.anonymous().caller().text(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let count = |labels: &str| -> f64 {
+        let series = format!("consentvault_messages_total{{{labels}}} ");
+        metrics.lines().find_map(|line| line.strip_prefix(&series)).map_or(0.0, |value| value.parse().unwrap())
+    };
+    assert_eq!(count("outcome=\"delivered\",reason=\"none\""), 2.0, "{metrics}");
+    assert_eq!(count("outcome=\"refused\",reason=\"kind_not_allowed\""), 2.0, "{metrics}");
+    assert_eq!(count("outcome=\"refused\",reason=\"cap_reached\""), 2.0, "{metrics}");
+    assert_eq!(count("outcome=\"refused\",reason=\"not_connected\""), 2.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -456,4 +474,28 @@ async fn her_messages_and_notices_are_erased_with_her() {
             assert!(!common::contains(&bytes, canary.as_bytes()), "{} holds `{canary}`", path.display());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_business_that_sends_too_fast_is_slowed_whatever_the_answers() {
+    let app = TestApp::start().await;
+    let business = app.business("Acme Pizza", &["order-fulfilment"]).await;
+    let nobody = "0".repeat(32);
+    // 60 at once and 10 a second after: sent as fast as the test can, the
+    // limit is reached long before 600.
+    let mut statuses = Vec::new();
+    for _ in 0..600 {
+        let (status, answer) = business.message(&nobody, "service", "Hi", "Hello.").await;
+        statuses.push(status);
+        if status == 429 {
+            assert_eq!(answer["code"], "rate_limited", "{answer}");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "never slowed: {} sends", statuses.len());
+    // Every send before the limit was decided, and refused (nobody has this
+    // pairwise id).
+    let before = &statuses[..statuses.len() - 1];
+    assert!(before.len() >= consentvault::contact::SENDS_BURST as usize, "{statuses:?}");
+    assert!(before.iter().all(|&status| status == 403), "{statuses:?}");
 }

@@ -202,6 +202,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Webhook delivery attempts, by outcome (delivered, failed, given_up).",
         &["outcome"],
     );
+    vault.contact().decisions_counted().write(
+        &mut out,
+        "consentvault_messages_total",
+        "Businesses' messages to customers, by outcome (delivered, refused) and reason (none, or the refusal's code).",
+        &["outcome", "reason"],
+    );
     state.metrics.write(&mut out);
     out.header("consentvault_build_info", "gauge", "The build that answers: always 1, its version as a label.");
     out.labelled("consentvault_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);

@@ -118,6 +118,7 @@ impl Consent {
                 // Her contact preferences go with the relationship: a new
                 // connection starts from the defaults.
                 txn.delete(&Key::contact_preferences(subject.as_bytes(), &ended.business_id));
+                txn.delete(&Key::contact_deliveries(subject.as_bytes(), &ended.business_id));
                 let mut event = AuditEvent::new(EventKind::RelationshipEnded, Actor::customer(subject), &time)
                     .subject(subject)
                     .related(Related::RelationshipId, &ended.relationship_id)

@@ -118,8 +118,8 @@ pub struct Situation<'a> {
     pub kind: &'a str,
     /// The purpose the kind serves.
     pub purpose: &'a str,
-    /// The times (Unix seconds) of this business's messages delivered to
-    /// her within the cap's period before `now_secs`.
+    /// How many messages this business delivered to her within the cap's
+    /// period before `now_secs` (deleted ones too).
     pub delivered_in_period: usize,
     /// Items in her inbox.
     pub inbox_items: usize,

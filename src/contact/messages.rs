@@ -291,8 +291,14 @@ impl Contact {
             })
             .await?;
         match outcome {
-            Ok(delivery) => Ok(delivery),
-            Err((refusal, audit_index)) => Err(ContactError::Refused { refusal, audit_index }),
+            Ok(delivery) => {
+                self.decisions.inc(&["delivered", "none"]);
+                Ok(delivery)
+            }
+            Err((refusal, audit_index)) => {
+                self.decisions.inc(&["refused", refusal.as_str()]);
+                Err(ContactError::Refused { refusal, audit_index })
+            }
         }
     }
 
@@ -357,13 +363,17 @@ impl Contact {
                 event = event.subject(subject);
                 let preferences = preferences_in(txn, &policies, subject, &business)?;
                 let objections = crate::consent::objections_in(txn, subject)?;
-                let items = items_in(txn, subject)?;
+                let items = txn.scan_prefix(&Key::inbox_of(subject.as_bytes()))?.len();
+                // What the business delivered lately, counted whatever she
+                // deleted since: deleting a message never resets a cap.
+                let deliveries_key = Key::contact_deliveries(subject.as_bytes(), &business);
+                let mut delivered: Vec<i64> = match txn.get(&deliveries_key)? {
+                    Some(bytes) => decode(&bytes, "contact deliveries")?,
+                    None => Vec::new(),
+                };
+                delivered.retain(|&at| at > now_secs - super::Period::LONGEST.secs());
                 let since = period_start(&preferences.cap, now_secs);
-                let delivered_in_period = items
-                    .iter()
-                    .take_while(|item| item.time_secs > since)
-                    .filter(|item| item.item_type == ItemType::Message && item.business_id.as_ref() == Some(&business))
-                    .count();
+                let delivered_in_period = delivered.iter().filter(|&&at| at > since).count();
                 let situation = Situation {
                     preferences: &preferences,
                     blocked: relationship.requests_blocked,
@@ -371,7 +381,7 @@ impl Contact {
                     kind: &kind.name,
                     purpose: &kind.purpose,
                     delivered_in_period,
-                    inbox_items: items.len(),
+                    inbox_items: items,
                     now_secs,
                 };
                 if let Err(refusal) = decide(&situation) {
@@ -385,6 +395,8 @@ impl Contact {
                 item.pairwise_id = Some(pairwise.clone());
                 item.kind = Some(kind.name.clone());
                 store_sealed_in(txn, &contact, subject, &item, &text)?;
+                delivered.push(now_secs);
+                txn.put(deliveries_key, encode(&delivered, "contact deliveries")?);
                 event.kind = EventKind::MessageDelivered;
                 let event = event.related(Related::MessageId, &message_id);
                 let appended = log.append(txn, &event)?;

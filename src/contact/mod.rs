@@ -126,6 +126,9 @@ pub enum Period {
 }
 
 impl Period {
+    /// The longest period: how long deliveries are remembered for caps.
+    pub const LONGEST: Self = Self::Month;
+
     /// Its length in seconds.
     pub fn secs(self) -> i64 {
         match self {
@@ -304,6 +307,8 @@ pub struct Contact {
     sends: Arc<RateLimiter>,
     /// Messages each customer may write.
     writes: Arc<RateLimiter>,
+    /// Businesses' messages decided, by outcome and reason, for `/metrics`.
+    decisions: Arc<crate::metrics::CounterFamily>,
     /// Counts the inbox items this vault made, to order those made in the
     /// same second ([`crate::ids::MessageId`]).
     sequence: Arc<std::sync::atomic::AtomicU64>,
@@ -318,7 +323,14 @@ impl Contact {
             sends: Arc::new(RateLimiter::new(SENDS_BURST, SENDS_PER_MINUTE)),
             writes: Arc::new(RateLimiter::new(WRITES_BURST, WRITES_PER_MINUTE)),
             sequence: Arc::default(),
+            decisions: Arc::default(),
         }
+    }
+
+    /// Businesses' messages decided, by `outcome` (`delivered`, `refused`)
+    /// and `reason` (a refusal's exact code, `none` for a delivery).
+    pub fn decisions_counted(&self) -> &crate::metrics::CounterFamily {
+        &self.decisions
     }
 
     /// The next inbox item's sequence number.

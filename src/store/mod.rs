@@ -250,7 +250,9 @@ pub enum Part {
     /// Signed consent receipts, by receipt id: each written once, never
     /// changed.
     Receipt = 0x07,
-    /// Contact preferences, by business id (`contact`).
+    /// Contact preferences, by business id, and the times of each
+    /// business's recent deliveries, by business id ‖ `/delivered`
+    /// (`contact`).
     Contact = 0x08,
     /// Inbox items: messages from businesses, her own messages to them and
     /// the vault's notices, by message id (newest first: see
@@ -447,7 +449,14 @@ impl Key {
         Self::of_subject(subject, Part::Contact, business.as_bytes())
     }
 
-    /// Every contact preference of one subject.
+    /// The times (Unix seconds) of the messages `business` delivered to a
+    /// subject within the longest cap period: what her cap counts, whatever
+    /// she deleted since.
+    pub fn contact_deliveries(subject: &[u8; 16], business: &str) -> Self {
+        Self::of_subject(subject, Part::Contact, &[business.as_bytes(), b"/delivered"].concat())
+    }
+
+    /// Every contact record of one subject: preferences and deliveries.
     pub fn contact_preferences_of(subject: &[u8; 16]) -> Self {
         Self::of_subject(subject, Part::Contact, &[])
     }
