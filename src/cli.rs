@@ -478,7 +478,8 @@ fn audit_replay(args: &ReplayArgs) -> Result<Outcome, Failure> {
     let text = format!(
         "{size} entries verified; replayed {}: {} reads released {} fields, each covered by a live grant under the \
          policies then in force; {} reads released nothing; {} reads by customers of their own data; {} reads not \
-         checked (format 1); {} grants created, {} ended; {policies} policy versions",
+         checked (format 1); {} grants created, {} ended; {} messages delivered, each allowed by the customer's \
+         choices then; {policies} policy versions",
         summary.entries,
         summary.reads_released,
         summary.fields_released,
@@ -487,6 +488,7 @@ fn audit_replay(args: &ReplayArgs) -> Result<Outcome, Failure> {
         summary.reads_unchecked,
         summary.grants_created,
         summary.grants_ended,
+        summary.messages_delivered,
     );
     let json = serde_json::json!({"size": size, "replay": summary});
     match &summary.violation {

@@ -5,8 +5,11 @@
 //! SPEC §3.3: each released field was covered, at the read's position, by a
 //! live grant of that business for that purpose and field, which the read
 //! names, inside its window, with the customer connected, no objection to
-//! the purpose and no rule denying it. The rules are written out for outside
-//! verifiers in `docs/AUDIT.md`.
+//! the purpose and no rule denying it. Every message a business delivered to
+//! a customer is decided again too, by the pure `policy::contact::decide`
+//! on her contact preferences, block, objections and the business's earlier
+//! deliveries as the log recorded them. The rules are written out for
+//! outside verifiers in `docs/AUDIT.md`.
 //!
 //! The replay trusts the entries it is given: run it on a log that verifies
 //! (`audit verify`, or proofs against signed checkpoints).
@@ -20,6 +23,7 @@ use serde::Serialize;
 use super::event::{AuditEvent, EventKind, Related, Role};
 use crate::ids::SubjectId;
 use crate::policy::Policies;
+use crate::policy::contact::{self, PreferenceTexts, Preferences};
 use crate::policy::engine::{self, FieldDecision, GrantView, ReadQuery, Reason};
 
 /// The step of `consentvault audit replay` that replays entries, as its
@@ -57,6 +61,11 @@ pub enum ViolationRule {
     /// was not connected, objects to the purpose, the purpose may not touch
     /// the field's category, or a rule denies it.
     DeniedByPolicy,
+    /// A business's message was delivered that the customer's choices then
+    /// refused: not connected, blocked, an objection to the kind's purpose,
+    /// a kind she did not take, her quiet hours, or over her cap; or a kind
+    /// the policies in force do not define.
+    MessageNotAllowed,
 }
 
 /// The first read the log does not justify.
@@ -98,6 +107,8 @@ pub struct ReplaySummary {
     pub grants_created: u64,
     /// Grants revoked, expired or ended by an erasure.
     pub grants_ended: u64,
+    /// Businesses' messages delivered, each proven allowed by her choices.
+    pub messages_delivered: u64,
     /// The SHA-256 of every policy version loaded, in order of first load.
     pub policies: Vec<String>,
     /// The first read the log does not justify; `None` if every one is.
@@ -132,6 +143,16 @@ impl ReplayGrant {
     }
 }
 
+/// A customer's contact state for one business, as the events made it.
+#[derive(Default)]
+struct ReplayContact {
+    /// Her preferences, once a `contact.changed` set them.
+    preferences: Option<Preferences>,
+    blocked: bool,
+    /// When the business's messages were delivered (Unix seconds).
+    delivered: Vec<i64>,
+}
+
 /// The policies in force: named by a `policy.loaded`, parsed when a read
 /// first needs them.
 enum InForce {
@@ -151,6 +172,8 @@ struct Replay<'a> {
     grants_of: HashMap<SubjectId, Vec<String>>,
     connected: BTreeSet<(SubjectId, String)>,
     objections: HashMap<SubjectId, Vec<String>>,
+    /// Contact state by customer and business, while connected.
+    contact: HashMap<(SubjectId, String), ReplayContact>,
     format_2_seen: bool,
     summary: ReplaySummary,
 }
@@ -182,6 +205,7 @@ impl<'a> Replay<'a> {
             grants_of: HashMap::new(),
             connected: BTreeSet::new(),
             objections: HashMap::new(),
+            contact: HashMap::new(),
             format_2_seen: false,
             summary: ReplaySummary::default(),
         }
@@ -228,6 +252,9 @@ impl<'a> Replay<'a> {
             }
             EventKind::RelationshipCreated | EventKind::RelationshipEnded => {
                 if let (Some(subject), Some(business)) = (event.subject, event.business.clone()) {
+                    // Contact state goes with the relationship; a new one
+                    // starts from the defaults.
+                    self.contact.remove(&(subject, business.clone()));
                     if event.kind == EventKind::RelationshipCreated {
                         self.connected.insert((subject, business));
                     } else {
@@ -235,6 +262,31 @@ impl<'a> Replay<'a> {
                     }
                 }
             }
+            EventKind::RelationshipChanged => {
+                if let (Some(subject), Some(business)) = (event.subject, event.business.clone()) {
+                    let blocked = event.related_value(Related::RequestsBlocked) == Some("true");
+                    self.contact.entry((subject, business)).or_default().blocked = blocked;
+                }
+            }
+            EventKind::ContactChanged => {
+                if let (Some(subject), Some(business)) = (event.subject, event.business.clone()) {
+                    let text = |name| event.related_value(name).unwrap_or_default().to_owned();
+                    let texts = PreferenceTexts {
+                        kinds: text(Related::ContactKinds),
+                        cap: text(Related::ContactCap),
+                        quiet_hours: text(Related::QuietHours),
+                        channel: text(Related::Channel),
+                    };
+                    let preferences = Preferences::from_texts(&texts).ok_or_else(|| {
+                        violation(
+                            ViolationRule::Malformed,
+                            "a contact.changed whose preferences do not parse".to_owned(),
+                        )
+                    })?;
+                    self.contact.entry((subject, business)).or_default().preferences = Some(preferences);
+                }
+            }
+            EventKind::MessageDelivered => self.message_delivered(&event, &violation)?,
             EventKind::GrantCreated => self.grant_created(&event, &violation)?,
             EventKind::GrantRevoked | EventKind::GrantExpired => {
                 let grant = event.related_value(Related::GrantId).and_then(|id| self.grants.get_mut(id));
@@ -259,6 +311,7 @@ impl<'a> Replay<'a> {
                     }
                     self.connected.retain(|(connected, _)| *connected != subject);
                     self.objections.remove(&subject);
+                    self.contact.retain(|(of, _), _| *of != subject);
                 }
             }
             EventKind::DataRead => self.read(index, &event, &violation)?,
@@ -298,6 +351,63 @@ impl<'a> Replay<'a> {
         self.grants.insert(id.to_owned(), grant);
         self.grants_of.entry(subject).or_default().push(id.to_owned());
         self.summary.grants_created += 1;
+        Ok(())
+    }
+
+    /// Decides a delivered message again from the state the log built:
+    /// the customer connected, her preferences for the business (the
+    /// defaults of the policies in force until she set them), her block and
+    /// objections, and the business's deliveries in the cap's period.
+    fn message_delivered(
+        &mut self,
+        event: &AuditEvent,
+        violation: &dyn Fn(ViolationRule, String) -> Violation,
+    ) -> Result<(), Violation> {
+        let not_allowed = |detail: String| violation(ViolationRule::MessageNotAllowed, detail);
+        let (Some(subject), Some(business), Some(kind), Some(now)) =
+            (event.subject, event.business.clone(), event.related_value(Related::MessageKind), unix_secs(&event.time))
+        else {
+            return Err(violation(
+                ViolationRule::Incomplete,
+                "a message.delivered names no subject, business, kind or time".to_owned(),
+            ));
+        };
+        let message = event.related_value(Related::MessageId).unwrap_or("(no id)");
+        let policies = self.policies_in_force().map_err(|detail| violation(ViolationRule::NoPolicy, detail))?;
+        let Some(kind) = policies.rules.message_kinds.get(kind) else {
+            return Err(not_allowed(format!(
+                "message {message} is of kind `{kind}`, which the policies in force ({}) do not define",
+                policies.sha256
+            )));
+        };
+        if !self.connected.contains(&(subject, business.clone())) {
+            return Err(not_allowed(format!("message {message} was delivered to a customer not connected")));
+        }
+        let objections = self.objections.get(&subject).cloned().unwrap_or_default();
+        let state = self.contact.entry((subject, business)).or_default();
+        let preferences = state.preferences.clone().unwrap_or_else(|| Preferences::defaults(&policies));
+        state.delivered.retain(|&at| at > now - contact::Period::LONGEST.secs());
+        let since = contact::period_start(&preferences.cap, now);
+        let situation = contact::Situation {
+            preferences: &preferences,
+            blocked: state.blocked,
+            objections: &objections,
+            kind: &kind.name,
+            purpose: &kind.purpose,
+            delivered_in_period: state.delivered.iter().filter(|&&at| at > since).count(),
+            // What her inbox held is not in the log; a delivery says it
+            // had room.
+            inbox_items: 0,
+            now_secs: now,
+        };
+        contact::decide(&situation).map_err(|refusal| {
+            not_allowed(format!(
+                "message {message} was delivered, but her choices then refuse it: {}",
+                refusal.as_str()
+            ))
+        })?;
+        state.delivered.push(now);
+        self.summary.messages_delivered += 1;
         Ok(())
     }
 
@@ -547,6 +657,27 @@ mod tests {
             self.push(event)
         }
 
+        fn message(&mut self, kind: &str, time: i64) -> u64 {
+            let mut event = AuditEvent::new(EventKind::MessageDelivered, Actor::new(Role::Business, "shop"), &at(time))
+                .subject(SubjectId::from_bytes(ALICE))
+                .related(Related::MessageKind, kind)
+                .related(Related::MessageId, format!("m{time}"));
+            event.business = Some("shop".to_owned());
+            self.push(event)
+        }
+
+        fn contact(&mut self, preferences: &Preferences, time: i64) -> u64 {
+            let texts = preferences.texts();
+            let mut event = AuditEvent::new(EventKind::ContactChanged, Actor::system(), &at(time))
+                .subject(SubjectId::from_bytes(ALICE))
+                .related(Related::ContactKinds, texts.kinds)
+                .related(Related::ContactCap, texts.cap)
+                .related(Related::QuietHours, texts.quiet_hours)
+                .related(Related::Channel, texts.channel);
+            event.business = Some("shop".to_owned());
+            self.push(event)
+        }
+
         fn replay(&self) -> ReplaySummary {
             let bundle = Policies::built_in().bundle().to_vec();
             let sha256 = Policies::built_in().sha256;
@@ -709,5 +840,98 @@ mod tests {
         log.push(denied);
         let summary = log.replay();
         assert_eq!((summary.violation, summary.reads_denied), (None, 1));
+    }
+
+    /// The rule of the first violation, if any.
+    fn broken(log: &Log) -> Option<(u64, ViolationRule)> {
+        log.replay().violation.map(|violation| (violation.index, violation.rule))
+    }
+
+    #[test]
+    fn each_delivered_message_is_decided_again_on_her_choices_then() {
+        // Service messages by default, five a week.
+        let mut log = Log::new();
+        for day in 0..5 {
+            log.message("service", day * 86_400);
+        }
+        assert_eq!(log.replay().messages_delivered, 5);
+        let sixth = log.message("service", 5 * 86_400);
+        assert_eq!(broken(&log), Some((sixth, ViolationRule::MessageNotAllowed)), "over the default cap");
+
+        // A kind she never took; then takes; then objects to its purpose.
+        let mut log = Log::new();
+        let offer = log.message("offers", 10);
+        assert_eq!(broken(&log), Some((offer, ViolationRule::MessageNotAllowed)));
+        let mut log = Log::new();
+        let mut takes_offers = Preferences::defaults(&Policies::built_in());
+        takes_offers.kinds = vec!["offers".to_owned(), "service".to_owned()];
+        log.contact(&takes_offers, 5);
+        log.message("offers", 10);
+        assert_eq!(broken(&log), None);
+        let mut objection = AuditEvent::new(EventKind::ObjectionChanged, Actor::system(), &at(20))
+            .subject(SubjectId::from_bytes(ALICE));
+        objection.purposes = vec!["marketing".to_owned()];
+        log.push(objection);
+        let objected = log.message("offers", 30);
+        assert_eq!(broken(&log), Some((objected, ViolationRule::MessageNotAllowed)));
+
+        // Blocked, then unblocked.
+        let mut log = Log::new();
+        let block = |blocked: bool, time| {
+            let mut event = AuditEvent::new(EventKind::RelationshipChanged, Actor::system(), &at(time))
+                .subject(SubjectId::from_bytes(ALICE))
+                .related(Related::RequestsBlocked, blocked.to_string());
+            event.business = Some("shop".to_owned());
+            event
+        };
+        log.push(block(true, 5));
+        log.push(block(false, 6));
+        log.message("service", 10);
+        assert_eq!(broken(&log), None);
+        log.push(block(true, 11));
+        let blocked = log.message("service", 12);
+        assert_eq!(broken(&log), Some((blocked, ViolationRule::MessageNotAllowed)));
+
+        // Quiet hours on her wall clock: 1_800_000_000 is 08:00 UTC.
+        let mut log = Log::new();
+        let mut quiet = Preferences::defaults(&Policies::built_in());
+        quiet.quiet_hours =
+            Some(contact::QuietHours { from: "07:30".to_owned(), to: "08:30".to_owned(), time_zone: "UTC".to_owned() });
+        log.contact(&quiet, 1);
+        log.message("service", 3_600);
+        assert_eq!(broken(&log), None, "08:00 + 1 h is after her quiet hours");
+        let in_quiet = log.message("service", 2 * 86_400);
+        assert_eq!(broken(&log), Some((in_quiet, ViolationRule::MessageNotAllowed)));
+    }
+
+    #[test]
+    fn contact_state_goes_with_the_relationship_and_the_customer() {
+        // A disconnect drops her preferences and the cap's count: after
+        // reconnecting, the defaults again.
+        let mut log = Log::new();
+        let mut takes_offers = Preferences::defaults(&Policies::built_in());
+        takes_offers.kinds = vec!["offers".to_owned()];
+        log.contact(&takes_offers, 1);
+        log.message("offers", 2);
+        let mut ended = AuditEvent::new(EventKind::RelationshipEnded, Actor::system(), &at(3))
+            .subject(SubjectId::from_bytes(ALICE));
+        ended.business = Some("shop".to_owned());
+        log.push(ended);
+        let disconnected = log.message("service", 4);
+        assert_eq!(broken(&log), Some((disconnected, ViolationRule::MessageNotAllowed)), "not connected");
+        let mut log_again = Log(log.0[..log.0.len() - 1].to_vec());
+        log_again.connect(ALICE, "shop");
+        let offer = log_again.message("offers", 5);
+        assert_eq!(broken(&log_again), Some((offer, ViolationRule::MessageNotAllowed)), "the defaults again");
+        // Another customer's preferences are hers only.
+        let mut log = Log::new();
+        log.connect(BOB, "shop");
+        log.contact(&takes_offers, 1);
+        let mut to_bob = AuditEvent::new(EventKind::MessageDelivered, Actor::new(Role::Business, "shop"), &at(2))
+            .subject(SubjectId::from_bytes(BOB))
+            .related(Related::MessageKind, "offers");
+        to_bob.business = Some("shop".to_owned());
+        let bob = log.push(to_bob);
+        assert_eq!(broken(&log), Some((bob, ViolationRule::MessageNotAllowed)));
     }
 }

@@ -7,7 +7,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::decide::{Situation, decide, period_start};
 use super::{Contact, ContactError, INBOX_ITEMS_MAX, Refusal, decode, encode, live_customer_in, preferences_in};
 use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
 use crate::consent::Relationship;
@@ -15,6 +14,7 @@ use crate::core::VaultClock;
 use crate::crypto::message_label;
 use crate::ids::{BusinessId, MessageId, PairwiseId, SubjectId};
 use crate::keys::{KeyRecord, dek_of_record};
+use crate::policy::contact::{Situation, decide, period_start};
 use crate::release::{release_messages, sealed_messages_in};
 use crate::store::{Key, StoreError, Txn};
 
@@ -275,19 +275,18 @@ impl Contact {
         title: String,
         body: String,
     ) -> Result<Delivery, ContactError> {
-        let policies = self.core.policies();
-        let Some(kind) = policies.rules.message_kinds.get(kind).cloned() else {
+        if !self.core.policies().rules.message_kinds.contains_key(kind) {
             return Err(ContactError::Invalid(format!(
                 "`{}` is not a message kind of the policies",
                 super::shortened(kind)
             )));
-        };
+        }
         let text = text_checked(Some(title), body, true)?;
         self.sends.take(business).map_err(ContactError::TooMany)?;
         let (business, pairwise) = (business.clone(), pairwise.clone());
         let outcome = self
             .with_key_room_for_pairwise(&business, &pairwise, || {
-                self.message_send_once(&business, &pairwise, &kind, &text, std::sync::Arc::clone(&policies))
+                self.message_send_once(&business, &pairwise, kind, &text)
             })
             .await?;
         match outcome {
@@ -325,25 +324,35 @@ impl Contact {
         &self,
         business: &BusinessId,
         pairwise: &PairwiseId,
-        kind: &crate::policy::MessageKind,
+        kind: &str,
         text: &Text,
-        policies: std::sync::Arc<crate::policy::Policies>,
     ) -> Result<Result<Delivery, (Refusal, u64)>, ContactError> {
         let now_secs = self.core.clock().now_secs();
         let time = VaultClock::rfc3339_at(now_secs);
         let message_id = MessageId::at(now_secs, self.next_sequence(), self.core.keys().rng())?;
         let log = self.core.audit().clone();
         let contact = self.clone();
-        let (business, pairwise, kind, text) = (business.clone(), pairwise.clone(), kind.clone(), text.clone());
+        let (business, pairwise, kind, text) = (business.clone(), pairwise.clone(), kind.to_owned(), text.clone());
         let (outcome, durable) = self
             .core
             .store()
             .commit_durable(move |txn| {
+                // The policies in force at this transaction's place in the
+                // log (a reload puts new ones in force in its own), so the
+                // replay decides again under the same.
+                let policies = contact.core.policies();
                 let mut event =
                     AuditEvent::new(EventKind::MessageRefused, Actor::new(Role::Business, &*business), &time)
                         .related(Related::PairwiseId, &pairwise)
-                        .related(Related::MessageKind, &kind.name);
+                        .related(Related::MessageKind, &kind);
                 event.business = Some(business.to_string());
+                // A reload that dropped the kind since the request came:
+                // nobody takes a kind the policies do not define.
+                let Some(kind) = policies.rules.message_kinds.get(&kind).cloned() else {
+                    let event = event.related(Related::Cause, Refusal::KindNotAllowed.as_str());
+                    let appended = log.append(txn, &event)?;
+                    return Ok((Err(Refusal::KindNotAllowed), appended));
+                };
                 event.purpose = Some(kind.purpose.clone());
                 let subject = subject_of(txn.get(&Key::pairwise(&business, &pairwise))?);
                 let relationship: Option<Relationship> = match subject {

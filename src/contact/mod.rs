@@ -5,26 +5,27 @@
 //!
 //! A business reaches a connected customer only here, by the pairwise id it
 //! knows her by: it never holds an address. Every delivery decision is made
-//! by the pure [`decide`] in the sending transaction and logged
+//! by the pure [`decide`](crate::policy::contact::decide) in the sending transaction and logged
 //! (`message.delivered` or `message.refused`, with the exact reason); the
 //! business is told only delivered, or refused with a coarse reason.
 //!
 //! **Architecture Invariant:** a message's text is sealed under the
 //! customer's DEK like a field value (`Key::message_text`, the AAD naming
 //! the message), never logged, and opened only by
-//! [`release::release_messages`](crate::release::release_messages) with the
+//! `release::release_messages` with the
 //! proof that a `message.read` naming it is on disk. Erasure destroys the
 //! DEK and removes her inbox, so her messages go with her.
 
-pub mod decide;
 mod messages;
 mod notices;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-pub use decide::{INBOX_ITEMS_MAX, Refusal, Told};
+pub use crate::policy::contact::{
+    CAP_DEFAULT, CAP_MESSAGES_MAX, Cap, Channel, INBOX_ITEMS_MAX, Period, Preferences, QuietHours, Refusal, Told,
+};
 pub use messages::{Delivery, InboxPage, InboxView, Item, ItemType, Recipient, Reply, Text};
 pub use notices::{EXPIRY_NOTICE_SECS, NoticeKind};
 
@@ -43,8 +44,6 @@ use crate::store::{CommitError, Key, StoreError, Txn};
 pub const TITLE_CHARS_MAX: usize = 120;
 /// Longest message body, in bytes.
 pub const BODY_BYTES_MAX: usize = 4_000;
-/// The most messages a customer may take from one business in a period.
-pub const CAP_MESSAGES_MAX: u32 = 100;
 /// Messages one business may send (delivered or not) in a burst, and per
 /// minute after it, whatever its customers' caps.
 pub const SENDS_BURST: u32 = 60;
@@ -110,148 +109,6 @@ impl From<CommitError<ContactError>> for ContactError {
             CommitError::Rejected(error) => error,
             CommitError::Store(error) => Self::Store(error),
         }
-    }
-}
-
-/// The period a cap counts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Period {
-    /// The last 24 hours.
-    Day,
-    /// The last 7 days.
-    Week,
-    /// The last 30 days.
-    Month,
-}
-
-impl Period {
-    /// The longest period: how long deliveries are remembered for caps.
-    pub const LONGEST: Self = Self::Month;
-
-    /// Its length in seconds.
-    pub fn secs(self) -> i64 {
-        match self {
-            Self::Day => 86_400,
-            Self::Week => 7 * 86_400,
-            Self::Month => 30 * 86_400,
-        }
-    }
-
-    /// Its wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Day => "day",
-            Self::Week => "week",
-            Self::Month => "month",
-        }
-    }
-}
-
-/// How many messages one business may deliver to her per period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Cap {
-    /// Messages per period (0 to 100; 0 takes none).
-    pub messages: u32,
-    /// The period, counted back from the moment of sending.
-    pub period: Period,
-}
-
-/// When she takes no messages, on her wall clock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuietHours {
-    /// First quiet minute (`HH:MM`).
-    pub from: String,
-    /// First minute that is not quiet (`HH:MM`); before `from` to wrap
-    /// midnight.
-    pub to: String,
-    /// Her time zone (IANA name, `Europe/Paris`); daylight saving applies.
-    pub time_zone: String,
-}
-
-/// How she hears of a business's message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    /// In her inbox only (the API and the privacy center).
-    Inbox,
-    /// In her inbox, and announced to her own webhook endpoints
-    /// (`message.delivered`, ids only).
-    Webhook,
-}
-
-impl Channel {
-    /// Its wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inbox => "inbox",
-            Self::Webhook => "webhook",
-        }
-    }
-}
-
-/// A customer's contact preferences for one business.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Preferences {
-    /// The kinds of message she takes from this business
-    /// (`message_kinds` in the policies).
-    pub kinds: Vec<String>,
-    /// How many messages per period.
-    pub cap: Cap,
-    /// When she takes none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quiet_hours: Option<QuietHours>,
-    /// How she hears of them.
-    pub channel: Channel,
-    /// When she last set them (RFC 3339); absent while they are the
-    /// defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = DateTime)]
-    pub updated_at: Option<String>,
-}
-
-/// The default cap: five messages a week.
-pub const CAP_DEFAULT: Cap = Cap { messages: 5, period: Period::Week };
-
-impl Preferences {
-    /// What she takes before she sets anything: the kinds the policies mark
-    /// `default` (service messages), five a week, no quiet hours, inbox.
-    pub fn defaults(policies: &Policies) -> Self {
-        let kinds = policies.rules.message_kinds.values().filter(|kind| kind.default).map(|kind| kind.name.clone());
-        Self { kinds: kinds.collect(), cap: CAP_DEFAULT, quiet_hours: None, channel: Channel::Inbox, updated_at: None }
-    }
-
-    /// Checks preferences she sends against the policies and the limits;
-    /// returns them in canonical form (kinds sorted, without repeats).
-    pub fn checked(mut self, policies: &Policies) -> Result<Self, ContactError> {
-        let invalid = |detail: String| ContactError::Invalid(detail);
-        self.kinds.sort();
-        self.kinds.dedup();
-        if let Some(unknown) = self.kinds.iter().find(|kind| !policies.rules.message_kinds.contains_key(*kind)) {
-            return Err(invalid(format!("`{}` is not a message kind of the policies", shortened(unknown))));
-        }
-        if self.cap.messages > CAP_MESSAGES_MAX {
-            return Err(invalid(format!("`cap.messages` must be 0 to {CAP_MESSAGES_MAX}")));
-        }
-        if let Some(quiet) = &self.quiet_hours {
-            let (Some(from), Some(to)) = (decide::wall_time(&quiet.from), decide::wall_time(&quiet.to)) else {
-                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must be times like 22:00".to_owned()));
-            };
-            if from == to {
-                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must differ".to_owned()));
-            }
-            if quiet.time_zone.len() > 64 || jiff::tz::TimeZone::get(&quiet.time_zone).is_err() {
-                return Err(invalid(format!(
-                    "`quiet_hours.time_zone`: `{}` is not a time zone name like Europe/Paris",
-                    shortened(&quiet.time_zone)
-                )));
-            }
-        }
-        self.updated_at = None;
-        Ok(self)
     }
 }
 
@@ -391,21 +248,18 @@ impl Contact {
         preferences: Preferences,
     ) -> Result<Preferences, ContactError> {
         let policies = self.core.policies();
-        let mut preferences = preferences.checked(&policies)?;
+        let mut preferences = preferences.checked(&policies).map_err(ContactError::Invalid)?;
         let relationship = self.relationship(subject, relationship_id)?;
         let time = self.core.clock().rfc3339();
         preferences.updated_at = Some(time.clone());
-        let quiet = match &preferences.quiet_hours {
-            Some(quiet) => format!("{}-{} {}", quiet.from, quiet.to, quiet.time_zone),
-            None => "none".to_owned(),
-        };
+        let texts = preferences.texts();
         let mut event = AuditEvent::new(EventKind::ContactChanged, Actor::customer(subject), &time)
             .subject(subject)
             .related(Related::RelationshipId, &relationship.relationship_id)
-            .related(Related::ContactKinds, preferences.kinds.join(","))
-            .related(Related::ContactCap, format!("{}/{}", preferences.cap.messages, preferences.cap.period.as_str()))
-            .related(Related::QuietHours, quiet)
-            .related(Related::Channel, preferences.channel.as_str());
+            .related(Related::ContactKinds, texts.kinds)
+            .related(Related::ContactCap, texts.cap)
+            .related(Related::QuietHours, texts.quiet_hours)
+            .related(Related::Channel, texts.channel);
         event.business = Some(relationship.business_id.to_string());
         let log = self.core.audit().clone();
         let now_secs = self.core.clock().now_secs();

@@ -6,6 +6,7 @@
 //! the store. Reading `policies/` from disk happens in [`crate::vault`].
 
 pub mod catalogue;
+pub mod contact;
 pub mod engine;
 pub mod purposes;
 

@@ -1,7 +1,9 @@
-//! Whether a business's message reaches a customer: a pure decision over
-//! her preferences for that business, her objections, what she already got
-//! and the time. No I/O and no clock: the caller reads the state in the
-//! sending transaction and passes the time.
+//! Contact on the customer's terms, the pure part: her preferences for one
+//! business (which kinds of message, how many per period, quiet hours,
+//! channel) and whether a business's message reaches her. No I/O and no
+//! clock: the caller reads the state in the sending transaction and passes
+//! the time; the compliance replay (`audit::replay`) decides again from the
+//! log with the same functions.
 //!
 //! The checks run in a fixed order and the first that fails names the
 //! refusal, which the audit log records exactly; the business is told only
@@ -12,7 +14,208 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use super::{Cap, Preferences, QuietHours};
+use super::Policies;
+
+/// The most messages a customer may take from one business in a period.
+pub const CAP_MESSAGES_MAX: u32 = 100;
+
+/// The period a cap counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// The last 24 hours.
+    Day,
+    /// The last 7 days.
+    Week,
+    /// The last 30 days.
+    Month,
+}
+
+impl Period {
+    /// The longest period: how long deliveries are remembered for caps.
+    pub const LONGEST: Self = Self::Month;
+
+    /// Its length in seconds.
+    pub fn secs(self) -> i64 {
+        match self {
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+            Self::Month => 30 * 86_400,
+        }
+    }
+
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// How many messages one business may deliver to her per period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    /// Messages per period (0 to 100; 0 takes none).
+    pub messages: u32,
+    /// The period, counted back from the moment of sending.
+    pub period: Period,
+}
+
+/// When she takes no messages, on her wall clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// First quiet minute (`HH:MM`).
+    pub from: String,
+    /// First minute that is not quiet (`HH:MM`); before `from` to wrap
+    /// midnight.
+    pub to: String,
+    /// Her time zone (IANA name, `Europe/Paris`); daylight saving applies.
+    pub time_zone: String,
+}
+
+/// How she hears of a business's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// In her inbox only (the API and the privacy center).
+    Inbox,
+    /// In her inbox, and announced to her own webhook endpoints
+    /// (`message.delivered`, ids only).
+    Webhook,
+}
+
+impl Channel {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbox => "inbox",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// A customer's contact preferences for one business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// The kinds of message she takes from this business
+    /// (`message_kinds` in the policies).
+    pub kinds: Vec<String>,
+    /// How many messages per period.
+    pub cap: Cap,
+    /// When she takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+    /// How she hears of them.
+    pub channel: Channel,
+    /// When she last set them (RFC 3339); absent while they are the
+    /// defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+}
+
+/// The default cap: five messages a week.
+pub const CAP_DEFAULT: Cap = Cap { messages: 5, period: Period::Week };
+
+/// Preferences as a `contact.changed` event writes them under `related`:
+/// the texts the vault logs and the replay parses back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreferenceTexts {
+    /// The kinds, comma-joined (empty: none).
+    pub kinds: String,
+    /// `5/week`.
+    pub cap: String,
+    /// `22:00-07:00 Europe/Paris`, or `none`.
+    pub quiet_hours: String,
+    /// `inbox` or `webhook`.
+    pub channel: String,
+}
+
+impl Preferences {
+    /// What a `contact.changed` event logs of them.
+    pub fn texts(&self) -> PreferenceTexts {
+        PreferenceTexts {
+            kinds: self.kinds.join(","),
+            cap: format!("{}/{}", self.cap.messages, self.cap.period.as_str()),
+            quiet_hours: match &self.quiet_hours {
+                Some(quiet) => format!("{}-{} {}", quiet.from, quiet.to, quiet.time_zone),
+                None => "none".to_owned(),
+            },
+            channel: self.channel.as_str().to_owned(),
+        }
+    }
+
+    /// The preferences a `contact.changed` event logged; `None` if the
+    /// texts are not ones [`Preferences::texts`] makes.
+    pub fn from_texts(texts: &PreferenceTexts) -> Option<Self> {
+        let kinds = texts.kinds.split(',').filter(|kind| !kind.is_empty()).map(str::to_owned).collect();
+        let (messages, period) = texts.cap.split_once('/')?;
+        let period = [Period::Day, Period::Week, Period::Month].into_iter().find(|p| p.as_str() == period)?;
+        let quiet_hours = match texts.quiet_hours.as_str() {
+            "none" => None,
+            quiet => {
+                let (hours, time_zone) = quiet.split_once(' ')?;
+                let (from, to) = hours.split_once('-')?;
+                Some(QuietHours { from: from.to_owned(), to: to.to_owned(), time_zone: time_zone.to_owned() })
+            }
+        };
+        let channel = [Channel::Inbox, Channel::Webhook].into_iter().find(|c| c.as_str() == texts.channel)?;
+        Some(Self {
+            kinds,
+            cap: Cap { messages: messages.parse().ok()?, period },
+            quiet_hours,
+            channel,
+            updated_at: None,
+        })
+    }
+
+    /// What she takes before she sets anything: the kinds the policies mark
+    /// `default` (service messages), five a week, no quiet hours, inbox.
+    pub fn defaults(policies: &Policies) -> Self {
+        let kinds = policies.rules.message_kinds.values().filter(|kind| kind.default).map(|kind| kind.name.clone());
+        Self { kinds: kinds.collect(), cap: CAP_DEFAULT, quiet_hours: None, channel: Channel::Inbox, updated_at: None }
+    }
+
+    /// Checks preferences she sends against the policies and the limits;
+    /// returns them in canonical form (kinds sorted, without repeats).
+    pub fn checked(mut self, policies: &Policies) -> Result<Self, String> {
+        let invalid = |detail: String| detail;
+        self.kinds.sort();
+        self.kinds.dedup();
+        if let Some(unknown) = self.kinds.iter().find(|kind| !policies.rules.message_kinds.contains_key(*kind)) {
+            return Err(invalid(format!("`{}` is not a message kind of the policies", shortened(unknown))));
+        }
+        if self.cap.messages > CAP_MESSAGES_MAX {
+            return Err(invalid(format!("`cap.messages` must be 0 to {CAP_MESSAGES_MAX}")));
+        }
+        if let Some(quiet) = &self.quiet_hours {
+            let (Some(from), Some(to)) = (wall_time(&quiet.from), wall_time(&quiet.to)) else {
+                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must be times like 22:00".to_owned()));
+            };
+            if from == to {
+                return Err(invalid("`quiet_hours.from` and `quiet_hours.to` must differ".to_owned()));
+            }
+            if quiet.time_zone.len() > 64 || TimeZone::get(&quiet.time_zone).is_err() {
+                return Err(invalid(format!(
+                    "`quiet_hours.time_zone`: `{}` is not a time zone name like Europe/Paris",
+                    shortened(&quiet.time_zone)
+                )));
+            }
+        }
+        self.updated_at = None;
+        Ok(self)
+    }
+}
+
+/// At most 64 characters of a caller's text, for an error message.
+fn shortened(text: &str) -> String {
+    text.chars().take(64).collect()
+}
 
 /// Items one customer's inbox holds at most; past it, businesses' messages
 /// are refused (`inbox_full`) until she deletes some.
@@ -183,7 +386,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::contact::{Channel, Period};
 
     fn preferences(kinds: &[&str], quiet: Option<(&str, &str, &str)>) -> Preferences {
         Preferences {
@@ -267,6 +469,19 @@ mod tests {
         let lunch = QuietHours { from: "12:00".into(), to: "14:00".into(), time_zone: "UTC".into() };
         assert!(quiet_at(&lunch, NOON_UTC));
         assert!(!quiet_at(&lunch, NOON_UTC + 2 * 3_600));
+    }
+
+    #[test]
+    fn logged_preferences_parse_back_to_the_same_preferences() {
+        let with_quiet =
+            preferences(&["offers", "service"], Some(("22:00", "07:00", "America/Argentina/Buenos_Aires")));
+        let none = preferences(&[], None);
+        for prefs in [with_quiet, none] {
+            assert_eq!(Preferences::from_texts(&prefs.texts()), Some(prefs.clone()));
+        }
+        let mut bad = preferences(&["service"], None).texts();
+        bad.cap = "5/year".to_owned();
+        assert_eq!(Preferences::from_texts(&bad), None);
     }
 
     #[test]
