@@ -55,7 +55,7 @@ impl Services {
         let tokens = Tokens { issuer, verifier, cache: TokenCache::default() };
         let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &Default::default());
         let consent = Consent::new(Arc::clone(&core), principals.clone());
-        let contact = crate::contact::Contact::new(Arc::clone(&core), keys.clone());
+        let contact = crate::contact::Contact::new(Arc::clone(&core), keys.clone(), consent.clone());
         let rights = Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone(), contact);
         Self { core, backend, keys, subjects, principals, consent, rights }
     }

@@ -499,7 +499,7 @@ impl Vault {
             Tokens { issuer: token_issuer, verifier: TokenVerifier::new(trusted), cache: TokenCache::default() };
         let principals = Principals::new(Arc::clone(&core), subjects.clone(), tokens, &limits);
         let consent = Consent::new(Arc::clone(&core), principals.clone());
-        let contact = Contact::new(Arc::clone(&core), keys.clone());
+        let contact = Contact::new(Arc::clone(&core), keys.clone(), consent.clone());
         let rights =
             Rights::new(Arc::clone(&core), subjects.clone(), principals.clone(), consent.clone(), contact.clone());
         let sweep = Sweep::new(Arc::clone(&core), consent.clone(), rights.clone(), contact.clone());

@@ -112,7 +112,7 @@ async fn a_service_message_reaches_her_inbox_and_the_log_names_it_without_its_te
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_she_does_not_take_are_refused_logged_and_kept_out_of_her_inbox() {
     let app = TestApp::start().await;
-    let business = app.business("Acme Pizza", &["order-fulfilment", "marketing"]).await;
+    let business = app.business("Acme Pizza", &["order-fulfilment", "marketing", "customer-care"]).await;
     let auditor = app.auditor().await;
     let (customer, relationship) = connected(&app, &business).await;
     let pairwise = pairwise_of(&relationship);
@@ -183,10 +183,16 @@ async fn messages_she_does_not_take_are_refused_logged_and_kept_out_of_her_inbox
         let series = format!("consentvault_messages_total{{{labels}}} ");
         metrics.lines().find_map(|line| line.strip_prefix(&series)).map_or(0.0, |value| value.parse().unwrap())
     };
+    // `/metrics` is public: it counts what businesses are told, never her
+    // exact reasons.
     assert_eq!(count("outcome=\"delivered\",reason=\"none\""), 2.0, "{metrics}");
-    assert_eq!(count("outcome=\"refused\",reason=\"kind_not_allowed\""), 2.0, "{metrics}");
+    assert_eq!(count("outcome=\"refused\",reason=\"not_accepted\""), 4.0, "{metrics}");
+    assert_eq!(count("outcome=\"refused\",reason=\"not_now\""), 1.0, "{metrics}");
     assert_eq!(count("outcome=\"refused\",reason=\"cap_reached\""), 2.0, "{metrics}");
     assert_eq!(count("outcome=\"refused\",reason=\"not_connected\""), 2.0, "{metrics}");
+    for exact in ["kind_not_allowed", "objection", "blocked", "quiet_hours"] {
+        assert!(!metrics.contains(&format!("reason=\"{exact}\"")), "{exact} is in /metrics");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,6 +222,9 @@ async fn bad_messages_and_preferences_get_a_problem_and_change_nothing() {
         )
         .await;
     assert_eq!(status, 400, "an unknown member: {problem}");
+    // Offers serve marketing, which this business is not registered for.
+    let (status, problem) = business.message(&pairwise, "offers", "Sale", "Half price.").await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("policy_violation")), "{problem}");
     let id = relationship_id(&relationship);
     for (preferences, why) in [
         (json!({"kinds": ["spam"], "cap": {"messages": 1, "period": "day"}, "channel": "inbox"}), "an unknown kind"),
@@ -307,6 +316,11 @@ async fn her_reply_and_feedback_reach_the_business_by_pairwise_id_and_no_answer_
     let (_, again) = customer.connect(&business.id).await;
     let replies = seen.keep(business.replies(&pairwise_of(&again)).await);
     assert_eq!(replies["items"], json!([]), "{replies}");
+    // Nor can she answer, under the new id, a message sent to the old one:
+    // the answer would tie the two together.
+    let (status, refused) = customer.reply(&message_id, "Still there?").await;
+    assert_eq!(status, 404, "{refused}");
+    assert_eq!(seen.keep(business.replies(&pairwise_of(&again)).await)["items"], json!([]));
 
     for answer in &seen.0 {
         for value in [EMAIL, PHONE, customer.id.as_str()] {

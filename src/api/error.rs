@@ -360,6 +360,9 @@ impl From<crate::contact::ContactError> for ApiError {
                 Self(problem, None)
             }
             ContactError::TooMany(wait) => Self::too_many("messages", wait),
+            ContactError::InboxFull => {
+                Self::client(StatusCode::CONFLICT, "inbox_full", "Inbox full", error.to_string())
+            }
             // An erased customer's token stops working; a change that raced
             // the erasure gets the same uniform 401.
             ContactError::SubjectErased => Self::unauthorized(),

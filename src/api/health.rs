@@ -205,7 +205,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     vault.contact().decisions_counted().write(
         &mut out,
         "consentvault_messages_total",
-        "Businesses' messages to customers, by outcome (delivered, refused) and reason (none, or the refusal's code).",
+        "Businesses' messages to customers, by outcome (delivered, refused) and reason (none, or what the business is told).",
         &["outcome", "reason"],
     );
     state.metrics.write(&mut out);

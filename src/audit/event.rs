@@ -108,7 +108,7 @@ pub enum EventKind {
     MessageDelivered,
     /// A business's message was refused (`related.cause` says why:
     /// `not_connected`, `blocked`, `kind_not_allowed`, `objection`,
-    /// `cap_reached`, `quiet_hours`, `inbox_full`, `unknown_kind`).
+    /// `cap_reached`, `quiet_hours`, `inbox_full`).
     #[serde(rename = "message.refused")]
     MessageRefused,
     /// The customer wrote to a business: a reply (`related.in_reply_to`)

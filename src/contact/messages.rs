@@ -9,12 +9,13 @@ use serde_json::Value;
 
 use super::{Contact, ContactError, INBOX_ITEMS_MAX, Refusal, decode, encode, live_customer_in, preferences_in};
 use crate::audit::{Actor, AuditEvent, EventKind, Related, Role};
-use crate::consent::Relationship;
+use crate::consent::{ConsentError, Relationship};
 use crate::core::VaultClock;
 use crate::crypto::message_label;
 use crate::ids::{BusinessId, MessageId, PairwiseId, SubjectId};
 use crate::keys::{KeyRecord, dek_of_record};
 use crate::policy::contact::{Situation, decide, period_start};
+use crate::policy::engine::GrantProblem;
 use crate::release::{release_messages, sealed_messages_in};
 use crate::store::{Key, StoreError, Txn};
 
@@ -275,11 +276,16 @@ impl Contact {
         title: String,
         body: String,
     ) -> Result<Delivery, ContactError> {
-        if !self.core.policies().rules.message_kinds.contains_key(kind) {
+        let Some(purpose) = self.core.policies().rules.message_kinds.get(kind).map(|kind| kind.purpose.clone()) else {
             return Err(ContactError::Invalid(format!(
                 "`{}` is not a message kind of the policies",
                 super::shortened(kind)
             )));
+        };
+        // A business writes only for purposes it is registered for, as it
+        // asks for access only for those.
+        if !self.consent.business_purposes(business)?.contains(&purpose) {
+            return Err(ConsentError::Policy(GrantProblem::PurposeNotRegistered(purpose)).into());
         }
         let text = text_checked(Some(title), body, true)?;
         self.sends.take(business).map_err(ContactError::TooMany)?;
@@ -295,7 +301,9 @@ impl Contact {
                 Ok(delivery)
             }
             Err((refusal, audit_index)) => {
-                self.decisions.inc(&["refused", refusal.as_str()]);
+                // The coarse reason only: `/metrics` is public, and the
+                // exact one is hers (and the auditors').
+                self.decisions.inc(&["refused", refusal.told().as_str()]);
                 Err(ContactError::Refused { refusal, audit_index })
             }
         }
@@ -314,7 +322,12 @@ impl Contact {
         Fut: Future<Output = Result<T, ContactError>>,
     {
         match subject_of(self.core.store().get(&Key::pairwise(business, pairwise))?) {
-            Some(subject) => self.with_key_room(subject, attempt).await,
+            Some(subject) => match self.with_key_room(subject, || attempt()).await {
+                // Erased while her key was replaced: the business gets the
+                // same logged refusal as for anyone not connected.
+                Err(ContactError::SubjectErased) => attempt().await,
+                outcome => outcome,
+            },
             // Nobody to seal for: the attempt refuses and logs it.
             None => attempt().await,
         }
@@ -327,9 +340,7 @@ impl Contact {
         kind: &str,
         text: &Text,
     ) -> Result<Result<Delivery, (Refusal, u64)>, ContactError> {
-        let now_secs = self.core.clock().now_secs();
-        let time = VaultClock::rfc3339_at(now_secs);
-        let message_id = MessageId::at(now_secs, self.next_sequence(), self.core.keys().rng())?;
+        let message_id = MessageId::at(self.core.clock().now_secs(), self.next_sequence(), self.core.keys().rng())?;
         let log = self.core.audit().clone();
         let contact = self.clone();
         let (business, pairwise, kind, text) = (business.clone(), pairwise.clone(), kind.to_owned(), text.clone());
@@ -337,6 +348,10 @@ impl Contact {
             .core
             .store()
             .commit_durable(move |txn| {
+                // The time of the decision is the time of its commit, as a
+                // scoped read's is: quiet hours and the cap are judged then.
+                let now_secs = contact.core.clock().now_secs();
+                let time = VaultClock::rfc3339_at(now_secs);
                 // The policies in force at this transaction's place in the
                 // log (a reload puts new ones in force in its own), so the
                 // replay decides again under the same.
@@ -442,9 +457,7 @@ impl Contact {
         recipient: &Recipient,
         text: &Text,
     ) -> Result<Delivery, ContactError> {
-        let now_secs = self.core.clock().now_secs();
-        let time = VaultClock::rfc3339_at(now_secs);
-        let message_id = MessageId::at(now_secs, self.next_sequence(), self.core.keys().rng())?;
+        let message_id = MessageId::at(self.core.clock().now_secs(), self.next_sequence(), self.core.keys().rng())?;
         let log = self.core.audit().clone();
         let contact = self.clone();
         let (recipient, text, id) = (recipient.clone(), text.clone(), message_id.clone());
@@ -452,8 +465,10 @@ impl Contact {
             .core
             .store()
             .commit_durable(move |txn| {
+                let now_secs = contact.core.clock().now_secs();
+                let time = VaultClock::rfc3339_at(now_secs);
                 live_customer_in(txn, subject, now_secs)?;
-                let (business, in_reply_to) = match recipient {
+                let (business, replied) = match recipient {
                     Recipient::Business(business) => (business, None),
                     Recipient::ReplyTo(replied) => {
                         let item: Item = txn
@@ -462,7 +477,7 @@ impl Contact {
                             .transpose()?
                             .filter(|item| item.item_type == ItemType::Message)
                             .ok_or(ContactError::NotFound("message"))?;
-                        (item.business_id.ok_or(StoreError::Corrupt { what: "inbox item" })?, Some(replied))
+                        (item.business_id.clone().ok_or(StoreError::Corrupt { what: "inbox item" })?, Some(item))
                     }
                 };
                 let relationship: Relationship = txn
@@ -470,10 +485,15 @@ impl Contact {
                     .map(|bytes| decode(&bytes, "relationship"))
                     .transpose()?
                     .ok_or(ContactError::NotFound("relationship"))?;
+                // A message sent under a pairwise id she has since left (a
+                // disconnect, then a new connection) cannot be answered: the
+                // answer would tie the business's old id for her to the new.
+                if replied.as_ref().is_some_and(|item| item.pairwise_id.as_ref() != Some(&relationship.pairwise_id)) {
+                    return Err(ContactError::NotFound("message"));
+                }
+                let in_reply_to = replied.map(|item| item.message_id);
                 if txn.scan_prefix(&Key::inbox_of(subject.as_bytes()))?.len() >= INBOX_ITEMS_MAX {
-                    return Err(ContactError::Invalid(format!(
-                        "your inbox holds {INBOX_ITEMS_MAX} items; delete some to write more"
-                    )));
+                    return Err(ContactError::InboxFull);
                 }
                 let index = log.next_index_in(txn)?;
                 let mut item = Item::new(id.clone(), ItemType::Sent, now_secs, index);

@@ -31,7 +31,7 @@ pub use notices::{EXPIRY_NOTICE_SECS, NoticeKind};
 
 use crate::audit::{Actor, AuditError, AuditEvent, EventKind, Related};
 use crate::auth::ratelimit::RateLimiter;
-use crate::consent::{ConsentError, Relationship};
+use crate::consent::{Consent, ConsentError, Relationship};
 use crate::core::Core;
 use crate::crypto::CryptoError;
 use crate::ids::{RelationshipId, SubjectId};
@@ -72,6 +72,9 @@ pub enum ContactError {
         /// The audit index of the refusal.
         audit_index: u64,
     },
+    /// Her inbox is full: she must delete items to write more.
+    #[error("your inbox holds {INBOX_ITEMS_MAX} items; delete some to write more")]
+    InboxFull,
     /// Too many messages sent or written: wait this long.
     #[error("too many messages")]
     TooMany(std::time::Duration),
@@ -160,6 +163,8 @@ pub(crate) fn erase_in(txn: &mut Txn<'_>, subject: SubjectId) -> Result<(), Stor
 pub struct Contact {
     core: Arc<Core>,
     keys: Keys,
+    /// What each business is registered for.
+    consent: Consent,
     /// Messages each business may send.
     sends: Arc<RateLimiter>,
     /// Messages each customer may write.
@@ -172,11 +177,13 @@ pub struct Contact {
 }
 
 impl Contact {
-    /// The contact service over `core`; `keys` replaces a DEK at its limit.
-    pub fn new(core: Arc<Core>, keys: Keys) -> Self {
+    /// The contact service over `core`; `keys` replaces a DEK at its limit,
+    /// `consent` says which purposes a business is registered for.
+    pub fn new(core: Arc<Core>, keys: Keys, consent: Consent) -> Self {
         Self {
             core,
             keys,
+            consent,
             sends: Arc::new(RateLimiter::new(SENDS_BURST, SENDS_PER_MINUTE)),
             writes: Arc::new(RateLimiter::new(WRITES_BURST, WRITES_PER_MINUTE)),
             sequence: Arc::default(),
@@ -185,7 +192,7 @@ impl Contact {
     }
 
     /// Businesses' messages decided, by `outcome` (`delivered`, `refused`)
-    /// and `reason` (a refusal's exact code, `none` for a delivery).
+    /// and `reason` (what the business is told: `none` for a delivery).
     pub fn decisions_counted(&self) -> &crate::metrics::CounterFamily {
         &self.decisions
     }
@@ -219,12 +226,18 @@ impl Contact {
         relationship_id: &RelationshipId,
     ) -> Result<(Relationship, Preferences), ContactError> {
         let relationship = self.relationship(subject, relationship_id)?;
+        let preferences = self.preferences_stored(subject, &relationship)?;
+        Ok((relationship, preferences))
+    }
+
+    /// Her stored preferences for the business of `relationship`, or the
+    /// defaults.
+    fn preferences_stored(&self, subject: SubjectId, relationship: &Relationship) -> Result<Preferences, ContactError> {
         let key = Key::contact_preferences(subject.as_bytes(), &relationship.business_id);
-        let preferences = match self.core.store().get(&key)? {
+        Ok(match self.core.store().get(&key)? {
             Some(bytes) => decode(&bytes, "contact preferences")?,
             None => Preferences::defaults(&self.core.policies()),
-        };
-        Ok((relationship, preferences))
+        })
     }
 
     /// Her preferences for every business she is connected to, in business
@@ -234,7 +247,8 @@ impl Contact {
         let mut all = Vec::new();
         for (_, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
             let relationship: Relationship = decode(&bytes, "relationship")?;
-            all.push(self.preferences(subject, &relationship.relationship_id)?);
+            let preferences = self.preferences_stored(subject, &relationship)?;
+            all.push((relationship, preferences));
         }
         Ok(all)
     }

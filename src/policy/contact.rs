@@ -375,7 +375,8 @@ pub fn quiet_at(quiet: &QuietHours, now_secs: i64) -> bool {
 /// `HH:MM` as a wall-clock time.
 pub fn wall_time(text: &str) -> Option<Time> {
     let (hours, minutes) = text.split_once(':')?;
-    if hours.len() != 2 || minutes.len() != 2 {
+    let two_digits = |part: &str| part.len() == 2 && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !two_digits(hours) || !two_digits(minutes) {
         return None;
     }
     Time::new(hours.parse().ok()?, minutes.parse().ok()?, 0, 0).ok()
@@ -487,7 +488,7 @@ mod tests {
     #[test]
     fn wall_times_are_two_digit_hours_and_minutes() {
         assert_eq!(wall_time("07:05"), Some(Time::new(7, 5, 0, 0).unwrap()));
-        for bad in ["7:05", "24:00", "12:60", "12-00", "", "aa:bb", "12:000"] {
+        for bad in ["7:05", "24:00", "12:60", "12-00", "", "aa:bb", "12:000", "+7:00", "-0:00", "07:+5"] {
             assert_eq!(wall_time(bad), None, "{bad}");
         }
     }

@@ -76,7 +76,11 @@ pub(super) async fn inbox_page(
         } @else {
             ol.inbox {
                 @for view in &inbox.items {
-                    li id={ "m-" (view.item.message_id) } { (item_markup(view, &names, &policies, session)) }
+                    @let answerable = relationships.iter().any(|relationship| {
+                        Some(&relationship.business_id) == view.item.business_id.as_ref()
+                            && Some(&relationship.pairwise_id) == view.item.pairwise_id.as_ref()
+                    });
+                    li id={ "m-" (view.item.message_id) } { (item_markup(view, answerable, &names, &policies, session)) }
                 }
             }
         }
@@ -88,10 +92,12 @@ pub(super) async fn inbox_page(
     Ok(page(layout("Inbox", Some(session), Section::Inbox, notice.text(), body)))
 }
 
-/// One inbox item: a message with its reply form, what she wrote, or a
-/// notice in words.
+/// One inbox item: a message with its reply form (when she is still
+/// connected under the id it was sent to, `answerable`), what she wrote, or
+/// a notice in words.
 fn item_markup(
     view: &InboxView,
+    answerable: bool,
     names: &super::Names,
     policies: &Policies,
     session: &crate::auth::session::Session,
@@ -109,11 +115,15 @@ fn item_markup(
                     @if let Some(title) = &text.title { h2 { (title) } }
                     p.body { (text.body) }
                 }
-                form method="post" action={ "/inbox/" (item.message_id) "/reply" } {
-                    (csrf(session))
-                    label for={ "reply-" (item.message_id) } { "Reply to " (business) }
-                    textarea id={ "reply-" (item.message_id) } name="body" rows="2" required maxlength=(BODY_BYTES_MAX) {}
-                    button type="submit" { "Reply" }
+                @if answerable {
+                    form method="post" action={ "/inbox/" (item.message_id) "/reply" } {
+                        (csrf(session))
+                        label for={ "reply-" (item.message_id) } { "Reply to " (business) }
+                        textarea id={ "reply-" (item.message_id) } name="body" rows="2" required maxlength=(BODY_BYTES_MAX) {}
+                        button type="submit" { "Reply" }
+                    }
+                } @else {
+                    p.small { "You disconnected from " (business) " since this message came: it can no longer be answered." }
                 }
             }
             ItemType::Sent => {
