@@ -322,7 +322,7 @@ impl Contact {
         Fut: Future<Output = Result<T, ContactError>>,
     {
         match subject_of(self.core.store().get(&Key::pairwise(business, pairwise))?) {
-            Some(subject) => match self.with_key_room(subject, || attempt()).await {
+            Some(subject) => match self.with_key_room(subject, &attempt).await {
                 // Erased while her key was replaced: the business gets the
                 // same logged refusal as for anyone not connected.
                 Err(ContactError::SubjectErased) => attempt().await,
