@@ -102,6 +102,18 @@ async fn a_service_message_reaches_her_inbox_and_the_log_names_it_without_its_te
         let text = entry.to_string();
         assert!(!text.contains("courier") && !text.contains("1207"), "a message text reached the log: {text}");
     }
+    // A title is optional.
+    let (status, untitled) = business
+        .caller()
+        .post(
+            &format!("/v1/subjects/{}/messages", pairwise_of(&relationship)),
+            &json!({"kind": "service", "body": "Ready."}),
+        )
+        .await;
+    assert_eq!(status, 201, "{untitled}");
+    let items = inbox(&customer).await;
+    let untitled = items.iter().find(|item| item["message_id"] == untitled["message_id"]).unwrap();
+    assert_eq!(untitled["text"], json!({"body": "Ready."}));
     // Opening her inbox is a logged read naming the message.
     let (_, page) = customer.inbox().await;
     let read = entry(&auditor, page["audit_index"].as_u64().unwrap()).await;

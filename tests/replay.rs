@@ -165,3 +165,47 @@ async fn a_clean_log_replays_with_every_read_counted() {
     assert_eq!(answer["replay"]["entries"], answer["size"]);
     assert_eq!(answer["replay"]["policies"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_her_choices_refused_fails_the_replay_at_its_index() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let (vault, subject, business, grant) = vault_with_grant(&dir).await;
+    let pairwise = vault.consent().grant_pairwise(&grant).unwrap();
+    // She takes one offer a week from the business (registered for
+    // marketing): the first is delivered, and proven.
+    let relationship = vault.consent().relationships(subject).unwrap().remove(0);
+    let mut preferences = consentvault::contact::Preferences::defaults(&vault.policies());
+    preferences.kinds = vec!["offers".to_owned()];
+    preferences.cap = consentvault::contact::Cap { messages: 1, period: consentvault::contact::Period::Week };
+    vault.contact().preferences_set(subject, &relationship.relationship_id, preferences).await.unwrap();
+    let delivered = vault
+        .contact()
+        .message_send(&business, &pairwise, "offers", Some("Sale".to_owned()), "Half price.".to_owned())
+        .await
+        .unwrap();
+    // A second offer, over her cap, logged as if it had been delivered.
+    let mut event = AuditEvent::new(
+        EventKind::MessageDelivered,
+        Actor::new(Role::Business, business.as_str()),
+        &vault.core().clock().rfc3339(),
+    )
+    .subject(subject)
+    .related(consentvault::audit::Related::MessageKind, "offers")
+    .related(consentvault::audit::Related::MessageId, "f".repeat(32))
+    .related(consentvault::audit::Related::PairwiseId, pairwise.as_str());
+    event.business = Some(business.to_string());
+    event.purpose = Some("marketing".to_owned());
+    let log = vault.audit().clone();
+    let (appended, durable) =
+        vault.store().commit_durable(move |txn| log.append(txn, &event)).await.map_err(|_| "append").unwrap();
+    let index = vault.audit().confirm(appended, &durable).unwrap().index();
+    assert!(index > delivered.audit_index);
+    vault.close().unwrap();
+    drop(vault);
+    assert!(common::audit_verify(&dir).0, "the log itself verifies: only the replay sees the message");
+    let output = replay(&dir, None);
+    assert_violation_at(output.clone(), index, "message_not_allowed");
+    let answer: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    assert_eq!(answer["replay"]["messages_delivered"], 1, "{answer}");
+}

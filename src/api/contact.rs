@@ -24,8 +24,9 @@ use crate::ids::{BusinessId, MessageId, PairwiseId, RelationshipId};
 pub struct MessageSend {
     /// The message's kind: one of `GET /v1/message-kinds`.
     kind: String,
-    /// Its title (1 to 120 characters).
-    title: String,
+    /// An optional title (1 to 120 characters).
+    #[serde(default)]
+    title: Option<String>,
     /// Its body (1 to 4,000 bytes; line breaks allowed).
     body: String,
 }

@@ -108,7 +108,7 @@ impl Item {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Text {
-    /// Its title (a business's message; optional for hers).
+    /// Its title, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     /// Its body.
@@ -173,14 +173,12 @@ pub enum Recipient {
     Business(BusinessId),
 }
 
-/// Checks a text's sizes and characters: a title of 1 to
+/// Checks a text's sizes and characters: a title, if any, of 1 to
 /// [`super::TITLE_CHARS_MAX`] characters without control characters, a body
 /// of 1 to [`super::BODY_BYTES_MAX`] bytes whose only control characters
 /// are line breaks and tabs.
-fn text_checked(title: Option<String>, body: String, title_required: bool) -> Result<Text, ContactError> {
-    let invalid = |detail: &str| ContactError::Invalid(detail.to_owned());
+fn text_checked(title: Option<String>, body: String) -> Result<Text, ContactError> {
     match &title {
-        None if title_required => return Err(invalid("`title` is required")),
         Some(title)
             if title.trim().is_empty()
                 || title.chars().count() > super::TITLE_CHARS_MAX
@@ -273,7 +271,7 @@ impl Contact {
         business: &BusinessId,
         pairwise: &PairwiseId,
         kind: &str,
-        title: String,
+        title: Option<String>,
         body: String,
     ) -> Result<Delivery, ContactError> {
         let Some(purpose) = self.core.policies().rules.message_kinds.get(kind).map(|kind| kind.purpose.clone()) else {
@@ -287,7 +285,7 @@ impl Contact {
         if !self.consent.business_purposes(business)?.contains(&purpose) {
             return Err(ConsentError::Policy(GrantProblem::PurposeNotRegistered(purpose)).into());
         }
-        let text = text_checked(Some(title), body, true)?;
+        let text = text_checked(title, body)?;
         self.sends.take(business).map_err(ContactError::TooMany)?;
         let (business, pairwise) = (business.clone(), pairwise.clone());
         let outcome = self
@@ -446,7 +444,7 @@ impl Contact {
         title: Option<String>,
         body: String,
     ) -> Result<Delivery, ContactError> {
-        let text = text_checked(title, body, false)?;
+        let text = text_checked(title, body)?;
         self.writes.take(&subject.to_string()).map_err(ContactError::TooMany)?;
         self.with_key_room(subject, || self.message_write_once(subject, &recipient, &text)).await
     }
