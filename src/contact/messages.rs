@@ -231,7 +231,7 @@ fn store_sealed_in(
 }
 
 /// Every item of `subject`'s inbox, newest first, as `txn` sees it.
-pub(crate) fn items_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<Item>, StoreError> {
+fn items_in(txn: &Txn<'_>, subject: SubjectId) -> Result<Vec<Item>, StoreError> {
     txn.scan_prefix(&Key::inbox_of(subject.as_bytes()))?.iter().map(|(_, bytes)| decode(bytes, "inbox item")).collect()
 }
 

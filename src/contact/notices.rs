@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::messages::{Item, ItemType, items_in};
+use super::messages::{Item, ItemType};
 use super::{Channel, Contact, ContactError, INBOX_ITEMS_MAX, decode, encode, preferences_in};
 use crate::audit::{Actor, AuditEvent, Decision, EventKind, Related, Role};
 use crate::consent::{GrantRecord, GrantStatus};
@@ -124,7 +124,7 @@ fn notices_in(
         _ => return Ok(Vec::new()),
     };
     if let Some(notice) = notice
-        && items_in(txn, subject)?.len() < INBOX_ITEMS_MAX
+        && txn.scan_prefix(&Key::inbox_of(subject.as_bytes()))?.len() < INBOX_ITEMS_MAX
     {
         // One notice per event: its index makes its id.
         let time_secs = event_secs(event, core.clock().now_secs());
