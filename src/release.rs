@@ -43,8 +43,9 @@ pub enum ReleaseError {
     Key(#[from] KeyError),
 }
 
-/// Values taken in a read's transaction, with the subject's key record as
-/// the same transaction saw it, for [`release`].
+/// Values taken in a read's transaction, by name (a field's, for
+/// [`release`]; a message's id, for [`release_messages`]), with the
+/// subject's key record as the same transaction saw it.
 #[derive(Debug)]
 pub(crate) struct SealedRead {
     key_record: Option<Vec<u8>>,
@@ -52,9 +53,9 @@ pub(crate) struct SealedRead {
 }
 
 impl SealedRead {
-    /// The fields taken, in order.
-    pub(crate) fn fields(&self) -> Vec<String> {
-        self.values.iter().map(|(field, _)| field.clone()).collect()
+    /// The names taken, in order: fields, or message ids.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.values.iter().map(|(name, _)| name.clone()).collect()
     }
 }
 
@@ -101,24 +102,37 @@ pub(crate) fn release(
     subject: SubjectId,
     sealed: SealedRead,
 ) -> Result<BTreeMap<String, Value>, ReleaseError> {
+    open_all(core, subject, sealed, |field| logged.covers(subject, field), str::to_owned, "value encoding")
+}
+
+/// Opens every value of `sealed` that `covered` allows (a value it does
+/// not is a bug, refused rather than released), each under the AAD name
+/// `label` gives it, and decodes its JSON.
+fn open_all(
+    core: &Core,
+    subject: SubjectId,
+    sealed: SealedRead,
+    covered: impl Fn(&str) -> bool,
+    label: impl Fn(&str) -> String,
+    what: &'static str,
+) -> Result<BTreeMap<String, Value>, ReleaseError> {
     if sealed.values.is_empty() {
         return Ok(BTreeMap::new());
     }
     let dek = dek_of_read(core, subject, sealed.key_record)?;
-    let mut data = BTreeMap::new();
-    for (field, value) in sealed.values {
-        if !logged.covers(subject, &field) {
-            // The event names exactly the fields taken in its transaction;
+    let mut opened = BTreeMap::new();
+    for (name, value) in sealed.values {
+        if !covered(&name) {
+            // The event names exactly what was taken in its transaction;
             // anything else is a bug, and is refused rather than released.
             return Err(ReleaseError::NotCovered);
         }
         #[allow(clippy::disallowed_methods)] // The release itself.
-        let plaintext = dek.open(subject.as_bytes(), &field, &value)?;
-        let value: Value =
-            serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what: "value encoding" })?;
-        data.insert(field, value);
+        let plaintext = dek.open(subject.as_bytes(), &label(&name), &value)?;
+        let value: Value = serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what })?;
+        opened.insert(name, value);
     }
-    Ok(data)
+    Ok(opened)
 }
 
 /// The DEK a read's key record holds.
@@ -135,28 +149,13 @@ fn dek_of_read(core: &Core, subject: SubjectId, record: Option<Vec<u8>>) -> Resu
     })
 }
 
-/// Message texts taken in a read's transaction, with the subject's key
-/// record as that transaction saw it, for [`release_messages`].
-#[derive(Debug)]
-pub(crate) struct SealedMessages {
-    key_record: Option<Vec<u8>>,
-    texts: Vec<(String, Sealed)>,
-}
-
-impl SealedMessages {
-    /// The messages taken, in order.
-    pub(crate) fn ids(&self) -> Vec<String> {
-        self.texts.iter().map(|(id, _)| id.clone()).collect()
-    }
-}
-
 /// The sealed texts of `messages` in `subject`'s inbox (those that have
 /// one), and its key record, as `txn` sees them.
 pub(crate) fn sealed_messages_in(
     txn: &Txn<'_>,
     subject: SubjectId,
     messages: &[String],
-) -> Result<SealedMessages, StoreError> {
+) -> Result<SealedRead, StoreError> {
     let mut texts = Vec::new();
     for message in messages {
         if let Some(bytes) = txn.get(Key::message_text(subject.as_bytes(), message).key())? {
@@ -164,7 +163,7 @@ pub(crate) fn sealed_messages_in(
         }
     }
     let key_record = if texts.is_empty() { None } else { txn.get(&Key::dek(subject.as_bytes()))? };
-    Ok(SealedMessages { key_record, texts })
+    Ok(SealedRead { key_record, values: texts })
 }
 
 /// Opens message texts taken in a read's transaction, for the reader (the
@@ -175,24 +174,16 @@ pub(crate) fn release_messages(
     core: &Core,
     logged: &Logged,
     subject: SubjectId,
-    sealed: SealedMessages,
+    sealed: SealedRead,
 ) -> Result<BTreeMap<String, Value>, ReleaseError> {
-    if sealed.texts.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let dek = dek_of_read(core, subject, sealed.key_record)?;
-    let mut texts = BTreeMap::new();
-    for (message, text) in sealed.texts {
-        if !logged.covers_message(subject, &message) {
-            return Err(ReleaseError::NotCovered);
-        }
-        #[allow(clippy::disallowed_methods)] // The release itself.
-        let plaintext = dek.open(subject.as_bytes(), &message_label(&message), &text)?;
-        let text: Value =
-            serde_json::from_slice(&plaintext).map_err(|_| StoreError::Corrupt { what: "message encoding" })?;
-        texts.insert(message, text);
-    }
-    Ok(texts)
+    open_all(
+        core,
+        subject,
+        sealed,
+        |message| logged.covers_message(subject, message),
+        message_label,
+        "message encoding",
+    )
 }
 
 #[cfg(test)]

@@ -332,7 +332,7 @@ impl Subjects {
                 let sealed = release::sealed_all_in(txn, subject)?;
                 let mut event = AuditEvent::new(EventKind::DataRead, Actor::customer(subject), &now)
                     .subject(subject)
-                    .fields(sealed.fields());
+                    .fields(sealed.names());
                 event.decision = Some(Decision::Allow);
                 Ok((log.append(txn, &event)?, sealed))
             })

@@ -341,10 +341,13 @@ async fn her_reply_and_feedback_reach_the_business_by_pairwise_id_and_no_answer_
     }
 }
 
+/// One request her receiver got: its headers and body bytes.
+type Request = (axum::http::HeaderMap, Vec<u8>);
+
 /// A receiver for her own webhook endpoint on 127.0.0.1.
 #[derive(Clone, Default)]
 struct Receiver {
-    got: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+    got: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Receiver {
@@ -357,7 +360,7 @@ impl Receiver {
             axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let sink = Arc::clone(&sink);
                 async move {
-                    sink.lock().unwrap().push((headers, serde_json::from_slice(&body).unwrap()));
+                    sink.lock().unwrap().push((headers, body.to_vec()));
                     axum::http::StatusCode::NO_CONTENT
                 }
             }),
@@ -369,7 +372,8 @@ impl Receiver {
     async fn until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let bodies: Vec<Value> = self.got.lock().unwrap().iter().map(|(_, body)| body.clone()).collect();
+            let bodies: Vec<Value> =
+                self.got.lock().unwrap().iter().map(|(_, body)| serde_json::from_slice(body).unwrap()).collect();
             if done(&bodies) {
                 return bodies;
             }
@@ -436,9 +440,13 @@ async fn notices_reach_her_inbox_and_her_own_webhook_endpoint() {
         let text = body.to_string();
         assert!(!text.contains("On its way") && !text.contains("peanuts") && !text.contains(EMAIL), "{text}");
     }
-    let headers = receiver.got.lock().unwrap()[0].0.clone();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        assert!(headers.contains_key(name), "{name} missing: {headers:?}");
+    // Each is signed with her endpoint's secret, per Standard Webhooks.
+    let secret = endpoint["secret"].as_str().unwrap();
+    for (headers, body) in receiver.got.lock().unwrap().iter() {
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        let (id, timestamp, signature) =
+            (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+        assert!(common::standard_webhook_signed(&id, &timestamp, &signature, body, secret), "{headers:?}");
     }
 
     // A grant that ends within a week is announced once, to both.
@@ -524,4 +532,25 @@ async fn a_business_that_sends_too_fast_is_slowed_whatever_the_answers() {
     let before = &statuses[..statuses.len() - 1];
     assert!(before.len() >= consentvault::contact::SENDS_BURST as usize, "{statuses:?}");
     assert!(before.iter().all(|&status| status == 403), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_who_writes_too_fast_is_slowed() {
+    let app = TestApp::start().await;
+    let business = app.business("Acme Pizza", &["order-fulfilment"]).await;
+    let (customer, _) = connected(&app, &business).await;
+    // 10 at once and 30 a minute after.
+    let mut statuses = Vec::new();
+    for n in 0..100 {
+        let (status, answer) = customer.write(&business.id, &format!("Note {n}")).await;
+        statuses.push(status);
+        if status == 429 {
+            assert_eq!(answer["code"], "rate_limited", "{answer}");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "never slowed: {statuses:?}");
+    let before = &statuses[..statuses.len() - 1];
+    assert!(before.len() >= consentvault::contact::WRITES_BURST as usize, "{statuses:?}");
+    assert!(before.iter().all(|&status| status == 201), "{statuses:?}");
 }

@@ -253,17 +253,37 @@ async fn a_kek_at_its_wrap_limit_is_rotated_by_itself() {
     server.stop().await;
 }
 
+/// A vault whose DEKs seal at most 16 values, with a business, an auditor
+/// and a customer signed in.
+struct SealLimited {
+    server: common::InProcessServer,
+    client: reqwest::Client,
+    base: String,
+    business_id: String,
+    business: String,
+    auditor: String,
+    customer_id: String,
+    token: String,
+}
+
+impl SealLimited {
+    async fn start(data_dir: &Path) -> Self {
+        let server = start_with_limits(data_dir, "dek_seals_max = 16").await;
+        let client = reqwest::Client::new();
+        let base = server.base_url.clone();
+        let admin = roles::admin_token(&client, &base, data_dir).await;
+        let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
+        let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
+        let (customer_id, token) = roles::customer(&client, &base).await;
+        Self { server, client, base, business_id, business, auditor, customer_id, token }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dek_at_its_seal_limit_is_replaced_and_every_value_still_opens() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let server = start_with_limits(&data_dir, "dek_seals_max = 16").await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
-    let (customer_id, token) = roles::customer(&client, &base).await;
+    let SealLimited { server, client, base, business_id, business, auditor, customer_id, token } =
+        SealLimited::start(&dir.path().join("data")).await;
     let pairwise =
         roles::connect(&client, &base, &token, &business_id).await["pairwise_id"].as_str().unwrap().to_owned();
     let grant =
@@ -295,14 +315,8 @@ async fn a_dek_at_its_seal_limit_is_replaced_and_every_value_still_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sealed_under_a_dek_that_is_replaced_still_open() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let server = start_with_limits(&data_dir, "dek_seals_max = 16").await;
-    let client = reqwest::Client::new();
-    let base = server.base_url.clone();
-    let admin = roles::admin_token(&client, &base, &data_dir).await;
-    let (business_id, business) = roles::client_principal(&client, &base, &admin, "businesses").await;
-    let (_, auditor) = roles::client_principal(&client, &base, &admin, "auditors").await;
-    let (_, token) = roles::customer(&client, &base).await;
+    let SealLimited { server, client, base, business_id, business, auditor, token, .. } =
+        SealLimited::start(&dir.path().join("data")).await;
     let relationship = roles::connect(&client, &base, &token, &business_id).await;
     let pairwise = relationship["pairwise_id"].as_str().unwrap().to_owned();
     let contact = format!("{base}/v1/me/relationships/{}/contact", relationship["relationship_id"].as_str().unwrap());

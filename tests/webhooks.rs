@@ -21,7 +21,6 @@ use base64::engine::general_purpose::STANDARD;
 use common::app::{Business, Customer, TestApp};
 use common::tlog;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -99,27 +98,10 @@ impl Receiver {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104), from the `sha2` crate.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
-    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
-}
-
 /// Whether one of the `v1,` signatures in `received` is the one `secret`
 /// (`whsec_…`) makes, per Standard Webhooks.
 fn signed_with(received: &Received, secret: &str) -> bool {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
-    let mut signed = format!("{}.{}.", received.id, received.timestamp).into_bytes();
-    signed.extend_from_slice(&received.body);
-    let expected = format!("v1,{}", STANDARD.encode(hmac_sha256(&key, &signed)));
-    received.signature.split(' ').any(|signature| signature == expected)
+    common::standard_webhook_signed(&received.id, &received.timestamp, &received.signature, &received.body, secret)
 }
 
 /// Connects `customer` to `business` and grants it her e-mail for

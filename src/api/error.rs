@@ -372,7 +372,7 @@ impl From<crate::contact::ContactError> for ApiError {
                 error.into()
             }
             ContactError::Audit(error) => Self::failed_audit(error),
-            error @ (ContactError::KeyExhausted | ContactError::Release(_) | ContactError::Crypto(_)) => {
+            error @ (ContactError::KeyExhausted(_) | ContactError::Release(_) | ContactError::Crypto(_)) => {
                 Self::internal(&error)
             }
         }

@@ -421,7 +421,7 @@ mod tests {
                             "purpose": "marketing", "fields": [], "decision": "deny",
                             "withheld": [{"field": "email", "reason": hostile}]}],
             "inbox": [{"message_id": "m", "type": "message", "business_id": "b", "kind": "service", "time": "t",
-                       "time_secs": 0, "audit_index": 3, "text": {"title": hostile, "body": hostile}}],
+                       "audit_index": 3, "text": {"title": hostile, "body": hostile}}],
             "contact_preferences": [{"business_id": hostile, "business_name": "n",
                                      "preferences": {"kinds": ["service"], "cap": {"messages": 5, "period": "week"},
                                                      "channel": "inbox"}}],

@@ -59,8 +59,12 @@ pub async fn webhooks_create(
     State(state): State<AppState>,
     Json(body): Json<EndpointCreate>,
 ) -> Result<Response, ApiError> {
-    let (endpoint, secret) =
-        state.vault.webhooks().endpoint_create(&caller.business, &body.url, body.description).await?;
+    endpoint_created(&state, &caller.business, body).await
+}
+
+/// Registers an endpoint for `owner`: `201` with its secret, shown once.
+async fn endpoint_created(state: &AppState, owner: &str, body: EndpointCreate) -> Result<Response, ApiError> {
+    let (endpoint, secret) = state.vault.webhooks().endpoint_create(owner, &body.url, body.description).await?;
     let answer = EndpointWithSecret { endpoint, secret: secret.to_string() };
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
 }
@@ -113,7 +117,12 @@ pub async fn webhooks_secret_rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
-    let (endpoint, secret) = state.vault.webhooks().secret_rotate(&caller.business, &id).await?;
+    secret_rotated(&state, &caller.business, &id).await
+}
+
+/// Rotates the secret of `owner`'s endpoint `id`: the new one, shown once.
+async fn secret_rotated(state: &AppState, owner: &str, id: &str) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
+    let (endpoint, secret) = state.vault.webhooks().secret_rotate(owner, id).await?;
     Ok(axum::Json(EndpointWithSecret { endpoint, secret: secret.to_string() }))
 }
 
@@ -295,10 +304,7 @@ pub async fn me_webhooks_create(
     State(state): State<AppState>,
     Json(body): Json<EndpointCreate>,
 ) -> Result<Response, ApiError> {
-    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
-    let (endpoint, secret) = state.vault.webhooks().endpoint_create(&owner, &body.url, body.description).await?;
-    let answer = EndpointWithSecret { endpoint, secret: secret.to_string() };
-    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+    endpoint_created(&state, &crate::webhooks::Webhooks::customer_owner(caller.subject), body).await
 }
 
 #[utoipa::path(get, path = "/v1/me/webhooks", tag = "customer", security(("bearer" = [])), responses((status = 200, body = EndpointList)))]
@@ -353,7 +359,5 @@ pub async fn me_webhooks_secret_rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
-    let owner = crate::webhooks::Webhooks::customer_owner(caller.subject);
-    let (endpoint, secret) = state.vault.webhooks().secret_rotate(&owner, &id).await?;
-    Ok(axum::Json(EndpointWithSecret { endpoint, secret: secret.to_string() }))
+    secret_rotated(&state, &crate::webhooks::Webhooks::customer_owner(caller.subject), &id).await
 }

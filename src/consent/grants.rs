@@ -43,9 +43,8 @@ pub(crate) fn grant_write(
 }
 
 /// Reads an expiry marker found under `prefix` (expiry time, 8 bytes ‖
-/// subject, 16 bytes ‖ grant or request id) and deletes it in `txn`:
-/// every marker is handled once, whatever the sweep then finds.
-fn expiry_marker_take(txn: &mut Txn<'_>, prefix: &Key, key: &[u8]) -> Result<(SubjectId, String), StoreError> {
+/// subject, 16 bytes ‖ grant or request id): the subject and the id.
+pub(crate) fn expiry_marker(prefix: &Key, key: &[u8]) -> Result<(SubjectId, String), StoreError> {
     let suffix = prefix.suffix_of(key).ok_or(corrupt("expiry marker"))?;
     let (subject, id) = match suffix.get(8..24).zip(suffix.get(24..)) {
         Some((subject, id)) => (subject, id),
@@ -53,8 +52,15 @@ fn expiry_marker_take(txn: &mut Txn<'_>, prefix: &Key, key: &[u8]) -> Result<(Su
     };
     let subject = SubjectId::from_bytes(subject.try_into().map_err(|_| corrupt("expiry marker"))?);
     let id = std::str::from_utf8(id).map_err(|_| corrupt("expiry marker"))?.to_owned();
-    txn.delete(&Key::raw(key.to_vec()));
     Ok((subject, id))
+}
+
+/// [`expiry_marker`], and deletes the marker in `txn`: every marker is
+/// handled once, whatever the sweep then finds.
+fn expiry_marker_take(txn: &mut Txn<'_>, prefix: &Key, key: &[u8]) -> Result<(SubjectId, String), StoreError> {
+    let found = expiry_marker(prefix, key)?;
+    txn.delete(&Key::raw(key.to_vec()));
+    Ok(found)
 }
 
 impl Consent {

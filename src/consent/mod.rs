@@ -37,7 +37,7 @@ mod revoke;
 
 pub use feeds::{AccessLogItem, BusinessGrant, GrantChange};
 
-pub(crate) use grants::grant_write;
+pub(crate) use grants::{expiry_marker, grant_write};
 pub use receipts::{
     ConsentReceipt, RECEIPT_JURISDICTION, RECEIPT_VERSION, ReceiptAddress, ReceiptController, ReceiptHistoryItem,
     ReceiptPurpose, ReceiptRecordType, ReceiptService, SignedReceipt,

@@ -76,7 +76,11 @@ impl Consent {
     }
 
     /// One of the customer's relationships.
-    fn relationship(&self, subject: SubjectId, relationship_id: &RelationshipId) -> Result<Relationship, ConsentError> {
+    pub fn relationship(
+        &self,
+        subject: SubjectId,
+        relationship_id: &RelationshipId,
+    ) -> Result<Relationship, ConsentError> {
         self.relationships(subject)?
             .into_iter()
             .find(|r| r.relationship_id == *relationship_id)

@@ -13,7 +13,7 @@ use crate::consent::{ConsentError, Relationship};
 use crate::core::VaultClock;
 use crate::crypto::message_label;
 use crate::ids::{BusinessId, MessageId, PairwiseId, SubjectId};
-use crate::keys::{KeyRecord, dek_of_record};
+use crate::keys::{KeyError, KeyRecord, dek_of_record};
 use crate::policy::contact::{Situation, decide, period_start};
 use crate::policy::engine::GrantProblem;
 use crate::release::{release_messages, sealed_messages_in};
@@ -63,8 +63,6 @@ pub struct Item {
     /// When (RFC 3339).
     #[schema(format = DateTime)]
     pub time: String,
-    /// When (Unix seconds), for the cap.
-    pub time_secs: i64,
     /// The audit index of the event it comes from.
     pub audit_index: u64,
     /// A notice: the access request or grant it is about.
@@ -94,7 +92,6 @@ impl Item {
             notice: None,
             in_reply_to: None,
             time: VaultClock::rfc3339_at(time_secs),
-            time_secs,
             audit_index,
             about_id: None,
             purpose: None,
@@ -218,7 +215,7 @@ fn store_sealed_in(
     let seals_max = contact.keys.config().limits.dek_seals_max.min(crate::subjects::SEALS_PER_KEY_MAX);
     record.seals = record.seals.saturating_add(1);
     if record.seals > seals_max {
-        return Err(ContactError::KeyExhausted);
+        return Err(ContactError::KeyExhausted(subject));
     }
     let dek = dek_of_record(contact.core.keys(), subject, record_bytes)?;
     let plaintext = zeroize::Zeroizing::new(encode(text, "message text")?);
@@ -241,8 +238,10 @@ const SEAL_ATTEMPTS_MAX: usize = 3;
 
 impl Contact {
     /// Runs `attempt` until it does not fail for a DEK at its limit,
-    /// replacing the DEK in between.
-    async fn with_key_room<T, F, Fut>(&self, subject: SubjectId, attempt: F) -> Result<T, ContactError>
+    /// replacing the DEK it names in between. The next attempt decides
+    /// afresh: a customer erased meanwhile is refused (a business's message)
+    /// or gone (her own write), as for anyone erased.
+    async fn with_key_room<T, F, Fut>(&self, attempt: F) -> Result<T, ContactError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ContactError>>,
@@ -251,10 +250,9 @@ impl Contact {
         loop {
             attempts += 1;
             match attempt().await {
-                Err(ContactError::KeyExhausted) if attempts < SEAL_ATTEMPTS_MAX => {
+                Err(ContactError::KeyExhausted(subject)) if attempts < SEAL_ATTEMPTS_MAX => {
                     match self.keys.dek_replace(subject).await {
-                        Ok(()) | Err(crate::keys::KeyError::KeyChanged) => {}
-                        Err(crate::keys::KeyError::NoSubject) => return Err(ContactError::SubjectErased),
+                        Ok(()) | Err(KeyError::KeyChanged | KeyError::NoSubject) => {}
                         Err(error) => return Err(error.into()),
                     }
                 }
@@ -288,11 +286,7 @@ impl Contact {
         let text = text_checked(title, body)?;
         self.sends.take(business).map_err(ContactError::TooMany)?;
         let (business, pairwise) = (business.clone(), pairwise.clone());
-        let outcome = self
-            .with_key_room_for_pairwise(&business, &pairwise, || {
-                self.message_send_once(&business, &pairwise, kind, &text)
-            })
-            .await?;
+        let outcome = self.with_key_room(|| self.message_send_once(&business, &pairwise, kind, &text)).await?;
         match outcome {
             Ok(delivery) => {
                 self.decisions.inc(&["delivered", "none"]);
@@ -304,30 +298,6 @@ impl Contact {
                 self.decisions.inc(&["refused", refusal.told().as_str()]);
                 Err(ContactError::Refused { refusal, audit_index })
             }
-        }
-    }
-
-    /// [`Contact::with_key_room`] for the customer a business knows as
-    /// `pairwise` (looked up again inside each attempt).
-    async fn with_key_room_for_pairwise<T, F, Fut>(
-        &self,
-        business: &BusinessId,
-        pairwise: &PairwiseId,
-        attempt: F,
-    ) -> Result<T, ContactError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, ContactError>>,
-    {
-        match subject_of(self.core.store().get(&Key::pairwise(business, pairwise))?) {
-            Some(subject) => match self.with_key_room(subject, &attempt).await {
-                // Erased while her key was replaced: the business gets the
-                // same logged refusal as for anyone not connected.
-                Err(ContactError::SubjectErased) => attempt().await,
-                outcome => outcome,
-            },
-            // Nobody to seal for: the attempt refuses and logs it.
-            None => attempt().await,
         }
     }
 
@@ -446,7 +416,7 @@ impl Contact {
     ) -> Result<Delivery, ContactError> {
         let text = text_checked(title, body)?;
         self.writes.take(&subject.to_string()).map_err(ContactError::TooMany)?;
-        self.with_key_room(subject, || self.message_write_once(subject, &recipient, &text)).await
+        self.with_key_room(|| self.message_write_once(subject, &recipient, &text)).await
     }
 
     async fn message_write_once(
@@ -544,12 +514,12 @@ impl Contact {
                     .map(|item| item.message_id.to_string())
                     .collect();
                 let sealed = sealed_messages_in(txn, subject, &with_text)?;
-                let appended = if sealed.ids().is_empty() {
+                let appended = if sealed.names().is_empty() {
                     None
                 } else {
                     let mut event =
                         AuditEvent::new(EventKind::MessageRead, Actor::customer(subject), &time).subject(subject);
-                    event.messages = sealed.ids();
+                    event.messages = sealed.names();
                     Some(log.append(txn, &event)?)
                 };
                 Ok::<_, ContactError>((items, more, sealed, appended))
@@ -634,7 +604,7 @@ impl Contact {
                 items.truncate(limit);
                 let ids: Vec<String> = items.iter().map(|item| item.message_id.to_string()).collect();
                 let sealed = sealed_messages_in(txn, subject, &ids)?;
-                let appended = if sealed.ids().is_empty() {
+                let appended = if sealed.names().is_empty() {
                     None
                 } else {
                     let mut event =
@@ -642,7 +612,7 @@ impl Contact {
                             .subject(subject)
                             .related(Related::PairwiseId, &pairwise);
                     event.business = Some(business.to_string());
-                    event.messages = sealed.ids();
+                    event.messages = sealed.names();
                     Some(log.append(txn, &event)?)
                 };
                 Ok::<_, ContactError>((subject, items, more, sealed, appended))

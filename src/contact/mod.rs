@@ -82,10 +82,10 @@ pub enum ContactError {
     /// committed; nothing changed.
     #[error("the customer was erased")]
     SubjectErased,
-    /// The customer's DEK sealed as many values as it may; it is replaced
+    /// This customer's DEK sealed as many values as it may; it is replaced
     /// and the message sealed again.
     #[error("the data key reached its encryption limit")]
-    KeyExhausted,
+    KeyExhausted(SubjectId),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -202,22 +202,6 @@ impl Contact {
         self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Her relationship with id `relationship_id`.
-    pub fn relationship(
-        &self,
-        subject: SubjectId,
-        relationship_id: &RelationshipId,
-    ) -> Result<Relationship, ContactError> {
-        let prefix = Key::relationships_of(subject.as_bytes());
-        for (_, bytes) in self.core.store().scan_prefix(&prefix, usize::MAX)? {
-            let relationship: Relationship = decode(&bytes, "relationship")?;
-            if relationship.relationship_id == *relationship_id {
-                return Ok(relationship);
-            }
-        }
-        Err(ContactError::NotFound("relationship"))
-    }
-
     /// Her preferences for the business of one relationship (the defaults
     /// until she sets them).
     pub fn preferences(
@@ -225,7 +209,7 @@ impl Contact {
         subject: SubjectId,
         relationship_id: &RelationshipId,
     ) -> Result<(Relationship, Preferences), ContactError> {
-        let relationship = self.relationship(subject, relationship_id)?;
+        let relationship = self.consent.relationship(subject, relationship_id)?;
         let preferences = self.preferences_stored(subject, &relationship)?;
         Ok((relationship, preferences))
     }
@@ -263,7 +247,7 @@ impl Contact {
     ) -> Result<Preferences, ContactError> {
         let policies = self.core.policies();
         let mut preferences = preferences.checked(&policies).map_err(ContactError::Invalid)?;
-        let relationship = self.relationship(subject, relationship_id)?;
+        let relationship = self.consent.relationship(subject, relationship_id)?;
         let time = self.core.clock().rfc3339();
         preferences.updated_at = Some(time.clone());
         let texts = preferences.texts();

@@ -13,7 +13,7 @@ use super::{Channel, Contact, ContactError, INBOX_ITEMS_MAX, decode, encode, pre
 use crate::audit::{Actor, AuditEvent, Decision, EventKind, Related, Role};
 use crate::consent::{GrantRecord, GrantStatus};
 use crate::core::VaultClock;
-use crate::ids::{BusinessId, MessageId, SubjectId};
+use crate::ids::{BusinessId, MessageId};
 use crate::policy::Sensitivity;
 use crate::store::{Key, StoreError, Txn};
 use crate::webhooks::{NoticeType, OwnerNotice, Webhooks};
@@ -191,16 +191,8 @@ impl Contact {
                     if through.as_ref().is_some_and(|through| key <= through) {
                         continue;
                     }
-                    let suffix = prefix.suffix_of(key).ok_or(StoreError::Corrupt { what: "expiry marker" })?;
-                    let (Some(subject), Some(grant_id)) = (suffix.get(8..24), suffix.get(24..)) else {
-                        return Err(ContactError::Store(StoreError::Corrupt { what: "expiry marker" }));
-                    };
-                    let subject = SubjectId::from_bytes(
-                        subject.try_into().map_err(|_| StoreError::Corrupt { what: "expiry marker" })?,
-                    );
-                    let grant_id =
-                        std::str::from_utf8(grant_id).map_err(|_| StoreError::Corrupt { what: "expiry marker" })?;
-                    let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), grant_id))? else { continue };
+                    let (subject, grant_id) = crate::consent::expiry_marker(&prefix, key)?;
+                    let Some(bytes) = txn.get(&Key::grant(subject.as_bytes(), &grant_id))? else { continue };
                     let grant: GrantRecord = decode(&bytes, "grant")?;
                     // A grant revoked, not yet started, or given for less than
                     // the notice period (she chose its end days before), is

@@ -193,7 +193,7 @@ pub(super) async fn inbox_reply(
 pub(super) async fn inbox_write(State(state): State<AppState>, Posted { caller, form }: Posted) -> PageResult {
     let relationship: crate::ids::RelationshipId =
         parsed(form.one("relationship_id").unwrap_or_default(), "relationship")?;
-    let business = state.vault.contact().relationship(caller.subject(), &relationship).map_err(failed)?.business_id;
+    let business = state.vault.consent().relationship(caller.subject(), &relationship).map_err(failed)?.business_id;
     let body = form.one("body").unwrap_or_default().to_owned();
     state
         .vault
