@@ -23,6 +23,7 @@ fn options(dir: &std::path::Path) -> VaultOptions {
         policy_dir: None,
         production: false,
         store_cache_bytes: 512 * 1024 * 1024,
+        store: Default::default(),
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),

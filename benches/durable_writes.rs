@@ -42,6 +42,7 @@ async fn run(work: Work, writers: usize, duration: Duration) {
         policy_dir: None,
         production: false,
         store_cache_bytes: 256 * 1024 * 1024,
+        store: Default::default(),
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),

@@ -104,6 +104,7 @@ fn vault_options(data_dir: &Path) -> VaultOptions {
         policy_dir: Some(policies_dir()),
         production: false,
         store_cache_bytes: 256 * 1024 * 1024,
+        store: Default::default(),
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),

@@ -210,7 +210,7 @@ impl From<VaultError> for Failure {
             VaultError::NoVault(_) | VaultError::NotAVault(_) | VaultError::NotInitialised(_) => {
                 (Exit::NoVault, "no_vault")
             }
-            VaultError::Store(StoreError::InUse(_)) => (Exit::InUse, "vault_in_use"),
+            VaultError::Store(StoreError::InUse(_) | StoreError::LeaseHeld(_)) => (Exit::InUse, "vault_in_use"),
             VaultError::AuditInvalid(_) => (Exit::NotVerified, "audit_log_invalid"),
             VaultError::RolledBack(_) => (Exit::NotVerified, "store_rolled_back"),
             VaultError::KeyMismatch(_) | VaultError::KeysMissing { .. } => (Exit::Failed, "key_mismatch"),
@@ -367,7 +367,7 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
 fn init(args: &VaultArgs) -> Result<Outcome, Failure> {
     let config = VaultConfig::from_args(args)?;
     let options = &config.options;
-    Vault::init(&options.data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())?;
+    Vault::init(options)?;
     let key_file = options.key_source.is_none().then(|| options.data_dir.join(KEY_FILE));
     if let Some(key_file) = &key_file {
         eprintln!(
@@ -549,7 +549,7 @@ fn backup(args: &BackupArgs) -> Result<Outcome, Failure> {
         }
     };
     let summary: BackupSummary = online_or(&options.data_dir, &request, &mut { on_line }, || {
-        let store = Vault::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
+        let store = Vault::store_open_offline(options)?;
         let summary = crate::backup::write(&store, &out, chunk_keys, &mut |progress| show(&progress));
         store.close().map_err(Failure::failed)?;
         Ok(summary?)
@@ -627,7 +627,7 @@ fn restore(args: &RestoreArgs) -> Result<Outcome, Failure> {
 /// Opens the existing vault `args` name (never creates one).
 fn vault_open_existing(args: &VaultArgs) -> Result<std::sync::Arc<Vault>, Failure> {
     let config = VaultConfig::from_args(args)?;
-    crate::vault::vault_exists(&config.options.data_dir)?;
+    crate::vault::vault_exists_for(&config.options)?;
     Ok(Vault::open(config.options).map(|(vault, _)| vault)?)
 }
 
@@ -707,19 +707,36 @@ fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
     let config = ServeConfig::from_args(args)?;
     telemetry::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Failure::failed)?;
-    runtime.block_on(async {
-        let application = Application::build(&config).await.map_err(|error| match error {
+    let served = runtime.block_on(async {
+        let start_failed = |error| match error {
             crate::server::StartError::Vault(error) => error.into(),
             error => Failure::failed(error),
-        })?;
+        };
+        let bound = Application::bind(&config).await.map_err(start_failed)?;
+        let mut shutdown = Box::pin(shutdown_signal());
+        if let crate::vault::StoreLocation::Postgres(settings) = &config.vault.options.store {
+            let base = format!("http://{}", bound.address());
+            tracing::info!(address = %bound.address(), store = %settings.url, "standing by until this node holds the store's lease");
+            // Scripts and tests read this line to learn a standby's port.
+            #[allow(clippy::print_stdout)]
+            match format {
+                Format::Text => println!("standing by on {base}"),
+                Format::Json => println!("{}", serde_json::json!({"ok": true, "standby": base})),
+            }
+        }
+        let application = tokio::select! {
+            opened = bound.open(&config) => opened.map_err(start_failed)?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested while standing by");
+                return Ok(Outcome::new("", serde_json::Value::Null));
+            }
+        };
         if config.vault.policy_source == PolicySource::BuiltIn {
             tracing::warn!("no policy directory found; using the built-in default policies");
         }
         let data_dir = &config.vault.options.data_dir;
         let base = format!("http://{}", application.address());
         tracing::info!(address = %application.address(), data_dir = %data_dir.display(), "consentvault serving");
-        // Installed before anything says the vault listens.
-        let shutdown = shutdown_signal();
         let text_log = config.log_format == crate::config::LogFormat::Text;
         if application.opened() == Opened::Initialised {
             announce_new_vault(&config, text_log);
@@ -740,10 +757,20 @@ fn serve(args: &ServeArgs, format: Format) -> Result<Outcome, Failure> {
                 })
             ),
         }
-        application.run(shutdown).await.map_err(Failure::failed)?;
+        application.run(shutdown).await.map_err(|error| {
+            if error.get_ref().is_some_and(|inner| inner.is::<crate::server::Superseded>()) {
+                Failure::new(Exit::Failed, "lease_lost", error.to_string())
+            } else {
+                Failure::failed(error)
+            }
+        })?;
         // The object above was the result; nothing more on stdout.
         Ok(Outcome::new("", serde_json::Value::Null))
-    })
+    });
+    // A standby stopped while it waited for the lease leaves that wait
+    // behind on a blocking thread: the runtime does not wait for it.
+    runtime.shutdown_background();
+    served
 }
 
 /// What to do next, paste-ready: the admin token, the API description and

@@ -12,7 +12,7 @@ use crate::auth::external::ExternalIssuerConfig;
 use crate::crypto::KeySource;
 use crate::keys::{ENCRYPTIONS_PER_KEY_CEILING, ENCRYPTIONS_PER_KEY_DEFAULT, KeyLimits};
 use crate::policy::PolicyError;
-use crate::vault::{IdentityOptions, VaultOptions, policies_load};
+use crate::vault::{IdentityOptions, StoreLocation, VaultOptions, policies_load};
 
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./vault-data";
@@ -51,6 +51,11 @@ pub struct VaultArgs {
     /// [default: consentvault.local/RANDOM_ID].
     #[arg(long, env = "CONSENTVAULT_AUDIT_ORIGIN")]
     pub audit_origin: Option<String>,
+    /// Storage engine: `sled` (embedded, in the data directory) or a
+    /// PostgreSQL URL, postgres://USER[:PASSWORD]@HOST:PORT/DB, shared by
+    /// vault nodes of which one is active [default: sled].
+    #[arg(long, env = "CONSENTVAULT_STORE")]
+    pub store: Option<String>,
 }
 
 /// Flags of `serve`.
@@ -107,6 +112,8 @@ struct FileConfig {
     principal_requests_per_sec: Option<u32>,
     log_format: Option<LogFormat>,
     store_cache_bytes: Option<u64>,
+    store: Option<String>,
+    store_lease_secs: Option<u64>,
     audit_origin: Option<String>,
     #[serde(default)]
     identity: IdentityFile,
@@ -274,6 +281,33 @@ fn rate_limits(limits: crate::principals::LimitSettings) -> Result<crate::princi
     Ok(limits)
 }
 
+/// The `store` setting: `sled` (the default) or a PostgreSQL URL, with the
+/// lease's life (2 to 60 s). Commands that open the store take the lease
+/// only if it is free; `serve` waits for it ([`ServeConfig::from_args`]).
+fn store_location(text: Option<&str>, lease_secs: Option<u64>) -> Result<StoreLocation, ConfigError> {
+    let lease_secs = lease_secs.unwrap_or(crate::store::postgres::LEASE_SECS_DEFAULT);
+    if !(2..=60).contains(&lease_secs) {
+        return Err(ConfigError::Invalid {
+            setting: "store_lease_secs",
+            problem: "must be between 2 and 60".to_owned(),
+        });
+    }
+    match text {
+        None | Some("sled") => Ok(StoreLocation::Embedded),
+        Some(url) => {
+            let url = crate::store::postgres::PostgresUrl::parse(url).map_err(|problem| ConfigError::Invalid {
+                setting: "store",
+                problem: format!("`sled` or {problem}"),
+            })?;
+            Ok(StoreLocation::Postgres(crate::store::postgres::PostgresSettings {
+                url,
+                lease_secs,
+                access: crate::store::postgres::Access::Exclusive,
+            }))
+        }
+    }
+}
+
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
     let Some(path) = path else { return Ok(FileConfig::default()) };
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -311,6 +345,7 @@ impl VaultConfig {
         };
         let store_cache_bytes = file.store_cache_bytes.unwrap_or(STORE_CACHE_BYTES_DEFAULT);
         let audit_origin = args.audit_origin.clone().or(file.audit_origin.clone());
+        let store = store_location(args.store.as_deref().or(file.store.as_deref()), file.store_lease_secs)?;
         let defaults = IdentityOptions::default();
         let mut external = Vec::new();
         for issuer in &file.identity.external {
@@ -344,6 +379,7 @@ impl VaultConfig {
             policy_dir,
             production,
             store_cache_bytes,
+            store,
             audit_origin,
             identity,
             key_limits: KeyLimits {
@@ -365,7 +401,11 @@ impl ServeConfig {
     /// Resolves `serve`'s flags, environment and configuration file.
     pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
         let file = read_file_config(args.vault.config.as_deref())?;
-        let vault = VaultConfig::resolve(&args.vault, &file)?;
+        let mut vault = VaultConfig::resolve(&args.vault, &file)?;
+        // A serving node stands by while another holds the lease.
+        if let StoreLocation::Postgres(settings) = &mut vault.options.store {
+            settings.access = crate::store::postgres::Access::Standby;
+        }
         let listen_text = args.listen.clone().or(file.listen.clone()).unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
         let listen = listen_resolve(&listen_text)?;
         let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(BODY_BYTES_MAX_DEFAULT);

@@ -3,6 +3,12 @@
 //! [`Application::build`] can bind port 0, so tests start the real server on
 //! a free port with a temporary data directory. It also binds the control
 //! socket (`control.rs`) in the data directory, for `consentvault backup`.
+//!
+//! The listener answers from the moment it is bound ([`Application::bind`]):
+//! `503 starting` while the vault opens, or on a shared PostgreSQL store
+//! `503 standby` while another node holds the lease; then the full router
+//! takes over the same listener. A node whose lease another node took stops
+//! serving and [`Application::run`] returns [`Superseded`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +36,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `ConnectInfo`, for the per-address rate limits.
 async fn serve_connections(
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    router: RouterSlot,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -55,10 +61,13 @@ async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let router = Arc::clone(&router);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            router.clone().oneshot(request.map(axum::body::Body::new))
+            // The router in place when the request arrives serves it.
+            let current =
+                router.read().map(|router| router.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+            current.oneshot(request.map(axum::body::Body::new))
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
@@ -76,6 +85,15 @@ async fn serve_connections(
     }
 }
 
+/// The router the listener serves now: the waiting one, then the vault's.
+type RouterSlot = Arc<std::sync::RwLock<axum::Router>>;
+
+/// [`Application::run`] ended because another vault node took the shared
+/// store's lease: this node served nothing after that.
+#[derive(Debug, thiserror::Error)]
+#[error("another vault node took the store's lease; this node stopped serving (restart it to stand by)")]
+pub struct Superseded;
+
 /// Errors while starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -92,6 +110,9 @@ pub enum StartError {
     /// The business name index could not be completed.
     #[error("cannot index the names of stored businesses: {0}")]
     Names(crate::principals::PrincipalError),
+    /// Opening the vault panicked.
+    #[error("opening the vault failed unexpectedly")]
+    Panicked,
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -102,22 +123,52 @@ pub enum StartError {
     },
 }
 
+/// A bound listener that answers `503` until its vault is open
+/// ([`Bound::open`]).
+#[derive(Debug)]
+pub struct Bound {
+    address: SocketAddr,
+    slot: RouterSlot,
+    accepting: Accepting,
+}
+
+/// The task accepting connections, and how to stop it.
+#[derive(Debug)]
+struct Accepting {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Accepting {
+    /// Stops accepting and waits for requests in flight (see
+    /// [`serve_connections`]).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// A vault bound to a listening socket, ready to serve.
 #[derive(Debug)]
 pub struct Application {
-    listener: tokio::net::TcpListener,
+    accepting: Accepting,
+    slot: RouterSlot,
     address: SocketAddr,
     vault: Arc<Vault>,
-    router: axum::Router,
     opened: Opened,
     admin_credentials: Option<std::path::PathBuf>,
     control: Option<ControlSocket>,
-    header_read_timeout: Duration,
 }
 
 impl Application {
     /// Binds the listen address and opens the vault.
     pub async fn build(config: &ServeConfig) -> Result<Self, StartError> {
+        Self::bind(config).await?.open(config).await
+    }
+
+    /// Binds the listen address and answers `503` on it (`starting`, or
+    /// `standby` on a shared store) until [`Bound::open`] is done.
+    pub async fn bind(config: &ServeConfig) -> Result<Bound, StartError> {
         file_size_limit_watch();
         // Bound before the vault is opened: a start that cannot listen (the
         // port is in use) leaves nothing behind, no key, store or admin
@@ -126,7 +177,40 @@ impl Application {
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
         let address = listener.local_addr().map_err(|source| StartError::Bind { address: config.listen, source })?;
-        let (vault, opened) = Vault::open(config.vault.options.clone())?;
+        let shared = matches!(config.vault.options.store, crate::vault::StoreLocation::Postgres(_));
+        let slot: RouterSlot = Arc::new(std::sync::RwLock::new(api::waiting_router(shared)));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+        let task = tokio::spawn(serve_connections(listener, Arc::clone(&slot), header_read_timeout, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        Ok(Bound { address, slot, accepting: Accepting { task, stop } })
+    }
+}
+
+impl Bound {
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Opens the vault (a standby waits here for the lease) and serves it
+    /// on the bound listener.
+    pub async fn open(self, config: &ServeConfig) -> Result<Application, StartError> {
+        let Self { address, slot, accepting } = self;
+        let options = config.vault.options.clone();
+        let opening = tokio::task::spawn_blocking(move || Vault::open(options)).await;
+        let (vault, opened) = match opening {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => {
+                accepting.stop().await;
+                return Err(error.into());
+            }
+            Err(_) => {
+                accepting.stop().await;
+                return Err(StartError::Panicked);
+            }
+        };
         // External issuers' keys fetched over HTTP: a provider that does not
         // answer is logged, and its tokens are refused until it does.
         vault.principals().token_verifier().refresh_all().await;
@@ -164,10 +248,14 @@ impl Application {
                 None
             }
         };
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(Self { listener, address, vault, router, opened, admin_credentials, control, header_read_timeout })
+        if let Ok(mut current) = slot.write() {
+            *current = router;
+        }
+        Ok(Application { accepting, slot, address, vault, opened, admin_credentials, control })
     }
+}
 
+impl Application {
     /// The bound address (with the real port when 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -231,7 +319,26 @@ impl Application {
             }
         });
         let control = self.control.map(|control| control.serve(Arc::clone(&self.vault)));
-        serve_connections(self.listener, self.router, self.header_read_timeout, shutdown).await;
+        // Serves until asked to stop, or until another node takes the lease:
+        // then the waiting router answers what is still in flight or comes
+        // on an open connection, and this node stops.
+        let store_vault = Arc::clone(&self.vault);
+        let superseded = async move {
+            while !store_vault.store().superseded() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let was_superseded = tokio::select! {
+            () = shutdown => false,
+            () = superseded => true,
+        };
+        if was_superseded {
+            tracing::error!("another vault node took the store's lease: this node stops serving");
+            if let Ok(mut current) = self.slot.write() {
+                *current = api::waiting_router(true);
+            }
+        }
+        self.accepting.stop().await;
         reloader.abort();
         sweeper.abort();
         deliverer.abort();
@@ -239,6 +346,11 @@ impl Application {
         let _ = deliverer.await;
         // Removes the socket: no new command reaches a closing vault.
         drop(control);
+        if was_superseded {
+            // Nothing it holds can be committed any more.
+            let _ = self.vault.close();
+            return Err(std::io::Error::other(Superseded));
+        }
         self.vault.close().map_err(std::io::Error::other)
     }
 }

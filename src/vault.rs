@@ -145,6 +145,19 @@ pub enum VaultError {
     /// not resume.
     #[error("keys: {0}")]
     Keys(crate::keys::KeyError),
+    /// `init` on a PostgreSQL store that already holds a vault.
+    #[error(
+        "the PostgreSQL store already holds a vault: to run another node of it, copy that vault's key file into \
+         this data directory (or give its key) and start `serve`"
+    )]
+    SharedStoreTaken,
+    /// A PostgreSQL store's vault is opened from a data directory without
+    /// its key.
+    #[error(
+        "the PostgreSQL store holds a vault, and there is no key file at {0}: copy the active node's key file there \
+         (mode 0600), or give the key with --kek-file or CONSENTVAULT_KEK"
+    )]
+    SharedStoreKeyMissing(PathBuf),
     /// The configured audit origin differs from the one the log was created
     /// with; the origin is fixed when the vault is created.
     #[error("the audit origin is `{stored}`; it is fixed at creation and cannot become `{configured}`")]
@@ -154,6 +167,45 @@ pub enum VaultError {
         /// The origin in the configuration.
         configured: String,
     },
+}
+
+/// Where a vault's records live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded engine (sled), in `<data-dir>/store`.
+    #[default]
+    Embedded,
+    /// PostgreSQL, shared by vault nodes of which one is active; the data
+    /// directory keeps the key file, the admin credentials and the control
+    /// socket.
+    Postgres(crate::store::postgres::PostgresSettings),
+}
+
+impl VaultOptions {
+    /// The engine these options name; a PostgreSQL store opened with
+    /// `access` instead of the configured access when one is given.
+    pub fn store_config(&self, access: Option<crate::store::postgres::Access>) -> StoreConfig {
+        match &self.store {
+            StoreLocation::Embedded => StoreConfig::embedded(&self.data_dir.join(STORE_DIR), self.store_cache_bytes),
+            StoreLocation::Postgres(settings) => {
+                let mut settings = settings.clone();
+                settings.access = access.unwrap_or(settings.access);
+                StoreConfig::Postgres(settings)
+            }
+        }
+    }
+
+    /// Whether the records live outside the data directory.
+    fn store_is_shared(&self) -> bool {
+        matches!(self.store, StoreLocation::Postgres(_))
+    }
+}
+
+/// Whether the vault `options` name exists, for a command that works on an
+/// existing one: [`vault_exists`] for the embedded engine; a PostgreSQL
+/// store is checked when it is opened.
+pub fn vault_exists_for(options: &VaultOptions) -> Result<(), VaultError> {
+    if options.store_is_shared() { Ok(()) } else { vault_exists(&options.data_dir) }
 }
 
 /// How to open a vault.
@@ -171,6 +223,9 @@ pub struct VaultOptions {
     pub production: bool,
     /// The embedded engine's page cache, in bytes.
     pub store_cache_bytes: u64,
+    /// Where the records live: the embedded engine in the data directory,
+    /// or PostgreSQL.
+    pub store: StoreLocation,
     /// The audit log's origin for a new vault (`None`: a unique default).
     pub audit_origin: Option<String>,
     /// Token issuing and trusted external issuers.
@@ -383,7 +438,9 @@ pub fn vault_exists(data_dir: &Path) -> Result<(), VaultError> {
 impl Vault {
     /// Creates a vault in an empty (or missing) `data_dir`: a fresh key file
     /// (unless `key_source` names another) and an empty store bound to it.
-    pub fn init(data_dir: &Path, key_source: Option<&KeySource>, audit_origin: Option<&str>) -> Result<(), VaultError> {
+    pub fn init(options: &VaultOptions) -> Result<(), VaultError> {
+        let (data_dir, key_source, audit_origin) =
+            (options.data_dir.as_path(), options.key_source.as_ref(), options.audit_origin.as_deref());
         // Check what can be checked before anything is written, so a refused
         // init leaves the directory as it was.
         if let Some(origin) = audit_origin
@@ -399,6 +456,18 @@ impl Vault {
                 VaultError::NotAVault(data_dir.to_owned())
             });
         }
+        // A shared store is checked before the key is written: one that
+        // already holds a vault is refused, the directory left as it was.
+        let shared = match options.store_config(None) {
+            StoreConfig::Embedded { .. } => None,
+            config => {
+                let backend = crate::store::open(&config)?;
+                if backend.get(Key::meta("format").as_bytes())?.is_some() {
+                    return Err(VaultError::SharedStoreTaken);
+                }
+                Some(backend)
+            }
+        };
         create_private_dir(data_dir)?;
         let source = match key_source {
             Some(source) => source.clone(),
@@ -411,29 +480,68 @@ impl Vault {
             }
         };
         let keys = load_key_ring(&source, false)?;
-        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), 64 * 1024 * 1024))?;
-        write_init_records(&*backend, &keys, audit_origin)
+        let backend = match shared {
+            Some(backend) => backend,
+            None => crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), 64 * 1024 * 1024))?,
+        };
+        write_init_records(&*backend, &keys, audit_origin)?;
+        drop(backend);
+        Ok(())
     }
 
     /// Opens the vault in `options.data_dir`. An empty directory is
     /// initialised first unless in production mode.
     pub fn open(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
         let data_dir = options.data_dir.clone();
+        if options.store_is_shared() {
+            return Self::open_shared(options);
+        }
         let interrupted = options.key_source.is_none() && first_start_interrupted(&data_dir)?;
         let opened = if is_empty_dir(&data_dir)? || interrupted {
             if options.production {
                 return Err(VaultError::NotInitialised(data_dir));
             }
-            Self::init(&data_dir, options.key_source.as_ref(), options.audit_origin.as_deref())?;
+            Self::init(&options)?;
             Opened::Initialised
         } else if !data_dir.join(STORE_DIR).is_dir() {
             return Err(VaultError::NotAVault(data_dir));
         } else {
             Opened::Existing
         };
+        let backend = crate::store::open(&options.store_config(None))?;
+        Self::open_with(options, backend).map(|vault| (vault, opened))
+    }
+
+    /// [`Vault::open`] on a store shared by several nodes: the store is
+    /// opened first (a standby waits there for the lease), then a new store
+    /// gets its records and, in an empty data directory, a new key file;
+    /// a store that already holds a vault needs that vault's key.
+    fn open_shared(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
+        let data_dir = options.data_dir.clone();
+        let backend = crate::store::open(&options.store_config(None))?;
+        let new_store = backend.get(Key::meta("format").as_bytes())?.is_none();
+        let key_file = data_dir.join(KEY_FILE);
+        let opened = if new_store && options.key_source.is_none() && !key_file.exists() {
+            if options.production {
+                return Err(VaultError::NotInitialised(data_dir));
+            }
+            create_private_dir(&data_dir)?;
+            write_new_key_file(&key_file, &ring::rand::SystemRandom::new())?;
+            Opened::Initialised
+        } else if options.key_source.is_none() && !key_file.exists() {
+            return Err(VaultError::SharedStoreKeyMissing(key_file));
+        } else {
+            create_private_dir(&data_dir)?;
+            Opened::Existing
+        };
+        Self::open_with(options, backend).map(|vault| (vault, opened))
+    }
+
+    /// The rest of [`Vault::open`], once the engine is open.
+    fn open_with(options: VaultOptions, backend: Arc<dyn Backend>) -> Result<Arc<Self>, VaultError> {
+        let data_dir = options.data_dir.clone();
         let source = key_source_of(&options);
         let keys = load_key_ring(&source, options.production)?;
-        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), options.store_cache_bytes))?;
         // After the key check, which refuses a loose key file rather than
         // mend it: the key may already have been read by others.
         tighten_permissions(&data_dir)?;
@@ -449,8 +557,7 @@ impl Vault {
             key_config: KeyConfig { source: Some(source), limits: options.key_limits },
             webhooks: options.webhooks,
         };
-        let vault = Self::open_parts(publication, parts)?;
-        Ok((vault, opened))
+        Self::open_parts(publication, parts)
     }
 
     /// Opens a vault over any storage backend, initialising it if it is
@@ -611,10 +718,9 @@ impl Vault {
     /// nothing: `consentvault audit verify`. `progress` hears how many
     /// entries of how many are verified.
     pub fn verify_offline(options: &VaultOptions, progress: &dyn Fn(u64, u64)) -> Result<Verified, VaultError> {
-        vault_exists(&options.data_dir)?;
+        vault_exists_for(options)?;
         let keys = load_key_ring(&key_source_of(options), options.production)?;
-        let backend =
-            crate::store::open(&StoreConfig::embedded(&options.data_dir.join(STORE_DIR), options.store_cache_bytes))?;
+        let backend = crate::store::open(&options.store_config(Some(crate::store::postgres::Access::Snapshot)))?;
         let (store, audit) = store_open_checked(backend, &keys)?;
         let never = AtomicBool::new(false);
         let size = audit.durable_size();
@@ -648,7 +754,7 @@ impl Vault {
         progress: &dyn Fn(&str, u64, u64),
     ) -> Result<(u64, crate::audit::replay::ReplaySummary), VaultError> {
         let verified = Self::verify_offline(options, &|done, total| progress("audit entries verified", done, total))?;
-        let store = Self::store_open_offline(&options.data_dir, options.store_cache_bytes)?;
+        let store = Self::store_open_offline(options)?;
         let size = verified.size;
         let summary =
             crate::audit::replay_store(&store, size, &|done| progress(crate::audit::replay::REPLAY_STEP, done, size));
@@ -659,9 +765,9 @@ impl Vault {
     /// Opens the store of a vault that is not running without its keys
     /// (`consentvault backup` copies sealed bytes and needs none). Checks
     /// that the directory holds a store of this build's format.
-    pub fn store_open_offline(data_dir: &Path, cache_bytes: u64) -> Result<Store, VaultError> {
-        vault_exists(data_dir)?;
-        let backend = crate::store::open(&StoreConfig::embedded(&data_dir.join(STORE_DIR), cache_bytes))?;
+    pub fn store_open_offline(options: &VaultOptions) -> Result<Store, VaultError> {
+        vault_exists_for(options)?;
+        let backend = crate::store::open(&options.store_config(Some(crate::store::postgres::Access::Snapshot)))?;
         check_format(&*backend)?;
         Ok(Store::new(backend)?)
     }

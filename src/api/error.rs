@@ -61,6 +61,24 @@ impl ApiError {
         )
     }
 
+    /// A 503 `standby` with `Retry-After`: this node does not hold the
+    /// shared store's lease (another vault node took it); nothing was
+    /// acknowledged or released, and a load balancer sends the retry to the
+    /// active node.
+    pub fn standby() -> Self {
+        tracing::warn!("request refused: another vault node holds the store's lease");
+        Self(
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standby",
+                "Not the active node",
+                "another vault node holds the store's lease; this node serves nothing; send the request to the \
+                 active node",
+            ),
+            Some(STORAGE_RETRY_AFTER.into()),
+        )
+    }
+
     /// A 429 `rate_limited` with `Retry-After` (whole seconds, at least 1),
     /// from the limit `kind` names (counted in `/metrics`).
     pub fn too_many(kind: &'static str, wait: std::time::Duration) -> Self {
@@ -444,6 +462,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         match error {
             crate::store::StoreError::Unavailable(_) => Self::storage_unavailable(&error),
+            crate::store::StoreError::Superseded => Self::standby(),
             other => Self::internal(&other),
         }
     }

@@ -219,3 +219,27 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     response
 }
+
+/// The router a node serves before its vault is open: while it opens the
+/// store (`starting`), or, on a shared store, while another node holds the
+/// lease (`standby`). `/healthz` answers; everything else, `/readyz`
+/// included, is a 503 problem with that code and `Retry-After`, so a load
+/// balancer sends its traffic to the active node.
+pub fn waiting_router(shared_store: bool) -> axum::Router {
+    let (code, title, detail) = if shared_store {
+        (
+            "standby",
+            "Standing by",
+            "this node stands by: another vault node holds the store's lease, or this one is taking it over; \
+             send requests to the active node",
+        )
+    } else {
+        ("starting", "Starting", "the vault is opening its store; try again shortly")
+    };
+    let waiting = move || async move {
+        let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, title, detail).into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        response
+    };
+    axum::Router::new().route("/healthz", axum::routing::get(healthz)).fallback(waiting)
+}

@@ -16,6 +16,7 @@ pub mod export_html;
 pub mod extract;
 pub mod guard;
 mod health;
+pub use health::waiting_router;
 mod identity;
 mod me;
 pub mod observe;

@@ -281,7 +281,16 @@ impl Store {
     pub fn is_healthy(&self) -> bool {
         let running =
             self.thread.lock().map(|thread| thread.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false);
-        running && self.healthy.load(Ordering::Acquire) && !self.sync_failed.load(Ordering::Acquire)
+        running
+            && self.healthy.load(Ordering::Acquire)
+            && !self.sync_failed.load(Ordering::Acquire)
+            && self.backend.standing().is_ok()
+    }
+
+    /// Whether another vault node took the lease on the shared store
+    /// ([`Backend::superseded`]): this one must stop serving.
+    pub fn superseded(&self) -> bool {
+        self.backend.superseded()
     }
 
     /// Counters of the commit path.
@@ -385,6 +394,7 @@ impl Store {
         if let Some(thread) = thread {
             thread.join().map_err(|_| StoreError::Panicked)?;
             self.backend.flush()?;
+            self.backend.close()?;
         }
         Ok(())
     }

@@ -6,10 +6,10 @@
 //! [`Txn::put_sealed`], which takes a [`Sealed`] value: the store never sees
 //! plaintext personal data.
 //!
-//! The engine is a [`Backend`] (today sled, in [`sled_backend`]), chosen in
-//! one place, [`open`], from a [`StoreConfig`]; nothing outside this module
-//! names sled, so a second engine only has to implement the trait and get a
-//! `StoreConfig` variant.
+//! The engine is a [`Backend`], chosen in one place, [`open`], from a
+//! [`StoreConfig`]: sled in the data directory ([`sled_backend`], the
+//! default), or PostgreSQL shared by an active node and its standbys
+//! ([`postgres`]). Nothing outside this module names either.
 //!
 //! **Architecture Invariant:** a change is acknowledged (its `commit` future
 //! resolves `Ok`) only after the flush of the atomic batch that carries it.
@@ -19,6 +19,7 @@ mod cold;
 mod commit;
 pub mod memory;
 pub mod migrate;
+pub mod postgres;
 mod reader;
 pub mod sled_backend;
 mod txn;
@@ -44,6 +45,8 @@ pub enum StoreConfig {
         /// The engine's page cache, in bytes.
         cache_bytes: u64,
     },
+    /// PostgreSQL, shared by vault nodes of which one is active.
+    Postgres(postgres::PostgresSettings),
 }
 
 impl StoreConfig {
@@ -59,6 +62,7 @@ pub fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Backend>, StoreEr
         StoreConfig::Embedded { path, cache_bytes } => {
             Ok(std::sync::Arc::new(sled_backend::SledBackend::open(path, *cache_bytes)?))
         }
+        StoreConfig::Postgres(settings) => postgres::open(settings),
     }
 }
 
@@ -87,6 +91,16 @@ pub enum StoreError {
     /// directory.
     #[error("the store at {0} is in use by another process: a vault is running on this data directory; stop it first")]
     InUse(std::path::PathBuf),
+    /// Another vault node took the lease on the shared store: this node
+    /// neither reads nor commits again, and stops serving.
+    #[error("another vault node holds the store's lease; this node no longer serves")]
+    Superseded,
+    /// A command that writes found the shared store's lease held: a vault
+    /// node serves from it.
+    #[error(
+        "a vault node ({0}) holds the PostgreSQL store's lease: stop it first, or do this through the running vault"
+    )]
+    LeaseHeld(String),
     /// The commit thread has stopped (the store is shutting down or a previous
     /// fault stopped it); nothing more can be committed.
     #[error("the commit path is closed")]
@@ -154,6 +168,22 @@ pub trait Backend: Send + Sync + 'static {
     /// and batches applied since the last flush may be gone. Called on the
     /// commit thread only, between batches. Nothing to do by default.
     fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether this engine may serve now: a PostgreSQL node only while it
+    /// knows its lease held. Always by default.
+    fn standing(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether another node took this engine's lease: then nothing applied
+    /// since will ever commit, and the process stops serving. Never by
+    /// default.
+    fn superseded(&self) -> bool {
+        false
+    }
+    /// Called once by [`Store::close`] after the last flush: a PostgreSQL
+    /// node gives its lease up. Nothing by default.
+    fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

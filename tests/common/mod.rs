@@ -7,6 +7,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
+pub mod postgres;
 pub mod tlog;
 
 use std::io::{BufRead, BufReader, Read};
@@ -41,6 +42,7 @@ pub fn vault_options(data_dir: &Path, policy_dir: &Path) -> VaultOptions {
         policy_dir: Some(policy_dir.to_owned()),
         production: false,
         store_cache_bytes: 16 * 1024 * 1024,
+        store: postgres::test_store(data_dir),
         audit_origin: None,
         identity: Default::default(),
         key_limits: Default::default(),
@@ -143,6 +145,7 @@ fn audit_command(data_dir: &Path, command: &str) -> (Option<i32>, String, String
         .arg(data_dir)
         .arg("--policies")
         .arg(policies_dir())
+        .args(postgres::store_url(data_dir).map(|url| format!("--store={url}")))
         .env_remove("CONSENTVAULT_KEK")
         .env_remove("CONSENTVAULT_FORMAT")
         .output()
@@ -248,6 +251,12 @@ impl ServerProcess {
         Self::start_wrapped(&[], data_dir, extra, env)
     }
 
+    /// [`ServerProcess::start`] of a node on a shared store, returning as
+    /// soon as it says it stands by (it may become active at once).
+    pub fn start_standby(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::start_inner(&[], data_dir, extra, &[], true)
+    }
+
     /// [`ServerProcess::start`], with the binary run by `wrapper` (a
     /// command and its arguments, the binary's path and arguments after
     /// them), as `strace ... --` runs it.
@@ -256,6 +265,16 @@ impl ServerProcess {
         data_dir: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        Self::start_inner(wrapper, data_dir, extra, env, false)
+    }
+
+    fn start_inner(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        until_standby: bool,
     ) -> Result<Self, String> {
         let binary = env!("CARGO_BIN_EXE_consentvault");
         let mut command = match wrapper.split_first() {
@@ -282,6 +301,9 @@ impl ServerProcess {
         if !extra.contains(&"--policies") {
             command.arg("--policies").arg(policies_dir());
         }
+        if !extra.iter().any(|arg| arg.starts_with("--store")) {
+            command.args(postgres::store_url(data_dir).map(|url| format!("--store={url}")));
+        }
         for (name, value) in env {
             command.env(name, value);
         }
@@ -301,7 +323,14 @@ impl ServerProcess {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        match line.trim().strip_prefix("listening on ") {
+        // A node on a shared store says it stands by first; the caller that
+        // waits for a standby stops there.
+        if line.starts_with("standing by on ") && !until_standby {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+        }
+        let serving = line.trim().strip_prefix("listening on ").or_else(|| line.trim().strip_prefix("standing by on "));
+        match serving {
             Some(url) => {
                 let base_url = url.to_owned();
                 // Keep draining stdout so the server never blocks on it.
@@ -378,6 +407,7 @@ impl InProcessServer {
             vault: VaultArgs {
                 data_dir: Some(data_dir.to_owned()),
                 policies: Some(policies),
+                store: postgres::store_url(data_dir),
                 config,
                 ..VaultArgs::default()
             },
