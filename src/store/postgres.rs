@@ -174,15 +174,19 @@ struct Session {
     runtime: tokio::runtime::Runtime,
     config: tokio_postgres::Config,
     client: Option<Client>,
+    /// How long the server lets a transaction of this session sit idle
+    /// before it ends it: a node paused inside a commit then releases the
+    /// lease row, and a standby's takeover does not wait for it.
+    idle_secs: u64,
 }
 
 impl Session {
-    fn new(url: &PostgresUrl) -> Result<Self, StoreError> {
+    fn new(url: &PostgresUrl, idle_secs: u64) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|error| StoreError::Engine(format!("cannot start the PostgreSQL runtime: {error}")))?;
-        Ok(Self { runtime, config: url.config(), client: None })
+        Ok(Self { runtime, config: url.config(), client: None, idle_secs })
     }
 
     /// Runs `exchange` on the connection, connecting first if there is none
@@ -195,6 +199,7 @@ impl Session {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let config = self.config.clone();
+            let idle_secs = self.idle_secs;
             let client = self.runtime.block_on(async move {
                 let (client, connection) = config.connect(NoTls).await.map_err(|error| unavailable(&error))?;
                 tokio::spawn(async move {
@@ -210,6 +215,10 @@ impl Session {
                 if matches!(level.as_str(), "off" | "local" | "remote_write") {
                     client.batch_execute("SET synchronous_commit = on").await.map_err(|e| unavailable(&e))?;
                 }
+                client
+                    .batch_execute(&format!("SET idle_in_transaction_session_timeout = '{idle_secs}s'"))
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 Ok::<_, StoreError>(client)
             })?;
             self.client = Some(client);
@@ -244,8 +253,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(url: &PostgresUrl) -> Result<Self, StoreError> {
-        let mut session = Session::new(url)?;
+    fn start(url: &PostgresUrl, idle_secs: u64) -> Result<Self, StoreError> {
+        let mut session = Session::new(url, idle_secs)?;
         let (jobs, receiver) = mpsc::channel::<Box<dyn FnOnce(&mut Session) + Send>>();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
@@ -377,7 +386,7 @@ impl PostgresBackend {
     /// keeps it), and reads the records into memory. Blocks: call it where
     /// blocking is allowed.
     pub fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
-        let worker = Worker::start(&settings.url)?;
+        let worker = Worker::start(&settings.url, settings.lease_secs.max(1))?;
         worker.call(|session| session.run(async |client| migrate(client).await).and_then(|outcome| outcome))?;
         let life = Duration::from_secs(settings.lease_secs.max(1));
         if settings.access == Access::Snapshot {
@@ -403,7 +412,7 @@ impl PostgresBackend {
             wake: Condvar::new(),
         });
         tracing::info!(holder = %lease.holder, token, "this node holds the lease: it is the active node");
-        let renewer = renewer_start(&settings.url, Arc::clone(&lease))?;
+        let renewer = renewer_start(&settings.url, Arc::clone(&lease), settings.lease_secs.max(1))?;
         let backend = Self {
             worker,
             lease: Some(lease),
@@ -643,8 +652,8 @@ fn lease_take(worker: &Worker, holder: &str, life: Duration, wait: bool) -> Resu
 /// Starts the thread that renews the lease five times per life, on a
 /// connection of its own (a slow commit does not hold a renewal up), and
 /// gives the lease up when the node closes.
-fn renewer_start(url: &PostgresUrl, lease: Arc<Lease>) -> Result<JoinHandle<()>, StoreError> {
-    let mut session = Session::new(url)?;
+fn renewer_start(url: &PostgresUrl, lease: Arc<Lease>, idle_secs: u64) -> Result<JoinHandle<()>, StoreError> {
+    let mut session = Session::new(url, idle_secs)?;
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     std::thread::Builder::new()
         .name("consentvault-lease".to_owned())
@@ -806,7 +815,7 @@ impl PostgresCopy {
     /// Connects and migrates the schema. Blocks: call it off any async
     /// runtime.
     pub fn open(url: &PostgresUrl) -> Result<Self, StoreError> {
-        let mut session = Session::new(url)?;
+        let mut session = Session::new(url, LEASE_SECS_DEFAULT)?;
         session.run(async |client| migrate(client).await)??;
         Ok(Self { session })
     }
