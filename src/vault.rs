@@ -37,7 +37,7 @@ use crate::{clock, crypto};
 /// The name of the key file inside a data directory.
 pub const KEY_FILE: &str = "kek.key";
 /// The name of the store directory inside a data directory.
-pub const STORE_DIR: &str = "store";
+pub const STORE_DIR: &str = crate::store::EMBEDDED_DIR;
 
 /// The layout version written at init. A store of an earlier format is
 /// moved to it when it is opened writable (`serve`, and the `keys` commands

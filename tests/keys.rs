@@ -451,6 +451,7 @@ async fn the_cli_rotates_a_stopped_vault_and_the_log_still_verifies() {
             .args(args)
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(common::postgres::store_url(&data_dir).map(|url| format!("--store={url}")))
             .arg("--policies")
             .arg(&policies)
             .env_remove("CONSENTVAULT_KEK")

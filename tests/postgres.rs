@@ -320,3 +320,56 @@ async fn requests_fail_closed_while_postgres_restarts_and_the_vault_recovers_by_
     assert!(server.terminate().success());
     audit_verify(dir.path(), &url);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_stopped_vault_to_postgres_and_back_and_refuses_a_served_or_full_destination() {
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let http = reqwest::Client::new();
+    let sled_dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(sled_dir.path(), &["--store=sled"], &[]).unwrap();
+    let (_, token) = roles::customer(&http, &server.base_url).await;
+    assert_eq!(put_data(&http, &server.base_url, &token, "moved@example.org").await.unwrap().0, 200);
+    // A served store is not copied.
+    let from_sled = format!("sled:{}", sled_dir.path().display());
+    let copy = |from: &str, to: &str, extra: &[&str]| {
+        let mut args = vec!["store", "copy", "--from", from, "--to", to, "--policies"];
+        let policies = common::policies_dir().display().to_string();
+        args.push(&policies);
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        common::binary(args)
+    };
+    let refused = copy(&from_sled, &url, &[]);
+    assert_eq!(refused.status.code(), Some(4), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(server.terminate().success());
+
+    let copied = copy(&from_sled, &url, &[]);
+    let stdout = String::from_utf8_lossy(&copied.stdout);
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+    assert!(stdout.contains("the copy's audit log verifies"), "{stdout}");
+    // Into a store that is no longer empty, nothing.
+    let again = copy(&from_sled, &url, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // The same vault, served from PostgreSQL: her data and token hold.
+    let store = format!("--store={url}");
+    let server = ServerProcess::start(sled_dir.path(), &[&store], &[]).unwrap();
+    assert_eq!(email_of(&http, &server.base_url, &token).await, json!("moved@example.org"));
+    assert_eq!(put_data(&http, &server.base_url, &token, "on-postgres@example.org").await.unwrap().0, 200);
+    let back_dir = tempfile::tempdir().unwrap();
+    let to_sled = format!("sled:{}", back_dir.path().join("vault").display());
+    let kek = sled_dir.path().join("kek.key").display().to_string();
+    let refused = copy(&url, &to_sled, &["--kek-file", &kek]);
+    assert_eq!(refused.status.code(), Some(4), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(server.terminate().success());
+
+    // And back to sled, where it serves again.
+    let copied = copy(&url, &to_sled, &["--kek-file", &kek]);
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+    let back = back_dir.path().join("vault");
+    let server = ServerProcess::start(&back, &["--store=sled", "--kek-file", &kek], &[]).unwrap();
+    assert_eq!(email_of(&http, &server.base_url, &token).await, json!("on-postgres@example.org"));
+    assert!(server.terminate().success());
+}

@@ -17,6 +17,7 @@
 mod cache;
 mod cold;
 mod commit;
+pub mod copy;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
@@ -34,6 +35,9 @@ pub use commit::{
 pub use versions::Stamp;
 
 use crate::crypto::Sealed;
+
+/// The embedded store's directory inside the data directory.
+pub const EMBEDDED_DIR: &str = "store";
 
 /// Which engine holds a vault's records, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -828,13 +828,26 @@ impl PostgresCopy {
         })
     }
 
-    /// Whether a node holds the lease now (then nothing may be copied in).
-    pub fn lease_held(&mut self) -> Result<Option<String>, StoreError> {
-        self.session.run(async |client| {
-            let row =
-                client.query_one("SELECT holder, expires_at > now() FROM consentvault.lease WHERE id = 1", &[]).await?;
+    /// Starts the copy's one transaction (a consistent snapshot) and locks
+    /// the lease row: refused if a node holds the lease (a vault is served
+    /// from this database), and no node takes it until [`Self::commit`].
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        let held = self.session.run(async |client| {
+            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+            let row = client
+                .query_one("SELECT holder, expires_at > now() FROM consentvault.lease WHERE id = 1 FOR UPDATE", &[])
+                .await?;
             Ok(row.get::<_, bool>(1).then(|| row.get::<_, String>(0)))
-        })
+        })?;
+        match held {
+            Some(holder) => Err(StoreError::LeaseHeld(holder)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the copy's transaction.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.session.run(async |client| client.batch_execute("COMMIT").await)
     }
 
     /// Up to [`PAGE_ROWS`] records after `after` (from the first with

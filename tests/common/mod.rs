@@ -98,8 +98,16 @@ pub async fn connected_customer(
 /// Runs the `consentvault` binary with `args`, without the key or data
 /// directory the environment may name, and waits for it.
 pub fn binary<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|arg| arg.as_ref().to_owned()).collect();
+    // A data directory whose vault lives on the suite's PostgreSQL names
+    // its store too.
+    let data_dir = args.windows(2).find(|pair| pair[0] == "--data-dir").map(|pair| PathBuf::from(&pair[1]));
+    let named = args.iter().any(|arg| arg.to_string_lossy().starts_with("--store"));
+    let store =
+        data_dir.filter(|_| !named).and_then(|dir| postgres::store_url(&dir)).map(|url| format!("--store={url}"));
     Command::new(env!("CARGO_BIN_EXE_consentvault"))
         .args(args)
+        .args(store)
         .env_remove("CONSENTVAULT_KEK")
         .env_remove("CONSENTVAULT_DATA_DIR")
         .env_remove("CONSENTVAULT_FORMAT")
