@@ -52,7 +52,7 @@ pub struct VaultArgs {
     #[arg(long, env = "CONSENTVAULT_AUDIT_ORIGIN")]
     pub audit_origin: Option<String>,
     /// Storage engine: `sled` (embedded, in the data directory) or a
-    /// PostgreSQL URL, postgres://USER[:PASSWORD]@HOST:PORT/DB, shared by
+    /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST:PORT/DB`, shared by
     /// vault nodes of which one is active [default: sled].
     #[arg(long, env = "CONSENTVAULT_STORE")]
     pub store: Option<String>,

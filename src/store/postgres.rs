@@ -244,18 +244,21 @@ impl Session {
     }
 }
 
+/// Work handed to a [`Worker`]'s session.
+type SessionJob = Box<dyn FnOnce(&mut Session) + Send>;
+
 /// A thread that owns a [`Session`] and runs what it is handed: callers may
 /// be on an async runtime's thread, where a session's own runtime cannot
 /// block.
 struct Worker {
-    jobs: Option<mpsc::Sender<Box<dyn FnOnce(&mut Session) + Send>>>,
+    jobs: Option<mpsc::Sender<SessionJob>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
     fn start(url: &PostgresUrl, idle_secs: u64) -> Result<Self, StoreError> {
         let mut session = Session::new(url, idle_secs)?;
-        let (jobs, receiver) = mpsc::channel::<Box<dyn FnOnce(&mut Session) + Send>>();
+        let (jobs, receiver) = mpsc::channel::<SessionJob>();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
             .name("consentvault-postgres".to_owned())
@@ -428,7 +431,7 @@ impl PostgresBackend {
     /// was there and dropping writes not committed.
     fn reload(&self) -> Result<(), StoreError> {
         self.check()?;
-        let records = self.worker.call(|session| records_read(session))?;
+        let records = self.worker.call(records_read)?;
         let mut pending = self.pending.lock().map_err(|_| StoreError::Panicked)?;
         pending.clear();
         *self.mirror.write().map_err(|_| StoreError::Panicked)? = records;
@@ -850,7 +853,7 @@ impl PostgresCopy {
         self.session.run(async |client| client.batch_execute("COMMIT").await)
     }
 
-    /// Up to [`PAGE_ROWS`] records after `after` (from the first with
+    /// Up to 10,000 records after `after` (from the first with
     /// `None`), in key order.
     pub fn page(&mut self, after: Option<&[u8]>) -> Result<Entries, StoreError> {
         let after = after.map(<[u8]>::to_vec);
