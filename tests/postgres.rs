@@ -69,6 +69,31 @@ fn a_commit_under_a_lease_another_node_took_is_refused_by_its_fencing_token() {
     assert!(matches!(snapshot.apply(&batch(b"\x01x", b"4")), Err(StoreError::Engine(_))));
 }
 
+#[test]
+fn a_batch_whose_commit_failed_is_committed_with_the_next_one_so_the_database_never_skips_it() {
+    let mut pg = TestPostgres::start();
+    let url = pg.database();
+    let node = consentvault::store::open(&settings(&url, Access::Exclusive)).unwrap();
+    pg.crash();
+    // Applied (later batches decide on top of it), but its commit fails:
+    // not acknowledged.
+    node.apply(&batch(b"\x01first", b"1")).unwrap();
+    assert!(matches!(node.flush(), Err(StoreError::Unavailable(_))));
+    pg.run();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.standing().is_err() {
+        assert!(Instant::now() < deadline, "the lease was not renewed after PostgreSQL came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.apply(&batch(b"\x01second", b"2")).unwrap();
+    node.flush().unwrap();
+    let rows = common::postgres::query(
+        &url,
+        "SELECT count(*) FROM consentvault.records WHERE key IN ('\\x016669727374', '\\x017365636f6e64')",
+    );
+    assert_eq!(rows.unwrap(), ["2"], "the database holds the second batch without the first");
+}
+
 /// Two nodes on one database: `first` active, `second` standing by with a
 /// copy of the first's key file.
 struct Pair {

@@ -506,18 +506,36 @@ impl Backend for PostgresBackend {
     /// Commits every write applied since the last commit as one
     /// transaction, checking the fencing token first.
     fn flush(&self) -> Result<(), StoreError> {
-        let writes = std::mem::take(&mut *self.pending.lock().map_err(|_| StoreError::Panicked)?);
-        if writes.is_empty() {
+        if self.pending.lock().map_err(|_| StoreError::Panicked)?.is_empty() {
             return Ok(());
         }
+        // Checked before the writes are taken: refused, they stay pending.
         let lease = self.lease_for_write()?;
+        let writes = std::mem::take(&mut *self.pending.lock().map_err(|_| StoreError::Panicked)?);
         let token = lease.token;
-        let committed = self.worker.call(move |session| {
-            session.run(async |client| commit(client, token, &writes).await).and_then(|outcome| outcome)
-        });
-        if committed == Err(StoreError::Superseded) {
-            lease.superseded.store(true, Ordering::Release);
-            tracing::error!("another node took the lease: this node's commits are refused from now on");
+        let (committed, writes) = self
+            .worker
+            .call(move |session| {
+                let outcome = session.run(async |client| commit(client, token, &writes).await).and_then(|done| done);
+                Ok((outcome, writes))
+            })
+            .unwrap_or_else(|error| (Err(error), WriteBatch::new()));
+        match &committed {
+            Err(StoreError::Superseded) => {
+                lease.superseded.store(true, Ordering::Release);
+                tracing::error!("another node took the lease: this node's commits are refused from now on");
+            }
+            // Not acknowledged, but still in memory, where the batches after
+            // it decide on top of it (as sled keeps a batch whose flush
+            // failed): the next commit carries it too, unless a recovery
+            // reads the records again first. Later writes of a key win.
+            Err(_) => {
+                let mut pending = self.pending.lock().map_err(|_| StoreError::Panicked)?;
+                for (key, value) in writes {
+                    pending.entry(key).or_insert(value);
+                }
+            }
+            Ok(()) => {}
         }
         committed
     }
