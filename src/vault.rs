@@ -462,7 +462,7 @@ impl Vault {
             StoreConfig::Embedded { .. } => None,
             config => {
                 let backend = crate::store::open(&config)?;
-                if backend.get(Key::meta("format").as_bytes())?.is_some() {
+                if holds_vault(&*backend)? {
                     return Err(VaultError::SharedStoreTaken);
                 }
                 Some(backend)
@@ -519,7 +519,7 @@ impl Vault {
     fn open_shared(options: VaultOptions) -> Result<(Arc<Self>, Opened), VaultError> {
         let data_dir = options.data_dir.clone();
         let backend = crate::store::open(&options.store_config(None))?;
-        let new_store = backend.get(Key::meta("format").as_bytes())?.is_none();
+        let new_store = !holds_vault(&*backend)?;
         let key_file = data_dir.join(KEY_FILE);
         let opened = if new_store && options.key_source.is_none() && !key_file.exists() {
             if options.production {
@@ -574,7 +574,7 @@ impl Vault {
         let VaultParts { data_dir, keys, backend, policies, policy_dir, audit_origin, identity, key_config, webhooks } =
             parts;
         crate::auth::jwt_ring::install();
-        if backend.get(Key::meta("format").as_bytes())?.is_none() {
+        if !holds_vault(&*backend)? {
             write_init_records(&*backend, &keys, audit_origin.as_deref())?;
         }
         let (store, audit) = load_store(backend, &keys, audit_origin, true)?;
@@ -1069,6 +1069,11 @@ fn token_issuer_load(store: &Store, keys: &KeyRing, identity: &IdentityOptions) 
 
 fn key_source_of(options: &VaultOptions) -> KeySource {
     options.key_source.clone().unwrap_or_else(|| KeySource::File(options.data_dir.join(KEY_FILE)))
+}
+
+/// Whether the store holds a vault (its format record), or is new.
+fn holds_vault(backend: &dyn Backend) -> Result<bool, VaultError> {
+    Ok(backend.get(Key::meta("format").as_bytes())?.is_some())
 }
 
 /// The records of a new vault: layout version, creation time, the KEK check

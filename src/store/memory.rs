@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use super::{Backend, COMMIT_THREAD_NAME, Entries, Key, StoreError, WriteBatch};
+use super::{Backend, COMMIT_THREAD_NAME, Entries, Key, StoreError, WriteBatch, map_range};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -215,18 +215,13 @@ impl Backend for MemoryBackend {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         self.read_fault(start)?;
         let applied = lock(&self.applied);
-        let range = applied.range(start.to_vec()..);
-        Ok(range
-            .take_while(|(key, _)| end.is_empty() || key.as_slice() < end)
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(map_range(&applied, start, end).take(limit).map(|(key, value)| (key.clone(), value.clone())).collect())
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<crate::store::Entry>, StoreError> {
         self.read_fault(start)?;
         let applied = lock(&self.applied);
-        Ok(applied.range(start.to_vec()..end.to_vec()).next_back().map(|(key, value)| (key.clone(), value.clone())))
+        Ok(map_range(&applied, start, end).next_back().map(|(key, value)| (key.clone(), value.clone())))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {

@@ -73,6 +73,21 @@ pub fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Backend>, StoreEr
 /// One atomic set of writes: key → new value, or `None` to delete.
 pub type WriteBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// The entries of an ordered in-memory map with `start <= key < end` (an
+/// empty `end`: no upper bound), in key order: what `scan` and `last` of an
+/// engine that keeps its records in a map walk.
+pub(crate) fn map_range<'a>(
+    map: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: &[u8],
+) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
+    use std::ops::Bound;
+    let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+    // Bounds that cross are an empty range, not a panic.
+    let range = (end.is_empty() || start < end).then(|| map.range::<[u8], _>((Bound::Included(start), upper)));
+    range.into_iter().flatten()
+}
+
 /// Stored entries as a scan returns them: (key, value) in key order.
 pub type Entries = Vec<Entry>;
 /// One key and its value.

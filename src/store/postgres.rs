@@ -25,14 +25,14 @@
 //! lease ([`Backend::superseded`]), it neither reads nor commits again.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{Backend, Entries, Entry, StoreError, WriteBatch};
+use super::{Backend, Entries, Entry, StoreError, WriteBatch, map_range};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -112,15 +112,23 @@ impl PostgresUrl {
 impl std::fmt::Display for PostgresUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let config = self.config();
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => String::new(),
-        };
-        let port = config.get_ports().first().map(|port| format!(":{port}")).unwrap_or_default();
+        // Every host, for a URL that names a primary and its replicas.
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(at, host)| {
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                let port = config.get_ports().get(at).or(config.get_ports().first());
+                port.map_or(host.clone(), |port| format!("{host}:{port}"))
+            })
+            .collect();
         let user = config.get_user().unwrap_or_default();
         let database = config.get_dbname().unwrap_or_default();
-        write!(f, "postgres://{user}@{host}{port}/{database}")
+        write!(f, "postgres://{user}@{}/{database}", hosts.join(","))
     }
 }
 
@@ -309,9 +317,12 @@ struct Lease {
     /// Who holds it, as the `lease` row names it.
     holder: String,
     life: Duration,
-    /// Until when this node may serve: three quarters of a life after the
-    /// last renewal was sent.
-    valid_until: Mutex<Instant>,
+    /// What `valid_until_nanos` counts from.
+    epoch: Instant,
+    /// Until when this node may serve, in nanoseconds after `epoch`: three
+    /// quarters of a life after the last renewal was sent. An atomic, as
+    /// every read checks it.
+    valid_until_nanos: AtomicU64,
     /// Another node took the lease: for good.
     superseded: AtomicBool,
     /// The node is closing: the renewer releases the lease and ends.
@@ -325,8 +336,7 @@ impl Lease {
         if self.superseded.load(Ordering::Acquire) {
             return Err(StoreError::Superseded);
         }
-        let valid_until = *self.valid_until.lock().map_err(|_| StoreError::Panicked)?;
-        if Instant::now() >= valid_until {
+        if self.nanos_at(Instant::now()) >= self.valid_until_nanos.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
                 "this node's lease is not renewed (PostgreSQL unreachable?): it serves again once it is".to_owned(),
             ));
@@ -334,10 +344,13 @@ impl Lease {
         Ok(())
     }
 
+    fn nanos_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A renewal sent at `sent` succeeded.
     fn renewed(&self, sent: Instant) {
-        if let Ok(mut valid_until) = self.valid_until.lock() {
-            *valid_until = (*valid_until).max(sent + self.life * 3 / 4);
-        }
+        self.valid_until_nanos.fetch_max(self.nanos_at(sent + self.life * 3 / 4), Ordering::AcqRel);
     }
 
     fn closing(&self) -> bool {
@@ -379,8 +392,7 @@ fn holder_name() -> String {
     let host = host.ok().filter(|host| !host.is_empty()).unwrap_or_else(|| "node".to_owned());
     let mut random = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
-    let random: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{host}:{}:{random}", std::process::id())
+    format!("{host}:{}:{}", std::process::id(), crate::ids::hex(&random))
 }
 
 impl PostgresBackend {
@@ -392,34 +404,30 @@ impl PostgresBackend {
         let worker = Worker::start(&settings.url, settings.lease_secs.max(1))?;
         worker.call(|session| session.run(async |client| migrate(client).await).and_then(|outcome| outcome))?;
         let life = Duration::from_secs(settings.lease_secs.max(1));
-        if settings.access == Access::Snapshot {
-            let backend = Self {
-                worker,
-                lease: None,
-                renewer: Mutex::new(None),
-                mirror: RwLock::new(Map::new()),
-                pending: Mutex::new(WriteBatch::new()),
-            };
-            backend.reload()?;
-            return Ok(backend);
-        }
-        let holder = holder_name();
-        let (token, sent) = lease_take(&worker, &holder, life, settings.access == Access::Standby)?;
-        let lease = Arc::new(Lease {
-            token,
-            holder,
-            life,
-            valid_until: Mutex::new(sent + life * 3 / 4),
-            superseded: AtomicBool::new(false),
-            closing: Mutex::new(false),
-            wake: Condvar::new(),
-        });
-        tracing::info!(holder = %lease.holder, token, "this node holds the lease: it is the active node");
-        let renewer = renewer_start(&settings.url, Arc::clone(&lease), settings.lease_secs.max(1))?;
+        // A snapshot holds no lease; every other access takes it first.
+        let (lease, renewer) = if settings.access == Access::Snapshot {
+            (None, None)
+        } else {
+            let holder = holder_name();
+            let (token, sent) = lease_take(&worker, &holder, life, settings.access == Access::Standby)?;
+            let lease = Arc::new(Lease {
+                token,
+                holder,
+                life,
+                epoch: sent,
+                valid_until_nanos: AtomicU64::new(u64::try_from((life * 3 / 4).as_nanos()).unwrap_or(u64::MAX)),
+                superseded: AtomicBool::new(false),
+                closing: Mutex::new(false),
+                wake: Condvar::new(),
+            });
+            tracing::info!(holder = %lease.holder, token, "this node holds the lease: it is the active node");
+            let renewer = renewer_start(&settings.url, Arc::clone(&lease), settings.lease_secs.max(1))?;
+            (Some(lease), Some(renewer))
+        };
         let backend = Self {
             worker,
-            lease: Some(lease),
-            renewer: Mutex::new(Some(renewer)),
+            lease,
+            renewer: Mutex::new(renewer),
             mirror: RwLock::new(Map::new()),
             pending: Mutex::new(WriteBatch::new()),
         };
@@ -466,27 +474,12 @@ impl Backend for PostgresBackend {
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let mirror = self.mirror()?;
-        let upper = if end.is_empty() { std::ops::Bound::Unbounded } else { std::ops::Bound::Excluded(end) };
-        if !end.is_empty() && start >= end {
-            return Ok(Vec::new());
-        }
-        Ok(mirror
-            .range::<[u8], _>((std::ops::Bound::Included(start), upper))
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(map_range(&mirror, start, end).take(limit).map(|(key, value)| (key.clone(), value.clone())).collect())
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Entry>, StoreError> {
         let mirror = self.mirror()?;
-        if !end.is_empty() && start >= end {
-            return Ok(None);
-        }
-        let upper = if end.is_empty() { std::ops::Bound::Unbounded } else { std::ops::Bound::Excluded(end) };
-        Ok(mirror
-            .range::<[u8], _>((std::ops::Bound::Included(start), upper))
-            .next_back()
-            .map(|(key, value)| (key.clone(), value.clone())))
+        Ok(map_range(&mirror, start, end).next_back().map(|(key, value)| (key.clone(), value.clone())))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -747,28 +740,11 @@ fn records_read(session: &mut Session) -> Result<Map, StoreError> {
             .start()
             .await?;
         let mut records = Map::new();
-        let mut after: Option<Vec<u8>> = None;
         loop {
-            let rows = match &after {
-                None => {
-                    txn.query("SELECT key, value FROM consentvault.records ORDER BY key LIMIT $1", &[&PAGE_ROWS])
-                        .await?
-                }
-                Some(after) => {
-                    txn.query(
-                        "SELECT key, value FROM consentvault.records WHERE key > $1 ORDER BY key LIMIT $2",
-                        &[after, &PAGE_ROWS],
-                    )
-                    .await?
-                }
-            };
-            let full = rows.len() as i64 == PAGE_ROWS;
-            for row in rows {
-                let key: Vec<u8> = row.try_get(0)?;
-                let value: Vec<u8> = row.try_get(1)?;
-                after = Some(key.clone());
-                records.insert(key, value);
-            }
+            let after = records.last_key_value().map(|(key, _)| key.clone());
+            let page = records_page(&txn, after.as_deref()).await?;
+            let full = page.len() == PAGE_ROWS as usize;
+            records.extend(page);
             if !full {
                 break;
             }
@@ -776,6 +752,58 @@ fn records_read(session: &mut Session) -> Result<Map, StoreError> {
         txn.commit().await?;
         Ok(records)
     })
+}
+
+/// Up to 10,000 records after `after` (from the first with `None`), in
+/// key order.
+async fn records_page(
+    client: &impl tokio_postgres::GenericClient,
+    after: Option<&[u8]>,
+) -> Result<Entries, tokio_postgres::Error> {
+    let rows = match after {
+        None => {
+            client.query("SELECT key, value FROM consentvault.records ORDER BY key LIMIT $1", &[&PAGE_ROWS]).await?
+        }
+        Some(after) => {
+            client
+                .query(
+                    "SELECT key, value FROM consentvault.records WHERE key > $1 ORDER BY key LIMIT $2",
+                    &[&after, &PAGE_ROWS],
+                )
+                .await?
+        }
+    };
+    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+}
+
+/// Writes `entries`: a key and `Some` value to put, or `None` to delete.
+async fn records_write<'a>(
+    client: &impl tokio_postgres::GenericClient,
+    entries: impl IntoIterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
+) -> Result<(), tokio_postgres::Error> {
+    let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in entries {
+        match value {
+            Some(value) => {
+                keys.push(key.as_slice());
+                values.push(value.as_slice());
+            }
+            None => deleted.push(key.as_slice()),
+        }
+    }
+    if !keys.is_empty() {
+        client
+            .execute(
+                "INSERT INTO consentvault.records (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&keys, &values],
+            )
+            .await?;
+    }
+    if !deleted.is_empty() {
+        client.execute("DELETE FROM consentvault.records WHERE key = ANY($1::bytea[])", &[&deleted]).await?;
+    }
+    Ok(())
 }
 
 /// One commit: the lease row locked and the token checked, the writes, then
@@ -793,27 +821,7 @@ async fn commit(
         txn.rollback().await?;
         return Ok(Err(StoreError::Superseded));
     }
-    let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, value) in writes {
-        match value {
-            Some(value) => {
-                keys.push(key.as_slice());
-                values.push(value.as_slice());
-            }
-            None => deleted.push(key.as_slice()),
-        }
-    }
-    if !keys.is_empty() {
-        txn.execute(
-            "INSERT INTO consentvault.records (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[])
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            &[&keys, &values],
-        )
-        .await?;
-    }
-    if !deleted.is_empty() {
-        txn.execute("DELETE FROM consentvault.records WHERE key = ANY($1::bytea[])", &[&deleted]).await?;
-    }
+    records_write(&txn, writes.iter().map(|(key, value)| (key, value.as_ref()))).await?;
     txn.commit().await?;
     Ok(Ok(()))
 }
@@ -874,40 +882,13 @@ impl PostgresCopy {
     /// Up to 10,000 records after `after` (from the first with
     /// `None`), in key order.
     pub fn page(&mut self, after: Option<&[u8]>) -> Result<Entries, StoreError> {
-        let after = after.map(<[u8]>::to_vec);
-        self.session.run(async |client| {
-            let rows = match &after {
-                None => {
-                    client
-                        .query("SELECT key, value FROM consentvault.records ORDER BY key LIMIT $1", &[&PAGE_ROWS])
-                        .await?
-                }
-                Some(after) => {
-                    client
-                        .query(
-                            "SELECT key, value FROM consentvault.records WHERE key > $1 ORDER BY key LIMIT $2",
-                            &[after, &PAGE_ROWS],
-                        )
-                        .await?
-                }
-            };
-            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
-        })
+        self.session.run(async |client| records_page(client, after).await)
     }
 
-    /// Writes `entries` in one transaction.
+    /// Writes `entries` (in the copy's transaction).
     pub fn write(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
-        self.session.run(async |client| {
-            let keys: Vec<&[u8]> = entries.iter().map(|(key, _)| key.as_slice()).collect();
-            let values: Vec<&[u8]> = entries.iter().map(|(_, value)| value.as_slice()).collect();
-            client
-                .execute(
-                    "INSERT INTO consentvault.records (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[])",
-                    &[&keys, &values],
-                )
-                .await
-                .map(drop)
-        })
+        self.session
+            .run(async |client| records_write(client, entries.iter().map(|(key, value)| (key, Some(value)))).await)
     }
 }
 
@@ -927,6 +908,8 @@ mod tests {
             panic!("{e}");
         });
         assert_eq!(url.to_string(), "postgres://vault@db.internal:5433/consentvault");
+        let pair = PostgresUrl::parse("postgres://vault:s3cret@a:5432,b:5433/v?target_session_attrs=read-write");
+        assert_eq!(pair.map(|url| url.to_string()), Ok("postgres://vault@a:5432,b:5433/v".to_owned()));
         assert!(!format!("{url:?}").contains("s3cret"));
         for (text, says) in [
             ("mysql://vault@db/x", "postgres://"),
