@@ -9,7 +9,12 @@
 //! - SIGSTOP of the active node until the standby took over, then SIGCONT:
 //!   the old active commits nothing and stops;
 //! - PostgreSQL restarted under the vault: requests fail closed with 503
-//!   and `Retry-After`, and the vault recovers by itself.
+//!   and `Retry-After`, and the vault recovers by itself;
+//! - a primary with a synchronous streaming replica, the primary killed
+//!   under load and the replica promoted: the vault (given both servers)
+//!   fails closed, then serves from the new primary with every
+//!   acknowledged write;
+//! - `store copy` from sled to PostgreSQL and back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -139,6 +144,78 @@ async fn ready_is(http: &reqwest::Client, base: &str, want: u16, within: Duratio
     }
 }
 
+/// Four customers, each writing numbered values of her e-mail address one
+/// after another until stopped or refused.
+struct Writers {
+    tasks: tokio::task::JoinSet<()>,
+    written: Arc<Mutex<Vec<Written>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What one writer did: her token, the last value acknowledged, and the
+/// last one sent (which may have landed without an answer).
+#[derive(Debug, Clone)]
+struct Written {
+    writer: usize,
+    token: String,
+    acknowledged: u64,
+    sent: u64,
+}
+
+impl Writers {
+    async fn start(http: &reqwest::Client, base: &str) -> Self {
+        let written: Arc<Mutex<Vec<Written>>> = Arc::default();
+        for writer in 0..4 {
+            let (_, token) = roles::customer(http, base).await;
+            written.lock().unwrap().push(Written { writer, token, acknowledged: 0, sent: 0 });
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..4 {
+            let (http, base, written, stop) = (http.clone(), base.to_owned(), written.clone(), stop.clone());
+            let token = written.lock().unwrap()[writer].token.clone();
+            tasks.spawn(async move {
+                for n in 1.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    written.lock().unwrap()[writer].sent = n;
+                    match put_data(&http, &base, &token, &Self::value(writer, n)).await {
+                        Ok((200, _)) => written.lock().unwrap()[writer].acknowledged = n,
+                        _ => break,
+                    }
+                }
+            });
+        }
+        Self { tasks, written, stop }
+    }
+
+    fn value(writer: usize, n: u64) -> String {
+        format!("writer{writer}-{n}@example.org")
+    }
+
+    /// Stops the writers; what each did, with at least 20 writes
+    /// acknowledged in all.
+    async fn stop(mut self) -> Vec<Written> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        let written = self.written.lock().unwrap().clone();
+        let acknowledged: u64 = written.iter().map(|written| written.acknowledged).sum();
+        assert!(acknowledged >= 20, "only {acknowledged} writes were acknowledged");
+        written
+    }
+
+    /// Checks on `base` that each customer's value is her last acknowledged
+    /// one, or the one sent after it: no acknowledged write was lost.
+    async fn check(http: &reqwest::Client, base: &str, written: &[Written]) {
+        for Written { writer, token, acknowledged, sent } in written {
+            let value = email_of(http, base, token).await;
+            let found = (*acknowledged..=*sent).find(|n| value == json!(Self::value(*writer, *n)));
+            assert!(found.is_some(), "writer {writer}: acknowledged {acknowledged}, sent {sent}, found {value}");
+        }
+    }
+}
+
 async fn put_data(
     http: &reqwest::Client,
     base: &str,
@@ -189,31 +266,12 @@ async fn the_standby_takes_over_from_a_killed_active_with_every_acknowledged_wri
     let admin = roles::admin_token(&http, &base_first, pair.dirs[0].path()).await;
     let (_, auditor) = roles::client_principal(&http, &base_first, &admin, "auditors").await;
 
-    // Writers sign customers up and store a value for each; every
-    // acknowledged value is remembered. A watcher keeps the last checkpoint
-    // the active handed out.
-    let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    // Writers sign customers up and store a value for each. A watcher keeps
+    // the last checkpoint the active handed out.
+    let writers = Writers::start(&http, &base_first).await;
     let last_checkpoint: Arc<Mutex<Option<String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..4 {
-        let (http, base, acknowledged, stop) = (http.clone(), base_first.clone(), acknowledged.clone(), stop.clone());
-        tasks.spawn(async move {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let Ok((201, created)) = roles::sign_up(&http, &base).await else { break };
-                let id = created["customer_id"].as_str().unwrap().to_owned();
-                let Ok((200, answer)) = roles::sign_in(&http, &base, &id).await else { break };
-                let token = answer["access_token"].as_str().unwrap().to_owned();
-                let value = format!("writer{writer}-{n}@example.org");
-                match put_data(&http, &base, &token, &value).await {
-                    Ok((200, _)) => acknowledged.lock().unwrap().push((token, value)),
-                    _ => break,
-                }
-            }
-        });
-    }
     {
         let (http, base, last, stop) = (http.clone(), base_first.clone(), last_checkpoint.clone(), stop.clone());
         tasks.spawn(async move {
@@ -231,19 +289,17 @@ async fn the_standby_takes_over_from_a_killed_active_with_every_acknowledged_wri
     pair.first.take().unwrap().kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
-    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
-    assert!(acknowledged.len() >= 10, "only {} writes were acknowledged before the kill", acknowledged.len());
+    let written = writers.stop().await;
 
     let took = ready_is(&http, &base_second, 200, Duration::from_secs(20)).await;
-    eprintln!("the standby took over {took:?} after the kill; {} acknowledged writes", acknowledged.len());
-    for (token, value) in &acknowledged {
-        assert_eq!(email_of(&http, &base_second, token).await, json!(value), "an acknowledged write was lost");
-    }
+    let acknowledged: u64 = written.iter().map(|written| written.acknowledged).sum();
+    eprintln!("the standby took over {took:?} after the kill; {acknowledged} writes were acknowledged");
+    Writers::check(&http, &base_second, &written).await;
     // The new active continues the same tree: consistent with the last
     // checkpoint the old one handed out.
     let old = last_checkpoint.lock().unwrap().clone().expect("no checkpoint was fetched before the kill");
     let (old_size, old_root) = checkpoint(&old, &verifier_key);
-    let (status, _) = put_data(&http, &base_second, &acknowledged[0].0, "after@example.org").await.unwrap();
+    let (status, _) = put_data(&http, &base_second, &written[0].token, "after@example.org").await.unwrap();
     assert_eq!(status, 200);
     let new = http.get(format!("{base_second}/v1/audit/checkpoint")).send().await.unwrap().text().await.unwrap();
     let (new_size, new_root) = checkpoint(&new, &verifier_key);
@@ -397,4 +453,36 @@ async fn store_copy_moves_a_stopped_vault_to_postgres_and_back_and_refuses_a_ser
     let server = ServerProcess::start(&back, &["--store=sled", "--kek-file", &kek], &[]).unwrap();
     assert_eq!(email_of(&http, &server.base_url, &token).await, json!("on-postgres@example.org"));
     assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_promoted_after_the_primary_is_killed_under_load_holds_every_acknowledged_write() {
+    let mut primary = TestPostgres::start();
+    let database = primary.database();
+    let replica = TestPostgres::replica_of(&primary);
+    // The vault knows both servers and uses the one that takes writes.
+    let name = database.rsplit_once('/').unwrap().1;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{name}?target_session_attrs=read-write",
+        primary.port, replica.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[&format!("--store={url}")], &[]).unwrap();
+    let http = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let writers = Writers::start(&http, &base).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The primary dies at once (no shutdown checkpoint), with writes in
+    // flight; the vault fails closed until a primary answers again.
+    primary.crash();
+    let written = writers.stop().await;
+    ready_is(&http, &base, 503, Duration::from_secs(15)).await;
+    replica.promote();
+    let took = ready_is(&http, &base, 200, Duration::from_secs(30)).await;
+    let acknowledged: u64 = written.iter().map(|written| written.acknowledged).sum();
+    eprintln!("the vault served again {took:?} after the promotion; {acknowledged} writes were acknowledged");
+    Writers::check(&http, &base, &written).await;
+    assert_eq!(put_data(&http, &base, &written[0].token, "after@example.org").await.unwrap().0, 200);
+    assert!(server.terminate().success());
+    audit_verify(dir.path(), &replica.url(name));
 }

@@ -33,8 +33,7 @@ fn bin_dir() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: reading the effective uid through `id`.
-    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    rustix::process::geteuid().is_root()
 }
 
 /// `program` with `args`, run as the `postgres` user when this is root.
@@ -48,6 +47,17 @@ fn as_server_user(program: &Path, args: &[&str]) -> Command {
         command.args(args);
         command
     }
+}
+
+/// A temporary directory the server user owns, for the cluster's `data`
+/// (which initdb or pg_basebackup create) and the server's socket and log.
+fn server_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+        assert!(status.success());
+    }
+    dir
 }
 
 fn free_port() -> u16 {
@@ -64,13 +74,8 @@ pub struct TestPostgres {
 impl TestPostgres {
     /// Creates a cluster and starts its server.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = server_dir();
         let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        if is_root() {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
-            assert!(status.success());
-        }
         let initdb = bin_dir().join("initdb");
         let out = as_server_user(
             &initdb,
@@ -82,6 +87,57 @@ impl TestPostgres {
         let mut server = Self { dir, port: free_port(), child: None };
         server.run();
         server
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup` with its WAL),
+    /// started on a port of its own. From then on the primary waits for it
+    /// at every commit (synchronous replication), so a commit acknowledged
+    /// by the primary is on the replica's disk too.
+    pub fn replica_of(primary: &TestPostgres) -> Self {
+        let dir = server_dir();
+        let data = dir.path().join("data");
+        let port = primary.port.to_string();
+        let out = as_server_user(
+            &bin_dir().join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                // At once, not after the next spread checkpoint.
+                "--checkpoint=fast",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut replica = Self { dir, port: free_port(), child: None };
+        replica.run();
+        let primary_url = primary.url("postgres");
+        query(&primary_url, "ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
+        query(&primary_url, "SELECT pg_reload_conf()").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while query(&primary_url, "SELECT sync_state FROM pg_stat_replication").unwrap() != ["sync"] {
+            assert!(Instant::now() < deadline, "the replica does not replicate synchronously: {}", replica.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        replica
+    }
+
+    /// Promotes this replica to a primary, and waits until it is one.
+    pub fn promote(&self) {
+        let data = self.data_dir();
+        let out = as_server_user(&bin_dir().join("pg_ctl"), &["promote", "-w", "-D", data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "promotion failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -196,8 +252,7 @@ pub fn query(url: &str, sql: &str) -> Result<Vec<String>, String> {
 pub fn database_create(server_url: &str) -> String {
     let mut name = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut name).unwrap();
-    let name: String = name.iter().map(|byte| format!("{byte:02x}")).collect();
-    let name = format!("vault_{name}");
+    let name = format!("vault_{}", consentvault::ids::hex(&name));
     query(server_url, &format!("CREATE DATABASE {name}")).unwrap();
     let base = server_url.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
